@@ -1,0 +1,115 @@
+"""Qwen3-VL's native `computer_use` actions, one pydantic model each.
+
+Coordinates are [x, y] in 0..1000, relative to the captured frame (Qwen3-VL's grounding space).
+Everything is strict: no extra fields, no string-to-number coercion, no NaN.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Rel = Annotated[float, Field(strict=True, ge=0, le=1000, allow_inf_nan=False)]
+Coordinate = tuple[Rel, Rel]
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Key(_Action):
+    action: Literal["key"]
+    keys: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(min_length=1, max_length=6)
+
+
+class Type(_Action):
+    action: Literal["type"]
+    text: str
+
+
+class MouseMove(_Action):
+    action: Literal["mouse_move"]
+    coordinate: Coordinate
+
+
+class LeftClick(_Action):
+    action: Literal["left_click"]
+    coordinate: Coordinate | None = None
+
+
+class RightClick(_Action):
+    action: Literal["right_click"]
+    coordinate: Coordinate | None = None
+
+
+class MiddleClick(_Action):
+    action: Literal["middle_click"]
+    coordinate: Coordinate | None = None
+
+
+class DoubleClick(_Action):
+    action: Literal["double_click"]
+    coordinate: Coordinate | None = None
+
+
+class TripleClick(_Action):
+    action: Literal["triple_click"]
+    coordinate: Coordinate | None = None
+
+
+class LeftClickDrag(_Action):
+    """Press at the current pointer position (or `start_coordinate`), drag to `coordinate`."""
+
+    action: Literal["left_click_drag"]
+    coordinate: Coordinate
+    start_coordinate: Coordinate | None = None
+
+
+class Scroll(_Action):
+    """Positive pixels scroll up (pyautogui's convention), negative down."""
+
+    action: Literal["scroll"]
+    pixels: StrictInt
+    coordinate: Coordinate | None = None
+
+
+class HScroll(_Action):
+    """Positive pixels scroll right, negative left."""
+
+    action: Literal["hscroll"]
+    pixels: StrictInt
+    coordinate: Coordinate | None = None
+
+
+class Wait(_Action):
+    action: Literal["wait"]
+    time: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
+
+class Terminate(_Action):
+    action: Literal["terminate"]
+    status: Literal["success", "failure"]
+
+
+class Answer(_Action):
+    action: Literal["answer"]
+    text: str
+
+
+ACTION_MODELS = (Key, Type, MouseMove, LeftClick, RightClick, MiddleClick, DoubleClick, TripleClick,
+                 LeftClickDrag, Scroll, HScroll, Wait, Terminate, Answer)
+Action = Annotated[Union[ACTION_MODELS], Field(discriminator="action")]
+ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)
+ACTION_NAMES: tuple[str, ...] = tuple(m.model_fields["action"].annotation.__args__[0] for m in ACTION_MODELS)
+POINTER_ACTIONS = frozenset({"mouse_move", "left_click", "right_click", "middle_click", "double_click",
+                             "triple_click", "left_click_drag", "scroll", "hscroll"})
+
+
+def to_json(action: Action) -> dict:
+    """The action as the `arguments` object of a native tool call."""
+    data = action.model_dump(mode="json", exclude_none=True)
+    for name in ("coordinate", "start_coordinate"):
+        if name in data:  # keep 500 as 500, not 500.0, in traces and prompts
+            data[name] = [int(v) if float(v).is_integer() else v for v in data[name]]
+    return data

@@ -1,0 +1,109 @@
+"""The step log: one record per step, written as it happens. It is the single source of truth
+for prompts (agent.history), traces, reports and replay.
+
+A trace folder holds:
+    task.yaml        the task as run (resolved)
+    steps.jsonl      one Step per line, flushed after every step
+    screens/NNNN.png the screenshot the model saw at step N (final.png: the last screen)
+    result.json      the final status, reason, checks and totals (written last, always)
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["success", "failed", "invalid_output", "timeout", "aborted", "error"]
+STATUSES: tuple[str, ...] = ("success", "failed", "invalid_output", "timeout", "aborted", "error")
+
+
+class Step(BaseModel):
+    step: int
+    raw: str | None = None  # the model's reply (None for recorded human steps)
+    action: dict[str, Any] | None = None  # the validated action (native arguments), or None
+    error: str | None = None  # why the reply was rejected or the action failed, or None
+    screenshot: str | None = None  # path, relative to the trace folder, of the frame the model saw
+    frame: tuple[int, int] | None = None  # (w, h) of that frame
+    pixel: tuple[int, int] | None = None  # where a pointer action landed, in screen pixels
+    start_pixel: tuple[int, int] | None = None  # drag start, in screen pixels
+    target: dict[str, Any] | None = None  # evidence that re-finds the target (record/replay)
+    timings: dict[str, float] = Field(default_factory=dict)  # *_ms: capture, model, exec, settle, step
+    source: Literal["model", "human", "replay"] = "model"
+    t: float = Field(default_factory=time.time)  # wall clock when the step was recorded
+
+
+class CheckResult(BaseModel):
+    check: str  # e.g. "file_json: {workdir}/form.json"
+    passed: bool
+    detail: str = ""
+
+
+class Result(BaseModel):
+    status: Status
+    reason: str = ""
+    task: str = ""
+    model: str = ""
+    steps: int = 0
+    checks: list[CheckResult] = []
+    started: float = 0.0
+    ended: float = 0.0
+    duration_s: float = 0.0
+    answer: str | None = None  # the text of an `answer` action, if any
+    final_screenshot: str | None = None
+
+
+class Trace:
+    """Writes a trace folder as the run goes, so nothing is lost when it dies."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        (self.folder / "screens").mkdir(parents=True, exist_ok=True)
+        self.steps: list[Step] = []
+        self._log = open(self.folder / "steps.jsonl", "a", encoding="utf-8")
+
+    def save_screen(self, image, name: str) -> str:
+        rel = f"screens/{name}.png"
+        image.save(self.folder / rel, compress_level=1)  # fast: the loop waits on this
+        return rel
+
+    def add(self, step: Step) -> Step:
+        self.steps.append(step)
+        self._log.write(step.model_dump_json() + "\n")
+        self._log.flush()
+        return step
+
+    def write_task(self, text: str) -> None:
+        (self.folder / "task.yaml").write_text(text, encoding="utf-8")
+
+    def finish(self, result: Result) -> Result:
+        result.steps = len(self.steps)
+        (self.folder / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+        self._log.close()
+        return result
+
+
+def load_steps(folder: str | Path) -> list[Step]:
+    path = Path(folder) / "steps.jsonl"
+    steps = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            steps.append(Step.model_validate_json(line))
+    return steps
+
+
+def load_result(folder: str | Path) -> Result | None:
+    path = Path(folder) / "result.json"
+    return Result.model_validate(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else None
+
+
+def new_trace_dir(root: str | Path, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{name}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = Path(f"{base}-{n}")
+    return path
