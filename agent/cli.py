@@ -1,0 +1,68 @@
+"""The `vlagent` command. Thin: each command parses, calls one library function, prints.
+
+Subcommands live in their own modules and are imported only when invoked, so `vlagent --help`
+starts fast and never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from agent import __version__
+
+# name -> "module:attribute" of a click command
+COMMANDS = {
+    "run": "agent.commands:run",
+    "check-action": "agent.commands:check_action",
+    "doctor": "agent.doctor:doctor",
+    "budget": "agent.budget:budget",
+    "bench": "agent.bench:bench",
+    "record": "agent.record:record",
+    "replay": "agent.replay:replay",
+    "suite": "agent.suite:suite",
+    "report": "agent.report:report",
+}
+HELP = {
+    "run": "Run a task file with a model in a sandboxed display.",
+    "check-action": "Validate one raw model reply against the schema and a task's policy.",
+    "doctor": "Check display, input, capture, OCR, model stack and GPU; smoke-run the tiny model.",
+    "budget": "Print the KV-cache token budget and how many screenshots fit.",
+    "bench": "Benchmark agent steps on the real Qwen3-VL-2B architecture.",
+    "record": "Record a person's mouse and keyboard as a replayable trace.",
+    "replay": "Replay a trace without a model, re-finding targets on the current screen.",
+    "suite": "Run many tasks and traces in parallel sandboxes, with JUnit and HTML reports.",
+    "report": "Build an HTML report from traces.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:  # a command whose module is not built yet
+            @click.command(name, help=HELP[name])
+            def missing():
+                raise click.ClickException(f"'{name}' is unavailable: {e}")
+            return missing
+
+    def format_commands(self, ctx, formatter):
+        # Help text without importing every command module.
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, HELP[n]) for n in COMMANDS])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vlagent")
+def cli():
+    """vlagent: a local GUI automation agent driven by Qwen3-VL."""
+
+
+def main():
+    cli()
