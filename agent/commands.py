@@ -1,0 +1,124 @@
+"""`vlagent run` and `vlagent check-action`."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from agent.errors import VlagentError
+
+EXIT_OK, EXIT_NOT_ACHIEVED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+
+
+class UsageError(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM tears down like Ctrl-C: the sandbox goes, the trace is completed."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def model_options(f):
+    f = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                     help="Hub id or local folder of Qwen3-VL weights, 'tiny-random', or 'script:FILE'.")(f)
+    f = click.option("--backend", type=click.Choice(["auto", "transformers", "openai"]), default="auto",
+                     show_default=True, help="'openai' talks to an OpenAI-compatible server (vLLM, SGLang).")(f)
+    f = click.option("--base-url", default=None, help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")(f)
+    return f
+
+
+def make_backend(model: str, backend: str, base_url: str | None):
+    from agent.backends import load_backend
+
+    if backend == "openai" and not base_url:
+        raise UsageError("--backend openai needs --base-url")
+    opts = {"base_url": base_url} if backend == "openai" else {}
+    return load_backend(model, backend=backend, **opts)
+
+
+@click.command()
+@click.argument("task_file", type=click.Path(dir_okay=False, path_type=Path))
+@model_options
+@click.option("--display", default=None, help="Run on an existing display (':N', or 'live' for this desktop) instead of a sandbox.")
+@click.option("--trace", "trace_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Trace folder (default: runs/<time>-<task>).")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Override the task's max_steps.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the task's timeout_s.")
+@click.option("--history-images", type=click.IntRange(1, 32), default=4, show_default=True, help="Screenshots kept as images in the prompt.")
+@click.option("--max-pixels", type=click.IntRange(1024), default=None, help="Downscale screenshots above this many pixels.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(task_file, model, backend, base_url, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json):
+    """Run TASK_FILE with a model, in a sandboxed display by default.
+
+    Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
+    130 when interrupted."""
+    from agent.history import HistoryConfig
+    from agent.loop import LoopConfig
+    from agent.runner import run_task, use_display
+    from agent.task import load_task
+    from agent.ui import print_result, step_printer
+
+    try:
+        task = load_task(task_file)
+        display = use_display(display)
+        model_backend = make_backend(model, backend, base_url)
+    except VlagentError as e:
+        raise UsageError(str(e)) from None
+    loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
+                      history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
+    _sigterm_as_interrupt()
+    try:
+        result, folder = run_task(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
+                                  on_step=None if as_json else step_printer())
+    except KeyboardInterrupt:
+        click.echo("interrupted: sandbox torn down, trace written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if as_json:
+        click.echo(json.dumps({**result.model_dump(mode="json"), "trace": str(folder)}, indent=2))
+    else:
+        print_result(result, folder)
+    sys.exit(EXIT_OK if result.status == "success" else EXIT_NOT_ACHIEVED)
+
+
+@click.command("check-action")
+@click.argument("raw")
+@click.option("--task", "task_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Take the policy from this task's allow: block (default: the built-in policy).")
+@click.option("--screen", default="1280x800", show_default=True, help="Screen size WxH for the pixel coordinates.")
+def check_action(raw, task_file, screen):
+    """Validate one raw model reply (RAW, or - for stdin) against the schema and the policy.
+
+    Exit 0 and print the action as JSON, 1 with the reason when rejected, 2 on usage errors."""
+    from actions import ParseError, Policy, PolicyError, check_reply, to_json, to_pixels
+    from agent.task import load_task
+
+    try:
+        w, h = (int(v) for v in screen.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--screen must look like 1280x800, not {screen!r}") from None
+    try:
+        policy = Policy(load_task(task_file).allow) if task_file else Policy()
+    except VlagentError as e:
+        raise UsageError(str(e)) from None
+    if raw == "-":
+        raw = sys.stdin.read()
+    try:
+        action = check_reply(raw, policy)
+    except (ParseError, PolicyError) as e:
+        click.echo(f"rejected: {e}", err=True)
+        sys.exit(EXIT_NOT_ACHIEVED)
+    out = to_json(action)
+    for key in ("coordinate", "start_coordinate"):
+        value = getattr(action, key, None)
+        if value is not None:
+            out[f"{key}_px" if key != "coordinate" else "pixel"] = list(to_pixels(value, (w, h)))
+    click.echo(json.dumps(out, ensure_ascii=False))

@@ -1,0 +1,118 @@
+"""Render the model's prompt from the step log.
+
+The newest screenshots go in as images (at most `max_images`, the current one included), older steps
+as one line of text each. The window slides in chunks of `evict_chunk` steps, so between evictions
+the prompt only grows at its end: a backend that keeps the KV cache of the unchanged prefix then
+prefills just the new turn (issue 3).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from actions.policy import Policy
+from agent.backends.base import Message
+from agent.trace import Step
+
+PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    max_images: int = 4  # screenshots sent as images, the current one included
+    evict_chunk: int = 2  # older screenshots turn into text this many at a time
+    max_pixels: int | None = None  # downscale screenshots above this many pixels (None: as captured)
+
+
+@cache
+def prompt(name: str) -> str:
+    return (PROMPTS / name).read_text(encoding="utf-8")
+
+
+@cache
+def _tool_json(allowed: tuple[str, ...]) -> str:
+    tool = json.loads(prompt("computer_use.json"))
+    params = tool["function"]["parameters"]["properties"]
+    params["action"]["enum"] = [a for a in params["action"]["enum"] if a in allowed]
+    return json.dumps(tool, ensure_ascii=False)
+
+
+def system_prompt(policy: Policy) -> str:
+    return prompt("system.md").replace("{tools}", _tool_json(tuple(sorted(policy.actions))))
+
+
+def tool_call_text(action: dict) -> str:
+    """A native reply for an action (used for steps that have no raw model reply)."""
+    call = {"name": "computer_use", "arguments": action}
+    return f"<tool_call>\n{json.dumps(call, ensure_ascii=False)}\n</tool_call>"
+
+
+def step_line(step: Step) -> str:
+    if step.action is not None:
+        what = json.dumps(step.action, ensure_ascii=False)
+    else:
+        what = "(no valid action)"
+    outcome = f" -> rejected: {step.error}" if step.error else ""
+    return f"Step {step.step}: {what}{outcome}"
+
+
+def first_image_step(n_steps: int, cfg: HistoryConfig) -> int:
+    """Index (0-based, into the step log) of the oldest step still shown with its screenshot.
+
+    With n past steps, n + 1 screenshots exist (the current one last). Evicting in whole chunks keeps
+    the prompt's prefix stable between evictions."""
+    keep_past = max(cfg.max_images - 1, 0)
+    if n_steps <= keep_past:
+        return 0
+    chunk = max(cfg.evict_chunk, 1)
+    over = n_steps - keep_past
+    return min(-(-over // chunk) * chunk, n_steps)
+
+
+def fit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Downscale (aspect kept) to at most max_pixels. Coordinates are relative, so clicks still land."""
+    if not max_pixels or image.width * image.height <= max_pixels:
+        return image
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    return image.resize((max(int(image.width * scale), 32), max(int(image.height * scale), 32)), Image.BICUBIC)
+
+
+def _image(img: Image.Image, cfg: HistoryConfig) -> dict:
+    return {"type": "image", "image": fit_pixels(img, cfg.max_pixels)}
+
+
+def _text(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def _observation(step_no: int, rejected: Step | None) -> str:
+    feedback = prompt("rejected.md").strip().replace("{reason}", rejected.error) + "\n" if rejected and rejected.error else ""
+    return prompt("observation.md").strip().replace("{feedback}", feedback).replace("{step}", str(step_no))
+
+
+def build_messages(goal: str, steps: list[Step], current: Image.Image, policy: Policy,
+                   load_image: Callable[[Step], Image.Image], cfg: HistoryConfig = HistoryConfig()) -> list[Message]:
+    """The chat for the next step: system (tools), the task with older steps as text, then the
+    recent steps as (screenshot, reply) turns, then the current screenshot."""
+    first = first_image_step(len(steps), cfg)
+    older = "\n".join(step_line(s) for s in steps[:first])
+    history = f"Earlier steps (screenshots no longer shown):\n{older}" if older else ""
+    task_text = prompt("task.md").replace("{goal}", goal).replace("{history}", history).strip()
+    messages: list[Message] = [
+        {"role": "system", "content": [_text(system_prompt(policy))]},
+        {"role": "user", "content": [_text(task_text)]},
+    ]
+    prev: Step | None = steps[first - 1] if first > 0 else None
+    for s in steps[first:]:
+        messages.append({"role": "user", "content": [_image(load_image(s), cfg), _text(_observation(s.step, prev))]})
+        reply = s.raw if s.raw is not None else tool_call_text(s.action or {})
+        messages.append({"role": "assistant", "content": [_text(reply)]})
+        prev = s
+    next_no = steps[-1].step + 1 if steps else 1
+    messages.append({"role": "user", "content": [_image(current, cfg), _text(_observation(next_no, prev))]})
+    return messages

@@ -1,0 +1,137 @@
+"""The agent loop: observe, ask the model, parse, check the policy, execute, record.
+
+The model and the desktop are passed in; the loop builds nothing itself. It returns why it stopped;
+agent.runner turns that and the task's success checks into the run's status.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from actions import ParseError, Policy, PolicyError, check_reply, to_json
+from agent.backends.base import Backend
+from agent.desktop import Desktop
+from agent.errors import BackendError
+from agent.executor import execute
+from agent.history import HistoryConfig, build_messages
+from agent.trace import Step, Trace
+
+MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output
+MAX_REPEATS = 6  # the same action this many times in a row, screen unchanged: the agent is looping
+IMAGE_CACHE = 16  # screenshots kept in memory for the prompt (older ones reload from the trace)
+
+
+@dataclass
+class LoopConfig:
+    max_steps: int = 20
+    timeout_s: float = 300.0
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    settle_max_s: float = 2.0
+
+
+@dataclass
+class LoopEnd:
+    """Why the loop stopped. kind: terminated, max_steps, timeout, exhausted, invalid_output, looping."""
+
+    kind: str
+    reason: str
+    claimed: str | None = None  # the model's own terminate status, never trusted for success
+    answer: str | None = None
+
+
+def _generate(backend: Backend, messages, policy: Policy, deadline: float):
+    """Call the model, but never past the run's deadline (a hung model or server must not hang the run)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["reply"] = backend.generate(messages, policy)
+        except BaseException as e:  # re-raised in the loop's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True, name="model")
+    worker.start()
+    worker.join(max(deadline - time.monotonic(), 0))
+    if worker.is_alive():
+        return None  # deadline passed
+    if "error" in box:
+        raise box["error"]
+    return box["reply"]
+
+
+def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
+             cfg: LoopConfig, on_step=None) -> LoopEnd:
+    deadline = time.monotonic() + cfg.timeout_s
+    images: dict[int, object] = {}
+    looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
+    rejections = 0
+
+    def load_image(step: Step):
+        if step.step not in images:
+            from PIL import Image
+            images[step.step] = Image.open(trace.folder / step.screenshot).convert("RGB")
+        return images[step.step]
+
+    for n in range(len(trace.steps) + 1, len(trace.steps) + cfg.max_steps + 1):
+        if time.monotonic() >= deadline:
+            return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s")
+        desktop.check_abort()
+        t0 = time.perf_counter()
+        frame = desktop.capture()
+        step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
+        t1 = time.perf_counter()
+        messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history)
+        images[n] = frame
+        looks[n] = frame.resize((64, 40)).tobytes()
+        for old in [k for k in images if k <= n - IMAGE_CACHE]:
+            del images[old]
+        raw = _generate(backend, messages, policy, deadline)
+        t2 = time.perf_counter()
+        step.timings = {"capture_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3}
+        if raw is None:
+            step.error = "the model did not answer before the run's deadline"
+            _record(trace, step, t0, on_step)
+            return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
+        step.raw = raw
+        try:
+            action = check_reply(raw, policy)
+        except (ParseError, PolicyError) as e:
+            step.error = str(e)
+            _record(trace, step, t0, on_step)
+            rejections += 1
+            if rejections >= MAX_REJECTIONS:
+                return LoopEnd("invalid_output", f"{rejections} rejected replies in a row; last: {e}")
+            continue
+        rejections = 0
+        step.action = to_json(action)
+        outcome = execute(action, desktop, frame.size)
+        step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
+        t3 = time.perf_counter()
+        settle = desktop.wait_stable(cfg.settle_max_s) if action.action not in ("terminate", "answer") else 0.0
+        step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
+        _record(trace, step, t0, on_step)
+        if action.action == "terminate":
+            return LoopEnd("terminated", f"the model called terminate({action.status})", claimed=action.status)
+        if action.action == "answer":
+            return LoopEnd("terminated", "the model answered", claimed="success", answer=action.text)
+        if _looping(trace.steps, looks):
+            return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {step.action}")
+    return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")
+
+
+def _record(trace: Trace, step: Step, t0: float, on_step) -> None:
+    step.timings["step_ms"] = (time.perf_counter() - t0) * 1e3
+    trace.add(step)
+    if on_step:
+        on_step(step)
+
+
+def _looping(steps: list[Step], looks: dict[int, bytes]) -> bool:
+    recent = steps[-MAX_REPEATS:]
+    return (len(recent) == MAX_REPEATS and recent[0].action is not None
+            and all(s.action == recent[0].action for s in recent)
+            and len({looks.get(s.step) for s in recent}) == 1)
+
+
+__all__ = ["LoopConfig", "LoopEnd", "run_loop", "BackendError"]

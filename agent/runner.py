@@ -1,0 +1,126 @@
+"""Run a task end to end: sandbox, setup, the loop, the success checks, teardown, a trace.
+
+`task_environment` and `evaluate` are shared with replay and record.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from actions import Policy
+from agent.backends.base import Backend
+from agent.errors import Aborted, BackendError, ModelExhausted, SandboxError, VlagentError
+from agent.loop import LoopConfig, LoopEnd, run_loop
+from agent.task import Task
+from agent.trace import CheckResult, Result, Trace, new_trace_dir
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+@dataclass
+class Env:
+    sandbox: object  # sandbox.session.Sandbox
+    desktop: object  # agent.desktop.X11Desktop
+    workdir: Path
+
+
+@contextmanager
+def task_environment(task: Task, display: str | None = None, workdir: Path | None = None) -> Iterator[Env]:
+    """A display for the task (a fresh Xvfb sandbox unless `display` names one), its setup run,
+    and a desktop bound to it. Everything started here is torn down on exit, Ctrl-C included."""
+    from agent.desktop import X11Desktop
+    from sandbox.session import Sandbox
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"vlagent-{task.name}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    with Sandbox(screen=(task.screen.width, task.screen.height), display=display,
+                 workdir=workdir, cwd=task.base_dir) as sandbox:
+        desktop = X11Desktop(sandbox.display)
+        sandbox.run_setup(task.setup)
+        yield Env(sandbox, desktop, workdir)
+
+
+def evaluate(task: Task, env: Env) -> list[CheckResult]:
+    from agent.checks import evaluate as run_checks
+
+    return run_checks(task, env.workdir, env.desktop)
+
+
+def decide(task: Task, end: LoopEnd, checks: list[CheckResult]) -> tuple[str, str]:
+    """The run's status. The task's checks decide success, never the model's own terminate."""
+    if end.kind == "invalid_output":
+        return "invalid_output", end.reason
+    if checks and all(c.passed for c in checks):
+        return "success", f"all {len(checks)} checks passed ({end.reason})"
+    if not checks:  # nothing to verify against: report the model's claim, marked as such
+        if end.claimed == "success":
+            return "success", f"unverified: the task has no success checks; {end.reason}"
+        return ("timeout" if end.kind == "timeout" else "failed"), f"{end.reason}; the task has no success checks"
+    failed = "; ".join(f"{c.check}: {c.detail}" if c.detail else c.check for c in checks if not c.passed)
+    status = "timeout" if end.kind == "timeout" else "failed"
+    return status, f"{end.reason}; failed checks: {failed}"
+
+
+def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_dir: Path | None = None,
+             loop: LoopConfig | None = None, on_step=None) -> tuple[Result, Path]:
+    """Run one task. Always returns a Result and a complete trace folder, whatever happens;
+    KeyboardInterrupt is recorded as `aborted` and then re-raised for the caller to exit."""
+    loop = loop or LoopConfig(max_steps=task.max_steps, timeout_s=task.timeout_s)
+    trace_dir = Path(trace_dir) if trace_dir else new_trace_dir(DEFAULT_RUNS_DIR, task.name)
+    trace = Trace(trace_dir)
+    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    result = Result(status="error", task=task.name, model=getattr(backend, "name", ""), started=time.time())
+    interrupted: BaseException | None = None
+    try:
+        with task_environment(task, display=display, workdir=trace_dir / "workdir") as env:
+            try:
+                end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), trace, loop, on_step)
+            except ModelExhausted as e:
+                end = LoopEnd("exhausted", str(e))
+            result.answer = end.answer
+            try:
+                env.sandbox.check_apps()
+            except SandboxError as e:
+                end = LoopEnd(end.kind, f"{end.reason}; {e}", end.claimed, end.answer)
+            result.checks = evaluate(task, env)
+            result.status, result.reason = decide(task, end, result.checks)
+            _final_screen(env, trace, result)
+    except Aborted as e:
+        result.status, result.reason = "aborted", str(e)
+    except KeyboardInterrupt as e:
+        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
+        interrupted = e
+    except (BackendError, SandboxError, VlagentError) as e:
+        result.status, result.reason = "error", str(e)
+    except Exception as e:  # a crashed app or a dead display surfaces here as Xlib/OS errors
+        result.status, result.reason = "error", f"{type(e).__name__}: {e}".splitlines()[0]
+    finally:
+        result.ended = time.time()
+        result.duration_s = round(result.ended - result.started, 3)
+        trace.finish(result)
+    if interrupted is not None:
+        raise interrupted
+    return result, trace_dir
+
+
+def _final_screen(env: Env, trace: Trace, result: Result) -> None:
+    try:
+        result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
+    except Exception:  # the display may be gone; the status already says why
+        pass
+
+
+def use_display(display: str | None) -> str | None:
+    """`--display live` means the desktop this process runs on."""
+    if display == "live":
+        if not os.environ.get("DISPLAY"):
+            raise VlagentError("--display live: DISPLAY is not set, there is no live desktop here")
+        return os.environ["DISPLAY"]
+    return display

@@ -1,0 +1,42 @@
+"""What a person sees in the terminal: one line per step, a final status panel."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+
+from agent.trace import Result, Step
+
+console = Console(stderr=True, highlight=False)
+STATUS_STYLE = {"success": "bold green", "failed": "bold red", "invalid_output": "bold magenta",
+                "timeout": "bold yellow", "aborted": "bold yellow", "error": "bold red"}
+
+
+def describe(step: Step) -> str:
+    if step.action is None:
+        return f"[red]rejected[/]: {step.error}"
+    args = {k: v for k, v in step.action.items() if k != "action"}
+    where = f" -> px {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
+    return f"[cyan]{step.action['action']}[/] {json.dumps(args, ensure_ascii=False)}{where}"
+
+
+def step_printer():
+    def show(step: Step) -> None:
+        ms = step.timings.get("step_ms", 0.0)
+        model_ms = step.timings.get("model_ms", 0.0)
+        console.print(f"[dim]step {step.step:>3}[/] {describe(step)} [dim]({ms:.0f} ms, model {model_ms:.0f} ms)[/]")
+    return show
+
+
+def print_result(result: Result, folder: Path) -> None:
+    style = STATUS_STYLE.get(result.status, "bold")
+    lines = [f"[{style}]{result.status}[/] after {result.steps} steps in {result.duration_s:.1f} s", result.reason]
+    for c in result.checks:
+        mark = "[green]✓[/]" if c.passed else "[red]✗[/]"
+        lines.append(f"{mark} {c.check}" + (f" [dim]({c.detail})[/]" if c.detail and not c.passed else ""))
+    if result.answer:
+        lines.append(f"answer: {result.answer}")
+    lines.append(f"[dim]trace: {folder}[/]")
+    console.print(Panel("\n".join(lines), title=result.task, expand=False))
