@@ -6,9 +6,20 @@ captured frame before calling in.
 """
 from __future__ import annotations
 
+import importlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
 from typing import Literal, Protocol
 
 from PIL import Image
+
+from agent.errors import Aborted, VlagentError
 
 Button = Literal["left", "right", "middle"]
 
@@ -45,3 +56,233 @@ class Desktop(Protocol):
 
     def check_abort(self) -> None:
         """Raise agent.errors.Aborted when a person pushed the pointer into a screen corner."""
+
+
+INPUT_PAUSE_S = 0.02  # pyautogui's pause after each call (its 0.1 s default makes steps slow)
+DRAG_S = 0.3  # a drag glides for this long so apps see intermediate motion events
+PIXELS_PER_WHEEL_CLICK = 100  # scroll convention: 100 px = 1 wheel click; positive = up / right
+TYPE_DELAY_MS = 12  # xdotool's delay between characters (as in Anthropic's computer-use demo)
+XDOTOOL_TIMEOUT_S = 30.0
+SETTLE_POLL_S = 0.05  # wait_stable compares screen grabs this far apart
+SETTLE_MAX_S = 2.0
+ABORT_MESSAGE = "mouse moved to a screen corner: run aborted by the user"
+
+
+def wheel_clicks(pixels: int) -> int:
+    """Scroll pixels -> wheel clicks, sign kept; any nonzero amount is at least one click."""
+    if pixels == 0:
+        return 0
+    clicks = max(1, round(abs(pixels) / PIXELS_PER_WHEEL_CLICK))
+    return clicks if pixels > 0 else -clicks
+
+
+def _runs(text: str, typable: frozenset[str]) -> list[tuple[bool, str]]:
+    """Split text into (typable, chunk) runs: "Zoë!" -> [(True, "Zo"), (False, "ë"), (True, "!")]."""
+    runs: list[tuple[bool, str]] = []
+    for ch in text:
+        kind = ch in typable
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + ch)
+        else:
+            runs.append((kind, ch))
+    return runs
+
+
+def _open_display(display: str):
+    """An Xlib connection to `display`, or a one-line VlagentError."""
+    from Xlib import display as xdisplay, error as xerror
+
+    try:
+        with redirect_stdout(io.StringIO()):  # Xlib prints an xauth warning to stdout on Xvfb
+            return xdisplay.Display(display)
+    except (xerror.DisplayError, xerror.XauthError, xerror.ConnectionClosedError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VlagentError(f"cannot open display {display}: {reason}") from None
+
+
+def _pyautogui_for(display: str):
+    """pyautogui and its X11 backend module, with the backend bound to `display`.
+
+    pyautogui connects to $DISPLAY once, at import (module global `_display`, plus a keycode table
+    built from it). To drive several displays from one process (one after another, not at once),
+    the backend module is reloaded with DISPLAY pointing at the new display; each X11Desktop keeps
+    the connection and keycode table it got and puts them back before every input call
+    (X11Desktop._bind). This hack lives here and nowhere else."""
+    xauthority = Path(os.environ.get("XAUTHORITY", Path.home() / ".Xauthority"))
+    if not xauthority.exists():  # pyautogui's import fails without one, even on Xvfb
+        xauthority.touch()
+    _open_display(display).close()  # a clear error instead of an Xlib traceback at import
+    saved = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = display
+    try:
+        with redirect_stdout(io.StringIO()):  # Xlib's xauth warning, as above
+            if "pyautogui._pyautogui_x11" in sys.modules:
+                x11 = importlib.reload(sys.modules["pyautogui._pyautogui_x11"])
+            else:
+                import pyautogui._pyautogui_x11 as x11
+    except Exception as e:  # the display died between the probe and the import
+        raise VlagentError(f"cannot open display {display}: {e}") from None
+    finally:
+        if saved is None:
+            os.environ.pop("DISPLAY", None)
+        else:
+            os.environ["DISPLAY"] = saved
+    import pyautogui
+
+    return pyautogui, x11
+
+
+def _pyautogui_typable(pag, x, keymap: dict) -> frozenset[str]:
+    """The printable ASCII characters pyautogui types correctly on this display's keymap.
+
+    pyautogui presses the first keycode bound to a character's keysym and adds Shift by a US-layout
+    guess; on Xvfb's default map '<' then comes out as '>'. Keep only the characters whose
+    (keycode, shift) really produce them; ASCII keysyms equal their code points."""
+    good = set()
+    for ch in map(chr, range(0x20, 0x7F)):
+        code = keymap.get(ch)
+        if code and x.keycode_to_keysym(code, 1 if pag.isShiftCharacter(ch) else 0) == ord(ch):
+            good.add(ch)
+    return frozenset(good)
+
+
+class X11Desktop:
+    """An X display (Xvfb or a real one): mss capture, pyautogui input, xdotool for non-ASCII text.
+
+    On X11 the captured frame and the input space are both root-window pixels, so size() and the
+    capture agree; the executor still scales between them for backends where they differ."""
+
+    def __init__(self, display: str):
+        import mss
+        from Xlib import error as xerror
+
+        self.display = display
+        self._pag, self._x11 = _pyautogui_for(display)
+        self._x = self._x11._display  # this desktop's own connection and keycode table
+        self._keymap = self._x11.keyboardMapping
+        self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
+        w, h = self.size()
+        self._corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)]
+        self._gone = (xerror.ConnectionClosedError, xerror.XError, OSError, mss.ScreenShotError)
+        try:
+            self._mss = mss.MSS(display=display)
+        except mss.ScreenShotError as e:
+            raise VlagentError(f"cannot open display {display}: {e}") from None
+
+    def close(self) -> None:
+        self._mss.close()
+        self._x.close()
+
+    def __enter__(self) -> "X11Desktop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _bind(self):
+        """Point pyautogui at this display, and turn its and Xlib's failures into ours."""
+        pag = self._pag
+        self._x11._display, self._x11.keyboardMapping = self._x, self._keymap
+        pag.FAILSAFE_POINTS = self._corners
+        pag.FAILSAFE = True  # a person pushing the mouse into a corner must always stop the run
+        pag.PAUSE = INPUT_PAUSE_S
+        try:
+            yield pag
+        except pag.FailSafeException:
+            raise Aborted(ABORT_MESSAGE) from None
+        except self._gone as e:
+            raise VlagentError(f"display {self.display} stopped answering: {type(e).__name__}: {e}") from None
+
+    # --- what the model sees ---
+    def capture(self) -> Image.Image:
+        with self._bind():
+            shot = self._mss.grab(self._mss.monitors[0])
+        return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+
+    def size(self) -> tuple[int, int]:
+        screen = self._x.screen()
+        return screen.width_in_pixels, screen.height_in_pixels
+
+    def position(self) -> tuple[int, int]:
+        with self._bind():
+            p = self._x.screen().root.query_pointer()
+        return p.root_x, p.root_y
+
+    def wait_stable(self, max_s: float = SETTLE_MAX_S) -> float:
+        start = time.monotonic()
+        with self._bind():
+            monitor = self._mss.monitors[0]
+            previous = bytes(self._mss.grab(monitor).raw)
+            while time.monotonic() - start < max_s:
+                time.sleep(SETTLE_POLL_S)
+                frame = bytes(self._mss.grab(monitor).raw)
+                if frame == previous:
+                    break
+                previous = frame
+        return time.monotonic() - start
+
+    def check_abort(self) -> None:
+        if self.position() in self._corners:
+            raise Aborted(ABORT_MESSAGE)
+
+    # --- input ---
+    def move(self, x: int, y: int) -> None:
+        with self._bind() as pag:
+            pag.moveTo(x, y)
+
+    def click(self, x: int | None, y: int | None, button: Button = "left", clicks: int = 1) -> None:
+        with self._bind() as pag:
+            if x is not None and y is not None:
+                pag.moveTo(x, y)
+            pag.click(button=button, clicks=clicks)
+
+    def drag(self, x0: int, y0: int, x1: int, y1: int) -> None:
+        with self._bind() as pag:
+            pag.moveTo(x0, y0)
+            pag.mouseDown(button="left")
+            try:
+                pag.moveTo(x1, y1, duration=DRAG_S)
+            finally:  # never leave the button held, even when a person aborts mid-drag
+                self._x11._mouseUp(*self.position(), "left")
+
+    def scroll(self, pixels: int, x: int | None = None, y: int | None = None, horizontal: bool = False) -> None:
+        clicks = wheel_clicks(pixels)
+        with self._bind() as pag:
+            if x is not None and y is not None:
+                pag.moveTo(x, y)
+            if clicks:
+                (pag.hscroll if horizontal else pag.scroll)(clicks)
+
+    def key(self, keys: list[str]) -> None:
+        names = [k if len(k) == 1 else k.lower() for k in keys]
+        for name in names:  # pyautogui silently skips names it cannot press
+            if self._keymap.get(name) is None:
+                raise VlagentError(f"key {name!r} cannot be pressed on display {self.display}")
+        with self._bind() as pag:
+            pag.hotkey(*names)
+
+    def type(self, text: str) -> None:
+        """ASCII through pyautogui; anything else through `xdotool type`, which maps a spare
+        keycode to each character (pyautogui drops non-ASCII text on Linux and mistypes '<')."""
+        for by_pyautogui, chunk in _runs(text, self._typable):
+            if by_pyautogui:
+                with self._bind() as pag:
+                    pag.write(chunk)
+            else:
+                self.check_abort()
+                self._xdotool_type(chunk)
+
+    def _xdotool_type(self, text: str) -> None:
+        exe = shutil.which("xdotool")
+        if exe is None:
+            raise VlagentError("xdotool is not installed; it types non-ASCII text (apt install xdotool)")
+        env = {**os.environ, "DISPLAY": self.display}
+        try:
+            done = subprocess.run([exe, "type", "--delay", str(TYPE_DELAY_MS), "--", text], env=env,
+                                  capture_output=True, text=True, timeout=XDOTOOL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise VlagentError(f"xdotool type did not finish in {XDOTOOL_TIMEOUT_S:g} s on {self.display}") from None
+        if done.returncode != 0:
+            detail = (done.stderr.strip().splitlines() or ["no message"])[0]
+            raise VlagentError(f"xdotool type failed on {self.display}: {detail}")
