@@ -21,7 +21,7 @@ NAMED_KEYS = frozenset({
     'subtract', 'tab', 'up', 'volumedown', 'volumemute', 'volumeup', 'win', 'winleft',
     'winright', 'yen', 'command', 'option', 'optionleft', 'optionright'
 })
-PRINTABLE = frozenset(c for c in string.printable if c not in "\t\n\r\x0b\x0c")
+PRINTABLE = frozenset(c for c in string.printable if c not in "\t\n\r\x0b\x0c" + string.ascii_uppercase)
 VALID_KEYS = NAMED_KEYS | PRINTABLE
 
 # Names models and people use for the same keys.

@@ -5,7 +5,7 @@ import json
 
 from pydantic import ValidationError
 
-from actions.schema import ACTION_ADAPTER, Action
+from actions.schema import ACTION_ADAPTER, ACTION_NAMES, Action
 
 MAX_REPLY_CHARS = 16_000  # a native reply is ~100 chars; anything this long is garbage
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -50,7 +50,8 @@ def _payload(reply: str) -> str:
 def _first_error(e: ValidationError) -> str:
     err = e.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" if where else err["msg"]
+    text = f"{where}: {err['msg']}" if where else err["msg"]
+    return " ".join(repr(text)[1:-1].split())[:300]  # one line, whatever the model put in it
 
 
 def parse_action(reply: str) -> Action:
@@ -72,6 +73,8 @@ def parse_action(reply: str) -> Action:
     args = call["arguments"]
     if not isinstance(args, dict):
         raise ParseError('"arguments" must be a JSON object')
+    if args.get("action") not in ACTION_NAMES:
+        raise ParseError(f"unknown action {str(args.get('action'))[:40]!r}; the actions are: {', '.join(ACTION_NAMES)}")
     try:
         return ACTION_ADAPTER.validate_python(args)
     except ValidationError as e:

@@ -132,12 +132,13 @@ class Policy:
         return action
 
     def _check_keys(self, keys: list[str]) -> None:
-        chord = normalize_chord(keys)
-        for k in chord:
+        names = [normalize_key(k) for k in keys]
+        for k in names:
             if k not in VALID_KEYS:
                 raise PolicyError(f"unknown key name {k[:32]!r}")
-        if len(set(chord)) != len(chord):
-            raise PolicyError(f"repeated key in chord {'+'.join(chord)}")
+        if len(set(names)) != len(names):
+            raise PolicyError(f"repeated key in chord {'+'.join(names)}")
+        chord = normalize_chord(names)
         shown = "+".join(chord)
         if self.chords is not None:
             if chord not in self.chords:
