@@ -1,0 +1,160 @@
+"""Success checks: the real end state decides a run, never the model's own `terminate`.
+
+`evaluate` never raises: any error becomes a failed CheckResult whose detail says why.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.task import Check, Task, expand, resolve_path
+from agent.trace import CheckResult
+from sandbox.procs import kill_group, spawn
+
+COMMAND_TIMEOUT_S = 30.0
+DETAIL_CHARS = 200  # how much of a file, OCR text or stderr a failed check quotes
+
+
+def evaluate(task: Task, workdir: Path, desktop) -> list[CheckResult]:
+    """Run every success check of `task`. `desktop` needs `.capture()` and `.display`."""
+    ctx = _Context(task, Path(workdir), desktop)
+    return [_run_one(check, ctx) for check in task.success]
+
+
+class _Context:
+    def __init__(self, task: Task, workdir: Path, desktop):
+        self.task, self.workdir, self.desktop = task, workdir, desktop
+        self._screen_text: str | None = None
+
+    def screen_text(self) -> str:
+        """OCR of the current screen, once for all screen_text checks."""
+        if self._screen_text is None:
+            from agent.ocr import ocr_text
+            self._screen_text = _normalise(ocr_text(self.desktop.capture()))
+        return self._screen_text
+
+
+def _run_one(check: Check, ctx: _Context) -> CheckResult:
+    kind = check.kind
+    value = getattr(check, kind)
+    label = f"{kind}: {_describe(value)}"
+    try:
+        passed, detail = CHECKS[kind](value, ctx)
+    except Exception as e:  # a check reports, it never ends the run
+        passed, detail = False, f"{type(e).__name__}: {e}"
+    return CheckResult(check=label, passed=passed, detail=_clip(detail))
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "path"):
+        return value.path
+    return value if isinstance(value, str) else " ".join(map(str, value))
+
+
+# -- the check kinds: each returns (passed, detail) ---------------------------------------------
+
+def _file_json(spec, ctx: _Context) -> tuple[bool, str]:
+    path = resolve_path(ctx.task, spec.path, ctx.workdir)
+    if not path.is_file():
+        return False, f"{path} does not exist"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return False, f"{path} is not valid JSON: {e}"
+    diff = _subset_diff(spec.equals, data, "")
+    return (diff is None), (diff or "all keys match")
+
+
+def _subset_diff(expected: Any, actual: Any, where: str) -> str | None:
+    """None when `expected` is contained in `actual` (dicts as subsets, nested; anything
+    else equal), else the first difference as one line."""
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return f"{where or 'top level'}: expected an object, got {_short(actual)}"
+        for key, value in expected.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key not in actual:
+                return f"{path}: missing"
+            diff = _subset_diff(value, actual[key], path)
+            if diff:
+                return diff
+        return None
+    # bool is an int in Python: True must not equal 1 here.
+    if expected != actual or isinstance(expected, bool) != isinstance(actual, bool):
+        return f"{where}: expected {_short(expected)}, got {_short(actual)}"
+    return None
+
+
+def _file_contains(spec, ctx: _Context) -> tuple[bool, str]:
+    path = resolve_path(ctx.task, spec.path, ctx.workdir)
+    if not path.is_file():
+        return False, f"{path} does not exist"
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if spec.text in text:
+        return True, f"found in {path}"
+    return False, f"{path} does not contain {spec.text!r}; it starts {text[:DETAIL_CHARS]!r}"
+
+
+def _screen_text(wanted: str, ctx: _Context) -> tuple[bool, str]:
+    seen = ctx.screen_text()
+    if _normalise(wanted) in seen:
+        return True, "found on screen"
+    return False, f"not on screen; OCR read: {seen[:DETAIL_CHARS]!r}"
+
+
+def _window_title(regex: str, ctx: _Context) -> tuple[bool, str]:
+    from sandbox.windows import list_windows
+    pattern = re.compile(regex)
+    titles = [w.title for w in list_windows(ctx.desktop.display)]
+    match = next((t for t in titles if pattern.search(t)), None)
+    if match is not None:
+        return True, f"window {match!r}"
+    return False, f"no visible window matches; titles: {titles}"
+
+
+def _command(cmd: list[str] | str, ctx: _Context) -> tuple[bool, str]:
+    shell = isinstance(cmd, str)
+    argv = expand(cmd, ctx.workdir) if shell else [expand(a, ctx.workdir) for a in cmd]
+    env = {**os.environ, "DISPLAY": ctx.desktop.display or ""}
+    try:  # own process group: a timeout kills the shell's children too
+        proc = spawn(argv, shell=shell, cwd=ctx.task.base_dir, env=env, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    except OSError as e:
+        return False, f"cannot run: {e.strerror}"
+    try:
+        out, err = proc.communicate(timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        return False, f"did not finish in {COMMAND_TIMEOUT_S:g} s"
+    finally:
+        kill_group(proc, grace_s=0)  # nothing it started outlives the check
+    if proc.returncode == 0:
+        return True, "exit code 0"
+    err = " ".join((err or out).split())
+    return False, f"exit code {proc.returncode}" + (f": {err[-DETAIL_CHARS:]}" if err else "")
+
+
+CHECKS: dict[str, Callable[[Any, _Context], tuple[bool, str]]] = {
+    "file_json": _file_json,
+    "file_contains": _file_contains,
+    "screen_text": _screen_text,
+    "window_title": _window_title,
+    "command": _command,
+}
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _short(value: Any) -> str:
+    return _clip(json.dumps(value, ensure_ascii=False, default=str), 80)
+
+
+def _clip(text: str, n: int = DETAIL_CHARS * 2) -> str:
+    text = " ".join(text.split()) if "\n" in text else text
+    return text if len(text) <= n else text[: n - 1] + "…"
