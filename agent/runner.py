@@ -42,9 +42,9 @@ def task_environment(task: Task, display: str | None = None, workdir: Path | Non
     workdir.mkdir(parents=True, exist_ok=True)
     with Sandbox(screen=(task.screen.width, task.screen.height), display=display,
                  workdir=workdir, cwd=task.base_dir) as sandbox:
-        desktop = X11Desktop(sandbox.display)
-        sandbox.run_setup(task.setup)
-        yield Env(sandbox, desktop, workdir)
+        with X11Desktop(sandbox.display) as desktop:
+            sandbox.run_setup(task.setup)
+            yield Env(sandbox, desktop, workdir)
 
 
 def evaluate(task: Task, env: Env) -> list[CheckResult]:
@@ -80,6 +80,7 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
     interrupted: BaseException | None = None
     try:
         with task_environment(task, display=display, workdir=trace_dir / "workdir") as env:
+            result.display = env.sandbox.display
             try:
                 end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), trace, loop, on_step)
             except ModelExhausted as e:

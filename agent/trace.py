@@ -53,6 +53,7 @@ class Result(BaseModel):
     duration_s: float = 0.0
     answer: str | None = None  # the text of an `answer` action, if any
     final_screenshot: str | None = None
+    display: str | None = None  # the X display the run drove
 
 
 class Trace:

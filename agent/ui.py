@@ -9,7 +9,7 @@ from rich.panel import Panel
 
 from agent.trace import Result, Step
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 STATUS_STYLE = {"success": "bold green", "failed": "bold red", "invalid_output": "bold magenta",
                 "timeout": "bold yellow", "aborted": "bold yellow", "error": "bold red"}
 
