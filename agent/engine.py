@@ -1,0 +1,502 @@
+"""A fast decode path for Qwen3VLForConditionalGeneration, for one agent conversation at a time.
+
+What makes a step fast, and why each piece exists:
+- One static KV cache owned here (layers x kv_heads x max_context x head_dim), so decoding never
+  reallocates and a CUDA graph can replay the decode step with its buffers in place.
+- Prefix reuse: the cache keeps the tokens of the previous call (prompt + reply). A new call
+  prefills only from the first token (or image, compared by content key) that differs, so an
+  append-only history pays only for the new screenshot and text.
+- Images are encoded one at a time and cached by content key: an unchanged screenshot is never
+  re-encoded, and encoding is identical whichever call first saw it.
+- Decoding reads the cache only up to the next KV_BUCKET tokens and does grouped-query attention
+  without copying K/V (the query heads of a KV head act as extra query rows). On CUDA each bucket's
+  decode step is captured once as a CUDA graph: one replay per token, no Python per layer.
+- Grammar: an xgrammar GrammarMatcher fills a token bitmask on the CPU; the mask is copied to the
+  GPU and applied inside the graph, so constraining costs one small copy per token.
+- The language model's forward is written here (same math as transformers' Qwen3-VL text model)
+  so prefill and decode share one code path and the cache layout is ours; `tests/test_engine.py`
+  checks it against transformers' own forward.
+
+Use: `Engine(model, max_context)` then `generate(ids, images, max_new_tokens, matcher=...)`,
+where `images` are `EngineImage`s in the order their placeholders appear in `ids`.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import VlagentError
+
+KV_BUCKET = 512  # tokens: decode attention reads the cache up to the next multiple of this
+PREFILL_CHUNK = 4096  # tokens per prefill pass: bounds activation memory at long context
+VISION_CACHE_SIZE = 16  # encoded images kept (a rolling history needs K + a few)
+WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
+
+
+@dataclass
+class EngineImage:
+    """One image of the prompt as the processor made it: its patches, grid (t, h, w) and a content key."""
+    pixel_values: Any  # (t*h*w, C*T*P*P) float tensor
+    grid_thw: tuple[int, int, int]
+    key: str = ""  # same key = same image; empty: hashed from pixel_values
+
+    def __post_init__(self):
+        self.grid_thw = tuple(int(v) for v in self.grid_thw)
+        if not self.key:
+            self.key = tensor_key(self.pixel_values)
+
+
+@dataclass
+class Timings:
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0
+    ttft_ms: float = 0.0  # call start to the first token chosen (vision + prefill + sampling)
+    decode_ms: float = 0.0  # after the first token
+    total_ms: float = 0.0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV came from the previous call
+    new_tokens: int = 0
+    images_encoded: int = 0
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    timings: Timings = field(default_factory=Timings)
+
+
+def tensor_key(t) -> str:
+    """A content key for a tensor (hashes its bytes; callers with the source image may pass a cheaper key)."""
+    a = t.detach().to("cpu").contiguous()
+    return hashlib.blake2b(a.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes(),
+                           digest_size=16).hexdigest()
+
+
+def image_key(image) -> str:
+    """A content key for a PIL image: its size, mode and raw pixels."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.size}{image.mode}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+# ---- the language model's math, as pure functions (so a decode step can be compiled once for all layers)
+
+def rms_norm(x, w, eps: float):
+    # Same op order and dtypes as Qwen3VLTextRMSNorm, so results match transformers bit for bit on CPU.
+    dt = x.dtype
+    x32 = x.float()
+    x32 = x32 * (x32.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+    return w * x32.to(dt)
+
+
+def _rotate_half(x):
+    import torch
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def pre_attention(x, ln_w, qkv_w, qn_w, kn_w, cos, sin, eps: float, heads: int, kv_heads: int, head_dim: int):
+    """Norm, fused QKV projection, per-head q/k norm and rotary: (1, n, hidden) -> q (1,H,n,d), k, v (1,KV,n,d)."""
+    n = x.shape[1]
+    h = rms_norm(x, ln_w, eps)
+    qkv = h @ qkv_w.t()
+    q, k, v = qkv.split((heads * head_dim, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
+    q = rms_norm(q.view(1, n, heads, head_dim), qn_w, eps).transpose(1, 2)
+    k = rms_norm(k.view(1, n, kv_heads, head_dim), kn_w, eps).transpose(1, 2)
+    v = v.view(1, n, kv_heads, head_dim).transpose(1, 2)
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = q * c + _rotate_half(q) * s
+    k = k * c + _rotate_half(k) * s
+    return q, k, v
+
+
+def post_attention(x, attn, o_w, ln_w, gate_up_w, down_w, eps: float, inter: int):
+    """Output projection, residual, norm, SwiGLU MLP, residual."""
+    import torch.nn.functional as F
+    x = x + attn @ o_w.t()
+    h = rms_norm(x, ln_w, eps)
+    g, u = (h @ gate_up_w.t()).split((inter, inter), dim=-1)
+    return x + (F.silu(g) * u) @ down_w.t()
+
+
+# ---- M-RoPE positions (same rule as Qwen3VLModel.get_rope_index), computed on the CPU
+
+def mrope_positions(ids: list[int], image_token: int, grids: list[tuple[int, int, int]], merge: int):
+    """(3, n) positions for a prompt and the next text position after it."""
+    import torch
+    parts, cur, i, img, n = [], 0, 0, 0, len(ids)
+    while i < n:
+        if ids[i] == image_token:
+            t, h, w = grids[img]
+            gh, gw = h // merge, w // merge
+            tt = torch.arange(t).view(-1, 1, 1).expand(t, gh, gw)
+            hh = torch.arange(gh).view(1, -1, 1).expand(t, gh, gw)
+            ww = torch.arange(gw).view(1, 1, -1).expand(t, gh, gw)
+            parts.append(torch.stack([tt, hh, ww]).reshape(3, -1) + cur)
+            i += t * gh * gw
+            cur += max(gh, gw)
+            img += 1
+        else:
+            j = i
+            while j < n and ids[j] != image_token:
+                j += 1
+            parts.append(torch.arange(cur, cur + j - i).view(1, -1).expand(3, -1))
+            cur += j - i
+            i = j
+    return torch.cat(parts, dim=1), cur
+
+
+def image_spans(ids: list[int], image_token: int) -> list[tuple[int, int]]:
+    """[start, end) of each run of image placeholder tokens."""
+    spans, i, n = [], 0, len(ids)
+    while i < n:
+        if ids[i] == image_token:
+            j = i
+            while j < n and ids[j] == image_token:
+                j += 1
+            spans.append((i, j))
+            i = j
+        else:
+            i += 1
+    return spans
+
+
+class Engine:
+    """Owns the KV cache and the decode graphs of one model; serves one conversation at a time."""
+
+    def __init__(self, model, max_context: int = 32768, *, graphs: bool | None = None,
+                 compile: bool = False, attention: str = "sdpa"):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        cfg = model.config
+        self.tcfg = tcfg = cfg.text_config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.model.language_model.parameters()).dtype
+        self.lm = model.model.language_model
+        self.visual = model.model.visual
+        self.merge = cfg.vision_config.spatial_merge_size
+        self.image_token = cfg.image_token_id
+        self.heads, self.kv_heads = tcfg.num_attention_heads, tcfg.num_key_value_heads
+        self.head_dim = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // self.heads
+        self.eps = tcfg.rms_norm_eps
+        self.inter = tcfg.intermediate_size
+        self.vocab = tcfg.vocab_size
+        self.max_context = int(max_context)
+        self.attention = attention  # decode attention: "sdpa" or "bmm"
+        self.use_graphs = (self.device.type == "cuda") if graphs is None else graphs
+        self._fuse_weights()
+        n_layers = len(self.lm.layers)
+        shape = (n_layers, self.kv_heads, self.max_context, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # Static decode buffers: the graph reads and writes these in place.
+        self._tok = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self._pos = torch.zeros((1,), dtype=torch.long, device=self.device)  # cache slot of _tok
+        self._delta = torch.zeros((1,), dtype=torch.long, device=self.device)  # rope pos - slot
+        self._arange = torch.arange(self.max_context, device=self.device)
+        words = (self.vocab + 31) // 32
+        self._bitmask = torch.full((1, words), -1, dtype=torch.int32, device=self.device)
+        self._bitmask_host = torch.full((1, words), -1, dtype=torch.int32,
+                                        pin_memory=self.device.type == "cuda")
+        self._bits = torch.arange(32, dtype=torch.int32, device=self.device)
+        self._graphs: dict[int, Any] = {}
+        self._pool = None
+        self._pre, self._post = pre_attention, post_attention
+        if compile:
+            self._pre = torch.compile(pre_attention, dynamic=False, fullgraph=True)
+            self._post = torch.compile(post_attention, dynamic=False, fullgraph=True)
+        self._vision: OrderedDict[str, tuple] = OrderedDict()
+        self._ids: list[int] = []  # tokens whose KV is in the cache, in order
+        self._keys: list[str] = []  # keys of the images among them, in order
+
+    # ---- set-up
+
+    def _fuse_weights(self):
+        """Concatenate q/k/v and gate/up weights, and point the model's parameters at views of them,
+        so one GEMM replaces three (and two) without holding the weights twice."""
+        torch = self.torch
+        self.layers = []
+        with torch.no_grad():
+            for layer in self.lm.layers:
+                a, m = layer.self_attn, layer.mlp
+                qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous()
+                gu = torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous()
+                nq, nk = a.q_proj.weight.shape[0], a.k_proj.weight.shape[0]
+                a.q_proj.weight = torch.nn.Parameter(qkv[:nq], requires_grad=False)
+                a.k_proj.weight = torch.nn.Parameter(qkv[nq:nq + nk], requires_grad=False)
+                a.v_proj.weight = torch.nn.Parameter(qkv[nq + nk:], requires_grad=False)
+                m.gate_proj.weight = torch.nn.Parameter(gu[:self.inter], requires_grad=False)
+                m.up_proj.weight = torch.nn.Parameter(gu[self.inter:], requires_grad=False)
+                if a.q_proj.bias is not None:
+                    raise VlagentError("engine: attention biases are not supported (Qwen3-VL has none)")
+                self.layers.append(dict(ln=layer.input_layernorm.weight, qkv=qkv, qn=a.q_norm.weight,
+                                        kn=a.k_norm.weight, o=a.o_proj.weight,
+                                        post=layer.post_attention_layernorm.weight, gu=gu,
+                                        down=m.down_proj.weight))
+
+    def reset(self):
+        """Forget the cached prefix (the next call prefills everything)."""
+        self._ids, self._keys = [], []
+
+    # ---- vision
+
+    def encode(self, image: EngineImage):
+        """(embeds, [deepstack...]) of one image, from the cache when seen before."""
+        hit = self._vision.get(image.key)
+        if hit is not None:
+            self._vision.move_to_end(image.key)
+            return hit, False
+        torch = self.torch
+        px = image.pixel_values.to(self.device, self.visual.dtype if hasattr(self.visual, "dtype") else self.dtype)
+        grid = torch.tensor([image.grid_thw], device=self.device)
+        out = self.visual(px, grid_thw=grid)
+        if isinstance(out, tuple):  # older transformers: (merged, deepstack list)
+            embeds, deep = out[0], out[1]
+        else:
+            embeds, deep = out.pooler_output, out.deepstack_features
+        hit = (embeds.to(self.dtype), [d.to(self.dtype) for d in deep])
+        self._vision[image.key] = hit
+        while len(self._vision) > VISION_CACHE_SIZE:
+            self._vision.popitem(last=False)
+        return hit, True
+
+    # ---- the language model
+
+    def _rope(self, x, pos3):
+        return self.lm.rotary_emb(x, pos3.view(3, 1, -1))
+
+    def _layers(self, x, cos, sin, start: int, vis_mask=None, deepstack=None):
+        """Prefill: run tokens [start, start+n) through all layers, writing their KV. Returns hidden of the last."""
+        torch = self.torch
+        from torch.nn.attention.bias import causal_lower_right
+        import torch.nn.functional as F
+        n = x.shape[1]
+        end = start + n
+        rep = self.heads // self.kv_heads
+        for i, w in enumerate(self.layers):
+            q, k, v = pre_attention(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
+                                    self.eps, self.heads, self.kv_heads, self.head_dim)
+            self.k_cache[i, :, start:end] = k[0]
+            self.v_cache[i, :, start:end] = v[0]
+            kk = self.k_cache[i, :, :end].repeat_interleave(rep, dim=0)[None]
+            vv = self.v_cache[i, :, :end].repeat_interleave(rep, dim=0)[None]
+            if start == 0:
+                o = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+            else:  # queries sit at the end of the keys: causal, aligned bottom-right
+                o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=causal_lower_right(n, end))
+            o = o.transpose(1, 2).reshape(1, n, -1)
+            x = post_attention(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
+            if deepstack is not None and i < len(deepstack) and vis_mask is not None:
+                x = x.clone()
+                x[vis_mask] = x[vis_mask] + deepstack[i]
+        return x[:, -1:]
+
+    def _logits(self, h):
+        return self.model.lm_head(self.lm.norm(h)).float().view(1, -1)
+
+    def _mask_logits(self, logits):
+        """Apply the token bitmask (all ones when unconstrained); runs inside the decode graph."""
+        torch = self.torch
+        allowed = ((self._bitmask.view(-1, 1) >> self._bits) & 1).view(-1)[: logits.shape[-1]].bool()
+        return logits.masked_fill(~allowed.view(1, -1), float("-inf"))
+
+    def _decode_step(self, span: int):
+        """One token: feed _tok at slot _pos, attend to slots < span, write the next token into _tok."""
+        torch = self.torch
+        import torch.nn.functional as F
+        x = self.lm.embed_tokens(self._tok)
+        rp = (self._pos + self._delta).view(1, 1, 1).expand(3, 1, 1)
+        cos, sin = self.lm.rotary_emb(x, rp)
+        keep = (self._arange[:span] <= self._pos).view(1, 1, 1, span)
+        rep, d = self.heads // self.kv_heads, self.head_dim
+        for i, w in enumerate(self.layers):
+            q, k, v = self._pre(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
+                                self.eps, self.heads, self.kv_heads, d)
+            self.k_cache[i].index_copy_(1, self._pos, k[0])
+            self.v_cache[i].index_copy_(1, self._pos, v[0])
+            kk, vv = self.k_cache[i, :, :span][None], self.v_cache[i, :, :span][None]
+            qg = q.reshape(1, self.kv_heads, rep, d)  # GQA: a KV head's query heads as query rows
+            if self.attention == "bmm":
+                s = (qg @ kk.transpose(-1, -2)).float() * (d ** -0.5)
+                p = s.masked_fill(~keep, float("-inf")).softmax(-1).to(vv.dtype)
+                o = p @ vv
+            else:
+                o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=keep)
+            o = o.reshape(1, 1, self.heads * d)
+            x = self._post(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
+        logits = self._mask_logits(self._logits(x))
+        self._tok.copy_(logits.argmax(-1).view(1, 1))
+        self._pos.add_(1)
+
+    def _replay(self, span: int):
+        torch = self.torch
+        if not self.use_graphs:
+            self._decode_step(span)
+            return
+        g = self._graphs.get(span)
+        if g is None:
+            g = self._capture(span)
+        g.replay()
+
+    def _capture(self, span: int):
+        """Capture the decode step for one KV span. The step mutates _tok/_pos/the cache, so save
+        and restore them around the warm-up runs."""
+        torch = self.torch
+        saved = (self._tok.clone(), self._pos.clone())
+        slot = int(saved[1])
+        kv = (self.k_cache[:, :, slot].clone(), self.v_cache[:, :, slot].clone())
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_REPLAYS):
+                self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
+                self._decode_step(span)
+        torch.cuda.current_stream().wait_stream(stream)
+        self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
+        g = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(g, pool=self._pool):
+            self._decode_step(span)
+        self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
+        self.k_cache[:, :, slot] = kv[0]
+        self.v_cache[:, :, slot] = kv[1]
+        self._graphs[span] = g
+        return g
+
+    def _span(self, slot: int) -> int:
+        return min(self.max_context, (slot // KV_BUCKET + 1) * KV_BUCKET)
+
+    def warmup(self, spans: list[int] | None = None):
+        """Capture decode graphs ahead of time (default: every bucket up to a quarter of the context)."""
+        if not self.use_graphs:
+            return
+        spans = spans or list(range(KV_BUCKET, self.max_context // 4 + 1, KV_BUCKET))
+        with self.torch.inference_mode():
+            for s in spans:
+                if s not in self._graphs:
+                    self._pos.fill_(s - 1)
+                    self._capture(s)
+        self._pos.zero_()
+
+    # ---- one call
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def _common_prefix(self, ids: list[int], spans, keys: list[str]) -> int:
+        m = 0
+        for a, b in zip(self._ids, ids):
+            if a != b:
+                break
+            m += 1
+        # The first image whose content changed cuts the prefix at its first placeholder.
+        old_spans = image_spans(self._ids, self.image_token)
+        for (s, e), key, old_key, old in zip(spans, keys, self._keys, old_spans):
+            if s >= m:
+                break
+            if key != old_key or old != (s, e):
+                m = s
+                break
+        for s, e in spans:  # never start inside an image
+            if s < m < e:
+                m = s
+        return min(m, len(ids) - 1)  # at least one token runs, to get logits
+
+    def generate(self, ids: list[int], images: list[EngineImage] = (), max_new_tokens: int = 64, *,
+                 stop_ids: set[int] | frozenset = frozenset(), matcher=None, min_new_tokens: int = 0) -> Generation:
+        """Greedy decoding of `ids` (with `images` in placeholder order). A `matcher`
+        (xgrammar.GrammarMatcher) constrains every token; min_new_tokens ignores stops (benchmarks)."""
+        torch = self.torch
+        with torch.inference_mode():
+            return self._generate(list(ids), list(images), max_new_tokens, set(stop_ids), matcher, min_new_tokens)
+
+    def _generate(self, ids, images, max_new_tokens, stop_ids, matcher, min_new_tokens):
+        torch = self.torch
+        t = Timings(prompt_tokens=len(ids))
+        if len(ids) + max_new_tokens > self.max_context:
+            raise VlagentError(f"prompt of {len(ids)} tokens + {max_new_tokens} new exceeds the "
+                               f"engine's context of {self.max_context} tokens")
+        spans = image_spans(ids, self.image_token)
+        if len(spans) != len(images):
+            raise VlagentError(f"prompt has {len(spans)} image placeholders but {len(images)} images")
+        for (s, e), im in zip(spans, images):
+            tt, hh, ww = im.grid_thw
+            if e - s != tt * hh * ww // self.merge ** 2:
+                raise VlagentError(f"image at token {s}: {e - s} placeholders, grid {im.grid_thw} needs "
+                                   f"{tt * hh * ww // self.merge ** 2}")
+        keys = [im.key for im in images]
+        t0 = time.perf_counter()
+        m = self._common_prefix(ids, spans, keys)
+        t.reused_tokens = m
+
+        # Vision: only images that are (partly) in the new part.
+        feats = {}
+        for idx, ((s, e), im) in enumerate(zip(spans, images)):
+            if e > m:
+                feats[idx], fresh = self.encode(im)
+                t.images_encoded += fresh
+        self._sync()
+        t1 = time.perf_counter()
+        t.vision_ms = (t1 - t0) * 1e3
+
+        pos3, next_pos = mrope_positions(ids, self.image_token, [im.grid_thw for im in images], self.merge)
+        pos3 = pos3.to(self.device)
+        h = None
+        for c0 in range(m, len(ids), PREFILL_CHUNK):
+            c1 = min(len(ids), c0 + PREFILL_CHUNK)
+            x = self.lm.embed_tokens(torch.tensor([ids[c0:c1]], device=self.device))
+            vis_mask, deep = None, None
+            parts = [(idx, max(s, c0), min(e, c1), s) for idx, (s, e) in enumerate(spans) if s < c1 and e > c0]
+            if parts:
+                vis_mask = torch.zeros((1, c1 - c0), dtype=torch.bool, device=self.device)
+                x = x.clone()
+                for idx, a, b, s in parts:
+                    x[0, a - c0:b - c0] = feats[idx][0][a - s:b - s]
+                    vis_mask[0, a - c0:b - c0] = True
+                n_deep = len(feats[parts[0][0]][1])
+                deep = [torch.cat([feats[idx][1][j][a - s:b - s] for idx, a, b, s in parts]) for j in range(n_deep)]
+            cos, sin = self._rope(x, pos3[:, c0:c1])
+            h = self._layers(x, cos, sin, c0, vis_mask, deep)
+        self._ids, self._keys = list(ids), keys
+        self._bitmask.fill_(-1)
+        if matcher is not None:
+            matcher.fill_next_token_bitmask(self._bitmask_host)
+            self._bitmask.copy_(self._bitmask_host, non_blocking=True)
+        first = int(self._mask_logits(self._logits(h)).argmax(-1))
+        t2 = time.perf_counter()
+        t.prefill_ms = (t2 - t1) * 1e3
+        t.ttft_ms = (t2 - t0) * 1e3
+
+        # Decode: the graph feeds _tok at slot _pos and leaves the next token in _tok.
+        out = [first]
+        self._tok.fill_(first)
+        self._pos.fill_(len(ids))
+        self._delta.fill_(next_pos - len(ids))
+        while True:
+            tok = out[-1]
+            if matcher is not None and not matcher.accept_token(tok):
+                raise VlagentError(f"grammar rejected token {tok}")  # a bug: the mask allowed it
+            done = (tok in stop_ids and len(out) > min_new_tokens) or len(out) >= max_new_tokens \
+                or (matcher is not None and matcher.is_terminated())
+            if done:
+                break
+            slot = len(ids) + len(out) - 1
+            if matcher is not None:
+                matcher.fill_next_token_bitmask(self._bitmask_host)
+                self._bitmask.copy_(self._bitmask_host, non_blocking=True)
+            self._replay(self._span(slot))
+            self._ids.append(tok)
+            out.append(int(self._tok))
+        t3 = time.perf_counter()
+        t.decode_ms = (t3 - t2) * 1e3
+        t.total_ms = (t3 - t0) * 1e3
+        t.new_tokens = len(out)
+        return Generation(out, t)
