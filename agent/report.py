@@ -1,0 +1,357 @@
+"""`vlagent report`: one self-contained folder, viewable offline, for any traces. Like Playwright's
+trace viewer, for desktops: a summary table; per task the step timeline with the screenshot the
+model saw and its action drawn on it (an SVG overlay, in the frame's own pixels), the raw reply,
+errors, timings, the final screen and the checks.
+
+    out/index.html            the summary
+    out/tasks/<slug>.html     one page per trace, its screenshots under out/tasks/<slug>/
+    out/assets/               CSS and JS (agent/report_assets), no network needed
+    out/report.json           the summary as data: `--merge` joins shards' reports from it
+
+Secrets stay redacted: values of the environment variables a task names under `secrets:` and of
+any variable that looks secret (PASSWORD, TOKEN, ...) never reach the HTML.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from html import escape
+from pathlib import Path
+from string import Template
+
+import click
+import yaml
+
+from agent.report_draw import action_label, overlay_svg
+from agent.trace import Result, Step, load_result
+
+ASSETS = Path(__file__).with_name("report_assets")
+SECRET_ENV = re.compile(r"(?i)(pass(word|wd)?|secret|token|api_?key|credential|private)")
+MIN_SECRET_CHARS = 4  # shorter values would redact ordinary words
+REDACTED = "••••••"
+STATUS_ORDER = ("error", "timeout", "aborted", "invalid_output", "failed", "skipped", "no result", "success")
+
+
+@dataclass
+class Entry:
+    """One row of the summary (and of report.json)."""
+
+    name: str
+    slug: str
+    status: str
+    reason: str
+    steps: int
+    duration_s: float
+    model: str
+    page: str  # relative to the report folder
+    thumb: str | None  # the final (or last) screen, relative to the report folder
+    trace: str
+
+
+# ---------------------------------------------------------------- reading traces
+
+def find_traces(paths: list[Path]) -> list[Path]:
+    """Trace folders (with steps.jsonl) at or under the paths, in path order."""
+    found: list[Path] = []
+    for p in paths:
+        if (p / "steps.jsonl").is_file():
+            found.append(p)
+        elif p.is_dir():
+            found.extend(sorted(q.parent for q in p.rglob("steps.jsonl") if "workdir" not in q.parts[len(p.parts):]))
+    return found
+
+
+def read_steps(folder: Path) -> list[Step]:
+    """Leniently: a run killed mid-write may leave a torn last line."""
+    steps = []
+    try:
+        lines = (folder / "steps.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return steps
+    for line in lines:
+        try:
+            steps.append(Step.model_validate_json(line))
+        except ValueError:
+            continue
+    return steps
+
+
+class Redactor:
+    def __init__(self, task_text: str):
+        names = {k for k in os.environ if SECRET_ENV.search(k)}
+        try:
+            task = yaml.safe_load(task_text) or {}
+            names |= set((task.get("secrets") or {}).values())
+        except (yaml.YAMLError, AttributeError):
+            pass
+        values = {os.environ[n] for n in names if len(os.environ.get(n, "")) >= MIN_SECRET_CHARS}
+        self.values = sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
+
+    def __call__(self, text: str | None) -> str:
+        text = text or ""
+        for v in self.values:
+            text = text.replace(v, REDACTED)
+        return text
+
+
+# ---------------------------------------------------------------- rendering
+
+def _page(title: str, body: str, root: str) -> str:
+    tpl = Template((ASSETS / "page.html").read_text(encoding="utf-8"))
+    return tpl.substitute(title=escape(title), body=body, root=root)
+
+
+def _badge(status: str) -> str:
+    return f'<span class="badge s-{escape(status.replace(" ", "_"))}">{escape(status)}</span>'
+
+
+def _ms(v: float) -> str:
+    return f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.0f} ms"
+
+
+def _timings(step: Step) -> str:
+    parts = [(k.removesuffix("_ms"), v) for k, v in step.timings.items() if k.endswith("_ms") and k != "step_ms"]
+    total = step.timings.get("step_ms") or sum(v for _, v in parts) or 1.0
+    bar = "".join(f'<span class="t-{escape(k)}" style="width:{max(v / total * 100, 0.5):.1f}%" title="{escape(k)} {_ms(v)}"></span>'
+                  for k, v in parts)
+    chips = " · ".join(f"{escape(k)} {_ms(v)}" for k, v in parts)
+    head = f"step {_ms(step.timings['step_ms'])}: " if "step_ms" in step.timings else ""
+    return f'<div class="timing"><div class="tbar">{bar}</div><div class="tlabel">{head}{chips}</div></div>'
+
+
+def _copy_screen(trace: Path, rel: str | None, dest: Path, slug: str) -> str | None:
+    """Copy a screenshot into the report; its path relative to the tasks/ folder."""
+    if not rel or not (trace / rel).is_file():
+        return None
+    target = dest / slug / Path(rel).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(trace / rel, target)
+    return f"{slug}/{Path(rel).name}"
+
+
+def _intended(step: Step) -> dict | None:
+    """What a rejected reply asked for, when it parsed: drawn too, marked as rejected."""
+    if step.action is not None or not step.raw:
+        return None
+    from actions.parse import ParseError, parse_action
+    from actions.schema import to_json
+
+    try:
+        return to_json(parse_action(step.raw))
+    except ParseError:
+        return None
+
+
+def _step_card(step: Step, img: str | None, redact: Redactor) -> str:
+    intended = _intended(step)
+    if intended is not None:
+        step = step.model_copy(update={"action": intended})
+    label = (action_label(step.action, redact) + (" (rejected)" if intended else "")) if step.action else "rejected reply"
+    kind = "rejected" if intended or not step.action else step.action.get("action", "?")
+    src = {"model": "", "human": '<span class="src">recorded</span>', "replay": '<span class="src">replay</span>'}[step.source]
+    shot = (f'<figure class="shot"><img src="{escape(img)}" loading="lazy" alt="step {step.step} screen">'
+            f'{overlay_svg(step, redact, rejected=intended is not None)}</figure>' if img else '<div class="shot none">no screenshot</div>')
+    error = f'<div class="error">{escape(redact(step.error))}</div>' if step.error else ""
+    raw = (f'<details class="raw" open><summary>model reply</summary><pre>{escape(redact(step.raw))}</pre></details>'
+           if step.raw is not None else "")
+    where = f'<div class="where">pointer at px {step.pixel[0]}, {step.pixel[1]}</div>' if step.pixel else ""
+    target = (f'<details class="raw"><summary>target evidence</summary><pre>{escape(redact(json.dumps(step.target, indent=1, ensure_ascii=False)))}</pre></details>'
+              if step.target else "")
+    cls = "step err" if step.error else "step"
+    return f"""<section class="{cls}" id="step-{step.step}" data-kind="{escape(kind)}">
+<div class="shotcol">{shot}</div>
+<div class="info"><h3><span class="num">{step.step}</span> <span class="kind k-{escape(kind)}">{escape(kind)}</span> {src}</h3>
+<div class="label">{escape(label)}</div>{where}{error}{raw}{target}{_timings(step)}</div>
+</section>"""
+
+
+def _checks(result: Result | None, redact: Redactor) -> str:
+    if result is None or not result.checks:
+        return '<p class="muted">No success checks recorded.</p>'
+    rows = "".join(f'<li class="{"pass" if c.passed else "fail"}"><span class="mark">{"✓" if c.passed else "✗"}</span> '
+                   f'<code>{escape(redact(c.check))}</code> <span class="muted">{escape(redact(c.detail))}</span></li>'
+                   for c in result.checks)
+    return f'<ul class="checks">{rows}</ul>'
+
+
+def render_trace(trace: Path, out: Path, slug: str, name: str | None = None) -> Entry:
+    task_text = (trace / "task.yaml").read_text(encoding="utf-8", errors="replace") if (trace / "task.yaml").is_file() else ""
+    redact = Redactor(task_text)
+    try:
+        result = load_result(trace)
+    except (OSError, ValueError):
+        result = None
+    task = {}
+    try:
+        task = yaml.safe_load(task_text) or {}
+    except yaml.YAMLError:
+        pass
+    name = name or (result.task if result and result.task else None) or task.get("name") or trace.name
+    steps = read_steps(trace)
+    tasks_dir = out / "tasks"
+    cards, strip = [], []
+    for st in steps:
+        img = _copy_screen(trace, st.screenshot, tasks_dir, slug)
+        cards.append(_step_card(st, img, redact))
+        kind = st.action.get("action", "?") if st.action else "rejected"
+        thumb = f'<img src="{escape(img)}" loading="lazy" alt="">' if img else ""
+        strip.append(f'<a href="#step-{st.step}" class="{"err" if st.error else ""}" title="{escape(kind)}">{thumb}'
+                     f'<span>{st.step} · {escape(kind)}</span></a>')
+    final_rel = result.final_screenshot if result else None
+    final = _copy_screen(trace, final_rel or "screens/final.png", tasks_dir, slug)
+    final_thumb = f'<img src="{escape(final)}" loading="lazy" alt="">' if final else ""
+    status = result.status if result else "no result"
+    reason = redact(result.reason) if result else "the trace has no result.json"
+    final_html = (f'<figure class="shot final"><img src="{escape(final)}" alt="final screen"></figure>' if final
+                  else '<p class="muted">No final screen.</p>')
+    meta = []
+    if result:
+        meta += [f"{len(steps)} steps", f"{result.duration_s:.1f} s"] + ([f"model <code>{escape(result.model)}</code>"] if result.model else [])
+        if result.started:
+            meta.append(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.started)))
+    answer = f'<p><b>Answer:</b> {escape(redact(result.answer))}</p>' if result and result.answer else ""
+    body = f"""<header class="top"><a href="../index.html" class="back">← all tasks</a>
+<h1>{escape(name)} {_badge(status)}</h1>
+<p class="goal">{escape(redact(str(task.get("goal", ""))))}</p>
+<p class="reason">{escape(reason)}</p><p class="meta">{" · ".join(meta)}</p></header>
+<nav class="strip">{"".join(strip)}<a href="#final">{final_thumb}<span>final</span></a></nav>
+<main>
+<h2>Steps</h2>
+<div class="controls"><label><input type="checkbox" id="ov" checked> overlays</label>
+<label><input type="checkbox" id="errs"> only errors</label><span class="muted">keys: j / k step, o overlays</span></div>
+{"".join(cards) or '<p class="muted">No steps were recorded.</p>'}
+<section id="final" class="final-sec"><h2>Final screen and checks</h2>
+<div class="finalgrid"><div>{final_html}</div><div>{answer}{_checks(result, redact)}</div></div></section>
+<details class="taskyaml"><summary>task.yaml</summary><pre>{escape(redact(task_text))}</pre></details>
+<p class="muted small">Trace: <code>{escape(str(trace))}</code></p>
+</main>"""
+    (tasks_dir / f"{slug}.html").write_text(_page(f"{name} · vlagent", body, "../"), encoding="utf-8")
+    thumb = f"tasks/{final}" if final else (f"tasks/{slug}/{Path(steps[-1].screenshot).name}" if steps and steps[-1].screenshot and (tasks_dir / slug / Path(steps[-1].screenshot).name).exists() else None)
+    return Entry(name, slug, status, reason, len(steps), result.duration_s if result else 0.0,
+                 result.model if result else "", f"tasks/{slug}.html", thumb, str(trace))
+
+
+def _index(entries: list[Entry], title: str) -> str:
+    counts = {s: sum(e.status == s for e in entries) for s in dict.fromkeys(e.status for e in entries)}
+    passed = counts.get("success", 0)
+    pct = 100 * passed / len(entries) if entries else 0
+    pills = " ".join(f'<button class="filter" data-status="{escape(s)}">{_badge(s)} {n}</button>'
+                     for s, n in sorted(counts.items(), key=lambda kv: STATUS_ORDER.index(kv[0]) if kv[0] in STATUS_ORDER else 0))
+    rows = "".join(f"""<tr data-status="{escape(e.status)}"><td>{_badge(e.status)}</td>
+<td><a href="{escape(e.page)}">{escape(e.name)}</a></td><td class="num">{e.steps}</td>
+<td class="num">{e.duration_s:.1f} s</td><td class="reason">{escape(e.reason)}</td>
+<td>{f'<a href="{escape(e.page)}#final"><img class="thumb" src="{escape(e.thumb)}" loading="lazy" alt=""></a>' if e.thumb else ""}</td></tr>"""
+                   for e in entries)
+    total_s = sum(e.duration_s for e in entries)
+    return f"""<header class="top"><h1>{escape(title)}</h1>
+<p class="meta">{passed} of {len(entries)} passed · {total_s:.1f} s of runs · built {time.strftime("%Y-%m-%d %H:%M:%S")}</p>
+<div class="passbar"><span style="width:{pct:.1f}%"></span></div>
+<div class="pills"><button class="filter active" data-status="">all {len(entries)}</button> {pills}</div></header>
+<main><table class="summary"><thead><tr><th>status</th><th>task</th><th>steps</th><th>time</th><th>reason</th><th>final screen</th></tr></thead>
+<tbody>{rows}</tbody></table></main>"""
+
+
+def _write_index(out: Path, entries: list[Entry], title: str) -> Path:
+    (out / "index.html").write_text(_page(title, _index(entries, title), ""), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps({"title": title, "built": time.time(),
+                                                 "entries": [asdict(e) for e in entries]}, indent=2), encoding="utf-8")
+    return out / "index.html"
+
+
+def _copy_assets(out: Path) -> None:
+    (out / "assets").mkdir(parents=True, exist_ok=True)
+    for f in ASSETS.iterdir():
+        if f.suffix in (".css", ".js"):
+            shutil.copyfile(f, out / "assets" / f.name)
+
+
+def _slugify(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "trace"
+
+
+def _unique(slug: str, taken: set[str]) -> str:
+    base, n = slug, 1
+    while slug in taken:
+        n += 1
+        slug = f"{base}-{n}"
+    taken.add(slug)
+    return slug
+
+
+def build_report(traces: list[Path], out: str | Path, names: dict | None = None, title: str = "vlagent report") -> Path:
+    """Render the traces into `out`; return the path of index.html."""
+    out = Path(out)
+    (out / "tasks").mkdir(parents=True, exist_ok=True)
+    _copy_assets(out)
+    names = names or {}
+    taken: set[str] = set()
+    entries = []
+    for t in traces:
+        t = Path(t)
+        name = names.get(t) or names.get(str(t))
+        entries.append(render_trace(t, out, _unique(_slugify(name or t.name), taken), name))
+    return _write_index(out, entries, title)
+
+
+def merge_reports(inputs: list[Path], out: str | Path, title: str = "vlagent report (merged)") -> Path:
+    """Join shards' reports (folders with report.json) and JUnit files (*.xml) into one folder."""
+    from agent.junit import merge_junit
+
+    out = Path(out)
+    (out / "tasks").mkdir(parents=True, exist_ok=True)
+    _copy_assets(out)
+    reports = [r for p in inputs for r in ([p / "report.json"] if (p / "report.json").is_file() else sorted(p.rglob("report.json")))]
+    junits = [x for p in inputs for x in sorted(p.rglob("*.xml")) if _is_junit(x)]
+    if not reports and not junits:
+        raise click.UsageError(f"no reports (report.json) or JUnit files (*.xml) under {', '.join(map(str, inputs))}")
+    taken: set[str] = set()
+    entries = []
+    for r in reports:
+        data = json.loads(r.read_text(encoding="utf-8"))
+        for e in data.get("entries", []):
+            entry = Entry(**e)
+            slug = _unique(entry.slug, taken)
+            src = r.parent / "tasks"
+            if (src / entry.slug).is_dir():
+                shutil.copytree(src / entry.slug, out / "tasks" / slug, dirs_exist_ok=True)
+            page = (src / f"{entry.slug}.html").read_text(encoding="utf-8")
+            if slug != entry.slug:  # screenshots are addressed as "<slug>/NNNN.png"
+                page = page.replace(f'src="{entry.slug}/', f'src="{slug}/')
+            (out / "tasks" / f"{slug}.html").write_text(page, encoding="utf-8")
+            entry.slug, entry.page = slug, f"tasks/{slug}.html"
+            if entry.thumb:
+                entry.thumb = f"tasks/{slug}/{Path(entry.thumb).name}"
+            entries.append(entry)
+    if junits:
+        merge_junit(junits, out / "junit.xml")
+    return _write_index(out, entries, title)
+
+
+def _is_junit(path: Path) -> bool:
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:500]
+    except OSError:
+        return False
+    return "<testsuites" in head or "<testsuite" in head
+
+
+@click.command(help="Build an HTML report (viewable offline) from TRACE folders, or folders holding them.")
+@click.argument("traces", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@click.option("--merge", is_flag=True, help="Join shards: the inputs are folders holding report.json and JUnit *.xml files.")
+@click.option("--title", default=None, help="Title of the summary page.")
+def report(traces, out, merge, title):
+    if merge:
+        index = merge_reports(list(traces), out, title=title or "vlagent report (merged)")
+        junit = out / "junit.xml"
+        click.echo(f"merged report: {index}" + (f"; JUnit: {junit}" if junit.exists() else ""))
+        return
+    found = find_traces(list(traces))
+    if not found:
+        raise click.UsageError(f"no traces (folders with steps.jsonl) under {', '.join(map(str, traces))}")
+    index = build_report(found, out, title=title or "vlagent report")
+    click.echo(f"report of {len(found)} trace(s): {index}")
