@@ -111,7 +111,9 @@ def _pyautogui_for(display: str):
     xauthority = Path(os.environ.get("XAUTHORITY", Path.home() / ".Xauthority"))
     if not xauthority.exists():  # pyautogui's import fails without one, even on Xvfb
         xauthority.touch()
-    _open_display(display).close()  # a clear error instead of an Xlib traceback at import
+    # A clear error instead of an Xlib traceback at import. The probe stays open until pyautogui
+    # has connected: when the last client leaves, Xvfb resets and refuses connections meanwhile.
+    probe = _open_display(display)
     saved = os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = display
     try:
@@ -123,6 +125,7 @@ def _pyautogui_for(display: str):
     except Exception as e:  # the display died between the probe and the import
         raise VlagentError(f"cannot open display {display}: {e}") from None
     finally:
+        probe.close()
         if saved is None:
             os.environ.pop("DISPLAY", None)
         else:
@@ -170,8 +173,11 @@ class X11Desktop:
             raise VlagentError(f"cannot open display {display}: {e}") from None
 
     def close(self) -> None:
-        self._mss.close()
-        self._x.close()
+        for close in (self._mss.close, self._x.close):
+            try:
+                close()
+            except Exception:  # the display may be gone already; there is nothing left to free
+                pass
 
     def __enter__(self) -> "X11Desktop":
         return self
@@ -195,9 +201,17 @@ class X11Desktop:
             raise VlagentError(f"display {self.display} stopped answering: {type(e).__name__}: {e}") from None
 
     # --- what the model sees ---
+    def _grab(self):
+        try:
+            return self._mss.grab(self._mss.monitors[0])
+        except Exception as e:  # mss's XCB backend just asserts on a dead connection
+            detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            with self._bind():  # a dead display raises its own clear error here
+                self._x.sync()
+            raise VlagentError(f"cannot capture display {self.display}: {detail}") from None
+
     def capture(self) -> Image.Image:
-        with self._bind():
-            shot = self._mss.grab(self._mss.monitors[0])
+        shot = self._grab()
         return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
 
     def size(self) -> tuple[int, int]:
@@ -211,15 +225,13 @@ class X11Desktop:
 
     def wait_stable(self, max_s: float = SETTLE_MAX_S) -> float:
         start = time.monotonic()
-        with self._bind():
-            monitor = self._mss.monitors[0]
-            previous = bytes(self._mss.grab(monitor).raw)
-            while time.monotonic() - start < max_s:
-                time.sleep(SETTLE_POLL_S)
-                frame = bytes(self._mss.grab(monitor).raw)
-                if frame == previous:
-                    break
-                previous = frame
+        previous = bytes(self._grab().raw)  # comparing raw grabs is a memcmp: cheaper than hashing
+        while time.monotonic() - start < max_s:
+            time.sleep(SETTLE_POLL_S)
+            frame = bytes(self._grab().raw)
+            if frame == previous:
+                break
+            previous = frame
         return time.monotonic() - start
 
     def check_abort(self) -> None:

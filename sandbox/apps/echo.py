@@ -10,6 +10,7 @@ clicks, drags and wheel turns. Each event becomes one flushed line in `--out`, e
     {"event": "key", "keysym": "a", "char": "a", "ctrl": true, "shift": false, "alt": false}
     {"event": "text", "value": "Zoë"}
 Coordinates are root (screen) pixels. The first line is {"event": "ready", "width": W, "height": H}.
+Escape empties the Entry, so a test can start typing from a known state.
 
 Run: python -m sandbox.apps.echo --out events.jsonl
 """
@@ -39,6 +40,7 @@ class Echo:
         canvas = tk.Canvas(root, background="white", highlightthickness=0)
         canvas.pack(fill="both", expand=True)
         self.text.trace_add("write", lambda *_: self.emit(event="text", value=self.text.get()))
+        entry.bind("<Escape>", lambda e: self.text.set(""))
         # Tk runs only the most specific binding per bind tag, so plain presses go on the "all" tag
         # and multi-clicks on the toplevel's tag: a double click then yields both "press" and
         # "double". The Entry's class bindings (editing) run before either.
