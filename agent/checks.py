@@ -108,7 +108,10 @@ def _screen_text(wanted: str, ctx: _Context) -> tuple[bool, str]:
 
 def _window_title(regex: str, ctx: _Context) -> tuple[bool, str]:
     from sandbox.windows import list_windows
-    pattern = re.compile(regex)
+    try:
+        pattern = re.compile(regex)
+    except re.error as e:
+        return False, f"bad regex {regex!r}: {e}"
     titles = [w.title for w in list_windows(ctx.desktop.display)]
     match = next((t for t in titles if pattern.search(t)), None)
     if match is not None:

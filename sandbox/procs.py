@@ -19,6 +19,8 @@ def _die_with_parent(parent_pid: int):
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec() -> None:
+        # The mask survives exec: a child spawned while we defer Ctrl-C would ignore SIGTERM.
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         # The parent may have died between fork and prctl: then nobody will ever signal us.
         if os.getppid() != parent_pid:
@@ -38,13 +40,22 @@ def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
 
 
 def group_alive(pgid: int) -> bool:
+    """Does the group have a member that is not a zombie? (Orphaned zombies wait for init to
+    reap them, which can take a second; they hold no resources.)"""
     try:
         os.killpg(pgid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # PermissionError: pgid reused by someone else
         return False
-    except PermissionError:  # pgid reused by someone else's group: ours is gone
+    return any(_running_in_group(entry, pgid) for entry in os.scandir("/proc") if entry.name.isdigit())
+
+
+def _running_in_group(entry: os.DirEntry, pgid: int) -> bool:
+    try:
+        with open(f"{entry.path}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)"
+    except OSError:
         return False
-    return True
+    return int(fields[2]) == pgid and fields[0] != b"Z"  # fields: state ppid pgrp ...
 
 
 def _wait_group(proc: subprocess.Popen, timeout_s: float) -> bool:

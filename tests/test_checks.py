@@ -1,0 +1,172 @@
+"""Every success-check kind passes and fails as it should; a check never raises."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mss
+import pytest
+from PIL import Image
+
+import agent.checks
+from agent.checks import evaluate
+from agent.task import SetupStep, Task
+from agent.trace import CheckResult
+from sandbox.session import Sandbox
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class ScreenDesktop:
+    """The part of the Desktop interface checks use: capture and display (mss, real screen)."""
+
+    def __init__(self, display: str):
+        self.display = display
+
+    def capture(self) -> Image.Image:
+        with mss.MSS(display=self.display) as m:
+            shot = m.grab(m.monitors[1])
+        return Image.frombytes("RGB", shot.size, shot.rgb)
+
+
+class NoScreen:
+    """For file and command checks: using the screen would be a bug, so it fails loudly."""
+
+    display = ":0"
+
+    def capture(self):
+        raise RuntimeError("capture should not be needed")
+
+
+def run(tmp_path: Path, checks: list, desktop=None) -> list[CheckResult]:
+    task = Task.model_validate({"name": "t", "goal": "g", "success": checks})
+    task.base_dir = tmp_path / "task"
+    task.base_dir.mkdir(exist_ok=True)
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    return evaluate(task, workdir, desktop or NoScreen())
+
+
+def one(tmp_path, check, desktop=None) -> CheckResult:
+    [result] = run(tmp_path, [check], desktop)
+    return result
+
+
+# -- file_json ----------------------------------------------------------------------------------
+
+def write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+FORM = {"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": True,
+        "address": {"city": "London", "zip": "N1"}}
+
+
+@pytest.mark.parametrize("equals", [
+    {"name": "Ada Lovelace", "email": "ada@example.com"},
+    {"newsletter": True, "plan": "Pro"},
+    {"address": {"city": "London"}},  # nested subset
+    {},
+])
+def test_file_json_subset_passes(tmp_path, equals):
+    write(tmp_path / "work/form.json", FORM)
+    r = one(tmp_path, {"file_json": {"path": "{workdir}/form.json", "equals": equals}})
+    assert r.passed and r.check == "file_json: {workdir}/form.json"
+
+
+@pytest.mark.parametrize("equals, detail", [
+    ({"name": "Ada"}, 'name: expected "Ada", got "Ada Lovelace"'),
+    ({"phone": "1"}, "phone: missing"),
+    ({"address": {"city": "Paris"}}, 'address.city: expected "Paris", got "London"'),
+    ({"newsletter": 1}, "newsletter: expected 1, got true"),  # True is not 1 here
+    ({"name": {"first": "Ada"}}, 'name: expected an object, got "Ada Lovelace"'),
+])
+def test_file_json_mismatch_fails_with_the_difference(tmp_path, equals, detail):
+    write(tmp_path / "work/form.json", FORM)
+    r = one(tmp_path, {"file_json": {"path": "{workdir}/form.json", "equals": equals}})
+    assert not r.passed and r.detail == detail
+
+
+def test_file_json_missing_or_broken_file_fails(tmp_path):
+    r = one(tmp_path, {"file_json": {"path": "{workdir}/none.json", "equals": {}}})
+    assert not r.passed and r.detail.endswith("none.json does not exist")
+    write(tmp_path / "work/bad.json", '{"name": "Ada",')
+    r = one(tmp_path, {"file_json": {"path": "{workdir}/bad.json", "equals": {}}})
+    assert not r.passed and "is not valid JSON" in r.detail
+    write(tmp_path / "work/list.json", [1, 2])
+    r = one(tmp_path, {"file_json": {"path": "{workdir}/list.json", "equals": {"a": 1}}})
+    assert not r.passed and r.detail == "top level: expected an object, got [1, 2]"
+
+
+def test_relative_paths_resolve_against_the_task_folder(tmp_path):
+    write(tmp_path / "task/out/form.json", {"name": "Ada"})
+    assert one(tmp_path, {"file_json": {"path": "out/form.json", "equals": {"name": "Ada"}}}).passed
+
+
+# -- file_contains ------------------------------------------------------------------------------
+
+def test_file_contains(tmp_path):
+    write(tmp_path / "work/log.txt", "line one\nSaved 3 records\n")
+    assert one(tmp_path, {"file_contains": {"path": "{workdir}/log.txt", "text": "Saved 3"}}).passed
+    r = one(tmp_path, {"file_contains": {"path": "{workdir}/log.txt", "text": "saved 3"}})  # exact case
+    assert not r.passed and "does not contain 'saved 3'" in r.detail
+    r = one(tmp_path, {"file_contains": {"path": "{workdir}/nope.txt", "text": "x"}})
+    assert not r.passed and "does not exist" in r.detail
+
+
+# -- command ------------------------------------------------------------------------------------
+
+def test_command_list_and_shell(tmp_path):
+    write(tmp_path / "task/here.txt", "x")
+    assert one(tmp_path, {"command": ["test", "-f", "here.txt"]}).passed  # cwd: the task folder
+    assert one(tmp_path, {"command": "test -f here.txt && test -d {workdir}"}).passed
+    assert one(tmp_path, {"command": ["{python}", "-c", "import sys; sys.exit(0)"]}).passed
+    r = one(tmp_path, {"command": "echo went wrong >&2; exit 3"})
+    assert not r.passed and r.detail == "exit code 3: went wrong"
+    r = one(tmp_path, {"command": ["no-such-program-xyz"]})
+    assert not r.passed and r.detail.startswith("cannot run")
+
+
+def test_command_sees_the_display(tmp_path):
+    r = one(tmp_path, {"command": [sys.executable, "-c", "import os; assert os.environ['DISPLAY'] == ':0'"]})
+    assert r.passed, r.detail
+
+
+def test_command_timeout_fails_and_kills_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent.checks, "COMMAND_TIMEOUT_S", 0.3)
+    r = one(tmp_path, {"command": "sleep 30 & echo $! > {workdir}/pid; wait"})
+    assert not r.passed and r.detail == "did not finish in 0.3 s"
+    pid = int((tmp_path / "work/pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+
+
+# -- screen_text and window_title on a real display with the form app -----------------------------
+
+@pytest.fixture
+def form_screen(xvfb, tmp_path):
+    with Sandbox(display=xvfb, workdir=tmp_path / "work", cwd=tmp_path) as sb:
+        sb.run_setup([SetupStep(launch=["{python}", "-m", "sandbox.apps.form", "--out", "{workdir}/f.json"],
+                                wait_for_window="Registration")])
+        yield ScreenDesktop(xvfb)
+
+
+def test_screen_and_window_checks(tmp_path, form_screen):
+    results = run(tmp_path, [
+        {"screen_text": "registration"},  # case-insensitive
+        {"screen_text": "  Subscribe\tTO   newsletter "},  # whitespace-normalised
+        {"screen_text": "Saved"},  # not submitted yet
+        {"window_title": "^Regis"},
+        {"window_title": "Nope"},
+        {"window_title": "(unclosed"},  # a bad regex fails the check, never the run
+    ], form_screen)
+    assert [r.passed for r in results] == [True, True, False, True, False, False]
+    assert "OCR read:" in results[2].detail and "registration" in results[2].detail
+    assert results[4].detail == "no visible window matches; titles: ['Registration']"
+    assert results[5].detail.startswith("bad regex '(unclosed': missing )")
+
+
+def test_a_check_never_raises(tmp_path):
+    r = one(tmp_path, {"screen_text": "anything"})  # NoScreen.capture raises
+    assert not r.passed and r.detail == "RuntimeError: capture should not be needed"
