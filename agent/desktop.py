@@ -245,9 +245,7 @@ class X11Desktop:
 
     def click(self, x: int | None, y: int | None, button: Button = "left", clicks: int = 1) -> None:
         with self._bind() as pag:
-            if x is not None and y is not None:
-                pag.moveTo(x, y)
-            pag.click(button=button, clicks=clicks)
+            pag.click(x, y, button=button, clicks=clicks)  # moves first when x, y are given
 
     def drag(self, x0: int, y0: int, x1: int, y1: int) -> None:
         with self._bind() as pag:

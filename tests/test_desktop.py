@@ -219,3 +219,30 @@ def test_missing_xauthority_is_created(tmp_path, monkeypatch):
     with xvfb((320, 200)) as name:
         X11Desktop(name).close()
     assert path.exists()
+
+
+# --- speed (skipped by default: run with `pytest tests/test_desktop.py --benchmark-only`) ---
+
+def test_bench_capture(benchmark, desktop):
+    assert benchmark(desktop.capture).size == SCREEN
+
+
+def test_bench_click(benchmark, desktop, echo):
+    benchmark(desktop.click, 500, 500)
+    assert desktop.position() == (500, 500)
+
+
+def test_bench_type_50_ascii_chars(benchmark, desktop, echo):
+    benchmark(desktop.type, "abcdefghij" * 5)
+    echo.clear_text(desktop)
+    assert echo.proc.poll() is None
+
+
+def test_bench_type_10_non_ascii_chars(benchmark, desktop, echo):
+    benchmark(desktop.type, "日本語✓ëéèàüö")
+    echo.clear_text(desktop)
+    assert echo.proc.poll() is None
+
+
+def test_bench_wait_stable_on_a_still_screen(benchmark, desktop):
+    assert benchmark(desktop.wait_stable) < SETTLE_MAX_S
