@@ -1,0 +1,39 @@
+"""Model backends: pick one from the `--model` / `--backend` options.
+
+Each backend is imported only when chosen, so the CLI starts without torch or transformers.
+"""
+from __future__ import annotations
+
+from agent.backends.base import Backend, Message
+from agent.errors import VlagentError
+
+__all__ = ["Backend", "Message", "load_backend", "BACKENDS", "TINY_RANDOM"]
+
+BACKENDS = ("auto", "transformers", "openai")
+TINY_RANDOM = "tiny-random"
+SCRIPT_PREFIX = "script:"
+
+
+def load_backend(model: str, backend: str = "auto", **opts) -> Backend:
+    """`script:FILE` -> scripted replies; `tiny-random` -> the tiny random Qwen3-VL (built once,
+    cached); anything else -> a hub id or local folder for transformers, or a model name served
+    by an OpenAI-compatible server with backend="openai" (opts: base_url, ...)."""
+    if backend not in BACKENDS:
+        raise VlagentError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if model.startswith(SCRIPT_PREFIX):
+        from agent.backends.script import ScriptBackend
+
+        return ScriptBackend.from_file(model[len(SCRIPT_PREFIX):])
+    if backend == "openai":
+        from agent.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(model=model, **opts)
+    from agent.backends.transformers import TransformersBackend
+
+    if model == TINY_RANDOM:
+        from agent.backends.tiny import tiny_checkpoint
+
+        backend_ = TransformersBackend(tiny_checkpoint(), **opts)
+        backend_.name = f"transformers:{TINY_RANDOM}"
+        return backend_
+    return TransformersBackend(model, **opts)

@@ -1,0 +1,170 @@
+"""Qwen3-VL through Hugging Face transformers: chat messages with screenshots in, one reply out.
+
+Loads a hub id or a local folder with `from_pretrained` (the tiny random checkpoint goes the same
+way). On a GPU: bf16, flash_attention_2 when flash-attn imports, else sdpa; on the CPU: float32.
+Decoding is greedy and, by default, constrained to a native reply the policy can accept
+(agent/grammar.py); the loop still parses and checks every reply.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent.backends.base import Message
+from agent.errors import BackendError, VlagentError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+# Without a grammar nothing bounds the reply; a native one is ~30-60 tokens.
+UNCONSTRAINED_MAX_NEW_TOKENS = 512
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _pick_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _pick_dtype(dtype, device: str):
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, str):
+        try:
+            return getattr(torch, dtype)
+        except AttributeError:
+            raise VlagentError(f"unknown dtype {dtype!r} (try bfloat16, float16 or float32)") from None
+    return dtype
+
+
+def _attention(device: str) -> str:
+    if device.startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_processor(model: str):
+    """The model's processor. Qwen3-VL's full processor needs torchvision for its video part; CPU
+    installs lack it, so fall back to an image-only processor built from the same files."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model)
+    except ImportError:
+        return _image_only_processor(model)
+
+
+def _image_only_processor(model: str):
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLProcessor
+
+    class ImageOnlyProcessor(Qwen3VLProcessor):
+        """Qwen3VLProcessor with no video processor (videos are never sent)."""
+
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    image_processor = AutoImageProcessor.from_pretrained(model, backend="pil")
+    return ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                              chat_template=tokenizer.chat_template or _chat_template(model))
+
+
+def _chat_template(model: str) -> str | None:
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            if name.endswith(".json"):
+                import json
+
+                text = json.loads(text)["chat_template"]
+            return text
+    return None
+
+
+class TransformersBackend:
+    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = None, dtype=None,
+                 max_new_tokens: int | None = None, constrained: bool = True):
+        """`max_new_tokens` None: with a grammar, the grammar's own bound (a reply always completes);
+        without, UNCONSTRAINED_MAX_NEW_TOKENS."""
+        model = str(model)
+        self.name = f"transformers:{model}"
+        self.max_new_tokens = max_new_tokens
+        try:
+            import torch  # noqa: F401
+            from transformers import Qwen3VLForConditionalGeneration
+        except ImportError as e:
+            raise VlagentError(f"the transformers backend needs torch and transformers: {_one_line(e)}") from None
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+        try:
+            self.processor = load_processor(model)
+            self.model = Qwen3VLForConditionalGeneration.from_pretrained(
+                model, dtype=self.dtype, attn_implementation=_attention(self.device)).to(self.device).eval()
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise VlagentError(f"cannot load model {model}: {_one_line(e)} (no internet? pass a local folder)") from None
+        self.tokenizer = self.processor.tokenizer
+        self.constrainer = None
+        if constrained:
+            from agent.grammar import make_constrainer
+
+            self.constrainer = make_constrainer(self.tokenizer, self.model.config.text_config.vocab_size)
+
+    def encode(self, messages: list[Message]):
+        """Prompt tensors (input_ids, attention_mask, pixel_values, image_grid_thw, ...) on the device."""
+        inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt")
+        return inputs.to(self.device)
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Exact prompt length in tokens, images included (for the history's budget)."""
+        return int(self.encode(messages)["input_ids"].shape[-1])
+
+    def token_budget(self, policy=None) -> int:
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if self.constrainer is None:
+            return UNCONSTRAINED_MAX_NEW_TOKENS
+        from agent.grammar import max_reply_bytes
+
+        return max_reply_bytes(policy) + 1  # + the stop token
+
+    def generate(self, messages: list[Message], policy=None) -> str:
+        inputs = self.encode(messages)
+        processors = [self.constrainer.logits_processor(policy)] if self.constrainer else []
+        try:
+            new_ids = self._decode(inputs, processors, self.token_budget(policy))
+        except (RuntimeError, MemoryError) as e:  # out of device memory, kernel failures
+            raise BackendError(f"generation failed: {_one_line(e)}") from None
+        # skip_special_tokens drops <|im_end|> but keeps <tool_call> (not special in Qwen's tokenizer)
+        return self.tokenizer.decode(new_ids, skip_special_tokens=True)
+
+    def _decode(self, inputs, logits_processors: list, max_new_tokens: int) -> list[int]:
+        """The decoding engine: prompt tensors in, new token ids out (greedy, stops at the model's
+        end-of-turn token). Everything speed-related lives here, so a faster engine (static KV cache,
+        CUDA graphs, prefix reuse across steps: issue 3) replaces just this method."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                      logits_processor=LogitsProcessorList(logits_processors))
+        return out[0, inputs["input_ids"].shape[-1]:].tolist()
