@@ -50,12 +50,13 @@ class ImagePreprocessingWarning(UserWarning):
 class OpenAIBackend:
     def __init__(self, model: str, base_url: str, api_key: str | None = None, timeout_s: float = TIMEOUT_S,
                  max_retries: int = MAX_RETRIES, processor: Any = None, max_tokens: int = MAX_TOKENS,
-                 structured: bool = True, check_image_tokens: bool = True):
+                 structured: bool = True, check_image_tokens: bool = True, backoff_s: float = BACKOFF_S):
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key or os.environ.get("VLAGENT_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.timeout_s = timeout_s
         self.max_retries = max_retries
+        self.backoff_s = backoff_s
         self.max_tokens = max_tokens
         self.structured = structured  # set to False when the server refuses response_format
         self.check_image_tokens = check_image_tokens
@@ -180,7 +181,7 @@ class OpenAIBackend:
                     raise BackendError(f"{self.base_url} answered HTTP {e.status_code} {self.max_retries + 1} times: "
                                        f"{_server_message(e)}") from None
                 delay = _retry_after(e)
-            time.sleep(delay if delay is not None else backoff_s(attempt))
+            time.sleep(delay if delay is not None else backoff_s(attempt, self.backoff_s))
         raise AssertionError("unreachable")
 
     def _refusal(self, e: "_Refused", had_images: bool) -> BackendError:
@@ -202,9 +203,9 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
-def backoff_s(attempt: int) -> float:
-    """Exponential backoff with full jitter, so agents sharing a server do not retry in lockstep."""
-    return random.uniform(0.5, 1.0) * min(MAX_BACKOFF_S, BACKOFF_S * 2 ** attempt)
+def backoff_s(attempt: int, base_s: float = BACKOFF_S) -> float:
+    """Exponential backoff with jitter, so agents sharing a server do not retry in lockstep."""
+    return random.uniform(0.5, 1.0) * min(MAX_BACKOFF_S, base_s * 2 ** attempt)
 
 
 def _retry_after(e) -> float | None:
