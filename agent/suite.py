@@ -59,6 +59,7 @@ class Outcome:
     duration_s: float = 0.0
     attempts: int = 0
     steps: int = 0
+    swept: list[int] = field(default_factory=list)  # pids the child left behind, killed by the suite
 
     @property
     def passed(self) -> bool:
@@ -263,7 +264,7 @@ class Child:
             _signal_group(self.proc.pid, signal.SIGTERM)
 
     def outcome(self) -> Outcome:
-        sweep(self.marker)
+        swept = sweep(self.marker)
         _signal_group(self.proc.pid, signal.SIGKILL)  # the group outlives its leader
         code = self.proc.returncode
         result = None
@@ -281,7 +282,7 @@ class Child:
             status, reason = "error", f"exited with code {code} without a result: {self._last_line()}"
         _complete_trace(self.trace, status, reason, result)
         return Outcome(self.item, status, reason, self.trace, self.log, round(self.elapsed, 3),
-                       self.attempt, self.steps())
+                       self.attempt, self.steps(), swept)
 
     def _last_line(self) -> str:
         try:

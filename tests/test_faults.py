@@ -1,0 +1,253 @@
+"""Faults a suite must survive, each on real sandboxes (Xvfb, Tk apps, pyautogui input): an app
+that crashes mid-run, one that hangs, a display killed mid-run, a model backend that raises or
+never answers, and Ctrl-C on the whole suite. Each ends with a status, a complete trace, and no
+process left behind (checked through a token in the environment every descendant inherits)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.suite import Options, discover, run_suite
+from agent.trace import load_steps
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+# What `vlagent run TASK --model M --trace DIR` does, with two extra models for the backend faults
+# (`raise`: BackendError on the second call; `hang`: never answers).
+RUNNER = textwrap.dedent("""
+    import signal, sys, time
+    from pathlib import Path
+    from agent.backends.script import ScriptBackend
+    from agent.errors import BackendError
+    from agent.runner import run_task
+    from agent.task import load_task
+
+    WAIT = '<tool_call>{"name": "computer_use", "arguments": {"action": "wait", "time": 0.5}}</tool_call>'
+
+    class Raising:
+        name, calls = "raising", 0
+        def generate(self, messages, policy=None):
+            self.calls += 1
+            if self.calls > 1:
+                raise BackendError("the model server went away")
+            return WAIT
+
+    class Hanging:
+        name = "hanging"
+        def generate(self, messages, policy=None):
+            time.sleep(600)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+    task, trace, model = sys.argv[1:4]
+    backend = {"raise": Raising, "hang": Hanging}.get(model)
+    backend = backend() if backend else ScriptBackend.from_file(model.removeprefix("script:"))
+    try:
+        result, _ = run_task(load_task(task), backend, trace_dir=Path(trace))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0 if result.status == "success" else 1)
+""")
+
+WAIT = '<tool_call>{"name": "computer_use", "arguments": {"action": "wait", "time": 1}}</tool_call>'
+DONE = '<tool_call>{"name": "computer_use", "arguments": {"action": "terminate", "status": "success"}}</tool_call>'
+# Kills this sandbox's own Xvfb (found by the suite's marker, which it inherits) after a delay.
+KILL_DISPLAY = textwrap.dedent("""
+    import os, signal, time
+    time.sleep(1.5)
+    mine = os.environ["VLAGENT_SUITE_ITEM"].encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\\0")
+        except OSError:
+            continue
+        if comm == "Xvfb" and b"VLAGENT_SUITE_ITEM=" + mine in env:
+            os.kill(int(pid), signal.SIGKILL)
+""")
+
+TASKS = {
+    "app_crash": dict(
+        setup=[{"launch": ["{python}", "-m", "sandbox.apps.crash", "--after", "1.5"], "wait_for_window": "Crash"}],
+        success=[{"window_title": "Crash"}], replies=[WAIT] * 4 + [DONE]),
+    "app_hang": dict(  # the app freezes and ignores SIGTERM; the run's own timeout ends it
+        setup=[{"launch": ["{python}", "-m", "sandbox.apps.hang", "--after", "0.5", "--ignore-term"],
+                "wait_for_window": "Hang"}],
+        success=[{"screen_text": "never shown"}], timeout_s=6,
+        replies=['<tool_call>{"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [300, 400]}}</tool_call>']
+        + [WAIT, WAIT.replace('"time": 1', '"time": 0.9')] * 10),  # alternating: not a loop, a timeout
+    "display_killed": dict(
+        setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"], "wait_for_window": "Notes"},
+               {"launch": ["{python}", "-c", KILL_DISPLAY]}],
+        success=[{"screen_text": "Saved"}], replies=[WAIT] * 10 + [DONE]),
+    "model_raises": dict(
+        setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"], "wait_for_window": "Notes"}],
+        success=[{"screen_text": "Saved"}], model="raise"),
+    "model_hangs": dict(
+        setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"], "wait_for_window": "Notes"}],
+        success=[{"screen_text": "Saved"}], timeout_s=4, model="hang"),
+}
+
+
+def write_task(folder: Path, name: str, spec: dict) -> Path:
+    import yaml
+
+    task = {"name": name, "goal": f"fault test {name}", "screen": {"width": 800, "height": 600},
+            "setup": spec["setup"], "max_steps": 30, "timeout_s": spec.get("timeout_s", 40),
+            "success": spec["success"]}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    (folder / f"{name}.replies.yaml").write_text(yaml.safe_dump(spec.get("replies", [DONE])))
+    (folder / f"{name}.model").write_text(spec.get("model", f"script:{folder / name}.replies.yaml"))
+    return path
+
+
+def runner_command(script: Path):
+    def command(item, trace, opts):
+        model = (item.path.parent / f"{item.path.stem}.model").read_text()
+        return [sys.executable, str(script), str(item.path), str(trace), model]
+    return command
+
+
+def alive_with(token: str) -> list[str]:
+    """`pid comm` of live processes (not zombies) whose environment holds TEST_TOKEN=token."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(entry.path, "environ").read_bytes().split(b"\0")
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        if f"TEST_TOKEN={token}".encode() in env and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            found.append(f"{entry.name} {stat.split('(', 1)[1].rsplit(')', 1)[0]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory):
+    """All the per-item faults in one suite of two workers (they must not disturb each other)."""
+    tmp = tmp_path_factory.mktemp("faults")
+    suite = tmp / "suite"
+    suite.mkdir()
+    for name, spec in TASKS.items():
+        write_task(suite, name, spec)
+    script = tmp / "runner.py"
+    script.write_text(RUNNER)
+    token = uuid.uuid4().hex
+    _, items = discover([suite])
+    opts = Options(timeout_s=60, extra_env={"TEST_TOKEN": token, "PYTHONPATH": str(ROOT)})
+    outcomes, interrupted = run_suite(items, tmp / "out", opts, workers=2, command=runner_command(script))
+    assert not interrupted
+    return {o.item.name: o for o in outcomes}, token
+
+
+def assert_complete(outcome) -> dict:
+    result = json.loads((outcome.trace / "result.json").read_text())
+    assert result["status"] == outcome.status
+    load_steps(outcome.trace)  # every line parses
+    return result
+
+
+def test_no_process_survives_any_fault(faults):
+    outcomes, token = faults
+    assert alive_with(token) == []
+    # The runs ended by themselves tore their own sandboxes down: the suite had nothing to sweep.
+    assert {n: o.swept for n, o in outcomes.items()} == {n: [] for n in outcomes}
+
+
+def test_app_crash_mid_run(faults):
+    o = faults[0]["app_crash"]
+    assert o.status in ("failed", "error"), o.reason
+    assert "exited with code 3" in o.reason
+    assert o.steps >= 1 and assert_complete(o)["checks"]
+
+
+def test_app_hang(faults):
+    o = faults[0]["app_hang"]
+    assert o.status == "timeout", o.reason
+    assert "timed out after 6 s" in o.reason
+    assert o.steps >= 2
+    assert_complete(o)
+
+
+def test_display_killed_mid_run(faults):
+    o = faults[0]["display_killed"]
+    assert o.status == "error", o.reason
+    assert "display" in o.reason.lower()
+    assert_complete(o)
+
+
+def test_model_backend_raises(faults):
+    o = faults[0]["model_raises"]
+    assert o.status == "error"
+    assert "the model server went away" in o.reason
+    assert o.steps == 1  # the step before the failure is in the trace
+    assert_complete(o)
+
+
+def test_model_backend_never_answers(faults):
+    o = faults[0]["model_hangs"]
+    assert o.status == "timeout"
+    assert "waiting for the model" in o.reason
+    steps = load_steps(o.trace)
+    assert steps and steps[-1].error == "the model did not answer before the run's deadline"
+    assert_complete(o)
+
+
+DRIVER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    from test_faults import runner_command
+    from agent.suite import Options, discover, run_suite
+    _, items = discover([sys.argv[1]])
+    outcomes, interrupted = run_suite(items, Path(sys.argv[2]), Options(timeout_s=120), workers=2,
+                                      command=runner_command(Path(sys.argv[4])))
+    print(json.dumps([[o.item.name, o.status, o.reason, str(o.trace), o.swept] for o in outcomes]))
+    sys.exit(130 if interrupted else 0)
+""")
+
+
+def test_ctrl_c_on_the_whole_suite(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    slow = dict(setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"],
+                        "wait_for_window": "Notes"}], success=[{"screen_text": "Saved"}], replies=[WAIT] * 60)
+    for name in ("long_a", "long_b", "long_c"):  # two run, the third waits for a worker
+        write_task(suite, name, slow)
+    (tmp_path / "runner.py").write_text(RUNNER)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    token = uuid.uuid4().hex
+    env = {**os.environ, "TEST_TOKEN": token, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(suite), str(tmp_path / "out"),
+                             str(Path(__file__).parent), str(tmp_path / "runner.py")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    traces = [tmp_path / "out" / "traces" / n / "steps.jsonl" for n in ("long_a", "long_b")]
+    deadline = time.monotonic() + 60
+    while not all(t.exists() and t.read_text().strip() for t in traces):  # both mid-run
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    rows = {r[0]: r for r in json.loads(out)}
+    assert rows["long_a"][1] == rows["long_b"][1] == "aborted"
+    assert rows["long_c"][1] == "skipped"
+    for name in ("long_a", "long_b"):
+        result = json.loads((Path(rows[name][3]) / "result.json").read_text())
+        assert result["status"] == "aborted"
+        assert load_steps(rows[name][3])
+    assert alive_with(token) == []
