@@ -170,3 +170,10 @@ def test_seeded_layouts_differ_between_seeds_and_fit_a_small_screen(tmp_path):
         boxes = [Form(sb, tmp_path, "--layout-seed", str(s)).boxes for s in (3, 4)]
     assert boxes[0] != boxes[1]
     assert all(inside(b, (1024, 768)) for bs in boxes for b in bs.values())
+
+
+def test_bench_ocr_of_the_form_screen(benchmark, form):
+    """OCR of a full 1280x800 screen with the form (run with --benchmark-only)."""
+    shot = form().screenshot()
+    words = benchmark.pedantic(ocr_words, args=(shot,), rounds=5, iterations=1)
+    assert {"Registration", "Name", "Email", "Submit"} <= {w.text for w in words}

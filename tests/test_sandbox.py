@@ -193,3 +193,12 @@ def test_teardown_asks_apps_to_terminate_before_killing(tmp_path):
         while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
     assert (tmp_path / "term.txt").read_text() == "term\n"
+
+
+def test_bench_sandbox_with_form_app(benchmark, tmp_path):
+    """Start Xvfb, launch the form, wait for its window, tear down (run with --benchmark-only)."""
+    def cycle():
+        with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
+            launch_form(sb)
+            return sb.display
+    assert benchmark.pedantic(cycle, rounds=5, iterations=1).startswith(":")

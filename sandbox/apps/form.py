@@ -33,7 +33,9 @@ ROWS = ("name", "email", "plan", "newsletter")
 FOCUS_COLOR = "#4a90d9"  # a black focus ring makes tesseract skip the entry's text; blue does not
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 STATUS_H = 60  # px below the Submit row reserved for the "Saved" / error line
-MAX_SEED_W, MAX_SEED_H = 700, 600  # the largest a seeded window gets (fits 1024x768)
+# The largest a seeded window gets (fits 1024x768): 2*70 margin + 170 label + 3*130 radios wide,
+# 120 top + 5*80 rows + STATUS_H high.
+MAX_SEED_W, MAX_SEED_H = 700, 600
 
 
 @dataclass
@@ -66,7 +68,7 @@ def seeded_layout(seed: int, screen: tuple[int, int]) -> Layout:
     rows = list(ROWS)
     rng.shuffle(rows)
     lay = Layout(
-        x=0, y=0, margin=rng.randint(20, 80), top=rng.randint(75, 120), spacing=rng.randint(52, 80),
+        x=0, y=0, margin=rng.randint(20, 70), top=rng.randint(75, 120), spacing=rng.randint(52, 80),
         label_w=rng.randint(110, 170), entry_w=rng.randint(280, 360), rows=tuple(rows),
         radio_gap=rng.randint(100, 130),
     )
