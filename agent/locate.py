@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -121,10 +122,12 @@ def _crop(gray: np.ndarray, pixel: tuple[int, int], half: tuple[int, int]) -> tu
 
 def list_windows(display: str | None = None) -> list[Window]:
     """Visible top-level windows with a title, in stacking order (bottom first)."""
-    from Xlib import X, display as xdisplay
+    from Xlib import X
     from Xlib.error import XError
 
-    d = xdisplay.Display(display)
+    from agent.desktop import _open_display  # quiet (no xauth warning), one-line errors
+
+    d = _open_display(display or os.environ.get("DISPLAY", ""))
     try:
         root = d.screen().root
         out = []

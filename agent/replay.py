@@ -1,0 +1,440 @@
+"""Replay a trace (recorded by a person or written by an agent run) without a model.
+
+Before each pointer action the target is found again on the current screen (agent.locate), so a
+moved window, moved widgets or another screen size do not break the replay; the task's success
+checks decide the outcome, as for `vlagent run`.
+
+    from agent.replay import replay
+    result = replay("examples/fill_form_demo")            # sandbox, the trace's own task.yaml
+    result = replay(trace, task="other.yaml", display=":1", trace_out="runs/r1")
+
+`replay` is both the Python API and the `vlagent replay` click command (agent.cli looks the
+command up by that name): called from Python it runs `replay_trace`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import yaml
+from PIL import Image
+
+from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
+from actions.coords import to_pixels, to_relative
+from agent.errors import Aborted, SandboxError, VlagentError
+from agent.trace import Result, Step, Trace, load_steps, new_trace_dir
+
+FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
+FIND_POLL_S = 0.2
+SETTLE_MAX_S = 2.0  # bounded wait for the screen to stop changing, before and after each action
+EFFECT_WAIT_S = 1.0  # extra time for an effect the original step showed to appear
+CHANGED_PX = 20  # pixels that must differ (by more than CHANGED_LEVEL) for "the screen changed"
+CHANGED_LEVEL = 24
+SECRET_RE = re.compile(r"\{secret:([A-Za-z_]\w*)\}")
+SECRET_ENV_PREFIX = "VLAGENT_SECRET_"
+COORD_KEYS = ("coordinate", "start_coordinate")
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+class ReplayFailed(VlagentError):
+    """A step cannot be replayed (its target is not on screen, or the policy refuses it)."""
+
+
+@dataclass
+class _Original:
+    """The recorded trace: its steps, folder and task."""
+
+    folder: Path
+    steps: list[Step]
+
+    def image(self, step: Step) -> Image.Image | None:
+        if not step.screenshot or not (self.folder / step.screenshot).is_file():
+            return None
+        return Image.open(self.folder / step.screenshot).convert("RGB")
+
+    def next_image(self, index: int) -> Image.Image | None:
+        """The screen after step `index`: the next step's screenshot, or the final one."""
+        for later in self.steps[index + 1:]:
+            img = self.image(later)
+            if img is not None:
+                return img
+        final = self.folder / "screens" / "final.png"
+        return Image.open(final).convert("RGB") if final.is_file() else None
+
+
+def load_trace_task(trace_dir: Path, task=None):
+    """The task to replay under: `task` (a Task or a path) or the trace's own task.yaml."""
+    from agent.task import Task, load_task
+
+    if isinstance(task, Task):
+        return task
+    path = Path(task) if task is not None else Path(trace_dir) / "task.yaml"
+    if not path.is_file():
+        raise VlagentError(f"{path}: no such task file" + ("" if task else " (give one with --task)"))
+    return load_task(path)
+
+
+def secret_value(name: str, task) -> str:
+    var = task.secrets.get(name, f"{SECRET_ENV_PREFIX}{name}")
+    import os
+
+    value = os.environ.get(var)
+    if value is None:
+        raise VlagentError(f"the trace types the secret {name!r}: set the environment variable {var}")
+    return value
+
+
+def fill_secrets(text: str, task) -> str:
+    """'{secret:NAME}' placeholders -> their values from the environment."""
+    return SECRET_RE.sub(lambda m: secret_value(m.group(1), task), text)
+
+
+def replay_trace(trace_dir, task=None, display: str | None = None, speed: float = 1.0, fallback=None,
+           trace_out=None, *, locate: bool = True, on_step=None) -> Result:
+    """Replay the trace in `trace_dir` and return the Result (its trace goes to `trace_out`).
+
+    task: a Task or a task file (default: the trace's task.yaml). display: an existing display
+    (default: a fresh sandbox). speed: `wait` steps take 1/speed of their recorded time.
+    fallback: a model backend that grounds a step whose target cannot be found (default: fail).
+    locate=False replays the recorded coordinates as they are (the naive way, for comparison)."""
+    trace_dir = Path(trace_dir)
+    original = _Original(trace_dir, load_steps(trace_dir))
+    task = load_trace_task(trace_dir, task)
+    for step in original.steps:  # fail before starting anything when a secret is missing
+        if step.action and step.action.get("action") == "type":
+            fill_secrets(step.action.get("text", ""), task)
+    out = Path(trace_out) if trace_out else new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")
+    trace = Trace(out)
+    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    result = Result(status="error", task=task.name, model="replay" if locate else "replay-raw",
+                    started=time.time())
+    interrupted = None
+    try:
+        result = _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step)
+    except Aborted as e:
+        result.status, result.reason = "aborted", str(e)
+    except KeyboardInterrupt as e:
+        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
+        interrupted = e
+    except (SandboxError, VlagentError) as e:
+        result.status, result.reason = "error", str(e)
+    except Exception as e:  # a dead display or app surfaces as Xlib/OS errors
+        result.status, result.reason = "error", f"{type(e).__name__}: {e}".splitlines()[0]
+    finally:
+        result.ended = time.time()
+        result.duration_s = round(result.ended - result.started, 3)
+        trace.finish(result)
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
+def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step) -> Result:
+    from agent.runner import evaluate, task_environment
+
+    policy = Policy(task.allow)
+    with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
+        result.display = env.sandbox.display
+        player = _Player(original, task, policy, env.desktop, trace, speed, fallback, locate)
+        failure = None
+        for i, step in enumerate(original.steps):
+            if step.action is None:
+                continue  # a rejected model reply: nothing was done then
+            try:
+                done = player.play(i, step)
+            except ReplayFailed as e:
+                failure = str(e)
+                break
+            finally:
+                if on_step and trace.steps:
+                    on_step(trace.steps[-1])
+            if done.action and done.action["action"] == "answer":
+                result.answer = done.action.get("text")
+            if done.action and done.action["action"] == "terminate":
+                break
+        env.sandbox.check_apps()
+        result.checks = evaluate(task, env)
+        try:
+            result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
+        except Exception:  # the display may be gone; the status says why
+            pass
+    passed = bool(result.checks) and all(c.passed for c in result.checks)
+    failed = "; ".join(f"{c.check}: {c.detail}" if c.detail else c.check for c in result.checks if not c.passed)
+    if failure:
+        result.status, result.reason = "failed", failure
+    elif passed:
+        result.status, result.reason = "success", f"replayed {len(trace.steps)} steps; all {len(result.checks)} checks passed"
+    elif not result.checks:
+        result.status, result.reason = "failed", f"replayed {len(trace.steps)} steps; the task has no success checks"
+    else:
+        result.status, result.reason = "failed", f"replayed {len(trace.steps)} steps; failed checks: {failed}"
+    return result
+
+
+class _Player:
+    def __init__(self, original: _Original, task, policy: Policy, desktop, trace: Trace, speed: float,
+                 fallback, locate: bool):
+        self.original, self.task, self.policy, self.desktop = original, task, policy, desktop
+        self.trace, self.speed, self.fallback, self.locate = trace, speed, fallback, locate
+
+    def play(self, index: int, orig: Step) -> Step:
+        t0 = time.perf_counter()
+        n = len(self.trace.steps) + 1
+        action = ACTION_ADAPTER.validate_python(orig.action)
+        self.desktop.check_abort()
+        self.desktop.wait_stable(SETTLE_MAX_S)
+        frame = self.desktop.capture()
+        step = Step(step=n, action=orig.action, frame=frame.size, source="replay",
+                    screenshot=self.trace.save_screen(frame, f"{n:04d}"), target=orig.target)
+        timings: dict[str, float] = {}
+        try:
+            action, frame, found = self._retarget(index, orig, action, frame, step, timings)
+            if found:
+                step.target = {**(orig.target or {}), "found": found}
+            action = self._checked(action, n)
+        except ReplayFailed as e:
+            step.error = str(e)
+            self._record(step, t0, timings)
+            raise
+        before = frame
+        t1 = time.perf_counter()
+        from agent.executor import execute
+
+        outcome = execute(action, self.desktop, frame.size)
+        step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
+        step.action = _shown(action, orig)
+        t2 = time.perf_counter()
+        settle = self.desktop.wait_stable(SETTLE_MAX_S) if action.action not in ("terminate", "answer") else 0.0
+        timings.update(exec_ms=(t2 - t1) * 1e3, settle_ms=settle * 1e3)
+        note = self._effect(index, orig, before)
+        if note:
+            step.error = note
+        self._record(step, t0, timings)
+        return step
+
+    def _record(self, step: Step, t0: float, timings: dict) -> None:
+        step.timings = {**timings, "step_ms": (time.perf_counter() - t0) * 1e3}
+        self.trace.add(step)
+
+    # -- finding the target again ---------------------------------------------------------------
+    def _retarget(self, index: int, orig: Step, action: Action, frame: Image.Image, step: Step,
+                  timings: dict) -> tuple[Action, Image.Image, dict | None]:
+        """The action with its coordinates moved to where the target is now."""
+        if action.action == "wait":
+            return action.model_copy(update={"time": action.time / self.speed}), frame, None
+        coords = {k: getattr(action, k, None) for k in COORD_KEYS if getattr(action, k, None) is not None}
+        if not coords:
+            return action, frame, None
+        if not self.locate:  # raw replay: the same relative point of the new screen
+            return action, frame, None
+        from agent.locate import Search, describe_target, label, list_windows, search
+
+        t0 = time.perf_counter()
+        evidence = {k: self._evidence(orig, k) for k in coords}
+        deadline = time.monotonic() + FIND_TIMEOUT_S
+        while True:
+            windows = list_windows(self.desktop.display)
+            found: dict[str, Search] = {k: search(ev, frame, windows) for k, ev in evidence.items()}
+            if all(s.match for s in found.values()) or time.monotonic() >= deadline:
+                break
+            time.sleep(FIND_POLL_S)  # the target may still be appearing
+            self.desktop.wait_stable(SETTLE_MAX_S)
+            frame = self.desktop.capture()
+        timings["find_ms"] = (time.perf_counter() - t0) * 1e3
+        missing = [k for k, s in found.items() if s.match is None]
+        if missing:
+            step.screenshot = self.trace.save_screen(frame, f"{step.step:04d}")
+            k = missing[0]
+            why = found[k].reason
+            grounded = self._ground(action, evidence[k], frame, why, step) if self.fallback else None
+            if grounded is None:
+                recorded = self._keep_original(orig, step)
+                raise ReplayFailed(f"step {orig.step} ({_verb(orig)} {label(evidence[k])}): {why}; "
+                                   f"see {step.screenshot} (now) and {recorded} (recorded)")
+            return grounded, frame, {"method": "model", "reason": why}
+        update = {k: list(to_relative(s.match.pixel, frame.size)) for k, s in found.items()}
+        moved = ACTION_ADAPTER.validate_python({**to_json(action), **update})
+        info = {k: {"pixel": list(s.match.pixel), "score": s.match.score, "method": s.match.method}
+                for k, s in found.items()}
+        return moved, frame, info
+
+    def _evidence(self, orig: Step, key: str) -> dict:
+        """The step's recorded evidence, or evidence derived from its screenshot and pixel."""
+        from agent.locate import describe_target
+
+        target = orig.target or {}
+        if key == "start_coordinate":
+            if target.get("start"):
+                return target["start"]
+            pixel = orig.start_pixel
+        else:
+            if target.get("patch"):
+                return target
+            pixel = orig.pixel
+        img = self.original.image(orig)
+        if img is None:
+            raise ReplayFailed(f"step {orig.step}: its screenshot is missing from the trace, so its target "
+                               f"cannot be found again")
+        if pixel is None:  # from the native coordinate on the frame the step saw
+            pixel = to_pixels(tuple(orig.action[key]), orig.frame or img.size)
+        return describe_target(img, pixel, windows=(target.get("windows") or ()))
+
+    def _keep_original(self, orig: Step, step: Step) -> str:
+        """Copy the recorded screenshot next to the current one, for the failure report."""
+        img = self.original.image(orig)
+        path = self.trace.save_screen(img, f"{step.step:04d}-recorded") if img is not None else "(no screenshot)"
+        step.target = {**(step.target or {}), "recorded_screenshot": path}
+        return path
+
+    def _ground(self, action: Action, evidence: dict, frame: Image.Image, why: str, step: Step) -> Action | None:
+        """Ask the fallback model where the target is now; None when its answer does not fit."""
+        from actions.policy import Allow
+        from agent.history import build_messages
+        from agent.locate import label
+
+        only = Policy(Allow(actions=[action.action]))
+        goal = (f"{self.task.goal}\nReplaying a recorded step whose target could not be found ({why}). "
+                f"Do exactly this one step: {action.action} on {label(evidence)}.")
+        messages = build_messages(goal, [], frame, only, lambda s: frame)
+        try:
+            reply = self.fallback.generate(messages, only)
+            grounded = check_reply(reply, only)
+        except (ParseError, PolicyError, VlagentError) as e:
+            step.raw = None
+            step.error = f"fallback model: {e}"
+            return None
+        step.raw = reply
+        if getattr(grounded, "coordinate", None) is None:
+            return None
+        return ACTION_ADAPTER.validate_python({**to_json(action), "coordinate": list(grounded.coordinate)})
+
+    def _checked(self, action: Action, n: int) -> Action:
+        """The task's policy sees the action as it will run (secrets filled in)."""
+        if action.action == "type" and SECRET_RE.search(action.text):
+            action = action.model_copy(update={"text": fill_secrets(action.text, self.task)})
+        try:
+            return self.policy.check(action)
+        except PolicyError as e:
+            raise ReplayFailed(f"step {n}: the task's policy refuses it: {e}") from None
+
+    # -- the effect --------------------------------------------------------------------------------
+    def _effect(self, index: int, orig: Step, before: Image.Image) -> str | None:
+        """When the recorded step changed the screen, the replayed one should too."""
+        if orig.action.get("action") in ("wait", "terminate", "answer", "mouse_move"):
+            return None
+        rec_before, rec_after = self.original.image(orig), self.original.next_image(index)
+        if rec_before is None or rec_after is None or not _changed(rec_before, rec_after):
+            return None
+        deadline = time.monotonic() + EFFECT_WAIT_S
+        while not _changed(before, self.desktop.capture()):
+            if time.monotonic() >= deadline:
+                return "warning: the recorded step changed the screen; replayed, it did not"
+            time.sleep(FIND_POLL_S)
+        return None
+
+
+def _changed(a: Image.Image, b: Image.Image) -> bool:
+    if a.size != b.size:
+        return True
+    da = np.asarray(a.convert("L"), dtype=np.int16)
+    db = np.asarray(b.convert("L"), dtype=np.int16)
+    return int((np.abs(da - db) > CHANGED_LEVEL).sum()) >= CHANGED_PX
+
+
+def _shown(action: Action, orig: Step) -> dict:
+    """The action for the new trace: coordinates as replayed, secrets as placeholders."""
+    data = to_json(action)
+    if data.get("action") == "type":
+        data["text"] = orig.action.get("text", "")
+    return data
+
+
+def _verb(step: Step) -> str:
+    return str((step.action or {}).get("action", "step"))
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+class _ReplayCommand(click.Command):
+    """`vlagent replay` for click; called from Python it is the replay API (`replay_trace`)."""
+
+    def __call__(self, *args, **kwargs) -> Result:
+        return replay_trace(*args, **kwargs)
+
+
+@click.command("replay", cls=_ReplayCommand)
+@click.argument("trace_dir", metavar="TRACE", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--task", "task_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Replay under this task file (default: the trace's task.yaml).")
+@click.option("--display", default=None, help="Replay on an existing display (':N', or 'live') instead of a sandbox.")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Recorded waits take 1/F of their time.")
+@click.option("--fallback", type=click.Choice(["none", "model"]), default="none", show_default=True,
+              help="'model': ask --model to ground a step whose target cannot be found.")
+@click.option("--model", "-m", default=None, help="The model for --fallback model (as for `vlagent run`).")
+@click.option("--raw", is_flag=True, help="Replay the recorded coordinates as they are (no re-finding).")
+@click.option("--trace", "trace_out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Trace folder of this replay (default: runs/<time>-replay-<task>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json):
+    """Replay TRACE (a recorded or agent-run trace folder) without a model.
+
+    Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
+    130 when interrupted."""
+    from agent.commands import DEFAULT_MODEL, EXIT_INTERRUPTED, EXIT_NOT_ACHIEVED, EXIT_OK, UsageError
+    from agent.runner import use_display
+
+    try:
+        if not (trace_dir / "steps.jsonl").is_file():
+            raise VlagentError(f"{trace_dir}: not a trace folder (no steps.jsonl)")
+        task = load_trace_task(trace_dir, task_file)
+        display = use_display(display)
+        backend = None
+        if fallback == "model":
+            from agent.backends import load_backend
+            backend = load_backend(model or DEFAULT_MODEL)
+        elif model:
+            raise VlagentError("--model is only used with --fallback model")
+    except VlagentError as e:
+        raise UsageError(str(e)) from None
+    out = trace_out or new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")
+    _sigterm_as_interrupt()
+    printer = None if as_json else _step_printer()
+    try:
+        result = replay_trace(trace_dir, task, display=display, speed=speed, fallback=backend, trace_out=out,
+                        locate=not raw, on_step=printer)
+    except KeyboardInterrupt:
+        click.echo("interrupted: sandbox torn down, trace written", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if as_json:
+        click.echo(json.dumps({**result.model_dump(mode="json"), "trace": str(out)}, indent=2))
+    else:
+        from agent.ui import print_result
+        print_result(result, Path(out))
+    sys.exit(EXIT_OK if result.status == "success" else EXIT_NOT_ACHIEVED)
+
+
+def _sigterm_as_interrupt() -> None:
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _step_printer():
+    def show(step: Step) -> None:
+        found = (step.target or {}).get("found") or {}
+        how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values() if isinstance(v, dict) and "score" in v)
+        what = json.dumps(step.action, ensure_ascii=False) if step.action else ""
+        extra = f" [{how}]" if how else ""
+        err = f"  {step.error}" if step.error else ""
+        click.echo(f"step {step.step:>3} {what}{extra} ({step.timings.get('step_ms', 0):.0f} ms){err}")
+    return show
+
