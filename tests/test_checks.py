@@ -170,3 +170,44 @@ def test_screen_and_window_checks(tmp_path, form_screen):
 def test_a_check_never_raises(tmp_path):
     r = one(tmp_path, {"screen_text": "anything"})  # NoScreen.capture raises
     assert not r.passed and r.detail == "RuntimeError: capture should not be needed"
+
+
+# -- OCR ----------------------------------------------------------------------------------------
+
+def text_image(lines: list[str], size=(600, 200), px=28) -> Image.Image:
+    from PIL import ImageDraw, ImageFont
+    img = Image.new("RGB", size, "white")
+    try:
+        font = ImageFont.truetype("DejaVuSans.ttf", px)
+    except OSError:  # no DejaVu: Pillow's own scalable font
+        font = ImageFont.load_default(size=px)
+    for i, line in enumerate(lines):
+        ImageDraw.Draw(img).text((20, 20 + i * int(px * 1.8)), line, fill="black", font=font)
+    return img
+
+
+def test_ocr_words_boxes_and_lines():
+    from agent.ocr import ocr_text, ocr_words
+    img = text_image(["Name Ada", "Submit"])
+    words = ocr_words(img)
+    assert [(w.text, w.line) for w in words] == [("Name", 0), ("Ada", 0), ("Submit", 1)]
+    submit = words[2]
+    assert 15 <= submit.box[0] <= 25 and 65 <= submit.center[1] <= 90 and submit.conf > 80
+    assert ocr_text(img) == "Name Ada\nSubmit"
+
+
+def test_ocr_upscales_small_images():
+    from agent.ocr import ocr_words
+    small = text_image(["Saved"], size=(120, 40), px=11)  # crops like replay's are this small
+    words = ocr_words(small)
+    assert [w.text for w in words] == ["Saved"]
+    x, y, w, h = words[0].box  # boxes come back in the caller's pixels, not the upscaled ones
+    assert x + w <= 120 and y + h <= 40
+
+
+def test_missing_tesseract_is_one_clear_line(monkeypatch):
+    import agent.ocr
+    from agent.errors import VlagentError
+    monkeypatch.setattr(agent.ocr.shutil, "which", lambda name: None)
+    with pytest.raises(VlagentError, match=r"^tesseract not found: install it \(apt-get install tesseract-ocr\)$"):
+        agent.ocr.ocr_words(text_image(["x"]))

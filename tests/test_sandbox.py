@@ -202,3 +202,14 @@ def test_bench_sandbox_with_form_app(benchmark, tmp_path):
             launch_form(sb)
             return sb.display
     assert benchmark.pedantic(cycle, rounds=5, iterations=1).startswith(":")
+
+
+def test_crash_on_click_is_reported(tmp_path):
+    with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
+        sb.run_setup([SetupStep(launch=[*CRASH, "--on-click", "--code", "5"], wait_for_window="^Crash$")])
+        [win] = find_windows(sb.display, "^Crash$")
+        subprocess.run(["xdotool", "mousemove", str(win.x + win.w // 2), str(win.y + win.h // 2), "click", "1"],
+                       env=sb.env, check=True, timeout=10)
+        sb.apps[0].proc.wait(timeout=GONE_TIMEOUT_S)
+        with pytest.raises(SandboxError, match=r"exited with code 5: crash: simulated crash on click$"):
+            sb.check_apps()
