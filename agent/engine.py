@@ -31,8 +31,8 @@ from typing import Any
 from agent.errors import VlagentError
 
 KV_BUCKET = 512  # tokens: decode attention reads the cache up to the next multiple of this
-PREFILL_CHUNK = 4096  # tokens per prefill pass: bounds activation memory at long context
-VISION_CACHE_SIZE = 16  # encoded images kept (a rolling history needs K + a few)
+PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
+VISION_CACHE_SIZE = 8  # encoded images kept (a rolling history needs K + a few; 33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
 
 

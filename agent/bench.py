@@ -1,0 +1,346 @@
+"""`vlagent bench`: an agent episode on the real Qwen3-VL-2B architecture, timed step by step.
+
+Each step brings a new screenshot (synthetic, new content every step), the prompt is rendered
+with the same rolling-history rule as the agent (agent.history.first_image_step: the newest K
+screenshots as images, older steps as one text line each, evicted in chunks), and the model
+replies with a fixed number of tokens (random weights never stop on their own). The engine
+(agent/engine.py) reuses the KV cache of the unchanged prefix between steps.
+
+Prompt text is synthetic token ids (the 2B shapes need no tokenizer); lengths follow the real
+prompt: about 1,000 tokens of system prompt with the tool, ~40 per observation, ~25 per reply.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+PROCESS_START = time.time()  # fallback for the cold start when psutil is missing
+
+SYSTEM_TOKENS = 1000  # system prompt with the computer_use tool description
+TASK_TOKENS = 40  # the goal
+OBSERVATION_TOKENS = 40  # "Step N. Here is the screen..." per user turn
+STEP_LINE_TOKENS = 30  # an older step as one text line
+IM_START, IM_END = 151644, 151645  # Qwen's chat markers (the tiny model maps its own)
+GRAMMAR_EBNF = r'''
+root ::= "<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": " action "}}\n</tool_call>"
+action ::= "\"left_click\", \"coordinate\": [" num ", " num "]" | "\"type\", \"text\": \"" [a-zA-Z0-9 @.]* "\"" | "\"key\", \"keys\": [\"" [a-z]+ "\"]"
+num ::= [0-9] | [1-9] [0-9] | [1-9] [0-9] [0-9] | "1000"
+'''
+
+
+def process_age_s() -> float:
+    try:
+        import psutil
+        return time.time() - psutil.Process().create_time()
+    except Exception:
+        return time.time() - PROCESS_START
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def _processors(folder):
+    # Image processor and tokenizer only: the video processor needs torchvision, which CPU installs lack.
+    from transformers import AutoImageProcessor, AutoTokenizer
+    return AutoImageProcessor.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def build_model(model: str | None, tiny: bool, device: str):
+    """(model, image_processor, tokenizer or None, label) in bf16 on `device` (float32 on the CPU)."""
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if tiny:
+        from agent.backends.tiny import tiny_checkpoint
+        folder = tiny_checkpoint()
+        m = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
+        return (m, *_processors(folder), "tiny-random")
+    if model:
+        m = Qwen3VLForConditionalGeneration.from_pretrained(model, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        return (m, *_processors(model), model)
+    from transformers import Qwen2VLImageProcessor
+    from agent.backends.tiny import IMAGE_PROCESSOR
+    from agent.budget import qwen3_vl_2b_config
+    cfg = qwen3_vl_2b_config()
+    cfg._attn_implementation = "sdpa"
+    cfg.text_config._attn_implementation = cfg.vision_config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        m = Qwen3VLForConditionalGeneration(cfg).to(dtype).eval()
+    return m, Qwen2VLImageProcessor(**IMAGE_PROCESSOR), None, "random-2b"
+
+
+def frames(width: int, height: int):
+    """Endless synthetic screenshots: a fixed noisy desktop with a moving window, so each differs."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    step = 0
+    while True:
+        a = base.copy()
+        y, x = (37 * step) % max(1, height // 2), (53 * step) % max(1, width // 2)
+        a[y:y + height // 3, x:x + width // 3] = (step * 41) % 256
+        yield Image.fromarray(a)
+        step += 1
+
+
+class Prompter:
+    """Builds each step's token ids like agent.history renders messages, with synthetic text."""
+
+    def __init__(self, vocab: int, ids: dict, history: int, evict: int, seed: int = 0):
+        import random
+        self.rng = random.Random(seed)
+        self.vocab, self.ids = vocab, ids
+        from agent.history import HistoryConfig
+        self.hcfg = HistoryConfig(max_images=history, evict_chunk=evict)
+        self.roles = {r: self.text(2) for r in ("system", "user", "assistant")}
+        self.newline = self.text(1)[0]
+        self.system = self.text(SYSTEM_TOKENS)
+        self.task = self.text(TASK_TOKENS)
+        self.steps: list[dict] = []  # past steps: image, image tokens, observation, reply, line
+
+    def text(self, n: int) -> list[int]:
+        return [self.rng.randrange(0, self.vocab) for _ in range(n)]
+
+    def turn(self, role: str, body: list[int]) -> list[int]:
+        """<|im_start|>role\n body <|im_end|>\n, with fixed ids for the role and newline."""
+        return [self.ids["im_start"], *self.roles[role], *body, self.ids["im_end"], self.newline]
+
+    def build(self, current) -> tuple[list[int], list]:
+        """current: (image, n_placeholders, observation ids). Returns (ids, images in order)."""
+        from agent.history import first_image_step
+        first = first_image_step(len(self.steps), self.hcfg)
+        older = [t for s in self.steps[:first] for t in s["line"]]
+        ids = self.turn("system", self.system) + self.turn("user", self.task + older)
+        images = []
+        for s in self.steps[first:] + [current]:
+            ids += self.turn("user", [self.ids["vstart"], *[self.ids["image"]] * s["n"], self.ids["vend"], *s["obs"]])
+            images.append(s["image"])
+            if "reply" in s:
+                ids += self.turn("assistant", s["reply"])
+        ids += [self.ids["im_start"], *self.roles["assistant"]]  # the reply follows
+        return ids, images
+
+
+def make_grammar(tokenizer, vocab: int):
+    """A compiled native tool-call grammar, or None when xgrammar or a tokenizer is missing."""
+    try:
+        import xgrammar as xgr
+    except ImportError:
+        return None
+    if tokenizer is None:  # the 2B shapes have no tokenizer offline: the tiny one stands in (same bitmask size)
+        from transformers import AutoTokenizer
+        from agent.backends.tiny import tiny_checkpoint
+        tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint())
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
+    return xgr.GrammarCompiler(info).compile_grammar(GRAMMAR_EBNF)
+
+
+def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, screen=(1920, 1080),
+              history: int = 4, evict: int = 2, reply_tokens: int = 25, context: int = 32768,
+              compile: bool = False, attention: str = "sdpa", peak_context: int = 0,
+              grammar: bool = True, progress: bool = True) -> dict:
+    import torch
+    from agent.budget import plan
+    from agent.engine import Engine, EngineImage, image_key
+
+    if compile:
+        cache = Path(os.environ.get("VLAGENT_CACHE", Path.home() / ".cache" / "vlagent")) / "inductor"
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    t_build = time.perf_counter()
+    m, improc, tok, label = build_model(model, tiny, device)
+    cfg = m.config
+    vocab = cfg.text_config.vocab_size
+    if tok is not None:
+        ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(
+            im_start="<|im_start|>", im_end="<|im_end|>", vstart="<|vision_start|>",
+            vend="<|vision_end|>", image="<|image_pad|>").items()}
+        text_vocab = min(len(tok), vocab) - 64  # ordinary tokens only
+    else:
+        ids = dict(im_start=IM_START, im_end=IM_END, vstart=cfg.vision_start_token_id,
+                   vend=cfg.vision_end_token_id, image=cfg.image_token_id)
+        text_vocab = 150000
+    eng = Engine(m, max_context=context, compile=compile, attention=attention)
+    build_s = time.perf_counter() - t_build
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    prompter = Prompter(text_vocab, ids, history, evict)
+    pre_kw = {"device": device} if device == "cuda" and "Pil" not in type(improc).__name__ else {}
+    merge = cfg.vision_config.spatial_merge_size
+
+    def preprocess(img):
+        t = time.perf_counter()
+        out = improc(images=[img], return_tensors="pt", **pre_kw)
+        grid = tuple(int(v) for v in out["image_grid_thw"][0])
+        im = EngineImage(out["pixel_values"].to(device), grid, key=image_key(img))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return im, (time.perf_counter() - t) * 1e3
+
+    # Decode graphs for the spans the episode will touch, before the first step (part of the cold start).
+    per_image = screen[0] * screen[1]  # upper bound on placeholders, refined by the first frame
+    rows, cold_start = [], None
+    gen_frames = frames(*screen)
+    from rich.progress import Progress
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"bench {label}", total=steps)
+        for step in range(steps):
+            img = next(gen_frames)
+            t0 = time.perf_counter()
+            im, pre_ms = preprocess(img)
+            n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2
+            if step == 0 and device == "cuda":
+                need = SYSTEM_TOKENS + (history + 1) * (n + 200) + steps * STEP_LINE_TOKENS + reply_tokens + 1024
+                eng.warmup(list(range(512, min(context, need) + 1, 512)))
+            obs = prompter.text(OBSERVATION_TOKENS)
+            prompt, images = prompter.build({"image": im, "n": n, "obs": obs})
+            gen = eng.generate(prompt, images, max_new_tokens=reply_tokens, min_new_tokens=reply_tokens)
+            step_ms = (time.perf_counter() - t0) * 1e3
+            if cold_start is None:
+                cold_start = process_age_s()
+            tm = gen.timings
+            rows.append(dict(step=step, preprocess_ms=pre_ms, vision_ms=tm.vision_ms, prefill_ms=tm.prefill_ms,
+                             ttft_ms=pre_ms + tm.ttft_ms, decode_ms=tm.decode_ms, step_ms=step_ms,
+                             prompt_tokens=tm.prompt_tokens, reused_tokens=tm.reused_tokens,
+                             new_tokens=tm.new_tokens, images=len(images), images_encoded=tm.images_encoded,
+                             decode_tok_s=(tm.new_tokens - 1) / (tm.decode_ms / 1e3) if tm.decode_ms else 0.0))
+            prompter.steps.append({"image": im, "n": n, "obs": obs, "reply": gen.tokens,
+                                   "line": prompter.text(STEP_LINE_TOKENS)})
+            bar.advance(task)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else float("nan")
+    warm = rows[1:] or rows
+
+    def med(key):
+        return statistics.median(r[key] for r in warm)
+
+    result = dict(
+        device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        model=label, torch=torch.__version__, transformers=__import__("transformers").__version__,
+        screen=list(screen), history=history, evict_chunk=evict, steps=steps, reply_tokens=reply_tokens,
+        context=context, compile=compile, attention=attention,
+        step_ms_p50=percentile([r["step_ms"] for r in warm], 0.5),
+        step_ms_p95=percentile([r["step_ms"] for r in warm], 0.95),
+        ttft_ms=med("ttft_ms"), preprocess_ms=med("preprocess_ms"), vision_ms=med("vision_ms"),
+        prefill_ms=med("prefill_ms"), decode_ms=med("decode_ms"), decode_tok_s=med("decode_tok_s"),
+        cold_start_s=cold_start, build_s=build_s, first_step_ms=rows[0]["step_ms"], peak_gib=peak,
+        steps_detail=rows,
+    )
+    if grammar:
+        result.update(grammar_cost(eng, prompter, tok, vocab, gen_frames, preprocess, merge, reply_tokens))
+    if peak_context:
+        result.update(long_context_peak(eng, m, peak_context, text_vocab, gen_frames, preprocess, merge, device))
+    total = float(torch.cuda.get_device_properties(0).total_memory) if device == "cuda" else 24 * 2 ** 30
+    budget = plan(cfg, total, screen, model=label, device=result["device"], history=history,
+                  context=context, dtype_bytes=2 if device == "cuda" else 4)
+    result["budget"] = asdict(budget)
+    result["predicted_peak_gib"] = budget.predicted_peak_gib
+    return result
+
+
+def grammar_cost(eng, prompter, tok, vocab, gen_frames, preprocess, merge, reply_tokens) -> dict:
+    """Decode ms/token with and without the native-reply grammar, same prompt, warm cache."""
+    compiled = make_grammar(tok, vocab)
+    if compiled is None:
+        return {"grammar": "xgrammar missing"}
+    import xgrammar as xgr
+    im, _ = preprocess(next(gen_frames))
+    n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2
+    prompt, images = prompter.build({"image": im, "n": n, "obs": prompter.text(OBSERVATION_TOKENS)})
+    free, con = [], []
+    for _ in range(3):
+        g = eng.generate(prompt, images, max_new_tokens=reply_tokens, min_new_tokens=reply_tokens)
+        free.append(g.timings.decode_ms / max(1, g.timings.new_tokens - 1))
+        g = eng.generate(prompt, images, max_new_tokens=64, matcher=xgr.GrammarMatcher(compiled))
+        con.append(g.timings.decode_ms / max(1, g.timings.new_tokens - 1))
+        con_tokens = g.timings.new_tokens
+    f, c = statistics.median(free), statistics.median(con)
+    return {"decode_ms_per_token": f, "grammar_decode_ms_per_token": c,
+            "grammar_overhead_pct": (c / f - 1) * 100, "grammar_reply_tokens": con_tokens}
+
+
+def long_context_peak(eng, m, context, text_vocab, gen_frames, preprocess, merge, device) -> dict:
+    """Peak device memory for one screenshot plus text filling `context` tokens (the baseline's 32K case)."""
+    import random
+    import torch
+    from agent.engine import Engine
+    if eng.max_context < context:
+        return {"peak_context": "skipped: engine context smaller"}
+    eng.reset()
+    im, _ = preprocess(next(gen_frames))
+    n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2
+    rng = random.Random(1)
+    cfg = m.config
+    head = [rng.randrange(text_vocab) for _ in range(100)]
+    ids = head + [cfg.vision_start_token_id] + [cfg.image_token_id] * n + [cfg.vision_end_token_id]
+    ids += [rng.randrange(text_vocab) for _ in range(context - len(ids) - 64)]
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    g = eng.generate(ids, [im], max_new_tokens=32, min_new_tokens=32)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else float("nan")
+    return {"peak_context": len(ids) + 32, "peak_context_gib": peak, "peak_context_ttft_ms": g.timings.ttft_ms,
+            "peak_context_decode_tok_s": (g.timings.new_tokens - 1) / (g.timings.decode_ms / 1e3)}
+
+
+def table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"vlagent bench: {r['model']} on {r['device']}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    keys = ["step_ms_p50", "step_ms_p95", "ttft_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms",
+            "decode_tok_s", "cold_start_s", "peak_gib", "predicted_peak_gib", "grammar_overhead_pct",
+            "peak_context_gib"]
+    for k in keys:
+        if k in r and isinstance(r[k], (int, float)):
+            t.add_row(k, f"{r[k]:.1f}" if abs(r[k]) >= 10 else f"{r[k]:.3f}")
+    Console().print(t)
+
+
+@click.command("bench")
+@click.option("--random-weights", is_flag=True, help="The real 2B architecture with random weights (no download; the default).")
+@click.option("--model", default=None, help="Real weights: a model id or local folder.")
+@click.option("--tiny", is_flag=True, help="The tiny random checkpoint on the CPU (a smoke run in seconds).")
+@click.option("--steps", default=12, show_default=True)
+@click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
+@click.option("--history", default=4, show_default=True, help="Screenshots kept as images.")
+@click.option("--evict", default=2, show_default=True, help="Older screenshots turned into text this many at a time.")
+@click.option("--reply-tokens", default=25, show_default=True, help="Tokens decoded per step.")
+@click.option("--context", default=32768, show_default=True, help="Static KV cache size in tokens.")
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the decode layer pieces.")
+@click.option("--attention", type=click.Choice(["sdpa", "bmm"]), default="sdpa", show_default=True)
+@click.option("--peak-context", type=int, default=0, help="Also measure peak memory at this context (e.g. 32768).")
+@click.option("--grammar/--no-grammar", default=True, show_default=True, help="Measure the grammar's decode cost.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
+def bench(random_weights, model, tiny, steps, screen, history, evict, reply_tokens, context, compile, attention,
+          peak_context, grammar, json_path):
+    """Benchmark agent steps on the real Qwen3-VL-2B architecture."""
+    from agent.budget import parse_screen
+    if model and (random_weights or tiny):
+        raise click.UsageError("--model excludes --random-weights and --tiny")
+    if steps < 2:
+        raise click.UsageError("--steps must be at least 2 (the first step is the cold one)")
+    r = run_bench(model=model, tiny=tiny, steps=steps, screen=parse_screen(screen), history=history, evict=evict,
+                  reply_tokens=reply_tokens, context=context, compile=compile, attention=attention,
+                  peak_context=peak_context, grammar=grammar)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(r, indent=1, default=str), encoding="utf-8")
+    table(r)

@@ -1,0 +1,238 @@
+"""`vlagent budget`: how many tokens (and screenshots) fit in device memory, computed, not guessed.
+
+    KV bytes/token  = 2 (K and V) x layers x kv_heads x head_dim x dtype bytes
+    token budget    = min(model max context,
+                          (device memory - weights - activation reserve - vision cache - margin) / KV bytes/token)
+    tokens/image    = (W' / 32) x (H' / 32) + 2, W' and H' rounded to multiples of 32 (16 px patches, 2x2 merge)
+    predicted peak  = weights + KV(context) + activation reserve + vision cache
+
+The activation reserve is the largest transient of one step: the vision encoder on one
+screenshot, or one prefill chunk of the engine (agent/engine.py), whichever is larger, from the
+model's shapes; RESERVE_FIXED covers what the shapes don't show (cuBLAS workspace, graph pools,
+logits), set from the H100 runs in benchmarks/results/.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import click
+
+GIB = 1024 ** 3
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+DEFAULT_CARD_GIB = 24.0  # the user's RTX 4090D, when there is no GPU here
+RESERVE_FIXED = 160 * 1024 ** 2  # bytes: cuBLAS workspace, CUDA graph pool, logits, allocator slack
+MARGIN = 0.5 * GIB  # bytes left free for the CUDA context / other processes' noise on the card
+PROMPT_TOKENS = 1500  # system prompt with the computer_use tool + the task
+STEP_TEXT_TOKENS = 80  # per history step: its action and outcome as text, reply included
+PATCH_PX = 32  # one visual token per 32x32 px (16 px patches, 2x2 merge)
+
+# The real Qwen3-VL-2B-Instruct shapes (config.json), so planning and benchmarks need no download.
+QWEN3_VL_2B_TEXT = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                        num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                        vocab_size=151936, rms_norm_eps=1e-6, max_position_embeddings=262144,
+                        tie_word_embeddings=True, hidden_act="silu",
+                        rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0,
+                                         "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+                        bos_token_id=151643, eos_token_id=151645)
+QWEN3_VL_2B_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                          patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                          out_hidden_size=2048, deepstack_visual_indexes=[5, 11, 17],
+                          num_position_embeddings=2304, hidden_act="gelu_pytorch_tanh")
+QWEN3_VL_2B_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                       vision_end_token_id=151653)
+
+
+def qwen3_vl_2b_config():
+    from transformers import Qwen3VLConfig
+    return Qwen3VLConfig(text_config=dict(QWEN3_VL_2B_TEXT), vision_config=dict(QWEN3_VL_2B_VISION),
+                         tie_word_embeddings=True, **QWEN3_VL_2B_IDS)
+
+
+def _shapes_2b():
+    """The 2B shapes as plain attributes: planning the default model needs no transformers import."""
+    from types import SimpleNamespace as NS
+    return NS(text_config=NS(**QWEN3_VL_2B_TEXT), vision_config=NS(**QWEN3_VL_2B_VISION), is_2b=True)
+
+
+def load_config(model: str | None):
+    """The model's config: the built-in 2B shapes for the default id (no download), else from_pretrained."""
+    if model in (None, DEFAULT_MODEL, "random-2b"):
+        return _shapes_2b()
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(model)
+    except Exception as e:  # not found, offline, not a Qwen3-VL folder
+        raise click.ClickException(f"cannot read the config of {model!r}: {str(e).splitlines()[0]}")
+
+
+def kv_bytes_per_token(text_cfg, dtype_bytes: int = 2) -> int:
+    head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
+    return 2 * text_cfg.num_hidden_layers * text_cfg.num_key_value_heads * head_dim * dtype_bytes
+
+
+def resized(width: int, height: int) -> tuple[int, int]:
+    """The size the processor resizes a screenshot to (nearest multiples of 32), pixel budget aside."""
+    return (max(PATCH_PX, round(width / PATCH_PX) * PATCH_PX), max(PATCH_PX, round(height / PATCH_PX) * PATCH_PX))
+
+
+def tokens_per_image(width: int, height: int) -> int:
+    w, h = resized(width, height)
+    return (w // PATCH_PX) * (h // PATCH_PX) + 2  # + vision start/end
+
+
+QWEN3_VL_2B_PARAMS = 2_127_532_032  # counted on the meta device from the config above
+
+
+def param_count(config) -> int:
+    """Parameters of the model, counted on the meta device (no memory, no download)."""
+    if getattr(config, "is_2b", False):
+        return QWEN3_VL_2B_PARAMS
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def vision_activation_bytes(vcfg, width: int, height: int, dtype_bytes: int = 2) -> int:
+    """Largest transient of the vision encoder on one image: a block's hidden states, qkv, MLP and
+    the float32 patches coming in."""
+    w, h = resized(width, height)
+    patches = (w // 16) * (h // 16)
+    per_patch = vcfg.hidden_size * (6 + 3) * dtype_bytes + vcfg.intermediate_size * 2 * dtype_bytes
+    pixels_in = patches * vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size ** 2 * (4 + dtype_bytes)
+    return patches * per_patch + pixels_in
+
+
+def prefill_activation_bytes(tcfg, chunk: int, dtype_bytes: int = 2) -> int:
+    """Largest transient of one prefill chunk: hidden states, fused QKV, float32 norms, the SwiGLU
+    intermediates (attention runs GQA-native, so K/V are never expanded)."""
+    hd = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads
+    qkv = (tcfg.num_attention_heads + 2 * tcfg.num_key_value_heads) * hd
+    per_token = (tcfg.hidden_size * 4 * dtype_bytes + qkv * dtype_bytes + qkv * 4
+                 + tcfg.intermediate_size * 4 * dtype_bytes)
+    return chunk * per_token
+
+
+def vision_cache_bytes(cfg, width: int, height: int, images: int, dtype_bytes: int = 2) -> int:
+    """The engine keeps each encoded screenshot (embeddings + deepstack features) for reuse."""
+    layers = 1 + len(getattr(cfg.vision_config, "deepstack_visual_indexes", []) or [])
+    return images * (tokens_per_image(width, height) - 2) * cfg.text_config.hidden_size * layers * dtype_bytes
+
+
+@dataclass
+class Plan:
+    model: str
+    device: str
+    device_gib: float
+    dtype_bytes: int
+    params: int
+    weights_gib: float
+    kv_bytes_per_token: int
+    reserve_gib: float  # activation reserve: max(vision on one shot, one prefill chunk) + fixed
+    vision_cache_gib: float
+    max_context_model: int
+    token_budget: int  # tokens of KV that fit (capped by the model's max context)
+    screen: tuple[int, int]
+    tokens_per_image: int
+    images_fit: int  # screenshots of that size that fit in the budget with their step text
+    history: int
+    context: int  # the context the peak is predicted for
+    predicted_peak_gib: float
+
+
+def plan(config, device_bytes: float, screen: tuple[int, int] = (1920, 1080), *, model: str = DEFAULT_MODEL,
+         device: str = "", dtype_bytes: int = 2, history: int = 4, context: int | None = None,
+         params: int | None = None, prefill_chunk: int | None = None, vision_cache: int | None = None) -> Plan:
+    from agent import engine
+
+    tcfg, vcfg = config.text_config, config.vision_config
+    params = params if params is not None else param_count(config)
+    weights = params * dtype_bytes
+    kv = kv_bytes_per_token(tcfg, dtype_bytes)
+    chunk = prefill_chunk or engine.PREFILL_CHUNK
+    reserve = max(vision_activation_bytes(vcfg, *screen, dtype_bytes),
+                  prefill_activation_bytes(tcfg, chunk, dtype_bytes)) + RESERVE_FIXED
+    vcache = vision_cache_bytes(config, *screen, min(vision_cache or engine.VISION_CACHE_SIZE, history + 2), dtype_bytes)
+    free = device_bytes - weights - reserve - vcache - MARGIN
+    max_ctx = int(tcfg.max_position_embeddings)
+    budget = max(0, min(max_ctx, int(free // kv)))
+    per_image = tokens_per_image(*screen)
+    fit = max(0, (budget - PROMPT_TOKENS) // (per_image + STEP_TEXT_TOKENS))
+    ctx = context if context is not None else budget
+    peak = weights + kv * ctx + reserve + vcache
+    return Plan(model=model, device=device, device_gib=round(device_bytes / GIB, 2), dtype_bytes=dtype_bytes,
+                params=params, weights_gib=round(weights / GIB, 3), kv_bytes_per_token=kv,
+                reserve_gib=round(reserve / GIB, 3), vision_cache_gib=round(vcache / GIB, 3),
+                max_context_model=max_ctx, token_budget=budget, screen=tuple(screen),
+                tokens_per_image=per_image, images_fit=fit, history=history, context=ctx,
+                predicted_peak_gib=round(peak / GIB, 3))
+
+
+def current_device() -> tuple[str, float] | None:
+    """(name, total bytes) of the current CUDA device, or None."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(), float(torch.cuda.get_device_properties(0).total_memory)
+    except Exception:
+        pass
+    return None
+
+
+def parse_screen(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+        if w <= 0 or h <= 0:
+            raise ValueError
+        return w, h
+    except ValueError:
+        raise click.BadParameter(f"expected WxH like 1920x1080, got {value!r}")
+
+
+def render(p: Plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"KV budget: {p.model} on {p.device} ({p.device_gib:g} GiB)", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    rows = [
+        ("weights", f"{p.weights_gib:.2f} GiB ({p.params / 1e9:.3f} B params x {p.dtype_bytes} B)"),
+        ("KV bytes per token", f"{p.kv_bytes_per_token:,} B ({p.kv_bytes_per_token / 1024:.0f} KiB)"),
+        ("activation reserve", f"{p.reserve_gib:.2f} GiB"),
+        ("vision cache", f"{p.vision_cache_gib:.2f} GiB"),
+        ("model max context", f"{p.max_context_model:,} tokens"),
+        ("token budget", f"{p.token_budget:,} tokens"),
+        (f"tokens per {p.screen[0]}x{p.screen[1]} screenshot", f"{p.tokens_per_image:,}"),
+        ("screenshots that fit", f"{p.images_fit:,}"),
+        (f"predicted peak at {p.context:,} tokens", f"{p.predicted_peak_gib:.2f} GiB"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+@click.command("budget")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model id or local folder (its config is read).")
+@click.option("--device-memory", "device_gib", type=float, default=None,
+              help="Card size in GiB (default: the current GPU, else 24 for an RTX 4090D).")
+@click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
+@click.option("--history", default=4, show_default=True, help="Screenshots kept as images in the prompt.")
+@click.option("--context", type=int, default=None, help="Predict the peak at this many tokens (default: the budget).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def budget(model, device_gib, screen, history, context, as_json):
+    """Print the KV-cache token budget and how many screenshots fit."""
+    size = parse_screen(screen)
+    cfg = load_config(model)
+    if device_gib is not None:
+        name, total = f"{device_gib:g} GiB card", device_gib * GIB
+    else:
+        name, total = current_device() or (f"{DEFAULT_CARD_GIB:g} GiB card (no GPU here)", DEFAULT_CARD_GIB * GIB)
+    p = plan(cfg, total, size, model=model, device=name, history=history, context=context)
+    if as_json:
+        click.echo(json.dumps(asdict(p), indent=1))
+    else:
+        render(p)
