@@ -210,3 +210,36 @@ def test_result_json_is_kept_when_child_wrote_it(tmp_path):
     _, items = discover([suite])
     (o,), _ = run_suite(items, tmp_path / "out", Options(), command=standin(tmp_path))
     assert Result.model_validate_json((o.trace / "result.json").read_text()).reason == "checks failed"
+
+
+# ---------------------------------------------------------------- the real thing, end to end
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "qa_suite"
+
+
+@pytest.mark.slow
+def test_example_suite_runs_green_in_two_shards_and_merges(tmp_path):
+    """`vlagent suite` on examples/qa_suite (scripted tasks and replayed traces, real sandboxes),
+    split in two shards as two CI machines would, then `vlagent report --merge`."""
+    import subprocess
+
+    from agent.suite import VLAGENT
+
+    _, items = discover([EXAMPLES])
+    for i in (1, 2):
+        shard = tmp_path / f"shard{i}"
+        proc = subprocess.run([*VLAGENT, "suite", str(EXAMPLES), "--model", "script:{dir}/{name}.replies.yaml",
+                               "--workers", "2", "--shard", f"{i}/2", "--out", str(shard / "runs"),
+                               "--junit", str(shard / "junit.xml"), "--report", str(shard / "report")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([*VLAGENT, "report", "--merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"),
+                           "--out", str(tmp_path / "merged")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    root = ET.parse(tmp_path / "merged" / "junit.xml").getroot()
+    names = sorted(c.get("name") for c in root.iter("testcase"))
+    assert names == sorted(it.name for it in items) and len(names) >= 8
+    assert (root.get("failures"), root.get("errors")) == ("0", "0")
+    report = json.loads((tmp_path / "merged" / "report.json").read_text())
+    assert [e["status"] for e in report["entries"]] == ["success"] * len(items)
+    assert f"{len(items)} of {len(items)} passed" in (tmp_path / "merged" / "index.html").read_text()
