@@ -70,7 +70,7 @@ def test_wrong_script_exits_1_with_a_complete_trace(tmp_path):
     assert result.status == "failed" and "file_json" in result.reason
     steps = load_steps(trace)
     assert len(steps) == 6
-    assert "denied" in steps[2].error and steps[2].action is None  # ctrl+alt+delete never ran
+    assert "not allowed" in steps[2].error and steps[2].action is None  # ctrl+alt+delete never ran
     assert "not closed" in steps[3].error
     assert steps[5].action == {"action": "terminate", "status": "success"}  # claimed, not trusted
 
