@@ -23,10 +23,10 @@ from typing import Any
 
 from PIL import Image
 
-from actions.keys import VALID_KEYS
 from actions.policy import MAX_SCROLL_PX, MAX_WAIT_S, Policy
 from actions.schema import POINTER_ACTIONS
 from agent.errors import BackendError
+from agent.grammar import Spec
 
 TIMEOUT_S = 120.0  # one reply; a 2B model answers in seconds, a loaded server may queue
 CONNECT_TIMEOUT_S = 5.0  # a server that does not accept within this is down
@@ -35,7 +35,7 @@ BACKOFF_S = 0.5  # first retry delay; doubles each retry, with jitter so agents 
 MAX_BACKOFF_S = 8.0
 MAX_TOKENS = 256  # a native reply is ~40 tokens; the schema bounds every field
 MAX_SCHEMA_TEXT_CHARS = 500  # strings the schema allows; longer text is rare and costs decode time
-REPLY_OVERHEAD_TOKENS = 64  # the JSON around the longest string, so a bounded reply always closes
+REPLY_OVERHEAD_TOKENS = 128  # the JSON around the longest string (the longest bare reply is ~110 chars)
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Qwen3-VL-2B-Instruct's image processor (preprocessor_config.json), used when no processor is given.
 QWEN3_VL_IMAGE = {"patch_size": 16, "merge_size": 2, "min_pixels": 65_536, "max_pixels": 16_777_216}
@@ -78,8 +78,7 @@ class OpenAIBackend:
         if self.structured:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "computer_use", "strict": True, "schema": reply_schema(policy)}}
-            # room for the longest string the schema allows (a token is at least one character)
-            kwargs["max_tokens"] = max(self.max_tokens, text_limit(policy) + REPLY_OVERHEAD_TOKENS)
+            kwargs["max_tokens"] = max(self.max_tokens, reply_max_tokens(policy))
         try:
             reply = self._chat(wire, **kwargs)
         except _Refused as e:
@@ -321,7 +320,7 @@ def to_openai_messages(messages: list[dict], cfg: dict) -> list[dict]:
 
 # -- structured output -------------------------------------------------------------------------
 COORD = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 1000}, "minItems": 2, "maxItems": 2}
-MAX_CHORD_KEYS = 4  # ctrl+alt+shift+key; the schema allows 6, no allowed chord needs more
+JSON_CHARS_PER_CHAR = 6  # a string character can be sent as \uXXXX; a token is at least one character
 
 
 def _args(action: str, **props) -> dict:
@@ -331,24 +330,25 @@ def _args(action: str, **props) -> dict:
 
 def text_limit(policy: Policy) -> int:
     """The longest string the schema lets through for this policy."""
-    limits = [0]
-    if "type" in policy.actions:
-        limits.append(min(policy.allow.max_text_len, MAX_SCHEMA_TEXT_CHARS))
-    if "answer" in policy.actions:
-        limits.append(MAX_SCHEMA_TEXT_CHARS)
-    return max(limits)
+    actions = Spec.of(policy).actions
+    return min(policy.allow.max_text_len, MAX_SCHEMA_TEXT_CHARS) if {"type", "answer"} & set(actions) else 0
+
+
+def reply_max_tokens(policy: Policy) -> int:
+    """Tokens that always suffice to finish a reply the schema allows, even one of random weights."""
+    return JSON_CHARS_PER_CHAR * text_limit(policy) + REPLY_OVERHEAD_TOKENS
 
 
 def reply_schema(policy: Policy) -> dict:
-    """A JSON schema for one native tool call that only the policy's actions satisfy, with every
-    field bounded (enums, integer ranges, lengths) so that even a random model's output ends."""
-    text = {"type": "string", "maxLength": min(policy.allow.max_text_len, MAX_SCHEMA_TEXT_CHARS)}
-    key_names = sorted({k for chord in policy.chords for k in chord}) if policy.chords is not None else sorted(VALID_KEYS)
+    """A JSON schema for one native tool call (the bare object, without the <tool_call> tags) that
+    only the policy's actions satisfy: the same action kinds and key chords as the local grammar
+    (agent/grammar.py), every field bounded by an enum, an integer range or a length."""
+    spec = Spec.of(policy)
+    text = {"type": "string", "maxLength": text_limit(policy)}
     builders = {
-        "key": lambda a: _args(a, keys={"type": "array", "items": {"enum": key_names},
-                                        "minItems": 1, "maxItems": MAX_CHORD_KEYS}),
+        "key": lambda a: _args(a, keys={"enum": [list(chord) for chord in spec.chords]}),
         "type": lambda a: _args(a, text=text),
-        "answer": lambda a: _args(a, text={"type": "string", "maxLength": MAX_SCHEMA_TEXT_CHARS}),
+        "answer": lambda a: _args(a, text=text),
         "wait": lambda a: _args(a, time={"type": "integer", "minimum": 0, "maximum": int(MAX_WAIT_S)}),
         "terminate": lambda a: _args(a, status={"enum": ["success", "failure"]}),
         "scroll": lambda a: _args(a, pixels={"type": "integer", "minimum": -MAX_SCROLL_PX, "maximum": MAX_SCROLL_PX},
@@ -356,10 +356,10 @@ def reply_schema(policy: Policy) -> dict:
     }
     builders["hscroll"] = builders["scroll"]
     variants = []
-    for action in sorted(policy.actions):
+    for action in spec.actions:
         if action in builders:
             variants.append(builders[action](action))
-        elif action in POINTER_ACTIONS:
+        elif action in POINTER_ACTIONS:  # the native format always gives the point
             variants.append(_args(action, coordinate=COORD))
     return {"type": "object", "properties": {"name": {"enum": ["computer_use"]}, "arguments": {"anyOf": variants}},
             "required": ["name", "arguments"], "additionalProperties": False}
