@@ -20,7 +20,7 @@ import os
 import random
 import re
 import tkinter as tk
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 TITLE = "Registration"
