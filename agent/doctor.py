@@ -1,6 +1,7 @@
 """`vlagent doctor`: is this machine ready? Each check says what is wrong and how to fix it."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import shutil
 import sys
@@ -12,7 +13,7 @@ from typing import Callable
 import click
 from rich.console import Console
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 SMOKE_TASK = """\
 name: doctor_smoke
 goal: Fill in the registration form for Ada Lovelace (ada@example.com) and submit it.
@@ -87,7 +88,7 @@ def check_model_stack() -> str:
     for name in ("torch", "transformers", "xgrammar"):
         if importlib.util.find_spec(name) is None:
             raise Problem(f"{name} is not installed", "pip install -e . (CPU: pip install torch==2.13.0 first)")
-        parts.append(f"{name} {importlib.import_module(name).__version__}")
+        parts.append(f"{name} {importlib.metadata.version(name)}")
     parts.append("flash-attn " + ("yes" if importlib.util.find_spec("flash_attn") else "no (sdpa is used)"))
     return ", ".join(parts)
 

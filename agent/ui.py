@@ -39,4 +39,4 @@ def print_result(result: Result, folder: Path) -> None:
     if result.answer:
         lines.append(f"answer: {result.answer}")
     lines.append(f"[dim]trace: {folder}[/]")
-    console.print(Panel("\n".join(lines), title=result.task, expand=False))
+    console.print(Panel("\n".join(lines), title=result.task, expand=False), soft_wrap=False)

@@ -169,3 +169,21 @@ def test_pointer_pushed_into_a_corner_aborts_the_run(tmp_path, xvfb):
     assert result.status == "aborted" and "corner" in result.reason
     assert display_alive(xvfb), "an existing display is left running"
     assert procs_mentioning(str(trace / "workdir")) == [], "the task's app is torn down"
+
+
+def test_tiny_random_model_goes_through_the_real_qwen3vl_path(tmp_path):
+    """The tiny random Qwen3-VL checkpoint, loaded by from_pretrained, prompted in the native format,
+    decoding constrained by xgrammar: every step yields a schema-valid action; random weights fail."""
+    from actions import ACTION_ADAPTER
+
+    trace = tmp_path / "trace"
+    r = vlagent("run", TASK, "--model", "tiny-random", "--max-steps", "3", "--trace", trace, timeout=600)
+    assert r.returncode == 1, r.stderr
+    result = load_result(trace)
+    assert result.status == "failed" and result.model.startswith("transformers:")
+    steps = load_steps(trace)
+    assert 1 <= len(steps) <= 3
+    for s in steps:
+        assert s.error is None, s.error
+        ACTION_ADAPTER.validate_python(s.action)
+        assert "<tool_call>" in s.raw
