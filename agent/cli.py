@@ -46,10 +46,11 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name].split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:  # a command whose module is not built yet
-            @click.command(name, help=HELP[name])
-            def missing():
-                raise click.ClickException(f"'{name}' is unavailable: {e}")
+        except ModuleNotFoundError as e:  # an optional dependency of that command is not installed
+            @click.command(name, help=HELP[name], context_settings={"ignore_unknown_options": True})
+            @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+            def missing(args):
+                raise click.ClickException(f"'{name}' is unavailable: {e} (pip install -e .)")
             return missing
 
     def format_commands(self, ctx, formatter):
