@@ -251,3 +251,133 @@ def test_ctrl_c_on_the_whole_suite(tmp_path):
         assert result["status"] == "aborted"
         assert load_steps(rows[name][3])
     assert alive_with(token) == []
+
+
+# ---------------------------------------------------------------- many agents against one server
+
+FAKE_SERVER = textwrap.dedent("""
+    # An OpenAI-compatible server that answers every chat request after DELAY seconds and records
+    # how many requests were in flight at once.
+    import json, sys, threading, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    state_file, delay = sys.argv[1], float(sys.argv[2])
+    state = {"in_flight": 0, "max_in_flight": 0, "requests": 0}
+    lock = threading.Lock()
+    def save():
+        with open(state_file + ".tmp", "w") as f:
+            json.dump(state, f)
+        import os; os.replace(state_file + ".tmp", state_file)
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def send(self, body):
+            data = json.dumps(body).encode()
+            self.send_response(200); self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+        def do_GET(self):
+            self.send({"object": "list", "data": [{"id": "fake-qwen", "object": "model", "owned_by": "t"}]})
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                state["in_flight"] += 1; state["requests"] += 1
+                state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"]); save()
+            time.sleep(delay)
+            with lock:
+                state["in_flight"] -= 1; n = state["requests"]; save()
+            reply = json.dumps({"name": "computer_use", "arguments": {"action": "wait", "time": 0.1 + n / 1000}})
+            self.send({"id": "c", "object": "chat.completion", "created": 0, "model": "fake-qwen",
+                       "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    print(srv.server_address[1], flush=True)
+    srv.serve_forever()
+""")
+
+
+def start_fake_server(tmp: Path, delay_s: float):
+    (tmp / "server.py").write_text(FAKE_SERVER)
+    state = tmp / "server.json"
+    proc = subprocess.Popen([sys.executable, str(tmp / "server.py"), str(state), str(delay_s)],
+                            stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}/v1", state
+
+
+def server_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"in_flight": 0, "max_in_flight": 0, "requests": 0}
+
+
+def openai_suite(tmp: Path, names: list[str], max_steps: int) -> Path:
+    import yaml
+
+    suite = tmp / "suite"
+    suite.mkdir()
+    for name in names:
+        (suite / f"{name}.yaml").write_text(yaml.safe_dump({
+            "name": name, "goal": "save a note", "screen": {"width": 800, "height": 600},
+            "setup": [{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"],
+                       "wait_for_window": "Notes"}],
+            "max_steps": max_steps, "timeout_s": 90, "success": [{"screen_text": "Saved"}]}))
+    return suite
+
+
+def suite_cli(suite: Path, base_url: str, out: Path, workers: int, env: dict) -> subprocess.Popen:
+    from agent.suite import VLAGENT
+
+    return subprocess.Popen([*VLAGENT, "suite", str(suite), "--backend", "openai", "--base-url", base_url,
+                             "--model", "fake-qwen", "--workers", str(workers), "--out", str(out),
+                             "--junit", str(out / "junit.xml")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def junit_cases(path: Path) -> dict[str, tuple[str, str]]:
+    import xml.etree.ElementTree as ET
+
+    cases = {}
+    for c in ET.parse(path).getroot().iter("testcase"):
+        bad = c.find("failure") if c.find("failure") is not None else c.find("error")
+        cases[c.get("name")] = (bad.get("type"), bad.get("message")) if bad is not None else ("success", "")
+    return cases
+
+
+def test_workers_send_model_requests_concurrently(tmp_path):
+    server, url, state = start_fake_server(tmp_path, delay_s=1.0)
+    token = uuid.uuid4().hex
+    try:
+        proc = suite_cli(openai_suite(tmp_path, ["agent_a", "agent_b"], max_steps=2), url, tmp_path / "out", 2,
+                         {**os.environ, "TEST_TOKEN": token})
+        out, err = proc.communicate(timeout=240)
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 1, err  # both ran their 2 steps and failed their check, as planned
+    cases = junit_cases(tmp_path / "out" / "junit.xml")
+    assert {n: c[0] for n, c in cases.items()} == {"agent_a": "failed", "agent_b": "failed"}
+    assert all("max_steps" in c[1] for c in cases.values())
+    seen = server_state(state)
+    assert seen["max_in_flight"] == 2 and seen["requests"] >= 4  # two agents' requests at once
+    assert alive_with(token) == []
+
+
+def test_server_killed_mid_run_ends_every_task_with_error(tmp_path):
+    server, url, state = start_fake_server(tmp_path, delay_s=0.5)
+    token = uuid.uuid4().hex
+    proc = suite_cli(openai_suite(tmp_path, ["agent_a", "agent_b"], max_steps=100), url, tmp_path / "out", 2,
+                     {**os.environ, "TEST_TOKEN": token})
+    deadline = time.monotonic() + 90
+    while server_state(state)["requests"] < 6:  # both agents are mid-run
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    server.kill()
+    server.wait()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    cases = junit_cases(tmp_path / "out" / "junit.xml")
+    assert {n: c[0] for n, c in cases.items()} == {"agent_a": "error", "agent_b": "error"}, cases
+    assert all(url in c[1] for c in cases.values()), cases  # the reason names the server
+    for name in ("agent_a", "agent_b"):
+        assert json.loads((tmp_path / "out" / "traces" / name / "result.json").read_text())["status"] == "error"
+    assert alive_with(token) == []
