@@ -23,6 +23,7 @@ where `images` are `EngineImage`s in the order their placeholders appear in `ids
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ KV_BUCKET = 512  # tokens: decode attention reads the cache up to the next multi
 PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
 VISION_CACHE_SIZE = 8  # encoded images kept (a rolling history needs K + a few; 33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
+FORCED_BATCH_MIN = 3  # forced tokens fed in one eager pass from this many on (fewer: graph replays)
+
+
+def compile_cache_dir():
+    from pathlib import Path
+    root = Path(os.environ["VLAGENT_CACHE"]) if os.environ.get("VLAGENT_CACHE") else Path.home() / ".cache" / "vlagent"
+    return root / "inductor"
 
 
 @dataclass
@@ -114,6 +122,12 @@ def pre_attention(x, ln_w, qkv_w, qn_w, kn_w, cos, sin, eps: float, heads: int, 
     return q, k, v
 
 
+def attend(q, k, v, bias, scale: float):
+    """Decode attention as two batched GEMVs over the used cache span: reads K and V once, no copies."""
+    s = (q @ k.transpose(-1, -2)).float() * scale + bias
+    return s.softmax(-1).to(v.dtype) @ v
+
+
 def post_attention(x, attn, o_w, ln_w, gate_up_w, down_w, eps: float, inter: int):
     """Output projection, residual, norm, SwiGLU MLP, residual."""
     import torch.nn.functional as F
@@ -169,7 +183,7 @@ class Engine:
     """Owns the KV cache and the decode graphs of one model; serves one conversation at a time."""
 
     def __init__(self, model, max_context: int = 32768, *, graphs: bool | None = None,
-                 compile: bool = False, attention: str = "sdpa"):
+                 compile: bool = False, attention: str = "bmm"):
         import torch
 
         self.torch = torch
@@ -188,7 +202,7 @@ class Engine:
         self.inter = tcfg.intermediate_size
         self.vocab = tcfg.vocab_size
         self.max_context = int(max_context)
-        self.attention = attention  # decode attention: "sdpa" or "bmm"
+        self.attention = attention  # decode attention: "bmm" (two GEMVs, fastest on H100) or "sdpa"
         self.use_graphs = (self.device.type == "cuda") if graphs is None else graphs
         self._fuse_weights()
         n_layers = len(self.lm.layers)
@@ -207,10 +221,13 @@ class Engine:
         self._bits = torch.arange(32, dtype=torch.int32, device=self.device)
         self._graphs: dict[int, Any] = {}
         self._pool = None
-        self._pre, self._post = pre_attention, post_attention
-        if compile:
+        self._pre, self._post, self._attend = pre_attention, post_attention, attend
+        if compile:  # one compile each, shared by all layers (weights are arguments); artefacts cached on disk
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
             self._pre = torch.compile(pre_attention, dynamic=False, fullgraph=True)
             self._post = torch.compile(post_attention, dynamic=False, fullgraph=True)
+            self._attend = torch.compile(attend, dynamic=True, fullgraph=True)  # the span varies
+        self.jump_forward = True  # feed grammar-forced tokens in one pass instead of one by one
         self._vision: OrderedDict[str, tuple] = OrderedDict()
         self._ids: list[int] = []  # tokens whose KV is in the cache, in order
         self._keys: list[str] = []  # keys of the images among them, in order
@@ -309,11 +326,12 @@ class Engine:
     def _decode_step(self, span: int):
         """One token: feed _tok at slot _pos, attend to slots < span, write the next token into _tok."""
         torch = self.torch
-        import torch.nn.functional as F
         x = self.lm.embed_tokens(self._tok)
         rp = (self._pos + self._delta).view(1, 1, 1).expand(3, 1, 1)
         cos, sin = self.lm.rotary_emb(x, rp)
         keep = (self._arange[:span] <= self._pos).view(1, 1, 1, span)
+        # One additive mask per step, shared by all layers (cheaper than a bool mask per layer).
+        bias = torch.zeros((1, 1, 1, span), dtype=torch.float32, device=self.device).masked_fill(~keep, float("-inf"))
         rep, d = self.heads // self.kv_heads, self.head_dim
         for i, w in enumerate(self.layers):
             q, k, v = self._pre(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
@@ -323,11 +341,9 @@ class Engine:
             kk, vv = self.k_cache[i, :, :span][None], self.v_cache[i, :, :span][None]
             qg = q.reshape(1, self.kv_heads, rep, d)  # GQA: a KV head's query heads as query rows
             if self.attention == "bmm":
-                s = (qg @ kk.transpose(-1, -2)).float() * (d ** -0.5)
-                p = s.masked_fill(~keep, float("-inf")).softmax(-1).to(vv.dtype)
-                o = p @ vv
+                o = self._attend(qg, kk, vv, bias, d ** -0.5)
             else:
-                o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=keep)
+                o = torch.nn.functional.scaled_dot_product_attention(qg, kk, vv, attn_mask=keep)
             o = o.reshape(1, 1, self.heads * d)
             x = self._post(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
         logits = self._mask_logits(self._logits(x))
@@ -410,6 +426,45 @@ class Engine:
                 m = s
         return min(m, len(ids) - 1)  # at least one token runs, to get logits
 
+    def _take_forced(self, matcher, out: list[int], done, pending: list[int] | None = None):
+        """Accept the tokens the grammar allows alone (appending them to out and pending); leaves the
+        host bitmask filled for the next real choice."""
+        import numpy as np
+        while not done():
+            matcher.fill_next_token_bitmask(self._bitmask_host)
+            if not self.jump_forward:
+                return
+            words = self._bitmask_host.numpy()[0]
+            nz = np.flatnonzero(words)
+            if len(nz) != 1:
+                return
+            word = int(words[nz[0]]) & 0xFFFFFFFF
+            tok = int(nz[0]) * 32 + word.bit_length() - 1
+            if word & (word - 1) or tok >= self.vocab:
+                return
+            self._choose(tok, matcher, out)
+            if pending is not None:
+                pending.append(tok)
+
+    def _choose(self, tok: int, matcher, out: list[int]):
+        if matcher is not None and not matcher.accept_token(tok):
+            raise VlagentError(f"grammar rejected token {tok}")  # a bug: the mask allowed it
+        out.append(tok)
+
+    def _load_bitmask(self, matcher):
+        if matcher is None:
+            return
+        self._bitmask.copy_(self._bitmask_host, non_blocking=True)
+
+    def _feed_many(self, tokens: list[int], start: int) -> int:
+        """Feed several known tokens in one eager pass at slots [start, start+n); the next token."""
+        torch = self.torch
+        x = self.lm.embed_tokens(torch.tensor([tokens], device=self.device))
+        pos = (torch.arange(start, start + len(tokens), device=self.device) + self._delta).view(1, -1).expand(3, -1)
+        cos, sin = self._rope(x, pos)
+        h = self._layers(x, cos, sin, start)
+        return int(self._mask_logits(self._logits(h)).argmax(-1))
+
     def generate(self, ids: list[int], images: list[EngineImage] = (), max_new_tokens: int = 64, *,
                  stop_ids: set[int] | frozenset = frozenset(), matcher=None, min_new_tokens: int = 0) -> Generation:
         """Greedy decoding of `ids` (with `images` in placeholder order). A `matcher`
@@ -433,6 +488,7 @@ class Engine:
                 raise VlagentError(f"image at token {s}: {e - s} placeholders, grid {im.grid_thw} needs "
                                    f"{tt * hh * ww // self.merge ** 2}")
         keys = [im.key for im in images]
+        self._bitmask.fill_(-1)  # unconstrained unless a matcher fills it
         t0 = time.perf_counter()
         m = self._common_prefix(ids, spans, keys)
         t.reused_tokens = m
@@ -447,12 +503,22 @@ class Engine:
         t1 = time.perf_counter()
         t.vision_ms = (t1 - t0) * 1e3
 
-        pos3, next_pos = mrope_positions(ids, self.image_token, [im.grid_thw for im in images], self.merge)
+        # Tokens the grammar forces before the model has any choice (e.g. "<tool_call>\n{"name": ...)
+        # are decided now and prefilled with the prompt.
+        def done():
+            return (bool(out) and out[-1] in stop_ids and len(out) > min_new_tokens) \
+                or len(out) >= max_new_tokens or (matcher is not None and matcher.is_terminated())
+
+        out: list[int] = []
+        if matcher is not None:
+            self._take_forced(matcher, out, done)
+        seq = ids + out
+        pos3, next_pos = mrope_positions(seq, self.image_token, [im.grid_thw for im in images], self.merge)
         pos3 = pos3.to(self.device)
         h = None
-        for c0 in range(m, len(ids), PREFILL_CHUNK):
-            c1 = min(len(ids), c0 + PREFILL_CHUNK)
-            x = self.lm.embed_tokens(torch.tensor([ids[c0:c1]], device=self.device))
+        for c0 in range(m, len(seq), PREFILL_CHUNK):
+            c1 = min(len(seq), c0 + PREFILL_CHUNK)
+            x = self.lm.embed_tokens(torch.tensor([seq[c0:c1]], device=self.device))
             vis_mask, deep = None, None
             parts = [(idx, max(s, c0), min(e, c1), s) for idx, (s, e) in enumerate(spans) if s < c1 and e > c0]
             if parts:
@@ -465,36 +531,36 @@ class Engine:
                 deep = [torch.cat([feats[idx][1][j][a - s:b - s] for idx, a, b, s in parts]) for j in range(n_deep)]
             cos, sin = self._rope(x, pos3[:, c0:c1])
             h = self._layers(x, cos, sin, c0, vis_mask, deep)
-        self._ids, self._keys = list(ids), keys
-        self._bitmask.fill_(-1)
-        if matcher is not None:
-            matcher.fill_next_token_bitmask(self._bitmask_host)
-            self._bitmask.copy_(self._bitmask_host, non_blocking=True)
-        first = int(self._mask_logits(self._logits(h)).argmax(-1))
+        self._ids, self._keys = list(seq), keys
+        self._delta.fill_(next_pos - len(seq))
+        fed = len(seq)  # tokens whose KV is in the cache
+        if not done():
+            self._load_bitmask(matcher)
+            self._choose(int(self._mask_logits(self._logits(h)).argmax(-1)), matcher, out)
         t2 = time.perf_counter()
         t.prefill_ms = (t2 - t1) * 1e3
         t.ttft_ms = (t2 - t0) * 1e3
 
-        # Decode: the graph feeds _tok at slot _pos and leaves the next token in _tok.
-        out = [first]
-        self._tok.fill_(first)
-        self._pos.fill_(len(ids))
-        self._delta.fill_(next_pos - len(ids))
-        while True:
-            tok = out[-1]
-            if matcher is not None and not matcher.accept_token(tok):
-                raise VlagentError(f"grammar rejected token {tok}")  # a bug: the mask allowed it
-            done = (tok in stop_ids and len(out) > min_new_tokens) or len(out) >= max_new_tokens \
-                or (matcher is not None and matcher.is_terminated())
-            if done:
-                break
-            slot = len(ids) + len(out) - 1
+        # Decode. Each round feeds the last chosen token plus any tokens the grammar forces after it:
+        # one graph replay per token, or one eager pass for a run of FORCED_BATCH_MIN or more.
+        while not done():
+            pending = [out[-1]]
             if matcher is not None:
-                matcher.fill_next_token_bitmask(self._bitmask_host)
-                self._bitmask.copy_(self._bitmask_host, non_blocking=True)
-            self._replay(self._span(slot))
-            self._ids.append(tok)
-            out.append(int(self._tok))
+                self._take_forced(matcher, out, done, pending)
+                if done():
+                    break
+            self._load_bitmask(matcher)
+            if len(pending) >= FORCED_BATCH_MIN:
+                nxt = self._feed_many(pending, fed)
+            else:
+                for j, p in enumerate(pending):
+                    self._tok.fill_(p)
+                    self._pos.fill_(fed + j)
+                    self._replay(self._span(fed + j))
+                nxt = int(self._tok)
+            self._ids.extend(pending)
+            fed += len(pending)
+            self._choose(nxt, matcher, out)
         t3 = time.perf_counter()
         t.decode_ms = (t3 - t2) * 1e3
         t.total_ms = (t3 - t0) * 1e3

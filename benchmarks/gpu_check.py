@@ -73,8 +73,8 @@ except Exception as e:  # keep going: the numbers below still matter
 
 # 2. Prefix reuse vs full re-prefill: a rolling-history episode, replies must be equal.
 def episode(eng, reuse, steps=6, history=3):
-    system, turns, replies = text(300), [], []
     gg = torch.Generator().manual_seed(5)
+    system, turns, replies = torch.randint(0, 150000, (300,), generator=gg).tolist(), [], []
     for s in range(steps):
         turns.append((ims[s], torch.randint(0, 150000, (20,), generator=gg).tolist()))
         ids, imgs = list(system), []
@@ -111,7 +111,24 @@ def decode_speed(eng, ctx, n=128):
         best = ms if best is None else min(best, ms)
     return best
 
-variants = [("sdpa", False), ("bmm", False), ("sdpa", True)]
+def profile(eng, n=20):
+    from torch.profiler import ProfilerActivity, profile as prof_ctx
+    ids = text(10240)
+    eng.reset()
+    eng.generate(ids, [], max_new_tokens=4, min_new_tokens=4)
+    with prof_ctx(activities=[ProfilerActivity.CUDA]) as prof:
+        eng.generate(ids, [], max_new_tokens=n + 1, min_new_tokens=n + 1)
+    avg = prof.key_averages()
+    tab = avg.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90)
+    open(out_path.replace(".json", "_profile.txt"), "w").write(tab)
+    kernels = sum(e.count for e in avg if e.device_type.name == "CUDA")
+    gpu_us = sum(e.self_device_time_total for e in avg if e.device_type.name == "CUDA")
+    R["profile_kernels_per_token"] = kernels / n
+    R["profile_gpu_us_per_token"] = gpu_us / n
+    print(tab[:6000], flush=True)
+
+
+variants = [("bmm", False), ("bmm", True), ("sdpa", True)]
 for attn, comp in variants:
     name = f"{attn}{'+compile' if comp else ''}"
     try:
@@ -122,6 +139,8 @@ for attn, comp in variants:
             R[f"decode_ms_{name}_{ctx}"] = ms
             print(f"{name} ctx {ctx}: {ms:.3f} ms/token = {1000 / ms:.0f} tok/s", flush=True)
         R[f"variant_s_{name}"] = time.perf_counter() - t
+        if attn == "bmm" and comp:
+            profile(eng)
         free(eng)
     except Exception as e:
         R[f"decode_error_{name}"] = repr(e)[:400]

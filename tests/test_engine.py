@@ -75,12 +75,13 @@ def test_positions_match_transformers():
     assert image_spans(ids, IMAGE) == [(6, 30), (39, 54)]
 
 
-def test_greedy_tokens_equal_transformers_forward():
+@pytest.mark.parametrize("attention", ["sdpa", "bmm"])
+def test_greedy_tokens_equal_transformers_forward(attention):
     model = small_model()
     ims = [image(1), image(2)]
     ids = text(0, 9) + with_image(ims[0]) + text(1, 4) + with_image(ims[1]) + text(2, 6)
     ref_first = hf_logits(model, ids, ims)[-1]
-    eng = Engine(model, max_context=512)
+    eng = Engine(model, max_context=512, attention=attention)
     gen = eng.generate(ids, ims, max_new_tokens=12)
     assert len(gen.tokens) == 12
     assert gen.tokens[0] == int(ref_first.argmax())
@@ -186,3 +187,29 @@ def test_context_overflow_is_a_clear_error():
     eng = Engine(small_model(), max_context=64)
     with pytest.raises(VlagentError, match="exceeds the engine's context"):
         eng.generate(text(0, 60), [], max_new_tokens=10)
+
+
+def test_jump_forward_gives_the_same_reply():
+    """Tokens the grammar forces are fed in batches; the reply equals token-by-token decoding."""
+    xgr = pytest.importorskip("xgrammar")
+    from agent.backends.tiny import tiny_checkpoint
+    from agent.bench import GRAMMAR_EBNF
+    from transformers import AutoTokenizer
+
+    folder = tiny_checkpoint()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(folder).eval()
+    info = xgr.TokenizerInfo.from_huggingface(tok, vocab_size=model.config.text_config.vocab_size)
+    compiled = xgr.GrammarCompiler(info).compile_grammar(GRAMMAR_EBNF)
+    ids = tok("<|im_start|>user\nclick<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    replies = []
+    for jump in (True, False):
+        eng = Engine(model, max_context=512)
+        eng.jump_forward = jump
+        gen = eng.generate(ids, [], max_new_tokens=60, matcher=xgr.GrammarMatcher(compiled),
+                           stop_ids={tok.convert_tokens_to_ids("<|im_end|>")})
+        replies.append(gen.tokens)
+        if jump:  # the forced opening went in with the prompt
+            assert gen.timings.prompt_tokens == len(ids)
+    assert replies[0] == replies[1]
+    assert tok.decode(replies[0]).startswith('<tool_call>\n{"name": "computer_use", "arguments": {"action": ')
