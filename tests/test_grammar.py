@@ -1,0 +1,301 @@
+"""The reply grammar: what it accepts, what it refuses, and that it agrees with parser and policy."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actions.keys import VALID_KEYS
+from actions.parse import parse_action
+from actions.policy import Allow, Policy, PolicyError, normalize_chord
+from actions.schema import Key
+from agent import grammar
+from agent.grammar import default_chords, max_reply_bytes, reply_grammar, uint_le
+
+xgr = pytest.importorskip("xgrammar")
+FILL_FORM = Allow(actions=["left_click", "type", "key", "scroll", "wait", "terminate"],
+                  keys=["tab", "enter", "ctrl+a", "backspace"], max_text_len=200, deny_text=["(?i)password"])
+
+
+def compile_text(ebnf: str):
+    """Compiled without a vocabulary: enough to match strings."""
+    return xgr.GrammarCompiler(xgr.TokenizerInfo([]), cache_enabled=False).compile_grammar(ebnf)
+
+
+_compiled: dict = {}
+
+
+def accepts(reply: str, allow: Allow | None = None) -> bool:
+    key = None if allow is None else allow.model_dump_json()
+    if key not in _compiled:
+        _compiled[key] = compile_text(reply_grammar(Policy(allow)))
+    m = xgr.GrammarMatcher(_compiled[key], terminate_without_stop_token=True)
+    return m.accept_string(reply) and m.is_terminated()
+
+
+def native(args: dict) -> str:
+    return "<tool_call>\n" + json.dumps({"name": "computer_use", "arguments": args}, ensure_ascii=False) + "\n</tool_call>"
+
+
+def passes(reply: str, allow: Allow | None = None) -> bool:
+    """Parser and policy both accept the reply."""
+    try:
+        Policy(allow).check(parse_action(reply))
+        return True
+    except (ValueError, PolicyError):
+        return False
+
+
+@pytest.mark.parametrize("n", [0, 5, 9, 10, 59, 60, 99, 100, 101, 999, 1000, 10000, 12345])
+def test_uint_le_is_exactly_0_to_n(n):
+    compiled = compile_text(f"root ::= {uint_le(n)}\n")
+
+    def ok(s):
+        m = xgr.GrammarMatcher(compiled, terminate_without_stop_token=True)
+        return m.accept_string(s) and m.is_terminated()
+
+    for i in sorted(set(range(0, min(n, 1100) + 30)) | {n - 1, n, n + 1} - {-1}):
+        assert ok(str(i)) == (i <= n), i
+    for bad in ("01", "00", "-1", "1.0", "", " 1"):
+        assert not ok(bad), bad
+
+
+VALID = [
+    {"action": "left_click", "coordinate": [0, 0]},
+    {"action": "left_click", "coordinate": [1000, 1000]},
+    {"action": "left_click"},
+    {"action": "right_click", "coordinate": [5, 999]},
+    {"action": "middle_click", "coordinate": [10, 100]},
+    {"action": "double_click", "coordinate": [500, 500]},
+    {"action": "triple_click", "coordinate": [1, 2]},
+    {"action": "mouse_move", "coordinate": [640, 360]},
+    {"action": "left_click_drag", "coordinate": [10, 20]},
+    {"action": "left_click_drag", "coordinate": [10, 20], "start_coordinate": [30, 40]},
+    {"action": "left_click_drag", "start_coordinate": [30, 40], "coordinate": [10, 20]},
+    {"action": "scroll", "pixels": -10000},
+    {"action": "scroll", "pixels": 3, "coordinate": [500, 500]},
+    {"action": "scroll", "coordinate": [500, 500], "pixels": -5},
+    {"action": "hscroll", "pixels": 10000},
+    {"action": "wait", "time": 0},
+    {"action": "wait", "time": 2.5},
+    {"action": "wait", "time": 59.999},
+    {"action": "wait", "time": 60},
+    {"action": "terminate", "status": "success"},
+    {"action": "terminate", "status": "failure"},
+    {"action": "key", "keys": ["enter"]},
+    {"action": "key", "keys": ["ctrl", "a"]},
+    {"action": "key", "keys": ["alt", "ctrl", "shift", "t"]},
+    {"action": "key", "keys": ["shift"]},
+    {"action": "key", "keys": ["\""]},
+    {"action": "key", "keys": ["\\"]},
+    {"action": "type", "text": ""},
+    {"action": "type", "text": "Ada Lovelace"},
+    {"action": "type", "text": "ada@example.com"},
+    {"action": "type", "text": "Zoë Ünal, 東京 😀 \"quoted\" back\\slash"},
+    {"action": "type", "text": "x" * 500},
+    {"action": "answer", "text": "42"},
+]
+
+INVALID = [
+    # coordinates
+    {"action": "left_click", "coordinate": [1001, 0]},
+    {"action": "left_click", "coordinate": [-1, 0]},
+    {"action": "left_click", "coordinate": [0.5, 0]},
+    {"action": "left_click", "coordinate": ["1", 0]},
+    {"action": "left_click", "coordinate": [1, 2, 3]},
+    {"action": "left_click", "coordinate": [1]},
+    {"action": "mouse_move"},
+    {"action": "left_click_drag"},
+    # structure
+    {"action": "left_click", "coordinate": [1, 2], "extra": 1},
+    {"action": "click", "coordinate": [1, 2]},
+    {"coordinate": [1, 2], "action": "left_click"},
+    {},
+    # numbers
+    {"action": "scroll", "pixels": 10001},
+    {"action": "scroll", "pixels": 1.5},
+    {"action": "scroll"},
+    {"action": "wait", "time": 60.5},
+    {"action": "wait", "time": 61},
+    {"action": "wait", "time": -1},
+    {"action": "wait", "time": 1e3},
+    {"action": "terminate", "status": "done"},
+    # keys
+    {"action": "key", "keys": ["alt", "f4"]},
+    {"action": "key", "keys": ["alt", "ctrl", "delete"]},
+    {"action": "key", "keys": ["alt", "ctrl", "f2"]},
+    {"action": "key", "keys": ["win"]},
+    {"action": "key", "keys": ["ctrl", "win", "a"]},
+    {"action": "key", "keys": ["notakey"]},
+    {"action": "key", "keys": []},
+    {"action": "key", "keys": ["ctrl", "a", "b"]},
+    {"action": "key", "keys": "enter"},
+    # text
+    {"action": "type", "text": "line\nbreak"},
+    {"action": "type", "text": "tab\there"},
+    {"action": "type", "text": "bell\x07"},
+    {"action": "type", "text": "del\x7f"},
+    {"action": "type", "text": "zero\u200bwidth"},
+    {"action": "type", "text": "line\u2028sep"},
+    {"action": "type", "text": "bidi\u202eoverride"},
+    {"action": "type", "text": "bom\ufeff"},
+    {"action": "type", "text": "x" * 501},
+    {"action": "type"},
+    {"action": "answer", "text": "y" * 501},
+]
+
+
+@pytest.mark.parametrize("args", VALID, ids=lambda a: json.dumps(a)[:60])
+def test_accepts_valid_replies_that_parser_and_policy_accept(args):
+    reply = native(args)
+    assert accepts(reply)
+    assert passes(reply)
+
+
+@pytest.mark.parametrize("args", INVALID, ids=lambda a: json.dumps(a)[:60])
+def test_refuses_invalid_replies(args):
+    assert not accepts(native(args))
+
+
+@pytest.mark.parametrize("reply", [
+    'Thought: click it\n<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click"}}\n</tool_call>',
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click"}}\n</tool_call> done',
+    '<tool_call>{"name": "computer_use", "arguments": {"action": "left_click"}}</tool_call>',
+    '<tool_call>\n{"name": "computer", "arguments": {"action": "left_click"}}\n</tool_call>',
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click"}}\n</tool_call>',
+    '{"name": "computer_use", "arguments": {"action": "left_click"}}',
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click"}}\n',  # truncated
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action": "type", "text": "\\n"}}\n</tool_call>',
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action": "type", "text": "\\u0007"}}\n</tool_call>',
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action": "type", "text": "\\u0041"}}\n</tool_call>',
+    '<tool_call>\n{"name": "computer_use", "arguments": {"action":"left_click"}}\n</tool_call>',
+])
+def test_refuses_anything_but_one_canonical_tool_call(reply):
+    assert not accepts(reply)
+
+
+def test_only_allowed_action_kinds():
+    allow = Allow(actions=["left_click"])
+    assert accepts(native({"action": "left_click", "coordinate": [3, 4]}), allow)
+    for args in ({"action": "type", "text": "a"}, {"action": "terminate", "status": "success"},
+                 {"action": "key", "keys": ["enter"]}):
+        assert not accepts(native(args), allow)
+    text = reply_grammar(Policy(allow))
+    assert "a_left_click" in text and "a_type" not in text and "chord" not in text
+
+
+def test_only_the_policys_chords():
+    allow = Allow(actions=["key"], keys=["ctrl+a", "Return"])
+    assert accepts(native({"action": "key", "keys": ["ctrl", "a"]}), allow)
+    assert accepts(native({"action": "key", "keys": ["enter"]}), allow)  # "Return" normalised
+    for keys in (["a"], ["ctrl", "c"], ["tab"], ["Return"]):
+        assert not accepts(native({"action": "key", "keys": keys}), allow), keys
+
+
+def test_no_chords_allowed_drops_the_key_action():
+    allow = Allow(actions=["key", "wait"], keys=[])
+    assert "a_key" not in reply_grammar(Policy(allow))
+    assert accepts(native({"action": "wait", "time": 1}), allow)
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 200])
+def test_text_is_bounded_by_max_text_len(n):
+    allow = Allow(actions=["type", "answer"], max_text_len=n)
+    for action in ("type", "answer"):
+        assert accepts(native({"action": action, "text": "é" * n}), allow)
+        assert not accepts(native({"action": action, "text": "é" * (n + 1)}), allow)
+    # an escaped quote is one character of text
+    if n:
+        assert accepts(native({"action": "type", "text": '"' * n}), allow)
+
+
+def test_fill_form_policy():
+    assert accepts(native({"action": "key", "keys": ["ctrl", "a"]}), FILL_FORM)
+    assert accepts(native({"action": "type", "text": "Ada Lovelace"}), FILL_FORM)
+    assert not accepts(native({"action": "key", "keys": ["esc"]}), FILL_FORM)
+    assert not accepts(native({"action": "answer", "text": "x"}), FILL_FORM)
+    # deny_text is a regex the grammar cannot express: the policy still catches it
+    reply = native({"action": "type", "text": "my password"})
+    assert accepts(reply, FILL_FORM) and not passes(reply, FILL_FORM)
+
+
+def test_every_default_chord_passes_the_default_policy():
+    chords = default_chords()
+    assert len(chords) > 500 and len(set(chords)) == len(chords)
+    policy = Policy()
+    for chord in chords:
+        policy.check(Key(action="key", keys=list(chord)))
+        assert normalize_chord(chord) == chord
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(sorted(VALID_KEYS | {"control", "super", "Return", "A"})), min_size=1, max_size=3))
+def test_key_grammar_is_sound_and_complete_up_to_normalisation(keys):
+    reply = native({"action": "key", "keys": keys})
+    if accepts(reply):
+        assert passes(reply)
+    if passes(reply):
+        canonical = normalize_chord(keys)
+        if len(canonical) == len(keys):  # the policy folds repeated modifiers; the grammar does not
+            assert accepts(native({"action": "key", "keys": list(canonical)}))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=12))
+def test_text_grammar_agrees_with_the_policy(text):
+    allow = Allow(actions=["type"], max_text_len=10)
+    reply = native({"action": "type", "text": text})
+    try:
+        Policy(allow).check(parse_action(reply))
+        ok = True
+    except PolicyError as e:
+        if "deny pattern" in str(e):
+            return  # regexes are the policy's job
+        ok = False
+    assert accepts(reply, allow) == ok
+
+
+@pytest.mark.parametrize("allow", [None, Allow(actions=["left_click"]), FILL_FORM,
+                                   Allow(actions=["key"], keys=["ctrl+alt+shift+pagedown"])])
+def test_max_reply_bytes_bounds_the_longest_reply(allow):
+    bound = max_reply_bytes(Policy(allow))
+    policy = Policy(allow)
+    longest = [native({"action": "left_click_drag", "coordinate": [1000, 1000], "start_coordinate": [1000, 1000]})]
+    if "type" in policy.actions:
+        longest.append(native({"action": "type", "text": "😀" * policy.allow.max_text_len}))
+    if "key" in policy.actions:
+        longest += [native({"action": "key", "keys": list(c)}) for c in grammar.Spec.of(policy).chords]
+    for reply in longest:
+        if accepts(reply, allow):
+            assert len(reply.encode()) <= bound
+    assert bound < 4 * 500 + 200  # still a few KB at most
+
+
+def test_constrainer_compiles_once_per_policy_and_gives_fresh_processors():
+    from transformers import AutoTokenizer
+
+    from agent.backends.tiny import tiny_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint())
+    c = grammar.Constrainer(tok, vocab_size=len(tok) + 10)
+    a = c.compiled(Policy(FILL_FORM))
+    assert c.compiled(Policy(FILL_FORM.model_copy())) is a
+    assert c.compiled(Policy(Allow(actions=["wait"]))) is not a
+    assert c.logits_processor(Policy(FILL_FORM)) is not c.logits_processor(Policy(FILL_FORM))
+    m = c.matcher(Policy(FILL_FORM))
+    assert m.accept_string(native({"action": "key", "keys": ["tab"]}))
+
+
+def test_without_xgrammar_decoding_is_unconstrained_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar -> ImportError
+    monkeypatch.setattr(grammar, "_warned", False)
+    with caplog.at_level(logging.WARNING, logger="agent.grammar"):
+        assert grammar.make_constrainer(object(), 10) is None
+        assert grammar.make_constrainer(object(), 10) is None
+    warnings = [r for r in caplog.records if "xgrammar" in r.getMessage()]
+    assert len(warnings) == 1 and "unconstrained" in warnings[0].getMessage()
