@@ -30,7 +30,7 @@ from agent.grammar import Spec
 
 TIMEOUT_S = 120.0  # one reply; a 2B model answers in seconds, a loaded server may queue
 CONNECT_TIMEOUT_S = 5.0  # a server that does not accept within this is down
-MAX_RETRIES = 3  # transient errors (connection reset, 429, 5xx, timeout) retried this often
+MAX_RETRIES = 3  # transient errors (connection reset, refused, 429, 5xx) retried this often
 BACKOFF_S = 0.5  # first retry delay; doubles each retry, with jitter so agents do not retry in step
 MAX_BACKOFF_S = 8.0
 MAX_TOKENS = 256  # a native reply is ~40 tokens; the schema bounds every field
@@ -166,10 +166,9 @@ class OpenAIBackend:
             delay = None
             try:
                 return call(self.client)
-            except openai.APITimeoutError:
-                if attempt == self.max_retries:
-                    raise BackendError(f"no reply from {self.base_url} within {self.timeout_s:g} s "
-                                       f"({attempt + 1} tries)") from None
+            except openai.APITimeoutError:  # not retried: the server is busy with it, and a hung
+                # server would otherwise hold the run for (max_retries + 1) x timeout_s
+                raise BackendError(f"no reply from {self.base_url} within {self.timeout_s:g} s") from None
             except openai.APIConnectionError as e:
                 if attempt == self.max_retries:
                     raise BackendError(f"cannot reach {self.base_url}: {_cause(e)}") from None
