@@ -3,14 +3,16 @@ interface. Nothing else in vlagent touches pyautogui or mss.
 
 Coordinates here are screen pixels; agent.executor maps the model's 0..1000 space onto the
 captured frame before calling in.
+
+X11Desktop types printable ASCII with pyautogui and every other character by binding it to a
+spare keycode and pressing that through XTest (pyautogui drops non-ASCII text on Linux, and
+`xdotool type` loses characters when the app is busy; see agent/x11_typing.py).
 """
 from __future__ import annotations
 
 import importlib
 import io
 import os
-import shutil
-import subprocess
 import sys
 import time
 from contextlib import contextmanager, redirect_stdout
@@ -20,6 +22,7 @@ from typing import Literal, Protocol
 from PIL import Image
 
 from agent.errors import Aborted, VlagentError
+from agent.x11_typing import KeysymTyper
 
 Button = Literal["left", "right", "middle"]
 
@@ -61,8 +64,6 @@ class Desktop(Protocol):
 INPUT_PAUSE_S = 0.02  # pyautogui's pause after each call (its 0.1 s default makes steps slow)
 DRAG_S = 0.3  # a drag glides for this long so apps see intermediate motion events
 PIXELS_PER_WHEEL_CLICK = 100  # scroll convention: 100 px = 1 wheel click; positive = up / right
-TYPE_DELAY_MS = 12  # xdotool's delay between characters (as in Anthropic's computer-use demo)
-XDOTOOL_TIMEOUT_S = 30.0
 SETTLE_POLL_S = 0.05  # wait_stable compares screen grabs this far apart
 SETTLE_MAX_S = 2.0
 ABORT_MESSAGE = "mouse moved to a screen corner: run aborted by the user"
@@ -107,7 +108,7 @@ def _pyautogui_for(display: str):
     built from it). To drive several displays from one process (one after another, not at once),
     the backend module is reloaded with DISPLAY pointing at the new display; each X11Desktop keeps
     the connection and keycode table it got and puts them back before every input call
-    (X11Desktop._bind). This hack lives here and nowhere else."""
+    (X11Desktop._on_display). This hack lives here and nowhere else."""
     xauthority = Path(os.environ.get("XAUTHORITY", Path.home() / ".Xauthority"))
     if not xauthority.exists():  # pyautogui's import fails without one, even on Xvfb
         xauthority.touch()
@@ -150,7 +151,8 @@ def _pyautogui_typable(pag, x, keymap: dict) -> frozenset[str]:
 
 
 class X11Desktop:
-    """An X display (Xvfb or a real one): mss capture, pyautogui input, xdotool for non-ASCII text.
+    """An X display (Xvfb or a real one): mss capture, pyautogui input, XTest on spare keycodes
+    for the characters pyautogui cannot type.
 
     On X11 the captured frame and the input space are both root-window pixels, so size() and the
     capture agree; the executor still scales between them for backends where they differ."""
@@ -164,6 +166,7 @@ class X11Desktop:
         self._x = self._x11._display  # this desktop's own connection and keycode table
         self._keymap = self._x11.keyboardMapping
         self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
+        self._typer = KeysymTyper(self._x, display)
         w, h = self.size()
         self._corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)]
         self._gone = (xerror.ConnectionClosedError, xerror.XError, OSError, mss.ScreenShotError)
@@ -173,7 +176,7 @@ class X11Desktop:
             raise VlagentError(f"cannot open display {display}: {e}") from None
 
     def close(self) -> None:
-        for close in (self._mss.close, self._x.close):
+        for close in (self._typer.close, self._mss.close, self._x.close):
             try:
                 close()
             except Exception:  # the display may be gone already; there is nothing left to free
@@ -186,7 +189,7 @@ class X11Desktop:
         self.close()
 
     @contextmanager
-    def _bind(self):
+    def _on_display(self):
         """Point pyautogui at this display, and turn its and Xlib's failures into ours."""
         pag = self._pag
         self._x11._display, self._x11.keyboardMapping = self._x, self._keymap
@@ -206,7 +209,7 @@ class X11Desktop:
             return self._mss.grab(self._mss.monitors[0])
         except Exception as e:  # mss's XCB backend just asserts on a dead connection
             detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            with self._bind():  # a dead display raises its own clear error here
+            with self._on_display():  # a dead display raises its own clear error here
                 self._x.sync()
             raise VlagentError(f"cannot capture display {self.display}: {detail}") from None
 
@@ -219,7 +222,7 @@ class X11Desktop:
         return screen.width_in_pixels, screen.height_in_pixels
 
     def position(self) -> tuple[int, int]:
-        with self._bind():
+        with self._on_display():
             p = self._x.screen().root.query_pointer()
         return p.root_x, p.root_y
 
@@ -240,15 +243,15 @@ class X11Desktop:
 
     # --- input ---
     def move(self, x: int, y: int) -> None:
-        with self._bind() as pag:
+        with self._on_display() as pag:
             pag.moveTo(x, y)
 
     def click(self, x: int | None, y: int | None, button: Button = "left", clicks: int = 1) -> None:
-        with self._bind() as pag:
+        with self._on_display() as pag:
             pag.click(x, y, button=button, clicks=clicks)  # moves first when x, y are given
 
     def drag(self, x0: int, y0: int, x1: int, y1: int) -> None:
-        with self._bind() as pag:
+        with self._on_display() as pag:
             pag.moveTo(x0, y0)
             pag.mouseDown(button="left")
             try:
@@ -258,7 +261,7 @@ class X11Desktop:
 
     def scroll(self, pixels: int, x: int | None = None, y: int | None = None, horizontal: bool = False) -> None:
         clicks = wheel_clicks(pixels)
-        with self._bind() as pag:
+        with self._on_display() as pag:
             if x is not None and y is not None:
                 pag.moveTo(x, y)
             if clicks:
@@ -269,30 +272,19 @@ class X11Desktop:
         for name in names:  # pyautogui silently skips names it cannot press
             if self._keymap.get(name) is None:
                 raise VlagentError(f"key {name!r} cannot be pressed on display {self.display}")
-        with self._bind() as pag:
+        with self._on_display() as pag:
             pag.hotkey(*names)
 
     def type(self, text: str) -> None:
-        """ASCII through pyautogui; anything else through `xdotool type`, which maps a spare
-        keycode to each character (pyautogui drops non-ASCII text on Linux and mistypes '<')."""
-        for by_pyautogui, chunk in _runs(text, self._typable):
-            if by_pyautogui:
-                with self._bind() as pag:
+        """Printable ASCII through pyautogui; anything else (non-ASCII, and the few ASCII characters
+        pyautogui mistypes on this keymap) through spare keycodes (agent.x11_typing)."""
+        runs = _runs(text, self._typable)
+        with self._on_display():
+            self._typer.prepare("".join(chunk for by_pyautogui, chunk in runs if not by_pyautogui))
+        for by_pyautogui, chunk in runs:
+            with self._on_display() as pag:
+                if by_pyautogui:
                     pag.write(chunk)
-            else:
-                self.check_abort()
-                self._xdotool_type(chunk)
-
-    def _xdotool_type(self, text: str) -> None:
-        exe = shutil.which("xdotool")
-        if exe is None:
-            raise VlagentError("xdotool is not installed; it types non-ASCII text (apt install xdotool)")
-        env = {**os.environ, "DISPLAY": self.display}
-        try:
-            done = subprocess.run([exe, "type", "--delay", str(TYPE_DELAY_MS), "--", text], env=env,
-                                  capture_output=True, text=True, timeout=XDOTOOL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise VlagentError(f"xdotool type did not finish in {XDOTOOL_TIMEOUT_S:g} s on {self.display}") from None
-        if done.returncode != 0:
-            detail = (done.stderr.strip().splitlines() or ["no message"])[0]
-            raise VlagentError(f"xdotool type failed on {self.display}: {detail}")
+                else:
+                    pag.failSafeCheck()
+                    self._typer.type(chunk)

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from agent.desktop import PIXELS_PER_WHEEL_CLICK, SETTLE_MAX_S, X11Desktop, _runs, wheel_clicks
+from agent.x11_typing import keysym, pieces
 from agent.errors import Aborted, VlagentError
 from x11_echo import Echo, of, text_value, xdotool, xvfb
 
@@ -129,9 +130,19 @@ def test_every_printable_ascii_character_arrives_intact(desktop, echo):
     assert text_value(echo.collect(desktop, since)) == text
 
 
-def test_runs_split_text_by_how_it_is_typed():
+def test_more_distinct_characters_than_spare_keycodes_arrive_intact(desktop, echo):
+    text = "".join(map(chr, range(0x4E00, 0x4E00 + len(desktop._typer.spare) + 12)))  # forces rebinding
+    echo.clear_text(desktop)
+    since = echo.mark()
+    desktop.type(text)
+    assert text_value(echo.collect(desktop, since)) == text
+
+
+def test_text_helpers():
     assert _runs("Zoë!", frozenset("Zo!")) == [(True, "Zo"), (False, "ë"), (True, "!")]
     assert _runs("", frozenset("a")) == []
+    assert pieces("abcabd", 3) == ["abcab", "d"] and pieces("", 3) == []
+    assert (keysym("a"), keysym("ë"), keysym("日")) == (0x61, 0xEB, 0x1000000 + 0x65E5)
 
 
 def test_wait_stable_returns_once_the_screen_is_still(desktop, echo):
@@ -207,10 +218,33 @@ def test_display_dying_mid_run_is_a_vlagent_error(tmp_path):
     with xvfb((320, 200)) as name:
         d = X11Desktop(name)
         d.capture()
-    for call in (d.capture, lambda: d.click(10, 10), d.position, lambda: d.key(["a"])):
+    calls = (d.capture, lambda: d.click(10, 10), d.position, lambda: d.key(["a"]), lambda: d.type("é"),
+             d.wait_stable, d.check_abort)
+    for call in calls:
         with pytest.raises(VlagentError) as err:
             call()
         assert "\n" not in str(err.value) and name in str(err.value)
+    d.close()  # closing what is left of a dead display does not raise
+
+
+def test_two_desktops_on_one_display_share_spare_keycodes(display, desktop, echo):
+    from Xlib.display import Display
+
+    echo.clear_text(desktop)
+    desktop.type(NON_ASCII)  # the module's desktop binds some spare keycodes
+    with X11Desktop(display) as other:
+        assert other._typer.spare == desktop._typer.spare  # claimed ones count as spare
+        other.type("ĀāĂ" + NON_ASCII[::-1])  # rebinds keycodes the first desktop holds
+        used = list(other._typer.bound.values())
+    x = Display(display)
+    first = min(used)
+    table = x.get_keyboard_mapping(first, max(used) - first + 1)
+    x.close()
+    assert all(not any(table[code - first]) for code in used)  # unbound again on close
+    echo.clear_text(desktop)
+    since = echo.mark()
+    desktop.type(NON_ASCII)  # the first desktop notices its bindings were changed and rebinds
+    assert text_value(echo.collect(desktop, since)) == NON_ASCII
 
 
 def test_missing_xauthority_is_created(tmp_path, monkeypatch):
