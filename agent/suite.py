@@ -212,6 +212,12 @@ def sweep(marker: str) -> list[int]:
     return pids
 
 
+def _unblock_signals() -> None:
+    """In the child, before exec: the signal mask is inherited, and a child that blocks SIGTERM
+    could not tear its sandbox down when asked."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 class Child:
     """One attempt at one item: a process group with a deadline."""
 
@@ -230,7 +236,8 @@ class Child:
         self.term_at: float | None = None  # when the suite sent SIGTERM
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command(item, self.trace, opts), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                         preexec_fn=_unblock_signals)
 
     @property
     def elapsed(self) -> float:
@@ -330,6 +337,9 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
     handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
     old = {s: signal.signal(s, _raise_stop) for s in handled}
     interrupted = False
+    # Signals are held while the scheduler changes its state (spawning, reaping) and let in only
+    # while it sleeps, so Ctrl-C never loses track of a child it had just started or finished.
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     try:
         with progress:
             while pending or running:
@@ -347,23 +357,27 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
                     outcome = child.outcome()
                     retry = not outcome.passed and attempts[child.item] <= opts.retries
                     progress.finished(child, outcome, retrying=retry)
+                    final[child.item] = outcome  # the last attempt's, should the suite stop mid-retry
                     if retry:
                         pending.insert(0, child.item)
-                    else:
-                        final[child.item] = outcome
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
                 time.sleep(POLL_S)
+                signal.pthread_sigmask(signal.SIG_BLOCK, handled)
     except (_Stop, KeyboardInterrupt):
         interrupted = True
-        for s in handled:  # a second Ctrl-C must not cut the clean-up short
-            signal.signal(s, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)  # a second Ctrl-C must not cut the clean-up short
         for child in running:
             child.terminate("aborted")
         while running:
             for child in [c for c in running if c.poll()]:
                 running.remove(child)
                 final[child.item] = child.outcome()
+                progress.finished(child, final[child.item])
             time.sleep(POLL_S)
     finally:
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_IGN)  # drop what came in during the clean-up, then restore
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         for s, h in old.items():
             signal.signal(s, h)
     for it in items:
@@ -417,7 +431,8 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         build_report([o.trace for o in outcomes if o.trace], report_dir,
                      names={o.trace: o.item.name for o in outcomes if o.trace}, title="vlagent suite")
     passed = sum(o.passed for o in outcomes)
-    click.echo(f"{passed}/{len(outcomes)} passed; traces in {out}" + (f"; report {report_dir}/index.html" if report_dir else ""))
+    click.echo(("interrupted: " if interrupted else "") + f"{passed}/{len(outcomes)} passed; traces in {out}"
+               + (f"; report {report_dir}/index.html" if report_dir else ""))
     if interrupted:
         sys.exit(130)
     sys.exit(0 if passed == len(outcomes) else 1)
