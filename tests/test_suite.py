@@ -165,6 +165,26 @@ def test_progress_falls_back_to_plain_lines(tmp_path, capfd):
     assert "FAIL fail1 [failed]" in err and "PASS pass1 [success]" in err
 
 
+def test_progress_on_a_terminal_shows_items_and_the_overall_bar(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from agent.suite_progress import Progress
+
+    suite = tmp_path / "s"
+    suite.mkdir()
+    make_suite(suite, ["pass1", "fail1"])
+    _, items = discover([suite])
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100, color_system=None)
+    run_suite(items, tmp_path / "out", Options(), workers=2, command=standin(tmp_path),
+              progress=Progress(len(items), console=console))
+    text = buf.getvalue()
+    assert "PASS pass1 [success]" in text and "FAIL fail1 [failed]: checks failed" in text
+    assert "2/2" in text and "1 passed" in text and "1 failed" in text
+
+
 # ---------------------------------------------------------------- JUnit
 
 def _outcomes(tmp_path):
