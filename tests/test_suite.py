@@ -181,7 +181,8 @@ def test_progress_on_a_terminal_shows_items_and_the_overall_bar(tmp_path):
     run_suite(items, tmp_path / "out", Options(), workers=2, command=standin(tmp_path),
               progress=Progress(len(items), console=console))
     text = buf.getvalue()
-    assert "PASS pass1 [success]" in text and "FAIL fail1 [failed]: checks failed" in text
+    assert "PASS pass1 [success]" in text and "FAIL fail1 [failed]" in text and "checks failed" in text
+    assert "⠋ pass1" in text  # a live line per running item
     assert "2/2" in text and "1 passed" in text and "1 failed" in text
 
 
