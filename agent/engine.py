@@ -183,7 +183,7 @@ class Engine:
     """Owns the KV cache and the decode graphs of one model; serves one conversation at a time."""
 
     def __init__(self, model, max_context: int = 32768, *, graphs: bool | None = None,
-                 compile: bool = False, attention: str = "bmm"):
+                 compile: bool | str = False, attention: str = "bmm"):
         import torch
 
         self.torch = torch
@@ -224,9 +224,11 @@ class Engine:
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
         if compile:  # one compile each, shared by all layers (weights are arguments); artefacts cached on disk
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
-            self._pre = torch.compile(pre_attention, dynamic=False, fullgraph=True)
-            self._post = torch.compile(post_attention, dynamic=False, fullgraph=True)
+            mode = compile if isinstance(compile, str) else None  # e.g. "max-autotune-no-cudagraphs"
+            self._pre = torch.compile(pre_attention, dynamic=False, fullgraph=True, mode=mode)
+            self._post = torch.compile(post_attention, dynamic=False, fullgraph=True, mode=mode)
             self._attend = torch.compile(attend, dynamic=True, fullgraph=True)  # the span varies
+        self._gqa_native: bool | None = None  # learnt on the first prefill
         self.jump_forward = True  # feed grammar-forced tokens in one pass instead of one by one
         self._vision: OrderedDict[str, tuple] = OrderedDict()
         self._ids: list[int] = []  # tokens whose KV is in the cache, in order
@@ -290,29 +292,40 @@ class Engine:
 
     def _layers(self, x, cos, sin, start: int, vis_mask=None, deepstack=None):
         """Prefill: run tokens [start, start+n) through all layers, writing their KV. Returns hidden of the last."""
-        torch = self.torch
-        from torch.nn.attention.bias import causal_lower_right
-        import torch.nn.functional as F
         n = x.shape[1]
         end = start + n
-        rep = self.heads // self.kv_heads
         for i, w in enumerate(self.layers):
             q, k, v = pre_attention(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
                                     self.eps, self.heads, self.kv_heads, self.head_dim)
             self.k_cache[i, :, start:end] = k[0]
             self.v_cache[i, :, start:end] = v[0]
-            kk = self.k_cache[i, :, :end].repeat_interleave(rep, dim=0)[None]
-            vv = self.v_cache[i, :, :end].repeat_interleave(rep, dim=0)[None]
-            if start == 0:
-                o = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
-            else:  # queries sit at the end of the keys: causal, aligned bottom-right
-                o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=causal_lower_right(n, end))
+            o = self._prefill_attention(q, self.k_cache[i, :, :end][None], self.v_cache[i, :, :end][None], start)
             o = o.transpose(1, 2).reshape(1, n, -1)
             x = post_attention(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
             if deepstack is not None and i < len(deepstack) and vis_mask is not None:
                 x = x.clone()
                 x[vis_mask] = x[vis_mask] + deepstack[i]
         return x[:, -1:]
+
+    def _prefill_attention(self, q, k, v, start: int):
+        """Causal attention of n new queries over the cache [0, start+n). GQA-native flash attention
+        where the GPU has it (no copy of K/V); else K/V expanded per query head."""
+        torch = self.torch
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention.bias import causal_lower_right
+        n, end = q.shape[2], k.shape[2]
+        mask = {"is_causal": True} if start == 0 else {"attn_mask": causal_lower_right(n, end)}
+        if self._gqa_native is not False and self.device.type == "cuda":
+            try:
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                    out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
+                self._gqa_native = True
+                return out
+            except RuntimeError:  # no flash kernel for these inputs: expand below
+                self._gqa_native = False
+        rep = self.heads // self.kv_heads
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), **mask)
 
     def _logits(self, h):
         return self.model.lm_head(self.lm.norm(h)).float().view(1, -1)
