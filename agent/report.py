@@ -33,6 +33,8 @@ ASSETS = Path(__file__).with_name("report_assets")
 SECRET_ENV = re.compile(r"(?i)(pass(word|wd)?|secret|token|api_?key|credential|private)")
 MIN_SECRET_CHARS = 4  # shorter values would redact ordinary words
 REDACTED = "••••••"
+LOG_TAIL_CHARS = 6000  # the end of a run's console output, shown on its page
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes from rich in a child's log
 STATUS_ORDER = ("error", "timeout", "aborted", "invalid_output", "failed", "skipped", "no result", "success")
 
 
@@ -178,7 +180,19 @@ def _checks(result: Result | None, redact: Redactor) -> str:
     return f'<ul class="checks">{rows}</ul>'
 
 
-def render_trace(trace: Path, out: Path, slug: str, name: str | None = None) -> Entry:
+def _log_tail(log: Path | None, redact: Redactor) -> str:
+    if log is None:
+        return ""
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError:
+        return ""
+    text = ANSI.sub("", text)
+    return (f'<details class="taskyaml"><summary>output of the run ({escape(Path(log).name)})</summary>'
+            f'<pre>{escape(redact(text)) or "(empty)"}</pre></details>')
+
+
+def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log: Path | None = None) -> Entry:
     task_text = (trace / "task.yaml").read_text(encoding="utf-8", errors="replace") if (trace / "task.yaml").is_file() else ""
     redact = Redactor(task_text)
     try:
@@ -227,6 +241,7 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None) -> 
 <section id="final" class="final-sec"><h2>Final screen and checks</h2>
 <div class="finalgrid"><div>{final_html}</div><div>{answer}{_checks(result, redact)}</div></div></section>
 <details class="taskyaml"><summary>task.yaml</summary><pre>{escape(redact(task_text))}</pre></details>
+{_log_tail(log, redact)}
 <p class="muted small">Trace: <code>{escape(str(trace))}</code></p>
 </main>"""
     (tasks_dir / f"{slug}.html").write_text(_page(f"{name} · vlagent", body, "../"), encoding="utf-8")
@@ -282,8 +297,10 @@ def _unique(slug: str, taken: set[str]) -> str:
     return slug
 
 
-def build_report(traces: list[Path], out: str | Path, names: dict | None = None, title: str = "vlagent report") -> Path:
-    """Render the traces into `out`; return the path of index.html."""
+def build_report(traces: list[Path], out: str | Path, names: dict | None = None, title: str = "vlagent report",
+                 logs: dict | None = None) -> Path:
+    """Render the traces into `out`; return the path of index.html. `names` and `logs` map a trace
+    folder to the name to show and to the output of the process that ran it (from the suite)."""
     out = Path(out)
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     _copy_assets(out)
@@ -293,7 +310,8 @@ def build_report(traces: list[Path], out: str | Path, names: dict | None = None,
     for t in traces:
         t = Path(t)
         name = names.get(t) or names.get(str(t))
-        entries.append(render_trace(t, out, _unique(_slugify(name or t.name), taken), name))
+        log = (logs or {}).get(t)
+        entries.append(render_trace(t, out, _unique(_slugify(name or t.name), taken), name, log))
     return _write_index(out, entries, title)
 
 

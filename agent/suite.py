@@ -429,7 +429,8 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         from agent.report import build_report
 
         build_report([o.trace for o in outcomes if o.trace], report_dir,
-                     names={o.trace: o.item.name for o in outcomes if o.trace}, title="vlagent suite")
+                     names={o.trace: o.item.name for o in outcomes if o.trace}, title="vlagent suite",
+                     logs={o.trace: o.log for o in outcomes if o.trace})
     passed = sum(o.passed for o in outcomes)
     click.echo(("interrupted: " if interrupted else "") + f"{passed}/{len(outcomes)} passed; traces in {out}"
                + (f"; report {report_dir}/index.html" if report_dir else ""))

@@ -162,3 +162,12 @@ def test_report_renders_in_headless_chromium(traces, tmp_path):
     assert any(abs(r - 0xFF) < 8 and abs(g - 0x3B) < 24 and abs(b - 0x6B) < 24 for _, (r, g, b) in colours)  # click marker
     index = chromium((out / "index.html").as_uri(), "--dump-dom", profile=tmp_path / "p3")
     assert index.stdout.count('<tr data-status="') == 2
+
+
+def test_run_output_is_shown_redacted(traces, tmp_path):
+    log = tmp_path / "login_ok.log"
+    log.write_text(f"\x1b[31mstep 1\x1b[0m typed {SECRET}\nTraceback: boom\n")
+    build_report(traces, tmp_path / "rep", logs={traces[0]: log})
+    page = (tmp_path / "rep" / "tasks" / "login_ok.html").read_text()
+    assert "output of the run (login_ok.log)" in page and "Traceback: boom" in page
+    assert SECRET not in page and "\x1b[" not in page
