@@ -184,14 +184,14 @@ def ocr_words(image) -> list[tuple[str, tuple[int, int, int, int]]]:
         words = []
         for wd in agent_ocr.ocr_words(image):
             text, box = _word_fields(wd)
-            if text and float(getattr(wd, "conf", 100.0)) >= MIN_OCR_CONF:
+            if re.search(r"\w", text) and float(getattr(wd, "conf", 100.0)) >= MIN_OCR_CONF:
                 words.append((text, box))
         return words
     import pytesseract
 
     d = pytesseract.image_to_data(image.convert("L"), output_type=pytesseract.Output.DICT, config="--psm 11")
     return [(t.strip(), (d["left"][i], d["top"][i], d["width"][i], d["height"][i]))
-            for i, t in enumerate(d["text"]) if t.strip() and float(d["conf"][i]) >= MIN_OCR_CONF]
+            for i, t in enumerate(d["text"]) if re.search(r"\w", t) and float(d["conf"][i]) >= MIN_OCR_CONF]
 
 
 def _word_fields(wd) -> tuple[str, tuple[int, int, int, int]]:

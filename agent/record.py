@@ -1,0 +1,482 @@
+"""Record a person's mouse and keyboard on a task's display as a replayable trace.
+
+The trace has the same format as an agent run (agent.trace), with `source="human"`: each step
+holds the native action (0..1000 coordinates), the screenshot from just before it, the pixel it
+hit and, for pointer actions, the evidence that finds its target again (agent.locate).
+
+Events come from pynput (X RECORD) on the task's display. They are grouped into actions:
+press+release in one place is a click (two or three quick ones a double or triple click), a
+press moved further is a drag, wheel clicks in one place are one scroll, runs of printable
+characters one `type`, and chords or special keys one `key`. Text typed into a password-like
+field (its label says password, secret, PIN...) or a field the task marks secret (`secrets:` in
+the task, by label) is stored as "{secret:NAME}" and never in clear.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import os
+import queue
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import yaml
+
+from actions.coords import to_relative
+from agent.errors import Aborted, SandboxError, VlagentError
+from agent.trace import Result, Step, Trace
+
+FRAME_INTERVAL_S = 0.1  # the screen is grabbed this often, so every event has a frame before it
+FRAME_HISTORY = 30  # frames kept (3 s): events wait in a queue while a step's OCR runs
+BEFORE_MARGIN_S = 0.03  # a frame this close before an event may already show its effect
+DRAG_PX = 5  # a press that moved further before its release is a drag
+DOUBLE_CLICK_S = 0.4  # clicks this close in time and place are one double/triple click
+SCROLL_GROUP_S = 0.6  # wheel clicks this close in time and place are one scroll
+TYPE_IDLE_S = 2.0  # a pause this long ends a run of typed text
+TICK_S = 0.05
+LISTENER_JOIN_S = 2.0
+PIXELS_PER_WHEEL_CLICK = 100  # as agent.desktop: the trace speaks pixels, the wheel clicks
+SECRET_LABEL_RE = re.compile(r"(?i)\b(pass(word|code|phrase)?|secret|pin|token|otp)\b")
+MODIFIER_NAMES = {"ctrl": "ctrl", "ctrl_l": "ctrl", "ctrl_r": "ctrl", "alt": "alt", "alt_l": "alt",
+                  "alt_r": "alt", "alt_gr": "alt", "shift": "shift", "shift_l": "shift", "shift_r": "shift",
+                  "cmd": "win", "cmd_l": "win", "cmd_r": "win"}
+KEY_NAMES = {"page_up": "pageup", "page_down": "pagedown", "caps_lock": "capslock", "num_lock": "numlock",
+             "scroll_lock": "scrolllock", "print_screen": "printscreen", "media_play_pause": "playpause"}
+VK_NAMES = {65056: "tab"}  # ISO_Left_Tab: what shift+Tab sends on X
+CHORD_ORDER = ("ctrl", "alt", "shift", "win")
+
+
+# ------------------------------------------------------------------------------ screen frames
+
+class _Frames(threading.Thread):
+    """Grabs the screen every FRAME_INTERVAL_S, keeping the last few, so that each event can
+    have the frame from just before it (the event itself arrives after the screen reacted)."""
+
+    def __init__(self, display: str):
+        super().__init__(daemon=True, name="frames")
+        self.display = display
+        self.frames: collections.deque = collections.deque(maxlen=FRAME_HISTORY)
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        import mss
+
+        with mss.MSS(display=self.display) as grabber:
+            while not self.stopped.is_set():
+                t = time.monotonic()
+                try:
+                    shot = grabber.grab(grabber.monitors[0])
+                except Exception:  # the display went away: the main loop notices and stops
+                    self.stopped.set()
+                    break
+                with self.lock:  # an unchanged screen keeps its older frame: history lasts longer
+                    if self.frames and bytes(self.frames[-1][1].raw) == bytes(shot.raw):
+                        self.frames[-1] = (self.frames[-1][0], self.frames[-1][1])
+                    else:
+                        self.frames.append((t, shot))
+                self.ready.set()
+                self.stopped.wait(FRAME_INTERVAL_S)
+
+    def before(self, t: float):
+        """The newest frame grabbed before t (less the margin), as an RGB image."""
+        from PIL import Image
+
+        with self.lock:
+            frames = list(self.frames)
+        older = [f for f in frames if f[0] <= t - BEFORE_MARGIN_S] or frames[:1]
+        _, shot = older[-1]
+        return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+# ------------------------------------------------------------------------------ grouping events
+
+@dataclass
+class Pending:
+    """An action being grouped: more events may still join it."""
+
+    action: dict
+    t: float  # when it started (its frame is the one before this)
+    last: float  # when the last event joined
+    pixel: tuple[int, int] | None = None
+    start_pixel: tuple[int, int] | None = None
+    count: int = 1  # clicks so far, for double/triple clicks
+
+
+@dataclass
+class Grouper:
+    """Turns raw input events into native actions; `emit(pending)` receives each finished one."""
+
+    emit: object
+    held: set = field(default_factory=set)
+    click: Pending | None = None
+    scroll: Pending | None = None
+    text: Pending | None = None
+    down: tuple | None = None  # (t, x, y, button) of a pressed mouse button
+
+    def flush(self, *, keep_text: bool = False) -> None:
+        for name in ("click", "scroll") + (() if keep_text else ("text",)):
+            pending = getattr(self, name)
+            if pending is not None:
+                setattr(self, name, None)
+                self.emit(pending)
+
+    def tick(self, now: float) -> None:
+        if self.click and now - self.click.last > DOUBLE_CLICK_S:
+            self.emit(self.click)
+            self.click = None
+        if self.scroll and now - self.scroll.last > SCROLL_GROUP_S:
+            self.emit(self.scroll)
+            self.scroll = None
+        if self.text and now - self.text.last > TYPE_IDLE_S:
+            self.emit(self.text)
+            self.text = None
+
+    def mouse(self, t: float, x: int, y: int, button: str, pressed: bool) -> None:
+        if pressed:
+            if self.text:
+                self.emit(self.text)
+                self.text = None
+            self.down = (t, x, y, button)
+            return
+        if self.down is None:
+            return  # a release without its press (recording started mid-click)
+        t0, x0, y0, button0 = self.down
+        self.down = None
+        if max(abs(x - x0), abs(y - y0)) > DRAG_PX and button0 == "left":
+            self.flush()
+            self.emit(Pending({"action": "left_click_drag"}, t0, t, pixel=(x, y), start_pixel=(x0, y0)))
+            return
+        c = self.click
+        if (c and c.action["button"] == button0 and t0 - c.last <= DOUBLE_CLICK_S and c.count < 3
+                and max(abs(x0 - c.pixel[0]), abs(y0 - c.pixel[1])) <= DRAG_PX):
+            c.count, c.last = c.count + 1, t
+            return
+        self.flush()
+        self.click = Pending({"button": button0}, t0, t, pixel=(x0, y0))
+
+    def wheel(self, t: float, x: int, y: int, dx: int, dy: int) -> None:
+        horizontal = dx != 0 and dy == 0
+        amount = (dx if horizontal else dy) * PIXELS_PER_WHEEL_CLICK
+        s = self.scroll
+        if (s and s.action["action"] == ("hscroll" if horizontal else "scroll") and t - s.last <= SCROLL_GROUP_S
+                and max(abs(x - s.pixel[0]), abs(y - s.pixel[1])) <= DRAG_PX):
+            s.action["pixels"] += amount
+            s.last = t
+            return
+        self.flush()
+        self.scroll = Pending({"action": "hscroll" if horizontal else "scroll", "pixels": amount}, t, t, pixel=(x, y))
+
+    def key(self, t: float, name: str | None, char: str | None, pressed: bool) -> None:
+        """name: a special key's name (enter, ctrl, ...); char: a printable character."""
+        mod = MODIFIER_NAMES.get(name or "")
+        if mod:
+            (self.held.add if pressed else self.held.discard)(mod)
+            return
+        if not pressed:
+            return
+        chord_mods = [m for m in CHORD_ORDER if m in self.held and m != "shift"]
+        if char is not None and not chord_mods:  # shift only changes which character it is
+            if self.text is None:
+                self.flush()
+                self.text = Pending({"action": "type", "text": ""}, t, t)
+            self.text.action["text"] += char
+            self.text.last = t
+            return
+        key = name if name is not None else (char or "").lower()
+        if not key:
+            return
+        self.flush()
+        mods = [m for m in CHORD_ORDER if m in self.held]
+        self.emit(Pending({"action": "key", "keys": [*mods, key]}, t, t))
+
+
+def _key_fields(key) -> tuple[str | None, str | None]:
+    """A pynput key as (special key name, printable character)."""
+    char = getattr(key, "char", None)
+    if char is not None and len(char) == 1:
+        if ord(char) < 32:  # ctrl+letter may arrive as a control character
+            return None, chr(ord(char) + 96)
+        return None, char
+    name = getattr(key, "name", None)
+    if name is None:
+        vk = getattr(key, "vk", None)
+        return VK_NAMES.get(vk), None
+    if name == "space":
+        return None, " "
+    return KEY_NAMES.get(name, name), None
+
+
+# ------------------------------------------------------------------------------ the recorder
+
+class Recorder:
+    """Listens on a display and writes each grouped action as a Step of `trace`."""
+
+    def __init__(self, task, env, trace: Trace, on_step=None):
+        self.task, self.env, self.trace, self.on_step = task, env, trace, on_step
+        self.display = env.sandbox.display
+        self.events: queue.Queue = queue.Queue()
+        self.frames = _Frames(self.display)
+        self.focus: dict | None = None  # evidence of the last clicked target: the focused field
+        self.listeners = []
+
+    def start(self) -> None:
+        # pynput's X backend reads DISPLAY at import and start; Xlib prints an xauth warning to
+        # stdout on Xvfb, which must not mix with our output (a test reads the display from it).
+        os.environ["DISPLAY"] = self.display
+        with contextlib.redirect_stdout(io.StringIO()):
+            self._start()
+
+    def _start(self) -> None:
+        from pynput import keyboard, mouse
+
+        put = self.events.put
+
+        def on_click(x, y, button, pressed, *_):
+            put(("mouse", time.monotonic(), int(x), int(y), button.name, pressed))
+
+        def on_scroll(x, y, dx, dy, *_):
+            put(("wheel", time.monotonic(), int(x), int(y), int(dx), int(dy)))
+
+        def on_press(key, *_):
+            put(("key", time.monotonic(), *_key_fields(key), True))
+
+        def on_release(key, *_):
+            put(("key", time.monotonic(), *_key_fields(key), False))
+
+        self.frames.start()
+        self.frames.ready.wait(5.0)
+        self.listeners = [mouse.Listener(on_click=on_click, on_scroll=on_scroll),
+                          keyboard.Listener(on_press=on_press, on_release=on_release)]
+        for listener in self.listeners:
+            listener.start()
+        for listener in self.listeners:
+            listener.wait()
+
+    def stop(self) -> None:
+        """Stop and join the listeners while the display still exists."""
+        for listener in self.listeners:
+            listener.stop()
+            _unblock(listener)
+        for listener in self.listeners:
+            listener.join(LISTENER_JOIN_S)
+        self.listeners = []
+        self.frames.stop()
+        if self.frames.is_alive():
+            self.frames.join(LISTENER_JOIN_S)
+
+    def run(self, deadline: float | None, stop_when_done: bool = True) -> str:
+        """Record until Ctrl-C, the deadline, or the task's checks pass. Returns why it stopped."""
+        wrote = [False]
+
+        def write(pending: Pending) -> None:
+            self._write(pending)
+            wrote[0] = True
+
+        grouper = Grouper(emit=write)
+        while True:
+            try:
+                event = self.events.get(timeout=TICK_S)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                kind, t, *args = event
+                getattr(grouper, kind)(t, *args)
+            grouper.tick(time.monotonic())
+            if self.frames.stopped.is_set():
+                raise SandboxError(f"display {self.display} stopped answering")
+            if not self.events.empty():
+                continue  # the app has seen these events already: record them all first
+            if stop_when_done and wrote[0]:
+                wrote[0] = False
+                if self._checks_pass():
+                    grouper.flush()
+                    return "the task's success checks pass"
+            if deadline is not None and time.monotonic() >= deadline:
+                grouper.flush()
+                return "--max-seconds reached"
+
+    def _write(self, pending: Pending) -> None:
+        """One finished action -> one Step with its frame, pixel and target evidence."""
+        from agent.locate import describe_target, list_windows
+
+        t0 = time.perf_counter()
+        frame = self.frames.before(pending.t)
+        n = len(self.trace.steps) + 1
+        action = dict(pending.action)
+        if "button" in action:  # a click: which kind by button and count
+            button = action.pop("button")
+            kind = {1: "left_click", 2: "double_click", 3: "triple_click"}[pending.count] if button == "left" \
+                else {"right": "right_click", "middle": "middle_click"}.get(button, "left_click")
+            action["action"] = kind
+        if pending.pixel is not None:
+            action["coordinate"] = list(to_relative(pending.pixel, frame.size))
+        if pending.start_pixel is not None:
+            action["start_coordinate"] = list(to_relative(pending.start_pixel, frame.size))
+        target = None
+        if pending.pixel is not None:
+            windows = list_windows(self.display)
+            target = describe_target(frame, pending.pixel, windows)
+            if pending.start_pixel is not None:
+                target["start"] = describe_target(frame, pending.start_pixel, windows)
+            if action["action"] in ("left_click", "double_click", "triple_click"):
+                self.focus = target
+        if action["action"] == "key" and action["keys"][-1] == "tab":
+            self.focus = None  # focus moved to a field we did not see clicked
+        if action["action"] == "type":
+            action["text"] = self._redacted(action["text"])
+        step = Step(step=n, action=action, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
+                    frame=frame.size, pixel=pending.pixel, start_pixel=pending.start_pixel, target=target,
+                    source="human", timings={"describe_ms": (time.perf_counter() - t0) * 1e3})
+        self.trace.add(step)
+        if self.on_step:
+            self.on_step(step)
+
+    def _redacted(self, text: str) -> str:
+        """Text for a password-like or task-marked field becomes a "{secret:NAME}" placeholder."""
+        name = secret_name(self.focus, self.task)
+        return text if name is None else f"{{secret:{name}}}"
+
+    def _checks_pass(self) -> bool:
+        """Cheap checks first (files, commands); OCR of the screen only when those pass."""
+        from agent.runner import evaluate
+
+        if not self.task.success:
+            return False
+        cheap = [c for c in self.task.success if c.kind != "screen_text"]
+        if cheap and not all(r.passed for r in evaluate(self.task.model_copy(update={"success": cheap}), self.env)):
+            return False
+        return all(r.passed for r in evaluate(self.task, self.env))
+
+
+def _unblock(listener) -> None:
+    """pynput's X listener asks its own blocked connection to stop, so it only stops at the next
+    input event; disabling the RECORD context through its other connection stops it now."""
+    try:
+        listener._display_stop.record_disable_context(listener._context)
+        listener._display_stop.flush()
+    except Exception:  # already stopped, or the display is gone: nothing left to unblock
+        pass
+
+
+def secret_name(focus: dict | None, task) -> str | None:
+    """The secret a field holds, judged by the words next to it: a name from the task's
+    `secrets:` that its label names, or the label itself when it says password, PIN, ..."""
+    if not focus:
+        return None
+    words = [a.get("text", "") for a in focus.get("anchors", [])] + [(focus.get("text") or {}).get("at", "")]
+    label = " ".join(w for w in words if w)
+    for name in task.secrets:
+        if re.search(rf"(?i)\b{re.escape(name)}\b", label):
+            return name
+    m = SECRET_LABEL_RE.search(label)
+    return m.group(0).upper() if m else None
+
+
+def record_trace(trace_dir, task, display: str | None = None, max_seconds: float | None = None,
+                 stop_when_done: bool = True, on_ready=None, on_step=None) -> Result:
+    """Set up `task` (a sandbox unless `display`), record until Ctrl-C, `max_seconds` or the
+    task's checks pass, and write the trace to `trace_dir`. `on_ready(display)` is called once
+    the listeners run (a person or a test may start then)."""
+    from agent.runner import evaluate, task_environment
+    from agent.task import Task, load_task
+
+    task = task if isinstance(task, Task) else load_task(task)
+    trace = Trace(trace_dir)
+    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    result = Result(status="error", task=task.name, model="human", started=time.time())
+    interrupted = None
+    recorder = None
+    try:
+        with task_environment(task, display=display, workdir=Path(trace_dir) / "workdir") as env:
+            result.display = env.sandbox.display
+            recorder = Recorder(task, env, trace, on_step)
+            recorder.start()
+            if on_ready:
+                on_ready(env.sandbox.display)
+            deadline = None if max_seconds is None else time.monotonic() + max_seconds
+            try:
+                why = recorder.run(deadline, stop_when_done)
+            except KeyboardInterrupt as e:
+                why, interrupted = "stopped by Ctrl-C", e
+            recorder.stop()
+            result.checks = evaluate(task, env)
+            try:
+                result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
+            except Exception:  # the display may be gone; the status says why
+                pass
+        passed = bool(result.checks) and all(c.passed for c in result.checks)
+        result.status = "success" if passed else "failed"
+        result.reason = f"recorded {len(trace.steps)} steps; {why}" + ("" if passed else "; the task's checks do not pass")
+    except Aborted as e:
+        result.status, result.reason = "aborted", str(e)
+    except KeyboardInterrupt as e:
+        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
+    except (SandboxError, VlagentError) as e:
+        result.status, result.reason = "error", str(e)
+    finally:
+        if recorder is not None:
+            recorder.stop()
+        result.ended = time.time()
+        result.duration_s = round(result.ended - result.started, 3)
+        trace.finish(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+@click.command()
+@click.argument("trace_dir", metavar="TRACE", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--task", "task_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The task to set up and record (its success checks end the recording).")
+@click.option("--display", default=None, help="Record on an existing display (':N', or 'live') instead of a sandbox.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop recording after this long.")
+@click.option("--keep-going", is_flag=True, help="Do not stop when the task's success checks pass.")
+def record(trace_dir, task_file, display, max_seconds, keep_going):
+    """Record your mouse and keyboard on the task's display into TRACE, replayable with
+    `vlagent replay TRACE`. Stops on Ctrl-C, after --max-seconds, or when the task's checks pass.
+
+    Exit 0 when the recording ends with the task's checks passing, 1 when not, 2 on usage errors."""
+    from agent.commands import EXIT_NOT_ACHIEVED, EXIT_OK, UsageError
+    from agent.runner import use_display
+    from agent.task import load_task
+
+    try:
+        task = load_task(task_file)
+        display = use_display(display)
+        if (trace_dir / "steps.jsonl").exists():
+            raise VlagentError(f"{trace_dir} already holds a trace; choose a new folder")
+    except VlagentError as e:
+        raise UsageError(str(e)) from None
+
+    def ready(d: str) -> None:
+        click.echo(f"recording on display {d}: attach a viewer (e.g. x11vnc -display {d}) and work; "
+                   f"Ctrl-C stops", err=False)
+        sys.stdout.flush()
+
+    def show(step: Step) -> None:
+        where = f" at {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
+        click.echo(f"step {step.step:>3} {step.action['action']}{where}")
+        sys.stdout.flush()
+
+    import signal
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
+    result = record_trace(trace_dir, task, display=display, max_seconds=max_seconds,
+                          stop_when_done=not keep_going, on_ready=ready, on_step=show)
+    click.echo(f"{result.status}: {result.reason}")
+    click.echo(f"trace: {trace_dir}")
+    sys.exit(EXIT_OK if result.status == "success" else EXIT_NOT_ACHIEVED)
