@@ -1,0 +1,203 @@
+"""One suite item run as a child process: its command line, its deadline, and the clean-up.
+
+Each child runs in its own process group and carries a marker in its environment, inherited by
+every process it starts, so whatever it leaves behind (an Xvfb in its own session, an app) can be
+found and killed even after the child itself is gone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from agent.suite_items import Item, Outcome
+from agent.trace import load_result
+
+KILL_GRACE_S = 5.0  # after SIGTERM, how long a child gets to tear down its sandbox before SIGKILL
+TASK_GRACE_S = 60.0  # on top of a task's own timeout_s: interpreter start, sandbox, model load
+TRACE_TIMEOUT_S = 300.0  # default bound on one replay
+MARKER_ENV = "VLAGENT_SUITE_ITEM"  # inherited by every process a child starts
+# The vlagent CLI, run by this interpreter (works without the console script on PATH).
+VLAGENT = [sys.executable, "-c", "import sys; sys.argv[0] = 'vlagent'; from agent.cli import main; main()"]
+
+
+@dataclass
+class Options:
+    model: str | None = None  # for tasks; {dir} and {name} are the task file's folder and stem
+    backend: str | None = None
+    base_url: str | None = None
+    timeout_s: float | None = None  # per item; None: the task's timeout_s + TASK_GRACE_S
+    retries: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def model_for(item: Item, model: str) -> str:
+    return model.replace("{dir}", str(item.path.parent)).replace("{name}", item.path.stem)
+
+
+def default_command(item: Item, trace_dir: Path, opts: Options) -> list[str]:
+    if item.kind == "trace":
+        return [*VLAGENT, "replay", str(item.path), "--trace", str(trace_dir)]
+    cmd = [*VLAGENT, "run", str(item.path), "--trace", str(trace_dir)]
+    if opts.model:
+        cmd += ["--model", model_for(item, opts.model)]
+    if opts.backend:
+        cmd += ["--backend", opts.backend]
+    if opts.base_url:
+        cmd += ["--base-url", opts.base_url]
+    return cmd
+
+
+def item_timeout(item: Item, opts: Options) -> float:
+    if opts.timeout_s is not None:
+        return opts.timeout_s
+    if item.kind == "trace":
+        return TRACE_TIMEOUT_S
+    try:
+        data = yaml.safe_load(item.path.read_text(encoding="utf-8"))
+        return float(data.get("timeout_s", 300)) + TASK_GRACE_S
+    except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
+        return 300 + TASK_GRACE_S
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Live processes whose environment carries `marker` (the child and all it started)."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = Path(entry.path, "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if needle in env.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def sweep(marker: str) -> list[int]:
+    """SIGKILL whatever a finished child left behind (e.g. an Xvfb in its own session)."""
+    pids = [p for p in _marked_pids(marker) if p != os.getpid()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return pids
+
+
+def _unblock_signals() -> None:
+    """In the child, before exec: the signal mask is inherited, and a child that blocks SIGTERM
+    could not tear its sandbox down when asked."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+class Child:
+    """One attempt at one item: a process group with a deadline."""
+
+    def __init__(self, item: Item, attempt: int, out: Path, opts: Options,
+                 command: Callable[[Item, Path, Options], list[str]]):
+        self.item, self.attempt = item, attempt
+        suffix = "" if attempt == 1 else f"~{attempt}"
+        self.trace = out / "traces" / f"{item.slug}{suffix}"
+        self.log = out / "logs" / f"{item.slug}{suffix}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.marker = uuid.uuid4().hex
+        self.timeout_s = item_timeout(item, opts)
+        env = {**os.environ, **opts.extra_env, MARKER_ENV: self.marker}
+        self.started = time.monotonic()
+        self.killed_for: str | None = None  # "timeout" or "aborted" when the suite ended it
+        self.term_at: float | None = None  # when the suite sent SIGTERM
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(command(item, self.trace, opts), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                         preexec_fn=_unblock_signals)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def steps(self) -> int:
+        try:
+            with open(self.trace / "steps.jsonl", "rb") as f:
+                return sum(1 for line in f if line.strip())
+        except OSError:
+            return 0
+
+    def poll(self) -> bool:
+        """True when finished. Past its deadline a child gets SIGTERM, then SIGKILL after a bound;
+        this never blocks, so the other children keep being watched meanwhile."""
+        if self.proc.poll() is not None:
+            return True
+        if self.term_at is None:
+            if self.elapsed > self.timeout_s:
+                self.terminate("timeout")
+        elif time.monotonic() - self.term_at > KILL_GRACE_S:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            return True
+        return False
+
+    def terminate(self, why: str) -> None:
+        """SIGTERM the whole group: the child's handlers tear down its sandbox."""
+        if self.term_at is None:
+            self.killed_for, self.term_at = why, time.monotonic()
+            _signal_group(self.proc.pid, signal.SIGTERM)
+
+    def outcome(self) -> Outcome:
+        swept = sweep(self.marker)
+        _signal_group(self.proc.pid, signal.SIGKILL)  # the group outlives its leader
+        code = self.proc.returncode
+        result = None
+        try:
+            result = load_result(self.trace)
+        except (OSError, ValueError):
+            pass
+        if self.killed_for == "timeout":
+            status, reason = "timeout", f"no result after {self.timeout_s:g} s; the suite killed it"
+        elif self.killed_for == "aborted":
+            status, reason = "aborted", "the suite was interrupted"
+        elif result is not None:
+            status, reason = result.status, result.reason
+        else:
+            status, reason = "error", f"exited with code {code} without a result: {self._last_line()}"
+        _complete_trace(self.trace, status, reason, result)
+        return Outcome(self.item, status, reason, self.trace, self.log, round(self.elapsed, 3),
+                       self.attempt, self.steps(), swept)
+
+    def _last_line(self) -> str:
+        try:
+            lines = [ln.strip() for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return "no output"
+        return lines[-1][:300] if lines else "no output"
+
+
+def _complete_trace(trace: Path, status: str, reason: str, result) -> None:
+    """Leave a complete trace folder whatever happened: steps.jsonl and a result.json that says
+    how it ended (the suite's verdict wins when the suite ended the child)."""
+    trace.mkdir(parents=True, exist_ok=True)
+    (trace / "steps.jsonl").touch()
+    if result is not None and result.status == status and result.reason == reason:
+        return
+    data = result.model_dump() if result is not None else {}
+    data.update(status=status, reason=reason)
+    data.setdefault("ended", time.time())
+    (trace / "result.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
