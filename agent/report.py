@@ -31,7 +31,9 @@ from agent.trace import Result, Step, load_result
 
 ASSETS = Path(__file__).with_name("report_assets")
 SECRET_ENV = re.compile(r"(?i)(pass(word|wd)?|secret|token|api_?key|credential|private)")
-MIN_SECRET_CHARS = 4  # shorter values would redact ordinary words
+SECRET_ENV_PREFIX = "VLAGENT_SECRET_"  # how record/replay pass secrets in
+MIN_DECLARED_CHARS = 3  # a declared secret shorter than this would blank out ordinary letters
+MIN_GUESSED_CHARS = 8  # a variable that only looks secret (FOO_TOKEN=true) must not blank out "true"
 REDACTED = "••••••"
 LOG_TAIL_CHARS = 6000  # the end of a run's console output, shown on its page
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes from rich in a child's log
@@ -83,14 +85,18 @@ def read_steps(folder: Path) -> list[Step]:
 
 
 class Redactor:
+    """Replaces secret values with dots: those the task declares (`secrets:`, VLAGENT_SECRET_*),
+    and, to be safe, long values of any variable whose name looks secret."""
+
     def __init__(self, task_text: str):
-        names = {k for k in os.environ if SECRET_ENV.search(k)}
+        declared = {k for k in os.environ if k.startswith(SECRET_ENV_PREFIX)}
         try:
             task = yaml.safe_load(task_text) or {}
-            names |= set((task.get("secrets") or {}).values())
+            declared |= {str(v) for v in (task.get("secrets") or {}).values()}
         except (yaml.YAMLError, AttributeError):
             pass
-        values = {os.environ[n] for n in names if len(os.environ.get(n, "")) >= MIN_SECRET_CHARS}
+        values = {os.environ[n] for n in declared if len(os.environ.get(n, "")) >= MIN_DECLARED_CHARS}
+        values |= {v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= MIN_GUESSED_CHARS}
         self.values = sorted(values, key=len, reverse=True)  # longest first: no partial leftovers
 
     def __call__(self, text: str | None) -> str:

@@ -171,3 +171,14 @@ def test_run_output_is_shown_redacted(traces, tmp_path):
     page = (tmp_path / "rep" / "tasks" / "login_ok.html").read_text()
     assert "output of the run (login_ok.log)" in page and "Traceback: boom" in page
     assert SECRET not in page and "\x1b[" not in page
+
+
+def test_redactor_hides_declared_and_likely_secrets_only(monkeypatch):
+    from agent.report import Redactor
+
+    monkeypatch.setenv("REPORT_TEST_PW", "abc")  # declared by the task: hidden however short
+    monkeypatch.setenv("VLAGENT_SECRET_PIN", "4711")  # record/replay's secrets
+    monkeypatch.setenv("CI_JOB_TOKEN", "glcbt-0123456789")  # looks secret: hidden
+    monkeypatch.setenv("SKIP_TOKEN_CHECK", "true")  # looks secret but too short to guess at
+    redact = Redactor("name: t\ngoal: g\nsecrets: {pw: REPORT_TEST_PW}\n")
+    assert redact("abc 4711 glcbt-0123456789 true") == "•••••• •••••• •••••• true"
