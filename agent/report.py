@@ -35,6 +35,7 @@ SECRET_ENV_PREFIX = "VLAGENT_SECRET_"  # how record/replay pass secrets in
 MIN_DECLARED_CHARS = 3  # a declared secret shorter than this would blank out ordinary letters
 MIN_GUESSED_CHARS = 8  # a variable that only looks secret (FOO_TOKEN=true) must not blank out "true"
 REDACTED = "••••••"
+MAX_EVIDENCE_B64 = 200_000  # larger embedded images are left out of the page
 LOG_TAIL_CHARS = 6000  # the end of a run's console output, shown on its page
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes from rich in a child's log
 STATUS_ORDER = ("error", "timeout", "aborted", "invalid_output", "failed", "skipped", "no result", "success")
@@ -154,6 +155,27 @@ def _intended(step: Step) -> dict | None:
         return None
 
 
+def _target_html(target: dict, redact: Redactor) -> str:
+    """Record/replay's evidence for re-finding a target: its image patches shown as images, the
+    rest as JSON (the base64 blobs would only be noise)."""
+    images: list[tuple[str, str]] = []
+
+    def strip(value, path: str):
+        if isinstance(value, dict):
+            if isinstance(value.get("png"), str) and len(value["png"]) < MAX_EVIDENCE_B64:
+                images.append((path or "patch", value["png"]))
+            return {k: ("<image>" if k == "png" else strip(v, f"{path}.{k}".lstrip("."))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    rest = strip(target, "")
+    figs = "".join(f'<figure><img src="data:image/png;base64,{escape(b64)}" alt="{escape(label)}">'
+                   f'<figcaption>{escape(label)}</figcaption></figure>' for label, b64 in images)
+    return (f'<details class="raw target"><summary>target evidence</summary><div class="evidence">{figs}</div>'
+            f"<pre>{escape(redact(json.dumps(rest, ensure_ascii=False)))}</pre></details>")
+
+
 def _step_card(step: Step, img: str | None, redact: Redactor) -> str:
     intended = _intended(step)
     if intended is not None:
@@ -167,8 +189,7 @@ def _step_card(step: Step, img: str | None, redact: Redactor) -> str:
     raw = (f'<details class="raw" open><summary>model reply</summary><pre>{escape(redact(step.raw))}</pre></details>'
            if step.raw is not None else "")
     where = f'<div class="where">pointer at px {step.pixel[0]}, {step.pixel[1]}</div>' if step.pixel else ""
-    target = (f'<details class="raw"><summary>target evidence</summary><pre>{escape(redact(json.dumps(step.target, indent=1, ensure_ascii=False)))}</pre></details>'
-              if step.target else "")
+    target = _target_html(step.target, redact) if step.target else ""
     cls = "step err" if step.error else "step"
     return f"""<section class="{cls}" id="step-{step.step}" data-kind="{escape(kind)}">
 <div class="shotcol">{shot}</div>

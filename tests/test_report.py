@@ -182,3 +182,21 @@ def test_redactor_hides_declared_and_likely_secrets_only(monkeypatch):
     monkeypatch.setenv("SKIP_TOKEN_CHECK", "true")  # looks secret but too short to guess at
     redact = Redactor("name: t\ngoal: g\nsecrets: {pw: REPORT_TEST_PW}\n")
     assert redact("abc 4711 glcbt-0123456789 true") == "•••••• •••••• •••••• true"
+
+
+def test_target_evidence_shows_its_images(tmp_path):
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    screen(1).crop((60, 40, 160, 80)).save(buf, "PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    t = Trace(tmp_path / "rec")
+    t.add(Step(step=1, action={"action": "left_click", "coordinate": [100, 100]}, source="human", frame=FRAME,
+               screenshot=t.save_screen(screen(1), "0001"),
+               target={"patch": {"png": b64, "at": [10, 5]}, "anchors": [{"png": b64, "text": "Name"}]}))
+    build_report([tmp_path / "rec"], tmp_path / "rep")
+    page = (tmp_path / "rep" / "tasks" / "rec.html").read_text()
+    assert page.count(f"data:image/png;base64,{b64}") == 2
+    assert "<figcaption>anchors[0]</figcaption>" in page and '"png": "&lt;image&gt;"' in page
+    assert '<span class="src">recorded</span>' in page
