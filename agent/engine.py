@@ -35,7 +35,7 @@ KV_BUCKET = 512  # tokens: decode attention reads the cache up to the next multi
 PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
 VISION_CACHE_SIZE = 8  # encoded images kept (a rolling history needs K + a few; 33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
-FORCED_BATCH_MIN = 3  # forced tokens fed in one eager pass from this many on (fewer: graph replays)
+FORCED_BATCH_MIN = 8  # forced tokens fed in one eager pass from this many on (an eager pass costs ~5 replays)
 
 
 def compile_cache_dir():
@@ -68,6 +68,9 @@ class Timings:
     reused_tokens: int = 0  # prompt tokens whose KV came from the previous call
     new_tokens: int = 0
     images_encoded: int = 0
+    peak_vision_gib: float = 0.0  # device memory high-water marks per phase (CUDA only)
+    peak_prefill_gib: float = 0.0
+    peak_decode_gib: float = 0.0
 
 
 @dataclass
@@ -420,6 +423,15 @@ class Engine:
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
 
+    def _peak(self) -> float:
+        """The high-water mark since the last call (GiB), then reset: one reading per phase."""
+        if self.device.type != "cuda":
+            return 0.0
+        cuda = self.torch.cuda
+        peak = cuda.max_memory_allocated() / 2 ** 30
+        cuda.reset_peak_memory_stats()
+        return peak
+
     def _common_prefix(self, ids: list[int], spans, keys: list[str]) -> int:
         m = 0
         for a, b in zip(self._ids, ids):
@@ -502,6 +514,7 @@ class Engine:
                                    f"{tt * hh * ww // self.merge ** 2}")
         keys = [im.key for im in images]
         self._bitmask.fill_(-1)  # unconstrained unless a matcher fills it
+        self._peak()
         t0 = time.perf_counter()
         m = self._common_prefix(ids, spans, keys)
         t.reused_tokens = m
@@ -515,6 +528,7 @@ class Engine:
         self._sync()
         t1 = time.perf_counter()
         t.vision_ms = (t1 - t0) * 1e3
+        t.peak_vision_gib = self._peak()
 
         # Tokens the grammar forces before the model has any choice (e.g. "<tool_call>\n{"name": ...)
         # are decided now and prefilled with the prompt.
@@ -553,6 +567,7 @@ class Engine:
         t2 = time.perf_counter()
         t.prefill_ms = (t2 - t1) * 1e3
         t.ttft_ms = (t2 - t0) * 1e3
+        t.peak_prefill_gib = self._peak()
 
         # Decode. Each round feeds the last chosen token plus any tokens the grammar forces after it:
         # one graph replay per token, or one eager pass for a run of FORCED_BATCH_MIN or more.
@@ -578,4 +593,5 @@ class Engine:
         t.decode_ms = (t3 - t2) * 1e3
         t.total_ms = (t3 - t0) * 1e3
         t.new_tokens = len(out)
+        t.peak_decode_gib = self._peak()
         return Generation(out, t)
