@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import click
+import yaml
 
 from agent.suite_child import (TASK_GRACE_S, TRACE_TIMEOUT_S, VLAGENT, Child, Options,  # noqa: F401 (API)
                                default_command, model_for)
@@ -25,6 +26,17 @@ POLL_S = 0.1  # how often the scheduler looks at its children
 
 
 # ---------------------------------------------------------------- the scheduler
+
+def expected_steps(item: Item) -> int:
+    """A cheap guess at how long an item runs: a trace's recorded steps, a task's max_steps."""
+    try:
+        if item.kind == "trace":
+            with open(item.path / "steps.jsonl", "rb") as f:
+                return sum(1 for line in f if line.strip())
+        return int((yaml.safe_load(item.path.read_text(encoding="utf-8")) or {}).get("max_steps", 20))
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return 0
+
 
 class _Stop(Exception):
     """SIGTERM or SIGINT on the suite: stop every child cleanly."""
@@ -42,7 +54,7 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
 
     progress = progress or Progress(len(items))
     out = Path(out).resolve()  # children may run elsewhere; their trace paths must not depend on cwd
-    pending = list(items)
+    pending = sorted(items, key=expected_steps, reverse=True)  # longest first: no long straggler at the end
     attempts = {it: 0 for it in items}
     running: list[Child] = []
     final: dict[Item, Outcome] = {}
