@@ -165,11 +165,12 @@ class X11Desktop:
         self._pag, self._x11 = _pyautogui_for(display)
         self._x = self._x11._display  # this desktop's own connection and keycode table
         self._keymap = self._x11.keyboardMapping
-        self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
-        self._typer = KeysymTyper(self._x, display)
         w, h = self.size()
         self._corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)]
         self._gone = (xerror.ConnectionClosedError, xerror.XError, OSError, mss.ScreenShotError)
+        with self._on_display():
+            self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
+            self._typer = KeysymTyper(self._x, display)
         try:
             self._mss = mss.MSS(display=display)
         except mss.ScreenShotError as e:
