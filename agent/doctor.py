@@ -42,7 +42,7 @@ def check_display() -> str:
     if shutil.which("Xvfb") is None:
         raise Problem("Xvfb is not installed", "apt-get install xvfb (or run bash .ci/install)")
     if shutil.which("xdotool") is None:
-        raise Problem("xdotool is not installed (windows, non-ASCII typing)", "apt-get install xdotool")
+        raise Problem("xdotool is not installed (setup waits for windows with it)", "apt-get install xdotool")
     with Sandbox(screen=(320, 240), workdir=Path(tempfile.mkdtemp())) as sb:
         return f"sandbox display {sb.display} started and stopped"
 

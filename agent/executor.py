@@ -18,6 +18,7 @@ from actions.policy import normalize_chord
 from actions.schema import Action, Coordinate
 from agent.desktop import Button, Desktop
 
+WAIT_POLL_S = 0.25  # how often a `wait` looks for a person's abort
 TYPE_CHUNK_CHARS = 50  # long text goes in chunks, with an abort check between (as Anthropic's demo)
 CLICKS = {"left_click": ("left", 1), "right_click": ("right", 1), "middle_click": ("middle", 1),
           "double_click": ("left", 2), "triple_click": ("left", 3)}
@@ -65,7 +66,7 @@ def execute(action: Action, desktop: Desktop, frame_size: tuple[int, int]) -> Ou
         case "scroll" | "hscroll":
             return _scroll(desktop, action.pixels, point(action.coordinate), action.action == "hscroll")
         case "wait":
-            return _wait(action.time)
+            return _wait(desktop, action.time)
         case "terminate" | "answer":
             return Outcome()  # they end the run or report; nothing happens on the desktop
         case other:
@@ -110,6 +111,10 @@ def _scroll(desktop: Desktop, pixels: int, pixel: Pixel | None, horizontal: bool
     return Outcome(pixel=pixel)
 
 
-def _wait(seconds: float) -> Outcome:
-    time.sleep(seconds)  # the policy bounds it (actions.policy.MAX_WAIT_S)
+def _wait(desktop: Desktop, seconds: float) -> Outcome:
+    """Sleep (the policy bounds it), but a person pushing the mouse into a corner still stops the run."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, WAIT_POLL_S))
+        desktop.check_abort()
     return Outcome()

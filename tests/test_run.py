@@ -153,7 +153,8 @@ def test_pointer_pushed_into_a_corner_aborts_the_run(tmp_path, xvfb):
     """A person moving the mouse into a corner stops the run (pyautogui's fail-safe, kept armed);
     this also runs on an existing display (--display), as on a live desktop."""
     trace = tmp_path / "trace"
-    model = script(tmp_path, [reply(action="left_click", coordinate=[0, 0])] + [reply(action="wait", time=1)] * 20)
+    # Long waits: the abort must also stop a `wait` in the middle, not only between steps.
+    model = script(tmp_path, [reply(action="left_click", coordinate=[0, 0])] + [reply(action="wait", time=30)] * 5)
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", str(TASK), "--model", model, "--trace", str(trace),
                              "--display", xvfb], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
