@@ -188,6 +188,17 @@ def test_prepared_image_gives_the_processor_identical_pixels():
     assert np.array_equal(np.asarray(direct), np.asarray(via_wire))
 
 
+def test_resent_screenshots_are_encoded_once(server):
+    backend = OpenAIBackend(MODEL, server.base_url, check_image_tokens=False, **FAST)
+    first, second = screenshot(), screenshot(640, 400)
+    backend.generate(chat(first))
+    backend.generate(chat(first) + chat(second)[1:])  # the history re-sends the first screenshot
+    sent = [p["image_url"]["url"] for r in server.requests for m in r["messages"]
+            if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"]
+    assert len(sent) == 3 and sent[0] == sent[1] != sent[2]
+    assert len(backend._encoded) == 2
+
+
 def test_image_tokens_match_and_no_warning(server):
     backend = OpenAIBackend(MODEL, server.base_url, **FAST)
     with warnings.catch_warnings():

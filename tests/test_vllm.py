@@ -84,6 +84,18 @@ def screenshot(width: int, height: int) -> Image.Image:
     return Image.fromarray(np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8))
 
 
+def form_screenshot(width: int = 1280, height: int = 800) -> Image.Image:
+    """A screen like the form app's: flat colours and text, which PNG compresses as it does real ones."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (width, height), (217, 217, 217))
+    draw = ImageDraw.Draw(image)
+    for i, label in enumerate(("Name", "Email", "Plan", "Subscribe to newsletter", "Submit")):
+        draw.text((420, 200 + 60 * i), label, fill="black")
+        draw.rectangle((560, 195 + 60 * i, 860, 220 + 60 * i), outline="gray", fill="white")
+    return image
+
+
 def test_server_counts_image_tokens_like_the_local_processor(servers):
     server = servers.get()
     backend = OpenAIBackend(server.model, server.base_url)
@@ -124,6 +136,34 @@ def test_vlagent_run_end_to_end_through_vllm(servers, tmp_path):
         parse_action(step["raw"])  # the server's structured output always parses
         assert (trace / step["screenshot"]).is_file()
     assert (trace / "result.json").is_file()
+
+
+def _step_request(server, policy: Policy):
+    backend = OpenAIBackend(server.model, server.base_url)
+    messages = [{"role": "system", "content": [{"type": "text", "text": "You are a GUI agent."}]},
+                {"role": "user", "content": [{"type": "image", "image": form_screenshot()},
+                                             {"type": "text", "text": "Fill in the form."}]}]
+    backend.generate(messages, policy)  # the one-time checks and the schema compile, not measured
+    return lambda: backend.generate(messages, policy)
+
+
+def test_bench_step_request(servers, benchmark):
+    """One agent step's request: a 1280x800 screenshot in, a constrained action out."""
+    policy = Policy(load_task(TASK).allow)
+    step = _step_request(servers.get(), policy)
+    reply = benchmark.pedantic(step, rounds=8, warmup_rounds=1)
+    assert policy.check(parse_action(reply))
+
+
+def test_bench_four_concurrent_step_requests(servers, benchmark):
+    """Four agents' requests at once: compare with 4 x test_bench_step_request for batching."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    policy = Policy(load_task(TASK).allow)
+    step = _step_request(servers.get(), policy)
+    with ThreadPoolExecutor(4) as pool:
+        replies = benchmark.pedantic(lambda: list(pool.map(lambda _: step(), range(4))), rounds=4, warmup_rounds=1)
+    assert len(replies) == 4 and all(policy.check(parse_action(r)) for r in replies)
 
 
 def test_killed_server_ends_the_run_with_error(servers, tmp_path):

@@ -18,6 +18,8 @@ import random
 import threading
 import time
 import warnings
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Qwen3-VL-2B-Instruct's image processor (preprocessor_config.json), used when no processor is given.
 QWEN3_VL_IMAGE = {"patch_size": 16, "merge_size": 2, "min_pixels": 65_536, "max_pixels": 16_777_216}
 PROBE_TEXT = "Describe the screenshot."
+ENCODED_IMAGES = 16  # PNG parts kept per backend: the history re-sends the last few screenshots each step
 _warned: set[tuple[str, str]] = set()  # (base_url, model) already warned about, once per process
 
 
@@ -67,10 +70,12 @@ class OpenAIBackend:
         self._checked_model = False
         self._client_pid: int | None = None
         self._client = None
+        self._encoded: OrderedDict[int, tuple[weakref.ref, dict]] = OrderedDict()  # id(image) -> PNG part
+        self._encoded_lock = threading.Lock()
 
     # -- the Backend interface ------------------------------------------------------------------
     def generate(self, messages: list[dict], policy: Policy | None = None) -> str:
-        wire = to_openai_messages(messages, self.image_config)
+        wire = to_openai_messages(messages, self.image_config, self._image_part)
         images = [p for m in wire if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"]
         self._check_once(messages if images else None)
         policy = policy or Policy()
@@ -89,6 +94,20 @@ class OpenAIBackend:
             else:
                 raise self._refusal(e, bool(images)) from None
         return reply.choices[0].message.content or ""
+
+    def _image_part(self, image: Image.Image) -> dict:
+        """image_part, encoded once per image object: the loop hands the same objects for the
+        screenshots it re-sends, and a PNG encode costs ~30 ms of CPU the server could use."""
+        with self._encoded_lock:
+            hit = self._encoded.get(id(image))
+            if hit is not None and hit[0]() is image:
+                return hit[1]
+        part = image_part(image, self.image_config)
+        with self._encoded_lock:
+            self._encoded[id(image)] = (weakref.ref(image), part)
+            while len(self._encoded) > ENCODED_IMAGES:
+                self._encoded.popitem(last=False)
+        return part
 
     # -- one-time checks --------------------------------------------------------------------------
     def _check_once(self, messages: list[dict] | None) -> None:
@@ -293,9 +312,10 @@ def image_part(image: Image.Image, cfg: dict) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def to_openai_messages(messages: list[dict], cfg: dict) -> list[dict]:
+def to_openai_messages(messages: list[dict], cfg: dict, encode=None) -> list[dict]:
     """HF chat messages with PIL images -> OpenAI chat messages. Text-only content becomes a plain
     string (what every server takes); content with images stays a list of parts."""
+    encode = encode or (lambda image: image_part(image, cfg))
     out = []
     for m in messages:
         content = m["content"]
@@ -307,7 +327,7 @@ def to_openai_messages(messages: list[dict], cfg: dict) -> list[dict]:
             if p["type"] == "text":
                 parts.append({"type": "text", "text": p["text"]})
             elif p["type"] == "image":
-                parts.append(image_part(p["image"], cfg))
+                parts.append(encode(p["image"]))
             else:
                 raise BackendError(f"cannot send a {p['type']!r} message part to an OpenAI-compatible server")
         if all(p["type"] == "text" for p in parts):
