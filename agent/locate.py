@@ -42,6 +42,7 @@ MIN_TEMPLATE_STD = 4.0  # gray levels: a flatter patch matches everywhere, use t
 COARSE = 3  # downscale factor of the whole-screen searches (cost falls with its square)
 SCALES = (1.0, 0.8, 1.25, 0.67, 1.5, 2.0)  # template scales tried (screen DPI differs)
 GOOD_MATCH = 0.92  # a coarse score this high at one scale: skip the other scales
+SAME_SCALE = 0.8  # a score this high at scale 1 means the DPI did not change: skip the others
 INTACT_CONTEXT = 0.97  # the whole neighbourhood matches this well: no need for anchors
 CONTEXT_SLACK_PX = 12  # the point may sit this far from where the context puts it
 PEAKS_PER_SCALE = 6
@@ -467,6 +468,7 @@ class _Finder:
         self.flat = self.patch.std() < MIN_TEMPLATE_STD  # a patch inside a plain area says little
         self.anchors = [(_decode(a["png"]), a) for a in evidence.get("anchors", [])]
         self.maps: dict[tuple[str, float], np.ndarray | None] = {}
+        self.refined: set[tuple[float, int, int]] = set()  # coarse cells refined already
 
     def anchor_peaks(self, s: float) -> list[tuple[dict, list[tuple[float, int, int]]]]:
         return [(a, self.coarse_peaks(str(i), s, (t.shape[1] / 2, t.shape[0] / 2), ANCHOR_PEAKS))
@@ -504,7 +506,7 @@ class _Finder:
             out += [(s, (x, y), COARSE + 2) for v, x, y in peaks]
             if peaks:
                 best[s] = peaks[0][0]
-                if peaks[0][0] >= GOOD_MATCH:
+                if peaks[0][0] >= GOOD_MATCH or (s == 1.0 and peaks[0][0] >= SAME_SCALE):
                     break
         scale = max(best, key=best.get) if best else 1.0
         if not self.flat:
@@ -519,15 +521,31 @@ class _Finder:
                             (round(2 * tx), round(2 * ty))))
         return out
 
-    def refine(self, s: float, expected: tuple[int, int], slack: int) -> tuple[float, tuple[int, int]]:
-        """The patch's best place near `expected`; on a plateau (a plain field) the nearest one."""
-        tpl, at = (self.context, self.context_at) if self.flat else (self.patch, self.patch_at)
-        tpl = _resize(tpl, s)
-        if tpl is None:
+    def refine(self, s: float, expected: tuple[int, int], slack) -> tuple[float, tuple[int, int]] | None:
+        """The patch's best place near `expected` (+-slack px); on a plateau (a plain field) the
+        nearest one. Searched on the coarse map first, so a wide slack costs nothing; None when
+        this place was refined already."""
+        name, at = ("context", self.context_at) if self.flat else ("patch", self.patch_at)
+        r = self.coarse_map(name, s)
+        tpl = _resize(self.template(name), s)
+        if r is None or tpl is None:
             return 0.0, expected
-        at = (at[0] * s, at[1] * s)
-        v, px = _score_at(self.gray, tpl, at, expected, slack, prefer_near=True)
-        return v, px
+        sx, sy = (slack, slack) if isinstance(slack, int) else slack
+        cx, cy = round((expected[0] - at[0] * s) / COARSE), round((expected[1] - at[1] * s) / COARSE)
+        rx, ry = sx // COARSE + 1, sy // COARSE + 1
+        x0, y0 = max(cx - rx, 0), max(cy - ry, 0)
+        sub = r[y0:max(cy + ry + 1, 0), x0:max(cx + rx + 1, 0)]
+        if sub.size == 0:
+            return 0.0, expected
+        yy, xx = np.mgrid[y0:y0 + sub.shape[0], x0:x0 + sub.shape[1]]
+        near = sub - NEAR_PENALTY_PER_PX * COARSE * np.hypot(xx - cx, yy - cy)
+        by, bx = np.unravel_index(int(np.argmax(near)), near.shape)
+        key = (s, x0 + int(bx), y0 + int(by))
+        if key in self.refined:
+            return None
+        self.refined.add(key)
+        guess = ((x0 + bx) * COARSE + at[0] * s, (y0 + by) * COARSE + at[1] * s)
+        return _score_at(self.gray, tpl, (at[0] * s, at[1] * s), guess, COARSE + 1, prefer_near=True)
 
     def score(self, s: float, px: tuple[int, int], p: float) -> Match:
         p_patch = p if not self.flat else _score_at(self.gray, _resize(self.patch, s), (self.patch_at[0] * s, self.patch_at[1] * s), px, 1)[0]
@@ -569,14 +587,17 @@ def search(evidence: dict, image, windows=()) -> Search:
     """Find the evidence's target on `image`; the Search says why when it cannot."""
     f = _Finder(evidence, image, windows)
     cands: list[Match] = []
+    places: list[tuple[float, float, tuple[int, int]]] = []  # (patch score, scale, pixel)
     for s, expected, slack in f.proposals():
-        p, px = f.refine(s, expected, slack)
-        if p < MIN_PEAK or any(_distance(px, c.pixel) < 3 for c in cands):
+        refined = f.refine(s, expected, slack)
+        if refined is None:
             continue
-        cands.append(f.score(s, px, p))
-        if len(cands) >= 3 * MAX_CANDIDATES:
-            break
-    cands.sort(key=lambda m: m.score, reverse=True)
+        p, px = refined
+        if p >= MIN_PEAK and not any(_distance(px, q[2]) < 3 for q in places):
+            places.append((p, s, px))
+    # Only the best places get the (costlier) neighbourhood score.
+    places.sort(key=lambda q: q[0], reverse=True)
+    cands = sorted((f.score(s, px, p) for p, s, px in places[:MAX_CANDIDATES]), key=lambda m: m.score, reverse=True)
 
     name = label(evidence)
     if cands and cands[0].score >= MIN_CONFIDENCE:

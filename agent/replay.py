@@ -90,6 +90,22 @@ def secret_value(name: str, task) -> str:
     return value
 
 
+def check_secrets(steps: list[Step], task) -> None:
+    """Raise VlagentError naming the variable when a secret the trace types is not set."""
+    for step in steps:
+        if step.action and step.action.get("action") == "type":
+            fill_secrets(step.action.get("text", ""), task)
+
+
+def load_trace_steps(trace_dir: Path) -> list[Step]:
+    if not (Path(trace_dir) / "steps.jsonl").is_file():
+        raise VlagentError(f"{trace_dir}: not a trace folder (no steps.jsonl)")
+    try:
+        return load_steps(trace_dir)
+    except ValueError as e:
+        raise VlagentError(f"{trace_dir}/steps.jsonl: not a valid trace: {str(e).splitlines()[0]}") from None
+
+
 def fill_secrets(text: str, task) -> str:
     """'{secret:NAME}' placeholders -> their values from the environment."""
     return SECRET_RE.sub(lambda m: secret_value(m.group(1), task), text)
@@ -104,12 +120,10 @@ def replay_trace(trace_dir, task=None, display: str | None = None, speed: float 
     fallback: a model backend that grounds a step whose target cannot be found (default: fail).
     locate=False replays the recorded coordinates as they are (the naive way, for comparison)."""
     trace_dir = Path(trace_dir)
-    original = _Original(trace_dir, load_steps(trace_dir))
+    original = _Original(trace_dir, load_trace_steps(trace_dir))
     task = load_trace_task(trace_dir, task)
-    for step in original.steps:  # fail before starting anything when a secret is missing
-        if step.action and step.action.get("action") == "type":
-            fill_secrets(step.action.get("text", ""), task)
-    out = Path(trace_out) if trace_out else new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")
+    check_secrets(original.steps, task)  # fail before starting anything when one is missing
+    out = (Path(trace_out) if trace_out else new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")).resolve()
     trace = Trace(out)
     trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
     result = Result(status="error", task=task.name, model="replay" if locate else "replay-raw",
@@ -391,9 +405,9 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
     from agent.runner import use_display
 
     try:
-        if not (trace_dir / "steps.jsonl").is_file():
-            raise VlagentError(f"{trace_dir}: not a trace folder (no steps.jsonl)")
+        steps = load_trace_steps(trace_dir)
         task = load_trace_task(trace_dir, task_file)
+        check_secrets(steps, task)
         display = use_display(display)
         backend = None
         if fallback == "model":
