@@ -167,15 +167,13 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
     m, improc, tok, label = build_model(model, tiny, device)
     cfg = m.config
     vocab = cfg.text_config.vocab_size
+    # Vision ids from the model's config (the truth); chat markers from the tokenizer when there is one.
+    ids = dict(im_start=IM_START, im_end=IM_END, vstart=cfg.vision_start_token_id,
+               vend=cfg.vision_end_token_id, image=cfg.image_token_id)
+    text_vocab = 150000 if vocab > 150000 else vocab - 64  # ordinary tokens only
     if tok is not None:
-        ids = {k: tok.convert_tokens_to_ids(v) for k, v in dict(
-            im_start="<|im_start|>", im_end="<|im_end|>", vstart="<|vision_start|>",
-            vend="<|vision_end|>", image="<|image_pad|>").items()}
-        text_vocab = min(len(tok), vocab) - 64  # ordinary tokens only
-    else:
-        ids = dict(im_start=IM_START, im_end=IM_END, vstart=cfg.vision_start_token_id,
-                   vend=cfg.vision_end_token_id, image=cfg.image_token_id)
-        text_vocab = 150000
+        ids.update(im_start=tok.convert_tokens_to_ids("<|im_start|>"), im_end=tok.convert_tokens_to_ids("<|im_end|>"))
+        text_vocab = min(text_vocab, len(tok) - 64)
     eng = Engine(m, max_context=context, compile=compile, attention=attention)
     build_s = time.perf_counter() - t_build
     if device == "cuda":
@@ -223,6 +221,7 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
                              peak_vision_gib=tm.peak_vision_gib, peak_prefill_gib=tm.peak_prefill_gib,
                              peak_decode_gib=tm.peak_decode_gib,
                              decode_tok_s=(tm.new_tokens - 1) / (tm.decode_ms / 1e3) if tm.decode_ms else 0.0))
+            im.pixel_values = im.pixel_values.cpu()  # encoded and cached: keep the patches off the device
             prompter.steps.append({"image": im, "n": n, "obs": obs, "reply": gen.tokens,
                                    "line": prompter.text(STEP_LINE_TOKENS)})
             bar.advance(task)

@@ -225,12 +225,16 @@ class Engine:
         self._graphs: dict[int, Any] = {}
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
+        self._pre_n, self._post_n = pre_attention, post_attention
         if compile:  # one compile each, shared by all layers (weights are arguments); artefacts cached on disk
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
             mode = compile if isinstance(compile, str) else None  # e.g. "max-autotune-no-cudagraphs"
             self._pre = torch.compile(pre_attention, dynamic=False, fullgraph=True, mode=mode)
             self._post = torch.compile(post_attention, dynamic=False, fullgraph=True, mode=mode)
             self._attend = torch.compile(attend, dynamic=True, fullgraph=True)  # the span varies
+            # Prefill: the same math over n tokens; fusing the float32 norms and rotary matters there.
+            self._pre_n = torch.compile(pre_attention, dynamic=True, fullgraph=True)
+            self._post_n = torch.compile(post_attention, dynamic=True, fullgraph=True)
         self._gqa_native: bool | None = None  # learnt on the first prefill
         self.jump_forward = True  # feed grammar-forced tokens in one pass instead of one by one
         self._vision: OrderedDict[str, tuple] = OrderedDict()
@@ -298,13 +302,13 @@ class Engine:
         n = x.shape[1]
         end = start + n
         for i, w in enumerate(self.layers):
-            q, k, v = pre_attention(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
-                                    self.eps, self.heads, self.kv_heads, self.head_dim)
+            q, k, v = self._pre_n(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
+                                  self.eps, self.heads, self.kv_heads, self.head_dim)
             self.k_cache[i, :, start:end] = k[0]
             self.v_cache[i, :, start:end] = v[0]
             o = self._prefill_attention(q, self.k_cache[i, :, :end][None], self.v_cache[i, :, :end][None], start)
             o = o.transpose(1, 2).reshape(1, n, -1)
-            x = post_attention(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
+            x = self._post_n(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
             if deepstack is not None and i < len(deepstack) and vis_mask is not None:
                 x = x.clone()
                 x[vis_mask] = x[vis_mask] + deepstack[i]

@@ -1,0 +1,13 @@
+#!/bin/bash
+# The runs behind benchmarks/results/ (one device call, about 6 minutes on an H100).
+set -o pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1; else export PYTHONPATH=$PWD; fi
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+VL='from agent.cli import main; main()'
+b() { name=$1; shift; timeout 200 python3 -c "$VL" bench "$@" --json $OUT/$name.json > $OUT/$name.log 2>&1; echo "== $name rc=$?"; tail -18 $OUT/$name.log | grep '│'; }
+b eager --random-weights --steps 12 --peak-context 32768
+timeout 120 python3 benchmarks/save_random_2b.py /tmp/r2b > $OUT/save.log 2>&1 || tail -5 $OUT/save.log
+b disk_compile_cold --model /tmp/r2b --steps 12 --compile --no-grammar
+b disk_compile_warm --model /tmp/r2b --steps 12 --compile --peak-context 32768
+b compile_evict4 --random-weights --steps 12 --compile --evict 4 --no-grammar
