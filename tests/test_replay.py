@@ -1,0 +1,166 @@
+"""Replay on the real form app in real sandboxes: unchanged, moved layouts, another screen size,
+an agent run's trace, a target that is gone, secrets, the policy, and the CLI's exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.errors import VlagentError
+from agent.replay import replay, replay_trace
+from agent.task import load_task
+from agent.trace import load_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "examples" / "fill_form_demo"
+FULL = {"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": True}
+
+
+def variant(seed: int | None = None, size=(1280, 800), equals=FULL, secrets=None):
+    """tasks/fill_form.yaml with the form moved by `seed`, on another screen, stricter checks."""
+    task = load_task(ROOT / "tasks" / "fill_form.yaml")
+    launch = list(task.setup[0].launch) + ([] if seed is None else ["--layout-seed", str(seed)])
+    success = [c.model_copy(update={"file_json": c.file_json.model_copy(update={"equals": equals})})
+               if c.kind == "file_json" else c for c in task.success]
+    return task.model_copy(update={
+        "setup": [task.setup[0].model_copy(update={"launch": launch})],
+        "screen": task.screen.model_copy(update={"width": size[0], "height": size[1]}),
+        "success": success, "secrets": secrets or {}})
+
+
+def form_json(trace: Path) -> dict:
+    return json.loads((trace / "workdir" / "form.json").read_text())
+
+
+def test_the_demo_replays_unchanged_through_the_cli(tmp_path):
+    out = tmp_path / "r"
+    done = subprocess.run(["vlagent", "replay", str(DEMO), "--trace", str(out), "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["status"] == "success"
+    steps = load_steps(out)
+    assert [s.action["action"] for s in steps] == [s.action["action"] for s in load_steps(DEMO)]
+    assert all(s.source == "replay" for s in steps)
+    clicks = [s for s in steps if s.action["action"] == "left_click"]
+    assert all(s.target["found"]["coordinate"]["score"] >= 0.62 for s in clicks)
+    assert form_json(out) == FULL
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_moved_window_and_widgets_replay_and_raw_coordinates_do_not(tmp_path, seed):
+    task = variant(seed)
+    result = replay(DEMO, task, trace_out=tmp_path / "found")
+    assert result.status == "success", result.reason
+    assert form_json(tmp_path / "found") == FULL
+    raw = replay(DEMO, task, trace_out=tmp_path / "raw", locate=False)
+    assert raw.status == "failed"
+
+
+def test_another_screen_size(tmp_path):
+    result = replay_trace(DEMO, variant(5, size=(1024, 768)), trace_out=tmp_path / "r")
+    assert result.status == "success", result.reason
+    assert form_json(tmp_path / "r") == FULL
+
+
+def test_an_agent_runs_trace_replays_on_a_moved_layout(tmp_path):
+    """Agent traces carry no evidence: replay derives it from each step's screenshot and pixel."""
+    run = tmp_path / "run"
+    done = subprocess.run(["vlagent", "run", str(ROOT / "tasks" / "fill_form.yaml"), "--model",
+                           f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_solution.yaml'}", "--trace", str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert all(s.target is None for s in load_steps(run))
+    partial = {"name": "Ada Lovelace", "email": "ada@example.com"}
+    result = replay(run, variant(7, equals=partial), trace_out=tmp_path / "r")
+    assert result.status == "success", result.reason
+
+
+def _copy_demo(tmp_path: Path) -> Path:
+    trace = tmp_path / "trace"
+    shutil.copytree(DEMO, trace)
+    return trace
+
+
+def _rewrite(trace: Path, change) -> None:
+    path = trace / "steps.jsonl"
+    steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for s in steps:
+        change(s)
+    path.write_text("".join(json.dumps(s) + "\n" for s in steps))
+
+
+def test_a_target_that_is_gone_fails_naming_the_step_and_keeps_both_screenshots(tmp_path):
+    from agent.locate import describe_target
+    from PIL import Image
+
+    trace = _copy_demo(tmp_path)
+    # Step 7 now points at a spot of the recorded screen that no layout of the form shows.
+    odd = Image.new("RGB", (1280, 800), (30, 30, 30))
+    for x in range(0, 1280, 7):
+        odd.paste((200, 40, 90), (x, 0, x + 3, 800))
+    ev = describe_target(odd, (900, 700), ocr=False)
+
+    def point_elsewhere(s):
+        if s["step"] == 7:
+            s["target"] = ev
+    _rewrite(trace, point_elsewhere)
+    out = tmp_path / "r"
+    result = replay(trace, variant(), trace_out=out)
+    assert result.status == "failed"
+    assert result.reason.startswith("step 7 (left_click")
+    assert "not found" in result.reason
+    last = load_steps(out)[-1]
+    assert last.error == result.reason
+    assert (out / last.screenshot).is_file()  # the screen now
+    assert (out / last.target["recorded_screenshot"]).is_file()  # the screen when recorded
+    assert not (out / "workdir" / "form.json").exists()  # it stopped before Submit
+
+
+def test_secrets_come_from_the_environment_and_never_reach_the_trace(tmp_path, monkeypatch):
+    trace = _copy_demo(tmp_path)
+
+    def as_secret(s):
+        if s["action"]["action"] == "type" and "@" in s["action"]["text"]:
+            s["action"]["text"] = "{secret:EMAIL}"
+    _rewrite(trace, as_secret)
+    task = variant(secrets={"EMAIL": "VLAGENT_TEST_EMAIL"})
+    monkeypatch.delenv("VLAGENT_TEST_EMAIL", raising=False)
+    with pytest.raises(VlagentError, match="set the environment variable VLAGENT_TEST_EMAIL"):
+        replay(trace, task, trace_out=tmp_path / "missing")
+    monkeypatch.setenv("VLAGENT_TEST_EMAIL", "ada@example.com")
+    out = tmp_path / "r"
+    result = replay(trace, task, trace_out=out)
+    assert result.status == "success", result.reason
+    assert form_json(out)["email"] == "ada@example.com"
+    log = (out / "steps.jsonl").read_text()
+    assert "ada@example.com" not in log and "{secret:EMAIL}" in log
+
+
+def test_a_missing_secret_is_a_usage_error_on_the_cli(tmp_path):
+    trace = _copy_demo(tmp_path)
+    _rewrite(trace, lambda s: s["action"].update(text="{secret:PIN}") if s["action"]["action"] == "type" else None)
+    done = subprocess.run(["vlagent", "replay", str(trace)], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "VLAGENT_SECRET_PIN"})
+    assert done.returncode == 2
+    assert "VLAGENT_SECRET_PIN" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_step_still_passes_the_tasks_policy(tmp_path):
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    (trace / "steps.jsonl").write_text(json.dumps(
+        {"step": 1, "action": {"action": "key", "keys": ["ctrl", "alt", "delete"]}, "source": "human"}) + "\n")
+    out = tmp_path / "r"
+    result = replay(trace, variant(), trace_out=out)
+    assert result.status == "failed"
+    assert "policy refuses" in result.reason and "step 1" in result.reason
+
+
+def test_a_folder_without_steps_is_refused(tmp_path):
+    with pytest.raises(VlagentError, match="not a trace folder"):
+        replay(tmp_path, variant())
