@@ -284,6 +284,17 @@ class Recorder:
             wrote[0] = True
 
         grouper = Grouper(emit=write)
+        try:
+            return self._loop(grouper, wrote, deadline, stop_when_done)
+        except KeyboardInterrupt:
+            # Ctrl-C: what the person did before it counts; record the events still queued.
+            while not self.events.empty():
+                kind, t, *args = self.events.get_nowait()
+                getattr(grouper, kind)(t, *args)
+            grouper.flush()
+            raise
+
+    def _loop(self, grouper: Grouper, wrote: list, deadline: float | None, stop_when_done: bool) -> str:
         while True:
             try:
                 event = self.events.get(timeout=TICK_S)
@@ -392,6 +403,7 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
     from agent.task import Task, load_task
 
     task = task if isinstance(task, Task) else load_task(task)
+    trace_dir = Path(trace_dir).resolve()  # the app runs elsewhere: {workdir} must be absolute
     trace = Trace(trace_dir)
     trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
     result = Result(status="error", task=task.name, model="human", started=time.time())
