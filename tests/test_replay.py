@@ -164,3 +164,26 @@ def test_every_step_still_passes_the_tasks_policy(tmp_path):
 def test_a_folder_without_steps_is_refused(tmp_path):
     with pytest.raises(VlagentError, match="not a trace folder"):
         replay(tmp_path, variant())
+
+
+def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
+    """--fallback model: a (scripted) model answers where the lost target is; the replay goes on."""
+    from PIL import Image
+
+    from agent.backends.script import ScriptBackend
+    from agent.locate import describe_target
+
+    trace = _copy_demo(tmp_path)
+    odd = Image.new("RGB", (1280, 800), (30, 30, 30))
+    for x in range(0, 1280, 7):
+        odd.paste((200, 40, 90), (x, 0, x + 3, 800))
+    ev = describe_target(odd, (900, 700), ocr=False)
+    _rewrite(trace, lambda s: s.update(target=ev) if s["step"] == 7 else None)
+    submit = '<tool_call>{"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [152, 524]}}</tool_call>'
+    model = ScriptBackend([submit])
+    out = tmp_path / "r"
+    result = replay(trace, variant(), fallback=model, trace_out=out)
+    assert result.status == "success", result.reason
+    assert model.calls == 1
+    last = load_steps(out)[-1]
+    assert last.raw == submit and last.target["found"]["method"] == "model"
