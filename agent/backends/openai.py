@@ -38,6 +38,7 @@ MAX_BACKOFF_S = 8.0
 MAX_TOKENS = 256  # a native reply is ~40 tokens; the schema bounds every field
 MAX_SCHEMA_TEXT_CHARS = 500  # strings the schema allows; longer text is rare and costs decode time
 REPLY_OVERHEAD_TOKENS = 128  # the JSON around the longest string (the longest bare reply is ~110 chars)
+MAX_CAUSE_DEPTH = 16  # exception chains walked for the root cause of a connection error
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Qwen3-VL-2B-Instruct's image processor (preprocessor_config.json), used when no processor is given.
 QWEN3_VL_IMAGE = {"patch_size": 16, "merge_size": 2, "min_pixels": 65_536, "max_pixels": 16_777_216}
@@ -235,7 +236,9 @@ def _retry_after(e) -> float | None:
 
 def _cause(e: BaseException) -> str:
     """The root cause of a connection error in a few words ("connection refused")."""
-    while e.__cause__ is not None or e.__context__ is not None:
+    for _ in range(MAX_CAUSE_DEPTH):
+        if e.__cause__ is None and e.__context__ is None:
+            break
         e = e.__cause__ or e.__context__
         if isinstance(e, ConnectionRefusedError) or "connection refused" in str(e).lower():
             return "connection refused"
