@@ -10,10 +10,13 @@ Evidence (a JSON-able dict, stored as Step.target):
   window   the title of the window under the point and the point's place in it
   screen   the point relative to the screen
 
-Finding: template matching of the patch on a downscaled screen across a few scales (DPI), local
-refinement at full resolution, then each candidate is scored by its neighbourhood (context and
-anchors) and, weakly, by its place in the window of the same title. OCR runs only as a fallback,
-because one tesseract call costs more than the whole template search.
+Finding (agent.locate.search): the patch is matched on a 1/3-size screen across a few scales
+(another DPI); the context and the anchors, matched at the winning scale, propose more places;
+each place is refined at full resolution, then scored: patch similarity, plus its neighbourhood
+(anchors where they were, or the whole context when it is intact), plus, weakly, its place in the
+window of the same title. The best place wins above MIN_CONFIDENCE; two different places that
+score alike are refused as ambiguous. OCR of the whole screen runs only as a fallback (one
+tesseract call costs more than the whole template search).
 """
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 EVIDENCE_VERSION = 1
-PATCH_HALVES = ((56, 24), (72, 30))  # px: the smallest patch around the point that
-PATCH_HALF = PATCH_HALVES[0]                    # shows some structure (neighbours move, so small)
+PATCH_HALVES = ((56, 24), (72, 30))  # px: the smallest patch around the point that shows
+PATCH_HALF = PATCH_HALVES[0]         # some structure (small, since neighbours move)
 CONTEXT_HALF = (160, 60)  # px: 320x120, usually holds the field's label too
 ANCHOR_REGION_HALF = (360, 100)  # px: where anchors are looked for around the point
 MAX_ANCHORS = 4

@@ -247,7 +247,7 @@ class _Player:
             return action, frame, None
         if not self.locate:  # raw replay: the same relative point of the new screen
             return action, frame, None
-        from agent.locate import Search, describe_target, label, list_windows, search
+        from agent.locate import Search, label, list_windows, search
 
         t0 = time.perf_counter()
         evidence = {k: self._evidence(orig, k) for k in coords}

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import yaml
 
 from agent.record import Grouper, _key_fields, secret_name
