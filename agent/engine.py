@@ -235,6 +235,9 @@ class Engine:
             # Prefill: the same math over n tokens; fusing the float32 norms and rotary matters there.
             self._pre_n = torch.compile(pre_attention, dynamic=True, fullgraph=True)
             self._post_n = torch.compile(post_attention, dynamic=True, fullgraph=True)
+            if os.environ.get("VLAGENT_COMPILE_VISION", "1") != "0":
+                for blk in getattr(self.visual, "blocks", []):  # one compile shared by the blocks
+                    blk.compile(dynamic=False)
         self._gqa_native: bool | None = None  # learnt on the first prefill
         self.jump_forward = True  # feed grammar-forced tokens in one pass instead of one by one
         self._vision: OrderedDict[str, tuple] = OrderedDict()
@@ -387,7 +390,7 @@ class Engine:
         saved = (self._tok.clone(), self._pos.clone())
         slot = int(saved[1])
         kv = (self.k_cache[:, :, slot].clone(), self.v_cache[:, :, slot].clone())
-        stream = torch.cuda.Stream()
+        stream = self._warm_stream = getattr(self, "_warm_stream", None) or torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_REPLAYS):
@@ -398,7 +401,9 @@ class Engine:
         g = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(g, pool=self._pool):
+            # One capture stream for all graphs: cuBLAS keeps a workspace per stream (~32 MiB each).
+            self._capture_stream = torch.cuda.Stream()
+        with torch.cuda.graph(g, pool=self._pool, stream=self._capture_stream):
             self._decode_step(span)
         self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
         self.k_cache[:, :, slot] = kv[0]
