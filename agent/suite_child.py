@@ -25,6 +25,7 @@ from agent.trace import load_result
 KILL_GRACE_S = 5.0  # after SIGTERM, how long a child gets to tear down its sandbox before SIGKILL
 TASK_GRACE_S = 60.0  # on top of a task's own timeout_s: interpreter start, sandbox, model load
 TRACE_TIMEOUT_S = 300.0  # default bound on one replay
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 MARKER_ENV = "VLAGENT_SUITE_ITEM"  # inherited by every process a child starts
 # The vlagent CLI, run by this interpreter (works without the console script on PATH).
 VLAGENT = [sys.executable, "-c", "import sys; sys.argv[0] = 'vlagent'; from agent.cli import main; main()"]
@@ -103,10 +104,21 @@ def sweep(marker: str) -> list[int]:
     return pids
 
 
-def _unblock_signals() -> None:
-    """In the child, before exec: the signal mask is inherited, and a child that blocks SIGTERM
-    could not tear its sandbox down when asked."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+def _child_setup(parent_pid: int):
+    """preexec_fn: runs in the child between fork and exec."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setup() -> None:
+        # The signal mask is inherited: a child that blocks SIGTERM could not tear down when asked.
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        # Should the suite itself die (SIGKILL, OOM), its children are asked to stop, not left running.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the suite died between fork and prctl
+            os._exit(1)
+
+    return setup
 
 
 class Child:
@@ -128,7 +140,7 @@ class Child:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command(item, self.trace, opts), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                         preexec_fn=_unblock_signals)
+                                         preexec_fn=_child_setup(os.getpid()))
 
     @property
     def elapsed(self) -> float:

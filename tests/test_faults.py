@@ -61,6 +61,7 @@ RUNNER = textwrap.dedent("""
 """)
 
 WAIT = '<tool_call>{"name": "computer_use", "arguments": {"action": "wait", "time": 1}}</tool_call>'
+WAIT_09 = WAIT.replace('"time": 1', '"time": 0.9')  # alternating waits: a long run, not a loop
 DONE = '<tool_call>{"name": "computer_use", "arguments": {"action": "terminate", "status": "success"}}</tool_call>'
 # Kills this sandbox's own Xvfb (found by the suite's marker, which it inherits) after a delay.
 KILL_DISPLAY = textwrap.dedent("""
@@ -86,7 +87,7 @@ TASKS = {
                 "wait_for_window": "Hang"}],
         success=[{"screen_text": "never shown"}], timeout_s=6,
         replies=['<tool_call>{"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [300, 400]}}</tool_call>']
-        + [WAIT, WAIT.replace('"time": 1', '"time": 0.9')] * 10),  # alternating: not a loop, a timeout
+        + [WAIT, WAIT_09] * 10),  # alternating: not a loop, so the run's timeout ends it
     "display_killed": dict(
         setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"], "wait_for_window": "Notes"},
                {"launch": ["{python}", "-c", KILL_DISPLAY]}],
@@ -225,7 +226,7 @@ def test_ctrl_c_on_the_whole_suite(tmp_path):
     suite = tmp_path / "suite"
     suite.mkdir()
     slow = dict(setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"],
-                        "wait_for_window": "Notes"}], success=[{"screen_text": "Saved"}], replies=[WAIT] * 60)
+                        "wait_for_window": "Notes"}], success=[{"screen_text": "Saved"}], replies=[WAIT, WAIT_09] * 30)
     for name in ("long_a", "long_b", "long_c"):  # two run, the third waits for a worker
         write_task(suite, name, slow)
     (tmp_path / "runner.py").write_text(RUNNER)
@@ -251,6 +252,37 @@ def test_ctrl_c_on_the_whole_suite(tmp_path):
         assert result["status"] == "aborted"
         assert load_steps(rows[name][3])
     assert alive_with(token) == []
+
+
+def test_suite_killed_outright_takes_its_runs_down(tmp_path):
+    """SIGKILL on the suite (OOM killer, a CI runner's hard stop): its children are told to stop
+    (parent-death signal), tear their sandboxes down and complete their traces."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    slow = dict(setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"],
+                        "wait_for_window": "Notes"}], success=[{"screen_text": "Saved"}], replies=[WAIT, WAIT_09] * 30)
+    for name in ("long_a", "long_b"):
+        write_task(suite, name, slow)
+    (tmp_path / "runner.py").write_text(RUNNER)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    token = uuid.uuid4().hex
+    env = {**os.environ, "TEST_TOKEN": token, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(suite), str(tmp_path / "out"),
+                             str(Path(__file__).parent), str(tmp_path / "runner.py")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    traces = [tmp_path / "out" / "traces" / n for n in ("long_a", "long_b")]
+    deadline = time.monotonic() + 60
+    while not all((t / "steps.jsonl").exists() and (t / "steps.jsonl").read_text().strip() for t in traces):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30  # bounded: each run's teardown takes a few seconds at most
+    while alive_with(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive_with(token) == []
+    for t in traces:
+        assert json.loads((t / "result.json").read_text())["status"] == "aborted"
 
 
 # ---------------------------------------------------------------- many agents against one server
