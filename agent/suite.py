@@ -125,7 +125,8 @@ def write_summary(outcomes: list[Outcome], root: Path, out: Path) -> Path:
 @click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Items run at once.")
 @click.option("--model", help="Model for task files; {dir} and {name} stand for the task file's folder and stem, "
               "e.g. 'script:{dir}/{name}.replies.yaml'.")
-@click.option("--backend", help="Model backend for task files, e.g. openai.")
+@click.option("--backend", type=click.Choice(["auto", "transformers", "openai"]),
+              help="Model backend for task files; openai: N workers share one OpenAI-compatible server.")
 @click.option("--base-url", help="Server URL for --backend openai.")
 @click.option("--retries", default=0, show_default=True, type=click.IntRange(0, 10), help="Re-runs of a failed item.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), help="Seconds per item "
