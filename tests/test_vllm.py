@@ -192,3 +192,45 @@ def test_killed_server_ends_the_run_with_error(servers, tmp_path):
     assert result["status"] == "error"
     assert result["reason"] == f"cannot reach {server.base_url}: connection refused"
     assert json.loads((trace / "result.json").read_text())["status"] == "error"
+
+
+def test_killed_server_ends_every_running_suite_task_with_error(servers, tmp_path):
+    """`vlagent suite --workers 2` against the server, killed while both agents run: every task
+    ends with status error and the reason, and the suite exits."""
+    import yaml
+
+    server = servers.get()
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name in ("form_a", "form_b"):
+        task = yaml.safe_load(TASK.read_text())
+        task.update(name=name, max_steps=200, timeout_s=600)
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    out = tmp_path / "out"
+    cmd = [*VLAGENT, "suite", str(tasks), "--workers", "2", "--backend", "openai", "--base-url", server.base_url,
+           "--model", server.model, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+    def started() -> int:
+        return sum(1 for p in out.rglob("steps.jsonl") if "workdir" not in p.parts and p.read_text().strip())
+
+    try:
+        deadline = time.monotonic() + FIRST_STEP_LIMIT_S
+        while started() < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started() == 2, "both agents should be running when the server dies"
+        server.kill()
+        output, _ = proc.communicate(timeout=RUN_LIMIT_S)
+    finally:
+        if proc.poll() is None:  # SIGTERM: the suite stops its children and their sandboxes
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1, output[-2000:]
+    results = [json.loads(p.read_text()) for p in out.rglob("result.json") if "workdir" not in p.parts]
+    assert sorted(r["task"] for r in results) == ["form_a", "form_b"]
+    for r in results:
+        assert r["status"] == "error" and r["reason"] == f"cannot reach {server.base_url}: connection refused", r
