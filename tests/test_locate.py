@@ -13,6 +13,7 @@ from PIL import Image
 from agent.locate import Window, describe_target, find_target, list_windows, search
 from sandbox.session import Sandbox
 
+pytestmark = pytest.mark.timeout(240)  # a hang fails the test instead of stalling CI
 ROOT = Path(__file__).resolve().parent.parent
 SETTLE_S = 0.5  # the form's first paint after its window shows
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import yaml
 
 from agent.record import Grouper, _key_fields, secret_name
@@ -18,6 +19,7 @@ from agent.replay import replay
 from agent.task import load_task
 from agent.trace import load_result, load_steps
 
+pytestmark = pytest.mark.timeout(240)  # a hang fails the test instead of stalling CI
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60.0
 

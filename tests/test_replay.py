@@ -15,6 +15,7 @@ from agent.replay import replay, replay_trace
 from agent.task import load_task
 from agent.trace import load_steps
 
+pytestmark = pytest.mark.timeout(240)  # a hang fails the test instead of stalling CI
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "fill_form_demo"
 FULL = {"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": True}
