@@ -70,7 +70,9 @@ def build_model(model: str | None, tiny: bool, device: str):
         m = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
         return (m, *_processors(folder), "tiny-random")
     if model:
-        m = Qwen3VLForConditionalGeneration.from_pretrained(model, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        # Straight onto the device (no CPU copy first): most of a cold start is this load.
+        m = Qwen3VLForConditionalGeneration.from_pretrained(model, dtype=dtype, attn_implementation="sdpa",
+                                                            device_map=device).eval()
         return (m, *_processors(model), model)
     from transformers import Qwen2VLImageProcessor
     from agent.backends.tiny import IMAGE_PROCESSOR
@@ -292,6 +294,7 @@ def long_context_peak(eng, m, context, text_vocab, gen_frames, preprocess, merge
     if eng.max_context < context:
         return {"peak_context": "skipped: engine context smaller"}
     eng.reset()
+    eng._vision.clear()  # a fresh single-shot conversation: no cached screenshots from the episode
     im, _ = preprocess(next(gen_frames))
     n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2
     rng = random.Random(1)

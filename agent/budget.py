@@ -155,7 +155,7 @@ def plan(config, device_bytes: float, screen: tuple[int, int] = (1920, 1080), *,
     chunk = prefill_chunk or engine.PREFILL_CHUNK
     reserve = max(vision_activation_bytes(vcfg, *screen, dtype_bytes),
                   prefill_activation_bytes(tcfg, chunk, dtype_bytes)) + RESERVE_FIXED
-    vcache = vision_cache_bytes(config, *screen, min(vision_cache or engine.VISION_CACHE_SIZE, history + 2), dtype_bytes)
+    vcache = vision_cache_bytes(config, *screen, vision_cache or engine.VISION_CACHE_SIZE, dtype_bytes)
     free = device_bytes - weights - reserve - vcache - MARGIN
     max_ctx = int(tcfg.max_position_embeddings)
     budget = max(0, min(max_ctx, int(free // kv)))

@@ -33,7 +33,7 @@ from agent.errors import VlagentError
 
 KV_BUCKET = 512  # tokens: decode attention reads the cache up to the next multiple of this
 PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
-VISION_CACHE_SIZE = 8  # encoded images kept (a rolling history needs K + a few; 33 MB each at 1080p)
+VISION_CACHE_SIZE = 6  # encoded images kept: a 4-shot history plus an eviction chunk (33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
 FORCED_BATCH_MIN = 8  # forced tokens fed in one eager pass from this many on (an eager pass costs ~5 replays)
 
@@ -570,6 +570,7 @@ class Engine:
         self._ids, self._keys = list(seq), keys
         self._delta.fill_(next_pos - len(seq))
         fed = len(seq)  # tokens whose KV is in the cache
+        moved = True  # _tok/_pos must be loaded before the first replay
         if not done():
             self._load_bitmask(matcher)
             self._choose(int(self._mask_logits(self._logits(h)).argmax(-1)), matcher, out)
@@ -591,10 +592,12 @@ class Engine:
                 nxt = self._feed_many(pending, fed)
             else:
                 for j, p in enumerate(pending):
-                    self._tok.fill_(p)
-                    self._pos.fill_(fed + j)
+                    if j or moved:  # the graph left _tok/_pos right after a plain replay
+                        self._tok.fill_(p)
+                        self._pos.fill_(fed + j)
                     self._replay(self._span(fed + j))
                 nxt = int(self._tok)
+            moved = len(pending) >= FORCED_BATCH_MIN  # an eager pass left _tok/_pos behind
             self._ids.extend(pending)
             fed += len(pending)
             self._choose(nxt, matcher, out)
