@@ -233,9 +233,16 @@ class Recorder:
     def start(self) -> None:
         # pynput's X backend reads DISPLAY at import and start; Xlib prints an xauth warning to
         # stdout on Xvfb, which must not mix with our output (a test reads the display from it).
+        saved = os.environ.get("DISPLAY")
         os.environ["DISPLAY"] = self.display
-        with contextlib.redirect_stdout(io.StringIO()):
-            self._start()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._start()  # returns once the listeners hold their connections
+        finally:
+            if saved is None:
+                os.environ.pop("DISPLAY", None)
+            else:
+                os.environ["DISPLAY"] = saved
 
     def _start(self) -> None:
         from pynput import keyboard, mouse
