@@ -183,6 +183,7 @@ def test_record_with_real_input_then_replay_on_a_moved_layout(tmp_path, monkeypa
     assert load_result(trace).status == "success"
 
     monkeypatch.setenv("VLAGENT_TEST_EMAIL", "ada@example.com")
+    assert replay(trace, task, trace_out=tmp_path / "same").status == "success"
     moved = load_task(task)
     launch = list(moved.setup[0].launch) + ["--layout-seed", "4"]
     moved = moved.model_copy(update={"setup": [moved.setup[0].model_copy(update={"launch": launch})]})
@@ -201,15 +202,18 @@ def test_recording_stops_after_max_seconds_with_nothing_done(tmp_path):
     assert result.status == "failed" and "--max-seconds reached" in result.reason
 
 
-def test_ctrl_c_ends_the_recording_with_a_trace_and_no_display_left(tmp_path):
+def test_double_click_and_scroll_then_ctrl_c_ends_the_recording_with_a_trace_and_no_display_left(tmp_path):
     trace = tmp_path / "rec"
     proc, display = _start_recording(trace, _task_file(tmp_path))
-    _xdotool(display, "mousemove", "420", "164", "click", "1")
+    _xdotool(display, "mousemove", "420", "164", "click", "--repeat", "2", "--delay", "80", "1")
+    _xdotool(display, "click", "5")  # one wheel click down, where the pointer is
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out + err
     assert "Traceback" not in err
-    assert [s.action["action"] for s in load_steps(trace)] == ["left_click"]
+    steps = load_steps(trace)
+    assert [s.action["action"] for s in steps] == ["double_click", "scroll"]
+    assert steps[1].action["pixels"] == -100 and steps[1].pixel == (420, 164)
     assert "stopped by Ctrl-C" in load_result(trace).reason
     assert not Path(f"/tmp/.X11-unix/X{display[1:]}").exists()  # the sandbox's Xvfb is gone
