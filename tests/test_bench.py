@@ -1,0 +1,44 @@
+"""`vlagent bench --tiny`: the whole benchmark path on the CPU in seconds (a CI smoke test)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+from agent.bench import bench, percentile  # noqa: E402
+
+KEYS = ("device", "step_ms_p50", "step_ms_p95", "ttft_ms", "decode_tok_s", "cold_start_s", "peak_gib",
+        "vision_ms", "prefill_ms", "budget")
+
+
+@pytest.mark.timeout(300)
+def test_tiny_bench_writes_the_json(tmp_path):
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(bench, ["--tiny", "--steps", "4", "--screen", "320x200", "--reply-tokens", "6",
+                                     "--context", "4096", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert all(k in data for k in KEYS)
+    assert data["device"] and data["model"] == "tiny-random"
+    assert data["step_ms_p95"] >= data["step_ms_p50"] > 0
+    steps = data["steps_detail"]
+    assert [s["new_tokens"] for s in steps] == [6] * 4
+    # The history is append-only between evictions: later steps reuse the cached prefix and
+    # encode only the new screenshot.
+    assert steps[0]["reused_tokens"] == 0 and all(s["reused_tokens"] > 0 for s in steps[1:])
+    assert all(s["images_encoded"] == 1 for s in steps)
+    assert "grammar_overhead_pct" in data or "grammar" in data
+    assert "step_ms_p50" in res.output  # the table
+
+
+def test_bench_usage_errors():
+    runner = CliRunner()
+    assert runner.invoke(bench, ["--tiny", "--steps", "1"]).exit_code == 2
+    assert runner.invoke(bench, ["--tiny", "--model", "x"]).exit_code == 2
+
+
+def test_percentile():
+    assert percentile([3, 1, 2], 0.5) == 2
+    assert percentile([1, 2, 3, 4], 0.95) == pytest.approx(3.85)
