@@ -389,3 +389,24 @@ def test_message_conversion_keeps_text_and_rejects_unknown_parts():
     assert wire == [{"role": "assistant", "content": "<tool_call>{}</tool_call>"}, {"role": "user", "content": "plain"}]
     with pytest.raises(BackendError, match="'video'"):
         to_openai_messages([{"role": "user", "content": [{"type": "video", "video": None}]}], cfg)
+
+
+@pytest.mark.slow
+def test_vlagent_run_with_server_down_ends_with_error(tmp_path):
+    """The whole command: a sandbox starts, the first step finds no server, the run ends `error`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    task = Path(__file__).resolve().parent.parent / "tasks" / "fill_form.yaml"
+    proc = subprocess.run([sys.executable, "-c", "from agent.cli import main; main()", "run", str(task),
+                           "--backend", "openai", "--base-url", url, "--model", MODEL,
+                           "--trace", str(tmp_path / "trace"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert (result["status"], result["reason"]) == ("error", f"cannot reach {url}: connection refused")
+    assert json.loads((tmp_path / "trace" / "result.json").read_text())["status"] == "error"
