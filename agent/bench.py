@@ -33,6 +33,11 @@ root ::= "<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": 
 action ::= "\"left_click\", \"coordinate\": [" num ", " num "]" | "\"type\", \"text\": \"" [a-zA-Z0-9 @.]* "\"" | "\"key\", \"keys\": [\"" [a-z]+ "\"]"
 num ::= [0-9] | [1-9] [0-9] | [1-9] [0-9] [0-9] | "1000"
 '''
+# A click reply, as `--reply click` constrains every step to (native format, forced parts jump forward).
+CLICK_EBNF = r'''
+root ::= "<tool_call>\n{\"name\": \"computer_use\", \"arguments\": {\"action\": \"left_click\", \"coordinate\": [" num ", " num "]}}\n</tool_call>"
+num ::= [1-9] [0-9] [0-9]
+'''
 
 
 def process_age_s() -> float:
@@ -139,7 +144,7 @@ class Prompter:
         return ids, images
 
 
-def make_grammar(tokenizer, vocab: int):
+def make_grammar(tokenizer, vocab: int, ebnf: str = GRAMMAR_EBNF):
     """A compiled native tool-call grammar, or None when xgrammar or a tokenizer is missing."""
     try:
         import xgrammar as xgr
@@ -150,16 +155,16 @@ def make_grammar(tokenizer, vocab: int):
         from agent.backends.tiny import tiny_checkpoint
         tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint())
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
-    return xgr.GrammarCompiler(info).compile_grammar(GRAMMAR_EBNF)
+    return xgr.GrammarCompiler(info).compile_grammar(ebnf)
 
 
 def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, screen=(1920, 1080),
               history: int = 4, evict: int = 2, reply_tokens: int = 25, context: int = 32768,
               compile: bool = False, attention: str = "bmm", peak_context: int = 0,
-              grammar: bool = True, progress: bool = True) -> dict:
+              grammar: bool = True, reply: str = "fixed", progress: bool = True) -> dict:
     import torch
     from agent.budget import plan
-    from agent.engine import Engine, EngineImage, image_key
+    from agent.engine import KV_BUCKET, Engine, EngineImage, image_key
 
     if compile:
         cache = Path(os.environ.get("VLAGENT_CACHE", Path.home() / ".cache" / "vlagent")) / "inductor"
@@ -197,6 +202,11 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
     # Decode graphs for the spans the episode will touch, before the first step (part of the cold start).
     per_image = screen[0] * screen[1]  # upper bound on placeholders, refined by the first frame
     rows, cold_start = [], None
+    click = None
+    if reply == "click":  # every reply constrained to a native click; forced tokens jump forward
+        import xgrammar as xgr
+        click = make_grammar(tok, vocab, CLICK_EBNF)
+        stop = {tok.convert_tokens_to_ids("<|im_end|>")} if tok is not None else {IM_END}
     gen_frames = frames(*screen)
     from rich.progress import Progress
     with Progress(disable=not progress, transient=True) as bar:
@@ -208,10 +218,14 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
             n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2
             if step == 0 and device == "cuda":
                 need = SYSTEM_TOKENS + (history + 1) * (n + 200) + steps * STEP_LINE_TOKENS + reply_tokens + 1024
-                eng.warmup(list(range(512, min(context, need) + 1, 512)))
+                eng.warmup(list(range(KV_BUCKET, min(context, need) + KV_BUCKET, KV_BUCKET)))
             obs = prompter.text(OBSERVATION_TOKENS)
             prompt, images = prompter.build({"image": im, "n": n, "obs": obs})
-            gen = eng.generate(prompt, images, max_new_tokens=reply_tokens, min_new_tokens=reply_tokens)
+            if click is not None:
+                gen = eng.generate(prompt, images, max_new_tokens=4 * reply_tokens,
+                                   matcher=xgr.GrammarMatcher(click), stop_ids=stop)
+            else:
+                gen = eng.generate(prompt, images, max_new_tokens=reply_tokens, min_new_tokens=reply_tokens)
             step_ms = (time.perf_counter() - t0) * 1e3
             if cold_start is None:
                 cold_start = process_age_s()
@@ -238,7 +252,8 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
     result = dict(
         device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         model=label, torch=torch.__version__, transformers=__import__("transformers").__version__,
-        screen=list(screen), history=history, evict_chunk=evict, steps=steps, reply_tokens=reply_tokens,
+        screen=list(screen), history=history, evict_chunk=evict, steps=steps, reply_tokens=reply_tokens, reply=reply,
+        reply_tokens_median=statistics.median(r["new_tokens"] for r in rows),
         context=context, compile=compile, attention=attention,
         step_ms_p50=percentile([r["step_ms"] for r in warm], 0.5),
         step_ms_p95=percentile([r["step_ms"] for r in warm], 0.95),
@@ -341,9 +356,11 @@ def table(r: dict) -> None:
 @click.option("--attention", type=click.Choice(["bmm", "sdpa"]), default="bmm", show_default=True)
 @click.option("--peak-context", type=int, default=0, help="Also measure peak memory at this context (e.g. 32768).")
 @click.option("--grammar/--no-grammar", default=True, show_default=True, help="Measure the grammar's decode cost.")
+@click.option("--reply", type=click.Choice(["fixed", "click"]), default="fixed", show_default=True,
+              help="fixed: decode --reply-tokens tokens; click: a native click reply under its grammar.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
 def bench(random_weights, model, tiny, steps, screen, history, evict, reply_tokens, context, compile, attention,
-          peak_context, grammar, json_path):
+          peak_context, grammar, reply, json_path):
     """Benchmark agent steps on the real Qwen3-VL-2B architecture."""
     from agent.budget import parse_screen
     if model and (random_weights or tiny):
@@ -352,7 +369,7 @@ def bench(random_weights, model, tiny, steps, screen, history, evict, reply_toke
         raise click.UsageError("--steps must be at least 2 (the first step is the cold one)")
     r = run_bench(model=model, tiny=tiny, steps=steps, screen=parse_screen(screen), history=history, evict=evict,
                   reply_tokens=reply_tokens, context=context, compile=compile, attention=attention,
-                  peak_context=peak_context, grammar=grammar)
+                  peak_context=peak_context, grammar=grammar, reply=reply)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(r, indent=1, default=str), encoding="utf-8")

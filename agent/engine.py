@@ -31,7 +31,7 @@ from typing import Any
 
 from agent.errors import VlagentError
 
-KV_BUCKET = 512  # tokens: decode attention reads the cache up to the next multiple of this
+KV_BUCKET = 1024  # tokens: decode attention reads the cache up to the next multiple of this
 PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
 VISION_CACHE_SIZE = 6  # encoded images kept: a 4-shot history plus an eviction chunk (33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)

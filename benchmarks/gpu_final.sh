@@ -1,7 +1,7 @@
 #!/bin/bash
-# The runs behind benchmarks/results/ (one device call, about 5 minutes on an H100).
+# The runs behind benchmarks/results/ (one device call, about 6 minutes on an H100).
 # A random-weight 2B checkpoint is saved to local disk first, so the cold start loads weights
-# from disk like a real install; the first compiled run fills the inductor cache, the second uses it.
+# from disk like a real install; the first compiled run fills the inductor cache, the later ones use it.
 set -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1; else export PYTHONPATH=$PWD; fi
@@ -9,7 +9,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 VL='from agent.cli import main; main()'
 b() { name=$1; shift; timeout 200 python3 -c "$VL" bench "$@" --json $OUT/$name.json > $OUT/$name.log 2>&1; rc=$?; echo "== $name rc=$rc"; tail -18 $OUT/$name.log | grep '│'; return $rc; }
 timeout 120 python3 benchmarks/save_random_2b.py /tmp/r2b > $OUT/save.log 2>&1 || tail -5 $OUT/save.log
-b disk_compile_cold --model /tmp/r2b --steps 12 --compile --no-grammar || { export VLAGENT_COMPILE_VISION=0; tail -5 $OUT/disk_compile_cold.log; b disk_compile_cold_novision --model /tmp/r2b --steps 12 --compile --no-grammar; }
-b disk_compile_warm --model /tmp/r2b --steps 12 --compile --peak-context 32768
-b compile_evict4 --model /tmp/r2b --steps 12 --compile --evict 4 --no-grammar
-b eager --random-weights --steps 8 --peak-context 32768 --no-grammar
+b h100_compile_coldcache --model /tmp/r2b --steps 12 --compile --no-grammar
+b h100_compile --model /tmp/r2b --steps 12 --compile --peak-context 32768
+b h100_compile_click --model /tmp/r2b --steps 12 --compile --reply click --no-grammar
+b h100_compile_evict4 --model /tmp/r2b --steps 12 --compile --evict 4 --no-grammar
+b h100_eager --model /tmp/r2b --steps 12 --peak-context 32768 --no-grammar
