@@ -6,13 +6,16 @@ with the allowed action kinds, integer coordinates 0..1000, bounded scroll pixel
 key chords the policy accepts, and text of at most `max_text_len` characters free of the characters
 the policy rejects (Unicode categories Cc, Cf, Zl, Zp). Every field is bounded, so even a model with
 random weights ends its reply within `max_reply_bytes(policy)` tokens (a token is at least one byte).
-The grammar is written here in xgrammar's EBNF rather than derived from a JSON schema: xgrammar's
-schema converter drops maxLength when a pattern is set, so a schema cannot bound a string and keep
-control characters out at the same time; EBNF can, with a repetition range over a character class.
 
-What the grammar cannot express, the policy still checks after parsing: the deny_text regexes (a
-grammar cannot exclude every string matching an arbitrary regex). Float coordinates and waits over
-3 decimals, which the schema accepts, are simply never produced.
+How, and why this way (measured with xgrammar 0.2.8):
+- The grammar is EBNF written here, not a JSON schema: xgrammar's schema converter drops maxLength
+  when a pattern is set, so a schema cannot both bound a string and keep control characters out.
+- The text length is NOT in the grammar: a repetition range `tchar{0,500}` is exact but its token
+  mask takes seconds per token with a 151k vocabulary (Earley states per count), and a chain of 500
+  rules compiles for tens of seconds. The grammar says `tchar*` (masks in microseconds to milliseconds), and
+  ReplyMatcher bans, while inside the text, every token that would carry it past max_text_len.
+- What no grammar here expresses, the policy checks after parsing: the deny_text regexes. Float
+  coordinates and waits with over 3 decimals, which the schema accepts, are simply never produced.
 """
 from __future__ import annotations
 
@@ -118,14 +121,14 @@ class Spec:
 
     actions: tuple[str, ...]  # allowed kinds, in ACTION_NAMES order
     chords: tuple[tuple[str, ...], ...]  # canonical chords the key action may send
-    max_text_len: int
+    empty_text: bool  # max_text_len == 0 (any other bound is ReplyMatcher's job)
 
     @classmethod
     def of(cls, policy: Policy | None) -> "Spec":
         policy = policy or Policy()
         chords = default_chords() if policy.chords is None else tuple(sorted(policy.chords))
         actions = tuple(a for a in ACTION_NAMES if a in policy.actions and (a != "key" or chords))
-        return cls(actions, chords, policy.allow.max_text_len)
+        return cls(actions, chords, policy.allow.max_text_len == 0)
 
 
 def _either_order(first: str, second: str) -> str:
@@ -135,8 +138,7 @@ def _either_order(first: str, second: str) -> str:
 
 def _action_rules(spec: Spec) -> dict[str, str]:
     """One EBNF body per allowed action kind, for what follows `{"action": `."""
-    n = spec.max_text_len
-    text = '"\\"" tchar{0,%d} "\\""' % n if n else '"\\"\\""'
+    text = '"\\"\\""' if spec.empty_text else '"\\"" tchar* "\\""'
     coord = '"\\"coordinate\\": " coord'
     pixels = '"\\"pixels\\": " pixels'
     body = {
@@ -179,27 +181,163 @@ def _grammar(spec: Spec) -> str:
 
 
 def max_reply_bytes(policy: Policy | None = None) -> int:
-    """An upper bound on the UTF-8 length of any reply the grammar accepts: with one byte per token
-    at worst, decoding this many tokens (plus the stop token) always completes a reply."""
+    """An upper bound on the UTF-8 length of any reply the grammar (with the text bound) accepts:
+    with one byte per token at worst, this many tokens (plus the stop token) always end a reply."""
+    policy = policy or Policy()
     spec = Spec.of(policy)
     longest = [len('"left_click_drag", "coordinate": [1000, 1000], "start_coordinate": [1000, 1000]')]
     if {"type", "answer"} & set(spec.actions):
-        longest.append(len('"answer", "text": ""') + UTF8_MAX_BYTES * spec.max_text_len)
+        longest.append(len('"answer", "text": ""') + UTF8_MAX_BYTES * policy.allow.max_text_len)
     if "key" in spec.actions:
         longest.append(len('"key", "keys": ') + max(len(_json_list(c).encode()) for c in spec.chords))
     return len((OPEN + CLOSE).encode()) + max(longest)
 
 
+TEXT_KEY = b'"text": "'  # the text value starts right after this (the grammar puts it nowhere else)
+TAGS = (b"<tool_call>", b"</tool_call>")
+QUOTE, BACKSLASH = 0x22, 0x5C
+
+
+def _is_char_start(byte: int) -> bool:
+    return byte & 0xC0 != 0x80  # not a UTF-8 continuation byte
+
+
+def text_chars(data: bytes, escaped: bool) -> tuple[int, bool, bool]:
+    """Walk bytes inside a JSON string: (characters, closed by an unescaped quote, ends escaped).
+    An escape counts as one character, at its backslash; counting stops at the closing quote."""
+    chars = 0
+    for b in data:
+        if escaped:
+            escaped = False
+        elif b == BACKSLASH:
+            chars, escaped = chars + 1, True
+        elif b == QUOTE:
+            return chars, True, False
+        elif _is_char_start(b):
+            chars += 1
+    return chars, False, escaped
+
+
+class TextLimit:
+    """Per-tokenizer tables for the text: how many characters each token would add (from a plain or
+    an escaped state), and cached bitmasks of the tokens that fit a remaining budget. Tokens holding
+    a tool-call tag never fit: the parser would read them as a second tool call."""
+
+    def __init__(self, token_bytes: list[bytes], vocab_size: int):
+        import numpy as np
+
+        self.token_bytes = list(token_bytes) + [b""] * (vocab_size - len(token_bytes))
+        self.counts = np.array([[text_chars(b, esc)[0] for b in self.token_bytes] for esc in (False, True)],
+                               dtype=np.int32)
+        self.tags = np.array([any(t in b for t in TAGS) for b in self.token_bytes], dtype=bool)
+        self.longest = int(self.counts.max())  # no token adds more characters than this
+        self.words = (vocab_size + 31) // 32
+        self._masks: dict[tuple[bool, int], object] = {}
+
+    def allowed(self, escaped: bool, remaining: int):
+        """An int32 bitmask (xgrammar's layout) of the tokens that may come next in the text."""
+        key = (escaped, min(remaining, self.longest))
+        if key not in self._masks:
+            import numpy as np
+            import torch
+
+            fits = np.zeros(self.words * 32, dtype=bool)
+            fits[: len(self.tags)] = (self.counts[int(escaped)] <= key[1]) & ~self.tags
+            self._masks[key] = torch.from_numpy(np.packbits(fits, bitorder="little").view(np.int32).copy())
+        return self._masks[key]
+
+
+class ReplyMatcher:
+    """xgrammar's GrammarMatcher for one reply, plus the text length bound (see the module doc).
+    Same methods as the GrammarMatcher an engine uses: fill_next_token_bitmask, accept_token,
+    accept_string, is_terminated."""
+
+    def __init__(self, matcher, max_text_len: int, limit: TextLimit | None = None):
+        self._m = matcher
+        self.max_text_len = max_text_len
+        self._limit = limit
+        self._tail = b""  # last bytes before the text starts, to spot TEXT_KEY
+        self.in_text = self.text_done = False
+        self.escaped = False
+        self.text_len = 0  # characters of text so far
+
+    def _advance(self, data: bytes) -> None:
+        """Follow the reply's bytes: spot where the text starts, then count its characters."""
+        if self.text_done:
+            return
+        if not self.in_text:
+            seen = self._tail + data
+            at = seen.find(TEXT_KEY)
+            if at < 0:
+                self._tail = seen[-len(TEXT_KEY):]
+                return
+            data, self.in_text = seen[at + len(TEXT_KEY):], True
+        n, closed, self.escaped = text_chars(data, self.escaped)
+        self.text_len += n
+        if closed:
+            self.in_text, self.text_done = False, True  # one text per reply
+
+    def accept_token(self, token_id: int) -> bool:
+        ok = self._m.accept_token(token_id)
+        if ok and self._limit is not None:
+            self._advance(self._limit.token_bytes[token_id])
+        return ok and self.text_len <= self.max_text_len
+
+    def accept_string(self, text: str) -> bool:
+        ok = self._m.accept_string(text)
+        if ok:
+            self._advance(text.encode())
+        return ok and self.text_len <= self.max_text_len
+
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
+        need = self._m.fill_next_token_bitmask(bitmask, index)
+        if self.in_text and self._limit is not None:
+            bitmask[index] &= self._limit.allowed(self.escaped, self.max_text_len - self.text_len)
+            need = True
+        return need
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+
+class ReplyLogitsProcessor:
+    """For transformers' generate (batch of one): like xgrammar.contrib.hf.LogitsProcessor, with the
+    text bound. Single use: make a new one per generate call."""
+
+    def __init__(self, matcher: ReplyMatcher, vocab_size: int):
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        self.matcher = matcher
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        self._started = False
+
+    def __call__(self, input_ids, scores):
+        if self._started and not self.matcher.is_terminated():
+            if not self.matcher.accept_token(int(input_ids[0, -1])):
+                raise RuntimeError("the grammar refused a token its own mask allowed")  # a bug, not the model
+        self._started = True
+        if not self.matcher.is_terminated():
+            self.matcher.fill_next_token_bitmask(self._bitmask)
+            device = scores.device
+            scores = scores if device.type == "cuda" else scores.to("cpu")
+            self._xgr.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device))
+            scores = scores.to(device)
+        return scores
+
+
 class Constrainer:
-    """Compiles reply grammars for one tokenizer, once per policy, and hands out a fresh
-    transformers LogitsProcessor per generate call (xgrammar's processors are single-use)."""
+    """Compiles reply grammars for one tokenizer, once per (action kinds, chords), and hands out a
+    fresh matcher or logits processor per generate call (they hold the state of one reply)."""
 
     def __init__(self, tokenizer, vocab_size: int):
         import xgrammar as xgr
 
         self._xgr = xgr
+        self.vocab_size = vocab_size
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._compiler = xgr.GrammarCompiler(info)
+        self._limit = TextLimit(info.decoded_vocab, vocab_size)
         self._compiled: dict[Spec, object] = {}
 
     def compiled(self, policy: Policy | None = None):
@@ -208,14 +346,13 @@ class Constrainer:
             self._compiled[spec] = self._compiler.compile_grammar(_grammar(spec))
         return self._compiled[spec]
 
-    def matcher(self, policy: Policy | None = None):
-        """A fresh xgrammar.GrammarMatcher (for engines that apply the token bitmask themselves)."""
-        return self._xgr.GrammarMatcher(self.compiled(policy))
+    def matcher(self, policy: Policy | None = None) -> ReplyMatcher:
+        """For engines that apply the token bitmask themselves."""
+        policy = policy or Policy()
+        return ReplyMatcher(self._xgr.GrammarMatcher(self.compiled(policy)), policy.allow.max_text_len, self._limit)
 
-    def logits_processor(self, policy: Policy | None = None):
-        from xgrammar.contrib.hf import LogitsProcessor
-
-        return LogitsProcessor(self.compiled(policy))
+    def logits_processor(self, policy: Policy | None = None) -> ReplyLogitsProcessor:
+        return ReplyLogitsProcessor(self.matcher(policy), self.vocab_size)
 
 
 _warned = False

