@@ -131,3 +131,20 @@ def test_a_target_that_is_not_on_screen_is_not_found(screens):
     found = search(ev, blank, [])
     assert found.match is None
     assert "'Submit' not found" in found.reason
+
+
+def test_when_no_image_matches_the_text_at_the_target_is_found_by_ocr(screens):
+    """A restyled button (here: its images replaced by noise) is still found by its text."""
+    import numpy as np
+
+    from agent.locate import _encode
+
+    image0, windows0, boxes0 = screens["fixed"]
+    image, windows, boxes = screens["seed3"]
+    ev = describe_target(image0, _centre(boxes0["submit"]), windows0)
+    noise = np.random.default_rng(0).integers(0, 255, (48, 112), dtype=np.uint8)
+    restyled = {**ev, "patch": {"png": _encode(noise), "at": [56, 24]},
+                "context": {"png": _encode(noise), "at": [56, 24]}, "anchors": []}
+    match = find_target(restyled, image, windows)
+    assert match is not None and match.method == "ocr"
+    assert _inside(match.pixel, boxes["submit"])

@@ -188,3 +188,12 @@ def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
     assert model.calls == 1
     last = load_steps(out)[-1]
     assert last.raw == submit and last.target["found"]["method"] == "model"
+
+
+def test_speed_shortens_recorded_waits(tmp_path):
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    (trace / "steps.jsonl").write_text(json.dumps({"step": 1, "action": {"action": "wait", "time": 2.0}}) + "\n")
+    out = tmp_path / "r"
+    replay(trace, variant(), speed=4.0, trace_out=out)
+    assert load_steps(out)[0].action == {"action": "wait", "time": 0.5}
