@@ -62,6 +62,7 @@ ANCHOR_TOL_FRACTION = 0.35  # ... plus this share of its offset on that axis (a 
                             # field may drift sideways when columns widen, hardly up or down)
 W_PATCH, W_NEIGHBOUR, W_WINDOW = 0.55, 0.35, 0.10
 OCR_FALLBACK_SCORE = 0.7
+DESKTOP_EDGE_SHARE = 0.6  # the screen's edge is this much one colour: a plain desktop
 MIN_OCR_CONF = 60.0  # tesseract's confidence (0..100) below which a word is noise
 NEAR_PENALTY_PER_PX = 0.0005  # score given up per px of distance, to break ties on plain fields
 
@@ -168,6 +169,28 @@ def _as_windows(windows) -> list[Window]:
     for w in windows or []:
         out.append(w if isinstance(w, Window) else Window(w["title"], w["x"], w["y"], w["width"], w["height"]))
     return out
+
+
+def estimate_window(image, pixel: Sequence[int]) -> Window | None:
+    """The window under `pixel` guessed from a screenshot alone (agent traces keep no window
+    list): the region around it that is not the plain desktop colour. None when the screen
+    edge is not one plain colour (a wallpaper, a maximised window): then nothing is clipped."""
+    import cv2
+
+    gray = _gray(image)
+    edge = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    values, counts = np.unique(edge, return_counts=True)
+    if counts.max() < DESKTOP_EDGE_SHARE * edge.size:
+        return None
+    desktop = values[counts.argmax()]
+    # Text inside a window may share the desktop's colour: close small holes before labelling.
+    solid = cv2.morphologyEx((gray != desktop).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
+    k = labels[int(pixel[1]), int(pixel[0])]
+    if k == 0 or not solid[int(pixel[1]), int(pixel[0])]:
+        return None
+    x, y, w, h, _ = (int(v) for v in stats[k])
+    return Window("", x, y, w, h)
 
 
 def window_at(windows, pixel: tuple[int, int]) -> Window | None:

@@ -280,7 +280,7 @@ class _Player:
 
     def _evidence(self, orig: Step, key: str) -> dict:
         """The step's recorded evidence, or evidence derived from its screenshot and pixel."""
-        from agent.locate import describe_target
+        from agent.locate import describe_target, estimate_window
 
         target = orig.target or {}
         if key == "start_coordinate":
@@ -297,7 +297,8 @@ class _Player:
                                f"cannot be found again")
         if pixel is None:  # from the native coordinate on the frame the step saw
             pixel = to_pixels(tuple(orig.action[key]), orig.frame or img.size)
-        return describe_target(img, pixel, windows=(target.get("windows") or ()))
+        window = estimate_window(img, pixel)  # keeps the desktop behind the window out of it
+        return describe_target(img, pixel, windows=[window] if window else ())
 
     def _keep_original(self, orig: Step, step: Step) -> str:
         """Copy the recorded screenshot next to the current one, for the failure report."""

@@ -148,3 +148,17 @@ def test_when_no_image_matches_the_text_at_the_target_is_found_by_ocr(screens):
     match = find_target(restyled, image, windows)
     assert match is not None and match.method == "ocr"
     assert _inside(match.pixel, boxes["submit"])
+
+
+def test_the_window_under_a_point_is_estimated_from_a_screenshot_alone(screens):
+    """Agent traces keep no window list; replay guesses it so templates keep off the desktop."""
+    import numpy as np
+
+    from agent.locate import estimate_window
+
+    for key in ("fixed", "seed7", "small"):
+        image, windows, boxes = screens[key]
+        win = estimate_window(image, _centre(boxes["email"]))
+        assert (win.x, win.y, win.width, win.height) == tuple(boxes["window"])
+    wallpaper = Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8))
+    assert estimate_window(wallpaper, (150, 100)) is None
