@@ -3,19 +3,22 @@
 The model may only write
     <tool_call>\\n{"name": "computer_use", "arguments": {"action": ...}}\\n</tool_call>
 with the allowed action kinds, integer coordinates 0..1000, bounded scroll pixels and wait time,
-key chords the policy accepts, and text of at most `max_text_len` characters free of the characters
-the policy rejects (Unicode categories Cc, Cf, Zl, Zp). Every field is bounded, so even a model with
-random weights ends its reply within `max_reply_bytes(policy)` tokens (a token is at least one byte).
+key chords the policy accepts, and text of at most `max_text_len` characters (capped at
+MAX_TEXT_CHARS) free of the characters the policy rejects (Unicode categories Cc, Cf, Zl, Zp).
+Every field is bounded, so even a model with random weights ends its reply within
+`max_reply_bytes(policy)` tokens (a token is at least one byte).
 
-How, and why this way (measured with xgrammar 0.2.8):
+How, and why this way (measured with xgrammar 0.2.8, a 151k-token vocabulary, on the CPU):
 - The grammar is EBNF written here, not a JSON schema: xgrammar's schema converter drops maxLength
   when a pattern is set, so a schema cannot both bound a string and keep control characters out.
-- The text length is NOT in the grammar: a repetition range `tchar{0,500}` is exact but its token
-  mask takes seconds per token with a 151k vocabulary (Earley states per count), and a chain of 500
-  rules compiles for tens of seconds. The grammar says `tchar*` (masks in microseconds to milliseconds), and
-  ReplyMatcher bans, while inside the text, every token that would carry it past max_text_len.
-- What no grammar here expresses, the policy checks after parsing: the deny_text regexes. Float
-  coordinates and waits with over 3 decimals, which the schema accepts, are simply never produced.
+- The text length is NOT in the grammar. A repetition range `tchar{0,200}` is exact, but filling
+  its token mask took 1.5 to 12 s per token; a chain of 200 rules compiled for 30 s. The grammar
+  says `tchar*` (about 2 ms per token inside text, microseconds elsewhere), and ReplyMatcher bans,
+  while inside the text, every token that would carry it past the bound, and the tool-call tag
+  tokens (the parser would read them as a second call).
+- What no grammar here expresses, the policy checks after parsing: the deny_text regexes; a
+  tool-call tag spelled out of smaller tokens inside text. Float coordinates and waits with over
+  3 decimals, which the schema accepts, are simply never produced.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ FORBIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 # keeps the class exact and takes a third of the time of all 17 planes.
 ASSIGNED_PLANES = ((0, 0x40000), (0xE0000, 0xF0000))
 UTF8_MAX_BYTES = 4  # per character: the worst case when every byte is its own token
+MAX_REPLY_TOKENS = 4096  # no reply needs more, whatever the policy (a few seconds on a GPU)
+MAX_TEXT_CHARS = (MAX_REPLY_TOKENS - 256) // UTF8_MAX_BYTES  # 256: the reply around the text
 SAFE_MODIFIER_SETS = ((), ("alt",), ("ctrl",), ("shift",), ("alt", "ctrl"), ("alt", "shift"),
                       ("ctrl", "shift"), ("alt", "ctrl", "shift"))  # sorted, as normalize_chord sorts
 OPEN = '<tool_call>\n{"name": "computer_use", "arguments": {"action": '
@@ -121,7 +126,7 @@ class Spec:
 
     actions: tuple[str, ...]  # allowed kinds, in ACTION_NAMES order
     chords: tuple[tuple[str, ...], ...]  # canonical chords the key action may send
-    empty_text: bool  # max_text_len == 0 (any other bound is ReplyMatcher's job)
+    empty_text: bool  # no text at all (any other bound is ReplyMatcher's job)
 
     @classmethod
     def of(cls, policy: Policy | None) -> "Spec":
@@ -180,14 +185,20 @@ def _grammar(spec: Spec) -> str:
     return "\n".join(rules) + "\n"
 
 
+def text_bound(policy: Policy | None = None) -> int:
+    """Characters of text a reply may hold: the policy's max_text_len, capped so that even a reply
+    of one byte per token fits MAX_REPLY_TOKENS (longer text takes several type actions)."""
+    policy = policy or Policy()
+    return min(policy.allow.max_text_len, MAX_TEXT_CHARS)
+
+
 def max_reply_bytes(policy: Policy | None = None) -> int:
     """An upper bound on the UTF-8 length of any reply the grammar (with the text bound) accepts:
     with one byte per token at worst, this many tokens (plus the stop token) always end a reply."""
-    policy = policy or Policy()
     spec = Spec.of(policy)
     longest = [len('"left_click_drag", "coordinate": [1000, 1000], "start_coordinate": [1000, 1000]')]
     if {"type", "answer"} & set(spec.actions):
-        longest.append(len('"answer", "text": ""') + UTF8_MAX_BYTES * policy.allow.max_text_len)
+        longest.append(len('"answer", "text": ""') + UTF8_MAX_BYTES * text_bound(policy))
     if "key" in spec.actions:
         longest.append(len('"key", "keys": ') + max(len(_json_list(c).encode()) for c in spec.chords))
     return len((OPEN + CLOSE).encode()) + max(longest)
@@ -348,8 +359,7 @@ class Constrainer:
 
     def matcher(self, policy: Policy | None = None) -> ReplyMatcher:
         """For engines that apply the token bitmask themselves."""
-        policy = policy or Policy()
-        return ReplyMatcher(self._xgr.GrammarMatcher(self.compiled(policy)), policy.allow.max_text_len, self._limit)
+        return ReplyMatcher(self._xgr.GrammarMatcher(self.compiled(policy)), text_bound(policy), self._limit)
 
     def logits_processor(self, policy: Policy | None = None) -> ReplyLogitsProcessor:
         return ReplyLogitsProcessor(self.matcher(policy), self.vocab_size)

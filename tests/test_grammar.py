@@ -15,7 +15,8 @@ from actions.parse import parse_action
 from actions.policy import Allow, Policy, PolicyError, normalize_chord
 from actions.schema import Key
 from agent import grammar
-from agent.grammar import ReplyMatcher, default_chords, max_reply_bytes, reply_grammar, text_chars, uint_le
+from agent.grammar import (MAX_REPLY_TOKENS, ReplyMatcher, default_chords, max_reply_bytes, reply_grammar,
+                           text_bound, text_chars, uint_le)
 
 xgr = pytest.importorskip("xgrammar")
 FILL_FORM = Allow(actions=["left_click", "type", "key", "scroll", "wait", "terminate"],
@@ -36,7 +37,7 @@ def accepts(reply: str, allow: Allow | None = None) -> bool:
     key = reply_grammar(policy)
     if key not in _compiled:
         _compiled[key] = compile_text(key)
-    m = ReplyMatcher(xgr.GrammarMatcher(_compiled[key], terminate_without_stop_token=True), policy.allow.max_text_len)
+    m = ReplyMatcher(xgr.GrammarMatcher(_compiled[key], terminate_without_stop_token=True), text_bound(policy))
     return m.accept_string(reply) and m.is_terminated()
 
 
@@ -279,6 +280,15 @@ def test_max_reply_bytes_bounds_the_longest_reply(allow):
         if accepts(reply, allow):
             assert len(reply.encode()) <= bound
     assert bound < 4 * 500 + 200  # still a few KB at most
+
+
+def test_huge_text_limits_are_capped_to_the_reply_budget():
+    policy = Policy(Allow(actions=["type"], max_text_len=100_000))
+    assert max_reply_bytes(policy) + 1 <= MAX_REPLY_TOKENS
+    n = text_bound(policy)
+    assert 500 < n < 1000
+    assert accepts(native({"action": "type", "text": "x" * n}), policy.allow)
+    assert not accepts(native({"action": "type", "text": "x" * (n + 1)}), policy.allow)
 
 
 def test_constrainer_compiles_once_per_grammar_and_gives_fresh_matchers(tiny_constrainer):
