@@ -11,6 +11,9 @@ import click
 import yaml
 
 
+OUTPUT_MARKERS = ("suite.json", "report.json")  # files that mark a folder vlagent wrote
+
+
 @dataclass(frozen=True)
 class Item:
     kind: str  # "task" (run with the model) or "trace" (replayed)
@@ -79,6 +82,8 @@ def discover(paths: list[str | Path]) -> tuple[Path, list[Item]]:
             if _is_trace_dir(p):
                 found[p] = "trace"
                 return
+            if any((p / marker).is_file() for marker in OUTPUT_MARKERS):
+                return  # a previous suite's output or a report: its traces are results, not tests
             for child in sorted(p.iterdir()):
                 if not child.name.startswith("."):
                     visit(child)

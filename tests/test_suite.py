@@ -79,6 +79,9 @@ def test_discover_finds_tasks_and_traces_not_their_parts(tmp_path):
     trace = tmp_path / "traces" / "t1"
     Trace(trace).add(Step(step=1))
     (trace / "task.yaml").write_text("name: x\ngoal: inside a trace\n")  # part of the trace
+    old_run = tmp_path / "runs" / "suite-1"  # a previous suite's output is not part of the suite
+    Trace(old_run / "traces" / "a").add(Step(step=1))
+    (old_run / "suite.json").write_text("{}")
     root, items = discover([tmp_path])
     assert root == tmp_path.resolve()
     assert [(i.kind, i.rel) for i in items] == [("task", "a.yaml"), ("task", "b.yaml"), ("trace", "traces/t1")]
