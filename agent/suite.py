@@ -21,6 +21,7 @@ import yaml
 from agent.suite_child import (TASK_GRACE_S, TRACE_TIMEOUT_S, VLAGENT, Child, Options,  # noqa: F401 (API)
                                default_command, model_for)
 from agent.suite_items import Item, Outcome, discover, parse_shard, take_shard  # noqa: F401 (API)
+from agent.trace import new_trace_dir
 
 POLL_S = 0.1  # how often the scheduler looks at its children
 
@@ -132,7 +133,7 @@ def write_summary(outcomes: list[Outcome], root: Path, out: Path) -> Path:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), help="Seconds per item "
               f"[default: the task's timeout_s + {TASK_GRACE_S:g}; {TRACE_TIMEOUT_S:g} for a trace].")
 @click.option("--shard", help="Run shard I of N (1-based), e.g. 2/4.")
-@click.option("--out", type=click.Path(path_type=Path), help="Folder for traces and logs [default: runs/suite-<time>].")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for traces and logs [default: runs/<time>-suite].")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML here.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write the HTML report to this folder.")
 def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir):
@@ -141,7 +142,7 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         items = take_shard(items, *parse_shard(shard))
     if not items and not shard:
         raise click.UsageError(f"no task files (YAML with a goal) or traces (folders with steps.jsonl) under {', '.join(map(str, paths))}")
-    out = (out or Path("runs") / time.strftime("suite-%Y%m%d-%H%M%S")).resolve()
+    out = (out or new_trace_dir(Path("runs"), "suite")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     opts = Options(model=model, backend=backend, base_url=base_url, timeout_s=timeout_s, retries=retries)
     outcomes, interrupted = run_suite(items, out, opts, workers=workers)
