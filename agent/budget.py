@@ -152,7 +152,7 @@ def plan(config, device_bytes: float, screen: tuple[int, int] = (1920, 1080), *,
     params = params if params is not None else param_count(config)
     weights = params * dtype_bytes
     kv = kv_bytes_per_token(tcfg, dtype_bytes)
-    chunk = prefill_chunk or engine.PREFILL_CHUNK
+    chunk = (prefill_chunk or engine.PREFILL_CHUNK) * 3 // 2  # balanced passes run up to 1.5 chunks
     reserve = max(vision_activation_bytes(vcfg, *screen, dtype_bytes),
                   prefill_activation_bytes(tcfg, chunk, dtype_bytes)) + RESERVE_FIXED
     vcache = vision_cache_bytes(config, *screen, vision_cache or engine.VISION_CACHE_SIZE, dtype_bytes)

@@ -167,6 +167,17 @@ def mrope_positions(ids: list[int], image_token: int, grids: list[tuple[int, int
     return torch.cat(parts, dim=1), cur
 
 
+def chunks(start: int, end: int, size: int = PREFILL_CHUNK) -> list[tuple[int, int]]:
+    """[start, end) in passes of about `size` tokens, balanced: a tiny tail pass would cost a whole
+    pass of launch overhead for a few tokens."""
+    n = end - start
+    if n <= 0:
+        return []
+    parts = max(1, round(n / size))
+    step = -(-n // parts)
+    return [(a, min(end, a + step)) for a in range(start, end, step)]
+
+
 def image_spans(ids: list[int], image_token: int) -> list[tuple[int, int]]:
     """[start, end) of each run of image placeholder tokens."""
     spans, i, n = [], 0, len(ids)
@@ -552,8 +563,7 @@ class Engine:
         pos3, next_pos = mrope_positions(seq, self.image_token, [im.grid_thw for im in images], self.merge)
         pos3 = pos3.to(self.device)
         h = None
-        for c0 in range(m, len(seq), PREFILL_CHUNK):
-            c1 = min(len(seq), c0 + PREFILL_CHUNK)
+        for c0, c1 in chunks(m, len(seq)):
             x = self.lm.embed_tokens(torch.tensor([seq[c0:c1]], device=self.device))
             vis_mask, deep = None, None
             parts = [(idx, max(s, c0), min(e, c1), s) for idx, (s, e) in enumerate(spans) if s < c1 and e > c0]

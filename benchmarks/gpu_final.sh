@@ -1,5 +1,5 @@
 #!/bin/bash
-# The runs behind benchmarks/results/ (one device call, about 6 minutes on an H100).
+# The runs behind benchmarks/results/h100_*.json (one device call, about 5 minutes on an H100).
 # A random-weight 2B checkpoint is saved to local disk first, so the cold start loads weights
 # from disk like a real install; the first compiled run fills the inductor cache, the later ones use it.
 set -o pipefail
@@ -7,10 +7,11 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1; else export PYTHONPATH=$PWD; fi
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 VL='from agent.cli import main; main()'
-b() { name=$1; shift; timeout 200 python3 -c "$VL" bench "$@" --json $OUT/$name.json > $OUT/$name.log 2>&1; rc=$?; echo "== $name rc=$rc"; tail -18 $OUT/$name.log | grep '│'; return $rc; }
-timeout 120 python3 benchmarks/save_random_2b.py /tmp/r2b > $OUT/save.log 2>&1 || tail -5 $OUT/save.log
+b() { name=$1; shift; echo "== $name: vlagent bench $*" >> $OUT/runs.log
+      timeout 200 python3 -c "$VL" bench "$@" --json $OUT/$name.json >> $OUT/runs.log 2>&1; rc=$?
+      echo "== $name rc=$rc"; python3 benchmarks/summary.py $OUT/$name.json; }
+timeout 120 python3 benchmarks/save_random_2b.py /tmp/r2b >> $OUT/runs.log 2>&1 || tail -5 $OUT/runs.log
 b h100_compile_coldcache --model /tmp/r2b --steps 12 --compile --no-grammar
 b h100_compile --model /tmp/r2b --steps 12 --compile --peak-context 32768
-b h100_compile_click --model /tmp/r2b --steps 12 --compile --reply click --no-grammar
 b h100_compile_evict4 --model /tmp/r2b --steps 12 --compile --evict 4 --no-grammar
-b h100_eager --model /tmp/r2b --steps 12 --peak-context 32768 --no-grammar
+b h100_eager --model /tmp/r2b --steps 12 --peak-context 32768
