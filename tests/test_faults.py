@@ -80,8 +80,8 @@ KILL_DISPLAY = textwrap.dedent("""
 
 TASKS = {
     "app_crash": dict(
-        setup=[{"launch": ["{python}", "-m", "sandbox.apps.crash", "--after", "1.5"], "wait_for_window": "Crash"}],
-        success=[{"window_title": "Crash"}], replies=[WAIT] * 4 + [DONE]),
+        setup=[{"launch": ["{python}", "-m", "sandbox.apps.crash", "--after", "2.5"], "wait_for_window": "Crash"}],
+        success=[{"window_title": "Crash"}], replies=[WAIT, WAIT_09] * 3 + [DONE]),
     "app_hang": dict(  # the app freezes and ignores SIGTERM; the run's own timeout ends it
         setup=[{"launch": ["{python}", "-m", "sandbox.apps.hang", "--after", "0.5", "--ignore-term"],
                 "wait_for_window": "Hang"}],
