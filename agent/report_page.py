@@ -155,14 +155,18 @@ def _target_html(target: dict, redact: Redactor) -> str:
             f"<pre>{escape(redact(json.dumps(rest, ensure_ascii=False)))}</pre></details>")
 
 
-def _step_card(step: Step, img: str | None, redact: Redactor) -> str:
+def _step_card(step: Step, img: str | None, redact: Redactor, after: str | None = None) -> str:
+    """One step; `after` is the next screen (the next step's, or the final one), for before/after."""
     intended = _intended(step)
     if intended is not None:
         step = step.model_copy(update={"action": intended})
     label = (action_label(step.action, redact) + (" (rejected)" if intended else "")) if step.action else "rejected reply"
     kind = "rejected" if intended or not step.action else step.action.get("action", "?")
     src = {"model": "", "human": '<span class="src">recorded</span>', "replay": '<span class="src">replay</span>'}[step.source]
-    shot = (f'<figure class="shot"><img src="{escape(img)}" loading="lazy" alt="step {step.step} screen">'
+    toggle = ('<div class="ba"><button class="on" data-show="before">before</button>'
+              '<button data-show="after">after</button></div>' if img and after else "")
+    shot = (f'{toggle}<figure class="shot" data-before="{escape(img)}" data-after="{escape(after or "")}">'
+            f'<img src="{escape(img)}" loading="lazy" alt="step {step.step} screen">'
             f'{overlay_svg(step, redact, rejected=intended is not None)}</figure>' if img else '<div class="shot none">no screenshot</div>')
     error = f'<div class="error">{escape(redact(step.error))}</div>' if step.error else ""
     raw = (f'<details class="raw" open><summary>model reply</summary><pre>{escape(redact(step.raw))}</pre></details>'
@@ -214,15 +218,15 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
     steps = read_steps(trace)
     tasks_dir = out / "tasks"
     cards, strip = [], []
-    for st in steps:
-        img = _copy_screen(trace, st.screenshot, tasks_dir, slug)
-        cards.append(_step_card(st, img, redact))
+    imgs = [_copy_screen(trace, st.screenshot, tasks_dir, slug) for st in steps]
+    final_rel = result.final_screenshot if result else None
+    final = _copy_screen(trace, final_rel or "screens/final.png", tasks_dir, slug)
+    for i, (st, img) in enumerate(zip(steps, imgs)):
+        cards.append(_step_card(st, img, redact, after=imgs[i + 1] if i + 1 < len(imgs) else final))
         kind = st.action.get("action", "?") if st.action else "rejected"
         thumb = f'<img src="{escape(img)}" loading="lazy" alt="">' if img else ""
         strip.append(f'<a href="#step-{st.step}" class="{"err" if st.error else ""}" title="{escape(kind)}">{thumb}'
                      f'<span>{st.step} · {escape(kind)}</span></a>')
-    final_rel = result.final_screenshot if result else None
-    final = _copy_screen(trace, final_rel or "screens/final.png", tasks_dir, slug)
     final_thumb = f'<img src="{escape(final)}" loading="lazy" alt="">' if final else ""
     status = result.status if result else "no result"
     reason = redact(result.reason) if result else "the trace has no result.json"

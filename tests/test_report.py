@@ -167,6 +167,15 @@ def test_report_renders_in_headless_chromium(traces, tmp_path):
     assert any(abs(r - 0xFF) < 8 and abs(g - 0x3B) < 24 and abs(b - 0x6B) < 24 for _, (r, g, b) in colours)  # click marker
     index = chromium((out / "index.html").as_uri(), "--dump-dom", profile=tmp_path / "p3")
     assert index.stdout.count('<tr data-status="') == 2
+    # The page's script at work: "after" on step 1 shows step 2's screen, without the overlay.
+    clicked = out / "tasks" / "clicked.html"
+    clicked.write_text((out / "tasks" / "login_ok.html").read_text().replace(
+        "</body>", "<script>document.querySelector('.ba button[data-show=after]').click()</script></body>"))
+    dom = chromium(clicked.as_uri(), "--dump-dom", profile=tmp_path / "p4").stdout
+    assert '<body class="js">' in dom
+    first = dom[dom.index('id="step-1"'):dom.index('id="step-2"')]
+    assert 'class="shot after"' in first and '<img src="login_ok/0002.png"' in first
+    assert '<button data-show="after" class="on">after</button>' in first
 
 
 def test_run_output_is_shown_redacted(traces, tmp_path):

@@ -36,6 +36,19 @@
     if (e.key === "Escape") document.getElementById("lightbox").hidden = true;
   });
 
+  document.body.classList.add("js");
+
+  // Before / after: the screen the action was decided on, and the screen it led to.
+  document.querySelectorAll(".ba").forEach((bar) => {
+    const fig = bar.nextElementSibling;
+    bar.querySelectorAll("button").forEach((b) => b.addEventListener("click", () => {
+      const after = b.dataset.show === "after";
+      fig.querySelector("img").src = after ? fig.dataset.after : fig.dataset.before;
+      fig.classList.toggle("after", after);
+      bar.querySelectorAll("button").forEach((x) => x.classList.toggle("on", x === b));
+    }));
+  });
+
   const box = document.getElementById("lightbox");
   document.querySelectorAll("figure.shot").forEach((f) => f.addEventListener("click", () => {
     box.querySelector("img").src = f.querySelector("img").src;
