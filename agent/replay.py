@@ -207,8 +207,11 @@ class _Player:
         step = Step(step=n, action=orig.action, frame=frame.size, source="replay",
                     screenshot=self.trace.save_screen(frame, f"{n:04d}"), target=orig.target)
         timings: dict[str, float] = {}
+        first = frame
         try:
             action, frame, found = self._retarget(index, orig, action, frame, step, timings)
+            if frame is not first:  # the target showed up later: keep the screen it was found on
+                step.screenshot = self.trace.save_screen(frame, f"{n:04d}")
             if found:
                 step.target = {**(orig.target or {}), "found": found}
             action = self._checked(action, n)
