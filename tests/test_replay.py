@@ -197,3 +197,14 @@ def test_speed_shortens_recorded_waits(tmp_path):
     out = tmp_path / "r"
     replay(trace, variant(), speed=4.0, trace_out=out)
     assert load_steps(out)[0].action == {"action": "wait", "time": 0.5}
+
+
+def test_replay_waits_for_a_target_that_is_not_there_yet(tmp_path):
+    """No wait_for_window in the setup: the first click comes before the form is drawn, and
+    replay waits (bounded) until its target shows instead of clicking the empty desktop."""
+    task = variant(2)
+    task = task.model_copy(update={"setup": [task.setup[0].model_copy(update={"wait_for_window": None})]})
+    out = tmp_path / "r"
+    result = replay(DEMO, task, trace_out=out)
+    assert result.status == "success", result.reason
+    assert load_steps(out)[0].timings["find_ms"] > 0
