@@ -136,12 +136,18 @@ def write_summary(outcomes: list[Outcome], root: Path, out: Path) -> Path:
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for traces and logs [default: runs/<time>-suite].")
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML here.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write the HTML report to this folder.")
-def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir):
+@click.option("--list", "list_only", is_flag=True, help="Print the items (of this shard) and exit without running them.")
+def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only):
     root, items = discover(list(paths))
     if shard:
         items = take_shard(items, *parse_shard(shard))
     if not items and not shard:
         raise click.UsageError(f"no task files (YAML with a goal) or traces (folders with steps.jsonl) under {', '.join(map(str, paths))}")
+    if list_only:
+        for it in items:
+            click.echo(f"{it.kind:5}  {it.rel}")
+        click.echo(f"{len(items)} item(s) under {root}" + (f", shard {shard}" if shard else ""))
+        return
     out = (out or new_trace_dir(Path("runs"), "suite")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     opts = Options(model=model, backend=backend, base_url=base_url, timeout_s=timeout_s, retries=retries)

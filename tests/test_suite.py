@@ -267,3 +267,18 @@ def test_example_suite_runs_green_in_two_shards_and_merges(tmp_path):
     report = json.loads((tmp_path / "merged" / "report.json").read_text())
     assert [e["status"] for e in report["entries"]] == ["success"] * len(items)
     assert f"{len(items)} of {len(items)} passed" in (tmp_path / "merged" / "index.html").read_text()
+
+
+def test_list_shows_a_shard_without_running_it(tmp_path):
+    from click.testing import CliRunner
+
+    from agent.suite import suite
+
+    make_suite(tmp_path, [f"t{i}" for i in range(5)])
+    outputs = [CliRunner().invoke(suite, [str(tmp_path), "--list", "--shard", f"{i}/2"]) for i in (1, 2)]
+    assert all(r.exit_code == 0 for r in outputs)
+    listed = [line.split()[1] for r in outputs for line in r.output.splitlines() if line.startswith("task")]
+    assert sorted(listed) == [f"t{i}.yaml" for i in range(5)]
+    assert not (tmp_path / "runs").exists()
+    empty = CliRunner().invoke(suite, [str(tmp_path / "nothing_here")])
+    assert empty.exit_code == 2 and "no such file" in empty.output
