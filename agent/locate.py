@@ -202,36 +202,10 @@ def window_at(windows, pixel: tuple[int, int]) -> Window | None:
 # ---------------------------------------------------------------- OCR
 
 def ocr_words(image) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """(text, (x, y, w, h)) of each word. Uses agent.ocr when present."""
-    try:
-        from agent import ocr as agent_ocr  # written by another part of the project
-    except ImportError:
-        agent_ocr = None
-    if agent_ocr is not None and hasattr(agent_ocr, "ocr_words"):
-        words = []
-        for wd in agent_ocr.ocr_words(image):
-            text, box = _word_fields(wd)
-            if re.search(r"\w", text) and float(getattr(wd, "conf", 100.0)) >= MIN_OCR_CONF:
-                words.append((text, box))
-        return words
-    import pytesseract
+    """(text, (x, y, w, h)) of each word tesseract reads with confidence (agent.ocr)."""
+    from agent.ocr import ocr_words as read
 
-    d = pytesseract.image_to_data(image.convert("L"), output_type=pytesseract.Output.DICT, config="--psm 11")
-    return [(t.strip(), (d["left"][i], d["top"][i], d["width"][i], d["height"][i]))
-            for i, t in enumerate(d["text"]) if re.search(r"\w", t) and float(d["conf"][i]) >= MIN_OCR_CONF]
-
-
-def _word_fields(wd) -> tuple[str, tuple[int, int, int, int]]:
-    """agent.ocr's word record, whatever its shape (object, dict or tuple)."""
-    if isinstance(wd, dict):
-        text = wd.get("text", "")
-        box = wd.get("box") or (wd.get("x", wd.get("left")), wd.get("y", wd.get("top")), wd.get("w", wd.get("width")), wd.get("h", wd.get("height")))
-    elif isinstance(wd, (tuple, list)):
-        text, box = wd[0], wd[1]
-    else:
-        text = getattr(wd, "text", "")
-        box = getattr(wd, "box", None) or (wd.x, wd.y, getattr(wd, "w", None) or wd.width, getattr(wd, "h", None) or wd.height)
-    return str(text).strip(), tuple(int(v) for v in box)
+    return [(w.text, tuple(w.box)) for w in read(image) if re.search(r"\w", w.text) and w.conf >= MIN_OCR_CONF]
 
 
 def _norm_text(s: str) -> str:
@@ -317,7 +291,7 @@ def describe_target(image, pixel: Sequence[int], windows=(), ocr: bool = True) -
         "context": {"png": _encode(context), "at": context_at},
         "anchors": anchors,
         "text": {"at": " ".join(at), "near": [t for t, _ in near[:6]],
-                 "at_offset": None if at_box is None else [round(at_box[0] + at_box[2] / 2 - px[0]), round(at_box[1] + at_box[3] / 2 - px[1])]},
+                 "at_offset": None if at_box is None else _offset(at_box, px)},
         "screen": {"rel": [px[0] / w, px[1] / h], "size": [w, h]},
         "window": None,
     }
@@ -326,6 +300,11 @@ def describe_target(image, pixel: Sequence[int], windows=(), ocr: bool = True) -
                         "rel": [(px[0] - win.x) / win.width, (px[1] - win.y) / win.height],
                         "size": [win.width, win.height]}
     return ev
+
+
+def _offset(box, px) -> list[int]:
+    """Where a box's centre is, relative to px."""
+    return [round(box[0] + box[2] / 2 - px[0]), round(box[1] + box[3] / 2 - px[1])]
 
 
 def _overlap(a, b) -> bool:
@@ -518,7 +497,7 @@ class _Finder:
         if r is None:
             return []
         th, tw = self.template(name).shape  # peaks closer than half the template are one place
-        sep = (max(round(min(tw, 2 * PATCH_HALF[0]) * s / COARSE / 2), 2), max(round(min(th, 2 * PATCH_HALF[1]) * s / COARSE / 2), 2))
+        sep = tuple(max(round(min(size, 2 * half) * s / COARSE / 2), 2) for size, half in zip((tw, th), PATCH_HALF))
         return [(v, round(x * COARSE + at[0] * s), round(y * COARSE + at[1] * s))
                 for v, x, y in _peaks(r, k, MIN_PEAK, sep)]
 
@@ -574,7 +553,9 @@ class _Finder:
         return _score_at(self.gray, tpl, (at[0] * s, at[1] * s), guess, COARSE + 1, prefer_near=True)
 
     def score(self, s: float, px: tuple[int, int], p: float) -> Match:
-        p_patch = p if not self.flat else _score_at(self.gray, _resize(self.patch, s), (self.patch_at[0] * s, self.patch_at[1] * s), px, 1)[0]
+        if self.flat:  # the place came from the context; how does the patch itself look there?
+            p = _score_at(self.gray, _resize(self.patch, s), (self.patch_at[0] * s, self.patch_at[1] * s), px, 1)[0]
+        p_patch = p
         c = _score_at(self.gray, _resize(self.context, s), (self.context_at[0] * s, self.context_at[1] * s), px, 1)[0]
         a = _anchor_agreement(self.anchor_peaks(s), px, s)
         wp = _window_prior(self.ev, self.windows, px)
@@ -605,8 +586,8 @@ class _Finder:
 
         floor = min(coarse_score(*a.pixel), coarse_score(*b.pixel)) - PLATEAU_DROP
         n = max(2, round(_distance(a.pixel, b.pixel) / COARSE))
-        return all(coarse_score(a.pixel[0] + t * (b.pixel[0] - a.pixel[0]), a.pixel[1] + t * (b.pixel[1] - a.pixel[1])) >= floor
-                   for t in np.linspace(0.0, 1.0, n))
+        (ax, ay), (bx, by) = a.pixel, b.pixel
+        return all(coarse_score(ax + t * (bx - ax), ay + t * (by - ay)) >= floor for t in np.linspace(0.0, 1.0, n))
 
 
 def search(evidence: dict, image, windows=()) -> Search:

@@ -436,7 +436,9 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
                 pass
         passed = bool(result.checks) and all(c.passed for c in result.checks)
         result.status = "success" if passed else "failed"
-        result.reason = f"recorded {len(trace.steps)} steps; {why}" + ("" if passed else "; the task's checks do not pass")
+        result.reason = f"recorded {len(trace.steps)} steps; {why}"
+        if not passed:
+            result.reason += "; the task's checks do not pass"
     except Aborted as e:
         result.status, result.reason = "aborted", str(e)
     except KeyboardInterrupt as e:

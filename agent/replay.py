@@ -183,7 +183,8 @@ def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, 
     if failure:
         result.status, result.reason = "failed", failure
     elif passed:
-        result.status, result.reason = "success", f"replayed {len(trace.steps)} steps; all {len(result.checks)} checks passed"
+        result.status = "success"
+        result.reason = f"replayed {len(trace.steps)} steps; all {len(result.checks)} checks passed"
     elif not result.checks:
         result.status, result.reason = "failed", f"replayed {len(trace.steps)} steps; the task has no success checks"
     else:
@@ -449,7 +450,8 @@ def _sigterm_as_interrupt() -> None:
 def _step_printer():
     def show(step: Step) -> None:
         found = (step.target or {}).get("found") or {}
-        how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values() if isinstance(v, dict) and "score" in v)
+        how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values()
+                        if isinstance(v, dict) and "score" in v)
         what = json.dumps(step.action, ensure_ascii=False) if step.action else ""
         extra = f" [{how}]" if how else ""
         err = f"  {step.error}" if step.error else ""
