@@ -89,7 +89,8 @@ def tiny_checkpoint(cache_dir: str | Path | None = None) -> Path:
 
 
 def _corpus() -> list[str]:
-    """Text the tokenizer's merges are learned from: native replies, key names, prompt words."""
+    """Text the tokenizer's merges are learned from: native replies, key names, prompt words (the
+    prompts as they were at build time; the built checkpoint is cached, so later edits do not matter)."""
     from actions.keys import NAMED_KEYS
 
     prompts = Path(__file__).resolve().parents[2] / "prompts"
@@ -109,14 +110,13 @@ def _corpus() -> list[str]:
 def _tokenizer():
     """Qwen2's byte-level BPE (same normalizer, pre-tokenizer regex and decoder) over a small vocabulary."""
     from tokenizers import Tokenizer, models, trainers
+    from tokenizers.pre_tokenizers import ByteLevel
     from transformers import AddedToken, Qwen2Tokenizer
 
     probe = Qwen2Tokenizer()  # only for its pre-tokenizer and normalizer
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = probe.backend_tokenizer.normalizer
     bpe.pre_tokenizer = probe.backend_tokenizer.pre_tokenizer
-    from tokenizers.pre_tokenizers import ByteLevel
-
     trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, initial_alphabet=ByteLevel.alphabet(),
                                   show_progress=False, special_tokens=[])
     bpe.train_from_iterator(_corpus(), trainer=trainer)
