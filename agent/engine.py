@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -510,6 +511,18 @@ class Engine:
         h = self._layers(x, cos, sin, start)
         return int(self._mask_logits(self._logits(h)).argmax(-1))
 
+    def generate_inputs(self, inputs, messages, max_new_tokens: int, matcher=None, eos=None) -> list[int]:
+        """For agent/backends/transformers.py: the processor's tensors (and the messages, whose
+        screenshots key the vision cache) in, new token ids out."""
+        stops = set(eos if isinstance(eos, (list, tuple, set)) else [eos]) - {None}
+        ids = inputs["input_ids"][0].tolist()
+        room = self.max_context - len(ids)
+        if room < 1:
+            raise VlagentError(f"prompt of {len(ids)} tokens exceeds the engine's context of {self.max_context} tokens")
+        gen = self.generate(ids, _split_images(inputs, messages), min(max_new_tokens, room),
+                            stop_ids=stops, matcher=matcher)
+        return gen.tokens
+
     def generate(self, ids: list[int], images: list[EngineImage] = (), max_new_tokens: int = 64, *,
                  stop_ids: set[int] | frozenset = frozenset(), matcher=None, min_new_tokens: int = 0) -> Generation:
         """Greedy decoding of `ids` (with `images` in placeholder order). A `matcher`
@@ -616,4 +629,53 @@ class Engine:
         t.total_ms = (t3 - t0) * 1e3
         t.new_tokens = len(out)
         t.peak_decode_gib = self._peak()
+        self.last_timings = t
         return Generation(out, t)
+
+
+ENGINE_CONTEXT = 32768  # tokens of static KV cache by default (3.5 GiB for the 2B in bf16)
+
+
+def make_engine(model, context: int | None = None) -> "Engine":
+    """An engine for a loaded model: the KV cache sized by the budget planner (capped at
+    ENGINE_CONTEXT or VLAGENT_CONTEXT), compiled pieces when VLAGENT_COMPILE=1."""
+    import torch
+    ctx = context or int(os.environ.get("VLAGENT_CONTEXT", ENGINE_CONTEXT))
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        from agent.budget import plan
+        free, _ = torch.cuda.mem_get_info(device)
+        # Free memory now (weights already loaded) plus the weights the planner subtracts again.
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        budget = plan(model.config, free + weights, params=sum(p.numel() for p in model.parameters()),
+                      dtype_bytes=next(model.parameters()).element_size()).token_budget
+        if budget < 4096:
+            raise VlagentError(f"not enough free device memory for a KV cache: {budget} tokens fit")
+        ctx = min(ctx, budget)
+    return Engine(model, max_context=ctx, compile=os.environ.get("VLAGENT_COMPILE") == "1")
+
+
+def _split_images(inputs, messages) -> list:
+    """EngineImages from the processor's output, keyed by the messages' PIL images (in order)."""
+    if "pixel_values" not in inputs:
+        return []
+    pils = [c["image"] for m in messages for c in m.get("content", []) if isinstance(c, dict) and c.get("type") == "image"]
+    grids = [tuple(int(v) for v in g) for g in inputs["image_grid_thw"].tolist()]
+    patches = inputs["pixel_values"].split([t * h * w for t, h, w in grids])
+    keys = [_cached_key(p) if hasattr(p, "tobytes") else "" for p in pils] if len(pils) == len(grids) else [""] * len(grids)
+    return [EngineImage(px, g, key=k) for px, g, k in zip(patches, grids, keys)]
+
+
+
+_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached_key(image) -> str:
+    """image_key, remembered per image object (the loop hands the same screenshots every step)."""
+    try:
+        key = _KEYS.get(image)
+    except TypeError:  # not weak-referenceable
+        return image_key(image)
+    if key is None:
+        key = _KEYS[image] = image_key(image)
+    return key

@@ -213,3 +213,32 @@ def test_jump_forward_gives_the_same_reply():
             assert gen.timings.prompt_tokens == len(ids)
     assert replies[0] == replies[1]
     assert tok.decode(replies[0]).startswith('<tool_call>\n{"name": "computer_use", "arguments": {"action": ')
+
+
+def test_transformers_backend_with_the_engine_replies_like_generate():
+    """The backend's engine path (used on CUDA) gives the same constrained replies as
+    transformers' generate on the tiny checkpoint, and reuses the prefix across steps."""
+    from PIL import Image, ImageDraw
+    from actions.policy import Allow, Policy
+    from agent.backends.tiny import tiny_checkpoint
+    from agent.backends.transformers import TransformersBackend
+    from agent.history import build_messages
+    from agent.trace import Step
+
+    def shot(seed):
+        img = Image.new("RGB", (320, 200), "#d9d9d9")
+        ImageDraw.Draw(img).rectangle((10 + 20 * seed, 30, 120 + 20 * seed, 60), fill="white", outline="black")
+        return img
+
+    policy = Policy(Allow(actions=["left_click", "type", "key"], keys=["enter"], max_text_len=20))
+    with_engine = TransformersBackend(tiny_checkpoint(), engine=True)
+    plain = TransformersBackend(tiny_checkpoint(), engine=False)
+    shots, steps = [shot(i) for i in range(3)], []
+    for n in range(3):
+        msgs = build_messages("Click the box.", steps, shots[n], policy, load_image=lambda s: shots[s.step - 1])
+        reply = with_engine.generate(msgs, policy)
+        assert reply == plain.generate(msgs, policy)
+        assert reply.startswith("<tool_call>\n")
+        steps.append(Step(step=n + 1, raw=reply, action=None))
+        if n:  # later steps prefill only what is new
+            assert with_engine.engine.last_timings.reused_tokens > 0

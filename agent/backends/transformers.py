@@ -7,6 +7,7 @@ Decoding is greedy and, by default, constrained to a native reply the policy can
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from agent.backends.base import Message
@@ -128,9 +129,10 @@ def _chat_template(model: str) -> str | None:
 
 class TransformersBackend:
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = None, dtype=None,
-                 max_new_tokens: int | None = None, constrained: bool = True):
+                 max_new_tokens: int | None = None, constrained: bool = True, engine: bool | None = None):
         """`max_new_tokens` None: with a grammar, the grammar's own bound (a reply always completes);
-        without, UNCONSTRAINED_MAX_NEW_TOKENS."""
+        without, UNCONSTRAINED_MAX_NEW_TOKENS. `engine`: decode with agent/engine.py (static KV
+        cache, prefix reuse across steps, CUDA graphs); None = on CUDA unless VLAGENT_ENGINE=0."""
         model = str(model)
         self.name = f"transformers:{model}"
         self.max_new_tokens = max_new_tokens
@@ -154,6 +156,11 @@ class TransformersBackend:
             from agent.grammar import make_constrainer
 
             self.constrainer = make_constrainer(self.tokenizer, self.model.config.text_config.vocab_size)
+        self.engine = None
+        if engine if engine is not None else (self.device == "cuda" and os.environ.get("VLAGENT_ENGINE", "1") != "0"):
+            from agent.engine import make_engine
+
+            self.engine = make_engine(self.model)
 
     def encode(self, messages: list[Message]):
         """Prompt tensors (input_ids, attention_mask, pixel_values, image_grid_thw, ...) on the device."""
@@ -176,9 +183,14 @@ class TransformersBackend:
 
     def generate(self, messages: list[Message], policy=None) -> str:
         inputs = self.encode(messages)
-        processors = [self.constrainer.logits_processor(policy)] if self.constrainer else []
         try:
-            new_ids = self._decode(inputs, processors, self.token_budget(policy))
+            if self.engine is not None:
+                matcher = self.constrainer.matcher(policy) if self.constrainer else None
+                new_ids = self.engine.generate_inputs(inputs, messages, self.token_budget(policy), matcher,
+                                                      self.model.generation_config.eos_token_id)
+            else:
+                processors = [self.constrainer.logits_processor(policy)] if self.constrainer else []
+                new_ids = self._decode(inputs, processors, self.token_budget(policy))
         except (RuntimeError, MemoryError) as e:  # out of device memory, kernel failures
             raise BackendError(f"generation failed: {_one_line(e)}") from None
         # skip_special_tokens drops <|im_end|> but keeps <tool_call> (not special in Qwen's tokenizer)
