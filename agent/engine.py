@@ -22,7 +22,6 @@ where `images` are `EngineImage`s in the order their placeholders appear in `ids
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import weakref
@@ -30,6 +29,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.engine_ops import (attend, chunks, image_key, image_spans, mrope_positions,  # noqa: F401
+                               post_attention, pre_attention, rms_norm, tensor_key)
 from agent.errors import VlagentError
 
 KV_BUCKET = 1024  # tokens: decode attention reads the cache up to the next multiple of this
@@ -78,120 +79,6 @@ class Timings:
 class Generation:
     tokens: list[int]
     timings: Timings = field(default_factory=Timings)
-
-
-def tensor_key(t) -> str:
-    """A content key for a tensor (hashes its bytes; callers with the source image may pass a cheaper key)."""
-    a = t.detach().to("cpu").contiguous()
-    return hashlib.blake2b(a.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes(),
-                           digest_size=16).hexdigest()
-
-
-def image_key(image) -> str:
-    """A content key for a PIL image: its size, mode and raw pixels."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{image.size}{image.mode}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
-
-
-# ---- the language model's math, as pure functions (so a decode step can be compiled once for all layers)
-
-def rms_norm(x, w, eps: float):
-    # Same op order and dtypes as Qwen3VLTextRMSNorm, so results match transformers bit for bit on CPU.
-    dt = x.dtype
-    x32 = x.float()
-    x32 = x32 * (x32.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
-    return w * x32.to(dt)
-
-
-def _rotate_half(x):
-    import torch
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def pre_attention(x, ln_w, qkv_w, qn_w, kn_w, cos, sin, eps: float, heads: int, kv_heads: int, head_dim: int):
-    """Norm, fused QKV projection, per-head q/k norm and rotary: (1, n, hidden) -> q (1,H,n,d), k, v (1,KV,n,d)."""
-    n = x.shape[1]
-    h = rms_norm(x, ln_w, eps)
-    qkv = h @ qkv_w.t()
-    q, k, v = qkv.split((heads * head_dim, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
-    q = rms_norm(q.view(1, n, heads, head_dim), qn_w, eps).transpose(1, 2)
-    k = rms_norm(k.view(1, n, kv_heads, head_dim), kn_w, eps).transpose(1, 2)
-    v = v.view(1, n, kv_heads, head_dim).transpose(1, 2)
-    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-    q = q * c + _rotate_half(q) * s
-    k = k * c + _rotate_half(k) * s
-    return q, k, v
-
-
-def attend(q, k, v, bias, scale: float):
-    """Decode attention as two batched GEMVs over the used cache span: reads K and V once, no copies."""
-    s = (q @ k.transpose(-1, -2)).float() * scale + bias
-    return s.softmax(-1).to(v.dtype) @ v
-
-
-def post_attention(x, attn, o_w, ln_w, gate_up_w, down_w, eps: float, inter: int):
-    """Output projection, residual, norm, SwiGLU MLP, residual."""
-    import torch.nn.functional as F
-    x = x + attn @ o_w.t()
-    h = rms_norm(x, ln_w, eps)
-    g, u = (h @ gate_up_w.t()).split((inter, inter), dim=-1)
-    return x + (F.silu(g) * u) @ down_w.t()
-
-
-# ---- M-RoPE positions (same rule as Qwen3VLModel.get_rope_index), computed on the CPU
-
-def mrope_positions(ids: list[int], image_token: int, grids: list[tuple[int, int, int]], merge: int):
-    """(3, n) positions for a prompt and the next text position after it."""
-    import torch
-    parts, cur, i, img, n = [], 0, 0, 0, len(ids)
-    while i < n:
-        if ids[i] == image_token:
-            t, h, w = grids[img]
-            gh, gw = h // merge, w // merge
-            tt = torch.arange(t).view(-1, 1, 1).expand(t, gh, gw)
-            hh = torch.arange(gh).view(1, -1, 1).expand(t, gh, gw)
-            ww = torch.arange(gw).view(1, 1, -1).expand(t, gh, gw)
-            parts.append(torch.stack([tt, hh, ww]).reshape(3, -1) + cur)
-            i += t * gh * gw
-            cur += max(gh, gw)
-            img += 1
-        else:
-            j = i
-            while j < n and ids[j] != image_token:
-                j += 1
-            parts.append(torch.arange(cur, cur + j - i).view(1, -1).expand(3, -1))
-            cur += j - i
-            i = j
-    return torch.cat(parts, dim=1), cur
-
-
-def chunks(start: int, end: int, size: int = PREFILL_CHUNK) -> list[tuple[int, int]]:
-    """[start, end) in passes of about `size` tokens, balanced: a tiny tail pass would cost a whole
-    pass of launch overhead for a few tokens."""
-    n = end - start
-    if n <= 0:
-        return []
-    parts = max(1, round(n / size))
-    step = -(-n // parts)
-    return [(a, min(end, a + step)) for a in range(start, end, step)]
-
-
-def image_spans(ids: list[int], image_token: int) -> list[tuple[int, int]]:
-    """[start, end) of each run of image placeholder tokens."""
-    spans, i, n = [], 0, len(ids)
-    while i < n:
-        if ids[i] == image_token:
-            j = i
-            while j < n and ids[j] == image_token:
-                j += 1
-            spans.append((i, j))
-            i = j
-        else:
-            i += 1
-    return spans
 
 
 class Engine:
@@ -576,7 +463,7 @@ class Engine:
         pos3, next_pos = mrope_positions(seq, self.image_token, [im.grid_thw for im in images], self.merge)
         pos3 = pos3.to(self.device)
         h = None
-        for c0, c1 in chunks(m, len(seq)):
+        for c0, c1 in chunks(m, len(seq), PREFILL_CHUNK):
             x = self.lm.embed_tokens(torch.tensor([seq[c0:c1]], device=self.device))
             vis_mask, deep = None, None
             parts = [(idx, max(s, c0), min(e, c1), s) for idx, (s, e) in enumerate(spans) if s < c1 and e > c0]
