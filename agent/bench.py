@@ -361,7 +361,7 @@ def table(r: dict) -> None:
 @click.option("--evict", default=2, show_default=True, help="Older screenshots turned into text this many at a time.")
 @click.option("--reply-tokens", default=25, show_default=True, help="Tokens decoded per step.")
 @click.option("--context", default=32768, show_default=True, help="Static KV cache size in tokens.")
-@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the decode layer pieces.")
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the layer pieces (decode, prefill, vision blocks); cached in ~/.cache/vlagent/inductor.")
 @click.option("--attention", type=click.Choice(["bmm", "sdpa"]), default="bmm", show_default=True)
 @click.option("--peak-context", type=int, default=0, help="Also measure peak memory at this context (e.g. 32768).")
 @click.option("--grammar/--no-grammar", default=True, show_default=True, help="Measure the grammar's decode cost.")
