@@ -9,6 +9,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from PIL import Image
+
 from actions import ParseError, Policy, PolicyError, check_reply, to_json
 from agent.backends.base import Backend
 from agent.desktop import Desktop
@@ -69,7 +71,7 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
 
     def load_image(step: Step):
         if step.step not in images:
-            from PIL import Image
+            trace.flush()
             images[step.step] = Image.open(trace.folder / step.screenshot).convert("RGB")
         return images[step.step]
 
@@ -83,7 +85,7 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
         t1 = time.perf_counter()
         messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history)
         images[n] = frame
-        looks[n] = frame.resize((64, 40)).tobytes()
+        looks[n] = frame.resize((64, 40), Image.NEAREST).tobytes()  # a cheap fingerprint, not a picture
         for old in [k for k in images if k <= n - IMAGE_CACHE]:
             del images[old]
         raw = _generate(backend, messages, policy, deadline)

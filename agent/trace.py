@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,11 +65,22 @@ class Trace:
         (self.folder / "screens").mkdir(parents=True, exist_ok=True)
         self.steps: list[Step] = []
         self._log = open(self.folder / "steps.jsonl", "a", encoding="utf-8")
+        # PNG encoding of a 1080p frame costs ~25 ms: done off the loop's thread (zlib drops the GIL).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-png")
+        self._pending: list[Future] = []
 
     def save_screen(self, image, name: str) -> str:
+        """Queue the PNG write and return its path relative to the trace folder at once."""
         rel = f"screens/{name}.png"
-        image.save(self.folder / rel, compress_level=1)  # fast: the loop waits on this
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._writer.submit(image.save, self.folder / rel, compress_level=1))
         return rel
+
+    def flush(self) -> None:
+        """Wait for queued screenshots to be on disk (anyone reading the folder mid-run calls this)."""
+        for f in self._pending:
+            f.result()
+        self._pending = []
 
     def add(self, step: Step) -> Step:
         self.steps.append(step)
@@ -80,6 +92,8 @@ class Trace:
         (self.folder / "task.yaml").write_text(text, encoding="utf-8")
 
     def finish(self, result: Result) -> Result:
+        self.flush()
+        self._writer.shutdown(wait=True)
         result.steps = len(self.steps)
         (self.folder / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
         self._log.close()
