@@ -17,6 +17,7 @@ from PIL import Image
 
 from actions.policy import Policy
 from agent.backends.base import Message
+from agent.errors import BackendError
 from agent.trace import Step
 
 PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
@@ -96,11 +97,39 @@ def _observation(step_no: int, rejected: Step | None) -> str:
 
 
 def build_messages(goal: str, steps: list[Step], current: Image.Image, policy: Policy,
-                   load_image: Callable[[Step], Image.Image], cfg: HistoryConfig = HistoryConfig()) -> list[Message]:
+                   load_image: Callable[[Step], Image.Image], cfg: HistoryConfig = HistoryConfig(),
+                   fits: Callable[[list[Message]], bool] | None = None) -> list[Message]:
     """The chat for the next step: system (tools), the task with older steps as text, then the
-    recent steps as (screenshot, reply) turns, then the current screenshot."""
+    recent steps as (screenshot, reply) turns, then the current screenshot.
+
+    `fits` (the backend's exact token check against its KV budget) makes the window give up more
+    screenshots, a chunk at a time, then the oldest text lines, until the prompt fits."""
     first = first_image_step(len(steps), cfg)
-    older = "\n".join(step_line(s) for s in steps[:first])
+    messages = _render(goal, steps, current, policy, load_image, cfg, first, 0)
+    if fits is None or fits(messages):
+        return messages
+    chunk = max(cfg.evict_chunk, 1)
+    while first < len(steps):
+        first = min(first + chunk, len(steps))
+        messages = _render(goal, steps, current, policy, load_image, cfg, first, 0)
+        if fits(messages):
+            return messages
+    dropped = 0
+    while dropped < first:
+        dropped = min(dropped + max(first // 4, 1), first)
+        messages = _render(goal, steps, current, policy, load_image, cfg, first, dropped)
+        if fits(messages):
+            return messages
+    raise BackendError("the prompt does not fit the model's context even with one screenshot and no history; "
+                       "lower --max-pixels")
+
+
+def _render(goal, steps, current, policy, load_image, cfg, first: int, dropped: int) -> list[Message]:
+    """`first`: the oldest step shown with its screenshot; `dropped`: oldest steps left out entirely."""
+    lines = [step_line(s) for s in steps[dropped:first]]
+    if dropped:
+        lines.insert(0, f"({dropped} earlier steps omitted)")
+    older = "\n".join(lines)
     history = f"Earlier steps (screenshots no longer shown):\n{older}" if older else ""
     task_text = prompt("task.md").replace("{goal}", goal).replace("{history}", history).strip()
     messages: list[Message] = [

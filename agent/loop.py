@@ -65,6 +65,11 @@ def _generate(backend: Backend, messages, policy: Policy, deadline: float):
 def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
              cfg: LoopConfig, on_step=None) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
+    budget_check = getattr(backend, "fits", None)  # backends with a KV budget say what fits
+
+    def fits(messages) -> bool:
+        return budget_check(messages, policy)
+
     images: dict[int, object] = {}
     looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
     rejections = 0
@@ -83,7 +88,8 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
         frame = desktop.capture()
         step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
         t1 = time.perf_counter()
-        messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history)
+        messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history,
+                                  fits if budget_check else None)
         images[n] = frame
         looks[n] = frame.resize((64, 40), Image.NEAREST).tobytes()  # a cheap fingerprint, not a picture
         for old in [k for k in images if k <= n - IMAGE_CACHE]:

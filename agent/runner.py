@@ -73,7 +73,8 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
     """Run one task. Always returns a Result and a complete trace folder, whatever happens;
     KeyboardInterrupt is recorded as `aborted` and then re-raised for the caller to exit."""
     loop = loop or LoopConfig(max_steps=task.max_steps, timeout_s=task.timeout_s)
-    trace_dir = Path(trace_dir) if trace_dir else new_trace_dir(DEFAULT_RUNS_DIR, task.name)
+    # Absolute: setup commands run in the task file's folder, and {workdir} must mean the same there.
+    trace_dir = (Path(trace_dir) if trace_dir else new_trace_dir(DEFAULT_RUNS_DIR, task.name)).resolve()
     trace = Trace(trace_dir)
     trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
     result = Result(status="error", task=task.name, model=getattr(backend, "name", ""), started=time.time())

@@ -188,3 +188,12 @@ def test_tiny_random_model_goes_through_the_real_qwen3vl_path(tmp_path):
         assert s.error is None, s.error
         ACTION_ADAPTER.validate_python(s.action)
         assert "<tool_call>" in s.raw
+
+
+def test_relative_trace_path_from_another_folder(tmp_path):
+    """{workdir} is absolute, so the app (running in the task's folder) writes where checks look."""
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "run", str(TASK), "--model",
+                        f"script:{SCRIPTS / 'fill_form_solution.yaml'}", "--trace", "rel-trace"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert load_result(tmp_path / "rel-trace").status == "success"

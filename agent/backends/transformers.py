@@ -172,6 +172,30 @@ class TransformersBackend:
         """Exact prompt length in tokens, images included (for the history's budget)."""
         return int(self.encode(messages)["input_ids"].shape[-1])
 
+    def prompt_tokens(self, messages: list[Message]) -> int:
+        """The same count as count_tokens without preprocessing the images: the chat template's text
+        (one <|image_pad|> per image) through the tokenizer, plus each image's tokens from the
+        processor's own resize arithmetic. Cheap enough to call on every step."""
+        from agent.backends.openai import image_config, image_tokens
+
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        cfg = image_config(self.processor, "")
+        for m in messages:
+            for part in m["content"]:
+                if part.get("type") == "image":
+                    n += image_tokens(*part["image"].size, cfg) - 3  # the template wrote start, pad, end
+        return n
+
+    def context_budget(self, policy=None) -> int:
+        """Prompt tokens that fit: the engine's static KV cache on the GPU, else the model's context,
+        less room for the reply."""
+        limit = self.engine.max_context if self.engine is not None else self.model.config.text_config.max_position_embeddings
+        return int(limit) - self.token_budget(policy)
+
+    def fits(self, messages: list[Message], policy=None) -> bool:
+        return self.prompt_tokens(messages) <= self.context_budget(policy)
+
     def token_budget(self, policy=None) -> int:
         if self.max_new_tokens is not None:
             return self.max_new_tokens
