@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from actions.keys import ALIASES, NAMED_KEYS, VALID_KEYS
+from actions.keys import ALIASES, VALID_KEYS
 from actions.schema import ACTION_NAMES, Action
 
 ActionName = Literal[ACTION_NAMES]  # type: ignore[valid-type]

@@ -47,10 +47,12 @@ class LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attr)
         except ModuleNotFoundError as e:  # an optional dependency of that command is not installed
+            why = str(e)
+
             @click.command(name, help=HELP[name], context_settings={"ignore_unknown_options": True})
             @click.argument("args", nargs=-1, type=click.UNPROCESSED)
             def missing(args):
-                raise click.ClickException(f"'{name}' is unavailable: {e} (pip install -e .)")
+                raise click.ClickException(f"'{name}' is unavailable: {why} (pip install -e .)")
             return missing
 
     def format_commands(self, ctx, formatter):

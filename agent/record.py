@@ -406,7 +406,7 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
     """Set up `task` (a sandbox unless `display`), record until Ctrl-C, `max_seconds` or the
     task's checks pass, and write the trace to `trace_dir`. `on_ready(display)` is called once
     the listeners run (a person or a test may start then)."""
-    from agent.runner import evaluate, task_environment
+    from agent.runner import evaluate, save_final_screen, task_environment
     from agent.task import Task, load_task
 
     task = task if isinstance(task, Task) else load_task(task)
@@ -414,7 +414,6 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
     trace = Trace(trace_dir)
     trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
     result = Result(status="error", task=task.name, model="human", started=time.time())
-    interrupted = None
     recorder = None
     try:
         with task_environment(task, display=display, workdir=Path(trace_dir) / "workdir") as env:
@@ -426,14 +425,11 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
             deadline = None if max_seconds is None else time.monotonic() + max_seconds
             try:
                 why = recorder.run(deadline, stop_when_done)
-            except KeyboardInterrupt as e:
-                why, interrupted = "stopped by Ctrl-C", e
+            except KeyboardInterrupt:  # the normal way to stop recording
+                why = "stopped by Ctrl-C"
             recorder.stop()
             result.checks = evaluate(task, env)
-            try:
-                result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
-            except Exception:  # the display may be gone; the status says why
-                pass
+            save_final_screen(env, trace, result)
         passed = bool(result.checks) and all(c.passed for c in result.checks)
         result.status = "success" if passed else "failed"
         result.reason = f"recorded {len(trace.steps)} steps; {why}"
@@ -441,7 +437,7 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
             result.reason += "; the task's checks do not pass"
     except Aborted as e:
         result.status, result.reason = "aborted", str(e)
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt:
         result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
     except (SandboxError, VlagentError) as e:
         result.status, result.reason = "error", str(e)

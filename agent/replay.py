@@ -22,12 +22,12 @@ from pathlib import Path
 
 import click
 import numpy as np
-import yaml
 from PIL import Image
 
 from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_pixels, to_relative
-from agent.errors import Aborted, SandboxError, VlagentError
+from agent.errors import VlagentError
+from agent.runner import DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen, start_trace, task_environment
 from agent.trace import Result, Step, Trace, load_steps, new_trace_dir
 
 FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
@@ -39,7 +39,6 @@ CHANGED_LEVEL = 24
 SECRET_RE = re.compile(r"\{secret:([A-Za-z_]\w*)\}")
 SECRET_ENV_PREFIX = "VLAGENT_SECRET_"
 COORD_KEYS = ("coordinate", "start_coordinate")
-DEFAULT_RUNS_DIR = Path("runs")
 
 
 class ReplayFailed(VlagentError):
@@ -124,34 +123,13 @@ def replay_trace(trace_dir, task=None, display: str | None = None, speed: float 
     task = load_trace_task(trace_dir, task)
     check_secrets(original.steps, task)  # fail before starting anything when one is missing
     out = (Path(trace_out) if trace_out else new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")).resolve()
-    trace = Trace(out)
-    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
-    result = Result(status="error", task=task.name, model="replay" if locate else "replay-raw",
-                    started=time.time())
-    interrupted = None
-    try:
-        result = _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step)
-    except Aborted as e:
-        result.status, result.reason = "aborted", str(e)
-    except KeyboardInterrupt as e:
-        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
-        interrupted = e
-    except (SandboxError, VlagentError) as e:
-        result.status, result.reason = "error", str(e)
-    except Exception as e:  # a dead display or app surfaces as Xlib/OS errors
-        result.status, result.reason = "error", f"{type(e).__name__}: {e}".splitlines()[0]
-    finally:
-        result.ended = time.time()
-        result.duration_s = round(result.ended - result.started, 3)
-        trace.finish(result)
-    if interrupted is not None:
-        raise interrupted
+    trace, result = start_trace(out, task, "replay" if locate else "replay-raw")
+    with run_outcome(trace, result):
+        _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step)
     return result
 
 
 def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step) -> Result:
-    from agent.runner import evaluate, task_environment
-
     policy = Policy(task.allow)
     with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
         result.display = env.sandbox.display
@@ -174,10 +152,7 @@ def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, 
                 break
         env.sandbox.check_apps()
         result.checks = evaluate(task, env)
-        try:
-            result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
-        except Exception:  # the display may be gone; the status says why
-            pass
+        save_final_screen(env, trace, result)
     passed = bool(result.checks) and all(c.passed for c in result.checks)
     failed = "; ".join(f"{c.check}: {c.detail}" if c.detail else c.check for c in result.checks if not c.passed)
     if failure:

@@ -16,7 +16,7 @@ import yaml
 
 from actions import Policy
 from agent.backends.base import Backend
-from agent.errors import Aborted, BackendError, ModelExhausted, SandboxError, VlagentError
+from agent.errors import Aborted, ModelExhausted, SandboxError, VlagentError
 from agent.loop import LoopConfig, LoopEnd, run_loop
 from agent.task import Task
 from agent.trace import CheckResult, Result, Trace, new_trace_dir
@@ -68,19 +68,53 @@ def decide(task: Task, end: LoopEnd, checks: list[CheckResult]) -> tuple[str, st
     return status, f"{end.reason}; failed checks: {failed}"
 
 
+def start_trace(folder: Path, task: Task, model: str) -> tuple[Trace, Result]:
+    """A trace folder with the task as run, and a Result that says `error` until something better."""
+    trace = Trace(Path(folder).resolve())  # absolute: setup runs in the task's folder, {workdir} too
+    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    return trace, Result(status="error", task=task.name, model=model, started=time.time())
+
+
+@contextmanager
+def run_outcome(trace: Trace, result: Result) -> Iterator[None]:
+    """Whatever ends a run becomes its status, and the trace is always finished. Ctrl-C is recorded
+    as `aborted`, then re-raised for the caller to exit."""
+    interrupted: BaseException | None = None
+    try:
+        yield
+    except Aborted as e:
+        result.status, result.reason = "aborted", str(e)
+    except KeyboardInterrupt as e:
+        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
+        interrupted = e
+    except VlagentError as e:  # BackendError, SandboxError, a bad display
+        result.status, result.reason = "error", str(e)
+    except Exception as e:  # a crashed app or a dead display surfaces here as Xlib/OS errors
+        result.status, result.reason = "error", f"{type(e).__name__}: {e}".splitlines()[0]
+    finally:
+        result.ended = time.time()
+        result.duration_s = round(result.ended - result.started, 3)
+        trace.finish(result)
+    if interrupted is not None:
+        raise interrupted
+
+
+def save_final_screen(env: Env, trace: Trace, result: Result) -> None:
+    try:
+        result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
+    except Exception:  # the display may be gone; the status already says why
+        pass
+
+
 def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_dir: Path | None = None,
              loop: LoopConfig | None = None, on_step=None) -> tuple[Result, Path]:
     """Run one task. Always returns a Result and a complete trace folder, whatever happens;
     KeyboardInterrupt is recorded as `aborted` and then re-raised for the caller to exit."""
     loop = loop or LoopConfig(max_steps=task.max_steps, timeout_s=task.timeout_s)
-    # Absolute: setup commands run in the task file's folder, and {workdir} must mean the same there.
-    trace_dir = (Path(trace_dir) if trace_dir else new_trace_dir(DEFAULT_RUNS_DIR, task.name)).resolve()
-    trace = Trace(trace_dir)
-    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
-    result = Result(status="error", task=task.name, model=getattr(backend, "name", ""), started=time.time())
-    interrupted: BaseException | None = None
-    try:
-        with task_environment(task, display=display, workdir=trace_dir / "workdir") as env:
+    trace, result = start_trace(trace_dir or new_trace_dir(DEFAULT_RUNS_DIR, task.name), task,
+                                getattr(backend, "name", ""))
+    with run_outcome(trace, result):
+        with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
             result.display = env.sandbox.display
             try:
                 end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), trace, loop, on_step)
@@ -93,30 +127,8 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
                 end = LoopEnd(end.kind, f"{end.reason}; {e}", end.claimed, end.answer)
             result.checks = evaluate(task, env)
             result.status, result.reason = decide(task, end, result.checks)
-            _final_screen(env, trace, result)
-    except Aborted as e:
-        result.status, result.reason = "aborted", str(e)
-    except KeyboardInterrupt as e:
-        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
-        interrupted = e
-    except (BackendError, SandboxError, VlagentError) as e:
-        result.status, result.reason = "error", str(e)
-    except Exception as e:  # a crashed app or a dead display surfaces here as Xlib/OS errors
-        result.status, result.reason = "error", f"{type(e).__name__}: {e}".splitlines()[0]
-    finally:
-        result.ended = time.time()
-        result.duration_s = round(result.ended - result.started, 3)
-        trace.finish(result)
-    if interrupted is not None:
-        raise interrupted
-    return result, trace_dir
-
-
-def _final_screen(env: Env, trace: Trace, result: Result) -> None:
-    try:
-        result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
-    except Exception:  # the display may be gone; the status already says why
-        pass
+            save_final_screen(env, trace, result)
+    return result, trace.folder
 
 
 def use_display(display: str | None) -> str | None:
