@@ -12,6 +12,7 @@ prompt: about 1,000 tokens of system prompt with the tool, ~40 per observation, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -381,5 +382,7 @@ def bench(random_weights, model, tiny, steps, screen, history, evict, reply_toke
                   peak_context=peak_context, grammar=grammar, reply=reply)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(r, indent=1, default=str), encoding="utf-8")
+        # Strict JSON: a figure not measured here (device memory on the CPU) is null, not NaN.
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        Path(json_path).write_text(json.dumps(clean, indent=1, default=str), encoding="utf-8")
     table(r)
