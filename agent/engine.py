@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.engine_ops import (attend, chunks, image_key, image_spans, mrope_positions,  # noqa: F401
                                post_attention, pre_attention, rms_norm, tensor_key)
+from agent.backends.image_cache import PerImage
 from agent.errors import VlagentError
 
 KV_BUCKET = 1024  # tokens: decode attention reads the cache up to the next multiple of this
@@ -554,15 +554,9 @@ def _split_images(inputs, messages) -> list:
 
 
 
-_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_KEYS = PerImage()
 
 
 def _cached_key(image) -> str:
     """image_key, remembered per image object (the loop hands the same screenshots every step)."""
-    try:
-        key = _KEYS.get(image)
-    except TypeError:  # not weak-referenceable
-        return image_key(image)
-    if key is None:
-        key = _KEYS[image] = image_key(image)
-    return key
+    return _KEYS.get(image, image_key)

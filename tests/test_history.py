@@ -87,3 +87,25 @@ def test_backend_budget_count_is_exact_on_the_tiny_qwen3vl():
     msgs = build_messages("Fill in the form", log, shots[4], Policy(), lambda s: shots[s.step])
     assert backend.prompt_tokens(msgs) == backend.count_tokens(msgs)
     assert backend.fits(msgs, Policy()) and backend.context_budget(Policy()) > backend.prompt_tokens(msgs)
+
+
+def test_backend_encode_with_cached_screenshots_equals_the_processor():
+    """encode() preprocesses each screenshot once and reuses it while it stays in the history; its
+    tensors must be exactly the processor's own, step after step."""
+    import numpy as np
+    import torch
+
+    from agent.backends import load_backend
+
+    backend = load_backend("tiny-random")
+    rng = np.random.default_rng(0)
+    shots = {i: Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+             for i, (w, h) in enumerate([(1280, 800), (1920, 1080), (1000, 700), (333, 517), (640, 480)], 1)}
+    for n in (0, 2, 3, 4):  # growing history: later calls hit the cache for older screenshots
+        msgs = build_messages("Fill in the form", steps(n) if n else [], shots[n + 1], Policy(), lambda s: shots[s.step])
+        ours = backend.encode(msgs)
+        ref = backend.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt")
+        assert set(ours) == set(ref)
+        for key in ref:
+            assert torch.equal(ours[key].cpu(), ref[key]), key
