@@ -25,7 +25,6 @@ RESERVE_FIXED = 160 * 1024 ** 2  # bytes: cuBLAS workspace, CUDA graph pool, log
 MARGIN = 0.5 * GIB  # bytes left free for the CUDA context / other processes' noise on the card
 PROMPT_TOKENS = 1500  # system prompt with the computer_use tool + the task
 STEP_TEXT_TOKENS = 80  # per history step: its action and outcome as text, reply included
-PATCH_PX = 32  # one visual token per 32x32 px (16 px patches, 2x2 merge)
 
 # The real Qwen3-VL-2B-Instruct shapes (config.json), so planning and benchmarks need no download.
 QWEN3_VL_2B_TEXT = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
@@ -72,13 +71,17 @@ def kv_bytes_per_token(text_cfg, dtype_bytes: int = 2) -> int:
 
 
 def resized(width: int, height: int) -> tuple[int, int]:
-    """The size the processor resizes a screenshot to (nearest multiples of 32), pixel budget aside."""
-    return (max(PATCH_PX, round(width / PATCH_PX) * PATCH_PX), max(PATCH_PX, round(height / PATCH_PX) * PATCH_PX))
+    """The size the processor resizes a screenshot to (multiples of 32 within its pixel bounds)."""
+    from agent.backends.qwen_images import QWEN3_VL_IMAGE, resized_size
+
+    return resized_size(width, height, QWEN3_VL_IMAGE)
 
 
 def tokens_per_image(width: int, height: int) -> int:
-    w, h = resized(width, height)
-    return (w // PATCH_PX) * (h // PATCH_PX) + 2  # + vision start/end
+    """Prompt tokens of one screenshot, vision start/end included."""
+    from agent.backends.qwen_images import QWEN3_VL_IMAGE, image_tokens
+
+    return image_tokens(width, height, QWEN3_VL_IMAGE)
 
 
 QWEN3_VL_2B_PARAMS = 2_127_532_032  # counted on the meta device from the config above

@@ -19,7 +19,7 @@ def test_kv_bytes_per_token_of_the_2b():
 
 
 @pytest.mark.parametrize("size, tokens", [((1920, 1080), 2042), ((1280, 720), 882), ((1280, 800), 1002),
-                                          ((1024, 768), 770), ((10, 10), 3)])
+                                          ((1024, 768), 770), ((10, 10), 66)])  # the pixel floor: 256x256
 def test_tokens_per_image_follow_the_processor(size, tokens):
     assert tokens_per_image(*size) == tokens
 
@@ -30,7 +30,7 @@ def test_tokens_per_image_match_the_image_processor():
     from transformers import AutoImageProcessor
     from agent.backends.tiny import tiny_checkpoint  # the real model's preprocessor config
     proc = AutoImageProcessor.from_pretrained(tiny_checkpoint())
-    for w, h in [(1920, 1080), (1280, 800), (1280, 720), (1000, 700)]:
+    for w, h in [(1920, 1080), (1280, 800), (1280, 720), (1000, 700), (10, 10)]:
         grid = proc(images=[Image.new("RGB", (w, h))], return_tensors="pt")["image_grid_thw"][0]
         assert tokens_per_image(w, h) == int(grid.prod()) // 4 + 2
 

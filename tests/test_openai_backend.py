@@ -21,8 +21,8 @@ from PIL import Image
 from actions import Policy
 from actions.parse import parse_action
 from actions.policy import Allow
-from agent.backends.openai import (ImagePreprocessingWarning, OpenAIBackend, QWEN3_VL_IMAGE, prepare_image,
-                                   reply_schema, to_openai_messages)
+from agent.backends.openai import ImagePreprocessingWarning, OpenAIBackend, prepare_image, reply_schema, to_openai_messages
+from agent.backends.qwen_images import QWEN3_VL_IMAGE
 from agent.errors import BackendError
 
 MODEL = "fake-qwen3-vl"

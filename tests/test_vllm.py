@@ -20,7 +20,8 @@ from PIL import Image
 
 from actions import Policy
 from actions.parse import parse_action
-from agent.backends.openai import OpenAIBackend, image_tokens
+from agent.backends.openai import OpenAIBackend
+from agent.backends.qwen_images import image_tokens
 from agent.task import load_task
 
 ROOT = Path(__file__).resolve().parent.parent

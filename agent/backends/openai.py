@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import random
 import threading
@@ -20,7 +19,6 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -28,6 +26,7 @@ from PIL import Image
 from actions.policy import MAX_SCROLL_PX, MAX_WAIT_S, Policy
 from actions.schema import POINTER_ACTIONS
 from agent.errors import BackendError
+from agent.backends.qwen_images import image_config, image_tokens, resized_size
 from agent.grammar import Spec
 
 TIMEOUT_S = 120.0  # one reply; a 2B model answers in seconds, a loaded server may queue
@@ -41,7 +40,6 @@ REPLY_OVERHEAD_TOKENS = 128  # the JSON around the longest string (the longest b
 MAX_CAUSE_DEPTH = 16  # exception chains walked for the root cause of a connection error
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Qwen3-VL-2B-Instruct's image processor (preprocessor_config.json), used when no processor is given.
-QWEN3_VL_IMAGE = {"patch_size": 16, "merge_size": 2, "min_pixels": 65_536, "max_pixels": 16_777_216}
 PROBE_TEXT = "Describe the screenshot."
 ENCODED_IMAGES = 16  # PNG parts kept per backend: the history re-sends the last few screenshots each step
 _warned: set[tuple[str, str]] = set()  # (base_url, model) already warned about, once per process
@@ -263,44 +261,6 @@ def _about_response_format(message: str) -> bool:
 
 
 # -- images ----------------------------------------------------------------------------------------
-def image_config(processor: Any, model: str) -> dict:
-    """patch/merge size and pixel bounds of the Qwen3-VL image processor the server uses.
-
-    `processor` may be a loaded processor or image processor, a folder or hub name to read it
-    from, or None: then the model's own folder if `model` is one, else Qwen3-VL-2B's defaults."""
-    if processor is None and Path(model, "preprocessor_config.json").is_file():
-        processor = model
-    if isinstance(processor, (str, Path)):
-        path = Path(processor, "preprocessor_config.json")
-        if not path.is_file():
-            raise BackendError(f"no preprocessor_config.json in {processor}")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        size = data.get("size") or {}
-        return {"patch_size": data.get("patch_size", 16), "merge_size": data.get("merge_size", 2),
-                "min_pixels": size.get("shortest_edge", data.get("min_pixels", QWEN3_VL_IMAGE["min_pixels"])),
-                "max_pixels": size.get("longest_edge", data.get("max_pixels", QWEN3_VL_IMAGE["max_pixels"]))}
-    if processor is not None:
-        ip = getattr(processor, "image_processor", processor)
-        return {"patch_size": ip.patch_size, "merge_size": ip.merge_size,
-                "min_pixels": ip.size["shortest_edge"], "max_pixels": ip.size["longest_edge"]}
-    return dict(QWEN3_VL_IMAGE)
-
-
-def resized_size(width: int, height: int, cfg: dict) -> tuple[int, int]:
-    """(width, height) the Qwen3-VL processor resizes an image to: transformers' own smart_resize."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    h, w = smart_resize(height, width, factor=cfg["patch_size"] * cfg["merge_size"],
-                        min_pixels=cfg["min_pixels"], max_pixels=cfg["max_pixels"])
-    return w, h
-
-
-def image_tokens(width: int, height: int, cfg: dict) -> int:
-    """Prompt tokens for one image: one per merged patch, plus vision start and end."""
-    w, h = resized_size(width, height, cfg)
-    return (w // cfg["patch_size"]) * (h // cfg["patch_size"]) // cfg["merge_size"] ** 2 + 2
-
-
 def prepare_image(image: Image.Image, cfg: dict) -> Image.Image:
     """The image as the processor's PIL path resizes it (RGB, bicubic), so the server resizes no more."""
     image = image.convert("RGB")

@@ -205,7 +205,7 @@ class TransformersBackend:
         """The same count as count_tokens without preprocessing the images: the chat template's text
         (one <|image_pad|> per image) through the tokenizer, plus each image's tokens from the
         processor's own resize arithmetic. Cheap enough to call on every step."""
-        from agent.backends.openai import image_config, image_tokens
+        from agent.backends.qwen_images import image_config, image_tokens
 
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
