@@ -113,7 +113,8 @@ def check_smoke_run() -> str:
     result, trace = run_task(task, load_backend("tiny-random"), trace_dir=folder / "trace")
     if result.status in ("error", "invalid_output"):
         raise Problem(f"smoke run ended with {result.status}: {result.reason}", f"see the trace in {trace}")
-    return f"tiny model drove {result.steps} steps in a sandbox ({result.status}, as expected for random weights)"
+    steps = f"{result.steps} step" + ("" if result.steps == 1 else "s")
+    return f"tiny model drove {steps} in a sandbox ({result.status}, as expected for random weights)"
 
 
 CHECKS: list[tuple[str, Callable[[], str]]] = [

@@ -65,11 +65,8 @@ def _generate(backend: Backend, messages, policy: Policy, deadline: float):
 def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
              cfg: LoopConfig, on_step=None) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
-    budget_check = getattr(backend, "fits", None)  # backends with a KV budget say what fits
-
-    def fits(messages) -> bool:
-        return budget_check(messages, policy)
-
+    # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
+    fits = (lambda messages: backend.fits(messages, policy)) if hasattr(backend, "fits") else None
     images: dict[int, object] = {}
     looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
     rejections = 0
@@ -88,15 +85,16 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
         frame = desktop.capture()
         step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
         t1 = time.perf_counter()
-        messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history,
-                                  fits if budget_check else None)
+        messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history, fits)
         images[n] = frame
         looks[n] = frame.resize((64, 40), Image.NEAREST).tobytes()  # a cheap fingerprint, not a picture
         for old in [k for k in images if k <= n - IMAGE_CACHE]:
             del images[old]
+        t_prompt = time.perf_counter()
         raw = _generate(backend, messages, policy, deadline)
         t2 = time.perf_counter()
-        step.timings = {"capture_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3}
+        step.timings = {"capture_ms": (t1 - t0) * 1e3, "prompt_ms": (t_prompt - t1) * 1e3,
+                        "model_ms": (t2 - t_prompt) * 1e3}
         if raw is None:
             step.error = "the model did not answer before the run's deadline"
             _record(trace, step, t0, on_step)

@@ -18,6 +18,7 @@ import pytest
 
 from agent.suite import Options, discover, run_suite
 from agent.trace import load_steps
+from processes import alive_with
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,22 +120,6 @@ def runner_command(script: Path):
         model = (item.path.parent / f"{item.path.stem}.model").read_text()
         return [sys.executable, str(script), str(item.path), str(trace), model]
     return command
-
-
-def alive_with(token: str) -> list[str]:
-    """`pid comm` of live processes (not zombies) whose environment holds TEST_TOKEN=token."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = Path(entry.path, "environ").read_bytes().split(b"\0")
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        if f"TEST_TOKEN={token}".encode() in env and stat.rsplit(")", 1)[1].split()[0] != "Z":
-            found.append(f"{entry.name} {stat.split('(', 1)[1].rsplit(')', 1)[0]}")
-    return found
 
 
 @pytest.fixture(scope="module")

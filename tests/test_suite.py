@@ -16,6 +16,7 @@ import pytest
 from agent.junit import merge_junit, write_junit
 from agent.suite import Item, Options, discover, parse_shard, run_suite, take_shard
 from agent.trace import Result, Step, Trace
+from processes import alive_with
 
 # A stand-in for `vlagent run`: what it does is named by the task file's stem.
 STANDIN = textwrap.dedent("""
@@ -52,22 +53,6 @@ def make_suite(root: Path, names: list[str]) -> Path:
     for n in names:
         (root / f"{n}.yaml").write_text(f"name: {n}\ngoal: do {n}\n")
     return root
-
-
-def alive_with(token: str) -> list[int]:
-    """Processes (not zombies) whose environment carries TEST_TOKEN=token."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = Path(entry.path, "environ").read_bytes().split(b"\0")
-            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if f"TEST_TOKEN={token}".encode() in env and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 # ---------------------------------------------------------------- discovery and sharding
