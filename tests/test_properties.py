@@ -117,7 +117,7 @@ def run_both(reply: str) -> int:
 @SETTINGS
 @given(native_replies())
 def test_structured_replies_never_crash_and_never_let_forbidden_actions_through(reply):
-    run_both(reply)
+    assert run_both(reply) in (0, 1, 2)  # accepted by none, one or both policies; the oracle checked each
 
 
 @SETTINGS
@@ -126,5 +126,5 @@ def test_structured_replies_never_crash_and_never_let_forbidden_actions_through(
                               lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4),
                               max_leaves=30).map(json.dumps)))
 def test_arbitrary_text_never_crashes_the_parser(reply):
-    run_both(reply)
-    run_both(f"<tool_call>{reply}</tool_call>")
+    assert run_both(reply) in (0, 1, 2)
+    assert run_both(f"<tool_call>{reply}</tool_call>") in (0, 1, 2)
