@@ -10,10 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import click
-from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
 SMOKE_TASK = """\
 name: doctor_smoke
 goal: Fill in the registration form for Ada Lovelace (ada@example.com) and submit it.
@@ -48,7 +45,7 @@ def check_display() -> str:
 
 
 def check_input_and_capture() -> str:
-    from agent.desktop import X11Desktop
+    from agent.desktop.x11 import X11Desktop
     from sandbox.session import Sandbox
 
     with Sandbox(screen=(320, 240), workdir=Path(tempfile.mkdtemp())) as sb, X11Desktop(sb.display) as desk:
@@ -67,7 +64,7 @@ def check_input_and_capture() -> str:
 def check_ocr() -> str:
     from PIL import Image, ImageDraw, ImageFont
 
-    from agent.ocr import ocr_text
+    from agent.desktop.ocr import ocr_text
 
     if shutil.which("tesseract") is None:
         raise Problem("tesseract is not installed", "apt-get install tesseract-ocr")
@@ -104,7 +101,7 @@ def check_gpu() -> str:
 
 def check_smoke_run() -> str:
     from agent.backends import load_backend
-    from agent.runner import run_task
+    from agent.run.runner import run_task
     from agent.task import load_task
 
     folder = Path(tempfile.mkdtemp(prefix="vlagent-doctor-"))
@@ -121,30 +118,3 @@ CHECKS: list[tuple[str, Callable[[], str]]] = [
     ("display", check_display), ("input and capture", check_input_and_capture), ("OCR", check_ocr),
     ("model stack", check_model_stack), ("GPU", check_gpu), ("smoke run", check_smoke_run),
 ]
-
-
-@click.command()
-@click.option("--skip-smoke", is_flag=True, help="Skip the tiny-model run through the whole loop.")
-def doctor(skip_smoke):
-    """Check display, input, capture, OCR, the model stack and the GPU, then smoke-run the tiny model
-    through the whole loop in a sandbox. Exit 0 when all is well."""
-    failed = 0
-    for name, check in CHECKS:
-        if skip_smoke and check is check_smoke_run:
-            continue
-        with console.status(f"checking {name}..."):
-            try:
-                msg = check()
-                ok, fix = True, ""
-            except Problem as e:
-                ok, msg, fix = False, str(e), e.fix
-            except Exception as e:  # a check must report, never crash the doctor
-                ok, msg, fix = False, f"{type(e).__name__}: {e}".splitlines()[0], ""
-        mark = "[green]✓[/]" if ok else "[red]✗[/]"
-        console.print(f"{mark} [bold]{name}[/]: {msg}")
-        if not ok:
-            failed += 1
-            if fix:
-                console.print(f"    [yellow]fix:[/] {fix}")
-    console.print("[green]all good[/]" if not failed else f"[red]{failed} problem(s)[/]")
-    sys.exit(1 if failed else 0)

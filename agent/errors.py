@@ -1,8 +1,6 @@
 """Errors that end a run or a command with a clear one-line message."""
 
-
-class VlagentError(Exception):
-    """A user-facing failure: bad configuration, missing display, dead server. str() is one line."""
+from sandbox.errors import SandboxError, VlagentError  # noqa: F401 (one root for every layer)
 
 
 class BackendError(VlagentError):
@@ -11,10 +9,6 @@ class BackendError(VlagentError):
 
 class ModelExhausted(VlagentError):
     """A scripted model ran out of replies. The run ends as `failed`."""
-
-
-class SandboxError(VlagentError):
-    """The sandbox could not start, or its app died. The run ends with status `error`."""
 
 
 class Aborted(VlagentError):

@@ -1,7 +1,6 @@
 """Task files: YAML validated by pydantic, errors shown as `field: message` lines."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from actions.policy import Allow
 from agent.errors import VlagentError
+from sandbox.setup import SetupStep, expand  # noqa: F401 (part of the task model)
 
 
 class _Strict(BaseModel):
@@ -19,26 +19,6 @@ class _Strict(BaseModel):
 class Screen(_Strict):
     width: int = Field(1280, ge=320, le=7680)
     height: int = Field(800, ge=240, le=4320)
-
-
-class SetupStep(_Strict):
-    """One setup step. `launch` starts a program left running (torn down with the sandbox);
-    `run` runs a command to completion (must exit 0); `wait_for_window` waits for a window whose
-    title matches (a regex); `sleep` waits."""
-
-    launch: list[str] | None = None
-    run: list[str] | None = None
-    wait_for_window: str | None = None
-    timeout_s: float = Field(20.0, gt=0, le=600)
-    sleep: float | None = Field(None, ge=0, le=60)
-
-    @model_validator(mode="after")
-    def _one_thing(self):
-        if not (self.launch or self.run or self.wait_for_window or self.sleep is not None):
-            raise ValueError("a setup step needs launch, run, wait_for_window or sleep")
-        if self.launch and self.run:
-            raise ValueError("a setup step takes launch or run, not both")
-        return self
 
 
 class FileJson(_Strict):
@@ -113,11 +93,6 @@ def load_task(path: str | Path) -> Task:
         raise VlagentError(_format_errors(path, e)) from None
     task.base_dir = path.resolve().parent
     return task
-
-
-def expand(value: str, workdir: Path) -> str:
-    """Fill the placeholders a task may use: {python}, {workdir}."""
-    return value.replace("{python}", sys.executable).replace("{workdir}", str(workdir))
 
 
 def resolve_path(task: Task, value: str, workdir: Path) -> Path:

@@ -1,5 +1,5 @@
 """The step log: one record per step, written as it happens. It is the single source of truth
-for prompts (agent.history), traces, reports and replay.
+for prompts (agent.run.history), traces, reports and replay.
 
 A trace folder holds:
     task.yaml        the task as run (resolved)

@@ -4,7 +4,7 @@
 
 For each seed the form app opens with `--layout-seed N` (window moved, rows reordered, spacing,
 label and field widths changed) on each screen size; the trace is replayed twice, once
-re-finding targets (agent.replay) and once with its recorded coordinates as they are (the naive
+re-finding targets (agent.replay.player) and once with its recorded coordinates as they are (the naive
 way). A replay succeeds when the task's checks pass; this benchmark's task is stricter than
 tasks/fill_form.yaml: the plan and the newsletter box must be right too. Prints a table and
 writes JSON to benchmarks/results/replay_success.json.
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.replay import replay_trace  # noqa: E402
+from agent.replay.player import replay  # noqa: E402
 from agent.task import load_task  # noqa: E402
 
 EXPECTED = {"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": True}
@@ -57,7 +57,7 @@ def main() -> None:
                 for mode, locate in (("locate", True), ("raw", False)):
                     t0 = time.perf_counter()
                     out = Path(tmp) / f"{mode}-{size[0]}-{seed}"
-                    result = replay_trace(args.trace, task, trace_out=out, locate=locate)
+                    result = replay(args.trace, task, trace_out=out, locate=locate)
                     row[mode] = result.status == "success"
                     row[f"{mode}_s"] = round(time.perf_counter() - t0, 2)
                     if mode == "locate":

@@ -1,4 +1,4 @@
-"""GPU check of agent/engine.py on the real Qwen3-VL-2B architecture (random weights, bf16):
+"""GPU check of agent/backends/engine.py on the real Qwen3-VL-2B architecture (random weights, bf16):
 correctness against transformers and against a full re-prefill, then decode variants.
 Usage: python benchmarks/gpu_check.py OUT.json   (prints a short table last)"""
 import gc
@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from agent.bench import build_model, frames
-from agent.engine import Engine, EngineImage, image_key
+from agent.backends.bench import build_model, frames
+from agent.backends.engine import Engine, EngineImage, image_key
 
 out_path = sys.argv[1] if len(sys.argv) > 1 else "gpu_check.json"
 R = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}

@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from agent.bench import build_model, frames
-from agent.engine import Engine, EngineImage, image_key
+from agent.backends.bench import build_model, frames
+from agent.backends.engine import Engine, EngineImage, image_key
 
 out = sys.argv[1] if len(sys.argv) > 1 else "."
 R = {}

@@ -6,7 +6,7 @@ import sys
 from transformers import AutoTokenizer
 
 from agent.backends.tiny import tiny_checkpoint
-from agent.bench import build_model
+from agent.backends.bench import build_model
 
 folder = sys.argv[1]
 model, improc, _, _ = build_model(None, False, "cuda")

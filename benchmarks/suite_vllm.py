@@ -42,7 +42,7 @@ def write_suite(folder: Path, tasks: int, steps: int) -> None:
 
 
 def run(suite: Path, server, workers: int, out: Path) -> dict:
-    from agent.suite import VLAGENT
+    from agent.suite.runner import VLAGENT
 
     t0 = time.perf_counter()
     proc = subprocess.run([*VLAGENT, "suite", str(suite), "--backend", "openai", "--base-url", server.base_url,
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv-vllm")
     args = ap.parse_args()
     from agent.backends.tiny import tiny_checkpoint
-    from agent.vllm_server import VLLMServer
+    from agent.backends.vllm_server import VLLMServer
 
     with tempfile.TemporaryDirectory(prefix="vlagent-bench-") as tmp, \
             VLLMServer(tiny_checkpoint(), args.venv, log=Path(tmp) / "vllm.log") as server:

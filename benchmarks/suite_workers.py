@@ -34,7 +34,7 @@ def build_suite(folder: Path, n: int) -> None:
 
 
 def run(suite: Path, workers: int, out: Path) -> tuple[float, int]:
-    from agent.suite import VLAGENT
+    from agent.suite.runner import VLAGENT
 
     t0 = time.perf_counter()
     proc = subprocess.run([*VLAGENT, "suite", str(suite), "--workers", str(workers), "--out", str(out)],

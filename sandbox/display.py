@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.errors import SandboxError
+from sandbox.errors import SandboxError
 from sandbox.procs import kill_group, spawn
 
 START_TIMEOUT_S = 10.0  # Xvfb usually reports its display within ~0.1 s

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.errors import SandboxError
-from agent.task import SetupStep, expand
+from sandbox.errors import SandboxError
+from sandbox.setup import SetupStep, expand
 from sandbox.display import Xvfb
 from sandbox.procs import describe, kill_group, spawn
 from sandbox.windows import display_size, find_windows

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from agent.errors import SandboxError
+from sandbox.errors import SandboxError
 
 XDOTOOL_TIMEOUT_S = 5.0
 

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("torch")
-from agent.bench import bench, percentile  # noqa: E402
+from agent.backends.bench import percentile  # noqa: E402
+from agent.cli.bench import bench  # noqa: E402
 
 KEYS = ("device", "step_ms_p50", "step_ms_p95", "ttft_ms", "decode_tok_s", "cold_start_s", "peak_gib",
         "vision_ms", "prefill_ms", "budget")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.budget import (GIB, QWEN3_VL_2B_PARAMS, budget, kv_bytes_per_token, load_config, plan,
-                          tokens_per_image)
+from agent.backends.budget import GIB, QWEN3_VL_2B_PARAMS, kv_bytes_per_token, load_config, plan, tokens_per_image
+from agent.cli.budget import budget
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 

@@ -9,8 +9,8 @@ import mss
 import pytest
 from PIL import Image
 
-import agent.checks
-from agent.checks import evaluate
+import agent.run.checks
+from agent.run.checks import evaluate
 from agent.task import SetupStep, Task
 from agent.trace import CheckResult
 from sandbox.session import Sandbox
@@ -135,7 +135,7 @@ def test_command_sees_the_display(tmp_path):
 
 
 def test_command_timeout_fails_and_kills_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(agent.checks, "COMMAND_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(agent.run.checks, "COMMAND_TIMEOUT_S", 0.3)
     r = one(tmp_path, {"command": "sleep 30 & echo $! > {workdir}/pid; wait"})
     assert not r.passed and r.detail == "did not finish in 0.3 s"
     pid = int((tmp_path / "work/pid").read_text())
@@ -187,7 +187,7 @@ def text_image(lines: list[str], size=(600, 200), px=28) -> Image.Image:
 
 
 def test_ocr_words_boxes_and_lines():
-    from agent.ocr import ocr_text, ocr_words
+    from agent.desktop.ocr import ocr_text, ocr_words
     img = text_image(["Name Ada", "Submit"])
     words = ocr_words(img)
     assert [(w.text, w.line) for w in words] == [("Name", 0), ("Ada", 0), ("Submit", 1)]
@@ -197,7 +197,7 @@ def test_ocr_words_boxes_and_lines():
 
 
 def test_ocr_upscales_small_images():
-    from agent.ocr import ocr_words
+    from agent.desktop.ocr import ocr_words
     small = text_image(["Saved"], size=(120, 40), px=11)  # crops like replay's are this small
     words = ocr_words(small)
     assert [w.text for w in words] == ["Saved"]
@@ -206,8 +206,8 @@ def test_ocr_upscales_small_images():
 
 
 def test_missing_tesseract_is_one_clear_line(monkeypatch):
-    import agent.ocr
+    import agent.desktop.ocr
     from agent.errors import VlagentError
-    monkeypatch.setattr(agent.ocr.shutil, "which", lambda name: None)
+    monkeypatch.setattr(agent.desktop.ocr.shutil, "which", lambda name: None)
     with pytest.raises(VlagentError, match=r"^tesseract not found: install it \(apt-get install tesseract-ocr\)$"):
-        agent.ocr.ocr_words(text_image(["x"]))
+        agent.desktop.ocr.ocr_words(text_image(["x"]))

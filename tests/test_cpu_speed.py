@@ -44,7 +44,7 @@ def display():
 def desktop(display):
     from pathlib import Path
     (Path.home() / ".Xauthority").touch(exist_ok=True)
-    from agent.desktop import X11Desktop
+    from agent.desktop.x11 import X11Desktop
     with X11Desktop(display) as d:
         yield d
 
@@ -131,7 +131,7 @@ STEPS = 10
 
 def test_loop_overhead_per_step(benchmark, tmp_path):
     """Per step: prompt rendering, trace writing (the screenshot PNG included), parsing, policy."""
-    from agent.loop import LoopConfig, run_loop
+    from agent.run.loop import LoopConfig, run_loop
     runs = iter(range(1000))
 
     def episode():

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from agent.desktop import PIXELS_PER_WHEEL_CLICK, SETTLE_MAX_S, X11Desktop, _runs, wheel_clicks
-from agent.x11_typing import keysym, pieces
+from agent.desktop.x11 import PIXELS_PER_WHEEL_CLICK, SETTLE_MAX_S, X11Desktop, _runs, wheel_clicks
+from agent.desktop.keysym_typing import keysym, pieces
 from agent.errors import Aborted, VlagentError
 from x11_echo import Echo, of, text_value, xdotool, xvfb
 

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa: E402
 
-from agent.engine import Engine, EngineImage, image_spans, mrope_positions  # noqa: E402
+from agent.backends.engine import Engine, EngineImage, image_spans, mrope_positions  # noqa: E402
 
 IMAGE, VSTART, VEND = 500, 501, 502  # placeholder ids of the small model
 VOCAB = 512
@@ -193,7 +193,7 @@ def test_jump_forward_gives_the_same_reply():
     """Tokens the grammar forces are fed in batches; the reply equals token-by-token decoding."""
     xgr = pytest.importorskip("xgrammar")
     from agent.backends.tiny import tiny_checkpoint
-    from agent.bench import GRAMMAR_EBNF
+    from agent.backends.bench import GRAMMAR_EBNF
     from transformers import AutoTokenizer
 
     folder = tiny_checkpoint()
@@ -222,7 +222,7 @@ def test_transformers_backend_with_the_engine_replies_like_generate():
     from actions.policy import Allow, Policy
     from agent.backends.tiny import tiny_checkpoint
     from agent.backends.transformers import TransformersBackend
-    from agent.history import build_messages
+    from agent.run.history import build_messages
     from agent.trace import Step
 
     def shot(seed):

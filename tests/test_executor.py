@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from actions.schema import ACTION_ADAPTER, ACTION_NAMES
-from agent.desktop import X11Desktop
+from agent.desktop.x11 import X11Desktop
 from agent.errors import Aborted
-from agent.executor import TYPE_CHUNK_CHARS, Outcome, execute, screen_point
+from agent.run.executor import TYPE_CHUNK_CHARS, Outcome, execute, screen_point
 from x11_echo import Echo, of, text_value, xdotool, xvfb
 
 SCREEN = (1280, 800)

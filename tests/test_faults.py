@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.suite import Options, discover, run_suite
+from agent.suite.runner import Options, discover, run_suite
 from agent.trace import load_steps
 from processes import alive_with
 
@@ -30,7 +30,7 @@ RUNNER = textwrap.dedent("""
     from pathlib import Path
     from agent.backends.script import ScriptBackend
     from agent.errors import BackendError
-    from agent.runner import run_task
+    from agent.run.runner import run_task
     from agent.task import load_task
 
     WAIT = '<tool_call>{"name": "computer_use", "arguments": {"action": "wait", "time": 0.5}}</tool_call>'
@@ -198,7 +198,7 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, sys.argv[3])
     from test_faults import runner_command
-    from agent.suite import Options, discover, run_suite
+    from agent.suite.runner import Options, discover, run_suite
     _, items = discover([sys.argv[1]])
     outcomes, interrupted = run_suite(items, Path(sys.argv[2]), Options(timeout_s=120), workers=2,
                                       command=runner_command(Path(sys.argv[4])))
@@ -342,7 +342,7 @@ def openai_suite(tmp: Path, names: list[str], max_steps: int) -> Path:
 
 
 def suite_cli(suite: Path, base_url: str, out: Path, workers: int, env: dict) -> subprocess.Popen:
-    from agent.suite import VLAGENT
+    from agent.suite.runner import VLAGENT
 
     return subprocess.Popen([*VLAGENT, "suite", str(suite), "--backend", "openai", "--base-url", base_url,
                              "--model", "fake-qwen", "--workers", str(workers), "--out", str(out),

@@ -14,8 +14,8 @@ from actions.keys import VALID_KEYS
 from actions.parse import parse_action
 from actions.policy import Allow, Policy, PolicyError, normalize_chord
 from actions.schema import Key
-from agent import grammar
-from agent.grammar import (MAX_REPLY_TOKENS, ReplyMatcher, default_chords, max_reply_bytes, reply_grammar,
+from agent.backends import grammar
+from agent.backends.grammar import (MAX_REPLY_TOKENS, ReplyMatcher, default_chords, max_reply_bytes, reply_grammar,
                            text_bound, text_chars, uint_le)
 
 xgr = pytest.importorskip("xgrammar")
@@ -303,7 +303,7 @@ def test_constrainer_compiles_once_per_grammar_and_gives_fresh_matchers(tiny_con
 def test_without_xgrammar_decoding_is_unconstrained_with_one_warning(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar -> ImportError
     monkeypatch.setattr(grammar, "_warned", False)
-    with caplog.at_level(logging.WARNING, logger="agent.grammar"):
+    with caplog.at_level(logging.WARNING, logger="agent.backends.grammar"):
         assert grammar.make_constrainer(object(), 10) is None
         assert grammar.make_constrainer(object(), 10) is None
     warnings = [r for r in caplog.records if "xgrammar" in r.getMessage()]

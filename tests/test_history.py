@@ -4,7 +4,7 @@ from PIL import Image
 
 from actions import Policy
 from agent.errors import BackendError
-from agent.history import HistoryConfig, build_messages, first_image_step, system_prompt
+from agent.run.history import HistoryConfig, build_messages, first_image_step, system_prompt
 from agent.trace import Step
 
 FRAME = Image.new("RGB", (320, 200), "gray")

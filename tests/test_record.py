@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from agent.record import Grouper, _key_fields, secret_name
-from agent.replay import replay
+from agent.replay.record import Grouper, _key_fields, secret_name
+from agent.replay.player import replay
 from agent.task import load_task
 from agent.trace import load_result, load_steps
 

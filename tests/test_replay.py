@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import VlagentError
-from agent.replay import replay, replay_trace
+from agent.replay.player import replay
 from agent.task import load_task
 from agent.trace import load_steps
 
@@ -63,7 +63,7 @@ def test_moved_window_and_widgets_replay_and_raw_coordinates_do_not(tmp_path, se
 
 
 def test_another_screen_size(tmp_path):
-    result = replay_trace(DEMO, variant(5, size=(1024, 768)), trace_out=tmp_path / "r")
+    result = replay(DEMO, variant(5, size=(1024, 768)), trace_out=tmp_path / "r")
     assert result.status == "success", result.reason
     assert form_json(tmp_path / "r") == FULL
 
@@ -96,7 +96,7 @@ def _rewrite(trace: Path, change) -> None:
 
 
 def test_a_target_that_is_gone_fails_naming_the_step_and_keeps_both_screenshots(tmp_path):
-    from agent.locate import describe_target
+    from agent.replay.locate import describe_target
     from PIL import Image
 
     trace = _copy_demo(tmp_path)
@@ -172,7 +172,7 @@ def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
     from PIL import Image
 
     from agent.backends.script import ScriptBackend
-    from agent.locate import describe_target
+    from agent.replay.locate import describe_target
 
     trace = _copy_demo(tmp_path)
     odd = Image.new("RGB", (1280, 800), (30, 30, 30))

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from agent.report import build_report, find_traces, report
+from agent.cli.report import report
+from agent.report.build import build_report, find_traces
 from agent.trace import CheckResult, Result, Step, Trace
 
 FRAME = (640, 400)
@@ -115,8 +116,8 @@ def test_report_command_finds_traces_under_folders(traces, tmp_path):
 
 
 def test_merge_joins_shard_reports_and_junit(traces, tmp_path):
-    from agent.junit import write_junit
-    from agent.suite import Item, Outcome
+    from agent.suite.junit import write_junit
+    from agent.suite.runner import Item, Outcome
 
     for i, trace in enumerate(traces, 1):
         shard = tmp_path / f"shard{i}"
@@ -188,7 +189,7 @@ def test_run_output_is_shown_redacted(traces, tmp_path):
 
 
 def test_redactor_hides_declared_and_likely_secrets_only(monkeypatch):
-    from agent.report import Redactor
+    from agent.report.build import Redactor
 
     monkeypatch.setenv("REPORT_TEST_PW", "abc")  # declared by the task: hidden however short
     monkeypatch.setenv("VLAGENT_SECRET_PIN", "4711")  # record/replay's secrets

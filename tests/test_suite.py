@@ -10,11 +10,11 @@ import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import click
 import pytest
 
-from agent.junit import merge_junit, write_junit
-from agent.suite import Item, Options, discover, parse_shard, run_suite, take_shard
+from agent.suite.junit import merge_junit, write_junit
+from agent.errors import VlagentError
+from agent.suite.runner import Item, Options, discover, parse_shard, run_suite, take_shard
 from agent.trace import Result, Step, Trace
 from processes import alive_with
 
@@ -74,7 +74,7 @@ def test_discover_finds_tasks_and_traces_not_their_parts(tmp_path):
 
 
 def test_discover_rejects_missing_path(tmp_path):
-    with pytest.raises(click.UsageError, match="no such file"):
+    with pytest.raises(VlagentError, match="no such file"):
         discover([tmp_path / "nope"])
 
 
@@ -99,7 +99,7 @@ def test_shards_partition_the_suite_stably(tmp_path):
 
 @pytest.mark.parametrize("bad", ["0/2", "3/2", "x", "1/0", "1-2"])
 def test_parse_shard_rejects(bad):
-    with pytest.raises(click.BadParameter):
+    with pytest.raises(VlagentError):
         parse_shard(bad)
 
 
@@ -158,7 +158,7 @@ def test_progress_on_a_terminal_shows_items_and_the_overall_bar(tmp_path):
 
     from rich.console import Console
 
-    from agent.suite_progress import Progress
+    from agent.suite.progress import Progress
 
     suite = tmp_path / "s"
     suite.mkdir()
@@ -177,7 +177,7 @@ def test_progress_on_a_terminal_shows_items_and_the_overall_bar(tmp_path):
 # ---------------------------------------------------------------- JUnit
 
 def _outcomes(tmp_path):
-    from agent.suite import Outcome
+    from agent.suite.runner import Outcome
 
     log = tmp_path / "log.txt"
     log.write_text("line one\nbad \x07 char\n")
@@ -232,7 +232,7 @@ def test_example_suite_runs_green_in_two_shards_and_merges(tmp_path):
     split in two shards as two CI machines would, then `vlagent report --merge`."""
     import subprocess
 
-    from agent.suite import VLAGENT
+    from agent.suite.runner import VLAGENT
 
     _, items = discover([EXAMPLES])
     for i in (1, 2):
@@ -257,7 +257,7 @@ def test_example_suite_runs_green_in_two_shards_and_merges(tmp_path):
 def test_list_shows_a_shard_without_running_it(tmp_path):
     from click.testing import CliRunner
 
-    from agent.suite import suite
+    from agent.suite.runner import suite
 
     make_suite(tmp_path, [f"t{i}" for i in range(5)])
     outputs = [CliRunner().invoke(suite, [str(tmp_path), "--list", "--shard", f"{i}/2"]) for i in (1, 2)]

@@ -15,7 +15,7 @@ from agent.backends import load_backend
 from agent.backends.script import ScriptBackend
 from agent.backends.transformers import TransformersBackend
 from agent.errors import VlagentError
-from agent.history import build_messages
+from agent.run.history import build_messages
 
 FILL_FORM = Allow(actions=["left_click", "type", "key", "scroll", "wait", "terminate"],
                   keys=["tab", "enter", "ctrl+a", "backspace"], max_text_len=200, deny_text=["(?i)password"])
@@ -107,7 +107,7 @@ def test_count_tokens_is_exact_and_counts_the_screenshot(backend):
 
 
 def test_budget_follows_the_grammar(backend):
-    from agent.grammar import max_reply_bytes
+    from agent.backends.grammar import max_reply_bytes
 
     assert backend.token_budget(Policy(FILL_FORM)) == max_reply_bytes(Policy(FILL_FORM)) + 1
     assert backend.token_budget(Policy(Allow(actions=["left_click"]))) < 200

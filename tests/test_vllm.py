@@ -44,7 +44,7 @@ class Servers:
 
     def get(self):
         from agent.backends.tiny import tiny_checkpoint
-        from agent.vllm_server import VLLMServer
+        from agent.backends.vllm_server import VLLMServer
 
         if self.server is None or self.server.proc.poll() is not None:
             if self.server is not None:

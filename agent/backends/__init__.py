@@ -7,8 +7,9 @@ from __future__ import annotations
 from agent.backends.base import Backend, Message
 from agent.errors import VlagentError
 
-__all__ = ["Backend", "Message", "load_backend", "BACKENDS", "TINY_RANDOM"]
+__all__ = ["Backend", "Message", "load_backend", "BACKENDS", "DEFAULT_MODEL", "TINY_RANDOM"]
 
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 BACKENDS = ("auto", "transformers", "openai")
 TINY_RANDOM = "tiny-random"
 SCRIPT_PREFIX = "script:"

@@ -27,7 +27,7 @@ from actions.policy import MAX_SCROLL_PX, MAX_WAIT_S, Policy
 from actions.schema import POINTER_ACTIONS
 from agent.errors import BackendError
 from agent.backends.qwen_images import image_config, image_tokens, resized_size
-from agent.grammar import Spec
+from agent.backends.grammar import Spec
 
 TIMEOUT_S = 120.0  # one reply; a 2B model answers in seconds, a loaded server may queue
 CONNECT_TIMEOUT_S = 5.0  # a server that does not accept within this is down
@@ -324,7 +324,7 @@ def reply_max_tokens(policy: Policy) -> int:
 def reply_schema(policy: Policy) -> dict:
     """A JSON schema for one native tool call (the bare object, without the <tool_call> tags) that
     only the policy's actions satisfy: the same action kinds and key chords as the local grammar
-    (agent/grammar.py), every field bounded by an enum, an integer range or a length."""
+    (agent/backends/grammar.py), every field bounded by an enum, an integer range or a length."""
     spec = Spec.of(policy)
     text = {"type": "string", "maxLength": text_limit(policy)}
     builders = {

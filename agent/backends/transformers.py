@@ -3,18 +3,18 @@
 Loads a local folder, or a hub id (downloaded once into the Hugging Face cache), with
 `from_pretrained`; the tiny random checkpoint goes the same way. On a GPU: bf16, flash_attention_2 when flash-attn imports, else sdpa; on the CPU: float32.
 Decoding is greedy and, by default, constrained to a native reply the policy can accept
-(agent/grammar.py); the loop still parses and checks every reply.
+(agent/backends/grammar.py); the loop still parses and checks every reply.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from agent.backends import DEFAULT_MODEL
 
 from agent.backends.base import Message
 from agent.backends.image_cache import PerImage
 from agent.errors import BackendError, VlagentError
 
-DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 # Without a grammar nothing bounds the reply; a native one is ~30-60 tokens.
 UNCONSTRAINED_MAX_NEW_TOKENS = 512
 HUB_TIMEOUT_S = 10
@@ -132,7 +132,7 @@ class TransformersBackend:
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = None, dtype=None,
                  max_new_tokens: int | None = None, constrained: bool = True, engine: bool | None = None):
         """`max_new_tokens` None: with a grammar, the grammar's own bound (a reply always completes);
-        without, UNCONSTRAINED_MAX_NEW_TOKENS. `engine`: decode with agent/engine.py (static KV
+        without, UNCONSTRAINED_MAX_NEW_TOKENS. `engine`: decode with agent/backends/engine.py (static KV
         cache, prefix reuse across steps, CUDA graphs); None = on CUDA unless VLAGENT_ENGINE=0."""
         model = str(model)
         self.name = f"transformers:{model}"
@@ -155,12 +155,12 @@ class TransformersBackend:
         self._preprocessed = PerImage()  # screenshot -> its pixel patches (encode)
         self.constrainer = None
         if constrained:
-            from agent.grammar import make_constrainer
+            from agent.backends.grammar import make_constrainer
 
             self.constrainer = make_constrainer(self.tokenizer, self.model.config.text_config.vocab_size)
         self.engine = None
         if engine if engine is not None else (self.device == "cuda" and os.environ.get("VLAGENT_ENGINE", "1") != "0"):
-            from agent.engine import make_engine
+            from agent.backends.engine import make_engine
 
             self.engine = make_engine(self.model)
 
@@ -230,7 +230,7 @@ class TransformersBackend:
             return self.max_new_tokens
         if self.constrainer is None:
             return UNCONSTRAINED_MAX_NEW_TOKENS
-        from agent.grammar import max_reply_bytes
+        from agent.backends.grammar import max_reply_bytes
 
         return max_reply_bytes(policy) + 1  # + the stop token
 

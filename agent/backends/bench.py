@@ -1,10 +1,10 @@
 """`vlagent bench`: an agent episode on the real Qwen3-VL-2B architecture, timed step by step.
 
 Each step brings a new screenshot (synthetic, new content every step), the prompt is rendered
-with the same rolling-history rule as the agent (agent.history.first_image_step: the newest K
+with the same rolling-history rule as the agent (agent.run.history.first_image_step: the newest K
 screenshots as images, older steps as one text line each, evicted in chunks), and the model
 replies with a fixed number of tokens (random weights never stop on their own). The engine
-(agent/engine.py) reuses the KV cache of the unchanged prefix between steps.
+(agent/backends/engine.py) reuses the KV cache of the unchanged prefix between steps.
 
 Prompt text is synthetic token ids (the 2B shapes need no tokenizer); lengths follow the real
 prompt: about 1,000 tokens of system prompt with the tool, ~40 per observation, ~25 per reply.
@@ -20,7 +20,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import click
 
 PROCESS_START = time.time()  # fallback for the cold start when psutil is missing
 
@@ -90,7 +89,7 @@ def build_model(model: str | None, tiny: bool, device: str):
         return (m, *procs, model)
     from transformers import Qwen2VLImageProcessor
     from agent.backends.tiny import IMAGE_PROCESSOR
-    from agent.budget import qwen3_vl_2b_config
+    from agent.backends.budget import qwen3_vl_2b_config
     cfg = qwen3_vl_2b_config()
     cfg._attn_implementation = "sdpa"
     cfg.text_config._attn_implementation = cfg.vision_config._attn_implementation = "sdpa"
@@ -116,13 +115,13 @@ def frames(width: int, height: int):
 
 
 class Prompter:
-    """Builds each step's token ids like agent.history renders messages, with synthetic text."""
+    """Builds each step's token ids like agent.run.history renders messages, with synthetic text."""
 
     def __init__(self, vocab: int, ids: dict, history: int, evict: int, seed: int = 0):
         import random
         self.rng = random.Random(seed)
         self.vocab, self.ids = vocab, ids
-        from agent.history import HistoryConfig
+        from agent.run.history import HistoryConfig
         self.hcfg = HistoryConfig(max_images=history, evict_chunk=evict)
         self.roles = {r: self.text(2) for r in ("system", "user", "assistant")}
         self.newline = self.text(1)[0]
@@ -139,7 +138,7 @@ class Prompter:
 
     def build(self, current) -> tuple[list[int], list]:
         """current: (image, n_placeholders, observation ids). Returns (ids, images in order)."""
-        from agent.history import first_image_step
+        from agent.run.history import first_image_step
         first = first_image_step(len(self.steps), self.hcfg)
         older = [t for s in self.steps[:first] for t in s["line"]]
         ids = self.turn("system", self.system) + self.turn("user", self.task + older)
@@ -172,8 +171,8 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
               compile: bool = False, attention: str = "bmm", peak_context: int = 0,
               grammar: bool = True, reply: str = "fixed", progress: bool = True) -> dict:
     import torch
-    from agent.budget import plan
-    from agent.engine import KV_BUCKET, Engine, EngineImage, image_key
+    from agent.backends.budget import plan
+    from agent.backends.engine import KV_BUCKET, Engine, EngineImage, image_key
 
     if compile:
         cache = Path(os.environ.get("VLAGENT_CACHE", Path.home() / ".cache" / "vlagent")) / "inductor"
@@ -315,7 +314,7 @@ def long_context_peak(eng, m, context, text_vocab, gen_frames, preprocess, merge
     """Peak device memory for one screenshot plus text filling `context` tokens (the baseline's 32K case)."""
     import random
     import torch
-    from agent.engine import Engine
+    from agent.backends.engine import Engine
     if eng.max_context < context:
         return {"peak_context": "skipped: engine context smaller"}
     eng.reset()
@@ -335,54 +334,3 @@ def long_context_peak(eng, m, context, text_vocab, gen_frames, preprocess, merge
     peak = max(tm.peak_vision_gib, tm.peak_prefill_gib, tm.peak_decode_gib) if device == "cuda" else float("nan")
     return {"peak_context": len(ids) + 32, "peak_context_gib": peak, "peak_context_ttft_ms": g.timings.ttft_ms,
             "peak_context_decode_tok_s": (g.timings.new_tokens - 1) / (g.timings.decode_ms / 1e3)}
-
-
-def table(r: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=f"vlagent bench: {r['model']} on {r['device']}", show_header=False)
-    t.add_column(style="bold")
-    t.add_column(justify="right")
-    keys = ["step_ms_p50", "step_ms_p95", "ttft_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms",
-            "decode_tok_s", "cold_start_s", "peak_gib", "predicted_peak_gib", "grammar_overhead_pct",
-            "peak_context_gib"]
-    for k in keys:
-        if k in r and isinstance(r[k], (int, float)):
-            t.add_row(k, f"{r[k]:.1f}" if abs(r[k]) >= 10 else f"{r[k]:.3f}")
-    Console().print(t)
-
-
-@click.command("bench")
-@click.option("--random-weights", is_flag=True, help="The real 2B architecture with random weights (no download; the default).")
-@click.option("--model", default=None, help="Real weights: a model id or local folder.")
-@click.option("--tiny", is_flag=True, help="The tiny random checkpoint on the CPU (a smoke run in seconds).")
-@click.option("--steps", default=12, show_default=True)
-@click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
-@click.option("--history", default=4, show_default=True, help="Screenshots kept as images.")
-@click.option("--evict", default=2, show_default=True, help="Older screenshots turned into text this many at a time.")
-@click.option("--reply-tokens", default=25, show_default=True, help="Tokens decoded per step.")
-@click.option("--context", default=32768, show_default=True, help="Static KV cache size in tokens.")
-@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the layer pieces (decode, prefill, vision blocks); cached in ~/.cache/vlagent/inductor.")
-@click.option("--attention", type=click.Choice(["bmm", "sdpa"]), default="bmm", show_default=True)
-@click.option("--peak-context", type=int, default=0, help="Also measure peak memory at this context (e.g. 32768).")
-@click.option("--grammar/--no-grammar", default=True, show_default=True, help="Measure the grammar's decode cost.")
-@click.option("--reply", type=click.Choice(["fixed", "click"]), default="fixed", show_default=True,
-              help="fixed: decode --reply-tokens tokens; click: a native click reply under its grammar.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
-def bench(random_weights, model, tiny, steps, screen, history, evict, reply_tokens, context, compile, attention,
-          peak_context, grammar, reply, json_path):
-    """Benchmark agent steps on the real Qwen3-VL-2B architecture."""
-    from agent.budget import parse_screen
-    if model and (random_weights or tiny):
-        raise click.UsageError("--model excludes --random-weights and --tiny")
-    if steps < 2:
-        raise click.UsageError("--steps must be at least 2 (the first step is the cold one)")
-    r = run_bench(model=model, tiny=tiny, steps=steps, screen=parse_screen(screen), history=history, evict=evict,
-                  reply_tokens=reply_tokens, context=context, compile=compile, attention=attention,
-                  peak_context=peak_context, grammar=grammar, reply=reply)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        # Strict JSON: a figure not measured here (device memory on the CPU) is null, not NaN.
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-        Path(json_path).write_text(json.dumps(clean, indent=1, default=str), encoding="utf-8")
-    table(r)

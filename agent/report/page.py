@@ -15,11 +15,10 @@ from string import Template
 
 import yaml
 
-from agent.report_draw import action_label, overlay_svg
+from agent.report.draw import action_label, overlay_svg
 from agent.trace import Result, Step, load_result
 
-ASSETS = Path(__file__).with_name("report_assets")
-ASSETS = Path(__file__).with_name("report_assets")
+ASSETS = Path(__file__).with_name("assets")
 SECRET_ENV = re.compile(r"(?i)(pass(word|wd)?|secret|token|api_?key|credential|private)")
 SECRET_ENV_PREFIX = "VLAGENT_SECRET_"  # how record/replay pass secrets in
 MIN_DECLARED_CHARS = 3  # a declared secret shorter than this would blank out ordinary letters

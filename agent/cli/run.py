@@ -2,45 +2,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from agent.errors import VlagentError
-
-EXIT_OK, EXIT_NOT_ACHIEVED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
-
-
-class UsageError(click.ClickException):
-    exit_code = EXIT_USAGE
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM tears down like Ctrl-C: the sandbox goes, the trace is completed."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
-def model_options(f):
-    f = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
-                     help="Hub id or local folder of Qwen3-VL weights, 'tiny-random', or 'script:FILE'.")(f)
-    f = click.option("--backend", type=click.Choice(["auto", "transformers", "openai"]), default="auto",
-                     show_default=True, help="'openai' talks to an OpenAI-compatible server (vLLM, SGLang).")(f)
-    f = click.option("--base-url", default=None, help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")(f)
-    return f
-
-
-def make_backend(model: str, backend: str, base_url: str | None):
-    from agent.backends import load_backend
-
-    if backend == "openai" and not base_url:
-        raise UsageError("--backend openai needs --base-url")
-    opts = {"base_url": base_url} if backend == "openai" else {}
-    return load_backend(model, backend=backend, **opts)
+from agent.cli.common import (EXIT_NOT_ACHIEVED, UsageError, exit_for, exit_interrupted, make_backend, model_options,
+                               sigterm_as_interrupt, usage_errors)
 
 
 @click.command()
@@ -59,32 +27,29 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
     130 when interrupted."""
-    from agent.history import HistoryConfig
-    from agent.loop import LoopConfig
-    from agent.runner import run_task, use_display
+    from agent.run.history import HistoryConfig
+    from agent.run.loop import LoopConfig
+    from agent.run.runner import run_task, use_display
     from agent.task import load_task
-    from agent.ui import print_result, step_printer
+    from agent.cli.ui import print_result, step_printer
 
-    try:
+    with usage_errors():
         task = load_task(task_file)
         display = use_display(display)
         model_backend = make_backend(model, backend, base_url)
-    except VlagentError as e:
-        raise UsageError(str(e)) from None
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
                       history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     try:
         result, folder = run_task(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
                                   on_step=None if as_json else step_printer())
     except KeyboardInterrupt:
-        click.echo("interrupted: sandbox torn down, trace written", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        exit_interrupted()
     if as_json:
         click.echo(json.dumps({**result.model_dump(mode="json"), "trace": str(folder)}, indent=2))
     else:
         print_result(result, folder)
-    sys.exit(EXIT_OK if result.status == "success" else EXIT_NOT_ACHIEVED)
+    exit_for(result.status)
 
 
 @click.command("check-action")
@@ -105,10 +70,8 @@ def check_action(raw, task_file, screen):
             raise ValueError
     except ValueError:
         raise UsageError(f"--screen must look like 1280x800, not {screen!r}") from None
-    try:
+    with usage_errors():
         policy = Policy(load_task(task_file).allow) if task_file else Policy()
-    except VlagentError as e:
-        raise UsageError(str(e)) from None
     if raw == "-":
         raw = sys.stdin.read()
     try:

@@ -17,7 +17,7 @@ import yaml
 from actions import Policy
 from agent.backends.base import Backend
 from agent.errors import Aborted, ModelExhausted, SandboxError, VlagentError
-from agent.loop import LoopConfig, LoopEnd, run_loop
+from agent.run.loop import LoopConfig, LoopEnd, run_loop
 from agent.task import Task
 from agent.trace import CheckResult, Result, Trace, new_trace_dir
 
@@ -27,7 +27,7 @@ DEFAULT_RUNS_DIR = Path("runs")
 @dataclass
 class Env:
     sandbox: object  # sandbox.session.Sandbox
-    desktop: object  # agent.desktop.X11Desktop
+    desktop: object  # agent.desktop.x11.X11Desktop
     workdir: Path
 
 
@@ -35,7 +35,7 @@ class Env:
 def task_environment(task: Task, display: str | None = None, workdir: Path | None = None) -> Iterator[Env]:
     """A display for the task (a fresh Xvfb sandbox unless `display` names one), its setup run,
     and a desktop bound to it. Everything started here is torn down on exit, Ctrl-C included."""
-    from agent.desktop import X11Desktop
+    from agent.desktop.x11 import X11Desktop
     from sandbox.session import Sandbox
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"vlagent-{task.name}-"))
@@ -48,7 +48,7 @@ def task_environment(task: Task, display: str | None = None, workdir: Path | Non
 
 
 def evaluate(task: Task, env: Env) -> list[CheckResult]:
-    from agent.checks import evaluate as run_checks
+    from agent.run.checks import evaluate as run_checks
 
     return run_checks(task, env.workdir, env.desktop)
 

@@ -2,8 +2,8 @@
 own child process and its own sandbox display, N at a time; then JUnit XML and an HTML report.
 
 Why a process per item: pyautogui binds one X display per process at import, and a crashed or hung
-item must never take the suite down. agent.suite_items finds and shards the items,
-agent.suite_child runs and cleans up one of them, this module schedules them and is the command.
+item must never take the suite down. agent.suite.items finds and shards the items,
+agent.suite.child runs and cleans up one of them, this module schedules them and is the command.
 """
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import click
 import yaml
 
-from agent.suite_child import (TASK_GRACE_S, TRACE_TIMEOUT_S, VLAGENT, Child, Options,  # noqa: F401 (API)
+from agent.suite.child import (TASK_GRACE_S, TRACE_TIMEOUT_S, VLAGENT, Child, Options,  # noqa: F401 (API)
                                default_command, model_for)
-from agent.suite_items import Item, Outcome, discover, parse_shard, take_shard  # noqa: F401 (API)
+from agent.suite.items import Item, Outcome, discover, parse_shard, take_shard  # noqa: F401 (API)
 from agent.trace import new_trace_dir
 
 POLL_S = 0.1  # how often the scheduler looks at its children
@@ -51,7 +50,7 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
               command: Callable[[Item, Path, Options], list[str]] = default_command) -> tuple[list[Outcome], bool]:
     """Run the items N at a time. Returns the final outcome per item (in item order) and whether
     the suite was interrupted. Never raises for a failing item."""
-    from agent.suite_progress import Progress
+    from agent.suite.progress import Progress
 
     progress = progress or Progress(len(items))
     out = Path(out).resolve()  # children may run elsewhere; their trace paths must not depend on cwd
@@ -117,56 +116,3 @@ def write_summary(outcomes: list[Outcome], root: Path, out: Path) -> Path:
     path = out / "suite.json"
     path.write_text(json.dumps({"root": str(root), "items": rows}, indent=2), encoding="utf-8")
     return path
-
-
-# ---------------------------------------------------------------- the command
-
-@click.command(help="Run task files (with --model) and traces (by replay) under PATH... in parallel sandboxes.")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(1, 64), help="Items run at once.")
-@click.option("--model", help="Model for task files; {dir} and {name} stand for the task file's folder and stem, "
-              "e.g. 'script:{dir}/{name}.replies.yaml'.")
-@click.option("--backend", type=click.Choice(["auto", "transformers", "openai"]),
-              help="Model backend for task files; openai: N workers share one OpenAI-compatible server.")
-@click.option("--base-url", help="Server URL for --backend openai.")
-@click.option("--retries", default=0, show_default=True, type=click.IntRange(0, 10), help="Re-runs of a failed item.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), help="Seconds per item "
-              f"[default: the task's timeout_s + {TASK_GRACE_S:g}; {TRACE_TIMEOUT_S:g} for a trace].")
-@click.option("--shard", help="Run shard I of N (1-based), e.g. 2/4.")
-@click.option("--out", type=click.Path(path_type=Path), help="Folder for traces and logs [default: runs/<time>-suite].")
-@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML here.")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write the HTML report to this folder.")
-@click.option("--list", "list_only", is_flag=True, help="Print the items (of this shard) and exit without running them.")
-def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only):
-    root, items = discover(list(paths))
-    if shard:
-        items = take_shard(items, *parse_shard(shard))
-    if not items and not shard:
-        raise click.UsageError(f"no task files (YAML with a goal) or traces (folders with steps.jsonl) under {', '.join(map(str, paths))}")
-    if list_only:
-        for it in items:
-            click.echo(f"{it.kind:5}  {it.rel}")
-        click.echo(f"{len(items)} item(s) under {root}" + (f", shard {shard}" if shard else ""))
-        return
-    out = (out or new_trace_dir(Path("runs"), "suite")).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    opts = Options(model=model, backend=backend, base_url=base_url, timeout_s=timeout_s, retries=retries)
-    outcomes, interrupted = run_suite(items, out, opts, workers=workers)
-    write_summary(outcomes, root, out)
-    if junit:
-        from agent.junit import write_junit
-
-        write_junit(outcomes, junit, name=f"vlagent suite{f' shard {shard}' if shard else ''}")
-    if report_dir:
-        from agent.report import build_report
-
-        build_report([o.trace for o in outcomes if o.trace], report_dir,
-                     names={o.trace: o.item.name for o in outcomes if o.trace}, title="vlagent suite",
-                     logs={o.trace: o.log for o in outcomes if o.trace})
-    passed = sum(o.passed for o in outcomes)
-    click.echo(("interrupted: " if interrupted else "") + f"{passed}/{len(outcomes)} passed; traces in {out}"
-               + (f"; report {report_dir}/index.html" if report_dir else ""))
-    if interrupted:
-        sys.exit(130)
-    sys.exit(0 if passed == len(outcomes) else 1)
-

@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import yaml
+
+from agent.errors import VlagentError
 
 
 OUTPUT_MARKERS = ("suite.json", "report.json")  # files that mark a folder vlagent wrote
@@ -73,7 +74,7 @@ def discover(paths: list[str | Path]) -> tuple[Path, list[Item]]:
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.exists():
-            raise click.UsageError(f"no such file or folder: {p}")
+            raise VlagentError(f"no such file or folder: {p}")
     root = suite_root(paths)
     found: dict[Path, str] = {}
 
@@ -100,9 +101,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not I/N, e.g. 1/3") from None
+        raise VlagentError(f"--shard {text!r} is not I/N, e.g. 1/3") from None
     if not (n >= 1 and 1 <= i <= n):
-        raise click.BadParameter(f"{text!r}: need 1 <= I <= N")
+        raise VlagentError(f"--shard {text!r}: need 1 <= I <= N")
     return i, n
 
 

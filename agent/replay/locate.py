@@ -10,7 +10,7 @@ Evidence (a JSON-able dict, stored as Step.target):
   window   the title of the window under the point and the point's place in it
   screen   the point relative to the screen
 
-Finding (agent.locate.search): the patch is matched on a 1/3-size screen across a few scales
+Finding (agent.replay.locate.search): the patch is matched on a 1/3-size screen across a few scales
 (another DPI); the context and the anchors, matched at the winning scale, propose more places;
 each place is refined at full resolution, then scored: patch similarity, plus its neighbourhood
 (anchors where they were, or the whole context when it is intact), plus, weakly, its place in the
@@ -130,7 +130,7 @@ def list_windows(display: str | None = None) -> list[Window]:
     from Xlib import X
     from Xlib.error import XError
 
-    from agent.desktop import _open_display  # quiet (no xauth warning), one-line errors
+    from agent.desktop.x11 import _open_display  # quiet (no xauth warning), one-line errors
 
     d = _open_display(display or os.environ.get("DISPLAY", ""))
     try:
@@ -202,8 +202,8 @@ def window_at(windows, pixel: tuple[int, int]) -> Window | None:
 # ---------------------------------------------------------------- OCR
 
 def ocr_words(image) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """(text, (x, y, w, h)) of each word tesseract reads with confidence (agent.ocr)."""
-    from agent.ocr import ocr_words as read
+    """(text, (x, y, w, h)) of each word tesseract reads with confidence (agent.desktop.ocr)."""
+    from agent.desktop.ocr import ocr_words as read
 
     return [(w.text, tuple(w.box)) for w in read(image) if re.search(r"\w", w.text) and w.conf >= MIN_OCR_CONF]
 

@@ -6,7 +6,7 @@ to the screen that input events address (desktop.size()), which differs from the
 setups or when frames are downscaled before the model sees them.
 
 Scroll convention (Qwen's computer_use): `pixels` > 0 scrolls up (scroll) or right (hscroll);
-the desktop turns pixels into wheel clicks (agent.desktop.PIXELS_PER_WHEEL_CLICK px each).
+the desktop turns pixels into wheel clicks (agent.desktop.x11.PIXELS_PER_WHEEL_CLICK px each).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from actions.coords import SCALE, to_pixels
 from actions.policy import normalize_chord
 from actions.schema import Action, Coordinate
-from agent.desktop import Button, Desktop
+from agent.desktop.x11 import Button, Desktop
 
 WAIT_POLL_S = 0.25  # how often a `wait` looks for a person's abort
 TYPE_CHUNK_CHARS = 50  # long text goes in chunks, with an abort check between (as Anthropic's demo)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import yaml
 
-from agent.suite_items import Item, Outcome
+from agent.suite.items import Item, Outcome
 from agent.trace import load_result
 
 KILL_GRACE_S = 5.0  # after SIGTERM, how long a child gets to tear down its sandbox before SIGKILL

@@ -1,7 +1,7 @@
 """The agent loop: observe, ask the model, parse, check the policy, execute, record.
 
 The model and the desktop are passed in; the loop builds nothing itself. It returns why it stopped;
-agent.runner turns that and the task's success checks into the run's status.
+agent.run.runner turns that and the task's success checks into the run's status.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from PIL import Image
 
 from actions import ParseError, Policy, PolicyError, check_reply, to_json
 from agent.backends.base import Backend
-from agent.desktop import Desktop
+from agent.desktop.x11 import Desktop
 from agent.errors import BackendError
-from agent.executor import execute
-from agent.history import HistoryConfig, build_messages
+from agent.run.executor import execute
+from agent.run.history import HistoryConfig, build_messages
 from agent.trace import Step, Trace
 
 MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output

@@ -33,7 +33,7 @@ class _Context:
     def screen_text(self) -> str:
         """OCR of the current screen, once for all screen_text checks."""
         if self._screen_text is None:
-            from agent.ocr import ocr_text
+            from agent.desktop.ocr import ocr_text
             self._screen_text = _normalise(ocr_text(self.desktop.capture()))
         return self._screen_text
 

@@ -1,6 +1,6 @@
 """Replay a trace (recorded by a person or written by an agent run) without a model.
 
-Before each pointer action the target is found again on the current screen (agent.locate), so a
+Before each pointer action the target is found again on the current screen (agent.replay.locate), so a
 moved window, moved widgets or another screen size do not break the replay; the task's success
 checks decide the outcome, as for `vlagent run`.
 
@@ -8,8 +8,6 @@ checks decide the outcome, as for `vlagent run`.
     result = replay("examples/fill_form_demo")            # sandbox, the trace's own task.yaml
     result = replay(trace, task="other.yaml", display=":1", trace_out="runs/r1")
 
-`replay` is both the Python API and the `vlagent replay` click command (agent.cli looks the
-command up by that name): called from Python it runs `replay_trace`.
 """
 from __future__ import annotations
 
@@ -20,14 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 from PIL import Image
 
 from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_pixels, to_relative
 from agent.errors import VlagentError
-from agent.runner import DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen, start_trace, task_environment
+from agent.run.runner import DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen, start_trace, task_environment
 from agent.trace import Result, Step, Trace, load_steps, new_trace_dir
 
 FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
@@ -110,7 +107,7 @@ def fill_secrets(text: str, task) -> str:
     return SECRET_RE.sub(lambda m: secret_value(m.group(1), task), text)
 
 
-def replay_trace(trace_dir, task=None, display: str | None = None, speed: float = 1.0, fallback=None,
+def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0, fallback=None,
            trace_out=None, *, locate: bool = True, on_step=None) -> Result:
     """Replay the trace in `trace_dir` and return the Result (its trace goes to `trace_out`).
 
@@ -197,7 +194,7 @@ class _Player:
             raise
         before = frame
         t1 = time.perf_counter()
-        from agent.executor import execute
+        from agent.run.executor import execute
 
         outcome = execute(action, self.desktop, frame.size)
         step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
@@ -226,7 +223,7 @@ class _Player:
             return action, frame, None
         if not self.locate:  # raw replay: the same relative point of the new screen
             return action, frame, None
-        from agent.locate import Search, label, list_windows, search
+        from agent.replay.locate import Search, label, list_windows, search
 
         t0 = time.perf_counter()
         evidence = {k: self._evidence(orig, k) for k in coords}
@@ -259,7 +256,7 @@ class _Player:
 
     def _evidence(self, orig: Step, key: str) -> dict:
         """The step's recorded evidence, or evidence derived from its screenshot and pixel."""
-        from agent.locate import describe_target, estimate_window
+        from agent.replay.locate import describe_target, estimate_window
 
         target = orig.target or {}
         if key == "start_coordinate":
@@ -289,8 +286,8 @@ class _Player:
     def _ground(self, action: Action, evidence: dict, frame: Image.Image, why: str, step: Step) -> Action | None:
         """Ask the fallback model where the target is now; None when its answer does not fit."""
         from actions.policy import Allow
-        from agent.history import build_messages
-        from agent.locate import label
+        from agent.run.history import build_messages
+        from agent.replay.locate import label
 
         only = Policy(Allow(actions=[action.action]))
         goal = (f"{self.task.goal}\nReplaying a recorded step whose target could not be found ({why}). "
@@ -351,85 +348,3 @@ def _shown(action: Action, orig: Step) -> dict:
 
 def _verb(step: Step) -> str:
     return str((step.action or {}).get("action", "step"))
-
-
-# ---------------------------------------------------------------------------------------- CLI
-
-class _ReplayCommand(click.Command):
-    """`vlagent replay` for click; called from Python it is the replay API (`replay_trace`)."""
-
-    def __call__(self, *args, **kwargs) -> Result:
-        return replay_trace(*args, **kwargs)
-
-
-@click.command("replay", cls=_ReplayCommand)
-@click.argument("trace_dir", metavar="TRACE", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--task", "task_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Replay under this task file (default: the trace's task.yaml).")
-@click.option("--display", default=None, help="Replay on an existing display (':N', or 'live') instead of a sandbox.")
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Recorded waits take 1/F of their time.")
-@click.option("--fallback", type=click.Choice(["none", "model"]), default="none", show_default=True,
-              help="'model': ask --model to ground a step whose target cannot be found.")
-@click.option("--model", "-m", default=None, help="The model for --fallback model (as for `vlagent run`).")
-@click.option("--raw", is_flag=True, help="Replay the recorded coordinates as they are (no re-finding).")
-@click.option("--trace", "trace_out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Trace folder of this replay (default: runs/<time>-replay-<task>).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json):
-    """Replay TRACE (a recorded or agent-run trace folder) without a model.
-
-    Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
-    130 when interrupted."""
-    from agent.commands import DEFAULT_MODEL, EXIT_INTERRUPTED, EXIT_NOT_ACHIEVED, EXIT_OK, UsageError
-    from agent.runner import use_display
-
-    try:
-        steps = load_trace_steps(trace_dir)
-        task = load_trace_task(trace_dir, task_file)
-        check_secrets(steps, task)
-        display = use_display(display)
-        backend = None
-        if fallback == "model":
-            from agent.backends import load_backend
-            backend = load_backend(model or DEFAULT_MODEL)
-        elif model:
-            raise VlagentError("--model is only used with --fallback model")
-    except VlagentError as e:
-        raise UsageError(str(e)) from None
-    out = trace_out or new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")
-    _sigterm_as_interrupt()
-    printer = None if as_json else _step_printer()
-    try:
-        result = replay_trace(trace_dir, task, display=display, speed=speed, fallback=backend, trace_out=out,
-                        locate=not raw, on_step=printer)
-    except KeyboardInterrupt:
-        click.echo("interrupted: sandbox torn down, trace written", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if as_json:
-        click.echo(json.dumps({**result.model_dump(mode="json"), "trace": str(out)}, indent=2))
-    else:
-        from agent.ui import print_result
-        print_result(result, Path(out))
-    sys.exit(EXIT_OK if result.status == "success" else EXIT_NOT_ACHIEVED)
-
-
-def _sigterm_as_interrupt() -> None:
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _step_printer():
-    def show(step: Step) -> None:
-        found = (step.target or {}).get("found") or {}
-        how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values()
-                        if isinstance(v, dict) and "score" in v)
-        what = json.dumps(step.action, ensure_ascii=False) if step.action else ""
-        extra = f" [{how}]" if how else ""
-        err = f"  {step.error}" if step.error else ""
-        click.echo(f"step {step.step:>3} {what}{extra} ({step.timings.get('step_ms', 0):.0f} ms){err}")
-    return show
-

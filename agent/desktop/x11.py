@@ -1,7 +1,7 @@
 """The desktop the agent sees and drives: mss capture and pyautogui input behind one small
 interface. Nothing else in vlagent touches pyautogui or mss.
 
-Coordinates here are screen pixels; agent.executor maps the model's 0..1000 space onto the
+Coordinates here are screen pixels; agent.run.executor maps the model's 0..1000 space onto the
 captured frame before calling in.
 
 X11Desktop types printable ASCII with pyautogui and every other character by binding it to a
@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 from PIL import Image
 
 from agent.errors import Aborted, VlagentError
-from agent.x11_typing import KeysymTyper
+from agent.desktop.keysym_typing import KeysymTyper
 
 Button = Literal["left", "right", "middle"]
 
@@ -278,7 +278,7 @@ class X11Desktop:
 
     def type(self, text: str) -> None:
         """Printable ASCII through pyautogui; anything else (non-ASCII, and the few ASCII characters
-        pyautogui mistypes on this keymap) through spare keycodes (agent.x11_typing)."""
+        pyautogui mistypes on this keymap) through spare keycodes (agent.desktop.keysym_typing)."""
         runs = _runs(text, self._typable)
         with self._on_display():
             self._typer.prepare("".join(chunk for by_pyautogui, chunk in runs if not by_pyautogui))

@@ -5,7 +5,7 @@ errors, timings, the final screen and the checks.
 
     out/index.html            the summary
     out/tasks/<slug>.html     one page per trace, its screenshots under out/tasks/<slug>/
-    out/assets/               CSS and JS (agent/report_assets), no network needed
+    out/assets/               CSS and JS (agent/report/assets), no network needed
     out/report.json           the summary as data: `--merge` joins shards' reports from it
 
 Secrets stay redacted: values of the environment variables a task names under `secrets:` and of
@@ -21,9 +21,9 @@ from dataclasses import asdict
 from html import escape
 from pathlib import Path
 
-import click
 
-from agent.report_page import (ASSETS, Entry, Redactor, _badge, _page, render_trace,  # noqa: F401 (API)
+from agent.errors import VlagentError
+from agent.report.page import (ASSETS, Entry, Redactor, _badge, _page, render_trace,  # noqa: F401 (API)
                                read_steps)
 
 STATUS_ORDER = ("error", "timeout", "aborted", "invalid_output", "failed", "skipped", "no result", "success")
@@ -107,7 +107,7 @@ def build_report(traces: list[Path], out: str | Path, names: dict | None = None,
 
 def merge_reports(inputs: list[Path], out: str | Path, title: str = "vlagent report (merged)") -> Path:
     """Join shards' reports (folders with report.json) and JUnit files (*.xml) into one folder."""
-    from agent.junit import merge_junit
+    from agent.suite.junit import merge_junit
 
     out = Path(out)
     (out / "tasks").mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ def merge_reports(inputs: list[Path], out: str | Path, title: str = "vlagent rep
     reports = [r for p in inputs for r in ([p / "report.json"] if (p / "report.json").is_file() else sorted(p.rglob("report.json")))]
     junits = [x for p in inputs for x in sorted(p.rglob("*.xml")) if _is_junit(x)]
     if not reports and not junits:
-        raise click.UsageError(f"no reports (report.json) or JUnit files (*.xml) under {', '.join(map(str, inputs))}")
+        raise VlagentError(f"no reports (report.json) or JUnit files (*.xml) under {', '.join(map(str, inputs))}")
     taken: set[str] = set()
     entries = []
     for r in reports:
@@ -145,21 +145,3 @@ def _is_junit(path: Path) -> bool:
     except OSError:
         return False
     return "<testsuites" in head or "<testsuite" in head
-
-
-@click.command(help="Build an HTML report (viewable offline) from TRACE folders, or folders holding them.")
-@click.argument("traces", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
-@click.option("--merge", is_flag=True, help="Join shards: the inputs are folders holding report.json and JUnit *.xml files.")
-@click.option("--title", default=None, help="Title of the summary page.")
-def report(traces, out, merge, title):
-    if merge:
-        index = merge_reports(list(traces), out, title=title or "vlagent report (merged)")
-        junit = out / "junit.xml"
-        click.echo(f"merged report: {index}" + (f"; JUnit: {junit}" if junit.exists() else ""))
-        return
-    found = find_traces(list(traces))
-    if not found:
-        raise click.UsageError(f"no traces (folders with steps.jsonl) under {', '.join(map(str, traces))}")
-    index = build_report(found, out, title=title or "vlagent report")
-    click.echo(f"report of {len(found)} trace(s): {index}")

@@ -148,7 +148,7 @@ class VLLMServer:
         self.stop()
 
 
-if __name__ == "__main__":  # python -m agent.vllm_server [VENV]: serve the tiny model until Ctrl-C
+if __name__ == "__main__":  # python -m agent.backends.vllm_server [VENV]: serve the tiny model until Ctrl-C
     from agent.backends.tiny import tiny_checkpoint
 
     with VLLMServer(tiny_checkpoint(), sys.argv[1] if len(sys.argv) > 1 else ".venv-vllm") as srv:

@@ -1,4 +1,4 @@
-"""The pieces of agent/engine.py that are plain functions: content keys, the language model's
+"""The pieces of agent/backends/engine.py that are plain functions: content keys, the language model's
 layer math (pure functions of activations and weights, so one compiled version serves all 28
 layers), and the prompt bookkeeping (M-RoPE positions, image spans, prefill passes).
 

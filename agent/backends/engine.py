@@ -28,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.engine_ops import (attend, chunks, image_key, image_spans, mrope_positions,  # noqa: F401
+from agent.backends.engine_ops import (attend, chunks, image_key, image_spans, mrope_positions,  # noqa: F401
                                post_attention, pre_attention, rms_norm, tensor_key)
 from agent.backends.image_cache import PerImage
 from agent.errors import VlagentError
@@ -530,7 +530,7 @@ def make_engine(model, context: int | None = None) -> "Engine":
     ctx = context or int(os.environ.get("VLAGENT_CONTEXT", ENGINE_CONTEXT))
     device = next(model.parameters()).device
     if device.type == "cuda":
-        from agent.budget import plan
+        from agent.backends.budget import plan
         free, _ = torch.cuda.mem_get_info(device)
         # Free memory now (weights already loaded) plus the weights the planner subtracts again.
         weights = sum(p.numel() * p.element_size() for p in model.parameters())

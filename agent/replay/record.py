@@ -2,7 +2,7 @@
 
 The trace has the same format as an agent run (agent.trace), with `source="human"`: each step
 holds the native action (0..1000 coordinates), the screenshot from just before it, the pixel it
-hit and, for pointer actions, the evidence that finds its target again (agent.locate).
+hit and, for pointer actions, the evidence that finds its target again (agent.replay.locate).
 
 Events come from pynput (X RECORD) on the task's display. They are grouped into actions:
 press+release in one place is a click (two or three quick ones a double or triple click), a
@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import yaml
 
 from actions.coords import to_relative
@@ -41,7 +40,7 @@ SCROLL_GROUP_S = 0.6  # wheel clicks this close in time and place are one scroll
 TYPE_IDLE_S = 2.0  # a pause this long ends a run of typed text
 TICK_S = 0.05
 LISTENER_JOIN_S = 2.0
-PIXELS_PER_WHEEL_CLICK = 100  # as agent.desktop: the trace speaks pixels, the wheel clicks
+PIXELS_PER_WHEEL_CLICK = 100  # as agent.desktop.x11: the trace speaks pixels, the wheel clicks
 SECRET_LABEL_RE = re.compile(r"(?i)\b(pass(word|code|phrase)?|secret|pin|token|otp)\b")
 MODIFIER_NAMES = {"ctrl": "ctrl", "ctrl_l": "ctrl", "ctrl_r": "ctrl", "alt": "alt", "alt_l": "alt",
                   "alt_r": "alt", "alt_gr": "alt", "shift": "shift", "shift_l": "shift", "shift_r": "shift",
@@ -326,7 +325,7 @@ class Recorder:
 
     def _write(self, pending: Pending) -> None:
         """One finished action -> one Step with its frame, pixel and target evidence."""
-        from agent.locate import describe_target, list_windows
+        from agent.replay.locate import describe_target, list_windows
 
         t0 = time.perf_counter()
         frame = self.frames.before(pending.t)
@@ -367,7 +366,7 @@ class Recorder:
 
     def _checks_pass(self) -> bool:
         """Cheap checks first (files, commands); OCR of the screen only when those pass."""
-        from agent.runner import evaluate
+        from agent.run.runner import evaluate
 
         if not self.task.success:
             return False
@@ -406,7 +405,7 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
     """Set up `task` (a sandbox unless `display`), record until Ctrl-C, `max_seconds` or the
     task's checks pass, and write the trace to `trace_dir`. `on_ready(display)` is called once
     the listeners run (a person or a test may start then)."""
-    from agent.runner import evaluate, save_final_screen, task_environment
+    from agent.run.runner import evaluate, save_final_screen, task_environment
     from agent.task import Task, load_task
 
     task = task if isinstance(task, Task) else load_task(task)
@@ -448,52 +447,3 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
         result.duration_s = round(result.ended - result.started, 3)
         trace.finish(result)
     return result
-
-
-# ---------------------------------------------------------------------------------------- CLI
-
-@click.command()
-@click.argument("trace_dir", metavar="TRACE", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--task", "task_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The task to set up and record (its success checks end the recording).")
-@click.option("--display", default=None, help="Record on an existing display (':N', or 'live') instead of a sandbox.")
-@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Stop recording after this long.")
-@click.option("--keep-going", is_flag=True, help="Do not stop when the task's success checks pass.")
-def record(trace_dir, task_file, display, max_seconds, keep_going):
-    """Record your mouse and keyboard on the task's display into TRACE, replayable with
-    `vlagent replay TRACE`. Stops on Ctrl-C, after --max-seconds, or when the task's checks pass.
-
-    Exit 0 when the recording ends with the task's checks passing, 1 when not, 2 on usage errors."""
-    from agent.commands import EXIT_NOT_ACHIEVED, EXIT_OK, UsageError
-    from agent.runner import use_display
-    from agent.task import load_task
-
-    try:
-        task = load_task(task_file)
-        display = use_display(display)
-        if (trace_dir / "steps.jsonl").exists():
-            raise VlagentError(f"{trace_dir} already holds a trace; choose a new folder")
-    except VlagentError as e:
-        raise UsageError(str(e)) from None
-
-    def ready(d: str) -> None:
-        click.echo(f"recording on display {d}: attach a viewer (e.g. x11vnc -display {d}) and work; "
-                   f"Ctrl-C stops", err=False)
-        sys.stdout.flush()
-
-    def show(step: Step) -> None:
-        where = f" at {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
-        click.echo(f"step {step.step:>3} {step.action['action']}{where}")
-        sys.stdout.flush()
-
-    import signal
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-    result = record_trace(trace_dir, task, display=display, max_seconds=max_seconds,
-                          stop_when_done=not keep_going, on_ready=ready, on_step=show)
-    click.echo(f"{result.status}: {result.reason}")
-    click.echo(f"trace: {trace_dir}")
-    sys.exit(EXIT_OK if result.status == "success" else EXIT_NOT_ACHIEVED)

@@ -13,15 +13,15 @@ from agent import __version__
 
 # name -> "module:attribute" of a click command
 COMMANDS = {
-    "run": "agent.commands:run",
-    "check-action": "agent.commands:check_action",
-    "doctor": "agent.doctor:doctor",
-    "budget": "agent.budget:budget",
-    "bench": "agent.bench:bench",
-    "record": "agent.record:record",
-    "replay": "agent.replay:replay",
-    "suite": "agent.suite:suite",
-    "report": "agent.report:report",
+    "run": "agent.cli.run:run",
+    "check-action": "agent.cli.run:check_action",
+    "doctor": "agent.cli.doctor:doctor",
+    "budget": "agent.cli.budget:budget",
+    "bench": "agent.cli.bench:bench",
+    "record": "agent.cli.record:record",
+    "replay": "agent.cli.replay:replay",
+    "suite": "agent.cli.suite:suite",
+    "report": "agent.cli.report:report",
 }
 HELP = {
     "run": "Run a task file with a model in a sandboxed display.",

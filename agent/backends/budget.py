@@ -7,7 +7,7 @@
     predicted peak  = weights + KV(context) + activation reserve + vision cache
 
 The activation reserve is the largest transient of one step: the vision encoder on one
-screenshot, or one prefill chunk of the engine (agent/engine.py), whichever is larger, from the
+screenshot, or one prefill chunk of the engine (agent/backends/engine.py), whichever is larger, from the
 model's shapes; RESERVE_FIXED covers what the shapes don't show (cuBLAS workspace, graph pools,
 logits), set from the H100 runs in benchmarks/results/.
 """
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from agent.backends import DEFAULT_MODEL
+from agent.errors import VlagentError
 
-import click
 
 GIB = 1024 ** 3
-DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
 DEFAULT_CARD_GIB = 24.0  # the user's RTX 4090D, when there is no GPU here
 RESERVE_FIXED = 160 * 1024 ** 2  # bytes: cuBLAS workspace, CUDA graph pool, logits, allocator slack
 MARGIN = 0.5 * GIB  # bytes left free for the CUDA context / other processes' noise on the card
@@ -62,7 +62,7 @@ def load_config(model: str | None):
     try:
         return AutoConfig.from_pretrained(model)
     except Exception as e:  # not found, offline, not a Qwen3-VL folder
-        raise click.ClickException(f"cannot read the config of {model!r}: {str(e).splitlines()[0]}")
+        raise VlagentError(f"cannot read the config of {model!r}: {str(e).splitlines()[0]}") from None
 
 
 def kv_bytes_per_token(text_cfg, dtype_bytes: int = 2) -> int:
@@ -149,7 +149,7 @@ class Plan:
 def plan(config, device_bytes: float, screen: tuple[int, int] = (1920, 1080), *, model: str = DEFAULT_MODEL,
          device: str = "", dtype_bytes: int = 2, history: int = 4, context: int | None = None,
          params: int | None = None, prefill_chunk: int | None = None, vision_cache: int | None = None) -> Plan:
-    from agent import engine
+    from agent.backends import engine
 
     tcfg, vcfg = config.text_config, config.vision_config
     params = params if params is not None else param_count(config)
@@ -192,50 +192,4 @@ def parse_screen(value: str) -> tuple[int, int]:
             raise ValueError
         return w, h
     except ValueError:
-        raise click.BadParameter(f"expected WxH like 1920x1080, got {value!r}")
-
-
-def render(p: Plan) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"KV budget: {p.model} on {p.device} ({p.device_gib:g} GiB)", show_header=False)
-    t.add_column(style="bold")
-    t.add_column(justify="right")
-    rows = [
-        ("weights", f"{p.weights_gib:.2f} GiB ({p.params / 1e9:.3f} B params x {p.dtype_bytes} B)"),
-        ("KV bytes per token", f"{p.kv_bytes_per_token:,} B ({p.kv_bytes_per_token / 1024:.0f} KiB)"),
-        ("activation reserve", f"{p.reserve_gib:.2f} GiB"),
-        ("vision cache", f"{p.vision_cache_gib:.2f} GiB"),
-        ("model max context", f"{p.max_context_model:,} tokens"),
-        ("token budget", f"{p.token_budget:,} tokens"),
-        (f"tokens per {p.screen[0]}x{p.screen[1]} screenshot", f"{p.tokens_per_image:,}"),
-        ("screenshots that fit", f"{p.images_fit:,}"),
-        (f"predicted peak at {p.context:,} tokens", f"{p.predicted_peak_gib:.2f} GiB"),
-    ]
-    for k, v in rows:
-        t.add_row(k, v)
-    Console().print(t)
-
-
-@click.command("budget")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model id or local folder (its config is read).")
-@click.option("--device-memory", "device_gib", type=float, default=None,
-              help="Card size in GiB (default: the current GPU, else 24 for an RTX 4090D).")
-@click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
-@click.option("--history", default=4, show_default=True, help="Screenshots kept as images in the prompt.")
-@click.option("--context", type=int, default=None, help="Predict the peak at this many tokens (default: the budget).")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def budget(model, device_gib, screen, history, context, as_json):
-    """Print the KV-cache token budget and how many screenshots fit."""
-    size = parse_screen(screen)
-    cfg = load_config(model)
-    if device_gib is not None:
-        name, total = f"{device_gib:g} GiB card", device_gib * GIB
-    else:
-        name, total = current_device() or (f"{DEFAULT_CARD_GIB:g} GiB card (no GPU here)", DEFAULT_CARD_GIB * GIB)
-    p = plan(cfg, total, size, model=model, device=name, history=history, context=context)
-    if as_json:
-        click.echo(json.dumps(asdict(p), indent=1))
-    else:
-        render(p)
+        raise VlagentError(f"expected WxH like 1920x1080, got {value!r}") from None

@@ -1,0 +1,64 @@
+"""`vlagent bench`: agent-step speed, printed as a table and optionally written as JSON."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from agent.backends.bench import run_bench
+from agent.backends.budget import parse_screen
+from agent.cli.common import usage_errors
+
+
+def table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"vlagent bench: {r['model']} on {r['device']}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    keys = ["step_ms_p50", "step_ms_p95", "ttft_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms",
+            "decode_tok_s", "cold_start_s", "peak_gib", "predicted_peak_gib", "grammar_overhead_pct",
+            "peak_context_gib"]
+    for k in keys:
+        if k in r and isinstance(r[k], (int, float)):
+            t.add_row(k, f"{r[k]:.1f}" if abs(r[k]) >= 10 else f"{r[k]:.3f}")
+    Console().print(t)
+
+
+@click.command("bench")
+@click.option("--random-weights", is_flag=True, help="The real 2B architecture with random weights (no download; the default).")
+@click.option("--model", default=None, help="Real weights: a model id or local folder.")
+@click.option("--tiny", is_flag=True, help="The tiny random checkpoint on the CPU (a smoke run in seconds).")
+@click.option("--steps", default=12, show_default=True)
+@click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
+@click.option("--history", default=4, show_default=True, help="Screenshots kept as images.")
+@click.option("--evict", default=2, show_default=True, help="Older screenshots turned into text this many at a time.")
+@click.option("--reply-tokens", default=25, show_default=True, help="Tokens decoded per step.")
+@click.option("--context", default=32768, show_default=True, help="Static KV cache size in tokens.")
+@click.option("--compile/--no-compile", default=False, show_default=True, help="torch.compile the layer pieces (decode, prefill, vision blocks); cached in ~/.cache/vlagent/inductor.")
+@click.option("--attention", type=click.Choice(["bmm", "sdpa"]), default="bmm", show_default=True)
+@click.option("--peak-context", type=int, default=0, help="Also measure peak memory at this context (e.g. 32768).")
+@click.option("--grammar/--no-grammar", default=True, show_default=True, help="Measure the grammar's decode cost.")
+@click.option("--reply", type=click.Choice(["fixed", "click"]), default="fixed", show_default=True,
+              help="fixed: decode --reply-tokens tokens; click: a native click reply under its grammar.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
+def bench(random_weights, model, tiny, steps, screen, history, evict, reply_tokens, context, compile, attention,
+          peak_context, grammar, reply, json_path):
+    """Benchmark agent steps on the real Qwen3-VL-2B architecture."""
+    if model and (random_weights or tiny):
+        raise click.UsageError("--model excludes --random-weights and --tiny")
+    if steps < 2:
+        raise click.UsageError("--steps must be at least 2 (the first step is the cold one)")
+    with usage_errors():
+        size = parse_screen(screen)
+    r = run_bench(model=model, tiny=tiny, steps=steps, screen=size, history=history, evict=evict,
+                  reply_tokens=reply_tokens, context=context, compile=compile, attention=attention,
+                  peak_context=peak_context, grammar=grammar, reply=reply)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        # Strict JSON: a figure not measured here (device memory on the CPU) is null, not NaN.
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        Path(json_path).write_text(json.dumps(clean, indent=1, default=str), encoding="utf-8")
+    table(r)

@@ -1,0 +1,58 @@
+"""`vlagent budget`: the KV-cache plan for a card, printed as a table or JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import click
+
+from agent.backends import DEFAULT_MODEL
+from agent.backends.budget import DEFAULT_CARD_GIB, GIB, Plan, current_device, load_config, parse_screen, plan
+from agent.cli.common import usage_errors
+
+
+def render(p: Plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"KV budget: {p.model} on {p.device} ({p.device_gib:g} GiB)", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    rows = [
+        ("weights", f"{p.weights_gib:.2f} GiB ({p.params / 1e9:.3f} B params x {p.dtype_bytes} B)"),
+        ("KV bytes per token", f"{p.kv_bytes_per_token:,} B ({p.kv_bytes_per_token / 1024:.0f} KiB)"),
+        ("activation reserve", f"{p.reserve_gib:.2f} GiB"),
+        ("vision cache", f"{p.vision_cache_gib:.2f} GiB"),
+        ("model max context", f"{p.max_context_model:,} tokens"),
+        ("token budget", f"{p.token_budget:,} tokens"),
+        (f"tokens per {p.screen[0]}x{p.screen[1]} screenshot", f"{p.tokens_per_image:,}"),
+        ("screenshots that fit", f"{p.images_fit:,}"),
+        (f"predicted peak at {p.context:,} tokens", f"{p.predicted_peak_gib:.2f} GiB"),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+@click.command("budget")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model id or local folder (its config is read).")
+@click.option("--device-memory", "device_gib", type=float, default=None,
+              help="Card size in GiB (default: the current GPU, else 24 for an RTX 4090D).")
+@click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
+@click.option("--history", default=4, show_default=True, help="Screenshots kept as images in the prompt.")
+@click.option("--context", type=int, default=None, help="Predict the peak at this many tokens (default: the budget).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def budget(model, device_gib, screen, history, context, as_json):
+    """Print the KV-cache token budget and how many screenshots fit."""
+    with usage_errors():
+        size = parse_screen(screen)
+        cfg = load_config(model)
+    if device_gib is not None:
+        name, total = f"{device_gib:g} GiB card", device_gib * GIB
+    else:
+        name, total = current_device() or (f"{DEFAULT_CARD_GIB:g} GiB card (no GPU here)", DEFAULT_CARD_GIB * GIB)
+    p = plan(cfg, total, size, model=model, device=name, history=history, context=context)
+    if as_json:
+        click.echo(json.dumps(asdict(p), indent=1))
+    else:
+        render(p)

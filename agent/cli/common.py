@@ -1,0 +1,60 @@
+"""What every command shares: exit codes, the usage error, model options, Ctrl-C and SIGTERM."""
+from __future__ import annotations
+
+import signal
+import sys
+from contextlib import contextmanager
+
+import click
+
+from agent.backends import DEFAULT_MODEL
+from agent.errors import VlagentError
+
+EXIT_OK, EXIT_NOT_ACHIEVED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+@contextmanager
+def usage_errors():
+    """A VlagentError raised while reading the command's inputs is a one-line usage error, exit 2."""
+    try:
+        yield
+    except VlagentError as e:
+        raise UsageError(str(e)) from None
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM tears down like Ctrl-C: the sandbox goes, the trace is completed."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def exit_interrupted() -> None:
+    click.echo("interrupted: sandbox torn down, trace written", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def exit_for(status: str) -> None:
+    sys.exit(EXIT_OK if status == "success" else EXIT_NOT_ACHIEVED)
+
+
+def model_options(f):
+    f = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+                     help="Hub id or local folder of Qwen3-VL weights, 'tiny-random', or 'script:FILE'.")(f)
+    f = click.option("--backend", type=click.Choice(["auto", "transformers", "openai"]), default="auto",
+                     show_default=True, help="'openai' talks to an OpenAI-compatible server (vLLM, SGLang).")(f)
+    f = click.option("--base-url", default=None, help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")(f)
+    return f
+
+
+def make_backend(model: str, backend: str, base_url: str | None):
+    from agent.backends import load_backend
+
+    if backend == "openai" and not base_url:
+        raise VlagentError("--backend openai needs --base-url")
+    opts = {"base_url": base_url} if backend == "openai" else {}
+    return load_backend(model, backend=backend, **opts)

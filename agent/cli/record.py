@@ -1,0 +1,52 @@
+"""`vlagent record`: a person's mouse and keyboard on the task's display, as a replayable trace."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from agent.cli.common import exit_for, sigterm_as_interrupt, usage_errors
+from agent.errors import VlagentError
+from agent.trace import Step
+
+
+@click.command()
+@click.argument("trace_dir", metavar="TRACE", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--task", "task_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The task to set up and record (its success checks end the recording).")
+@click.option("--display", default=None, help="Record on an existing display (':N', or 'live') instead of a sandbox.")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop recording after this long.")
+@click.option("--keep-going", is_flag=True, help="Do not stop when the task's success checks pass.")
+def record(trace_dir, task_file, display, max_seconds, keep_going):
+    """Record your mouse and keyboard on the task's display into TRACE, replayable with
+    `vlagent replay TRACE`. Stops on Ctrl-C, after --max-seconds, or when the task's checks pass.
+
+    Exit 0 when the recording ends with the task's checks passing, 1 when not, 2 on usage errors."""
+    from agent.replay.record import record_trace
+    from agent.run.runner import use_display
+    from agent.task import load_task
+
+    with usage_errors():
+        task = load_task(task_file)
+        display = use_display(display)
+        if (trace_dir / "steps.jsonl").exists():
+            raise VlagentError(f"{trace_dir} already holds a trace; choose a new folder")
+
+    def ready(d: str) -> None:
+        click.echo(f"recording on display {d}: attach a viewer (e.g. x11vnc -display {d}) and work; "
+                   f"Ctrl-C stops", err=False)
+        sys.stdout.flush()
+
+    def show(step: Step) -> None:
+        where = f" at {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
+        click.echo(f"step {step.step:>3} {step.action['action']}{where}")
+        sys.stdout.flush()
+
+    sigterm_as_interrupt()
+    result = record_trace(trace_dir, task, display=display, max_seconds=max_seconds,
+                          stop_when_done=not keep_going, on_ready=ready, on_step=show)
+    click.echo(f"{result.status}: {result.reason}")
+    click.echo(f"trace: {trace_dir}")
+    exit_for(result.status)
