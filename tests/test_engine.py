@@ -242,3 +242,108 @@ def test_transformers_backend_with_the_engine_replies_like_generate():
         steps.append(Step(step=n + 1, raw=reply, action=None))
         if n:  # later steps prefill only what is new
             assert with_engine.engine.last_timings.reused_tokens > 0
+
+
+# ---- safe on failure and cancellation (issue 9): the tiny checkpoint on the CPU
+
+def _tiny_engine():
+    from agent.backends.tiny import tiny_checkpoint
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_checkpoint()).eval()
+    return model, Engine(model, max_context=1024)
+
+
+def _fail_after(eng: Engine, calls: int):
+    """Make the engine's prefill raise (like an out-of-memory) after `calls` layer passes wrote KV."""
+    real, seen = eng._post_n, []
+
+    def post(*args):
+        seen.append(1)
+        if len(seen) > calls:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(*args)
+    eng._post_n = post
+    return lambda: setattr(eng, "_post_n", real)
+
+
+def _tiny_prompt(seed: int, n: int, vocab: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab - 100, (n,), generator=g).tolist()
+
+
+def test_a_failure_mid_prefill_leaves_no_stale_prefix():
+    """A call that fails after overwriting cache slots of the cached prefix: the next call that
+    shares that prefix must recompute it, so its reply equals a fresh engine's."""
+    model, eng = _tiny_engine()
+    vocab = model.config.text_config.vocab_size
+    head, tail_a, tail_b = _tiny_prompt(1, 40, vocab), _tiny_prompt(2, 60, vocab), _tiny_prompt(3, 60, vocab)
+    eng.generate(head + tail_a, [], max_new_tokens=4)
+    restore = _fail_after(eng, 1)  # layer 0 writes tail_b's KV over tail_a's slots, then the call fails
+    with pytest.raises(RuntimeError, match="injected"):
+        eng.generate(head + tail_b, [], max_new_tokens=4)
+    restore()
+    again = eng.generate(head + tail_a, [], max_new_tokens=12)
+    clean = Engine(model, max_context=1024)
+    fresh = clean.generate(head + tail_a, [], max_new_tokens=12)
+    assert again.timings.reused_tokens == len(head)  # only what the failed call left untouched
+    assert again.tokens == fresh.tokens
+    # The reply was computed on the same keys and values as a fresh engine's (with a stale prefix,
+    # slots 40..99 would hold tail_b's): the tiny model's replies alone are too insensitive to show it.
+    n = len(head + tail_a) + len(fresh.tokens) - 1
+    assert torch.allclose(eng.k_cache[:, :, :n], clean.k_cache[:, :, :n], atol=1e-5)
+    assert torch.allclose(eng.v_cache[:, :, :n], clean.v_cache[:, :, :n], atol=1e-5)
+
+
+def test_one_call_at_a_time_and_an_abandoned_call_cannot_corrupt_the_next():
+    """The loop runs each model call in a thread with a deadline. A call it abandons keeps running;
+    the next call waits for it (or cancels it) and replies exactly like a fresh engine."""
+    import threading
+    from agent.backends.engine import Cancelled
+
+    model, eng = _tiny_engine()
+    vocab = model.config.text_config.vocab_size
+    first, second = _tiny_prompt(4, 80, vocab), _tiny_prompt(5, 80, vocab)
+    inside, release = threading.Event(), threading.Event()
+    real = eng._post_n
+
+    def slow(*args):  # the first call stalls mid-prefill until released
+        inside.set()
+        release.wait(30)
+        return real(*args)
+    eng._post_n = slow
+    box = {}
+    abandoned = threading.Thread(target=lambda: box.update(a=eng.generate(first, [], max_new_tokens=8)))
+    abandoned.start()
+    assert inside.wait(30)
+    eng._post_n = real  # later passes run normally
+    nxt = threading.Thread(target=lambda: box.update(b=eng.generate(second, [], max_new_tokens=8)))
+    nxt.start()
+    nxt.join(0.5)
+    assert nxt.is_alive()  # waits: the engine serves one call at a time
+    release.set()
+    abandoned.join(30)
+    nxt.join(30)
+    fresh = Engine(model, max_context=1024)
+    assert box["a"].tokens == fresh.generate(first, [], max_new_tokens=8).tokens
+    assert box["b"].tokens == Engine(model, max_context=1024).generate(second, [], max_new_tokens=8).tokens
+
+    # cancel(): the abandoned call stops at its next pass; the next call replies like a fresh engine.
+    inside.clear(); release.clear()
+    eng._post_n = slow
+    errors = []
+
+    def run_first():
+        try:
+            eng.generate(first + second, [], max_new_tokens=8)
+        except Cancelled as e:
+            errors.append(e)
+    abandoned = threading.Thread(target=run_first)
+    abandoned.start()
+    assert inside.wait(30)
+    eng._post_n = real
+    eng.cancel()
+    release.set()
+    abandoned.join(30)
+    assert errors and not abandoned.is_alive()
+    after = eng.generate(first, [], max_new_tokens=8)
+    assert after.tokens == box["a"].tokens

@@ -23,6 +23,7 @@ where `images` are `EngineImage`s in the order their placeholders appear in `ids
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ def compile_cache_dir():
     from pathlib import Path
     root = Path(os.environ["VLAGENT_CACHE"]) if os.environ.get("VLAGENT_CACHE") else Path.home() / ".cache" / "vlagent"
     return root / "inductor"
+
+
+class Cancelled(VlagentError):
+    """An engine call stopped by Engine.cancel()."""
 
 
 @dataclass
@@ -142,6 +147,10 @@ class Engine:
         self._vision: OrderedDict[str, tuple] = OrderedDict()
         self._ids: list[int] = []  # tokens whose KV is in the cache, in order
         self._keys: list[str] = []  # keys of the images among them, in order
+        # One call at a time: a second caller (another thread, or the loop's next step while a call
+        # abandoned at its deadline still runs) waits here until the first is done.
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
 
     # ---- set-up
 
@@ -170,7 +179,17 @@ class Engine:
 
     def reset(self):
         """Forget the cached prefix (the next call prefills everything)."""
-        self._ids, self._keys = [], []
+        with self._lock:
+            self._ids, self._keys = [], []
+
+    def cancel(self):
+        """Ask the call in progress (if any) to stop at its next token or prefill pass; it raises
+        Cancelled. What it leaves in the cache is recorded only as far as it is valid."""
+        self._cancel.set()
+
+    def _check_cancel(self):
+        if self._cancel.is_set():
+            raise Cancelled("engine call cancelled")
 
     # ---- vision
 
@@ -318,7 +337,7 @@ class Engine:
         if not self.use_graphs:
             return
         spans = spans or list(range(KV_BUCKET, self.max_context // 4 + 1, KV_BUCKET))
-        with self.torch.inference_mode():
+        with self._lock, self.torch.inference_mode():
             for s in spans:
                 if s not in self._graphs:
                     self._pos.fill_(s - 1)
@@ -415,7 +434,8 @@ class Engine:
         """Greedy decoding of `ids` (with `images` in placeholder order). A `matcher`
         (xgrammar.GrammarMatcher) constrains every token; min_new_tokens ignores stops (benchmarks)."""
         torch = self.torch
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
+            self._cancel.clear()  # a cancel aimed at an earlier call does not stop this one
             return self._generate(list(ids), list(images), max_new_tokens, set(stop_ids), matcher, min_new_tokens)
 
     def _generate(self, ids, images, max_new_tokens, stop_ids, matcher, min_new_tokens):
@@ -438,6 +458,10 @@ class Engine:
         t0 = time.perf_counter()
         m = self._common_prefix(ids, spans, keys)
         t.reused_tokens = m
+        # Cut the record to the reused prefix before any slot past it is written: if this call fails
+        # or is cancelled midway, the next one sees only KV that is still what the record says.
+        self._ids = self._ids[:m]
+        self._keys = self._keys[:sum(1 for _, e in image_spans(self._ids, self.image_token) if e <= m)]
 
         # Vision: only images that are (partly) in the new part.
         feats = {}
@@ -464,6 +488,7 @@ class Engine:
         pos3 = pos3.to(self.device)
         h = None
         for c0, c1 in chunks(m, len(seq), PREFILL_CHUNK):
+            self._check_cancel()
             x = self.lm.embed_tokens(torch.tensor([seq[c0:c1]], device=self.device))
             vis_mask, deep = None, None
             parts = [(idx, max(s, c0), min(e, c1), s) for idx, (s, e) in enumerate(spans) if s < c1 and e > c0]
@@ -492,6 +517,7 @@ class Engine:
         # Decode. Each round feeds the last chosen token plus any tokens the grammar forces after it:
         # one graph replay per token, or one eager pass for a run of FORCED_BATCH_MIN or more.
         while not done():
+            self._check_cancel()
             pending = [out[-1]]
             if matcher is not None:
                 self._take_forced(matcher, out, done, pending)

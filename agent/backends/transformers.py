@@ -8,6 +8,7 @@ Decoding is greedy and, by default, constrained to a native reply the policy can
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from agent.backends import DEFAULT_MODEL
 
@@ -158,6 +159,9 @@ class TransformersBackend:
             from agent.backends.grammar import make_constrainer
 
             self.constrainer = make_constrainer(self.tokenizer, self.model.config.text_config.vocab_size)
+        # One call at a time: the loop runs each call in a thread with a deadline, so a call it
+        # abandoned may still run when the next step asks; that step waits for it (see cancel()).
+        self._lock = threading.Lock()
         self.engine = None
         if engine if engine is not None else (self.device == "cuda" and os.environ.get("VLAGENT_ENGINE", "1") != "0"):
             from agent.backends.engine import make_engine
@@ -234,7 +238,17 @@ class TransformersBackend:
 
         return max_reply_bytes(policy) + 1  # + the stop token
 
+    def cancel(self) -> None:
+        """Stop the engine call in progress at its next token (the caller gave up on it), so the
+        next call need not wait for it. The plain generate path cannot be stopped: the next call waits."""
+        if self.engine is not None:
+            self.engine.cancel()
+
     def generate(self, messages: list[Message], policy=None) -> str:
+        with self._lock:
+            return self._generate(messages, policy)
+
+    def _generate(self, messages: list[Message], policy=None) -> str:
         inputs = self.encode(messages)
         try:
             if self.engine is not None:
