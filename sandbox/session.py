@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.a11y import A11yBus
 from sandbox.errors import SandboxError
 from sandbox.setup import SetupStep, expand
 from sandbox.display import Xvfb
@@ -65,6 +66,8 @@ class Sandbox:
         self.workdir = Path(workdir) if workdir else Path.cwd()
         self.cwd = Path(cwd) if cwd else Path.cwd()
         self.xvfb: Xvfb | None = None
+        self.a11y: A11yBus | None = None  # our display's accessibility bus (apps publish their widgets)
+        self.a11y_env: dict[str, str] = {}
         self.apps: list[App] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -73,6 +76,8 @@ class Sandbox:
             if self.display is None:
                 self.xvfb = Xvfb(self.screen)
                 self.display = self.xvfb.start()
+                self.a11y = A11yBus(self.display)
+                self.a11y_env = self.a11y.start()
             else:
                 self.screen = display_size(self.display)  # also fails early if it is unreachable
         except BaseException:
@@ -89,12 +94,14 @@ class Sandbox:
         with _signals_deferred():
             for app in reversed(self.apps):
                 kill_group(app.proc)
+            if self.a11y is not None:
+                self.a11y.stop()
             if self.xvfb is not None:
                 self.xvfb.stop()
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "DISPLAY": self.display or ""}
+        return {**os.environ, **self.a11y_env, "DISPLAY": self.display or ""}
 
     # -- setup ------------------------------------------------------------------------------
     def run_setup(self, steps: list[SetupStep]) -> None:

@@ -1,4 +1,4 @@
-"""The visible, named windows of a display (xdotool), with their screen geometry."""
+"""The visible, named windows of a display, with their screen geometry and class."""
 from __future__ import annotations
 
 import os
@@ -20,6 +20,15 @@ class Window:
     y: int
     w: int
     h: int
+    cls: str = ""  # WM_CLASS (the app's class): stable across runs, unlike titles that hold paths
+
+    @property
+    def width(self) -> int:
+        return self.w
+
+    @property
+    def height(self) -> int:
+        return self.h
 
     def contains(self, px: int, py: int) -> bool:
         return self.x <= px < self.x + self.w and self.y <= py < self.y + self.h
@@ -38,36 +47,54 @@ def _xdotool(args: list[str], display: str) -> subprocess.CompletedProcess:
 
 
 def list_windows(display: str) -> list[Window]:
-    """Visible windows that have a title, in xdotool's (stacking) order."""
-    found = _xdotool(["search", "--onlyvisible", "--name", "."], display)
-    if found.returncode != 0:
-        if "open display" in found.stderr:
-            raise SandboxError(f"cannot open display {display}: is an X server running there?")
-        return []  # exit 1 with no output: no windows
-    ids = found.stdout.split()
-    if not ids:
-        return []
-    # One xdotool call for all windows: "name" then WINDOW=/X=/Y=/WIDTH=/HEIGHT=/SCREEN= lines.
-    args = []
-    for wid in ids:
-        args += ["getwindowname", wid, "getwindowgeometry", "--shell", wid]
-    out = _xdotool(args, display)
-    return _parse(out.stdout)
+    """Visible top-level windows that have a title, in stacking order (bottom first). The one window
+    lister of the project (setup waits, checks, record and replay): Xlib, a few ms."""
+    from Xlib import X
+    from Xlib.error import XError
+
+    d = _open(display)
+    try:
+        root = d.screen().root
+        out = []
+        for w in root.query_tree().children:
+            try:
+                if w.get_attributes().map_state != X.IsViewable:
+                    continue
+                named = _named(w)
+                if named is None:
+                    continue
+                client, title = named
+                g = w.get_geometry()
+                pos = w.translate_coords(root, 0, 0)  # absolute, also under a reparenting WM
+                cls = client.get_wm_class()
+                out.append(Window(client.id, title, -pos.x, -pos.y, g.width, g.height, cls[-1] if cls else ""))
+            except XError:
+                continue  # the window went away while we looked
+        return out
+    finally:
+        d.close()
 
 
-def _parse(text: str) -> list[Window]:
-    windows, name_lines, geo = [], [], {}
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        if key in ("WINDOW", "X", "Y", "WIDTH", "HEIGHT", "SCREEN") and value.lstrip("-").isdigit():
-            geo[key] = int(value)
-            if key == "SCREEN":
-                windows.append(Window(geo["WINDOW"], "\n".join(name_lines), geo["X"], geo["Y"],
-                                      geo["WIDTH"], geo["HEIGHT"]))
-                name_lines, geo = [], {}
-        else:
-            name_lines.append(line)
-    return windows
+def _named(w):
+    """(the window holding the title, the title): a reparenting WM puts it on the client."""
+    for win in [w, *w.query_tree().children]:
+        name = win.get_wm_name()
+        if name:
+            return win, name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+    return None
+
+
+def _open(display: str):
+    import contextlib
+    import io
+
+    from Xlib import display as xdisplay, error as xerror
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Xlib prints an xauth warning on Xvfb
+            return xdisplay.Display(display)
+    except (xerror.DisplayError, xerror.XauthError, xerror.ConnectionClosedError, OSError):
+        raise SandboxError(f"cannot open display {display}: is an X server running there?") from None
 
 
 def display_size(display: str) -> tuple[int, int]:

@@ -93,7 +93,7 @@ def test_a_different_dpi_is_matched_across_scales(screens):
     ev = describe_target(image0, _centre(boxes0["submit"]), windows0)
     factor = 1.25
     bigger = image0.resize((round(image0.width * factor), round(image0.height * factor)), Image.Resampling.LANCZOS)
-    scaled = [Window(w.title, round(w.x * factor), round(w.y * factor), round(w.width * factor),
+    scaled = [Window(0, w.title, round(w.x * factor), round(w.y * factor), round(w.width * factor),
                      round(w.height * factor)) for w in windows0]
     match = find_target(ev, bigger, scaled)
     box = [round(v * factor) for v in boxes0["submit"]]

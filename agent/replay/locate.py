@@ -23,13 +23,14 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+
+from sandbox.windows import Window, list_windows  # noqa: F401  (the one window lister)
 
 EVIDENCE_VERSION = 1
 PATCH_HALVES = ((56, 24), (72, 30))  # px: the smallest patch around the point that shows
@@ -65,18 +66,6 @@ OCR_FALLBACK_SCORE = 0.7
 DESKTOP_EDGE_SHARE = 0.6  # the screen's edge is this much one colour: a plain desktop
 MIN_OCR_CONF = 60.0  # tesseract's confidence (0..100) below which a word is noise
 NEAR_PENALTY_PER_PX = 0.0005  # score given up per px of distance, to break ties on plain fields
-
-
-@dataclass(frozen=True)
-class Window:
-    title: str
-    x: int
-    y: int
-    width: int
-    height: int
-
-    def contains(self, px: tuple[int, int]) -> bool:
-        return self.x <= px[0] < self.x + self.width and self.y <= px[1] < self.y + self.height
 
 
 @dataclass
@@ -125,49 +114,11 @@ def _crop(gray: np.ndarray, pixel: tuple[int, int], half: tuple[int, int]) -> tu
 
 # ---------------------------------------------------------------- windows
 
-def list_windows(display: str | None = None) -> list[Window]:
-    """Visible top-level windows with a title, in stacking order (bottom first)."""
-    from Xlib import X
-    from Xlib.error import XError
-
-    from agent.desktop.x11 import _open_display  # quiet (no xauth warning), one-line errors
-
-    d = _open_display(display or os.environ.get("DISPLAY", ""))
-    try:
-        root = d.screen().root
-        out = []
-        for w in root.query_tree().children:
-            try:
-                if w.get_attributes().map_state != X.IsViewable:
-                    continue
-                title = _title(w)
-                if not title:
-                    continue
-                g = w.get_geometry()
-                pos = w.translate_coords(root, 0, 0)  # absolute, also under a reparenting WM
-                out.append(Window(title, -pos.x, -pos.y, g.width, g.height))
-            except XError:
-                continue  # the window went away while we looked
-        return out
-    finally:
-        d.close()
-
-
-def _title(w) -> str:
-    name = w.get_wm_name()
-    if name:
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    for child in w.query_tree().children:  # a reparenting WM puts the title on the client
-        name = child.get_wm_name()
-        if name:
-            return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-    return ""
-
-
 def _as_windows(windows) -> list[Window]:
     out = []
     for w in windows or []:
-        out.append(w if isinstance(w, Window) else Window(w["title"], w["x"], w["y"], w["width"], w["height"]))
+        out.append(w if isinstance(w, Window) else
+                   Window(0, w["title"], w["x"], w["y"], w["width"], w["height"], w.get("cls", "")))
     return out
 
 
@@ -190,12 +141,12 @@ def estimate_window(image, pixel: Sequence[int]) -> Window | None:
     if k == 0 or not solid[int(pixel[1]), int(pixel[0])]:
         return None
     x, y, w, h, _ = (int(v) for v in stats[k])
-    return Window("", x, y, w, h)
+    return Window(0, "", x, y, w, h)
 
 
 def window_at(windows, pixel: tuple[int, int]) -> Window | None:
     """The topmost window under pixel (the list is bottom first)."""
-    hits = [w for w in _as_windows(windows) if w.contains(pixel)]
+    hits = [w for w in _as_windows(windows) if w.contains(*pixel)]
     return hits[-1] if hits else None
 
 
