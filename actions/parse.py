@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from actions.schema import ACTION_ADAPTER, ACTION_NAMES, Action
 
 MAX_REPLY_CHARS = 16_000  # a native reply is ~100 chars; anything this long is garbage
+MAX_NUMBER_CHARS = 32  # no action needs a longer number; int() of 5,000 digits would raise (or be slow)
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 TOOL_NAME = "computer_use"
 
@@ -20,9 +21,28 @@ def _no_constants(name: str):
     raise ParseError(f"invalid JSON: {name} is not allowed")
 
 
+def _number(kind):
+    def parse(text: str):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise ParseError(f"invalid JSON: a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+        return kind(text)
+    return parse
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """A key given twice is ambiguous (which one would the policy check?): reject it."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ParseError(f"invalid JSON: the key {key[:40]!r} appears twice")
+        out[key] = value
+    return out
+
+
 def _loads(text: str) -> object:
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants, parse_int=_number(int),
+                          parse_float=_number(float), object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise ParseError(f"invalid JSON: {e.msg} at character {e.pos}") from None
     except RecursionError:

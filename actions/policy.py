@@ -1,17 +1,29 @@
 """The whitelist every action passes before it reaches the desktop.
 
-A task's `allow:` block configures it; the defaults are safe for unattended runs.
+A task's `allow:` block configures it; the defaults are safe for unattended runs. What each layer
+guarantees (README, "Safety"):
+- keys: a chord is refused when the keys it holds *contain* a denied combination, whatever else is
+  held; with `allow.keys` only the listed chords pass, exactly.
+- where text goes: `type` and `key` are refused while the focused window is a terminal emulator or
+  a shell (its WM_CLASS, its process and that process's children), unless `allow.terminal`.
+- what text: with `allow.text`, only text equal to a listed literal or matching a listed pattern
+  (whole text) may be typed.
+- the denylist is a tripwire on top: matched on the text made visible (NFKC, default-ignorable code
+  points removed) and as a shell would read it (actions.shell). It cannot be a boundary.
+Every pattern runs on RE2 (actions.patterns): no text or pattern can make a check hang.
 """
 from __future__ import annotations
 
-import re
 import unicodedata
-from typing import Literal
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from actions.keys import ALIASES, VALID_KEYS
+from actions.patterns import PatternError, compile_pattern
 from actions.schema import ACTION_NAMES, Action
+from actions.shell import forms
 
 ActionName = Literal[ACTION_NAMES]  # type: ignore[valid-type]
 MAX_WAIT_S = 60.0
@@ -23,25 +35,74 @@ EDITING_KEYS = frozenset({
     "enter", "tab", "backspace", "delete", "esc", "space", "home", "end", "pageup", "pagedown",
     "up", "down", "left", "right", "insert",
 }) | FUNCTION_KEYS
-# Chords that leave the sandboxed app: session kill, VT switch, window close, system menus.
-DENIED_CHORDS = frozenset(
-    {("alt", "ctrl", "delete"), ("alt", "ctrl", "backspace"), ("alt", "f4"), ("alt", "printscreen")}
-    | {("alt", "ctrl", f) for f in FUNCTION_KEYS}
-)
-DENIED_KEYS = frozenset({"win", "command", "sysrq"})  # any chord holding one of these
+# Key combinations that act outside the app: session kill and VT switch (ctrl+alt+anything, which also
+# holds a live desktop's launcher chords such as ctrl+alt+t and ctrl+alt+l), the super/command key,
+# window management (alt+tab, alt+F1..F12, alt+space, alt+esc), the start menu (ctrl+esc), screenshot
+# tools and SysRq. A chord that *contains* one of these is denied, whatever else it holds.
+DENIED_COMBOS: tuple[frozenset[str], ...] = tuple(frozenset(c) for c in (
+    {"ctrl", "alt"}, {"win"}, {"command"}, {"sysrq"}, {"printscreen"},
+    {"alt", "tab"}, {"alt", "esc"}, {"alt", "space"}, {"ctrl", "esc"},
+    *({"alt", f} for f in sorted(FUNCTION_KEYS)),
+))
+# Where typed text would become a command. Matched on the window's WM_CLASS (instance or class, lower case).
+TERMINAL_CLASSES = frozenset({
+    "xterm", "uxterm", "rxvt", "urxvt", "rxvt-unicode", "aterm", "eterm", "gnome-terminal",
+    "gnome-terminal-server", "org.gnome.terminal", "kgx", "org.gnome.console", "ptyxis", "konsole",
+    "org.kde.konsole", "yakuake", "xfce4-terminal", "terminator", "tilix", "com.gexperts.tilix",
+    "alacritty", "kitty", "st", "st-256color", "lxterminal", "mate-terminal", "qterminal",
+    "terminology", "wezterm", "org.wezfurlong.wezterm", "foot", "footclient", "sakura", "guake",
+    "tilda", "roxterm", "cool-retro-term", "hyper", "tabby", "blackbox", "deepin-terminal",
+    "x-terminal-emulator", "termite", "zutty", "contour", "ghostty", "com.mitchellh.ghostty",
+    "warp", "cosmic-term", "qps-terminal", "terminal",
+})
+# Process names of shells and terminal emulators: the window's own process or one of its children.
+SHELLS = frozenset({
+    "sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "pdksh", "tcsh", "csh", "ash", "busybox",
+    "nu", "elvish", "xonsh", "pwsh", "ion", "yash", "rc", "es", "screen", "tmux", "login",
+})
 DEFAULT_DENY_TEXT = (
-    r"\brm\s+(-\S*\s+)*-\S*[rRf]",               # rm -rf, rm -r, rm -fr, rm --force ...
-    r"\bsudo\b", r"\bsu\s+(-|root\b)", r"\bdoas\b",
-    r"\b(curl|wget|fetch)\b.*\|\s*(sudo\s+)?(ba|z|da|k|c|tc|fi)?sh\b",  # download piped to a shell
-    r"\bmkfs(\.\w+)?\b", r"\bdd\s+.*\bif=", r"\bdd\s+if=",
-    r":\s*\(\s*\)\s*\{.*:\s*\|\s*:.*&.*\}",       # :(){ :|:& };:
-    r"\b(shutdown|reboot|poweroff|halt)\b", r"\binit\s+[06]\b", r"\bsystemctl\s+(poweroff|reboot|halt)\b",
-    r">\s*/dev/(sd|nvme|hd|vd)", r"\bchmod\s+(-R\s+)?0?777\s+/",
+    # rm with a recursive or force option, in any argument position: rm -rf /, rm ~ -rf, rm --force
+    r"(?:^|[^\w.-])rm\s(?:[^;&|\n]*\s)?-(?:-(?:recursive|force|no-preserve-root|dir)\b|[a-zA-Z]*[rRf])",
+    r"(?:^|[^\w-])(?:sudo|doas|pkexec)\b", r"(?:^|[^\w-])su(?:\s+-|\s+root\b|\s*$)",
+    # anything piped into a shell or an interpreter: curl .. | sh, base64 -d | bash, | env bash
+    r"\|\s*(?:(?:sudo|env|exec|command|nohup|xargs)\s+|[^\s|]*/)*(?:ba|z|da|k|mk|c|tc|fi|a|ya)?sh\b",
+    r"\|\s*(?:(?:sudo|env|exec)\s+|[^\s|]*/)*(?:python[0-9.]*|perl|ruby|node|php|lua)\b",
+    r"(?:^|[^\w-])(?:ba|z|da|k|mk|c|tc|fi|a|ya)?sh\s+(?:-\w*c|<|-s\b)",  # sh -c "$(curl ..)", bash <(curl ..)
+    r"(?:^|[^\w-])source\s+<", r"/dev/(?:tcp|udp)/",
+    r"\bmkfs\b", r"\bdd\s[^;&|\n]*\b(?:if|of)=", r">\s*/dev/(?:sd|nvme|hd|vd|xvd|mmcblk)",
+    r"\bch(?:mod|own|grp)\s[^;&|\n]*-R[^;&|\n]*\s/(?:\s|$|\*)", r"\bchmod\s+0?777\s+/(?:\s|$)",
+    r"\bfind\s[^;&|\n]*\s-delete\b", r"\bkill\s+(?:-\S+\s+)*-1\b", r"\bcrontab\s+-r\b",
+    # fork bombs, named or not: a function whose body pipes and backgrounds (:(){ :|:& };:, bomb(){..})
+    r"\(\s*\)\s*\{[^}]*\|[^}]*&", r"\bfunction\s+[^\s(]+[^{]*\{[^}]*\|[^}]*&",
+    # power: as a command (start of text or after ; & | ( {), or with its usual arguments anywhere
+    r"(?:^|[;&|({])\s*(?:shutdown|reboot|poweroff|halt)\b",
+    r"\b(?:shutdown|reboot|poweroff|halt)\s+(?:-\w+|now\b|\+\d)", r"(?:^|[;&|(\s])init\s+[06]\b",
+    r"\bsystemctl\s+(?:poweroff|reboot|halt|kexec|suspend|hibernate)\b",
 )
+# Invisible or layout-changing characters refused in typed text. Joiners, bidi marks and tag characters
+# stay: emoji sequences (👨‍👩‍👧, flags) and right-to-left text need them.
+ALLOWED_FORMAT = frozenset({0x200C, 0x200D, 0x200E, 0x200F}) | frozenset(range(0xE0020, 0xE0080))
 
 
 class PolicyError(ValueError):
     """An action the policy refuses. str() is a one-line reason fit to show the model."""
+
+
+@dataclass(frozen=True)
+class Focus:
+    """The window that would receive typed text: its WM_CLASS (instance, class) and the process
+    names of its owner and the owner's children. The desktop reports it (agent.desktop.x11)."""
+
+    wm_class: tuple[str, ...] = ()
+    processes: tuple[str, ...] = ()
+    title: str = ""
+
+    def is_terminal(self) -> bool:
+        classes = {c.lower() for c in self.wm_class}
+        return bool(classes & TERMINAL_CLASSES) or any(p.lower() in SHELLS for p in self.processes)
+
+    def describe(self) -> str:
+        return self.title or ".".join(self.wm_class) or "?"
 
 
 def normalize_key(name: str) -> str:
@@ -70,6 +131,25 @@ def parse_chord(text: str) -> tuple[str, ...]:
     return normalize_chord([p.strip() if len(p.strip()) > 0 else p for p in parts])
 
 
+def denied_combo(chord: tuple[str, ...]) -> frozenset[str] | None:
+    """The denied combination this chord holds, if any (ctrl+alt+shift+delete holds ctrl+alt)."""
+    held = set(chord)
+    return next((c for c in DENIED_COMBOS if c <= held), None)
+
+
+class TextPattern(BaseModel):
+    """`allow.text` entry matching by pattern: the whole typed text must match (RE2 syntax)."""
+
+    model_config = ConfigDict(extra="forbid")
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, p: str) -> str:
+        compile_pattern(p)
+        return p
+
+
 class Allow(BaseModel):
     """A task's `allow:` block."""
 
@@ -77,7 +157,9 @@ class Allow(BaseModel):
     actions: list[ActionName] | None = None  # None: every action kind
     keys: list[str] | None = None  # chords like "ctrl+a"; None: the safe defaults
     max_text_len: int = Field(500, ge=0, le=100_000)
-    deny_text: list[str] = []
+    deny_text: list[str] = []  # more tripwire patterns (RE2), on top of the defaults
+    text: list[str | TextPattern] | None = None  # None: any text; else only these (literal or {pattern})
+    terminal: bool = False  # allow type/key while a terminal or shell window has the focus
 
     @field_validator("keys")
     @classmethod
@@ -92,10 +174,7 @@ class Allow(BaseModel):
     @classmethod
     def _valid_regexes(cls, patterns: list[str]) -> list[str]:
         for p in patterns:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"bad regex {p!r}: {e}") from None
+            compile_pattern(p)
         return patterns
 
 
@@ -109,27 +188,44 @@ def _default_chord_ok(chord: tuple[str, ...]) -> bool:
     return len(rest) == 1 and (rest[0] in EDITING_KEYS or (len(rest[0]) == 1 and rest[0].isprintable()))
 
 
+FocusProbe = Callable[[], "Focus | None"]
+
+
 class Policy:
     def __init__(self, allow: Allow | None = None):
         self.allow = allow or Allow()
         self.actions = frozenset(self.allow.actions or ACTION_NAMES)
         self.chords = None if self.allow.keys is None else frozenset(parse_chord(c) for c in self.allow.keys)
-        self.deny = [re.compile(p) for p in (*DEFAULT_DENY_TEXT, *self.allow.deny_text)]
+        self.deny = [compile_pattern(p) for p in (*DEFAULT_DENY_TEXT, *self.allow.deny_text)]
+        texts = self.allow.text
+        self.literals = None if texts is None else frozenset(t for t in texts if isinstance(t, str))
+        self.patterns = [] if texts is None else [compile_pattern(t.pattern) for t in texts if isinstance(t, TextPattern)]
 
-    def check(self, action: Action) -> Action:
-        """Return the action if allowed, else raise PolicyError."""
+    def check(self, action: Action, focus: FocusProbe | None = None) -> Action:
+        """Return the action if allowed, else raise PolicyError. `focus` (called only for `type` and
+        `key`) says which window would receive them; None where there is no desktop (check-action)."""
         if action.action not in self.actions:
             raise PolicyError(f"action {action.action!r} is not allowed here; allowed: {', '.join(sorted(self.actions))}")
         match action.action:
             case "key":
                 self._check_keys(action.keys)
+                self._check_target(focus, "key presses")
             case "type":
                 self._check_text(action.text)
+                self._check_target(focus, "typing")
             case "wait" if action.time > MAX_WAIT_S:
                 raise PolicyError(f"wait of {action.time:g} s is over the {MAX_WAIT_S:g} s limit")
             case "scroll" | "hscroll" if abs(action.pixels) > MAX_SCROLL_PX:
                 raise PolicyError(f"scroll of {action.pixels} pixels is over the {MAX_SCROLL_PX} limit")
         return action
+
+    def _check_target(self, focus: FocusProbe | None, what: str) -> None:
+        if self.allow.terminal or focus is None:
+            return
+        window = focus()
+        if window is not None and window.is_terminal():
+            raise PolicyError(f"{what} into a terminal or shell window ({window.describe()[:60]!r}) is not allowed "
+                              "(allow.terminal in the task)")
 
     def _check_keys(self, keys: list[str]) -> None:
         names = [normalize_key(k) for k in keys]
@@ -144,8 +240,11 @@ class Policy:
             if chord not in self.chords:
                 raise PolicyError(f"key {shown} is not allowed here; allowed: {', '.join('+'.join(c) for c in sorted(self.chords))}")
             return
-        if chord in DENIED_CHORDS or DENIED_KEYS & set(chord):
-            raise PolicyError(f"key {shown} is denied: it can leave the app (allow it explicitly in the task)")
+        combo = denied_combo(chord)
+        if combo is not None:
+            held = "+".join(normalize_chord(sorted(combo)))
+            raise PolicyError(f"key {shown} is denied: it holds {held}, which acts outside the app "
+                              "(list it in the task's allow.keys)")
         if not _default_chord_ok(chord):
             raise PolicyError(f"key {shown} is not in the default key set (allow it in the task's allow.keys)")
 
@@ -154,10 +253,16 @@ class Policy:
         if len(text) > limit:
             raise PolicyError(f"text of {len(text)} characters is over the {limit} character limit")
         for ch in text:
-            if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            cat = unicodedata.category(ch)
+            if cat in ("Cc", "Cs", "Zl", "Zp") or (cat == "Cf" and ord(ch) not in ALLOWED_FORMAT):
                 hint = "; press Enter with a key action" if ch in "\r\n" else ""
                 raise PolicyError(f"text holds control character U+{ord(ch):04X}{hint}")
-        folded = unicodedata.normalize("NFKC", text)  # fullwidth 'ｓｕｄｏ' is sudo
-        for rx in self.deny:
-            if rx.search(folded) or rx.search(text):
-                raise PolicyError(f"text matches the deny pattern {rx.pattern!r}")
+        if self.literals is not None and text not in self.literals and not any(p.fullmatch(text) for p in self.patterns):
+            raise PolicyError("this text is not one the task allows (allow.text)")
+        for form in forms(text):
+            for rx in self.deny:
+                if rx.search(form):
+                    raise PolicyError(f"text matches the deny pattern {rx.pattern!r}")
+
+
+__all__ = ["Allow", "Focus", "Policy", "PolicyError", "PatternError", "TextPattern", "normalize_chord", "parse_chord"]

@@ -78,3 +78,20 @@ def test_huge_and_deeply_nested_input_is_rejected_quickly():
         parse_action("{" + '"a":' * 3000 + "1" + "}" * 3000)
     with pytest.raises(ParseError):
         parse_action("<tool_call>" + "[" * 7000 + "]" * 7000 + "</tool_call>")
+
+
+def test_huge_numbers_duplicate_keys_and_deep_nesting_are_rejected_replies_not_errors():
+    from actions import Policy, check_reply
+
+    def call(arguments: str) -> str:
+        return '<tool_call>{"name": "computer_use", "arguments": %s}</tool_call>' % arguments
+
+    for reply, reason in [
+        (call('{"action": "scroll", "pixels": %s}' % ("9" * 5000)), "number of 5000 characters"),
+        (call('{"action": "wait", "time": 1%s.5}' % ("0" * 400)), "number of"),
+        (call('{"action": "type", "text": "hi", "text": "rm -rf /"}'), "appears twice"),
+        ("<tool_call>" + "[" * 15_000 + "</tool_call>", "nested too deeply|invalid JSON"),
+        (call('{"action": "wait", "time": 1e400}'), "finite"),
+    ]:
+        with pytest.raises(ParseError, match=reason):
+            check_reply(reply, Policy())

@@ -79,17 +79,19 @@ def assert_allowed(action, policy: Policy):
     if name == "key":
         chord = _chord(data["keys"])
         assert all(k in VALID_KEYS for k in chord), chord
-        if policy.allow.keys is None:
-            assert not chord & {"win", "sysrq"}
-            assert not ({"ctrl", "alt"} <= chord and chord & {"delete", "backspace", *(f"f{i}" for i in range(1, 13))})
-            assert not ({"alt", "f4"} <= chord)
+        if policy.allow.keys is None:  # a chord holding a denied combination, whatever else it holds
+            assert not chord & {"win", "sysrq", "printscreen"}
+            assert not {"ctrl", "alt"} <= chord
+            assert not any({"alt", k} <= chord for k in ("tab", "esc", "space", *(f"f{i}" for i in range(1, 13))))
         else:
             allowed = [set(c.split("+")) for c in policy.allow.keys]
             assert chord in allowed
     if name == "type":
         text = data["text"]
         assert len(text) <= policy.allow.max_text_len
-        assert not any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
+        assert not any(unicodedata.category(c) == "Cc" for c in text)
+        assert not any(unicodedata.category(c) == "Cf" and c not in "\u200c\u200d\u200e\u200f"
+                       and not 0xE0020 <= ord(c) < 0xE0080 for c in text)  # joiners, bidi marks, emoji tags
         folded = unicodedata.normalize("NFKC", text).lower()
         for bad in ("sudo", "rm -rf", "mkfs", "shutdown", "reboot", ":(){"):
             assert not re.search(r"\b" + re.escape(bad).replace(r"\ ", r"\s+"), folded), bad
