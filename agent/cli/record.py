@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from agent.cli.common import exit_for, sigterm_as_interrupt, usage_errors
+from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
 from agent.errors import VlagentError
 from agent.trace import Step
 
@@ -45,8 +45,11 @@ def record(trace_dir, task_file, display, max_seconds, keep_going):
         sys.stdout.flush()
 
     sigterm_as_interrupt()
-    result = record_trace(trace_dir, task, display=display, max_seconds=max_seconds,
-                          stop_when_done=not keep_going, on_ready=ready, on_step=show)
+    try:  # Ctrl-C while recording stops it (a result); before the recording starts, it aborts
+        result = record_trace(trace_dir, task, display=display, max_seconds=max_seconds,
+                              stop_when_done=not keep_going, on_ready=ready, on_step=show)
+    except KeyboardInterrupt:
+        exit_interrupted()
     click.echo(f"{result.status}: {result.reason}")
     click.echo(f"trace: {trace_dir}")
     exit_for(result.status)

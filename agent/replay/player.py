@@ -24,7 +24,8 @@ from PIL import Image
 from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_pixels, to_relative
 from agent.errors import VlagentError
-from agent.run.runner import DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen, start_trace, task_environment
+from agent.run.runner import DEFAULT_RUNS_DIR, conclude, run_outcome, start_trace, task_environment
+from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps, new_trace_dir
 
 FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
@@ -147,20 +148,11 @@ def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, 
                 result.answer = done.action.get("text")
             if done.action and done.action["action"] == "terminate":
                 break
-        env.sandbox.check_apps()
-        result.checks = evaluate(task, env)
-        save_final_screen(env, trace, result)
-    passed = bool(result.checks) and all(c.passed for c in result.checks)
-    failed = "; ".join(f"{c.check}: {c.detail}" if c.detail else c.check for c in result.checks if not c.passed)
-    if failure:
-        result.status, result.reason = "failed", failure
-    elif passed:
-        result.status = "success"
-        result.reason = f"replayed {len(trace.steps)} steps; all {len(result.checks)} checks passed"
-    elif not result.checks:
-        result.status, result.reason = "failed", f"replayed {len(trace.steps)} steps; the task has no success checks"
-    else:
-        result.status, result.reason = "failed", f"replayed {len(trace.steps)} steps; failed checks: {failed}"
+        last = (trace.steps[-1].action or {}) if trace.steps else {}  # a replayed terminate keeps its verdict
+        claimed = last.get("status", "success") if last.get("action") == "terminate" else "success"
+        end = (End("step_failed", failure) if failure else
+               End("finished", f"replayed {len(trace.steps)} steps", claimed, result.answer))
+        conclude(task, env, trace, result, end)
     return result
 
 

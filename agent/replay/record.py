@@ -19,16 +19,13 @@ import io
 import os
 import queue
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from actions.coords import to_relative
-from agent.errors import Aborted, SandboxError, VlagentError
+from agent.errors import SandboxError
 from agent.trace import Result, Step, Trace
 
 FRAME_INTERVAL_S = 0.1  # the screen is grabbed this often, so every event has a frame before it
@@ -405,45 +402,26 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
     """Set up `task` (a sandbox unless `display`), record until Ctrl-C, `max_seconds` or the
     task's checks pass, and write the trace to `trace_dir`. `on_ready(display)` is called once
     the listeners run (a person or a test may start then)."""
-    from agent.run.runner import evaluate, save_final_screen, task_environment
+    from agent.run.runner import conclude, run_outcome, start_trace, task_environment
+    from agent.run.status import End
     from agent.task import Task, load_task
 
     task = task if isinstance(task, Task) else load_task(task)
-    trace_dir = Path(trace_dir).resolve()  # the app runs elsewhere: {workdir} must be absolute
-    trace = Trace(trace_dir)
-    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
-    result = Result(status="error", task=task.name, model="human", started=time.time())
-    recorder = None
-    try:
-        with task_environment(task, display=display, workdir=Path(trace_dir) / "workdir") as env:
+    trace, result = start_trace(Path(trace_dir), task, "human")  # absolute: the app runs elsewhere
+    with run_outcome(trace, result):  # Ctrl-C while recording stops it; before, it aborts
+        with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
             result.display = env.sandbox.display
             recorder = Recorder(task, env, trace, on_step)
-            recorder.start()
-            if on_ready:
-                on_ready(env.sandbox.display)
-            deadline = None if max_seconds is None else time.monotonic() + max_seconds
             try:
-                why = recorder.run(deadline, stop_when_done)
-            except KeyboardInterrupt:  # the normal way to stop recording
-                why = "stopped by Ctrl-C"
-            recorder.stop()
-            result.checks = evaluate(task, env)
-            save_final_screen(env, trace, result)
-        passed = bool(result.checks) and all(c.passed for c in result.checks)
-        result.status = "success" if passed else "failed"
-        result.reason = f"recorded {len(trace.steps)} steps; {why}"
-        if not passed:
-            result.reason += "; the task's checks do not pass"
-    except Aborted as e:
-        result.status, result.reason = "aborted", str(e)
-    except KeyboardInterrupt:
-        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
-    except (SandboxError, VlagentError) as e:
-        result.status, result.reason = "error", str(e)
-    finally:
-        if recorder is not None:
-            recorder.stop()
-        result.ended = time.time()
-        result.duration_s = round(result.ended - result.started, 3)
-        trace.finish(result)
+                recorder.start()
+                if on_ready:
+                    on_ready(env.sandbox.display)
+                deadline = None if max_seconds is None else time.monotonic() + max_seconds
+                try:
+                    why = recorder.run(deadline, stop_when_done)
+                except KeyboardInterrupt:  # the normal way to stop recording
+                    why = "stopped by Ctrl-C"
+            finally:
+                recorder.stop()  # while the display still exists
+            conclude(task, env, trace, result, End("finished", f"recorded {len(trace.steps)} steps; {why}", "success"))
     return result

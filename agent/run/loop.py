@@ -17,6 +17,7 @@ from agent.desktop.x11 import Desktop
 from agent.errors import BackendError
 from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
+from agent.run.status import End as LoopEnd
 from agent.trace import Step, Trace
 
 MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output
@@ -30,16 +31,6 @@ class LoopConfig:
     timeout_s: float = 300.0
     history: HistoryConfig = field(default_factory=HistoryConfig)
     settle_max_s: float = 2.0
-
-
-@dataclass
-class LoopEnd:
-    """Why the loop stopped. kind: terminated, max_steps, timeout, exhausted, invalid_output, looping."""
-
-    kind: str
-    reason: str
-    claimed: str | None = None  # the model's own terminate status, never trusted for success
-    answer: str | None = None
 
 
 def _generate(backend: Backend, messages, policy: Policy, deadline: float):
@@ -118,9 +109,9 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
         step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
         _record(trace, step, t0, on_step)
         if action.action == "terminate":
-            return LoopEnd("terminated", f"the model called terminate({action.status})", claimed=action.status)
+            return LoopEnd("finished", f"the model called terminate({action.status})", claimed=action.status)
         if action.action == "answer":
-            return LoopEnd("terminated", "the model answered", claimed="success", answer=action.text)
+            return LoopEnd("finished", "the model answered", claimed="success", answer=action.text)
         if _looping(trace.steps, looks):
             return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {step.action}")
     return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")

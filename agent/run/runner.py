@@ -1,6 +1,7 @@
 """Run a task end to end: sandbox, setup, the loop, the success checks, teardown, a trace.
 
-`task_environment` and `evaluate` are shared with replay and record.
+`task_environment`, `start_trace` and `conclude` are shared with replay and record, so that all
+three end the same way (agent.run.status decides the status).
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import yaml
 
 from actions import Policy
 from agent.backends.base import Backend
-from agent.errors import Aborted, ModelExhausted, SandboxError, VlagentError
-from agent.run.loop import LoopConfig, LoopEnd, run_loop
+from agent.errors import ModelExhausted, SandboxError, VlagentError
+from agent.run.loop import LoopConfig, run_loop
+from agent.run.status import End, decide
+from agent.run.status import outcome as run_outcome  # noqa: F401 (API: replay and record use it)
 from agent.task import Task
 from agent.trace import CheckResult, Result, Trace, new_trace_dir
 
@@ -53,21 +56,6 @@ def evaluate(task: Task, env: Env) -> list[CheckResult]:
     return run_checks(task, env.workdir, env.desktop)
 
 
-def decide(task: Task, end: LoopEnd, checks: list[CheckResult]) -> tuple[str, str]:
-    """The run's status. The task's checks decide success, never the model's own terminate."""
-    if end.kind == "invalid_output":
-        return "invalid_output", end.reason
-    if checks and all(c.passed for c in checks):
-        return "success", f"all {len(checks)} checks passed ({end.reason})"
-    if not checks:  # nothing to verify against: report the model's claim, marked as such
-        if end.claimed == "success":
-            return "success", f"unverified: the task has no success checks; {end.reason}"
-        return ("timeout" if end.kind == "timeout" else "failed"), f"{end.reason}; the task has no success checks"
-    failed = "; ".join(f"{c.check}: {c.detail}" if c.detail else c.check for c in checks if not c.passed)
-    status = "timeout" if end.kind == "timeout" else "failed"
-    return status, f"{end.reason}; failed checks: {failed}"
-
-
 def start_trace(folder: Path, task: Task, model: str) -> tuple[Trace, Result]:
     """A trace folder with the task as run, and a Result that says `error` until something better."""
     trace = Trace(Path(folder).resolve())  # absolute: setup runs in the task's folder, {workdir} too
@@ -75,28 +63,17 @@ def start_trace(folder: Path, task: Task, model: str) -> tuple[Trace, Result]:
     return trace, Result(status="error", task=task.name, model=model, started=time.time())
 
 
-@contextmanager
-def run_outcome(trace: Trace, result: Result) -> Iterator[None]:
-    """Whatever ends a run becomes its status, and the trace is always finished. Ctrl-C is recorded
-    as `aborted`, then re-raised for the caller to exit."""
-    interrupted: BaseException | None = None
+def conclude(task: Task, env: Env, trace: Trace, result: Result, end: End) -> None:
+    """How every run ends (run, replay, record): did an app die, the checks, the status, the final screen."""
     try:
-        yield
-    except Aborted as e:
-        result.status, result.reason = "aborted", str(e)
-    except KeyboardInterrupt as e:
-        result.status, result.reason = "aborted", "interrupted (Ctrl-C or SIGTERM)"
-        interrupted = e
-    except VlagentError as e:  # BackendError, SandboxError, a bad display
-        result.status, result.reason = "error", str(e)
-    except Exception as e:  # a crashed app or a dead display surfaces here as Xlib/OS errors
-        result.status, result.reason = "error", f"{type(e).__name__}: {e}".splitlines()[0]
-    finally:
-        result.ended = time.time()
-        result.duration_s = round(result.ended - result.started, 3)
-        trace.finish(result)
-    if interrupted is not None:
-        raise interrupted
+        env.sandbox.check_apps()
+        died = None
+    except SandboxError as e:
+        died = str(e)
+    result.answer = end.answer
+    result.checks = evaluate(task, env)
+    result.status, result.reason = decide(end, result.checks, died)
+    save_final_screen(env, trace, result)
 
 
 def save_final_screen(env: Env, trace: Trace, result: Result) -> None:
@@ -119,15 +96,8 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
             try:
                 end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), trace, loop, on_step)
             except ModelExhausted as e:
-                end = LoopEnd("exhausted", str(e))
-            result.answer = end.answer
-            try:
-                env.sandbox.check_apps()
-            except SandboxError as e:
-                end = LoopEnd(end.kind, f"{end.reason}; {e}", end.claimed, end.answer)
-            result.checks = evaluate(task, env)
-            result.status, result.reason = decide(task, end, result.checks)
-            save_final_screen(env, trace, result)
+                end = End("exhausted", str(e))
+            conclude(task, env, trace, result, end)
     return result, trace.folder
 
 

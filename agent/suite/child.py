@@ -19,6 +19,7 @@ from typing import Callable
 
 import yaml
 
+from agent.run.status import ended_from_outside
 from agent.suite.items import Item, Outcome
 from agent.trace import load_result
 
@@ -135,7 +136,7 @@ class Child:
         self.timeout_s = item_timeout(item, opts)
         env = {**os.environ, **opts.extra_env, MARKER_ENV: self.marker}
         self.started = time.monotonic()
-        self.killed_for: str | None = None  # "timeout" or "aborted" when the suite ended it
+        self.killed_for: str | None = None  # "timeout" or "interrupted" when the suite ended it
         self.term_at: float | None = None  # when the suite sent SIGTERM
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(command(item, self.trace, opts), stdout=log, stderr=subprocess.STDOUT,
@@ -182,14 +183,12 @@ class Child:
             result = load_result(self.trace)
         except (OSError, ValueError):
             pass
-        if self.killed_for == "timeout":
-            status, reason = "timeout", f"no result after {self.timeout_s:g} s; the suite killed it"
-        elif self.killed_for == "aborted":
-            status, reason = "aborted", "the suite was interrupted"
+        if self.killed_for is not None:
+            status, reason = ended_from_outside(self.killed_for, f"{self.timeout_s:g} s")
         elif result is not None:
             status, reason = result.status, result.reason
         else:
-            status, reason = "error", f"exited with code {code} without a result: {self._last_line()}"
+            status, reason = ended_from_outside("died", f"exited with code {code} without a result: {self._last_line()}")
         _complete_trace(self.trace, status, reason, result)
         return Outcome(self.item, status, reason, self.trace, self.log, round(self.elapsed, 3),
                        self.attempt, self.steps(), swept)

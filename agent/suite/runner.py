@@ -91,7 +91,7 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
         interrupted = True
         signal.pthread_sigmask(signal.SIG_BLOCK, handled)  # a second Ctrl-C must not cut the clean-up short
         for child in running:
-            child.terminate("aborted")
+            child.terminate("interrupted")
         while running:
             for child in [c for c in running if c.poll()]:
                 running.remove(child)
