@@ -69,6 +69,7 @@ def test_uint_le_is_exactly_0_to_n(n):
 
 
 VALID = [
+    {"action": "type", "text": "family \U0001F468\u200d\U0001F469\u200d\U0001F467 \u05e9\u05dc\u05d5\u05dd\u200f"},  # joiners, bidi marks
     {"action": "left_click", "coordinate": [0, 0]},
     {"action": "left_click", "coordinate": [1000, 1000]},
     {"action": "left_click"},
@@ -92,7 +93,6 @@ VALID = [
     {"action": "terminate", "status": "failure"},
     {"action": "key", "keys": ["enter"]},
     {"action": "key", "keys": ["ctrl", "a"]},
-    {"action": "key", "keys": ["alt", "ctrl", "shift", "t"]},
     {"action": "key", "keys": ["shift"]},
     {"action": "key", "keys": ["\""]},
     {"action": "key", "keys": ["\\"]},
@@ -132,6 +132,8 @@ INVALID = [
     {"action": "key", "keys": ["alt", "f4"]},
     {"action": "key", "keys": ["alt", "ctrl", "delete"]},
     {"action": "key", "keys": ["alt", "ctrl", "f2"]},
+    {"action": "key", "keys": ["alt", "ctrl", "shift", "t"]},  # holds ctrl+alt
+    {"action": "key", "keys": ["alt", "tab"]},
     {"action": "key", "keys": ["win"]},
     {"action": "key", "keys": ["ctrl", "win", "a"]},
     {"action": "key", "keys": ["notakey"]},
@@ -267,7 +269,7 @@ def test_text_grammar_agrees_with_the_policy(text):
 
 
 @pytest.mark.parametrize("allow", [None, Allow(actions=["left_click"]), FILL_FORM,
-                                   Allow(actions=["key"], keys=["ctrl+alt+shift+pagedown"])])
+                                   Allow(actions=["key"], keys=["ctrl+shift+pagedown"])])
 def test_max_reply_bytes_bounds_the_longest_reply(allow):
     bound = max_reply_bytes(Policy(allow))
     policy = Policy(allow)
@@ -398,3 +400,10 @@ def test_tool_call_tag_tokens_never_appear_inside_text(tiny_constrainer):
     assert tok.convert_tokens_to_ids("<tool_call>") not in ids
     assert tok.convert_tokens_to_ids("</tool_call>") not in ids
     assert len(ids) > 500  # ordinary text tokens still fit
+
+
+def test_an_allow_block_leaving_no_action_is_one_clear_error():
+    from agent.errors import VlagentError
+
+    with pytest.raises(VlagentError, match="leaves no action"):
+        reply_grammar(Policy(Allow(actions=["key"], keys=["ctrl+alt+t"])))  # every listed chord is denied

@@ -4,7 +4,8 @@ The model may only write
     <tool_call>\\n{"name": "computer_use", "arguments": {"action": ...}}\\n</tool_call>
 with the allowed action kinds, integer coordinates 0..1000, bounded scroll pixels and wait time,
 key chords the policy accepts, and text of at most `max_text_len` characters (capped at
-MAX_TEXT_CHARS) free of the characters the policy rejects (Unicode categories Cc, Cf, Zl, Zp).
+MAX_TEXT_CHARS) free of the characters the policy rejects (Unicode categories Cc, Cf, Zl, Zp, less
+the joiners, bidi marks and tag characters the policy keeps for emoji and right-to-left text).
 Every field is bounded, so even a model with random weights ends its reply within
 `max_reply_bytes(policy)` tokens (a token is at least one byte).
 
@@ -29,9 +30,10 @@ from dataclasses import dataclass
 from functools import cache
 
 from actions.keys import PRINTABLE
-from actions.policy import (DENIED_CHORDS, DENIED_KEYS, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAIT_S,
-                            Policy, normalize_key)
+from actions.policy import (ALLOWED_FORMAT, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAIT_S, Policy, _default_chord_ok,
+                            denied_combo, normalize_key)
 from actions.schema import ACTION_NAMES
+from agent.errors import VlagentError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,8 @@ def text_char_class() -> str:
     """A character class of everything the policy accepts in text, except '"' and '\\' (escaped
     separately). Computed from unicodedata, the same table the policy reads."""
     banned = [c for lo, hi in ASSIGNED_PLANES for c in range(lo, hi)
-              if unicodedata.category(chr(c)) in FORBIDDEN_CATEGORIES or chr(c) in '"\\']
+              if (unicodedata.category(chr(c)) in FORBIDDEN_CATEGORIES and c not in ALLOWED_FORMAT)
+              or chr(c) in '"\\']
     ranges, start, prev = [], banned[0], banned[0]
     for c in banned[1:]:
         if c != prev + 1:
@@ -115,7 +118,7 @@ def default_chords() -> tuple[tuple[str, ...], ...]:
     for mods in SAFE_MODIFIER_SETS:
         for r in rest:
             chord = mods + r
-            if chord and chord not in DENIED_CHORDS and not DENIED_KEYS & set(chord):
+            if chord and _default_chord_ok(chord) and denied_combo(chord) is None:
                 chords.append(chord)
     return tuple(chords)
 
@@ -131,7 +134,8 @@ class Spec:
     @classmethod
     def of(cls, policy: Policy | None) -> "Spec":
         policy = policy or Policy()
-        chords = default_chords() if policy.chords is None else tuple(sorted(policy.chords))
+        chords = default_chords() if policy.chords is None else \
+            tuple(sorted(c for c in policy.chords if denied_combo(c) is None))  # the policy refuses the rest
         actions = tuple(a for a in ACTION_NAMES if a in policy.actions and (a != "key" or chords))
         return cls(actions, chords, policy.allow.max_text_len == 0)
 
@@ -170,6 +174,8 @@ def reply_grammar(policy: Policy | None = None) -> str:
 @cache
 def _grammar(spec: Spec) -> str:
     actions = _action_rules(spec)
+    if not actions:
+        raise VlagentError("the task's allow block leaves no action the policy accepts (are all its keys denied?)")
     rules = [
         f"root ::= {lit(OPEN)} action {lit(CLOSE)}",
         "action ::= " + " | ".join(f"a_{a}" for a in actions),
