@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from agent.errors import VlagentError
 
 Status = Literal["success", "failed", "invalid_output", "timeout", "aborted", "error"]
 STATUSES: tuple[str, ...] = ("success", "failed", "invalid_output", "timeout", "aborted", "error")
+RUN_FILES = ("steps.jsonl", "result.json", "task.yaml")  # any of them: the folder holds a run
 
 
 class Step(BaseModel):
@@ -62,6 +64,7 @@ class Trace:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        check_new_trace(self.folder)
         (self.folder / "screens").mkdir(parents=True, exist_ok=True)
         self.steps: list[Step] = []
         self._log = open(self.folder / "steps.jsonl", "a", encoding="utf-8")
@@ -98,6 +101,14 @@ class Trace:
         (self.folder / "result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
         self._log.close()
         return result
+
+
+def check_new_trace(folder: str | Path) -> None:
+    """Refuse a folder that already holds a run: a second run would mix its steps into the first
+    (steps 1..N twice, screenshots overwritten, a result.json that counts only one)."""
+    held = next((name for name in RUN_FILES if (Path(folder) / name).exists()), None)
+    if held is not None:
+        raise VlagentError(f"{folder} already holds a run ({held}); give --trace a new folder")
 
 
 def load_steps(folder: str | Path) -> list[Step]:

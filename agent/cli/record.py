@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
-from agent.errors import VlagentError
-from agent.trace import Step
+from agent.trace import Step, check_new_trace
 
 
 @click.command()
@@ -31,8 +30,7 @@ def record(trace_dir, task_file, display, max_seconds, keep_going):
     with usage_errors():
         task = load_task(task_file)
         display = use_display(display)
-        if (trace_dir / "steps.jsonl").exists():
-            raise VlagentError(f"{trace_dir} already holds a trace; choose a new folder")
+        check_new_trace(trace_dir)
 
     def ready(d: str) -> None:
         click.echo(f"recording on display {d}: attach a viewer (e.g. x11vnc -display {d}) and work; "

@@ -10,7 +10,7 @@ from agent.backends import DEFAULT_MODEL
 from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
 from agent.cli.ui import print_result
 from agent.errors import VlagentError
-from agent.trace import Step, new_trace_dir
+from agent.trace import Step, check_new_trace, new_trace_dir
 
 
 @click.command("replay")
@@ -39,6 +39,8 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
         steps = load_trace_steps(trace_dir)
         task = load_trace_task(trace_dir, task_file)
         check_secrets(steps, task)
+        if trace_out is not None:
+            check_new_trace(trace_out)
         display = use_display(display)
         backend = None
         if fallback == "model":

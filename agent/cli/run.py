@@ -32,9 +32,12 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
     from agent.run.runner import run_task, use_display
     from agent.task import load_task
     from agent.cli.ui import print_result, step_printer
+    from agent.trace import check_new_trace
 
     with usage_errors():
         task = load_task(task_file)
+        if trace_dir is not None:
+            check_new_trace(trace_dir)
         display = use_display(display)
         model_backend = make_backend(model, backend, base_url)
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,

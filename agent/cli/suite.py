@@ -42,6 +42,8 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         click.echo(f"{len(items)} item(s) under {root}" + (f", shard {shard}" if shard else ""))
         return
     out = (out or new_trace_dir(Path("runs"), "suite")).resolve()
+    if (out / "suite.json").exists() or (out / "traces").exists():  # its traces would be mixed, results lost
+        raise UsageError(f"{out} already holds a suite run; give --out a new folder")
     out.mkdir(parents=True, exist_ok=True)
     opts = Options(model=model, backend=backend, base_url=base_url, timeout_s=timeout_s, retries=retries)
     outcomes, interrupted = run_suite(items, out, opts, workers=workers)

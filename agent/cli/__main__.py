@@ -1,0 +1,4 @@
+"""`python -m agent.cli` is `vlagent`."""
+from agent.cli import main
+
+main()
