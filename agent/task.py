@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from actions.policy import Allow
 from agent.errors import VlagentError
+from agent.flow.steps import FlowStep, check_names
 from sandbox.setup import SetupStep, expand  # noqa: F401 (part of the task model)
 
 
@@ -54,7 +55,10 @@ class Check(_Strict):
 
 class Task(_Strict):
     name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
-    goal: str = Field(min_length=1)
+    goal: str | None = Field(None, min_length=1)
+    steps: list[FlowStep] = []  # a flow (agent.flow): short steps instead of one goal
+    before: list[FlowStep] = []  # flow hooks: `after` runs even when a step failed or on Ctrl-C
+    after: list[FlowStep] = []
     screen: Screen = Screen()
     setup: list[SetupStep] = []
     max_steps: int = Field(20, ge=1, le=1000)
@@ -64,6 +68,17 @@ class Task(_Strict):
     secrets: dict[str, str] = {}  # placeholder name -> environment variable (for record/replay)
     # Not part of the file: where it came from, for relative paths and setup commands.
     base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _goal_or_steps(self):
+        if (self.goal is None) == (not self.steps):
+            raise ValueError("a task has either goal: (one instruction) or steps: (a flow), not both")
+        if self.goal is not None and (self.before or self.after):
+            raise ValueError("before: and after: belong to flows (tasks with steps:)")
+        errors = check_names(self.before + self.steps + self.after)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
 
 
 def _format_errors(path: Path, e: ValidationError) -> str:

@@ -35,6 +35,7 @@ class Step(BaseModel):
     target: dict[str, Any] | None = None  # evidence that re-finds the target (record/replay)
     timings: dict[str, float] = Field(default_factory=dict)  # *_ms: capture, model, exec, settle, step
     source: Literal["model", "human", "replay"] = "model"
+    flow_step: int | None = None  # in a flow (task with steps:), the index of the step this action served
     t: float = Field(default_factory=time.time)  # wall clock when the step was recorded
 
 
@@ -42,6 +43,23 @@ class CheckResult(BaseModel):
     check: str  # e.g. "file_json: {workdir}/form.json"
     passed: bool
     detail: str = ""
+
+
+class FlowStepResult(BaseModel):
+    """One step of a flow (agent.flow): what it was, how it ended, what it cost."""
+
+    index: int  # position in its phase
+    phase: Literal["before", "steps", "after"] = "steps"
+    kind: str  # act, assert, query, wait_for, left_click, type, key, ...
+    text: str  # the instruction, statement or prompt, values filled in
+    status: Literal["passed", "failed", "skipped"] = "skipped"
+    reason: str = ""  # why it failed, or the model's reason for an assert / wait_for
+    cache: Literal["hit", "healed", "miss"] | None = None  # act and grounded steps only
+    model_calls: int = 0
+    duration_s: float = 0.0
+    value: Any = None  # a query's validated JSON
+    actions: list[int] = []  # the trace steps (Step.step) this step performed
+    screenshot: str | None = None  # the screen the verdict or answer was read from, or after the step
 
 
 class Result(BaseModel):
@@ -57,6 +75,8 @@ class Result(BaseModel):
     answer: str | None = None  # the text of an `answer` action, if any
     final_screenshot: str | None = None
     display: str | None = None  # the X display the run drove
+    model_calls: int = 0  # every model call of the run (flows: acts, groundings, asserts, queries, waits)
+    flow: list[FlowStepResult] = []  # a flow's steps, in the order they ran (empty for goal tasks)
 
 
 class Trace:

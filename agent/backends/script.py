@@ -1,5 +1,10 @@
-"""`--model script:FILE`: a YAML list of raw replies, returned in order. For testing tasks and
-policies without a model."""
+"""`--model script:FILE`: scripted replies, for testing tasks, flows and policies without a model.
+
+FILE is either a YAML list of raw replies, returned in order, or a mapping from a piece of prompt text
+to its own list of replies: each call answers with the next reply of the longest key that appears in
+the prompt's user messages (a flow's instruction or statement), so a flow's script does not depend
+on which steps the action cache serves.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +15,10 @@ from agent.errors import ModelExhausted, VlagentError
 
 
 class ScriptBackend:
-    def __init__(self, replies: list[str], name: str = "script"):
-        self.replies = list(replies)
+    def __init__(self, replies: list[str] | dict[str, list[str]], name: str = "script"):
+        self.keyed = {k: list(v) for k, v in replies.items()} if isinstance(replies, dict) else None
+        self.replies = [] if self.keyed is not None else list(replies)
+        self.used: dict[str, int] = {k: 0 for k in self.keyed or {}}
         self.name = name
         self.calls = 0
 
@@ -24,12 +31,30 @@ class ScriptBackend:
             raise VlagentError(f"cannot read script {path}: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise VlagentError(f"script {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, list) or not all(isinstance(r, str) for r in data):
-            raise VlagentError(f"script {path} must be a YAML list of reply strings")
+        keyed = isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, list) and
+                                               all(isinstance(r, str) for r in v) for k, v in data.items())
+        if not keyed and not (isinstance(data, list) and all(isinstance(r, str) for r in data)):
+            raise VlagentError(f"script {path} must be a YAML list of reply strings, or a mapping from "
+                               "prompt text to a list of reply strings")
         return cls(data, name=f"script:{path}")
 
     def generate(self, messages, policy=None) -> str:
+        if self.keyed is not None:
+            return self._keyed(messages)
         if self.calls >= len(self.replies):
             raise ModelExhausted(f"the script ran out of replies after {len(self.replies)}")
         self.calls += 1
         return self.replies[self.calls - 1]
+
+    def _keyed(self, messages) -> str:
+        text = "\n".join(p.get("text", "") for m in messages if m.get("role") == "user"
+                         for p in m.get("content", []) if p.get("type") == "text")
+        keys = sorted((k for k in self.keyed if k in text), key=len, reverse=True)
+        if not keys:
+            raise ModelExhausted("the script has no replies for this prompt: " + text.strip().splitlines()[0][:120])
+        key = keys[0]
+        if self.used[key] >= len(self.keyed[key]):
+            raise ModelExhausted(f"the script ran out of replies for {key!r} after {len(self.keyed[key])}")
+        self.used[key] += 1
+        self.calls += 1
+        return self.keyed[key][self.used[key] - 1]

@@ -22,7 +22,11 @@ from agent.cli.common import (EXIT_NOT_ACHIEVED, UsageError, exit_for, exit_inte
 @click.option("--history-images", type=click.IntRange(1, 32), default=4, show_default=True, help="Screenshots kept as images in the prompt.")
 @click.option("--max-pixels", type=click.IntRange(1024), default=None, help="Downscale screenshots above this many pixels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(task_file, model, backend, base_url, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json):
+@click.option("--cache", "cache_mode", type=click.Choice(["read-write", "read-only", "write-only", "off"]),
+              default="read-write", show_default=True,
+              help="Flows (tasks with steps:): the action cache next to the task. read-only for CI, write-only to refresh.")
+def run(task_file, model, backend, base_url, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json,
+        cache_mode):
     """Run TASK_FILE with a model, in a sandboxed display by default.
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
@@ -39,13 +43,26 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
         if trace_dir is not None:
             check_new_trace(trace_dir)
         display = use_display(display)
+        store = None
+        if task.steps:  # a flow: a corrupt cache file is a usage error, before anything starts
+            from agent.flow.runner import open_cache
+
+            store = open_cache(task, cache_mode)
         model_backend = make_backend(model, backend, base_url)
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
                       history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
     sigterm_as_interrupt()
     try:
-        result, folder = run_task(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
-                                  on_step=None if as_json else step_printer())
+        if task.steps:
+            from agent.cli.ui import flow_printer
+            from agent.flow.runner import run_flow
+
+            result, folder = run_flow(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
+                                      cache=store, on_step=None if as_json else step_printer(),
+                                      on_flow=None if as_json else flow_printer())
+        else:
+            result, folder = run_task(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
+                                      on_step=None if as_json else step_printer())
     except KeyboardInterrupt:
         exit_interrupted()
     if as_json:

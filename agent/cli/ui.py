@@ -38,5 +38,22 @@ def print_result(result: Result, folder: Path) -> None:
         lines.append(f"{mark} {c.check}" + (f" [dim]({c.detail})[/]" if c.detail and not c.passed else ""))
     if result.answer:
         lines.append(f"answer: {result.answer}")
+    if result.flow:
+        hits = sum(f.cache == "hit" for f in result.flow)
+        lines.append(f"flow: {sum(f.status == 'passed' for f in result.flow)}/{len(result.flow)} steps passed, "
+                     f"{hits} from the cache, {result.model_calls} model calls")
     lines.append(f"[dim]trace: {folder}[/]")
     console.print(Panel("\n".join(lines), title=result.task, expand=False), soft_wrap=False)
+
+FLOW_MARK = {"passed": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[dim]-[/]"}
+
+
+def flow_printer():
+    """One line per flow step: mark, kind, text, cache use, model calls, time, and the reason."""
+    def show(f) -> None:
+        cache = f" [dim]cache {f.cache}[/]" if f.cache else ""
+        value = f" -> {json.dumps(f.value, ensure_ascii=False)}" if f.value is not None else ""
+        reason = f"\n      [dim]{f.reason}[/]" if f.reason and f.status != "skipped" else ""
+        console.print(f"{FLOW_MARK[f.status]} [bold]{f.kind}[/] {f.text}{value}{cache} "
+                      f"[dim]({f.model_calls} model calls, {f.duration_s:.1f} s)[/]{reason}")
+    return show

@@ -1,0 +1,199 @@
+"""The verified action cache: a readable JSON file next to the task, `<task name>.cache.json`, with
+its images in the folder `<task name>.cache/` (PNG files named by their content's hash, so they are
+written once and the pair can be committed and used on another machine).
+
+    {"version": 1, "task": "fill_form_flow",
+     "steps": [{"key": "3f9a...", "kind": "act", "text": "Type Ada Lovelace into the Name field",
+                "screen": "fill_form_flow.cache/8c1e....png",          # the screen after the step
+                "actions": [{"action": {"action": "left_click", "coordinate": [352, 205]},
+                             "target": {... evidence of agent.replay.locate, images as png_file ...},
+                             "effect": {"changed": true, "after": {... evidence of what changed ...}}},
+                            ...]}]}
+
+A step's key hashes its kind and its text (query values filled in), so editing a step's wording
+retires its entry. Modes: read-write (default), read-only (never write: CI), write-only (never read:
+refresh), off.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.errors import VlagentError
+
+CACHE_VERSION = 1
+MODES = ("read-write", "read-only", "write-only", "off")
+Mode = Literal["read-write", "read-only", "write-only", "off"]
+
+
+class CacheError(VlagentError):
+    """The cache file cannot be used (one line, with what to do)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CachedAction(_Strict):
+    action: dict[str, Any]  # native arguments; validated against the schema when replayed
+    target: dict[str, Any] | None = None  # evidence of the pointer target (agent.replay.locate)
+    start: dict[str, Any] | None = None  # a drag's start
+    effect: dict[str, Any] | None = None  # {"changed": bool, "after": evidence | None}
+
+
+class CachedStep(_Strict):
+    key: str
+    kind: str
+    text: str
+    screen: str | None = None
+    recorded: str = ""
+    actions: list[CachedAction]
+
+
+class CacheFile(_Strict):
+    version: Literal[1] = CACHE_VERSION
+    task: str
+    steps: list[CachedStep] = []
+
+
+def _readable(data: dict) -> str:
+    """Indented JSON with short lists of numbers on one line ([352, 205], not four lines)."""
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    return re.sub(r"\[\s+(-?[\d.e+-]+(?:,\s+-?[\d.e+-]+)*)\s+\]",
+                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
+
+
+def step_key(kind: str, text: str, occurrence: int = 0) -> str:
+    """The same step text twice in a flow gets two entries (occurrence 0, 1, ...)."""
+    return hashlib.sha256(json.dumps([kind, text, occurrence]).encode()).hexdigest()[:16]
+
+
+class ActionCache:
+    def __init__(self, path: Path, task: str, mode: Mode):
+        if mode not in MODES:
+            raise CacheError(f"unknown cache mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.path, self.task, self.mode = Path(path), task, mode
+        self.images = self.path.with_suffix("")  # x.cache.json -> x.cache/
+        self.entries: dict[str, CachedStep] = {}
+        self.staged: dict[str, CachedStep] = {}
+        self.order: list[str] = []  # keys in the order the flow met them
+        if self.reads and self.path.exists():
+            self._load()
+
+    @classmethod
+    def for_task(cls, task, mode: Mode) -> "ActionCache":
+        return cls(Path(task.base_dir) / f"{task.name}.cache.json", task.name, mode)
+
+    @property
+    def reads(self) -> bool:
+        return self.mode in ("read-write", "read-only")
+
+    @property
+    def writes(self) -> bool:
+        return self.mode in ("read-write", "write-only")
+
+    def _load(self) -> None:
+        fix = "delete it or refresh it with --cache write-only"
+        try:
+            data = CacheFile.model_validate(json.loads(self.path.read_text(encoding="utf-8")))
+        except OSError as e:
+            raise CacheError(f"{self.path}: cannot read the action cache: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise CacheError(f"{self.path}: the action cache is not valid JSON (line {e.lineno}: {e.msg}); {fix}") from None
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            raise CacheError(f"{self.path}: not an action cache of version {CACHE_VERSION} "
+                             f"({where}: {err['msg']}); {fix}") from None
+        for step in data.steps:
+            for a in step.actions:
+                for name in ("target", "start", "effect"):
+                    setattr(a, name, self._inline(getattr(a, name), fix))
+            self.entries[step.key] = step
+
+    def get(self, key: str) -> CachedStep | None:
+        if key not in self.order:
+            self.order.append(key)
+        return self.entries.get(key) if self.reads else None
+
+    def stage(self, step: CachedStep) -> None:
+        """Keep a verified step's actions; written by save() when the run succeeded."""
+        step.recorded = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.staged[step.key] = step
+
+    def save(self, screens: dict[str, Any] | None = None) -> Path | None:
+        """Write the cache: staged steps replace their entries, entries of steps no longer in the flow
+        go. `screens`: key -> PIL image of the screen after that step. Atomic; None when nothing to do."""
+        if not self.writes or not self.staged:
+            return None
+        merged = {**({} if self.mode == "write-only" else self.entries), **self.staged}
+        keep = [k for k in self.order if k in merged]
+        out = []
+        for key in keep:
+            step = merged[key].model_copy(deep=True)
+            if screens and key in screens and key in self.staged:
+                step.screen = self._write_png(screens[key])
+            for a in step.actions:
+                a.target, a.start, a.effect = (self._outline(x) for x in (a.target, a.start, a.effect))
+            out.append(step)
+        data = CacheFile(task=self.task, steps=out)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(_readable(data.model_dump(mode="json")) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+        self.entries = {s.key: s for s in (merged[k] for k in keep)}
+        self.staged = {}
+        return self.path
+
+    # -- images: base64 PNGs in the evidence <-> content-addressed files ---------------------------
+    def _write_bytes(self, data: bytes) -> str:
+        name = hashlib.sha256(data).hexdigest()[:20] + ".png"
+        self.images.mkdir(parents=True, exist_ok=True)
+        if not (self.images / name).exists():
+            (self.images / name).write_bytes(data)
+        return f"{self.images.name}/{name}"  # relative to the cache file's folder
+
+    def _write_png(self, image) -> str:
+        import io
+
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=6)
+        return self._write_bytes(buf.getvalue())
+
+    def _outline(self, value):
+        """Evidence with each {"png": base64} moved to a file, {"png_file": path}."""
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                if k == "png" and isinstance(v, str):
+                    out["png_file"] = self._write_bytes(base64.b64decode(v))
+                else:
+                    out[k] = self._outline(v)
+            return out
+        if isinstance(value, list):
+            return [self._outline(v) for v in value]
+        return value
+
+    def _inline(self, value, fix: str):
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                if k == "png_file" and isinstance(v, str):
+                    path = self.path.parent / v
+                    if ".." in Path(v).parts or Path(v).is_absolute() or not path.is_file():
+                        raise CacheError(f"{self.path}: refers to a missing image {v}; {fix}")
+                    out["png"] = base64.b64encode(path.read_bytes()).decode("ascii")
+                else:
+                    out[k] = self._inline(v, fix)
+            return out
+        if isinstance(value, list):
+            return [self._inline(v, fix) for v in value]
+        return value

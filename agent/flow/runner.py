@@ -1,0 +1,515 @@
+"""Run a flow: a task with `steps:` (agent.flow.steps), its `before:`/`after:` hooks, the action cache.
+
+Per step kind:
+  act         the agent loop (agent.run.loop.run_loop) on the one instruction, at most max_steps; done
+              when the model calls terminate(success); terminate(failure) or the bound fail the run
+  left_click  (and the other pointer actions) with target: one grounding call, the action checked by the
+              task's policy; with coordinate: no model
+  type, key, wait   the native action, checked by the task's policy, no model
+  assert      a verdict {"pass", "reason"} on the current screen; a failed one fails the run
+  query       JSON under the step's schema, stored as {NAME} for later steps
+  wait_for    verdicts every interval_s until one passes or timeout_s passes
+
+The cache (agent.flow.cache): an act or grounded step with an entry is replayed without the model, each
+target found again by agent.replay.locate and each action's recorded effect checked. A target not found
+or an effect that does not show sends the step to the model (healed); a step without entry goes to the
+model too (miss). New actions are written only when the whole run succeeded (the checks decide).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, to_json
+from actions.coords import to_relative
+from agent.errors import Aborted, ModelExhausted, VlagentError
+from agent.flow import ask, finder
+from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
+from agent.flow.steps import POINTER, FlowStep, fill
+from agent.trace import FlowStepResult, Result, Step, Trace
+
+DEFAULT_ACT_STEPS = 10
+GROUND_TRIES = 3  # a grounding reply that does not parse is asked again, this many times in all
+SETTLE_MAX_S = 2.0
+EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
+CHANGED_PX, CHANGED_LEVEL = 20, 24  # pixels differing by more than the level: "the screen changed"
+DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
+
+
+class StepFailed(VlagentError):
+    """A flow step failed; `kind` is the run status it implies (failed, invalid_output, timeout)."""
+
+    def __init__(self, message: str, kind: str = "failed"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Counted:
+    """The model backend, counting calls (the loop's, groundings, verdicts, queries)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = 0
+        self.name = getattr(inner, "name", "")
+
+    def generate(self, messages, policy=None) -> str:
+        self.calls += 1
+        return self.inner.generate(messages, policy)
+
+    def generate_json(self, messages, schema: dict, max_tokens: int) -> str:
+        self.calls += 1
+        return ask.constrained_json(self.inner, messages, schema, max_tokens)
+
+    def __getattr__(self, name):  # fits, cancel, ... of the backend itself
+        return getattr(self.inner, name)
+
+
+class _ActTrace:
+    """What run_loop sees for one act step: the run's trace folder, but only this step's own actions
+    as its history (a short instruction needs no memory of the steps before it)."""
+
+    def __init__(self, trace: Trace, flow_step: int):
+        self.trace, self.folder, self.flow_step = trace, trace.folder, flow_step
+        self.steps: list[Step] = []  # numbered from 1 for the prompt
+        self.added: list[Step] = []  # the same steps as written to the run's trace
+
+    def save_screen(self, image, name: str) -> str:
+        return self.trace.save_screen(image, f"{len(self.trace.steps) + 1:04d}")
+
+    def flush(self) -> None:
+        self.trace.flush()
+
+    def add(self, step: Step) -> Step:
+        self.steps.append(step)
+        self.added.append(self.trace.add(step.model_copy(update={"step": len(self.trace.steps) + 1,
+                                                                 "flow_step": self.flow_step})))
+        return step
+
+
+def _action(step: Step):
+    """A trace step's action as an Action (Step.action may hold the native dict)."""
+    a = step.action
+    return ACTION_ADAPTER.validate_python(a) if isinstance(a, dict) else a
+
+
+def changed(a: Image.Image, b: Image.Image) -> np.ndarray | None:
+    """The mask of pixels that changed from a to b, or None when too few did."""
+    if a.size != b.size:
+        return np.ones((b.height, b.width), dtype=bool)
+    mask = np.abs(np.asarray(a.convert("L"), dtype=np.int16) - np.asarray(b.convert("L"), dtype=np.int16)) > CHANGED_LEVEL
+    return mask if int(mask.sum()) >= CHANGED_PX else None
+
+
+def change_point(mask: np.ndarray, near: tuple[int, int] | None) -> tuple[int, int]:
+    """The centre of the changed region that holds (or is nearest to) `near`, else of the largest one."""
+    import cv2
+
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8))
+    n, _labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    boxes = [tuple(int(v) for v in stats[k][:4]) for k in range(1, n)]
+    if near is not None:
+        def dist(b):
+            x, y, w, h = b
+            return max(x - near[0], 0, near[0] - x - w) + max(y - near[1], 0, near[1] - y - h)
+        box = min(boxes, key=dist)
+    else:
+        box = max(boxes, key=lambda b: b[2] * b[3])
+    x, y, w, h = box
+    return x + w // 2, y + h // 2
+
+
+@dataclass
+class Flow:
+    task: Any
+    backend: Counted
+    desktop: Any
+    display: str | None
+    trace: Trace
+    cache: ActionCache | None
+    deadline: float
+    loop_history: Any = None  # agent.run.history.HistoryConfig for act steps
+    on_step: Any = None  # called with each trace Step
+    on_flow: Any = None  # called with each FlowStepResult
+    values: dict[str, Any] = field(default_factory=dict)  # query results by name
+    results: list[FlowStepResult] = field(default_factory=list)
+    screens: dict[str, Image.Image] = field(default_factory=dict)  # cache key -> screen after the step
+    _seen: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.policy = Policy(self.task.allow)
+
+    # -- phases ------------------------------------------------------------------------------------
+    def run(self) -> StepFailed | None:
+        """before, steps, then after (always, also after a failure or Ctrl-C). The first failure."""
+        failure = None
+        try:
+            failure = self._phase("before", self.task.before) or self._phase("steps", self.task.steps)
+        finally:
+            after = self._phase("after", self.task.after, always=True)
+            failure = failure or after
+        return failure
+
+    def _phase(self, phase: str, steps: list[FlowStep], always: bool = False) -> StepFailed | None:
+        first = None
+        for i, step in enumerate(steps):
+            if first is not None and not always:
+                self._report(FlowStepResult(index=i, phase=phase, kind=step.kind, text=step.text))  # skipped
+                continue
+            failure = self._one(phase, i, step)
+            first = first or failure
+        return first
+
+    def _one(self, phase: str, index: int, step: FlowStep) -> StepFailed | None:
+        res = FlowStepResult(index=index, phase=phase, kind=step.kind, text=step.text)
+        t0, calls0, n0 = time.monotonic(), self.backend.calls, len(self.trace.steps)
+        failure = None
+        try:
+            res.text = fill(step.text, self.values)
+            self._dispatch(step, res)
+            res.status = "passed"
+        except StepFailed as e:
+            failure = e
+        except KeyError as e:  # {name.field} the query result does not have
+            failure = StepFailed(str(e.args[0]))
+        except ModelExhausted as e:
+            failure = StepFailed(str(e))
+        if failure is not None:
+            res.status = "failed"
+            res.reason = str(failure) if not res.reason else f"{failure}"
+            failure = StepFailed(f"{phase}[{index}] {step.kind} {res.text!r}: {failure}", failure.kind)
+        res.model_calls = self.backend.calls - calls0
+        res.duration_s = round(time.monotonic() - t0, 3)
+        res.actions = [s.step for s in self.trace.steps[n0:]]
+        self._report(res)
+        return failure
+
+    def _report(self, res: FlowStepResult) -> None:
+        self.results.append(res)
+        if self.on_flow:
+            self.on_flow(res)
+
+    def _dispatch(self, step: FlowStep, res: FlowStepResult) -> None:
+        kind = step.kind
+        if time.monotonic() >= self.deadline:
+            raise StepFailed(f"the task's timeout_s ({self.task.timeout_s:g} s) passed", "timeout")
+        if kind == "assert":
+            return self._assert(step, res)
+        if kind == "query":
+            return self._query(step, res)
+        if kind == "wait_for":
+            return self._wait_for(step, res)
+        if kind in ("type", "key", "wait") or (kind in POINTER and step._value(kind).coordinate is not None):
+            return self._native(step, res)
+        return self._cached(step, res)  # act, or a pointer step with a target to ground
+
+    # -- questions ----------------------------------------------------------------------------------
+    def _screen(self, res: FlowStepResult) -> Image.Image:
+        self.desktop.wait_stable(SETTLE_MAX_S)
+        frame = self.desktop.capture()
+        res.screenshot = self.trace.save_screen(frame, f"{res.phase}-{res.index:02d}-{res.kind}")
+        return frame
+
+    def _verdict(self, frame: Image.Image, statement: str) -> tuple[bool, str]:
+        try:
+            ans = ask.verdict(self.backend, frame, statement)
+        except ask.InvalidOutput as e:
+            raise StepFailed(f"invalid model output: {e}", "invalid_output") from None
+        return bool(ans.value["pass"]), ans.value["reason"]
+
+    def _assert(self, step: FlowStep, res: FlowStepResult) -> None:
+        passed, reason = self._verdict(self._screen(res), res.text)
+        res.reason = reason
+        if not passed:
+            message = fill(step.message, self.values) if step.message else f"assert {res.text!r} is false"
+            raise StepFailed(f"{message} (model: {reason}; screen: {res.screenshot})")
+
+    def _query(self, step: FlowStep, res: FlowStepResult) -> None:
+        q = step.query
+        bad = ask.check_schema(q.schema_)
+        if bad:
+            raise StepFailed(f"query {q.as_}: {bad}")
+        try:
+            ans = ask.query(self.backend, self._screen(res), res.text, q.schema_)
+        except ask.InvalidOutput as e:
+            raise StepFailed(f"invalid model output: {e}", "invalid_output") from None
+        self.values[q.as_] = res.value = ans.value
+
+    def _wait_for(self, step: FlowStep, res: FlowStepResult) -> None:
+        timeout = step.timeout_s or DEFAULT_WAIT_TIMEOUT_S
+        interval = step.interval_s or DEFAULT_WAIT_INTERVAL_S
+        end = min(time.monotonic() + timeout, self.deadline)
+        while True:
+            t = time.monotonic()
+            passed, res.reason = self._verdict(self._screen(res), res.text)
+            if passed:
+                return
+            if t + interval >= end:
+                raise StepFailed(f"still not true after {timeout:g} s (model: {res.reason}; screen: {res.screenshot})",
+                                 "timeout")
+            time.sleep(max(0.0, interval - (time.monotonic() - t)))
+            self.desktop.check_abort()
+
+    # -- native steps (no model) ------------------------------------------------------------------------
+    def _native(self, step: FlowStep, res: FlowStepResult) -> None:
+        kind, value = step.kind, step._value(step.kind)
+        if kind == "type":
+            args = {"text": res.text}
+        elif kind == "key":
+            from actions.policy import parse_chord
+
+            args = {"keys": list(parse_chord(value) if isinstance(value, str) else value)}
+        elif kind == "wait":
+            args = {"time": float(value)}
+        else:
+            args = {"coordinate": list(value.coordinate)}
+            if kind == "scroll":
+                args["pixels"] = value.pixels
+        try:
+            action = ACTION_ADAPTER.validate_python({"action": kind, **args})
+        except ValueError as e:
+            raise StepFailed(f"not a valid action: {str(e).splitlines()[-1].strip()}") from None
+        self._perform(action, res)
+
+    def _perform(self, action, res: FlowStepResult, raw: str | None = None, frame: Image.Image | None = None,
+                 extra: dict | None = None) -> Step:
+        """Check the action against the task's policy, run it, record it in the trace."""
+        from agent.run.executor import execute
+
+        t0 = time.perf_counter()
+        typed = action
+        if action.action == "type" and "{secret:" in action.text:
+            from agent.replay.player import fill_secrets
+
+            typed = action.model_copy(update={"text": fill_secrets(action.text, self.task)})
+        try:
+            checked = self.policy.check(typed)
+        except PolicyError as e:
+            raise StepFailed(f"the task's policy refuses {to_json(action)}: {e}") from None
+        self.desktop.check_abort()
+        if frame is None:
+            self.desktop.wait_stable(SETTLE_MAX_S)
+            frame = self.desktop.capture()
+        n = len(self.trace.steps) + 1
+        step = Step(step=n, raw=raw, action=to_json(action), frame=frame.size, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
+                    source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
+        outcome = execute(checked, self.desktop, frame.size)
+        step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
+        settle = self.desktop.wait_stable(SETTLE_MAX_S) if action.action not in ("terminate", "answer") else 0.0
+        step.timings = {"settle_ms": settle * 1e3, "step_ms": (time.perf_counter() - t0) * 1e3}
+        self._add(step)
+        return step
+
+    def _add(self, step: Step) -> None:
+        self.trace.add(step)
+        if self.on_step:
+            self.on_step(step)
+
+    # -- act and grounded steps: the cache, else the model ---------------------------------------------
+    def _key(self, step: FlowStep, text: str) -> str:
+        k = (step.kind, text)
+        self._seen[k] = self._seen.get(k, 0) + 1
+        return step_key(step.kind, text, self._seen[k] - 1)
+
+    def _cached(self, step: FlowStep, res: FlowStepResult) -> None:
+        key = self._key(step, res.text)
+        entry = self.cache.get(key) if self.cache is not None else None
+        replayed: list[CachedAction] = []
+        if entry is not None:
+            ok, why, replayed = self._replay(entry, res)
+            if ok:
+                res.cache = "hit"
+                return
+            res.reason = f"cache: {why}"
+        res.cache = "healed" if entry is not None else ("miss" if self.cache is not None else None)
+        n0 = len(self.trace.steps)
+        if step.kind == "act":
+            self._act(step, res)
+        else:
+            self._ground(step, res)
+        if self.cache is not None and self.cache.writes:
+            after = self.desktop.capture()
+            fresh = self._recorded(self.trace.steps[n0:], after)
+            self.cache.stage(CachedStep(key=key, kind=step.kind, text=res.text, actions=replayed + fresh))
+            self.screens[key] = after
+
+    def _act(self, step: FlowStep, res: FlowStepResult) -> None:
+        from agent.run.loop import LoopConfig, run_loop
+
+        view = _ActTrace(self.trace, res.index)
+        cfg = LoopConfig(max_steps=step.max_steps or DEFAULT_ACT_STEPS, timeout_s=max(self.deadline - time.monotonic(), 0.001))
+        if self.loop_history is not None:
+            cfg.history = self.loop_history
+        end = run_loop(res.text, self.backend, self.desktop, self.policy, view, cfg,
+                       (lambda s: self.on_step(view.added[-1])) if self.on_step else None)
+        if end.claimed != "success":
+            kind = end.kind if end.kind in ("invalid_output", "timeout") else "failed"
+            raise StepFailed(f"not done: {end.reason}", kind)
+
+    def _ground(self, step: FlowStep, res: FlowStepResult) -> None:
+        """One model call for where a plain pointer step's target is (no planning)."""
+        from agent.run.history import build_messages
+
+        kind = step.kind
+        value = step._value(kind)
+        only = Policy(Allow(actions=[kind]))
+        self.desktop.wait_stable(SETTLE_MAX_S)
+        frame = self.desktop.capture()
+        goal = f"Do exactly this one action: {kind} on {res.text}."
+        error, raw = "", ""
+        for _ in range(GROUND_TRIES):
+            messages = build_messages(goal + (f"\nYour previous reply was rejected: {error}" if error else ""),
+                                      [], frame, only, lambda s: frame)
+            raw = self.backend.generate(messages, only)
+            try:
+                action = check_reply(raw, only)
+                if getattr(action, "coordinate", None) is None:
+                    raise PolicyError("the action needs a coordinate on the target")
+                break
+            except (ParseError, PolicyError) as e:
+                error = str(e)
+        else:
+            raise StepFailed(f"invalid model output: {GROUND_TRIES} groundings rejected; last: {error}", "invalid_output")
+        if kind == "scroll":
+            action = action.model_copy(update={"pixels": value.pixels})
+        self._perform(action, res, raw=raw, frame=frame)
+
+    def _recorded(self, steps: list[Step], after: Image.Image) -> list[CachedAction]:
+        """Cache entries for actions the model took: the action, its target's evidence, its effect
+        (what the place that changed looked like afterwards: the next step's screenshot, or `after`)."""
+        self.trace.flush()
+        out: list[CachedAction] = []
+        for i, s in enumerate(steps):
+            action = _action(s)
+            if action is None or action.action in ("terminate", "answer") or s.error:
+                continue
+            before = Image.open(self.trace.folder / s.screenshot).convert("RGB")
+            nxt = next((x for x in steps[i + 1:] if x.screenshot), None)
+            after_img = Image.open(self.trace.folder / nxt.screenshot).convert("RGB") if nxt else after
+            ca = CachedAction(action=to_json(action))
+            point = self._frame_px(s.pixel, before) if s.pixel is not None else None
+            if point is not None and getattr(action, "coordinate", None) is not None:
+                ca.target = finder.describe(before, point, self.display)
+            if s.start_pixel is not None and getattr(action, "start_coordinate", None) is not None:
+                ca.start = finder.describe(before, self._frame_px(s.start_pixel, before), self.display)
+            mask = changed(before, after_img)
+            ca.effect = {"changed": mask is not None, "after": None}
+            if mask is not None:
+                ca.effect["after"] = finder.describe(after_img, change_point(mask, point), self.display)
+            out.append(ca)
+        return out
+
+    def _frame_px(self, pixel, image: Image.Image) -> tuple[int, int]:
+        screen = self.desktop.size()
+        return (int(pixel[0] * image.width / screen[0]), int(pixel[1] * image.height / screen[1]))
+
+    def _replay(self, entry: CachedStep, res: FlowStepResult) -> tuple[bool, str, list[CachedAction]]:
+        """Play a cached step without the model. (done, why not, the cached actions that were played)."""
+        done: list[CachedAction] = []
+        for i, ca in enumerate(entry.actions):
+            try:
+                action = ACTION_ADAPTER.validate_python(ca.action)
+            except ValueError:
+                return False, f"cached action {i + 1} is not a valid action", done
+            self.desktop.check_abort()
+            self.desktop.wait_stable(SETTLE_MAX_S)
+            frame = self.desktop.capture()
+            update = {}
+            for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
+                if ev is None:
+                    continue
+                found, frame = finder.find_waiting(ev, self.desktop, self.display)
+                if found.pixel is None:
+                    n = len(self.trace.steps) + 1
+                    self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
+                                   screenshot=self.trace.save_screen(frame, f"{n:04d}"),
+                                   error=f"cache: {found.reason}"))
+                    return False, found.reason, done
+                update[name] = list(to_relative(found.pixel, frame.size))
+            if update:
+                action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
+            try:
+                self._perform(action, res, frame=frame)
+            except StepFailed as e:  # the policy refuses the cached action now: let the model decide
+                return False, str(e), done
+            ok, why = self._effect_shows(ca.effect, frame, action)
+            if not ok:
+                return False, why, done
+            done.append(ca)
+        self.screens[entry.key] = None
+        return True, "", done
+
+    def _effect_shows(self, effect: dict | None, before: Image.Image, action) -> tuple[bool, str]:
+        """When the recorded action changed the screen, the replayed one must too, and what the
+        changed place looked like afterwards must be on the screen now."""
+        if not effect or not effect.get("changed"):
+            return True, ""
+        deadline = time.monotonic() + EFFECT_WAIT_S
+        while True:
+            now = self.desktop.capture()
+            if changed(before, now) is not None:
+                break
+            if time.monotonic() >= deadline:
+                return False, f"{action.action}: the screen did not change as recorded"
+            time.sleep(finder.FIND_POLL_S)
+        if effect.get("after"):
+            found = finder.find(effect["after"], now, self.display)
+            if found.pixel is None:
+                self.desktop.wait_stable(EFFECT_WAIT_S)  # it may still be drawing
+                found = finder.find(effect["after"], self.desktop.capture(), self.display)
+            if found.pixel is None:
+                return False, f"{action.action}: its recorded effect is not on screen ({found.reason})"
+        return True, ""
+
+
+# ------------------------------------------------------------------------------------------ a whole run
+
+def open_cache(task, mode: Mode | str) -> ActionCache | None:
+    """The task's cache in this mode (None for off). Raises CacheError (one line) for a corrupt file."""
+    return None if mode == "off" else ActionCache.for_task(task, mode)
+
+
+def flow_status(failure: StepFailed | None, checks) -> tuple[str, str]:
+    failed_checks = "; ".join(f"{c.check}: {c.detail}" if c.detail else c.check for c in checks if not c.passed)
+    if failure is not None:
+        return failure.kind, str(failure)
+    if failed_checks:
+        return "failed", f"all steps passed; failed checks: {failed_checks}"
+    return "success", "all steps passed" + (f" and all {len(checks)} checks" if checks else "")
+
+
+def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | None = None,
+             cache: str | ActionCache | None = "read-write",
+             loop=None, on_step=None, on_flow=None) -> tuple[Result, Path]:
+    """Run a task with steps. Always returns a Result and a complete trace folder; a corrupt cache
+    raises CacheError before anything starts; Ctrl-C is recorded as `aborted` (after the `after:`
+    hooks ran) and re-raised."""
+    from agent.run.runner import (DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen, start_trace,
+                                  task_environment)
+    from agent.trace import new_trace_dir
+
+    store = cache if cache is None or isinstance(cache, ActionCache) else open_cache(task, cache)
+    counted = Counted(backend)
+    trace, result = start_trace(trace_dir or new_trace_dir(DEFAULT_RUNS_DIR, task.name), task, counted.name)
+    deadline = time.monotonic() + (loop.timeout_s if loop is not None else task.timeout_s)
+    with run_outcome(trace, result):
+        with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
+            result.display = env.sandbox.display
+            flow = Flow(task, counted, env.desktop, env.sandbox.display, trace, store, deadline,
+                        loop.history if loop is not None else None, on_step, on_flow)
+            try:
+                failure = flow.run()
+            finally:  # also when Ctrl-C ends it: result.json says which steps ran
+                result.flow, result.model_calls = flow.results, counted.calls
+            env.sandbox.check_apps()
+            result.checks = evaluate(task, env) if failure is None else []
+            result.status, result.reason = flow_status(failure, result.checks)
+            save_final_screen(env, trace, result)
+            if result.status == "success" and store is not None:
+                store.save({k: v for k, v in flow.screens.items() if v is not None})
+    return result, trace.folder

@@ -1,0 +1,189 @@
+"""The Python API: a session bound to a sandbox and a model, one call per flow step.
+
+    from agent.flow import Session
+
+    with Session("tasks/fill_form_flow.yaml", model="script:tests/scripts/fill_form_flow.replies.yaml") as vl:
+        vl.act('Type "Ada Lovelace" into the Name field')
+        vl.left_click("the Pro plan option")
+        form = vl.query("What do the Name and Email fields hold?", {"type": "object", ...})
+        vl.assert_that(f'The Name field holds "{form["name"]}"')
+    print(vl.result.status, vl.result.model_calls, vl.folder)
+
+The task file gives the sandbox (screen, setup: the app), the policy (allow:), the success checks, and
+the before:/after: hooks (before runs on entry, after on exit, also after a failure or Ctrl-C); its
+steps: run with run_steps(). Without a task file, `setup=` lists setup steps like a task's.
+A failed assert or wait_for raises FlowAssertionError (an AssertionError, so pytest shows it as
+one); any other failed step raises FlowStepError. Either way the trace is complete on exit, and the
+action cache (agent.flow.cache) is written only when the session ended successfully.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from agent.errors import Aborted, VlagentError
+from agent.flow.runner import Counted, Flow, StepFailed, flow_status, open_cache
+from agent.flow.steps import FlowStep
+from agent.trace import Result
+
+
+class FlowStepError(VlagentError):
+    """A flow step (act, query, a click) failed; the message names the step and why."""
+
+
+class FlowAssertionError(AssertionError):
+    """An assert or wait_for was false: the statement, the model's reason and the screenshot."""
+
+
+class Session:
+    def __init__(self, task: str | Path | Any = None, *, model: str | Any = None, display: str | None = None,
+                 cache: str = "read-write", trace_dir: str | Path | None = None, setup: list[dict] | None = None,
+                 name: str = "session", backend: str = "auto", base_url: str | None = None):
+        from agent.task import Task, load_task
+
+        if task is None:
+            self.task = Task.model_validate({"name": name, "goal": "a vlagent Python session", "setup": setup or []})
+        else:
+            self.task = task if isinstance(task, Task) else load_task(task)
+        self._model, self._backend_kind, self._base_url = model, backend, base_url
+        self.display, self.trace_dir = display, trace_dir
+        self.cache = open_cache(self.task, cache)  # a corrupt file fails here, before anything starts
+        self.result: Result | None = None
+        self.folder: Path | None = None
+        self.failure: StepFailed | None = None
+        self._stack: ExitStack | None = None
+        self._index = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def __enter__(self) -> "Session":
+        from agent.backends import DEFAULT_MODEL, load_backend
+        from agent.run.runner import DEFAULT_RUNS_DIR, start_trace, task_environment
+        from agent.trace import new_trace_dir
+
+        model = self._model if self._model is not None else DEFAULT_MODEL
+        if isinstance(model, str):
+            opts = {"base_url": self._base_url} if self._backend_kind == "openai" else {}
+            model = load_backend(model, backend=self._backend_kind, **opts)
+        self.backend = Counted(model)
+        folder = Path(self.trace_dir) if self.trace_dir else new_trace_dir(DEFAULT_RUNS_DIR, self.task.name)
+        self.trace, self.result = start_trace(folder, self.task, self.backend.name)
+        self.folder = self.trace.folder
+        self._stack = ExitStack()
+        try:
+            self.env = self._stack.enter_context(task_environment(self.task, display=self.display,
+                                                                   workdir=self.trace.folder / "workdir"))
+            self.result.display = self.env.sandbox.display
+            self.flow = Flow(self.task, self.backend, self.env.desktop, self.env.sandbox.display, self.trace,
+                             self.cache, time.monotonic() + self.task.timeout_s)
+            self._raise(self.flow._phase("before", self.task.before))
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        result, flow = self.result, getattr(self, "flow", None)
+        try:
+            if flow is not None:
+                after = flow._phase("after", self.task.after, always=True)
+                self.failure = self.failure or after
+            if exc is None:
+                self.env.sandbox.check_apps()
+                result.checks = evaluate_checks(self.task, self.env) if self.failure is None else []
+                result.status, result.reason = flow_status(self.failure, result.checks)
+            elif isinstance(exc, (FlowAssertionError, FlowStepError)) and self.failure is not None:
+                result.status, result.reason = self.failure.kind, str(self.failure)
+            elif isinstance(exc, (KeyboardInterrupt, Aborted)):
+                result.status, result.reason = "aborted", str(exc) or "interrupted (Ctrl-C or SIGTERM)"
+            elif isinstance(exc, AssertionError):  # the test's own assert, between steps
+                result.status, result.reason = "failed", f"AssertionError: {exc}".splitlines()[0]
+            else:
+                result.status, result.reason = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if flow is not None:
+                from agent.run.runner import save_final_screen
+
+                save_final_screen(self.env, self.trace, result)
+                if result.status == "success" and self.cache is not None:
+                    self.cache.save({k: v for k, v in flow.screens.items() if v is not None})
+        except VlagentError as e:  # the app died, the display went away
+            result.status, result.reason = "error", str(e)
+        finally:
+            if flow is not None:
+                result.flow, result.model_calls = flow.results, self.backend.calls
+            if self._stack is not None:
+                self._stack.close()
+            result.ended = time.time()
+            result.duration_s = round(result.ended - result.started, 3)
+            self.trace.finish(result)
+        return False
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def step(self, spec: dict) -> Any:
+        """Run one step given as in a task file ({"act": "..."}, {"key": "ctrl+a"}, ...). Returns
+        the query's value for a query, else None."""
+        from pydantic import ValidationError
+
+        try:
+            step = FlowStep.model_validate(spec)
+        except ValidationError as e:
+            raise FlowStepError(f"not a valid step: {e.errors(include_url=False)[0]['msg']}") from None
+        self._index += 1
+        failure = self.flow._one("steps", self._index - 1, step)
+        res = self.flow.results[-1]
+        self._raise(failure, step.kind)
+        return res.value
+
+    def _raise(self, failure: StepFailed | None, kind: str = "") -> None:
+        if failure is None:
+            return
+        self.failure = self.failure or failure
+        if kind in ("assert", "wait_for") and failure.kind != "invalid_output":
+            raise FlowAssertionError(str(failure))
+        raise FlowStepError(str(failure))
+
+    def run_steps(self) -> None:
+        """The task file's own steps:, in order (the first failure raises)."""
+        for step in self.task.steps:
+            self.step(step.model_dump(by_alias=True, exclude_none=True))
+
+    def act(self, instruction: str, max_steps: int | None = None) -> None:
+        self.step({"act": instruction, **({"max_steps": max_steps} if max_steps else {})})
+
+    def assert_that(self, statement: str, message: str | None = None) -> None:
+        self.step({"assert": statement, **({"message": message} if message else {})})
+
+    def query(self, prompt: str, schema: dict, as_: str = "value") -> Any:
+        return self.step({"query": {"prompt": prompt, "schema": schema, "as": as_}})
+
+    def wait_for(self, statement: str, timeout_s: float = 30.0, interval_s: float = 1.0) -> None:
+        self.step({"wait_for": statement, "timeout_s": timeout_s, "interval_s": interval_s})
+
+    def left_click(self, target: str | None = None, coordinate: tuple[float, float] | None = None) -> None:
+        self.step({"left_click": {"target": target, "coordinate": coordinate}})
+
+    click = left_click
+
+    def double_click(self, target: str | None = None, coordinate: tuple[float, float] | None = None) -> None:
+        self.step({"double_click": {"target": target, "coordinate": coordinate}})
+
+    def right_click(self, target: str | None = None, coordinate: tuple[float, float] | None = None) -> None:
+        self.step({"right_click": {"target": target, "coordinate": coordinate}})
+
+    def type(self, text: str) -> None:
+        self.step({"type": text})
+
+    def key(self, chord: str | list[str]) -> None:
+        self.step({"key": chord})
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Query results by name (usable as {name} in later steps)."""
+        return self.flow.values
+
+
+def evaluate_checks(task, env):
+    from agent.run.runner import evaluate
+
+    return evaluate(task, env)
