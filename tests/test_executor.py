@@ -7,6 +7,7 @@ from actions.schema import ACTION_ADAPTER, ACTION_NAMES
 from agent.desktop.x11 import X11Desktop
 from agent.errors import Aborted
 from agent.run.executor import TYPE_CHUNK_CHARS, Outcome, execute, screen_point
+from fakes import RecordingDesktop
 from x11_echo import Echo, of, text_value, xdotool, xvfb
 
 SCREEN = (1280, 800)
@@ -162,23 +163,8 @@ def test_screen_point(coord, frame, screen, expected):
     assert screen_point(coord, frame, screen) == expected
 
 
-class RecordingDesktop:
-    """Implements the Desktop protocol by recording calls (for dispatch details only)."""
-
-    display = ":fake"
-
-    def __init__(self):
-        self.calls = []
-
-    def __getattr__(self, name):
-        def record(*args, **kwargs):
-            self.calls.append((name, args, kwargs))
-            return {"size": (100, 100), "position": (5, 5)}.get(name)
-        return record
-
-
 def test_long_text_is_typed_in_chunks_with_abort_checks_between():
-    fake = RecordingDesktop()
+    fake = RecordingDesktop(size=(100, 100))
     text = "a" * (2 * TYPE_CHUNK_CHARS + 7)
     execute(act(action="type", text=text), fake, (100, 100))
     typed = [args[0] for name, args, _ in fake.calls if name == "type"]
@@ -191,5 +177,5 @@ def test_every_action_kind_is_dispatched():
                "left_click_drag": dict(coordinate=[1, 1]), "scroll": dict(pixels=1), "hscroll": dict(pixels=1),
                "wait": dict(time=0), "terminate": dict(status="failure"), "answer": dict(text="")}
     for name in ACTION_NAMES:
-        outcome = execute(act(action=name, **samples.get(name, {})), RecordingDesktop(), (100, 100))
+        outcome = execute(act(action=name, **samples.get(name, {})), RecordingDesktop(size=(100, 100)), (100, 100))
         assert isinstance(outcome, Outcome)

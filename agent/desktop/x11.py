@@ -1,12 +1,13 @@
-"""The desktop the agent sees and drives: mss capture and pyautogui input behind one small
-interface. Nothing else in vlagent touches pyautogui or mss.
+"""The desktop the agent sees and drives: mss capture and pyautogui input behind the Desktop
+interface (agent.desktop.base). Nothing else in vlagent touches pyautogui; the only other reader
+of the screen through mss is the recorder's frame grabber (agent.replay.record).
 
 Coordinates here are screen pixels; agent.run.executor maps the model's 0..1000 space onto the
 captured frame before calling in.
 
 X11Desktop types printable ASCII with pyautogui and every other character by binding it to a
 spare keycode and pressing that through XTest (pyautogui drops non-ASCII text on Linux, and
-`xdotool type` loses characters when the app is busy; see agent/x11_typing.py).
+`xdotool type` loses characters when the app is busy; see agent/desktop/keysym_typing.py).
 """
 from __future__ import annotations
 
@@ -17,49 +18,12 @@ import sys
 import time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Literal, Protocol
 
 from PIL import Image
 
 from agent.errors import Aborted, VlagentError
+from agent.desktop.base import Button, Desktop  # noqa: F401 (Desktop: the interface it implements)
 from agent.desktop.keysym_typing import KeysymTyper
-
-Button = Literal["left", "right", "middle"]
-
-
-class Desktop(Protocol):
-    display: str  # e.g. ":7"
-
-    def capture(self) -> Image.Image:
-        """The whole screen as an RGB image (the frame the model sees)."""
-
-    def size(self) -> tuple[int, int]:
-        """Screen size in pixels (w, h) as input events address it."""
-
-    def position(self) -> tuple[int, int]:
-        """Where the pointer is now."""
-
-    def move(self, x: int, y: int) -> None: ...
-
-    def click(self, x: int | None, y: int | None, button: Button = "left", clicks: int = 1) -> None:
-        """Click at (x, y), or where the pointer is when x is None."""
-
-    def drag(self, x0: int, y0: int, x1: int, y1: int) -> None: ...
-
-    def scroll(self, pixels: int, x: int | None = None, y: int | None = None, horizontal: bool = False) -> None: ...
-
-    def key(self, keys: list[str]) -> None:
-        """Press a chord: the keys down in order, then up in reverse (pyautogui.hotkey)."""
-
-    def type(self, text: str) -> None:
-        """Type text, non-ASCII included."""
-
-    def wait_stable(self, max_s: float = 2.0) -> float:
-        """Wait (bounded) until the screen stops changing; return the seconds waited."""
-
-    def check_abort(self) -> None:
-        """Raise agent.errors.Aborted when a person pushed the pointer into a screen corner."""
-
 
 INPUT_PAUSE_S = 0.02  # pyautogui's pause after each call (its 0.1 s default makes steps slow)
 DRAG_S = 0.3  # a drag glides for this long so apps see intermediate motion events

@@ -13,7 +13,7 @@ from PIL import Image
 
 from actions import ParseError, Policy, PolicyError, check_reply, to_json
 from agent.backends.base import Backend
-from agent.desktop.x11 import Desktop
+from agent.desktop.base import Desktop
 from agent.errors import BackendError
 from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
