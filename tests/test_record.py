@@ -172,13 +172,13 @@ def test_record_with_real_input_then_replay_on_a_moved_layout(tmp_path, monkeypa
     assert "the task's success checks pass" in out
 
     steps = load_steps(trace)
-    assert [s.action["action"] for s in steps] == ["left_click", "type", "left_click", "type", "key"]
-    assert steps[1].action["text"] == "Ada Lovelace"
-    assert steps[3].action["text"] == "{secret:Email}"  # typed into the field the task marks secret
-    assert steps[4].action["keys"] == ["enter"]
+    assert [s.kind for s in steps] == ["left_click", "type", "left_click", "type", "key"]
+    assert steps[1].action.text == "Ada Lovelace"
+    assert steps[3].action.text == "{secret:Email}"  # typed into the field the task marks secret
+    assert steps[4].action.keys == ["enter"]
     assert "ada@example.com" not in (trace / "steps.jsonl").read_text()
     assert all(s.source == "human" and (trace / s.screenshot).is_file() for s in steps)
-    assert steps[0].pixel == (420, 164) and steps[0].action["coordinate"] == [328, 205]
+    assert steps[0].pixel == (420, 164) and steps[0].action.coordinate == (328, 205)
     assert any(a["text"] == "Name" for a in steps[0].target["anchors"])
     assert load_result(trace).status == "success"
 
@@ -213,7 +213,7 @@ def test_double_click_and_scroll_then_ctrl_c_ends_the_recording_with_a_trace_and
     assert proc.returncode == 1, out + err
     assert "Traceback" not in err
     steps = load_steps(trace)
-    assert [s.action["action"] for s in steps] == ["double_click", "scroll"]
-    assert steps[1].action["pixels"] == -100 and steps[1].pixel == (420, 164)
+    assert [s.kind for s in steps] == ["double_click", "scroll"]
+    assert steps[1].action.pixels == -100 and steps[1].pixel == (420, 164)
     assert "stopped by Ctrl-C" in load_result(trace).reason
     assert not Path(f"/tmp/.X11-unix/X{display[1:]}").exists()  # the sandbox's Xvfb is gone

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from actions.schema import to_json
 from agent.trace import load_result, load_steps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def test_scripted_solution_fills_the_real_form(tmp_path):
     assert result.status == "success" and all(c.passed for c in result.checks)
     assert json.loads((trace / "workdir" / "form.json").read_text())["name"] == "Ada Lovelace"
     steps = load_steps(trace)
-    assert [s.action["action"] for s in steps] == ["left_click", "type", "left_click", "type", "left_click", "terminate"]
+    assert [s.kind for s in steps] == ["left_click", "type", "left_click", "type", "left_click", "terminate"]
     for s in steps:
         assert s.raw and s.error is None and (trace / s.screenshot).is_file()
         assert {"capture_ms", "model_ms", "step_ms"} <= set(s.timings)
@@ -72,7 +73,7 @@ def test_wrong_script_exits_1_with_a_complete_trace(tmp_path):
     assert len(steps) == 6
     assert "not allowed" in steps[2].error and steps[2].action is None  # ctrl+alt+delete never ran
     assert "not closed" in steps[3].error
-    assert steps[5].action == {"action": "terminate", "status": "success"}  # claimed, not trusted
+    assert to_json(steps[5].action) == {"action": "terminate", "status": "success"}  # claimed, not trusted
 
 
 def test_three_rejected_replies_end_as_invalid_output(tmp_path):

@@ -39,7 +39,7 @@ def record(trace_dir, task_file, display, max_seconds, keep_going):
 
     def show(step: Step) -> None:
         where = f" at {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
-        click.echo(f"step {step.step:>3} {step.action['action']}{where}")
+        click.echo(f"step {step.step:>3} {step.kind}{where}")
         sys.stdout.flush()
 
     sigterm_as_interrupt()

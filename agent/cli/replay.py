@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from actions.schema import to_json
 from agent.backends import DEFAULT_MODEL
 from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
 from agent.cli.ui import print_result
@@ -68,7 +69,7 @@ def _step_printer():
         found = (step.target or {}).get("found") or {}
         how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values()
                         if isinstance(v, dict) and "score" in v)
-        what = json.dumps(step.action, ensure_ascii=False) if step.action else ""
+        what = json.dumps(to_json(step.action), ensure_ascii=False) if step.action else ""
         extra = f" [{how}]" if how else ""
         err = f"  {step.error}" if step.error else ""
         click.echo(f"step {step.step:>3} {what}{extra} ({step.timings.get('step_ms', 0):.0f} ms){err}")

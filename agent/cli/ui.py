@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from actions.schema import to_json
 from agent.trace import Result, Step
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -17,9 +18,9 @@ STATUS_STYLE = {"success": "bold green", "failed": "bold red", "invalid_output":
 def describe(step: Step) -> str:
     if step.action is None:
         return f"[red]rejected[/]: {step.error}"
-    args = {k: v for k, v in step.action.items() if k != "action"}
+    args = {k: v for k, v in to_json(step.action).items() if k != "action"}
     where = f" -> px {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
-    return f"[cyan]{step.action['action']}[/] {json.dumps(args, ensure_ascii=False)}{where}"
+    return f"[cyan]{step.kind}[/] {json.dumps(args, ensure_ascii=False)}{where}"
 
 
 def step_printer():
@@ -44,6 +45,7 @@ def print_result(result: Result, folder: Path) -> None:
                      f"{hits} from the cache, {result.model_calls} model calls")
     lines.append(f"[dim]trace: {folder}[/]")
     console.print(Panel("\n".join(lines), title=result.task, expand=False), soft_wrap=False)
+
 
 FLOW_MARK = {"passed": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[dim]-[/]"}
 

@@ -11,6 +11,7 @@ checks decide the outcome, as for `vlagent run`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -90,8 +91,8 @@ def secret_value(name: str, task) -> str:
 def check_secrets(steps: list[Step], task) -> None:
     """Raise VlagentError naming the variable when a secret the trace types is not set."""
     for step in steps:
-        if step.action and step.action.get("action") == "type":
-            fill_secrets(step.action.get("text", ""), task)
+        if step.kind == "type":
+            fill_secrets(step.action.text, task)
 
 
 def load_trace_steps(trace_dir: Path) -> list[Step]:
@@ -129,9 +130,9 @@ def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0,
 
 def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step) -> Result:
     policy = Policy(task.allow)
-    with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
+    with task_environment(task, display=display, workdir=trace.folder / "workdir") as env, \
+            contextlib.closing(_Player(original, task, policy, env.desktop, trace, speed, fallback, locate)) as player:
         result.display = env.sandbox.display
-        player = _Player(original, task, policy, env.desktop, trace, speed, fallback, locate)
         failure = None
         for i, step in enumerate(original.steps):
             if step.action is None:
@@ -144,12 +145,12 @@ def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, 
             finally:
                 if on_step and trace.steps:
                     on_step(trace.steps[-1])
-            if done.action and done.action["action"] == "answer":
-                result.answer = done.action.get("text")
-            if done.action and done.action["action"] == "terminate":
+            if done.kind == "answer":
+                result.answer = done.action.text
+            if done.kind == "terminate":
                 break
-        last = (trace.steps[-1].action or {}) if trace.steps else {}  # a replayed terminate keeps its verdict
-        claimed = last.get("status", "success") if last.get("action") == "terminate" else "success"
+        last = trace.steps[-1] if trace.steps else None  # a replayed terminate keeps its verdict
+        claimed = last.action.status if last is not None and last.kind == "terminate" else "success"
         end = (End("step_failed", failure) if failure else
                End("finished", f"replayed {len(trace.steps)} steps", claimed, result.answer))
         conclude(task, env, trace, result, end)
@@ -161,11 +162,17 @@ class _Player:
                  fallback, locate: bool):
         self.original, self.task, self.policy, self.desktop = original, task, policy, desktop
         self.trace, self.speed, self.fallback, self.locate = trace, speed, fallback, locate
+        from agent.replay.atspi import Tree
+
+        self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
+
+    def close(self) -> None:
+        self.tree.close()
 
     def play(self, index: int, orig: Step) -> Step:
         t0 = time.perf_counter()
         n = len(self.trace.steps) + 1
-        action = ACTION_ADAPTER.validate_python(orig.action)
+        action = orig.action
         self.desktop.check_abort()
         self.desktop.wait_stable(SETTLE_MAX_S)
         frame = self.desktop.capture()
@@ -178,7 +185,8 @@ class _Player:
             if frame is not first:  # the target showed up later: keep the screen it was found on
                 step.screenshot = self.trace.save_screen(frame, f"{n:04d}")
             if found:
-                step.target = {**(orig.target or {}), "found": found}
+                step.target = {**(orig.target or {}), "found": found,
+                               "recorded_screenshot": (step.target or {}).get("recorded_screenshot")}
             action = self._checked(action, n)
         except ReplayFailed as e:
             step.error = str(e)
@@ -189,7 +197,7 @@ class _Player:
         from agent.run.executor import execute
 
         outcome = execute(action, self.desktop, frame.size)
-        step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
+        step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, self.desktop.size()
         step.action = _shown(action, orig)
         t2 = time.perf_counter()
         settle = self.desktop.wait_stable(SETTLE_MAX_S) if action.action not in ("terminate", "answer") else 0.0
@@ -215,40 +223,48 @@ class _Player:
             return action, frame, None
         if not self.locate:  # raw replay: the same relative point of the new screen
             return action, frame, None
-        from agent.replay.locate import Search, label, list_windows, search
+        from agent.replay.evidence import Decision, find
+        from agent.replay.locate import label
+        from sandbox.windows import list_windows
 
         t0 = time.perf_counter()
         evidence = {k: self._evidence(orig, k) for k in coords}
+        recorded = self.original.image(orig)
         deadline = time.monotonic() + FIND_TIMEOUT_S
         while True:
-            windows = list_windows(self.desktop.display)
-            found: dict[str, Search] = {k: search(ev, frame, windows) for k, ev in evidence.items()}
-            if all(s.match for s in found.values()) or time.monotonic() >= deadline:
+            windows, nodes = list_windows(self.desktop.display), self.tree.nodes()
+            found: dict[str, Decision] = {k: find(ev, frame, windows, nodes, recorded) for k, ev in evidence.items()}
+            done = all(d.pixel is not None or d.ambiguous for d in found.values())
+            if done or time.monotonic() >= deadline:
                 break
             time.sleep(FIND_POLL_S)  # the target may still be appearing
             self.desktop.wait_stable(SETTLE_MAX_S)
             frame = self.desktop.capture()
         timings["find_ms"] = (time.perf_counter() - t0) * 1e3
-        missing = [k for k, s in found.items() if s.match is None]
+        self._keep_original(orig, step)  # the recorded screen next to the current one, for the report
+        missing = [k for k, d in found.items() if d.pixel is None]
         if missing:
             step.screenshot = self.trace.save_screen(frame, f"{step.step:04d}")
             k = missing[0]
             why = found[k].reason
-            grounded = self._ground(action, evidence[k], frame, why, step) if self.fallback else None
+            step.target = {**(orig.target or {}), "found": {k: d.as_json() for k, d in found.items()},
+                           "recorded_screenshot": step.target.get("recorded_screenshot")}
+            grounded = None if found[k].ambiguous or not self.fallback else \
+                self._ground(action, evidence[k], frame, why, step, windows, nodes)
             if grounded is None:
-                recorded = self._keep_original(orig, step)
-                raise ReplayFailed(f"step {orig.step} ({_verb(orig)} {label(evidence[k])}): {why}; "
-                                   f"see {step.screenshot} (now) and {recorded} (recorded)")
-            return grounded, frame, {"method": "model", "reason": why}
-        update = {k: list(to_relative(s.match.pixel, frame.size)) for k, s in found.items()}
+                raise ReplayFailed(f"step {orig.step} ({orig.kind} {label(evidence[k])}): {why}; "
+                                   f"see {step.screenshot} (now) and {step.target['recorded_screenshot']} (recorded)")
+            return grounded, frame, {"coordinate": {"method": "model", "reason": why, "score": 0.0}}
+        update = {k: list(to_relative(d.pixel, frame.size)) for k, d in found.items()}
         moved = ACTION_ADAPTER.validate_python({**to_json(action), **update})
-        info = {k: {"pixel": list(s.match.pixel), "score": s.match.score, "method": s.match.method}
-                for k, s in found.items()}
+        recorded_px = {"coordinate": orig.pixel, "start_coordinate": orig.start_pixel}
+        info = {k: d.as_json(recorded_px.get(k) or evidence[k].get("pixel")) for k, d in found.items()}
         return moved, frame, info
 
     def _evidence(self, orig: Step, key: str) -> dict:
         """The step's recorded evidence, or evidence derived from its screenshot and pixel."""
-        from agent.replay.locate import describe_target, estimate_window
+        from agent.replay.evidence import describe
+        from agent.replay.locate import estimate_window
 
         target = orig.target or {}
         if key == "start_coordinate":
@@ -264,9 +280,9 @@ class _Player:
             raise ReplayFailed(f"step {orig.step}: its screenshot is missing from the trace, so its target "
                                f"cannot be found again")
         if pixel is None:  # from the native coordinate on the frame the step saw
-            pixel = to_pixels(tuple(orig.action[key]), orig.frame or img.size)
+            pixel = to_pixels(tuple(getattr(orig.action, key)), orig.frame or img.size)
         window = estimate_window(img, pixel)  # keeps the desktop behind the window out of it
-        return describe_target(img, pixel, windows=[window] if window else ())
+        return describe(img, pixel, windows=[window] if window else ())
 
     def _keep_original(self, orig: Step, step: Step) -> str:
         """Copy the recorded screenshot next to the current one, for the failure report."""
@@ -275,7 +291,8 @@ class _Player:
         step.target = {**(step.target or {}), "recorded_screenshot": path}
         return path
 
-    def _ground(self, action: Action, evidence: dict, frame: Image.Image, why: str, step: Step) -> Action | None:
+    def _ground(self, action: Action, evidence: dict, frame: Image.Image, why: str, step: Step,
+                windows=(), nodes=()) -> Action | None:
         """Ask the fallback model where the target is now; None when its answer does not fit."""
         from actions.policy import Allow
         from agent.run.history import build_messages
@@ -295,6 +312,13 @@ class _Player:
         step.raw = reply
         if getattr(grounded, "coordinate", None) is None:
             return None
+        from agent.replay.evidence import _agrees
+
+        point = to_pixels(tuple(grounded.coordinate), frame.size)
+        agrees, how = _agrees(evidence, frame, point, nodes)  # the model is checked like any candidate
+        if not agrees:
+            step.error = f"fallback model: its point {point} does not look like the target ({how})"
+            return None
         return ACTION_ADAPTER.validate_python({**to_json(action), "coordinate": list(grounded.coordinate)})
 
     def _checked(self, action: Action, n: int) -> Action:
@@ -309,7 +333,7 @@ class _Player:
     # -- the effect --------------------------------------------------------------------------------
     def _effect(self, index: int, orig: Step, before: Image.Image) -> str | None:
         """When the recorded step changed the screen, the replayed one should too."""
-        if orig.action.get("action") in ("wait", "terminate", "answer", "mouse_move"):
+        if orig.kind in ("wait", "terminate", "answer", "mouse_move"):
             return None
         rec_before, rec_after = self.original.image(orig), self.original.next_image(index)
         if rec_before is None or rec_after is None or not _changed(rec_before, rec_after):
@@ -330,13 +354,8 @@ def _changed(a: Image.Image, b: Image.Image) -> bool:
     return int((np.abs(da - db) > CHANGED_LEVEL).sum()) >= CHANGED_PX
 
 
-def _shown(action: Action, orig: Step) -> dict:
+def _shown(action: Action, orig: Step) -> Action:
     """The action for the new trace: coordinates as replayed, secrets as placeholders."""
-    data = to_json(action)
-    if data.get("action") == "type":
-        data["text"] = orig.action.get("text", "")
-    return data
-
-
-def _verb(step: Step) -> str:
-    return str((step.action or {}).get("action", "step"))
+    if action.action == "type":
+        return action.model_copy(update={"text": orig.action.text})
+    return action

@@ -6,6 +6,7 @@ import json
 from html import escape
 
 from actions.coords import to_pixels
+from actions.schema import to_json
 
 CLICK_COUNT = {"left_click": 1, "right_click": 1, "middle_click": 1, "double_click": 2, "triple_click": 3}
 COLOR = {"left_click": "#ff3b6b", "right_click": "#ff9f1a", "middle_click": "#b84dff", "double_click": "#ff3b6b",
@@ -15,8 +16,9 @@ CAPTION_CHARS = 80  # longer typed text is cut in the overlay (the full text is 
 CHAR_W = 0.56  # average glyph width / font size, to size a caption's background
 
 
-def action_label(action: dict, redact=lambda s: s) -> str:
+def action_label(action, redact=lambda s: s) -> str:
     """One line saying what the action does, e.g. `left_click at (500, 320)` or `type "Ada"`."""
+    action = to_json(action)
     kind = action.get("action", "?")
     at = f" at ({_n(action['coordinate'][0])}, {_n(action['coordinate'][1])})" if action.get("coordinate") else ""
     match kind:
@@ -64,7 +66,7 @@ def overlay_svg(step, redact=lambda s: s, rejected: bool = False) -> str:
     `rejected`: the action was refused and never ran; drawn faded and dashed."""
     if not step.action or not step.frame:
         return ""
-    a, (w, h) = step.action, step.frame
+    a, (w, h) = to_json(step.action), step.frame
     kind = a.get("action", "")
     color = COLOR.get(kind, "#9aa4ff")
     r = max(w, h) / 70  # marker radius, in frame pixels

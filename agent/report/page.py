@@ -120,15 +120,14 @@ def _copy_screen(trace: Path, rel: str | None, dest: Path, slug: str) -> str | N
     return f"{slug}/{Path(rel).name}"
 
 
-def _intended(step: Step) -> dict | None:
+def _intended(step: Step):
     """What a rejected reply asked for, when it parsed: drawn too, marked as rejected."""
     if step.action is not None or not step.raw:
         return None
     from actions.parse import ParseError, parse_action
-    from actions.schema import to_json
 
     try:
-        return to_json(parse_action(step.raw))
+        return parse_action(step.raw)
     except ParseError:
         return None
 
@@ -160,7 +159,7 @@ def _step_card(step: Step, img: str | None, redact: Redactor, after: str | None 
     if intended is not None:
         step = step.model_copy(update={"action": intended})
     label = (action_label(step.action, redact) + (" (rejected)" if intended else "")) if step.action else "rejected reply"
-    kind = "rejected" if intended or not step.action else step.action.get("action", "?")
+    kind = "rejected" if intended else step.kind
     src = {"model": "", "human": '<span class="src">recorded</span>', "replay": '<span class="src">replay</span>'}[step.source]
     toggle = ('<div class="ba"><button class="on" data-show="before">before</button>'
               '<button data-show="after">after</button></div>' if img and after else "")
@@ -222,7 +221,7 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
     final = _copy_screen(trace, final_rel or "screens/final.png", tasks_dir, slug)
     for i, (st, img) in enumerate(zip(steps, imgs)):
         cards.append(_step_card(st, img, redact, after=imgs[i + 1] if i + 1 < len(imgs) else final))
-        kind = st.action.get("action", "?") if st.action else "rejected"
+        kind = st.kind
         thumb = f'<img src="{escape(img)}" loading="lazy" alt="">' if img else ""
         strip.append(f'<a href="#step-{st.step}" class="{"err" if st.error else ""}" title="{escape(kind)}">{thumb}'
                      f'<span>{st.step} · {escape(kind)}</span></a>')

@@ -16,11 +16,12 @@ from typing import Callable
 from PIL import Image
 
 from actions.policy import Policy
+from actions.schema import to_json
 from agent.backends.base import Message
 from agent.errors import BackendError
 from agent.trace import Step
 
-PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def tool_call_text(action: dict) -> str:
 
 def step_line(step: Step) -> str:
     if step.action is not None:
-        what = json.dumps(step.action, ensure_ascii=False)
+        what = json.dumps(to_json(step.action), ensure_ascii=False)
     else:
         what = "(no valid action)"
     outcome = f" -> rejected: {step.error}" if step.error else ""
@@ -139,7 +140,7 @@ def _render(goal, steps, current, policy, load_image, cfg, first: int, dropped: 
     prev: Step | None = steps[first - 1] if first > 0 else None
     for s in steps[first:]:
         messages.append({"role": "user", "content": [_image(load_image(s), cfg), _text(_observation(s.step, prev))]})
-        reply = s.raw if s.raw is not None else tool_call_text(s.action or {})
+        reply = s.raw if s.raw is not None else tool_call_text(to_json(s.action) if s.action else {})
         messages.append({"role": "assistant", "content": [_text(reply)]})
         prev = s
     next_no = steps[-1].step + 1 if steps else 1

@@ -92,7 +92,7 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
             return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
         step.raw = raw
         try:
-            action = check_reply(raw, policy)
+            action = check_reply(raw, policy, getattr(desktop, "focus", None))  # focus: no typing into terminals
         except (ParseError, PolicyError) as e:
             step.error = str(e)
             _record(trace, step, t0, on_step)
@@ -101,9 +101,9 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
                 return LoopEnd("invalid_output", f"{rejections} rejected replies in a row; last: {e}")
             continue
         rejections = 0
-        step.action = to_json(action)
+        step.action = action
         outcome = execute(action, desktop, frame.size)
-        step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
+        step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
         t3 = time.perf_counter()
         settle = desktop.wait_stable(cfg.settle_max_s) if action.action not in ("terminate", "answer") else 0.0
         step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
@@ -113,7 +113,7 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
         if action.action == "answer":
             return LoopEnd("finished", "the model answered", claimed="success", answer=action.text)
         if _looping(trace.steps, looks):
-            return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {step.action}")
+            return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {to_json(action)}")
     return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")
 
 
