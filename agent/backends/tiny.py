@@ -25,18 +25,7 @@ BPE_VOCAB = 1024  # byte-level BPE base vocabulary (256 bytes + merges), before 
 VOCAB_MULTIPLE = 64  # the embedding is padded past the tokenizer like Qwen's (151936 > 151669)
 CHAT_TEMPLATE = Path(__file__).with_name("qwen3vl_chat_template.jinja")
 
-# Qwen2/3's added tokens in their order (ids follow the BPE vocabulary, as 151643.. do in Qwen's).
-# (text, special): the tool-call and think tags are not special, so decode keeps them.
-ADDED_TOKENS = (
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
-    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
-    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
-    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", True), ("<|fim_middle|>", True), ("<|fim_suffix|>", True), ("<|fim_pad|>", True),
-    ("<|repo_name|>", True), ("<|file_sep|>", True), ("<tool_response>", False),
-    ("</tool_response>", False), ("<think>", False), ("</think>", False),
-)
+from agent.backends.qwen_vocab import ADDED_TOKENS  # noqa: E402  (Qwen's, in id order; ids here follow the small BPE)
 
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, head_dim=32, hidden_act="silu", rms_norm_eps=1e-6,
@@ -131,8 +120,7 @@ def _tokenizer():
 def build(folder: Path) -> None:
     """Write the checkpoint (config, random weights, tokenizer, processor) into `folder`."""
     import torch
-    from transformers import (GenerationConfig, Qwen2VLImageProcessorPil, Qwen3VLConfig,
-                              Qwen3VLForConditionalGeneration)
+    from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
     tok = _tokenizer()
@@ -159,6 +147,14 @@ def build(folder: Path) -> None:
         if bar:
             hf_logging.enable_progress_bar()
     tok.save_pretrained(folder)
+    write_processor(folder)
+
+
+def write_processor(folder: Path) -> None:
+    """The real model's image and video processor configs and chat template (shared with
+    benchmarks/save_random_2b.py), so load_processor builds the processor real weights get."""
+    from transformers import Qwen2VLImageProcessorPil
+
     image = Qwen2VLImageProcessorPil(**IMAGE_PROCESSOR).to_dict()
     image.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen3VLProcessor")
     (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
