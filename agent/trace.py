@@ -202,6 +202,8 @@ class Trace:
             self._cut(start)
             raise TraceError(f"cannot write the trace in {self.folder}: {_os_reason(e)}") from None
         self.steps.append(step)
+        if self._failed:  # a screenshot could not be written: end the run now, not at its end
+            raise TraceError(f"trace {self.folder}: {self._failed}")
         return step
 
     def _cut(self, size: int | None) -> None:

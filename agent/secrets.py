@@ -1,0 +1,120 @@
+"""Secrets: `{secret:NAME}` in typed text, filled in at the executor (the model never sees the value),
+and redacted from every file and line vlagent writes.
+
+A task names its secrets (`secrets: {PASSWORD: MY_PASSWORD_VAR}`); a value comes from that
+environment variable, else from VLAGENT_SECRET_<NAME>. Loading a task registers its values here
+(agent.task.load_task); from then on `redact` replaces each value, its case-folded forms and the
+forms OCR makes of it (0/O, 1/l/I, 5/S, spaces between letters) with its placeholder. The trace
+(steps.jsonl, result.json, task.yaml, logs), the terminal, and through them JUnit, suite files and
+reports, get redacted text at the source. `mask_screenshots: true` in a task also paints over the
+words OCR reads as a secret in the screenshots the trace saves (opt-in: OCR costs ~0.5 s a frame).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from actions.patterns import compile_pattern
+from agent.errors import VlagentError
+
+PLACEHOLDER = re.compile(r"\{secret:([A-Za-z_]\w{0,63})\}")
+ENV_PREFIX = "VLAGENT_SECRET_"
+MIN_CHARS = 3  # a shorter value would blank out ordinary letters everywhere
+MIN_FUZZY_CHARS = 6  # OCR-style variants only for values long enough not to match by chance
+# Characters OCR confuses; a secret matches any of its class.
+CONFUSABLE = ("0oOQD", "1lIi|!", "5sS$", "8B", "2zZ", "6Gb", "9gq", "uUvV", "cCeE", "aA@")
+
+_values: dict[str, str] = {}  # name -> value
+_patterns: list[tuple[str, Any]] = []  # (placeholder, compiled pattern), longest values first
+mask_screens = False  # set by a task's `mask_screenshots: true`
+
+
+def _fuzzy(value: str) -> str:
+    parts = []
+    for ch in value:
+        group = next((g for g in CONFUSABLE if ch in g), None)
+        parts.append("[" + re.escape(group) + "]" if group else re.escape(ch))
+    return r"\s?".join(parts)
+
+
+def _rebuild() -> None:
+    _patterns.clear()
+    for name, value in sorted(_values.items(), key=lambda kv: -len(kv[1])):
+        body = _fuzzy(value) if len(value) >= MIN_FUZZY_CHARS else re.escape(value)
+        _patterns.append(("{secret:%s}" % name, compile_pattern("(?i)" + body)))
+
+
+def register(name: str, value: str) -> None:
+    if len(value) >= MIN_CHARS and _values.get(name) != value:
+        _values[name] = value
+        _rebuild()
+
+
+def declare(task) -> None:
+    """Register the values of a task's secrets (those set in the environment) and its masking choice."""
+    global mask_screens
+    for name, var in task.secrets.items():
+        value = os.environ.get(var, os.environ.get(ENV_PREFIX + name))
+        if value is not None:
+            register(name, value)
+    mask_screens = mask_screens or bool(getattr(task, "mask_screenshots", False))
+
+
+def _from_env() -> None:
+    for var, value in os.environ.items():
+        if var.startswith(ENV_PREFIX):
+            register(var[len(ENV_PREFIX):], value)
+
+
+def value(name: str) -> str:
+    if name in _values:
+        return _values[name]
+    raise VlagentError(f"the text types the secret {name!r}, which is not set: declare it under the task's "
+                       f"secrets: and set its environment variable (or {ENV_PREFIX}{name})")
+
+
+def fill(text: str) -> str:
+    """'{secret:NAME}' placeholders -> their values (only at the executor, just before typing)."""
+    return PLACEHOLDER.sub(lambda m: value(m.group(1)), text)
+
+
+def redact(text: str) -> str:
+    """Every registered value (and its case and OCR variants) in `text` -> its placeholder."""
+    for placeholder, pattern in _patterns:
+        if pattern.search(text):
+            text = pattern.sub(placeholder.replace("\\", "\\\\"), text)
+    return text
+
+
+def redact_data(data: Any) -> Any:
+    """redact() on every string in a JSON-like structure (keys included)."""
+    if isinstance(data, str):
+        return redact(data) if _patterns else data
+    if isinstance(data, dict):
+        return {redact_data(k): redact_data(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v) for v in data]
+    return data
+
+
+def mask(image):
+    """Paint over the words OCR reads as a secret (when a task asked for it). Returns the image."""
+    if not (mask_screens and _patterns):
+        return image
+    from PIL import ImageDraw
+
+    from agent.desktop.ocr import ocr_words
+
+    words = ocr_words(image)
+    hits = [w for w in words if redact(w.text) != w.text]
+    if hits:
+        image = image.copy()
+        draw = ImageDraw.Draw(image)
+        for w in hits:
+            x, y, bw, bh = w.box
+            draw.rectangle((x - 2, y - 2, x + bw + 2, y + bh + 2), fill="black")
+    return image
+
+
+_from_env()
