@@ -188,7 +188,7 @@ def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
     assert result.status == "success", result.reason
     assert model.calls == 1
     last = load_steps(out)[-1]
-    assert last.raw == submit and last.target["found"]["method"] == "model"
+    assert last.raw == submit and last.target["found"]["coordinate"]["method"] == "model"
 
 
 def test_speed_shortens_recorded_waits(tmp_path):

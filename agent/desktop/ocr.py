@@ -43,10 +43,11 @@ def _tesseract() -> str:
     return exe
 
 
-def ocr_words(image: Image.Image, scale: int | None = None) -> list[Word]:
+def ocr_words(image: Image.Image, scale: int | None = None, psm: int = PSM_SPARSE) -> list[Word]:
     """Words tesseract finds in `image`, boxes in the image's own pixels.
 
-    `scale` upscales before OCR (None: SMALL_SCALE for small images, else 1)."""
+    `scale` upscales before OCR (None: SMALL_SCALE for small images, else 1); `psm` 7 reads a crop
+    as one line (a button's own text, one character included), which sparse mode misses."""
     if scale is None:
         scale = SMALL_SCALE if min(image.size) < SMALL_SIDE_PX else 1
     gray = image.convert("L")
@@ -56,7 +57,7 @@ def ocr_words(image: Image.Image, scale: int | None = None) -> list[Word]:
     gray.save(buf, format="PPM")  # PGM for mode L
     try:
         proc = subprocess.run(
-            [_tesseract(), "stdin", "stdout", "--psm", str(PSM_SPARSE), "tsv"],
+            [_tesseract(), "stdin", "stdout", "--psm", str(psm), "tsv"],
             input=buf.getvalue(), capture_output=True, timeout=TIMEOUT_S, env=ENV,
         )
     except subprocess.TimeoutExpired:

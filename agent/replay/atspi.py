@@ -128,6 +128,225 @@ def _readline(stream, timeout_s: float) -> bytes:
     return buf
 
 
+# ------------------------------------------------------------------------------ an element as evidence
+
+# Roles a person acts on; a hit on a text or icon inside one of these means the control itself.
+ACTIONABLE = {"push button", "toggle button", "radio button", "check box", "menu item", "radio menu item",
+              "check menu item", "menu", "link", "combo box", "entry", "text", "password text", "spin button",
+              "list item", "table cell", "page tab", "slider", "tree item", "icon", "document web",
+              "document text", "terminal", "canvas", "tool bar", "editbar"}
+CONTAINERS = {"filler", "panel", "scroll pane", "viewport", "section", "layered pane", "split pane",
+              "grouping", "form", "landmark", "redundant object", "internal frame", "unknown"}
+LABELS = {"label", "static", "heading", "paragraph", "caption"}
+WINDOW_ROLES = {"frame", "dialog", "window", "alert", "file chooser", "color chooser", "font chooser"}
+LABEL_REACH_PX = 220  # a label further than this from an element does not name it
+NAME_AGREES = 0.8  # fuzzy similarity of two names that say the same (a '*' or a count changed)
+WIN_MARGIN = 0.15  # the best candidate must beat the runner-up by this much ...
+MIN_SCORE = 0.6  # ... and score at least this
+
+
+def _norm(s: str) -> str:
+    import re
+
+    # Paths, numbers of unsaved changes and markers differ per run: compare words only.
+    s = re.sub(r"(/[^\s/]+)+/?", " ", s or "")
+    return " ".join(re.sub(r"[^\w]+", " ", s.lower()).split())
+
+
+def similar(a: str, b: str) -> float:
+    import difflib
+
+    if (a or "").strip().lower() == (b or "").strip().lower():
+        return 1.0
+    a, b = _norm(a), _norm(b)  # words only; a name of signs alone ("+", "-") must match exactly
+    if not a or not b:
+        return 0.0
+    if a == b:
+        return 0.95
+    return difflib.SequenceMatcher(None, a, b).ratio()
+
+
+def _window_of(nodes: list[Node], n: Node) -> Node | None:
+    while n.parent >= 0:
+        p = nodes[n.parent]
+        if p.parent < 0:  # n is the app's top-level: its window
+            return n
+        n = p
+    return None
+
+
+def _chain(nodes: list[Node], n: Node) -> list[Node]:
+    out = [n]
+    while out[-1].parent >= 0:
+        out.append(nodes[out[-1].parent])
+    return out
+
+
+def element_at(nodes: list[Node], px) -> Node | None:
+    """The element a click at px acts on: the deepest showing one under it (the topmost window's),
+    or the control around it when that is a text or icon inside a control."""
+    hits = [n for n in nodes if n.depth >= 3 and n.box[2] > 0 and n.box[3] > 0 and n.contains(px)]
+    if not hits:
+        return None
+    # Popups and dialogs come later in the tree than what they cover; deeper wins within a window.
+    best = max(hits, key=lambda n: (n.depth, -n.box[2] * n.box[3], n.i))
+    for up in _chain(nodes, best):
+        if up.role in ACTIONABLE and up.contains(px):
+            return up
+        if up.role in WINDOW_ROLES:
+            break
+    return best
+
+
+def _labels(nodes: list[Node], n: Node, win: Node | None) -> list[dict]:
+    """The nearest label-like texts left of, above, right of and below n, in its window."""
+    x, y, w, h = n.box
+    cx, cy = n.centre
+    best: dict[str, tuple[float, Node]] = {}
+    for m in nodes:
+        if m.i == n.i or m.role not in LABELS or not m.name.strip() or m.app != n.app:
+            continue
+        if win is not None and not _inside(m.box, win.box):
+            continue
+        mx, my = m.centre
+        if abs(my - cy) <= max(h, m.box[3]) / 2 + 4:  # the same row
+            side = "left" if mx < cx else "right"
+            d = (x - (m.box[0] + m.box[2])) if side == "left" else (m.box[0] - (x + w))
+        elif abs(mx - cx) <= max(w, m.box[2]) / 2 + 40 or m.box[0] <= x <= m.box[0] + m.box[2] + 40:
+            side = "above" if my < cy else "below"
+            d = (y - (m.box[1] + m.box[3])) if side == "above" else (m.box[1] - (y + h))
+        else:
+            continue
+        if -4 <= d <= LABEL_REACH_PX and (side not in best or d < best[side][0]):
+            best[side] = (d, m)
+    return [{"text": m.name.strip(), "side": side, "gap": round(d)} for side, (d, m) in best.items()]
+
+
+def _inside(box, outer) -> bool:
+    return outer[0] <= box[0] + box[2] / 2 <= outer[0] + outer[2] and outer[1] <= box[1] + box[3] / 2 <= outer[1] + outer[3]
+
+
+def describe(nodes: list[Node], px) -> dict | None:
+    """The element under px as evidence (None when no element is there: no tree, or Tk)."""
+    n = element_at(nodes, px)
+    if n is None:
+        return None
+    win = _window_of(nodes, n)
+    x, y, w, h = n.box
+    wbox = win.box if win is not None else n.box
+    same = [m for m in nodes if m.app == n.app and m.role == n.role and m.name.strip() == n.name.strip()
+            and _window_of(nodes, m) is win]
+    return {
+        "role": n.role, "name": n.name, "app": n.app, "states": list(n.states), "text": n.text,
+        "box": list(n.box), "at": [round((px[0] - x) / max(w, 1), 3), round((px[1] - y) / max(h, 1), 3)],
+        "window": {"role": win.role if win else "", "name": win.name if win else "", "box": list(wbox)},
+        "path": [m.role for m in _chain(nodes, n)[1:] if m.role not in WINDOW_ROLES and m.parent >= 0][:6],
+        "labels": _labels(nodes, n, win),
+        "order": [same.index(n), len(same)],  # which of the look-alikes (same role and name) it is
+    }
+
+
+@dataclass
+class Found:
+    """What the tree says: the element (its point), ambiguity, or nothing."""
+
+    pixel: tuple[int, int] | None
+    score: float = 0.0
+    reason: str = ""
+    node: Node | None = None
+    runner_up: Node | None = None
+    detail: dict | None = None
+
+
+def find(ev: dict, nodes: list[Node]) -> Found:
+    """The recorded element on the current tree: same app and role, its name, its labels, its window and
+    its place there must agree, and the best must clearly beat the runner-up."""
+    cands = [n for n in nodes if n.role == ev["role"] and n.depth >= 3 and n.box[2] > 0 and n.box[3] > 0
+             and n.app == ev["app"]]
+    if not cands:
+        return Found(None, reason=f"no {ev['role']} in {ev['app']!r}'s accessibility tree")
+    scored = []
+    for n in cands:
+        detail = _agreement(ev, nodes, n)
+        if detail is not None:
+            scored.append((detail["score"], n, detail))
+    what = f"{ev['role']} {ev['name']!r}" if ev["name"] else f"the {ev['role']}" + (
+        f" by {ev['labels'][0]['text']!r}" if ev["labels"] else "")
+    if not scored:
+        return Found(None, reason=f"{what} not in the accessibility tree")
+    scored.sort(key=lambda t: -t[0])
+    score, best, detail = scored[0]
+    if score < MIN_SCORE:
+        return Found(None, score, f"{what}: best element agrees {score:.2f} < {MIN_SCORE}", best, detail=detail)
+    if len(scored) > 1 and score - scored[1][0] < WIN_MARGIN:
+        tied = [t for t in scored if score - t[0] < WIN_MARGIN]
+        picked = _by_order(ev, nodes, tied)
+        if picked is None:
+            other = scored[1][1]
+            return Found(None, score, f"{what} is ambiguous: elements at {best.centre} and {other.centre} "
+                                      f"agree alike ({score:.2f} vs {scored[1][0]:.2f})", best, other, detail)
+        score, best, detail = picked
+        detail = {**detail, "tie_break": "order"}
+    runner = scored[1][1] if len(scored) > 1 and scored[1][1] is not best else None
+    return Found(_point(ev, best), score, "", best, runner, detail)
+
+
+def _point(ev: dict, n: Node) -> tuple[int, int]:
+    """Where in the element to act: where the recording acted, relatively, kept off its border."""
+    x, y, w, h = n.box
+    ax, ay = (min(max(v, 0.1), 0.9) for v in ev["at"])
+    return round(x + ax * w), round(y + ay * h)
+
+
+def _agreement(ev: dict, nodes: list[Node], n: Node) -> dict | None:
+    """How well element n fits the evidence (score 0..1 and its parts), None when its name disagrees."""
+    parts: dict[str, float] = {}
+    if ev["name"].strip() or n.name.strip():
+        name = similar(ev["name"], n.name)
+        if name < NAME_AGREES:
+            return None
+        parts["name"] = name
+    win = _window_of(nodes, n)
+    rec_win = ev["window"]
+    if win is not None and rec_win["role"]:
+        if win.role != rec_win["role"]:
+            return None
+        parts["window"] = similar(rec_win["name"], win.name) if rec_win["name"] or win.name else 1.0
+    if ev["labels"]:
+        now = {(l["text"].lower(), l["side"]) for l in _labels(nodes, n, win)}
+        parts["labels"] = sum((l["text"].lower(), l["side"]) in now for l in ev["labels"]) / len(ev["labels"])
+    path = [m.role for m in _chain(nodes, n)[1:] if m.role not in WINDOW_ROLES and m.parent >= 0][:6]
+    parts["path"] = _common_prefix(path, ev["path"]) / max(len(ev["path"]), len(path), 1)
+    if win is not None:  # the place in its window, relative (survives moves and stretching)
+        wx, wy, ww, wh = win.box
+        rx, ry, rw, rh = rec_win["box"]
+        ex, ey = (ev["box"][0] + ev["box"][2] / 2 - rx) / max(rw, 1), (ev["box"][1] + ev["box"][3] / 2 - ry) / max(rh, 1)
+        cx, cy = (n.centre[0] - wx) / max(ww, 1), (n.centre[1] - wy) / max(wh, 1)
+        import math
+
+        parts["place"] = math.exp(-math.hypot(cx - ex, cy - ey) / 0.15)
+    weights = {"name": 3.0, "labels": 2.0, "window": 1.0, "path": 1.0, "place": 1.5}
+    # Without a name the labels must carry it; without both, only place and path tell look-alikes apart.
+    total = sum(weights[k] * v for k, v in parts.items()) / sum(weights[k] for k in parts)
+    return {"score": round(total, 3), **{k: round(v, 3) for k, v in parts.items()}}
+
+
+def _common_prefix(a: list, b: list) -> int:
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    return k
+
+
+def _by_order(ev: dict, nodes: list[Node], tied: list) -> tuple | None:
+    """Look-alikes with the same name, as many as when recorded: the one in the recorded position."""
+    k, count = ev.get("order", [0, 0])
+    same = [t for t in tied if t[1].name.strip() == ev["name"].strip()]
+    if count < 2 or len(same) != len(tied) or len(same) != count:
+        return None
+    return sorted(same, key=lambda t: t[1].i)[k]
+
+
 # ------------------------------------------------------------------------------ the reader process
 
 def _walk() -> list[dict]:

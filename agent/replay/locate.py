@@ -84,6 +84,7 @@ class Search:
     match: Match | None
     reason: str = ""
     candidates: list[Match] = field(default_factory=list)
+    same_place: Any = None  # (Match, Match) -> bool: one place (one plain field), not two targets
 
 
 # ---------------------------------------------------------------- images in evidence
@@ -247,7 +248,7 @@ def describe_target(image, pixel: Sequence[int], windows=(), ocr: bool = True) -
         "window": None,
     }
     if win is not None:
-        ev["window"] = {"title": win.title, "offset": [px[0] - win.x, px[1] - win.y],
+        ev["window"] = {"title": win.title, "cls": win.cls, "offset": [px[0] - win.x, px[1] - win.y],
                         "rel": [(px[0] - win.x) / win.width, (px[1] - win.y) / win.height],
                         "size": [win.width, win.height]}
     return ev
@@ -378,7 +379,7 @@ def _window_prior(ev: dict, windows: list[Window], pixel: tuple[int, int]) -> fl
     rec = ev.get("window")
     if not rec:
         return None
-    same = [w for w in windows if w.title == rec["title"]]
+    same = [w for w in windows if same_window(rec, w)]
     if not same:
         return None
     best = 0.0
@@ -390,6 +391,19 @@ def _window_prior(ev: dict, windows: list[Window], pixel: tuple[int, int]) -> fl
         d = math.hypot(pixel[0] - ex, pixel[1] - ey)
         best = max(best, math.exp(-d / (0.5 * math.hypot(*rec["size"]))))
     return best
+
+
+def same_window(rec: dict, w: Window) -> bool:
+    """The recorded window (a dict) is `w`: by its class where both have one, else by its title
+    without per-run parts (paths, numbers, an unsaved-changes '*')."""
+    if rec.get("cls") and w.cls and rec["cls"] != w.cls:
+        return False
+    return _title_words(rec["title"]) == _title_words(w.title)
+
+
+def _title_words(title: str) -> str:
+    title = re.sub(r"(/[^\s/]+)+/?", " ", title or "")  # a document's path
+    return " ".join(re.sub(r"[\W\d_]+", " ", title.lower()).split())
 
 
 def _desktop_hidden(gray: np.ndarray, windows: list[Window]) -> np.ndarray:
@@ -411,18 +425,19 @@ def _desktop_hidden(gray: np.ndarray, windows: list[Window]) -> np.ndarray:
 class _Finder:
     """One search: the screen at two resolutions, the decoded templates, cached match maps."""
 
-    def __init__(self, evidence: dict, image, windows):
+    def __init__(self, evidence: dict, image, windows, edges: bool = False):
         import cv2
 
         self.ev = evidence
         self.windows = _as_windows(windows)
-        self.gray = _desktop_hidden(_gray(image), self.windows)
+        prep = edge_map if edges else (lambda a: a)  # edges: the same structure in any colours
+        self.gray = prep(_desktop_hidden(_gray(image), self.windows))
         self.small = cv2.resize(self.gray, (self.gray.shape[1] // COARSE, self.gray.shape[0] // COARSE),
                                 interpolation=cv2.INTER_AREA)
-        self.patch, self.patch_at = _decode(evidence["patch"]["png"]), evidence["patch"]["at"]
-        self.context, self.context_at = _decode(evidence["context"]["png"]), evidence["context"]["at"]
+        self.patch, self.patch_at = prep(_decode(evidence["patch"]["png"])), evidence["patch"]["at"]
+        self.context, self.context_at = prep(_decode(evidence["context"]["png"])), evidence["context"]["at"]
         self.flat = self.patch.std() < MIN_TEMPLATE_STD  # a patch inside a plain area says little
-        self.anchors = [(_decode(a["png"]), a) for a in evidence.get("anchors", [])]
+        self.anchors = [(prep(_decode(a["png"])), a) for a in evidence.get("anchors", [])]
         self.maps: dict[tuple[str, float], np.ndarray | None] = {}
         self.refined: set[tuple[float, int, int]] = set()  # coarse cells refined already
 
@@ -541,9 +556,22 @@ class _Finder:
         return all(coarse_score(ax + t * (bx - ax), ay + t * (by - ay)) >= floor for t in np.linspace(0.0, 1.0, n))
 
 
-def search(evidence: dict, image, windows=()) -> Search:
-    """Find the evidence's target on `image`; the Search says why when it cannot."""
-    f = _Finder(evidence, image, windows)
+def edge_map(gray: np.ndarray) -> np.ndarray:
+    """Where the gray level changes, however it changes: a dark theme inverts light and dark, and
+    a matched edge map does not care (raw gray correlates negatively there)."""
+    import cv2
+
+    g = gray.astype(np.float32)
+    mag = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3))
+    # Compressed: a faint edge of a light theme and a strong one of a dark theme look alike.
+    return np.clip(np.sqrt(mag) * 8.0, 0, 255).astype(np.uint8)
+
+
+def search(evidence: dict, image, windows=(), edges: bool = False, ocr: bool = True) -> Search:
+    """Find the evidence's target on `image`; the Search says why when it cannot. edges=True
+    matches edge maps instead of gray levels (for another theme); ocr=False skips the slow
+    whole-screen OCR fallback (agent.replay.evidence reads text on magnified crops instead)."""
+    f = _Finder(evidence, image, windows, edges)
     cands: list[Match] = []
     places: list[tuple[float, float, tuple[int, int]]] = []  # (patch score, scale, pixel)
     for s, expected, slack in f.proposals():
@@ -558,6 +586,12 @@ def search(evidence: dict, image, windows=()) -> Search:
     cands = sorted((f.score(s, px, p) for p, s, px in places[:MAX_CANDIDATES]), key=lambda m: m.score, reverse=True)
 
     name = label(evidence)
+    out = _search_outcome(evidence, image, f, cands, name, ocr)
+    out.same_place = f.same_place
+    return out
+
+
+def _search_outcome(evidence: dict, image, f: "_Finder", cands: list[Match], name: str, ocr: bool) -> Search:
     if cands and cands[0].score >= MIN_CONFIDENCE:
         best = cands[0]
         for m in cands[1:]:
@@ -567,7 +601,7 @@ def search(evidence: dict, image, windows=()) -> Search:
         return Search(best, "", cands)
 
     # The text at the target, found by OCR of the whole screen (slow, so only as a fallback).
-    ocr_match = _find_by_text(evidence, image, f.windows)
+    ocr_match = _find_by_text(evidence, image, f.windows) if ocr else None
     if ocr_match is not None:
         return Search(ocr_match, "", cands)
     got = f"best match {cands[0].score:.2f} < {MIN_CONFIDENCE}" if cands else "no similar place on screen"

@@ -52,15 +52,20 @@ CHORD_ORDER = ("ctrl", "alt", "shift", "win")
 
 class _Frames(threading.Thread):
     """Grabs the screen every FRAME_INTERVAL_S, keeping the last few, so that each event can
-    have the frame from just before it (the event itself arrives after the screen reacted)."""
+    have the frame from just before it (the event itself arrives after the screen reacted).
+    With each new frame it lists the windows, and asks for a fresh accessibility tree: what the
+    target was is read from the screen before the input landed, not after (a click that opens a
+    popup or closes a dialog changes both within ~100 ms)."""
 
     def __init__(self, display: str):
         super().__init__(daemon=True, name="frames")
         self.display = display
         self.frames: collections.deque = collections.deque(maxlen=FRAME_HISTORY)
+        self.windows: collections.deque = collections.deque(maxlen=FRAME_HISTORY)  # (t, [Window])
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.ready = threading.Event()
+        self.changed = threading.Event()
 
     def run(self) -> None:
         import mss
@@ -74,10 +79,12 @@ class _Frames(threading.Thread):
                     self.stopped.set()
                     break
                 with self.lock:  # an unchanged screen keeps its older frame: history lasts longer
-                    if self.frames and bytes(self.frames[-1][1].raw) == bytes(shot.raw):
-                        self.frames[-1] = (self.frames[-1][0], self.frames[-1][1])
-                    else:
+                    new = not self.frames or bytes(self.frames[-1][1].raw) != bytes(shot.raw)
+                    if new:
                         self.frames.append((t, shot))
+                if new:
+                    self._list_windows(t)
+                    self.changed.set()
                 self.ready.set()
                 self.stopped.wait(FRAME_INTERVAL_S)
 
@@ -91,8 +98,58 @@ class _Frames(threading.Thread):
         _, shot = older[-1]
         return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
 
+    def _list_windows(self, t: float) -> None:
+        from sandbox.errors import SandboxError
+        from sandbox.windows import list_windows
+
+        try:
+            windows = list_windows(self.display)
+        except SandboxError:
+            return
+        with self.lock:
+            self.windows.append((t, windows))
+
+    def windows_before(self, t: float) -> list:
+        with self.lock:
+            older = [w for ts, w in self.windows if ts <= t - BEFORE_MARGIN_S] or [w for _, w in list(self.windows)[:1]]
+        return older[-1] if older else []
+
     def stop(self) -> None:
         self.stopped.set()
+
+
+class _Trees(threading.Thread):
+    """The accessibility tree, read again after each change of the screen (a walk takes 10-100 ms),
+    so each event has the tree from before it."""
+
+    def __init__(self, display: str, frames: _Frames):
+        from agent.replay.atspi import Tree
+
+        super().__init__(daemon=True, name="a11y")
+        self.tree, self.frames = Tree(display), frames
+        self.snapshots: collections.deque = collections.deque(maxlen=FRAME_HISTORY)
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.frames.stopped.is_set():
+            if not self.frames.changed.wait(0.5):
+                continue
+            self.frames.changed.clear()
+            t = time.monotonic()
+            nodes = self.tree.nodes()
+            if self.tree.broken:
+                return  # no tree on this display: pixels and text only
+            with self.lock:
+                self.snapshots.append((t, nodes))
+
+    def before(self, t: float) -> list:
+        with self.lock:
+            older = [n for ts, n in self.snapshots if ts <= t - BEFORE_MARGIN_S]
+        return older[-1] if older else []
+
+    def stop(self) -> None:
+        self.join(LISTENER_JOIN_S)
+        self.tree.close()
 
 
 # ------------------------------------------------------------------------------ grouping events
@@ -223,6 +280,7 @@ class Recorder:
         self.display = env.sandbox.display
         self.events: queue.Queue = queue.Queue()
         self.frames = _Frames(self.display)
+        self.trees = _Trees(self.display, self.frames)
         self.focus: dict | None = None  # evidence of the last clicked target: the focused field
         self.listeners = []
 
@@ -258,6 +316,7 @@ class Recorder:
             put(("key", time.monotonic(), *_key_fields(key), False))
 
         self.frames.start()
+        self.trees.start()
         self.frames.ready.wait(5.0)
         self.listeners = [mouse.Listener(on_click=on_click, on_scroll=on_scroll),
                           keyboard.Listener(on_press=on_press, on_release=on_release)]
@@ -277,6 +336,8 @@ class Recorder:
         self.frames.stop()
         if self.frames.is_alive():
             self.frames.join(LISTENER_JOIN_S)
+        if self.trees.is_alive() or self.trees.tree.proc is not None:
+            self.trees.stop()
 
     def run(self, deadline: float | None, stop_when_done: bool = True) -> str:
         """Record until Ctrl-C, the deadline, or the task's checks pass. Returns why it stopped."""
@@ -322,7 +383,7 @@ class Recorder:
 
     def _write(self, pending: Pending) -> None:
         """One finished action -> one Step with its frame, pixel and target evidence."""
-        from agent.replay.locate import describe_target, list_windows
+        from agent.replay.evidence import describe
 
         t0 = time.perf_counter()
         frame = self.frames.before(pending.t)
@@ -339,10 +400,11 @@ class Recorder:
             action["start_coordinate"] = list(to_relative(pending.start_pixel, frame.size))
         target = None
         if pending.pixel is not None:
-            windows = list_windows(self.display)
-            target = describe_target(frame, pending.pixel, windows)
+            # The windows and the tree as they were before the press, like the frame.
+            windows, nodes = self.frames.windows_before(pending.t), self.trees.before(pending.t)
+            target = describe(frame, pending.pixel, windows, nodes)
             if pending.start_pixel is not None:
-                target["start"] = describe_target(frame, pending.start_pixel, windows)
+                target["start"] = describe(frame, pending.start_pixel, windows, nodes)
             if action["action"] in ("left_click", "double_click", "triple_click"):
                 self.focus = target
         if action["action"] == "key" and action["keys"][-1] == "tab":

@@ -1,0 +1,281 @@
+"""What a recorded target is, and finding it again: every kind of evidence a desktop offers, each
+recorded at record time (a person's recording and an agent's trace alike), and a finder that says
+which one decided and how strongly.
+
+Evidence of a target (Step.target), from agent.replay.locate plus:
+  a11y      the accessibility element under the point (agent.replay.atspi): role, name, app, window,
+            labels around it, place, which of its look-alikes
+  own_text  the target's own text, read by OCR on a magnified crop of it (a button's "OK", a key's "5")
+  recorded  the recorded point and screen size (for "the screen did not change")
+
+Finding, in order of trust:
+  1. same screen   the window around the point looks as recorded: the recorded point, by definition
+                   (a featureless target, an empty text area, needs nothing else)
+  2. a11y          the same element in the app's current tree; ambiguity is an error
+  3. pixels        the template finder (gray levels, then edge maps for another theme), every
+                   candidate checked: its own text must read the same, its element (where there is a
+                   tree) must have the recorded role, and it must clearly beat a different runner-up
+  4. text          the own text found by OCR on magnified window crops, with the labels around it
+A wrong click is worse than a stop: when the evidence disagrees or two places are alike, the answer
+is "not found" or "ambiguous" with both places named, never a guess.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from agent.replay import atspi
+from agent.replay.locate import _as_windows, _decode, describe_target, label, search
+
+SAME_LEVEL = 24  # gray levels: a pixel that differs less is unchanged
+SAME_SCREEN_SHARE = 0.03  # a window with fewer changed pixels (a hover, a caret) is unchanged
+SAME_TARGET_SHARE = 0.25  # ... and so is the target's own neighbourhood (hover highlights it)
+OWN_HALF = (90, 18)  # px: where the target's own text is read around the point
+OWN_SCALE = 3  # magnification of that crop: small GUI text and single characters need it
+TEXT_AGREES = 0.75  # fuzzy similarity of two readings of one text
+PIXEL_MARGIN = 0.08  # a pixel candidate must beat a different place by this, unless its text decides
+RUNNER_UP_PX = 12  # two candidates closer than this are one place
+RETARGET_PX = 4  # a found point this far from the recorded one counts as retargeted
+
+
+@dataclass
+class Decision:
+    """Where the target is now, which evidence decided and how strongly, or why it is not found."""
+
+    pixel: tuple[int, int] | None
+    method: str = ""
+    score: float = 0.0
+    reason: str = ""
+    ambiguous: bool = False
+    runner_up: tuple[int, int] | None = None
+    detail: dict = field(default_factory=dict)
+
+    def as_json(self, recorded=None) -> dict:
+        out = {"method": self.method, "score": round(self.score, 3), "detail": self.detail}
+        if self.pixel is not None:
+            out["pixel"] = list(self.pixel)
+        if self.runner_up is not None:
+            out["runner_up"] = list(self.runner_up)
+        if recorded is not None and self.pixel is not None:
+            out["retargeted"] = math.dist(recorded, self.pixel) > RETARGET_PX
+        return out
+
+
+# ------------------------------------------------------------------------------ recording
+
+def own_text(image: Image.Image, pixel, box=None) -> str:
+    """The text of the thing at pixel: the line of words over it (or inside its element's box), read
+    on a magnified crop. "" for a target without text (an empty field, an icon)."""
+    from agent.desktop.ocr import ocr_words as read
+
+    x, y = int(pixel[0]), int(pixel[1])
+    if box is not None and 4 < box[2] <= 2 * OWN_HALF[0] * 2 and 4 < box[3] <= 3 * OWN_HALF[1]:
+        x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
+    else:
+        x0, y0, x1, y1 = x - OWN_HALF[0], y - OWN_HALF[1], x + OWN_HALF[0], y + OWN_HALF[1]
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, image.width), min(y1, image.height)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return ""
+    words = read(image.crop((x0, y0, x1, y1)), scale=OWN_SCALE, psm=7)
+    words = [w for w in words if w.conf >= 40 and w.text.strip()]
+    if box is None:  # no element: the words on the point's line that reach near the point
+        words = [w for w in words if w.box[0] - 8 <= x - x0 <= w.box[0] + w.box[2] + 8
+                 and w.box[1] - 6 <= y - y0 <= w.box[1] + w.box[3] + 6]
+    return " ".join(w.text for w in sorted(words, key=lambda w: w.box[0])).strip()
+
+
+def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True) -> dict:
+    """Everything that identifies the thing at pixel: pixels and text (agent.replay.locate), the
+    accessibility element (when the app publishes one) and the target's own text."""
+    ev = describe_target(image, pixel, windows, ocr=ocr)
+    element = atspi.describe(list(nodes), pixel) if nodes else None
+    if element is not None:
+        ev["a11y"] = element
+    if ocr:
+        box = element["box"] if element else None
+        ev["own_text"] = own_text(image, pixel, box)
+    return ev
+
+
+# ------------------------------------------------------------------------------ finding
+
+def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Image | None = None) -> Decision:
+    """The target of evidence `ev` on `frame` (the current screen). `recorded`: the screenshot the
+    evidence came from (for "nothing changed"); nodes: the current accessibility tree."""
+    windows, nodes = _as_windows(windows), list(nodes)
+    pixel = tuple(ev["pixel"])
+    if recorded is not None and same_screen(ev, recorded, frame):
+        return Decision(pixel, "same screen", 1.0)
+    element = ev.get("a11y")
+    if element and any(n.app == element["app"] for n in nodes):
+        f = atspi.find(element, nodes)
+        if f.pixel is not None:
+            return Decision(f.pixel, "accessibility", f.score, detail=f.detail or {},
+                            runner_up=f.runner_up.centre if f.runner_up is not None else None)
+        if f.runner_up is not None:  # two elements alike: not a guess
+            return Decision(None, "accessibility", f.score, f.reason, True, f.runner_up.centre,
+                            detail={"first": list(f.node.centre)})
+        why = f.reason
+    else:
+        why = ""
+    d = _by_pixels(ev, frame, windows, nodes)
+    if d.pixel is not None or d.ambiguous:
+        return d
+    t = _by_text(ev, frame, windows, nodes)
+    if t.pixel is not None or t.ambiguous:
+        return t
+    return Decision(None, d.method, d.score, "; ".join(r for r in (why, d.reason, t.reason) if r))
+
+
+def same_screen(ev: dict, recorded: Image.Image, frame: Image.Image) -> bool:
+    """The recorded target's window (or the whole screen) is unchanged where it was: the recorded
+    point is right by definition. A hover highlight or a caret changes a few pixels only."""
+    if recorded.size != frame.size:
+        return False
+    a = np.asarray(recorded.convert("L"), dtype=np.int16)
+    b = np.asarray(frame.convert("L"), dtype=np.int16)
+    h, w = a.shape
+    x, y = ev["pixel"]
+    win = ev.get("window")
+    if win:
+        wx, wy = x - win["offset"][0], y - win["offset"][1]
+        x0, y0, x1, y1 = max(wx, 0), max(wy, 0), min(wx + win["size"][0], w), min(wy + win["size"][1], h)
+    else:
+        x0, y0, x1, y1 = 0, 0, w, h
+    changed = np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]) > SAME_LEVEL
+    if changed.size == 0 or changed.mean() > SAME_SCREEN_SHARE:
+        return False
+    # The target's own patch (as the evidence holds it) must be where it was: hover changes a little.
+    patch = _decode(ev["patch"]["png"]).astype(np.int16)
+    px0, py0 = x - ev["patch"]["at"][0], y - ev["patch"]["at"][1]
+    if px0 < 0 or py0 < 0 or px0 + patch.shape[1] > w or py0 + patch.shape[0] > h:
+        return False
+    here = b[py0:py0 + patch.shape[0], px0:px0 + patch.shape[1]]
+    return (np.abs(here - patch) > SAME_LEVEL).mean() <= SAME_TARGET_SHARE
+
+
+def _by_pixels(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
+    """The template finder, gray levels first and edge maps second; its best place is accepted only
+    when everything else agrees and it clearly beats any different place."""
+    reasons = []
+    for edges in (False, True):
+        s = search(ev, frame, windows, edges=edges, ocr=False)
+        cands = sorted(s.candidates, key=lambda m: -m.score)
+        if s.match is None and not cands:
+            reasons.append(s.reason)
+            continue
+        method = "edges" if edges else "template"
+        # Only the leading few are read (an OCR each): the rest cannot win anyway.
+        ok = [m for m in cands[:4] if m.score >= max(0.5, cands[0].score - 0.25) and _agrees(ev, frame, m.pixel, nodes)[0]]
+        if not ok or (s.match is None and ok[0].score < _min_score(ev)):
+            reasons.append(s.reason or f"{label(ev)}: no place where the evidence agrees")
+            continue
+        best = ok[0]
+        _, how = _agrees(ev, frame, best.pixel, nodes)
+        rivals = [m for m in ok[1:] if math.dist(m.pixel, best.pixel) > RUNNER_UP_PX and not s.same_place(best, m)]
+        if rivals and best.score - rivals[0].score < PIXEL_MARGIN:
+            return Decision(None, method, best.score, f"{label(ev)} is ambiguous: {best.pixel} and "
+                            f"{rivals[0].pixel} agree alike ({best.score:.2f} vs {rivals[0].score:.2f})",
+                            True, rivals[0].pixel, detail={"first": list(best.pixel)})
+        return Decision(best.pixel, f"{method}+{best.method.split('+')[-1]}", best.score,
+                        runner_up=rivals[0].pixel if rivals else None,
+                        detail={**best.detail, **how, "scale": best.scale})
+    return Decision(None, "template", 0.0, "; ".join(dict.fromkeys(reasons)))
+
+
+def _min_score(ev: dict) -> float:
+    from agent.replay.locate import MIN_CONFIDENCE
+
+    # A candidate whose own text reads as recorded needs less visual likeness (theme, font changed).
+    return 0.5 if ev.get("own_text") else MIN_CONFIDENCE
+
+
+def _agrees(ev: dict, frame: Image.Image, pixel, nodes) -> tuple[bool, dict]:
+    """Does the place look like the target to the other evidence: its element's role (where the app
+    has a tree) and its own text (where it had one)?"""
+    how: dict = {}
+    element = ev.get("a11y")
+    if element and nodes:
+        here = atspi.element_at(nodes, pixel)
+        if here is not None and here.app == element["app"]:
+            if here.role != element["role"] or atspi.similar(here.name, element["name"]) < atspi.NAME_AGREES:
+                return False, {"a11y": f"{here.role} {here.name!r}"}
+            how["a11y"] = "agrees"
+    want = ev.get("own_text") or ""
+    if want:
+        got = own_text(frame, pixel, None)
+        sim = atspi.similar(want, got)
+        how["own_text"] = round(sim, 3)
+        if sim < TEXT_AGREES:
+            return False, how
+    return True, how
+
+
+def _by_text(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
+    """The target's own text read on magnified crops of the windows (or the screen), placed by the
+    recorded offset of the text from the point; the labels around it break ties."""
+    want = ev.get("own_text") or ""
+    if not want:
+        return Decision(None, "text", 0.0, "")
+    regions = [(w.x, w.y, w.x + w.w, w.y + w.h) for w in windows] or [(0, 0, frame.width, frame.height)]
+    places = []
+    for x0, y0, x1, y1 in regions:
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, frame.width), min(y1, frame.height)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            continue
+        words = ocr_words_scaled(frame.crop((x0, y0, x1, y1)))
+        n = len(want.split())
+        for i in range(len(words)):
+            group = words[i:i + n]
+            text = " ".join(w[0] for w in group)
+            if atspi.similar(want, text) >= TEXT_AGREES:
+                gx0 = min(w[1][0] for w in group) + x0
+                gy0 = min(w[1][1] for w in group) + y0
+                gx1 = max(w[1][0] + w[1][2] for w in group) + x0
+                gy1 = max(w[1][1] + w[1][3] for w in group) + y0
+                places.append(((gx0 + gx1) // 2, (gy0 + gy1) // 2))
+    places = [p for p in dict.fromkeys(places) if _agrees({**ev, "own_text": ""}, frame, p, nodes)[0]]
+    if not places:
+        return Decision(None, "text", 0.0, f"{want!r} not read on screen")
+    if len(places) > 1:
+        scored = sorted(((_labels_agree(ev, frame, p), p) for p in places), reverse=True)
+        if scored[0][0] - scored[1][0] < 0.34:
+            return Decision(None, "text", 0.0, f"{want!r} is ambiguous: read at {scored[0][1]} and {scored[1][1]}",
+                            True, scored[1][1], detail={"first": list(scored[0][1])})
+        places = [scored[0][1]]
+    return Decision(places[0], "text", 0.7, detail={"own_text": want})
+
+
+def ocr_words_scaled(image: Image.Image) -> list:
+    """Words on a crop magnified 2x (small GUI text), in the crop's pixels."""
+    from agent.desktop.ocr import ocr_words as read
+
+    return [(w.text, w.box) for w in read(image, scale=2) if w.conf >= 50 and w.text.strip()]
+
+
+def _labels_agree(ev: dict, frame: Image.Image, pixel) -> float:
+    """Share of the recorded labels (anchor texts) found again in their direction from pixel."""
+    named = [a for a in ev.get("anchors", []) if a.get("text")]
+    if not named:
+        return 0.0
+    hits = 0
+    for a in named:
+        dx, dy = a["offset"]
+        cx, cy = pixel[0] + dx, pixel[1] + dy
+        box = (max(int(cx - 120), 0), max(int(cy - 20), 0), min(int(cx + 120), frame.width), min(int(cy + 20), frame.height))
+        if box[2] - box[0] < 8 or box[3] - box[1] < 8:
+            continue
+        text = " ".join(t for t, _ in ocr_words_scaled(frame.crop(box)))
+        hits += atspi.similar(a["text"], text) >= TEXT_AGREES or a["text"].lower() in text.lower()
+    return hits / len(named)
+
+
+def timed_find(*args, **kwargs) -> tuple[Decision, float]:
+    t0 = time.perf_counter()
+    d = find(*args, **kwargs)
+    return d, (time.perf_counter() - t0) * 1e3
