@@ -75,4 +75,4 @@ def test_cli_rejects_a_bad_screen_and_an_unknown_model(tmp_path):
     runner = CliRunner()
     assert runner.invoke(budget, ["--screen", "wide"]).exit_code == 2
     out = runner.invoke(budget, ["--model", str(tmp_path / "nope")])
-    assert out.exit_code == 1 and "cannot read the config" in out.output
+    assert out.exit_code == 2 and "cannot read the config" in out.output

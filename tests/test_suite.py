@@ -257,7 +257,7 @@ def test_example_suite_runs_green_in_two_shards_and_merges(tmp_path):
 def test_list_shows_a_shard_without_running_it(tmp_path):
     from click.testing import CliRunner
 
-    from agent.suite.runner import suite
+    from agent.cli.suite import suite
 
     make_suite(tmp_path, [f"t{i}" for i in range(5)])
     outputs = [CliRunner().invoke(suite, [str(tmp_path), "--list", "--shard", f"{i}/2"]) for i in (1, 2)]
