@@ -9,10 +9,10 @@ Python, a verified action cache that replays them without the model, and a pytes
 
 
 def __getattr__(name):  # lazy: agent.task imports agent.flow.steps, which must stay light
-    if name in ("Session", "FlowAssertionError", "session"):
-        from agent.flow import session
+    if name in ("Session", "FlowAssertionError", "FlowStepError"):
+        import importlib
 
-        return getattr(session, name)
+        return getattr(importlib.import_module("agent.flow.session"), name)
     if name == "run_flow":
         from agent.flow.runner import run_flow
 
