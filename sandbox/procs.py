@@ -1,5 +1,10 @@
 """Child processes that cannot outlive us: each in its own process group (so teardown reaches
-its children too) with PR_SET_PDEATHSIG (so the kernel kills it even when we die by SIGKILL)."""
+its children too) with PR_SET_PDEATHSIG (so the kernel kills it even when we die by SIGKILL).
+
+A program that leaves its group (setsid, a daemon's double fork) escapes both, so a sandbox also
+tags everything it starts with an environment variable (TAG_VAR, inherited by every descendant)
+and ends whatever carries its tag at teardown (kill_tagged); vlagent is a child subreaper, so such
+orphans are re-parented to it, not to init, and it reaps them."""
 from __future__ import annotations
 
 import ctypes
@@ -9,6 +14,8 @@ import subprocess
 import time
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
+TAG_VAR = "VLAGENT_SANDBOX"
 TERM_GRACE_S = 2.0  # how long a process group gets to exit after SIGTERM before SIGKILL
 KILL_WAIT_S = 2.0  # how long we wait for the group to vanish after SIGKILL
 POLL_S = 0.02
@@ -93,3 +100,64 @@ def describe(argv: list[str]) -> str:
     if not argv:
         return ""
     return " ".join([os.path.basename(argv[0]), *argv[1:]])
+
+
+def sandbox_tag(display: str, workdir) -> str:
+    """The tag of one sandbox's processes: this process, its display and its workdir."""
+    return f"{os.getpid()}:{display}:{workdir}"
+
+
+def become_subreaper() -> None:
+    """Orphans of our descendants (a daemon's double fork) become our children instead of init's."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def tagged(tag: str) -> list[int]:
+    """PIDs of the live processes whose environment holds TAG_VAR=tag."""
+    needle = f"{TAG_VAR}={tag}".encode() + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"{entry.path}/environ", "rb") as f:
+                env = f.read()
+            if (b"\0" + env).find(b"\0" + needle) >= 0 and _state(entry.path) != b"Z":
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def _state(proc_dir: str) -> bytes:
+    with open(f"{proc_dir}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0]
+
+
+def kill_tagged(tag: str, grace_s: float = TERM_GRACE_S) -> list[int]:
+    """End every process carrying `tag` (SIGTERM, then SIGKILL after `grace_s`) and reap those that
+    became our children. Returns the PIDs it found."""
+    found = tagged(tag)
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_WAIT_S)):
+        left = tagged(tag)
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and tagged(tag):
+            _reap(found)
+            time.sleep(POLL_S * 5)
+    _reap(found)
+    return found
+
+
+def _reap(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (still re-parented elsewhere) or reaped already
+            pass

@@ -11,18 +11,22 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from actions.patterns import PatternError, compile_pattern
 from sandbox.a11y import A11yBus
 from sandbox.errors import SandboxError
 from sandbox.setup import SetupStep, expand
 from sandbox.display import Xvfb
-from sandbox.procs import describe, kill_group, spawn
-from sandbox.windows import display_size, find_windows
+from sandbox.procs import TAG_VAR, become_subreaper, describe, kill_group, kill_tagged, sandbox_tag, spawn
+from sandbox.windows import display_size, list_windows
 
 WINDOW_POLL_S = 0.1
+PROGRESS_EVERY_S = 5.0  # a long setup wait says what it is waiting for this often
 STDERR_TAIL_CHARS = 300  # how much of a failed command's stderr goes into the one-line error
 
 
@@ -58,9 +62,15 @@ class App:
                 + (f": {tail}" if tail else ""))
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class Sandbox:
     def __init__(self, screen: tuple[int, int] = (1280, 800), display: str | None = None,
-                 workdir: Path | None = None, cwd: Path | None = None):
+                 workdir: Path | None = None, cwd: Path | None = None,
+                 progress: Callable[[str], None] | None = _stderr):
+        self.progress = progress or (lambda line: None)  # setup's progress lines ("setup: ...")
         self.screen = screen
         self.display = display  # None: start our own Xvfb in __enter__
         self.workdir = Path(workdir) if workdir else Path.cwd()
@@ -72,6 +82,7 @@ class Sandbox:
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "Sandbox":
+        become_subreaper()  # a daemonizing app is re-parented to us, so we can end and reap it
         try:
             if self.display is None:
                 self.xvfb = Xvfb(self.screen)
@@ -94,22 +105,33 @@ class Sandbox:
         with _signals_deferred():
             for app in reversed(self.apps):
                 kill_group(app.proc)
+            if self.display is not None:  # what left its process group (setsid, daemons) still has the tag
+                kill_tagged(self.tag)
             if self.a11y is not None:
                 self.a11y.stop()
             if self.xvfb is not None:
                 self.xvfb.stop()
 
     @property
+    def tag(self) -> str:
+        return sandbox_tag(self.display or "", self.workdir)
+
+    @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, **self.a11y_env, "DISPLAY": self.display or ""}
+        """What everything the sandbox starts gets: its display, and its tag (procs.TAG_VAR)."""
+        return {**os.environ, **self.a11y_env, "DISPLAY": self.display or "", TAG_VAR: self.tag}
 
     # -- setup ------------------------------------------------------------------------------
     def run_setup(self, steps: list[SetupStep]) -> None:
         for step in steps:
             if step.launch:
-                self.launch([expand(a, self.workdir) for a in step.launch])
+                argv = [expand(a, self.workdir, self.cwd) for a in step.launch]
+                self.progress(f"setup: launching {describe(argv)[:120]}")
+                self.launch(argv)
             if step.run:
-                self.run([expand(a, self.workdir) for a in step.run], timeout_s=step.timeout_s)
+                argv = [expand(a, self.workdir, self.cwd) for a in step.run]
+                self.progress(f"setup: running {describe(argv)[:120]} (up to {step.timeout_s:g} s)")
+                self.run(argv, timeout_s=step.timeout_s)
             if step.wait_for_window:
                 self.wait_for_window(step.wait_for_window, timeout_s=step.timeout_s)
             if step.sleep:
@@ -151,23 +173,32 @@ class Sandbox:
                                + (f": {tail}" if tail else ""))
 
     def wait_for_window(self, title_regex: str, timeout_s: float = 20.0) -> None:
-        """Poll until a visible window's title matches; fail fast when a launched app dies."""
+        """Poll until a visible window's title matches (RE2: linear time); fail fast when a launched
+        app dies; say every few seconds what it waits for, and name the windows that did appear."""
         try:
-            re.compile(title_regex)
-        except re.error as e:
-            raise SandboxError(f"bad window title regex {title_regex!r}: {e}") from None
-        deadline = time.monotonic() + timeout_s
+            pattern = compile_pattern(title_regex)
+        except PatternError as e:
+            raise SandboxError(f"wait_for_window: {e}") from None
+        start = time.monotonic()
+        deadline, next_note = start + timeout_s, start + PROGRESS_EVERY_S
+        self.progress(f"setup: waiting up to {timeout_s:g} s for a window titled '{title_regex}'")
         while True:
-            if find_windows(self.display, title_regex):
+            titles = [w.title for w in list_windows(self.display)]
+            if any(pattern.search(t) for t in titles):
                 return
             for app in self.apps:
                 if app.died():
                     raise SandboxError(app.death_message(before_window=title_regex))
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            seen = "; windows on screen: " + (", ".join(repr(t[:60]) for t in titles[:10]) if titles else "none")
+            if now >= deadline:
                 ended = [a for a in self.apps if a.proc.poll() is not None]
                 note = f" (app '{ended[0].name}' had exited with code 0)" if ended else ""
                 raise SandboxError(f"window '{title_regex}' did not appear on {self.display} "
-                                   f"within {timeout_s:g} s{note}")
+                                   f"within {timeout_s:g} s{note}{seen}")
+            if now >= next_note:
+                self.progress(f"setup: still waiting for '{title_regex}' ({now - start:.0f} of {timeout_s:g} s){seen}")
+                next_note = now + PROGRESS_EVERY_S
             time.sleep(WINDOW_POLL_S)
 
     def check_apps(self) -> None:

@@ -29,6 +29,7 @@ class SetupStep(BaseModel):
         return self
 
 
-def expand(value: str, workdir: Path) -> str:
-    """Fill the placeholders a task may use: {python}, {workdir}."""
-    return value.replace("{python}", sys.executable).replace("{workdir}", str(workdir))
+def expand(value: str, workdir: Path, taskdir: Path | None = None) -> str:
+    """Fill the placeholders a task may use: {python}, {workdir}, {taskdir} (the task file's folder)."""
+    value = value.replace("{python}", sys.executable).replace("{workdir}", str(workdir))
+    return value.replace("{taskdir}", str(taskdir)) if taskdir is not None else value

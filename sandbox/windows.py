@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -107,6 +106,8 @@ def display_size(display: str) -> tuple[int, int]:
 
 
 def find_windows(display: str, title_regex: str) -> list[Window]:
-    """Visible windows whose title matches `title_regex` (Python re.search)."""
-    pattern = re.compile(title_regex)
+    """Visible windows whose title matches `title_regex` (RE2 search: linear time, whatever the pattern)."""
+    from actions.patterns import compile_pattern
+
+    pattern = compile_pattern(title_regex)
     return [w for w in list_windows(display) if pattern.search(w.title)]

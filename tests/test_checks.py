@@ -159,12 +159,19 @@ def test_screen_and_window_checks(tmp_path, form_screen):
         {"screen_text": "Saved"},  # not submitted yet
         {"window_title": "^Regis"},
         {"window_title": "Nope"},
-        {"window_title": "(unclosed"},  # a bad regex fails the check, never the run
+        {"window_title": "(a+)+$"},  # backtracks forever in Python's re; RE2 answers at once
     ], form_screen)
     assert [r.passed for r in results] == [True, True, False, True, False, False]
     assert "OCR read:" in results[2].detail and "registration" in results[2].detail
     assert results[4].detail == "no visible window matches; titles: ['Registration']"
-    assert results[5].detail.startswith("bad regex '(unclosed': missing )")
+    assert results[5].detail.startswith("no visible window matches")
+
+
+def test_a_pattern_the_linear_time_engine_cannot_run_is_refused_when_the_task_loads():
+    with pytest.raises(ValueError, match="RE2"):
+        Task.model_validate({"name": "t", "goal": "g", "success": [{"window_title": "(unclosed"}]})
+    with pytest.raises(ValueError, match="RE2"):
+        Task.model_validate({"name": "t", "goal": "g", "setup": [{"wait_for_window": "(x)\\1"}]})
 
 
 def test_a_check_never_raises(tmp_path):

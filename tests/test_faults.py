@@ -154,11 +154,12 @@ def test_no_process_survives_any_fault(faults):
     assert {n: o.swept for n, o in outcomes.items()} == {n: [] for n in outcomes}
 
 
-def test_app_crash_mid_run(faults):
-    o = faults[0]["app_crash"]
-    assert o.status in ("failed", "error"), o.reason
+def test_app_crash_mid_run_is_noticed_at_the_next_step(faults):
+    o = faults[0]["app_crash"]  # crashes 2.5 s in; steps take about 1 s; 7 replies were scripted
+    assert o.status == "error", o.reason
     assert "exited with code 3" in o.reason
-    assert o.steps >= 1 and assert_complete(o)["checks"]
+    assert 1 <= o.steps <= 4, o.steps
+    assert_complete(o)
 
 
 def test_app_hang(faults):

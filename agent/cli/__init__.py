@@ -55,6 +55,18 @@ class LazyGroup(click.Group):
                 raise click.ClickException(f"'{name}' is unavailable: {why} (pip install -e .)")
             return missing
 
+    def invoke(self, ctx):
+        """Ctrl-C anywhere in a command (loading a model, a second Ctrl-C while tearing down) exits 130
+        without a traceback; click would say 'Aborted!' and exit 1."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
     def format_commands(self, ctx, formatter):
         # Help text without importing every command module.
         with formatter.section("Commands"):
@@ -68,7 +80,10 @@ def cli():
 
 
 def main():
-    cli()
+    try:
+        cli()
+    except KeyboardInterrupt:  # Ctrl-C outside a run (loading a model, a second Ctrl-C): 130, no traceback
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What every command shares: exit codes, the usage error, model options, Ctrl-C and SIGTERM."""
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from contextlib import contextmanager
@@ -34,8 +35,24 @@ def sigterm_as_interrupt() -> None:
 
 
 def exit_interrupted() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn exit 130 into a traceback
     click.echo("interrupted: sandbox torn down, trace written", err=True)
     sys.exit(EXIT_INTERRUPTED)
+
+
+class Seconds(click.ParamType):
+    """A positive, finite number of seconds: `nan` and `inf` are refused (click's FloatRange lets nan through)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a positive, finite number of seconds", param, ctx)
+        return seconds
 
 
 def exit_for(status: str) -> None:

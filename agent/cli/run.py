@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from agent.cli.common import (EXIT_NOT_ACHIEVED, UsageError, exit_for, exit_interrupted, make_backend, model_options,
-                               sigterm_as_interrupt, usage_errors)
+from agent.cli.common import (EXIT_NOT_ACHIEVED, Seconds, UsageError, exit_for, exit_interrupted, make_backend,
+                               model_options, sigterm_as_interrupt, usage_errors)
 
 
 @click.command()
@@ -18,7 +18,7 @@ from agent.cli.common import (EXIT_NOT_ACHIEVED, UsageError, exit_for, exit_inte
 @click.option("--trace", "trace_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Trace folder (default: runs/<time>-<task>).")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Override the task's max_steps.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the task's timeout_s.")
+@click.option("--timeout", "timeout_s", type=Seconds(), default=None, help="Override the task's timeout_s.")
 @click.option("--history-images", type=click.IntRange(1, 32), default=4, show_default=True, help="Screenshots kept as images in the prompt.")
 @click.option("--max-pixels", type=click.IntRange(1024), default=None, help="Downscale screenshots above this many pixels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -36,12 +36,13 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
     from agent.run.runner import run_task, use_display
     from agent.task import load_task
     from agent.cli.ui import print_result, step_printer
-    from agent.trace import check_new_trace
+    from agent.run.runner import DEFAULT_RUNS_DIR
+    from agent.trace import check_trace_dir, new_trace_dir
 
     with usage_errors():
         task = load_task(task_file)
-        if trace_dir is not None:
-            check_new_trace(trace_dir)
+        trace_dir = trace_dir or new_trace_dir(DEFAULT_RUNS_DIR, task.name)
+        check_trace_dir(trace_dir)  # new, writable, room on the disk: before anything starts
         display = use_display(display)
         store = None
         if task.steps:  # a flow: a corrupt cache file is a usage error, before anything starts

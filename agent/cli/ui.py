@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from actions.schema import to_json
+from agent.secrets import redact
 from agent.trace import Result, Step
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -15,12 +17,17 @@ STATUS_STYLE = {"success": "bold green", "failed": "bold red", "invalid_output":
                 "timeout": "bold yellow", "aborted": "bold yellow", "error": "bold red"}
 
 
+def text(value) -> str:
+    """Model, task and app text as data: secrets redacted, rich markup escaped (`[/]` is text)."""
+    return escape(redact(str(value)))
+
+
 def describe(step: Step) -> str:
     if step.action is None:
-        return f"[red]rejected[/]: {step.error}"
+        return f"[red]rejected[/]: {text(step.error)}"
     args = {k: v for k, v in to_json(step.action).items() if k != "action"}
     where = f" -> px {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
-    return f"[cyan]{step.kind}[/] {json.dumps(args, ensure_ascii=False)}{where}"
+    return f"[cyan]{step.kind}[/] {text(json.dumps(args, ensure_ascii=False))}{where}"
 
 
 def step_printer():
@@ -33,18 +40,18 @@ def step_printer():
 
 def print_result(result: Result, folder: Path) -> None:
     style = STATUS_STYLE.get(result.status, "bold")
-    lines = [f"[{style}]{result.status}[/] after {result.steps} steps in {result.duration_s:.1f} s", result.reason]
+    lines = [f"[{style}]{result.status}[/] after {result.steps} steps in {result.duration_s:.1f} s", text(result.reason)]
     for c in result.checks:
         mark = "[green]✓[/]" if c.passed else "[red]✗[/]"
-        lines.append(f"{mark} {c.check}" + (f" [dim]({c.detail})[/]" if c.detail and not c.passed else ""))
+        lines.append(f"{mark} {text(c.check)}" + (f" [dim]({text(c.detail)})[/]" if c.detail and not c.passed else ""))
     if result.answer:
-        lines.append(f"answer: {result.answer}")
+        lines.append(f"answer: {text(result.answer)}")
     if result.flow:
         hits = sum(f.cache == "hit" for f in result.flow)
         lines.append(f"flow: {sum(f.status == 'passed' for f in result.flow)}/{len(result.flow)} steps passed, "
                      f"{hits} from the cache, {result.model_calls} model calls")
-    lines.append(f"[dim]trace: {folder}[/]")
-    console.print(Panel("\n".join(lines), title=result.task, expand=False), soft_wrap=False)
+    lines.append(f"[dim]trace: {text(folder)}[/]")
+    console.print(Panel("\n".join(lines), title=text(result.task), expand=False), soft_wrap=False)
 
 
 FLOW_MARK = {"passed": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[dim]-[/]"}
@@ -54,8 +61,8 @@ def flow_printer():
     """One line per flow step: mark, kind, text, cache use, model calls, time, and the reason."""
     def show(f) -> None:
         cache = f" [dim]cache {f.cache}[/]" if f.cache else ""
-        value = f" -> {json.dumps(f.value, ensure_ascii=False)}" if f.value is not None else ""
-        reason = f"\n      [dim]{f.reason}[/]" if f.reason and f.status != "skipped" else ""
-        console.print(f"{FLOW_MARK[f.status]} [bold]{f.kind}[/] {f.text}{value}{cache} "
+        value = f" -> {text(json.dumps(f.value, ensure_ascii=False))}" if f.value is not None else ""
+        reason = f"\n      [dim]{text(f.reason)}[/]" if f.reason and f.status != "skipped" else ""
+        console.print(f"{FLOW_MARK[f.status]} [bold]{text(f.kind)}[/] {text(f.text)}{value}{cache} "
                       f"[dim]({f.model_calls} model calls, {f.duration_s:.1f} s)[/]{reason}")
     return show

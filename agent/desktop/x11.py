@@ -26,6 +26,10 @@ from agent.desktop.base import Button, Desktop  # noqa: F401 (Desktop: the inter
 from agent.desktop.keysym_typing import KeysymTyper
 
 INPUT_PAUSE_S = 0.02  # pyautogui's pause after each call (its 0.1 s default makes steps slow)
+# Buttons and keys are held this long, as a person's are: an instant press and release races GTK's
+# combo boxes (the popup opens on press and closes on a release that comes before it has mapped).
+HOLD_S = 0.06
+MULTI_CLICK_GAP_S = 0.05  # between the clicks of a double or triple click (well inside GTK's 400 ms)
 DRAG_S = 0.3  # a drag glides for this long so apps see intermediate motion events
 PIXELS_PER_WHEEL_CLICK = 100  # scroll convention: 100 px = 1 wheel click; positive = up / right
 SETTLE_POLL_S = 0.05  # wait_stable compares screen grabs this far apart
@@ -132,6 +136,7 @@ class X11Desktop:
         w, h = self.size()
         self._corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)]
         self._gone = (xerror.ConnectionClosedError, xerror.XError, OSError, mss.ScreenShotError)
+        self._watchers: list = []  # called at every abort check: a dead app is noticed at the next step
         with self._on_display():
             self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
             self._typer = KeysymTyper(self._x, display)
@@ -205,6 +210,40 @@ class X11Desktop:
     def check_abort(self) -> None:
         if self.position() in self._corners:
             raise Aborted(ABORT_MESSAGE)
+        for watcher in self._watchers:
+            watcher()
+
+    def watch(self, check) -> None:
+        """Call `check` (it raises when something died, e.g. Sandbox.check_apps) at every abort check."""
+        self._watchers.append(check)
+
+    def focus(self):
+        """The window that would receive keys now (actions.Focus), or None when there is none: the
+        input focus, or the window under the pointer when the focus follows it (no window manager)."""
+        from Xlib import X
+        from Xlib.error import XError
+
+        from actions.policy import Focus
+
+        with self._on_display():
+            root = self._x.screen().root
+            try:
+                win = self._x.get_input_focus().focus
+                if isinstance(win, int) or win.id in (X.NONE, X.PointerRoot) or win == root:
+                    win = root.query_pointer().child
+                    if isinstance(win, int) or win.id == X.NONE:
+                        return None
+                client = _client_window(win, root)
+                if client is None:
+                    return None
+                cls = tuple(client.get_wm_class() or ())
+                name = client.get_wm_name()
+                title = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "")
+                pid_prop = client.get_full_property(self._x.intern_atom("_NET_WM_PID"), X.AnyPropertyType)
+            except XError:  # the window went away while we looked
+                return None
+        pid = int(pid_prop.value[0]) if pid_prop is not None and len(pid_prop.value) else None
+        return Focus(wm_class=cls, processes=_process_names(pid), title=title)
 
     # --- input ---
     def move(self, x: int, y: int) -> None:
@@ -212,8 +251,18 @@ class X11Desktop:
             pag.moveTo(x, y)
 
     def click(self, x: int | None, y: int | None, button: Button = "left", clicks: int = 1) -> None:
+        """Press and release like a person: each press held HOLD_S (see there)."""
         with self._on_display() as pag:
-            pag.click(x, y, button=button, clicks=clicks)  # moves first when x, y are given
+            if x is not None and y is not None:
+                pag.moveTo(x, y)
+            for n in range(clicks):
+                if n:
+                    time.sleep(MULTI_CLICK_GAP_S)
+                pag.mouseDown(button=button, _pause=False)
+                try:
+                    time.sleep(HOLD_S)
+                finally:  # never leave the button held
+                    pag.mouseUp(button=button, _pause=False)
 
     def drag(self, x0: int, y0: int, x1: int, y1: int) -> None:
         with self._on_display() as pag:
@@ -238,7 +287,15 @@ class X11Desktop:
             if self._keymap.get(name) is None:
                 raise VlagentError(f"key {name!r} cannot be pressed on display {self.display}")
         with self._on_display() as pag:
-            pag.hotkey(*names)
+            pressed = []
+            try:
+                for name in names:
+                    pag.keyDown(name, _pause=False)
+                    pressed.append(name)
+                time.sleep(HOLD_S)  # held like a person's chord
+            finally:  # released in reverse, even when something failed half way
+                for name in reversed(pressed):
+                    pag.keyUp(name, _pause=False)
 
     def type(self, text: str) -> None:
         """Printable ASCII through pyautogui; anything else (non-ASCII, and the few ASCII characters
@@ -253,3 +310,40 @@ class X11Desktop:
                 else:
                     pag.failSafeCheck()
                     self._typer.type(chunk)
+
+
+def _client_window(win, root, depth: int = 0):
+    """The window with a WM_CLASS at or around `win`: its ancestors (Tk focuses an inner window),
+    else its children (a window manager's frame)."""
+    w = win
+    for _ in range(16):
+        if w.get_wm_class():
+            return w
+        parent = w.query_tree().parent
+        if not parent or parent == root or isinstance(parent, int):
+            break
+        w = parent
+    for child in w.query_tree().children[:64]:
+        if child.get_wm_class():
+            return child
+    return None
+
+
+def _process_names(pid: int | None) -> tuple[str, ...]:
+    """The names of process `pid` and of its children (a terminal's shell is its child)."""
+    if not pid:
+        return ()
+    names = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"{entry.path}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.find(b"(") + 1:stat.rfind(b")")].decode(errors="replace")
+        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        if int(entry.name) == pid or ppid == pid:
+            names.append(comm)
+    return tuple(names)

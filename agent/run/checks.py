@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
+from actions.patterns import PatternError, compile_pattern
 from agent.task import Check, Task, expand, resolve_path
 from agent.trace import CheckResult
-from sandbox.procs import kill_group, spawn
+from sandbox.procs import TAG_VAR, kill_group, sandbox_tag, spawn
 
 COMMAND_TIMEOUT_S = 30.0
 DETAIL_CHARS = 200  # how much of a file, OCR text or stderr a failed check quotes
+MAX_FILE_BYTES = 16 << 20  # a checked file larger than this is not read whole
 
 
 def evaluate(task: Task, workdir: Path, desktop) -> list[CheckResult]:
@@ -61,10 +62,14 @@ def _file_json(spec, ctx: _Context) -> tuple[bool, str]:
     path = resolve_path(ctx.task, spec.path, ctx.workdir)
     if not path.is_file():
         return False, f"{path} does not exist"
+    if path.stat().st_size > MAX_FILE_BYTES:
+        return False, f"{path} is over {MAX_FILE_BYTES >> 20} MiB"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return False, f"{path} is not valid JSON: {e}"
+    except (RecursionError, ValueError) as e:  # nested too deeply, a number of 5,000 digits
+        return False, f"{path} is not usable JSON: {type(e).__name__}"
     diff = _subset_diff(spec.equals, data, "")
     return (diff is None), (diff or "all keys match")
 
@@ -93,7 +98,8 @@ def _file_contains(spec, ctx: _Context) -> tuple[bool, str]:
     path = resolve_path(ctx.task, spec.path, ctx.workdir)
     if not path.is_file():
         return False, f"{path} does not exist"
-    text = path.read_text(encoding="utf-8", errors="replace")
+    with open(path, "rb") as f:
+        text = f.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
     if spec.text in text:
         return True, f"found in {path}"
     return False, f"{path} does not contain {spec.text!r}; it starts {text[:DETAIL_CHARS]!r}"
@@ -109,9 +115,9 @@ def _screen_text(wanted: str, ctx: _Context) -> tuple[bool, str]:
 def _window_title(regex: str, ctx: _Context) -> tuple[bool, str]:
     from sandbox.windows import list_windows
     try:
-        pattern = re.compile(regex)
-    except re.error as e:
-        return False, f"bad regex {regex!r}: {e}"
+        pattern = compile_pattern(regex)  # RE2: no pattern can hang the check
+    except PatternError as e:
+        return False, str(e)
     titles = [w.title for w in list_windows(ctx.desktop.display)]
     match = next((t for t in titles if pattern.search(t)), None)
     if match is not None:
@@ -121,8 +127,10 @@ def _window_title(regex: str, ctx: _Context) -> tuple[bool, str]:
 
 def _command(cmd: list[str] | str, ctx: _Context) -> tuple[bool, str]:
     shell = isinstance(cmd, str)
-    argv = expand(cmd, ctx.workdir) if shell else [expand(a, ctx.workdir) for a in cmd]
-    env = {**os.environ, "DISPLAY": ctx.desktop.display or ""}
+    base = ctx.task.base_dir
+    argv = expand(cmd, ctx.workdir, base) if shell else [expand(a, ctx.workdir, base) for a in cmd]
+    # The sandbox's tag: what the command leaves behind (setsid, a daemon) is ended at teardown.
+    env = {**os.environ, "DISPLAY": ctx.desktop.display or "", TAG_VAR: sandbox_tag(ctx.desktop.display or "", ctx.workdir)}
     try:  # own process group: a timeout kills the shell's children too
         proc = spawn(argv, shell=shell, cwd=ctx.task.base_dir, env=env, stdin=subprocess.DEVNULL,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from actions.coords import SCALE, to_pixels
 from actions.policy import normalize_chord
 from actions.schema import Action, Coordinate
+from agent import secrets
 from agent.desktop.base import Button, Desktop
 
 WAIT_POLL_S = 0.25  # how often a `wait` looks for a person's abort
@@ -79,6 +80,7 @@ def _key(desktop: Desktop, keys: list[str]) -> Outcome:
 
 
 def _type(desktop: Desktop, text: str) -> Outcome:
+    text = secrets.fill(text)  # {secret:NAME} -> its value, here and nowhere earlier: the model never sees it
     for start in range(0, len(text), TYPE_CHUNK_CHARS):
         if start:
             desktop.check_abort()

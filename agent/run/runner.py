@@ -46,6 +46,7 @@ def task_environment(task: Task, display: str | None = None, workdir: Path | Non
     with Sandbox(screen=(task.screen.width, task.screen.height), display=display,
                  workdir=workdir, cwd=task.base_dir) as sandbox:
         with X11Desktop(sandbox.display) as desktop:
+            desktop.watch(sandbox.check_apps)  # a dead app ends the run at the next step, not at its end
             sandbox.run_setup(task.setup)
             yield Env(sandbox, desktop, workdir)
 
