@@ -262,12 +262,26 @@ def check_new_trace(folder: str | Path) -> None:
         raise VlagentError(f"{folder} already holds a run ({held}); give --trace a new folder")
 
 
-def load_steps(folder: str | Path) -> list[Step]:
+def load_steps(folder: str | Path, *, lenient: bool = False) -> list[Step]:
+    """The steps of a trace folder; a VlagentError says what is wrong with it. lenient (reports of
+    any trace): lines that do not parse are skipped (a run killed mid-write leaves a torn last
+    line) and a folder without steps.jsonl has no steps."""
     path = Path(folder) / "steps.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        if lenient:
+            return []
+        raise VlagentError(f"{folder}: not a trace folder (no steps.jsonl)") from None
     steps = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
             steps.append(Step.model_validate_json(line))
+        except ValueError as e:
+            if not lenient:
+                raise VlagentError(f"{path}:{n}: not a valid step: {str(e).splitlines()[0]}") from None
     return steps
 
 

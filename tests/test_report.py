@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
+from actions.coords import to_pixels
 from agent.cli.report import report
 from agent.report.build import build_report, find_traces
 from agent.trace import CheckResult, Result, Step, Trace
@@ -56,11 +57,13 @@ def make_trace(folder: Path, status: str = "success", steps=STEPS, torn: bool = 
     t = Trace(folder)
     t.write_task(f"name: {folder.name}\ngoal: Log in as ada\nsecrets: {{pw: REPORT_TEST_PW}}\n")
     for n, (raw, action, error) in enumerate(steps, 1):
-        px = None
+        px = start = None  # what the loop records: where the pointer went, in screen pixels
         if action and "coordinate" in action:
-            px = (round(action["coordinate"][0] / 1000 * FRAME[0]), round(action["coordinate"][1] / 1000 * FRAME[1]))
+            px = to_pixels(action["coordinate"], FRAME)
+        if action and "start_coordinate" in action:
+            start = to_pixels(action["start_coordinate"], FRAME)
         t.add(Step(step=n, raw=raw, action=action, error=error, screenshot=t.save_screen(screen(n), f"{n:04d}"),
-                   frame=FRAME, pixel=px, timings={"capture_ms": 20.0, "model_ms": 900.0, "exec_ms": 40.0,
+                   frame=FRAME, screen=FRAME, pixel=px, start_pixel=start, timings={"capture_ms": 20.0, "model_ms": 900.0, "exec_ms": 40.0,
                                                    "settle_ms": 300.0, "step_ms": 1260.0}))
     final = t.save_screen(screen(99), "final")
     checks = [CheckResult(check="screen_text: Welcome", passed=status == "success", detail="" if status == "success" else "not on screen")]
@@ -92,7 +95,7 @@ def test_report_has_every_step_drawn_and_no_secret(traces, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
     assert "screen_text: Welcome" in page and "final.png" in page
     every_file = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.suffix in (".html", ".json"))
-    assert SECRET not in every_file and "••••••" in page
+    assert SECRET not in every_file and "{secret:pw}" in page
     assert all((out / "tasks" / "login_ok" / f"{n:04d}.png").is_file() for n in range(1, len(STEPS) + 1))
     assert (out / "assets" / "report.css").is_file() and (out / "assets" / "report.js").is_file()
     # Offline: nothing is fetched from the network.
@@ -188,15 +191,20 @@ def test_run_output_is_shown_redacted(traces, tmp_path):
     assert SECRET not in page and "\x1b[" not in page
 
 
-def test_redactor_hides_declared_and_likely_secrets_only(monkeypatch):
-    from agent.report.build import Redactor
+def test_secrets_the_trace_declares_are_redacted_by_agent_secrets(tmp_path, monkeypatch):
+    """The report redacts with agent.secrets (one redactor for everything vlagent writes): values of
+    the variables a trace's task names, and VLAGENT_SECRET_*, however short (3+ characters)."""
+    from agent import secrets
 
-    monkeypatch.setenv("REPORT_TEST_PW", "abc")  # declared by the task: hidden however short
-    monkeypatch.setenv("VLAGENT_SECRET_PIN", "4711")  # record/replay's secrets
-    monkeypatch.setenv("CI_JOB_TOKEN", "glcbt-0123456789")  # looks secret: hidden
-    monkeypatch.setenv("SKIP_TOKEN_CHECK", "true")  # looks secret but too short to guess at
-    redact = Redactor("name: t\ngoal: g\nsecrets: {pw: REPORT_TEST_PW}\n")
-    assert redact("abc 4711 glcbt-0123456789 true") == "•••••• •••••• •••••• true"
+    monkeypatch.setenv("REPORT_TEST_PIN", "4711")
+    secrets.register("TOKEN", "glcbt-0123456789")  # as VLAGENT_SECRET_TOKEN would be at import
+    t = Trace(tmp_path / "pin")
+    t.write_task("name: pin\ngoal: type 4711\nsecrets: {pin: REPORT_TEST_PIN}\n")
+    t.add(Step(step=1, raw="typed 4711 and glcbt-0123456789", action={"action": "type", "text": "4711"}))
+    build_report([tmp_path / "pin"], tmp_path / "rep")
+    page = (tmp_path / "rep" / "tasks" / "pin.html").read_text()
+    assert "4711" not in page and "glcbt-0123456789" not in page
+    assert "{secret:pin}" in page and "{secret:TOKEN}" in page
 
 
 def test_target_evidence_shows_its_images(tmp_path):
@@ -215,3 +223,104 @@ def test_target_evidence_shows_its_images(tmp_path):
     assert page.count(f"data:image/png;base64,{b64}") == 2
     assert "<figcaption>anchors[0]</figcaption>" in page and "&lt;image&gt;" in page
     assert '<span class="src">recorded</span>' in page
+
+
+# ---------------------------------------------------------------- hostile traces
+
+PAYLOADS = {  # where -> markup and script that must stay text
+    "raw": "<script>document.title='pwned-raw'</script><img src=x onerror=\"document.title='pwned-img'\">",
+    "typed": "</textarea></pre><script>document.title='pwned-typed'</script>\" onmouseover=\"document.title='pwned-attr'",
+    "name": "<img src=x onerror=document.title='pwned-name'>",
+    "detail": "<svg onload=\"document.title='pwned-check'\"></svg>",
+    "goal": "javascript:document.title='pwned-js'",
+    "answer": "<a href=\"javascript:document.title='pwned-href'\">click</a>",
+}
+
+
+def hostile_trace(folder: Path) -> Path:
+    t = Trace(folder)
+    t.write_task(f"name: x\ngoal: {json.dumps(PAYLOADS['goal'])}\n")
+    typed = {"action": "type", "text": PAYLOADS["typed"]}
+    t.add(Step(step=1, raw=PAYLOADS["raw"], error=f"rejected: {PAYLOADS['raw']}", frame=FRAME,
+               screenshot=t.save_screen(screen(1), "0001")))
+    t.add(Step(step=2, raw=json.dumps(typed), action=typed, frame=FRAME, screen=FRAME,
+               screenshot=t.save_screen(screen(2), "0002"),
+               target={"patch": {"png": "x\" onerror=\"document.title='pwned-b64'", "text": PAYLOADS["name"]}}))
+    t.add(Step(step=3, action={"action": "answer", "text": PAYLOADS["answer"]}, frame=FRAME,
+               screenshot=t.save_screen(screen(3), "0003")))
+    t.finish(Result(status="failed", reason=PAYLOADS["detail"], task=PAYLOADS["name"], model=PAYLOADS["raw"],
+                    answer=PAYLOADS["answer"],
+                    checks=[CheckResult(check=PAYLOADS["name"], passed=False, detail=PAYLOADS["detail"])]))
+    return folder
+
+
+class _Dom:
+    """What a page's DOM holds: its scripts, event-handler attributes, links and text."""
+
+    def __init__(self, html: str):
+        from html.parser import HTMLParser
+
+        self.scripts, self.handlers, self.links, self.text, self.title = [], [], [], [], ""
+        dom = self
+
+        class Parser(HTMLParser):
+            in_title = False
+
+            def handle_starttag(self, tag, attrs):
+                attrs = dict(attrs)
+                if tag == "script":
+                    dom.scripts.append(attrs.get("src"))
+                dom.handlers += [k for k in attrs if k.startswith("on")]
+                dom.links += [v for k, v in attrs.items() if k in ("href", "src") and v]
+                self.in_title = tag == "title"
+
+            def handle_endtag(self, tag):
+                self.in_title = False
+
+            def handle_data(self, data):
+                dom.text.append(data)
+                if self.in_title:
+                    dom.title += data
+
+        Parser(convert_charrefs=True).feed(html)
+        self.text = "".join(self.text)
+
+
+def test_markup_and_script_in_a_trace_stay_text_in_headless_chromium(tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("needs Debian's chromium (apt-get install -y chromium)")
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
+    trace = hostile_trace(tmp_path / "hostile")
+    out = tmp_path / "rep"
+    log = tmp_path / "run.log"
+    log.write_text(PAYLOADS["raw"])
+    build_report([trace], out, logs={trace: log})
+    for page, profile in ((out / "tasks" / "hostile.html", "p1"), (out / "index.html", "p2")):
+        run = chromium(page.as_uri(), "--dump-dom", "--virtual-time-budget=2000", profile=tmp_path / profile)
+        assert run.returncode == 0, run.stderr[-2000:]
+        dom = _Dom(run.stdout)  # the DOM after every script on the page ran
+        # No injected script ran: each one would have set the title to its own "pwned-..." mark.
+        assert dom.title == (f"{PAYLOADS['name']} · vlagent" if page.name == "hostile.html" else "vlagent report")
+        assert dom.scripts == ["../assets/report.js" if page.name != "index.html" else "assets/report.js"]
+        assert dom.handlers == [], dom.handlers  # no onerror / onload / onmouseover made it in as attributes
+        assert not [u for u in dom.links if u.strip().lower().startswith("javascript:")]
+        assert not [u for u in dom.links if u == "x"]  # no injected <img src=x>
+        assert PAYLOADS["name"] in dom.text and PAYLOADS["detail"] in dom.text  # shown, as text
+        if page.name == "hostile.html":
+            for where in ("raw", "goal", "answer"):
+                assert PAYLOADS[where] in dom.text, where
+            assert f'type {json.dumps(PAYLOADS["typed"])}' in dom.text  # the step's label, quoted as JSON
+            assert "data:image/png;base64,x" not in run.stdout  # evidence that is not base64 is not an image
+
+
+def test_the_overlay_is_drawn_from_the_recorded_pixels(tmp_path):
+    """The frame is half the screen (HiDPI or --max-pixels): the click recorded at screen pixel
+    (640, 400) is drawn at frame pixel (320, 200), whatever the raw reply says."""
+    t = Trace(tmp_path / "hidpi")
+    t.add(Step(step=1, raw=STEPS[0][0].replace("250, 300", "900, 900"), action={"action": "left_click", "coordinate": [500, 500]},
+               frame=FRAME, screen=(1280, 800), pixel=(640, 400), screenshot=t.save_screen(screen(1), "0001")))
+    build_report([tmp_path / "hidpi"], tmp_path / "rep")
+    page = (tmp_path / "rep" / "tasks" / "hidpi.html").read_text()
+    assert 'cx="320" cy="200"' in page and "pointer at px 640, 400" in page
+    assert 'cx="576"' not in page  # 900/1000 of the frame: the raw reply is not where the pixels come from

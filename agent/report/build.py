@@ -8,8 +8,8 @@ errors, timings, the final screen and the checks.
     out/assets/               CSS and JS (agent/report/assets), no network needed
     out/report.json           the summary as data: `--merge` joins shards' reports from it
 
-Secrets stay redacted: values of the environment variables a task names under `secrets:` and of
-any variable that looks secret (PASSWORD, TOKEN, ...) never reach the HTML.
+Secrets stay redacted (agent.secrets): values of the environment variables a trace's task names
+under `secrets:`, and VLAGENT_SECRET_*, become {secret:NAME} and never reach the HTML.
 """
 from __future__ import annotations
 
@@ -18,13 +18,10 @@ import re
 import shutil
 import time
 from dataclasses import asdict
-from html import escape
 from pathlib import Path
 
-
 from agent.errors import VlagentError
-from agent.report.page import (ASSETS, Entry, Redactor, _badge, _page, render_trace,  # noqa: F401 (API)
-                               read_steps)
+from agent.report.page import ASSETS, Entry, render, render_trace  # noqa: F401 (API)
 
 STATUS_ORDER = ("error", "timeout", "aborted", "invalid_output", "failed", "skipped", "no result", "success")
 
@@ -40,28 +37,14 @@ def find_traces(paths: list[Path]) -> list[Path]:
     return found
 
 
-def _index(entries: list[Entry], title: str) -> str:
-    counts = {s: sum(e.status == s for e in entries) for s in dict.fromkeys(e.status for e in entries)}
-    passed = counts.get("success", 0)
-    pct = 100 * passed / len(entries) if entries else 0
-    pills = " ".join(f'<button class="filter" data-status="{escape(s)}">{_badge(s)} {n}</button>'
-                     for s, n in sorted(counts.items(), key=lambda kv: STATUS_ORDER.index(kv[0]) if kv[0] in STATUS_ORDER else 0))
-    rows = "".join(f"""<tr data-status="{escape(e.status)}"><td>{_badge(e.status)}</td>
-<td><a href="{escape(e.page)}">{escape(e.name)}</a></td><td class="num">{e.steps}</td>
-<td class="num">{e.duration_s:.1f} s</td><td class="reason">{escape(e.reason)}</td>
-<td>{f'<a href="{escape(e.page)}#final"><img class="thumb" src="{escape(e.thumb)}" loading="lazy" alt=""></a>' if e.thumb else ""}</td></tr>"""
-                   for e in entries)
-    total_s = sum(e.duration_s for e in entries)
-    return f"""<header class="top"><h1>{escape(title)}</h1>
-<p class="meta">{passed} of {len(entries)} passed · {total_s:.1f} s of runs · built {time.strftime("%Y-%m-%d %H:%M:%S")}</p>
-<div class="passbar"><span style="width:{pct:.1f}%"></span></div>
-<div class="pills"><button class="filter active" data-status="">all {len(entries)}</button> {pills}</div></header>
-<main><table class="summary"><thead><tr><th>status</th><th>task</th><th>steps</th><th>time</th><th>reason</th><th>final screen</th></tr></thead>
-<tbody>{rows}</tbody></table></main>"""
-
-
 def _write_index(out: Path, entries: list[Entry], title: str) -> Path:
-    (out / "index.html").write_text(_page(title, _index(entries, title), ""), encoding="utf-8")
+    counts = {st: sum(e.status == st for e in entries) for st in dict.fromkeys(e.status for e in entries)}
+    order = sorted(counts.items(), key=lambda kv: STATUS_ORDER.index(kv[0]) if kv[0] in STATUS_ORDER else 0)
+    passed = counts.get("success", 0)
+    html = render("index.html.j2", title=title, root="", entries=entries, counts=order, passed=passed,
+                  pct=100 * passed / len(entries) if entries else 0.0, total_s=sum(e.duration_s for e in entries),
+                  built=time.strftime("%Y-%m-%d %H:%M:%S"))
+    (out / "index.html").write_text(html, encoding="utf-8")
     (out / "report.json").write_text(json.dumps({"title": title, "built": time.time(),
                                                  "entries": [asdict(e) for e in entries]}, indent=2), encoding="utf-8")
     return out / "index.html"
@@ -122,13 +105,14 @@ def merge_reports(inputs: list[Path], out: str | Path, title: str = "vlagent rep
         data = json.loads(r.read_text(encoding="utf-8"))
         for e in data.get("entries", []):
             entry = Entry(**e)
-            slug = _unique(entry.slug, taken)
+            old = _slugify(entry.slug)  # a shard's report.json is input too: no paths out of the folder
+            slug = _unique(old, taken)
             src = r.parent / "tasks"
-            if (src / entry.slug).is_dir():
-                shutil.copytree(src / entry.slug, out / "tasks" / slug, dirs_exist_ok=True)
-            page = (src / f"{entry.slug}.html").read_text(encoding="utf-8")
-            if slug != entry.slug:  # screenshots are addressed as "<slug>/NNNN.png"
-                page = page.replace(f'src="{entry.slug}/', f'src="{slug}/')
+            if (src / old).is_dir():
+                shutil.copytree(src / old, out / "tasks" / slug, dirs_exist_ok=True)
+            page = (src / f"{old}.html").read_text(encoding="utf-8")
+            if slug != old:  # screenshots are addressed as "<slug>/NNNN.png" (src, data-before, data-after)
+                page = page.replace(f'="{old}/', f'="{slug}/')
             (out / "tasks" / f"{slug}.html").write_text(page, encoding="utf-8")
             entry.slug, entry.page = slug, f"tasks/{slug}.html"
             if entry.thumb:
