@@ -193,3 +193,63 @@ def parse_screen(value: str) -> tuple[int, int]:
         return w, h
     except ValueError:
         raise VlagentError(f"expected WxH like 1920x1080, got {value!r}") from None
+
+
+# ---- many agents on one card (`vlagent serve`, `vlagent budget --agents N`)
+
+OLDER_STEPS_TOKENS = 50 * 30  # steps older than the history, one ~30-token text line each: room for 50
+
+
+def vision_per_agent(history: int) -> int:
+    """Encoded screenshots the server keeps per agent: the history plus an eviction chunk."""
+    return history + 2
+
+
+def agent_context(screen: tuple[int, int], history: int = 4) -> int:
+    """KV tokens one agent's region holds: the prompt, `history` screenshots with their step text,
+    older steps as lines, and the longest reply the default policy's grammar allows (the server
+    refuses a request that could outgrow its region), in whole engine blocks."""
+    from agent.backends.engine import KV_BUCKET
+    from agent.backends.grammar import max_reply_bytes
+
+    need = (PROMPT_TOKENS + history * (tokens_per_image(*screen) + STEP_TEXT_TOKENS) + OLDER_STEPS_TOKENS
+            + max_reply_bytes() + 2)  # + the stop token and the region's scratch slot
+    return -(-need // KV_BUCKET) * KV_BUCKET
+
+
+@dataclass
+class AgentsPlan:
+    model: str
+    device: str
+    device_gib: float
+    agents: int
+    screen: tuple[int, int]
+    history: int
+    context_per_agent: int  # KV tokens of each agent's region
+    kv_gib_per_agent: float
+    vision_cache_gib: float  # all agents' encoded screenshots
+    weights_gib: float
+    reserve_gib: float  # the largest transient of one step (prefill chunk or vision encoder) + fixed
+    predicted_peak_gib: float
+    agents_fit: int  # how many agents of this context the card holds
+    fits: bool
+
+
+def plan_agents(config, device_bytes: float, agents: int, screen: tuple[int, int] = (1920, 1080), *,
+                history: int = 4, context: int | None = None, model: str = DEFAULT_MODEL, device: str = "",
+                dtype_bytes: int = 2, params: int | None = None) -> AgentsPlan:
+    """Memory for `agents` conversations served at once: weights once, a KV region and a share of
+    the vision cache per agent, one step's transient (steps run one prefill at a time)."""
+    one = plan(config, device_bytes, screen, model=model, device=device, dtype_bytes=dtype_bytes,
+               history=history, params=params, context=0)
+    ctx = context or agent_context(screen, history)
+    kv_agent = one.kv_bytes_per_token * ctx
+    vision_agent = vision_cache_bytes(config, *screen, vision_per_agent(history), dtype_bytes)
+    weights, reserve = one.weights_gib * GIB, one.reserve_gib * GIB
+    fit = max(0, int((device_bytes - weights - reserve - MARGIN) // (kv_agent + vision_agent)))
+    peak = weights + reserve + agents * (kv_agent + vision_agent)
+    return AgentsPlan(model=model, device=device, device_gib=round(device_bytes / GIB, 2), agents=agents,
+                      screen=tuple(screen), history=history, context_per_agent=ctx,
+                      kv_gib_per_agent=round(kv_agent / GIB, 3), vision_cache_gib=round(agents * vision_agent / GIB, 3),
+                      weights_gib=one.weights_gib, reserve_gib=one.reserve_gib,
+                      predicted_peak_gib=round(peak / GIB, 3), agents_fit=fit, fits=agents <= fit)

@@ -22,6 +22,7 @@ COMMANDS = {
     "replay": "agent.cli.replay:replay",
     "suite": "agent.cli.suite:suite",
     "report": "agent.cli.report:report",
+    "serve": "agent.cli.serve:serve",
 }
 HELP = {
     "run": "Run a task file with a model in a sandboxed display.",
@@ -33,6 +34,7 @@ HELP = {
     "replay": "Replay a trace without a model, re-finding targets on the current screen.",
     "suite": "Run many tasks and traces in parallel sandboxes, with JUnit and HTML reports.",
     "report": "Build an HTML report from traces.",
+    "serve": "Serve the model to many agents at once (OpenAI-compatible API, batched decoding).",
 }
 
 

@@ -7,7 +7,8 @@ from dataclasses import asdict
 import click
 
 from agent.backends import DEFAULT_MODEL
-from agent.backends.budget import DEFAULT_CARD_GIB, GIB, Plan, current_device, load_config, parse_screen, plan
+from agent.backends.budget import (DEFAULT_CARD_GIB, GIB, AgentsPlan, Plan, current_device, load_config,
+                                   parse_screen, plan, plan_agents)
 from agent.cli.common import usage_errors
 
 
@@ -34,6 +35,27 @@ def render(p: Plan) -> None:
     Console().print(t)
 
 
+def render_agents(p: AgentsPlan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{p.agents} agents served on {p.device} ({p.device_gib:g} GiB)", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    rows = [
+        ("weights (once)", f"{p.weights_gib:.2f} GiB"),
+        ("activation reserve (one step at a time)", f"{p.reserve_gib:.2f} GiB"),
+        (f"KV region per agent ({p.screen[0]}x{p.screen[1]}, {p.history} in history)",
+         f"{p.context_per_agent:,} tokens, {p.kv_gib_per_agent:.2f} GiB"),
+        ("vision cache, all agents", f"{p.vision_cache_gib:.2f} GiB"),
+        (f"predicted peak for {p.agents} agents", f"{p.predicted_peak_gib:.2f} GiB"),
+        ("agents that fit", f"{p.agents_fit}" + ("" if p.fits else f"  (not {p.agents})")),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
 @click.command("budget")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model id or local folder (its config is read).")
 @click.option("--device-memory", "device_gib", type=float, default=None,
@@ -41,8 +63,10 @@ def render(p: Plan) -> None:
 @click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
 @click.option("--history", default=4, show_default=True, help="Screenshots kept as images in the prompt.")
 @click.option("--context", type=int, default=None, help="Predict the peak at this many tokens (default: the budget).")
+@click.option("--agents", type=click.IntRange(min=1), default=None,
+              help="Plan for N agents served at once by `vlagent serve` (--context: tokens per agent).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def budget(model, device_gib, screen, history, context, as_json):
+def budget(model, device_gib, screen, history, context, agents, as_json):
     """Print the KV-cache token budget and how many screenshots fit."""
     with usage_errors():
         size = parse_screen(screen)
@@ -51,6 +75,10 @@ def budget(model, device_gib, screen, history, context, as_json):
         name, total = f"{device_gib:g} GiB card", device_gib * GIB
     else:
         name, total = current_device() or (f"{DEFAULT_CARD_GIB:g} GiB card (no GPU here)", DEFAULT_CARD_GIB * GIB)
+    if agents:
+        a = plan_agents(cfg, total, agents, size, history=history, context=context, model=model, device=name)
+        click.echo(json.dumps(asdict(a), indent=1)) if as_json else render_agents(a)
+        return
     p = plan(cfg, total, size, model=model, device=name, history=history, context=context)
     if as_json:
         click.echo(json.dumps(asdict(p), indent=1))

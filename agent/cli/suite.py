@@ -29,7 +29,9 @@ from agent.trace import new_trace_dir
 @click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML here.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), help="Write the HTML report to this folder.")
 @click.option("--list", "list_only", is_flag=True, help="Print the items (of this shard) and exit without running them.")
-def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only):
+@click.option("--serve/--no-serve", "serve", default=None, help="Load the local model once in a `vlagent serve` "
+              "shared by the workers [default: on with --workers > 1, a local model and a GPU].")
+def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only, serve):
     with usage_errors():
         root, items = discover(list(paths))
         if shard:
@@ -46,7 +48,25 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         raise UsageError(f"{out} already holds a suite run; give --out a new folder")
     out.mkdir(parents=True, exist_ok=True)
     opts = Options(model=model, backend=backend, base_url=base_url, timeout_s=timeout_s, retries=retries)
-    outcomes, interrupted = run_suite(items, out, opts, workers=workers)
+    server = None
+    if serve if serve is not None else (workers > 1 and _local_model(model, backend) and _gpu()):
+        if not _local_model(model, backend):
+            raise UsageError("--serve needs a local model (a hub id, a folder or tiny-random) and no --backend openai")
+        from agent.errors import VlagentError
+        from agent.serve.process import ServeProcess
+
+        server = ServeProcess(model, agents=workers, log=out / "logs" / "serve.log")
+        try:
+            server.start()
+            click.echo(f"model server for {workers} workers at {server.base_url} (log {server.log})", err=True)
+        except VlagentError as e:  # the task items fail with this reason; traces still replay
+            click.echo(f"model server: {e}", err=True)
+        opts.backend, opts.base_url = "openai", server.base_url
+    try:
+        outcomes, interrupted = run_suite(items, out, opts, workers=workers, server=server)
+    finally:
+        if server is not None:
+            server.stop()
     write_summary(outcomes, root, out)
     if junit:
         from agent.suite.junit import write_junit
@@ -64,3 +84,16 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
     if interrupted:
         sys.exit(130)
     sys.exit(0 if passed == len(outcomes) else 1)
+
+
+def _local_model(model: str | None, backend: str | None) -> bool:
+    """A model this machine loads itself (not scripted replies, not a remote server, one for all items)."""
+    return bool(model) and not model.startswith("script:") and "{" not in model and backend in (None, "auto", "transformers")
+
+
+def _gpu() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

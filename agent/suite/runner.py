@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -47,9 +48,12 @@ def _raise_stop(signum, frame):
 
 
 def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, progress=None,
-              command: Callable[[Item, Path, Options], list[str]] = default_command) -> tuple[list[Outcome], bool]:
+              command: Callable[[Item, Path, Options], list[str]] = default_command,
+              server=None) -> tuple[list[Outcome], bool]:
     """Run the items N at a time. Returns the final outcome per item (in item order) and whether
-    the suite was interrupted. Never raises for a failing item."""
+    the suite was interrupted. Never raises for a failing item. `server` (agent.serve.process.
+    ServeProcess) is the model server the task items use: once it is gone, the task items not yet
+    started fail with its reason and failed ones are not retried; traces still replay."""
     from agent.suite.progress import Progress
 
     progress = progress or Progress(len(items))
@@ -67,6 +71,10 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
     try:
         with progress:
             while pending or running:
+                dead = server.poll() if server is not None else None
+                for it in [i for i in pending if dead and i.kind == "task"]:
+                    pending.remove(it)
+                    final[it] = Outcome(it, "error", f"the model server {dead}", attempts=attempts[it])
                 while pending and len(running) < workers:
                     it = pending.pop(0)
                     attempts[it] += 1
@@ -79,7 +87,10 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
                         continue
                     running.remove(child)
                     outcome = child.outcome()
-                    retry = not outcome.passed and attempts[child.item] <= opts.retries
+                    if dead and not outcome.passed and child.item.kind == "task":
+                        outcome = replace(outcome, reason=f"the model server {dead}; {outcome.reason}")
+                    retry = not outcome.passed and attempts[child.item] <= opts.retries \
+                        and not (dead and child.item.kind == "task")
                     progress.finished(child, outcome, retrying=retry)
                     final[child.item] = outcome  # the last attempt's, should the suite stop mid-retry
                     if retry:

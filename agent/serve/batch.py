@@ -1,0 +1,274 @@
+"""Many conversations on one engine: KV regions, prefill into a region, batched decode steps.
+
+One static KV cache of shape (layers, agents, kv_heads, context, head_dim) holds one region per
+agent. A request takes a free region (the one whose cached tokens share the longest prefix with
+its prompt, else the least recently used), and the engine (agent/backends/engine.py) prefills it
+exactly as it does for `vlagent run`: pointed at that region's slice of the cache and token record,
+it reuses the prefix, encodes only new images, feeds the grammar's forced tokens with the prompt
+and chooses the first token. Decoding is then batched here: one step feeds the last token of every
+decoding request, runs the weight GEMMs once for all rows, and lets each row attend only to its
+own region (an additive mask per row). Rows of idle regions compute on a scratch slot (the last of
+their region, never part of a conversation) and their result is dropped, so the step has one
+shape and, on CUDA, one graph per KV span, like the engine's.
+
+A row's result depends only on its own tokens and region: the same request alone or among others
+gets the same reply (tests/test_serve.py holds this on the CPU in float32).
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from agent.backends.engine import KV_BUCKET, WARMUP_REPLAYS, Engine
+from agent.backends.engine_ops import attend, image_spans, post_attention, pre_attention
+from agent.errors import VlagentError
+
+
+@dataclass(eq=False)
+class Region:
+    index: int
+    ids: list[int] = field(default_factory=list)  # tokens whose KV is in the region, in order
+    keys: list[str] = field(default_factory=list)  # content keys of the images among them
+    used: float = 0.0  # last use (least recently used goes first)
+    busy: bool = False
+
+
+@dataclass(eq=False)
+class Row:
+    """A request decoding in the batch: its region, the tokens chosen so far, its grammar."""
+    region: Region
+    out: list[int]
+    delta: int  # rope position minus cache slot (images make them differ)
+    matcher: object
+    max_new: int
+    stops: set
+    done: bool = False
+
+
+class Batcher:
+    def __init__(self, model, agents: int, context: int, *, vision_cache: int | None = None,
+                 graphs: bool | None = None):
+        import torch
+
+        self.torch = torch
+        if agents < 1 or context < KV_BUCKET or context % KV_BUCKET:
+            raise VlagentError(f"need at least one agent and a context of whole {KV_BUCKET}-token blocks, got {context}")
+        # The engine gives the model code (fused weights, prefill, vision); its own cache is replaced
+        # by one region at a time, so it is made with the smallest one.
+        self.engine = eng = Engine(model, max_context=1, graphs=False)
+        eng.k_cache = eng.v_cache = None
+        self.agents, self.context = agents, context
+        self.device, self.dtype = eng.device, eng.dtype
+        self.H, self.KV, self.d = eng.heads, eng.kv_heads, eng.head_dim
+        shape = (len(eng.layers), agents, self.KV, context, self.d)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.regions = [Region(i) for i in range(agents)]
+        self.scratch = context - 1  # idle rows write here; conversations use slots < context - 1
+        # Static step inputs (the graphs read them in place): token, slot, rope delta, grammar mask per row.
+        self._tok = torch.zeros((agents,), dtype=torch.long, device=self.device)
+        self._pos = torch.full((agents,), self.scratch, dtype=torch.long, device=self.device)
+        self._delta = torch.zeros((agents,), dtype=torch.long, device=self.device)
+        self._rows = torch.arange(agents, device=self.device)
+        self._arange = torch.arange(context, device=self.device)
+        self.words = (eng.vocab + 31) // 32
+        self._bitmask = torch.full((agents, self.words), -1, dtype=torch.int32, device=self.device)
+        self._bits = torch.arange(32, dtype=torch.int32, device=self.device)
+        pin = self.device.type == "cuda"
+        self._host = torch.zeros((3, agents), dtype=torch.long, pin_memory=pin)
+        self.bitmask_host = torch.full((agents, self.words), -1, dtype=torch.int32, pin_memory=pin)
+        self.use_graphs = (self.device.type == "cuda") if graphs is None else graphs
+        self._graphs: dict[int, object] = {}
+        self._pool = self._stream = None
+        self.vision: OrderedDict[str, tuple] = OrderedDict()  # the server's vision cache (the engine keeps 6)
+        self.vision_size = vision_cache or agents * 6
+        self.rows: dict[int, Row] = {}  # region index -> the request decoding there
+        self.peak_bytes = 0
+
+    # ---- regions
+
+    def _point(self, r: Region):
+        """Point the engine at a region: its slice of the cache and its token record."""
+        eng = self.engine
+        eng.k_cache, eng.v_cache = self.k[:, r.index], self.v[:, r.index]
+        eng._ids, eng._keys = r.ids, r.keys
+        eng.max_context = self.scratch
+
+    def prefix(self, r: Region, ids: list[int], keys: list[str]) -> int:
+        """Tokens of `ids` whose KV region r already holds (the engine's own rule)."""
+        if not r.ids:
+            return 0
+        self._point(r)
+        return self.engine._common_prefix(ids, image_spans(ids, self.engine.image_token), keys)
+
+    def pick(self, ids: list[int], keys: list[str]) -> Region | None:
+        """The free region sharing the longest prefix with the prompt; ties: least recently used."""
+        free = [r for r in self.regions if not r.busy]
+        if not free:
+            return None
+        return max(free, key=lambda r: (self.prefix(r, ids, keys), -r.used))
+
+    # ---- prefill: the engine's, in the request's region
+
+    def prefill(self, r: Region, ids: list[int], images, max_new: int, stops: set, matcher) -> Row:
+        """Prefill the prompt into region r and choose the first token (forced tokens included)."""
+        eng = self.engine
+        r.busy, r.used = True, time.monotonic()
+        out = self.forced(matcher) if matcher is not None else []
+        self._point(r)
+        for im in images:  # hand the engine the encodings it may need (it keeps only a few itself)
+            hit = self.vision.get(im.key)
+            if hit is not None and im.key not in eng._vision:
+                eng._vision[im.key] = hit
+        if len(out) < max_new and not (matcher is not None and matcher.is_terminated()):
+            self._note_peak()  # the engine resets the high-water mark per call
+            try:
+                gen = eng.generate(ids + out, images, 1, stop_ids=stops, matcher=matcher)
+            except BaseException:
+                r.ids, r.keys = [], []  # a prefill cut short leaves the region's record unreliable
+                raise
+            out += gen.tokens
+            r.ids, r.keys = eng._ids, eng._keys
+            self._note_peak(gen.timings)
+        for im in images:
+            hit = eng._vision.get(im.key)
+            if hit is not None:
+                self.vision[im.key] = hit
+                self.vision.move_to_end(im.key)
+        while len(self.vision) > self.vision_size:
+            self.vision.popitem(last=False)
+        row = Row(r, out, int(eng._delta), matcher, max_new, stops)
+        row.done = self._done(row)
+        return row
+
+    def forced(self, matcher) -> list[int]:
+        """Tokens the grammar allows alone from here (e.g. the reply's opening), accepted."""
+        import numpy as np
+        out = []
+        while not matcher.is_terminated():
+            matcher.fill_next_token_bitmask(self.bitmask_host, 0)
+            words = self.bitmask_host[0].numpy()
+            nz = np.flatnonzero(words)
+            if len(nz) != 1:
+                break
+            word = int(words[nz[0]]) & 0xFFFFFFFF
+            tok = int(nz[0]) * 32 + word.bit_length() - 1
+            if word & (word - 1) or tok >= self.engine.vocab or not matcher.accept_token(tok):
+                break
+            out.append(tok)
+        self.bitmask_host[0].fill_(-1)
+        return out
+
+    @staticmethod
+    def _done(row: Row) -> bool:
+        out = row.out
+        return (bool(out) and out[-1] in row.stops) or len(out) >= row.max_new \
+            or (row.matcher is not None and row.matcher.is_terminated())
+
+    def release(self, row: Row):
+        row.region.busy, row.region.used = False, time.monotonic()
+        self.rows.pop(row.region.index, None)
+
+    # ---- batched decode
+
+    def step(self, rows: list[Row]):
+        """One token for every row: feed its last token, choose the next (grammar-masked)."""
+        torch = self.torch
+        host, mask = self._host, self.bitmask_host
+        host[0].zero_(); host[1].fill_(self.scratch); host[2].zero_()
+        mask.fill_(-1)
+        span = KV_BUCKET
+        for row in rows:
+            i, fed = row.region.index, len(row.region.ids)
+            host[0, i], host[1, i], host[2, i] = row.out[-1], fed, row.delta
+            if row.matcher is not None:
+                row.matcher.fill_next_token_bitmask(mask, i)
+            span = max(span, min(self.context, (fed // KV_BUCKET + 1) * KV_BUCKET))
+        with torch.inference_mode():
+            self._tok.copy_(host[0], non_blocking=True)
+            self._pos.copy_(host[1], non_blocking=True)
+            self._delta.copy_(host[2], non_blocking=True)
+            self._bitmask.copy_(mask, non_blocking=True)
+            self._run(span)
+            chosen = self._tok.tolist()
+        self._note_peak()
+        for row in rows:
+            r = row.region
+            r.ids.append(row.out[-1])
+            tok = chosen[r.index]
+            if row.matcher is not None and not row.matcher.accept_token(tok):
+                raise VlagentError(f"grammar rejected token {tok}")  # a bug: the mask allowed it
+            row.out.append(tok)
+            row.done = self._done(row)
+
+    def _decode(self, span: int):
+        """The step on the static buffers: rows feed _tok at slot _pos of their own region."""
+        torch, eng = self.torch, self.engine
+        lm, R, KV, d = eng.lm, self.agents, self.KV, self.d
+        rep = self.H // KV
+        x = lm.embed_tokens(self._tok.view(1, R))
+        cos, sin = lm.rotary_emb(x, (self._pos + self._delta).view(1, 1, R).expand(3, 1, R))
+        keep = self._arange[:span].view(1, span) <= self._pos.view(R, 1)
+        bias = torch.zeros((R, 1, 1, span), dtype=torch.float32, device=self.device)
+        bias = bias.masked_fill(~keep.view(R, 1, 1, span), float("-inf"))
+        for i, w in enumerate(eng.layers):
+            q, k, v = pre_attention(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin, eng.eps, self.H, KV, d)
+            K, V = self.k[i], self.v[i]  # (agents, kv_heads, context, head_dim)
+            K[self._rows, :, self._pos] = k[0].transpose(0, 1)
+            V[self._rows, :, self._pos] = v[0].transpose(0, 1)
+            qg = q[0].reshape(KV, rep, R, d).permute(2, 0, 1, 3)  # a KV head's query heads as query rows
+            o = attend(qg, K[:, :, :span], V[:, :, :span], bias, d ** -0.5)
+            x = post_attention(x, o.reshape(1, R, self.H * d), w["o"], w["post"], w["gu"], w["down"],
+                               eng.eps, eng.inter)
+        logits = eng.model.lm_head(lm.norm(x)).float().view(R, -1)
+        allowed = ((self._bitmask.unsqueeze(-1) >> self._bits) & 1).view(R, -1)[:, : logits.shape[-1]].bool()
+        self._tok.copy_(logits.masked_fill(~allowed, float("-inf")).argmax(-1))
+
+    def _run(self, span: int):
+        if not self.use_graphs:
+            self._decode(span)
+            return
+        g = self._graphs.get(span) or self._capture(span)
+        g.replay()
+
+    def _capture(self, span: int):
+        """Capture the step for one span. Its inputs are reloaded before every replay, and the
+        warm-up runs write only what the real step is about to write, so nothing is saved."""
+        torch = self.torch
+        tok = self._tok.clone()
+        if self._pool is None:
+            self._pool, self._stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            for _ in range(WARMUP_REPLAYS):
+                self._tok.copy_(tok)
+                self._decode(span)
+        torch.cuda.current_stream().wait_stream(self._stream)
+        self._tok.copy_(tok)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self._pool, stream=self._stream):
+            self._decode(span)
+        self._tok.copy_(tok)
+        self._graphs[span] = g
+        return g
+
+    def warmup(self):
+        """Capture every span's graph before the first request (idle rows only: scratch slots)."""
+        if not self.use_graphs:
+            return
+        with self.torch.inference_mode():
+            self._pos.fill_(self.scratch)
+            self._bitmask.fill_(-1)
+            for span in range(KV_BUCKET, self.context + 1, KV_BUCKET):
+                if span not in self._graphs:
+                    self._capture(span)
+
+    def _note_peak(self, timings=None):
+        """Keep the device memory high-water mark (the engine's phases, and ours since its last reset)."""
+        if self.device.type != "cuda":
+            return
+        peak = self.torch.cuda.max_memory_allocated(self.device)
+        if timings is not None:
+            peak = max(peak, int(max(timings.peak_vision_gib, timings.peak_prefill_gib) * 2 ** 30))
+        self.peak_bytes = max(self.peak_bytes, peak)
