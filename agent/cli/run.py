@@ -87,7 +87,7 @@ def check_action(raw, task_file, screen):
 
     try:
         w, h = (int(v) for v in screen.lower().split("x"))
-        if w <= 0 or h <= 0:
+        if not (0 < w <= 100_000 and 0 < h <= 100_000):
             raise ValueError
     except ValueError:
         raise UsageError(f"--screen must look like 1280x800, not {screen!r}") from None
