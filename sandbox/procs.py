@@ -114,7 +114,13 @@ def become_subreaper() -> None:
 
 def tagged(tag: str) -> list[int]:
     """PIDs of the live processes whose environment holds TAG_VAR=tag."""
-    needle = f"{TAG_VAR}={tag}".encode() + b"\0"
+    return with_env(TAG_VAR, tag)
+
+
+def with_env(var: str, value: str) -> list[int]:
+    """PIDs of the live processes (not zombies, not this one) whose environment holds var=value:
+    the one /proc scanner (sandboxes, the suite's children, the tests' leak checks)."""
+    needle = f"{var}={value}".encode() + b"\0"
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():

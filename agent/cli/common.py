@@ -10,6 +10,8 @@ import click
 
 from agent.backends import DEFAULT_MODEL
 from agent.errors import VlagentError
+# SIGTERM tears down like Ctrl-C (the sandbox goes, the trace is completed): one handler, in the lowest layer.
+from sandbox.session import terminate_on_sigterm as sigterm_as_interrupt  # noqa: F401 (the commands call it)
 
 EXIT_OK, EXIT_NOT_ACHIEVED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -25,13 +27,6 @@ def usage_errors():
         yield
     except VlagentError as e:
         raise UsageError(str(e)) from None
-
-
-def sigterm_as_interrupt() -> None:
-    """SIGTERM tears down like Ctrl-C: the sandbox goes, the trace is completed."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, handler)
 
 
 def exit_interrupted() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
-from agent.trace import Step, check_new_trace
+from agent.cli.ui import step_printer
+from agent.trace import check_new_trace
 
 
 @click.command()
@@ -37,15 +38,10 @@ def record(trace_dir, task_file, display, max_seconds, keep_going):
                    f"Ctrl-C stops", err=False)
         sys.stdout.flush()
 
-    def show(step: Step) -> None:
-        where = f" at {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
-        click.echo(f"step {step.step:>3} {step.kind}{where}")
-        sys.stdout.flush()
-
     sigterm_as_interrupt()
     try:  # Ctrl-C while recording stops it (a result); before the recording starts, it aborts
         result = record_trace(trace_dir, task, display=display, max_seconds=max_seconds,
-                              stop_when_done=not keep_going, on_ready=ready, on_step=show)
+                              stop_when_done=not keep_going, on_ready=ready, on_step=step_printer())
     except KeyboardInterrupt:
         exit_interrupted()
     click.echo(f"{result.status}: {result.reason}")

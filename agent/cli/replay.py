@@ -6,12 +6,11 @@ from pathlib import Path
 
 import click
 
-from actions.schema import to_json
 from agent.backends import DEFAULT_MODEL
 from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
-from agent.cli.ui import print_result
+from agent.cli.ui import print_result, step_printer
 from agent.errors import VlagentError
-from agent.trace import Step, check_new_trace, new_trace_dir
+from agent.trace import check_new_trace, new_trace_dir
 
 
 @click.command("replay")
@@ -51,7 +50,7 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
             raise VlagentError("--model is only used with --fallback model")
     out = trace_out or new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")
     sigterm_as_interrupt()
-    printer = None if as_json else _step_printer()
+    printer = None if as_json else step_printer()
     try:
         result = replay_trace(trace_dir, task, display=display, speed=speed, fallback=backend, trace_out=out,
                         locate=not raw, on_step=printer)
@@ -63,14 +62,3 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
         print_result(result, Path(out))
     exit_for(result.status)
 
-
-def _step_printer():
-    def show(step: Step) -> None:
-        found = (step.target or {}).get("found") or {}
-        how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values()
-                        if isinstance(v, dict) and "score" in v)
-        what = json.dumps(to_json(step.action), ensure_ascii=False) if step.action else ""
-        extra = f" [{how}]" if how else ""
-        err = f"  {step.error}" if step.error else ""
-        click.echo(f"step {step.step:>3} {what}{extra} ({step.timings.get('step_ms', 0):.0f} ms){err}")
-    return show

@@ -23,18 +23,25 @@ def text(value) -> str:
 
 
 def describe(step: Step) -> str:
+    """One step of a run, a replay or a recording: the action, where it landed, how replay found
+    its target, and an error or warning."""
     if step.action is None:
         return f"[red]rejected[/]: {text(step.error)}"
     args = {k: v for k, v in to_json(step.action).items() if k != "action"}
     where = f" -> px {step.pixel[0]},{step.pixel[1]}" if step.pixel else ""
-    return f"[cyan]{step.kind}[/] {text(json.dumps(args, ensure_ascii=False))}{where}"
+    found = (step.target or {}).get("found") or {}
+    how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values() if isinstance(v, dict) and "score" in v)
+    how = f" [dim]\\[{text(how)}][/]" if how else ""
+    note = f" [yellow]{text(step.error)}[/]" if step.error else ""
+    return f"[cyan]{step.kind}[/] {text(json.dumps(args, ensure_ascii=False))}{where}{how}{note}"
 
 
 def step_printer():
+    """The one step printer (run, replay, record): a line per step on stderr."""
     def show(step: Step) -> None:
         ms = step.timings.get("step_ms", 0.0)
-        model_ms = step.timings.get("model_ms", 0.0)
-        console.print(f"[dim]step {step.step:>3}[/] {describe(step)} [dim]({ms:.0f} ms, model {model_ms:.0f} ms)[/]")
+        model = f", model {step.timings['model_ms']:.0f} ms" if "model_ms" in step.timings else ""
+        console.print(f"[dim]step {step.step:>3}[/] {describe(step)} [dim]({ms:.0f} ms{model})[/]")
     return show
 
 

@@ -22,6 +22,7 @@ import yaml
 from agent.run.status import ended_from_outside
 from agent.suite.items import Item, Outcome
 from agent.trace import load_result
+from sandbox.procs import with_env
 
 KILL_GRACE_S = 5.0  # after SIGTERM, how long a child gets to tear down its sandbox before SIGKILL
 TASK_GRACE_S = 60.0  # on top of a task's own timeout_s: interpreter start, sandbox, model load
@@ -73,18 +74,7 @@ def item_timeout(item: Item, opts: Options) -> float:
 
 def _marked_pids(marker: str) -> list[int]:
     """Live processes whose environment carries `marker` (the child and all it started)."""
-    needle = f"{MARKER_ENV}={marker}".encode()
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = Path(entry.path, "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if needle in env.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
+    return with_env(MARKER_ENV, marker)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
