@@ -61,4 +61,3 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
     else:
         print_result(result, Path(out))
     exit_for(result.status)
-
