@@ -2,11 +2,17 @@
 on a screenshot, and finding it again. Everything about how targets are recognised lives there."""
 from __future__ import annotations
 
+import base64
+import io
 import time
 from dataclasses import dataclass
 
+import numpy as np
+from PIL import Image
+
 FIND_TIMEOUT_S = 3.0  # a target may still be appearing (a redraw, a window opening)
 FIND_POLL_S = 0.2
+UNMOVED_DIFF = 6.0  # mean gray-level difference under which a recorded image "is still there"
 
 
 @dataclass
@@ -36,6 +42,8 @@ def describe(image, pixel, display: str | None) -> dict:
 def find(evidence: dict, image, display: str | None) -> Found:
     from agent.replay.locate import search
 
+    if unmoved(evidence, image):
+        return Found(tuple(int(v) for v in evidence["pixel"]), "", 1.0, "unmoved")
     s = search(evidence, image, windows(display))
     if s.match is None:
         return Found(None, s.reason or "not found")
@@ -58,3 +66,38 @@ def label(evidence: dict | None) -> str:
     from agent.replay.locate import label as name
 
     return name(evidence)
+
+
+def _gray_png(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("L"), dtype=np.int16)
+
+
+def _same(gray: np.ndarray, tpl: np.ndarray, left: int, top: int) -> bool:
+    h, w = tpl.shape
+    if left < 0 or top < 0 or top + h > gray.shape[0] or left + w > gray.shape[1]:
+        return False
+    return float(np.abs(gray[top:top + h, left:left + w] - tpl).mean()) <= UNMOVED_DIFF
+
+
+def unmoved(evidence: dict, image) -> bool:
+    """The fast, certain case of an unchanged app: on a screen of the recorded size, the recorded
+    neighbourhood AND every recorded anchor (the labels next to the target) are still at their recorded
+    pixels. Two look-alike fields differ in their labels, so this never mistakes one for the other;
+    with no anchors, or evidence of another shape, it says no and the finder decides."""
+    try:
+        if list(image.size) != list(evidence["frame"]) or not evidence.get("anchors"):
+            return False
+        gray = np.asarray(image.convert("L"), dtype=np.int16)
+        px, py = (int(v) for v in evidence["pixel"])
+        ctx = evidence["context"]
+        if not _same(gray, _gray_png(ctx["png"]), px - int(ctx["at"][0]), py - int(ctx["at"][1])):
+            return False
+        for a in evidence["anchors"]:
+            tpl = _gray_png(a["png"])
+            cx, cy = px + a["offset"][0], py + a["offset"][1]
+            left, top = round(cx - tpl.shape[1] / 2), round(cy - tpl.shape[0] / 2)
+            if not any(_same(gray, tpl, left + dx, top + dy) for dx in (0, -1, 1) for dy in (0, -1, 1)):
+                return False  # (a pixel of slack: the anchor's centre was rounded)
+        return True
+    except (KeyError, TypeError, ValueError, OSError):
+        return False

@@ -319,23 +319,23 @@ class Flow:
     def _cached(self, step: FlowStep, res: FlowStepResult) -> None:
         key = self._key(step, res.text)
         entry = self.cache.get(key) if self.cache is not None else None
-        replayed: list[CachedAction] = []
+        n0 = len(self.trace.steps)
         if entry is not None:
-            ok, why, replayed = self._replay(entry, res)
+            ok, why = self._replay(entry, res)
             if ok:
                 res.cache = "hit"
                 return
             res.reason = f"cache: {why}"
         res.cache = "healed" if entry is not None else ("miss" if self.cache is not None else None)
-        n0 = len(self.trace.steps)
         if step.kind == "act":
             self._act(step, res)
         else:
             self._ground(step, res)
         if self.cache is not None and self.cache.writes:
+            # Every action this step performed, cached ones included: together they did the step.
             after = self.desktop.capture()
-            fresh = self._recorded(self.trace.steps[n0:], after)
-            self.cache.stage(CachedStep(key=key, kind=step.kind, text=res.text, actions=replayed + fresh))
+            self.cache.stage(CachedStep(key=key, kind=step.kind, text=res.text,
+                                        actions=self._recorded(self.trace.steps[n0:], after)))
             self.screens[key] = after
 
     def _act(self, step: FlowStep, res: FlowStepResult) -> None:
@@ -408,14 +408,13 @@ class Flow:
         screen = self.desktop.size()
         return (int(pixel[0] * image.width / screen[0]), int(pixel[1] * image.height / screen[1]))
 
-    def _replay(self, entry: CachedStep, res: FlowStepResult) -> tuple[bool, str, list[CachedAction]]:
-        """Play a cached step without the model. (done, why not, the cached actions that were played)."""
-        done: list[CachedAction] = []
+    def _replay(self, entry: CachedStep, res: FlowStepResult) -> tuple[bool, str]:
+        """Play a cached step without the model: (done, why not)."""
         for i, ca in enumerate(entry.actions):
             try:
                 action = ACTION_ADAPTER.validate_python(ca.action)
             except ValueError:
-                return False, f"cached action {i + 1} is not a valid action", done
+                return False, f"cached action {i + 1} is not a valid action"
             self.desktop.check_abort()
             self.desktop.wait_stable(SETTLE_MAX_S)
             frame = self.desktop.capture()
@@ -429,20 +428,18 @@ class Flow:
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
                                    screenshot=self.trace.save_screen(frame, f"{n:04d}"),
                                    error=f"cache: {found.reason}"))
-                    return False, found.reason, done
+                    return False, found.reason
                 update[name] = list(to_relative(found.pixel, frame.size))
             if update:
                 action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
             try:
                 self._perform(action, res, frame=frame)
             except StepFailed as e:  # the policy refuses the cached action now: let the model decide
-                return False, str(e), done
+                return False, str(e)
             ok, why = self._effect_shows(ca.effect, frame, action)
             if not ok:
-                return False, why, done
-            done.append(ca)
-        self.screens[entry.key] = None
-        return True, "", done
+                return False, why
+        return True, ""
 
     def _effect_shows(self, effect: dict | None, before: Image.Image, action) -> tuple[bool, str]:
         """When the recorded action changed the screen, the replayed one must too, and what the
