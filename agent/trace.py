@@ -262,6 +262,15 @@ def check_new_trace(folder: str | Path) -> None:
         raise VlagentError(f"{folder} already holds a run ({held}); give --trace a new folder")
 
 
+def count_steps(folder: str | Path) -> int:
+    """How many steps a trace holds so far, without parsing them (progress, scheduling); 0 without one."""
+    try:
+        with open(Path(folder) / "steps.jsonl", "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
 def load_steps(folder: str | Path, *, lenient: bool = False) -> list[Step]:
     """The steps of a trace folder; a VlagentError says what is wrong with it. lenient (reports of
     any trace): lines that do not parse are skipped (a run killed mid-write leaves a torn last

@@ -21,7 +21,7 @@ import yaml
 
 from agent.run.status import ended_from_outside
 from agent.suite.items import Item, Outcome
-from agent.trace import load_result
+from agent.trace import count_steps, load_result
 from sandbox.procs import with_env
 
 KILL_GRACE_S = 5.0  # after SIGTERM, how long a child gets to tear down its sandbox before SIGKILL
@@ -138,11 +138,7 @@ class Child:
         return time.monotonic() - self.started
 
     def steps(self) -> int:
-        try:
-            with open(self.trace / "steps.jsonl", "rb") as f:
-                return sum(1 for line in f if line.strip())
-        except OSError:
-            return 0
+        return count_steps(self.trace)
 
     def poll(self) -> bool:
         """True when finished. Past its deadline a child gets SIGTERM, then SIGKILL after a bound;

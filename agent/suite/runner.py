@@ -21,7 +21,7 @@ import yaml
 from agent.suite.child import (TASK_GRACE_S, TRACE_TIMEOUT_S, VLAGENT, Child, Options,  # noqa: F401 (API)
                                default_command, model_for)
 from agent.suite.items import Item, Outcome, discover, parse_shard, take_shard  # noqa: F401 (API)
-from agent.trace import new_trace_dir
+from agent.trace import count_steps, new_trace_dir
 
 POLL_S = 0.1  # how often the scheduler looks at its children
 
@@ -32,8 +32,7 @@ def expected_steps(item: Item) -> int:
     """A cheap guess at how long an item runs: a trace's recorded steps, a task's max_steps."""
     try:
         if item.kind == "trace":
-            with open(item.path / "steps.jsonl", "rb") as f:
-                return sum(1 for line in f if line.strip())
+            return count_steps(item.path)
         return int((yaml.safe_load(item.path.read_text(encoding="utf-8")) or {}).get("max_steps", 20))
     except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
         return 0
