@@ -92,8 +92,6 @@ def _local_model(model: str | None, backend: str | None) -> bool:
 
 
 def _gpu() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    import torch  # a hard dependency, imported only when the suite would load a model itself
+
+    return torch.cuda.is_available()
