@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from agent.cli.common import UsageError, usage_errors
+from agent.cli.common import EXIT_INTERRUPTED, EXIT_NOT_ACHIEVED, EXIT_OK, UsageError, usage_errors
+from agent.run.runner import DEFAULT_RUNS_DIR
 from agent.suite.child import TASK_GRACE_S, TRACE_TIMEOUT_S, Options
 from agent.suite.items import discover, parse_shard, take_shard
 from agent.suite.runner import run_suite, write_summary
@@ -43,7 +44,7 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
             click.echo(f"{it.kind:5}  {it.rel}")
         click.echo(f"{len(items)} item(s) under {root}" + (f", shard {shard}" if shard else ""))
         return
-    out = (out or new_trace_dir(Path("runs"), "suite")).resolve()
+    out = (out or new_trace_dir(DEFAULT_RUNS_DIR, "suite")).resolve()
     if (out / "suite.json").exists() or (out / "traces").exists():  # its traces would be mixed, results lost
         raise UsageError(f"{out} already holds a suite run; give --out a new folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -82,8 +83,8 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
     click.echo(("interrupted: " if interrupted else "") + f"{passed}/{len(outcomes)} passed; traces in {out}"
                + (f"; report {report_dir}/index.html" if report_dir else ""))
     if interrupted:
-        sys.exit(130)
-    sys.exit(0 if passed == len(outcomes) else 1)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_OK if passed == len(outcomes) else EXIT_NOT_ACHIEVED)
 
 
 def _local_model(model: str | None, backend: str | None) -> bool:
