@@ -399,3 +399,69 @@ def test_server_killed_mid_run_ends_every_task_with_error(tmp_path):
     for name in ("agent_a", "agent_b"):
         assert json.loads((tmp_path / "out" / "traces" / name / "result.json").read_text())["status"] == "error"
     assert alive_with(token) == []
+
+
+# -- a server that answers HTTP 200 with something that is not a completion ----------------------
+
+def _bad_server(body: bytes, ctype: str):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, payload: bytes, kind: str):
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self):  # /models
+            self._send(json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode(), "application/json")
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._send(body, ctype)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+SURROGATE_REPLY = ('<tool_call>{"name": "computer_use", "arguments": {"action": "answer", "text": "a'
+                   + chr(0xD800) + 'b"}}</tool_call>')
+
+
+@pytest.mark.parametrize("body, ctype, reason", [
+    (b"<html>proxy error</html>", "text/html", "no 'choices'"),
+    (b'{"id": "x", "object": "chat.completion"}', "application/json", "no 'choices'"),
+    (b'{"id": ', "application/json", "not a chat completion"),
+])
+def test_a_server_answering_200_without_a_completion_gives_a_reason(body, ctype, reason):
+    from agent.backends.openai import OpenAIBackend
+    from agent.errors import BackendError
+
+    server = _bad_server(body, ctype)
+    try:
+        backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
+        with pytest.raises(BackendError, match=reason):
+            backend.generate([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    finally:
+        server.shutdown()
+
+
+def test_a_lone_surrogate_from_a_server_is_recorded_safely():
+    from agent.backends.openai import OpenAIBackend
+
+    body = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": SURROGATE_REPLY}}]}).encode()
+    server = _bad_server(body, "application/json")
+    try:
+        backend = OpenAIBackend("m", base_url=f"http://127.0.0.1:{server.server_port}/v1", max_retries=0)
+        reply = backend.generate([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    finally:
+        server.shutdown()
+    assert "a\ufffdb" in reply
+    reply.encode("utf-8")  # strict: it can go into a trace and back to a server

@@ -92,7 +92,7 @@ class OpenAIBackend:
                 reply = self._chat(wire, **kwargs)
             else:
                 raise self._refusal(e, bool(images)) from None
-        return reply.choices[0].message.content or ""
+        return _reply_text(reply, self.base_url)
 
     def _image_part(self, image: Image.Image) -> dict:
         """image_part, encoded once per image object: the loop hands the same objects for the
@@ -173,7 +173,18 @@ class OpenAIBackend:
         return self._client
 
     def _chat(self, messages: list[dict], **kwargs):
-        return self._retry(lambda c: c.chat.completions.create(model=self.model, messages=messages, **kwargs))
+        import openai
+
+        try:
+            reply = self._retry(lambda c: c.chat.completions.create(model=self.model, messages=messages, **kwargs))
+        except (ValueError, TypeError, openai.APIResponseValidationError) as e:  # HTTP 200, but not a completion
+            raise BackendError(f"{self.base_url} answered something that is not a chat completion "
+                               f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        choices = getattr(reply, "choices", None)  # a non-JSON body comes back as a str
+        if not isinstance(choices, list) or not choices:
+            raise BackendError(f"{self.base_url} answered without a completion (no 'choices'): "
+                               f"{' '.join(str(reply).split())[:120]!r}")
+        return reply
 
     def _retry(self, call):
         """call(client) with bounded exponential backoff on transient errors. Raises BackendError
@@ -345,3 +356,12 @@ def reply_schema(policy: Policy) -> dict:
             variants.append(_args(action, coordinate=COORD))
     return {"type": "object", "properties": {"name": {"enum": ["computer_use"]}, "arguments": {"anyOf": variants}},
             "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def _reply_text(reply, base_url: str) -> str:
+    """The completion's text, with invalid Unicode (lone surrogates a server can send) made U+FFFD:
+    it goes into the trace and back to the server in the next prompt."""
+    content = getattr(getattr(reply.choices[0], "message", None), "content", None)
+    if content is not None and not isinstance(content, str):
+        raise BackendError(f"{base_url} answered a completion whose content is not text")
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in content or "")
