@@ -181,7 +181,8 @@ class Flow:
             failure = StepFailed(str(e))
         if failure is not None:
             res.status = "failed"
-            res.reason = str(failure) if not res.reason else f"{failure}"
+            if not (res.reason and step.kind in ("assert", "wait_for") and failure.kind != "invalid_output"):
+                res.reason = str(failure)  # (a false assert keeps the model's reason: the report shows both)
             failure = StepFailed(f"{phase}[{index}] {step.kind} {res.text!r}: {failure}", failure.kind)
         res.model_calls = self.backend.calls - calls0
         res.duration_s = round(time.monotonic() - t0, 3)

@@ -129,58 +129,79 @@ class Session:
             step = FlowStep.model_validate(spec)
         except ValidationError as e:
             raise FlowStepError(f"not a valid step: {e.errors(include_url=False)[0]['msg']}") from None
+        __tracebackhide__ = True  # pytest shows the test's line, not this module's
         self._index += 1
         failure = self.flow._one("steps", self._index - 1, step)
         res = self.flow.results[-1]
-        self._raise(failure, step.kind)
+        if failure is not None and step.kind in ("assert", "wait_for") and failure.kind != "invalid_output":
+            self.failure = self.failure or failure
+            what = fill_message(step, self.flow.values) or f"{res.text!r} is {'still ' if step.kind == 'wait_for' else ''}false"
+            shot = self.trace.folder / res.screenshot if res.screenshot else "(none)"
+            raise FlowAssertionError(f"{what}\n  model: {res.reason}\n  screen: {shot}")
+        self._raise(failure)
         return res.value
 
-    def _raise(self, failure: StepFailed | None, kind: str = "") -> None:
+    def _raise(self, failure: StepFailed | None) -> None:
+        __tracebackhide__ = True
         if failure is None:
             return
         self.failure = self.failure or failure
-        if kind in ("assert", "wait_for") and failure.kind != "invalid_output":
-            raise FlowAssertionError(str(failure))
         raise FlowStepError(str(failure))
 
     def run_steps(self) -> None:
         """The task file's own steps:, in order (the first failure raises)."""
+        __tracebackhide__ = True
         for step in self.task.steps:
             self.step(step.model_dump(by_alias=True, exclude_none=True))
 
     def act(self, instruction: str, max_steps: int | None = None) -> None:
+        __tracebackhide__ = True
         self.step({"act": instruction, **({"max_steps": max_steps} if max_steps else {})})
 
     def assert_that(self, statement: str, message: str | None = None) -> None:
+        __tracebackhide__ = True
         self.step({"assert": statement, **({"message": message} if message else {})})
 
     def query(self, prompt: str, schema: dict, as_: str = "value") -> Any:
+        __tracebackhide__ = True
         return self.step({"query": {"prompt": prompt, "schema": schema, "as": as_}})
 
     def wait_for(self, statement: str, timeout_s: float = 30.0, interval_s: float = 1.0) -> None:
+        __tracebackhide__ = True
         self.step({"wait_for": statement, "timeout_s": timeout_s, "interval_s": interval_s})
 
     def left_click(self, target: str | None = None, coordinate: tuple[float, float] | None = None) -> None:
+        __tracebackhide__ = True
         self.step({"left_click": {"target": target, "coordinate": coordinate}})
 
     click = left_click
 
     def double_click(self, target: str | None = None, coordinate: tuple[float, float] | None = None) -> None:
+        __tracebackhide__ = True
         self.step({"double_click": {"target": target, "coordinate": coordinate}})
 
     def right_click(self, target: str | None = None, coordinate: tuple[float, float] | None = None) -> None:
+        __tracebackhide__ = True
         self.step({"right_click": {"target": target, "coordinate": coordinate}})
 
     def type(self, text: str) -> None:
+        __tracebackhide__ = True
         self.step({"type": text})
 
     def key(self, chord: str | list[str]) -> None:
+        __tracebackhide__ = True
         self.step({"key": chord})
 
     @property
     def values(self) -> dict[str, Any]:
         """Query results by name (usable as {name} in later steps)."""
         return self.flow.values
+
+
+def fill_message(step: FlowStep, values: dict) -> str | None:
+    from agent.flow.steps import fill
+
+    return fill(step.message, values) if step.message else None
 
 
 def evaluate_checks(task, env):
