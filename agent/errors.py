@@ -1,6 +1,6 @@
 """Errors that end a run or a command with a clear one-line message."""
 
-from sandbox.errors import SandboxError, VlagentError  # noqa: F401 (one root for every layer)
+from sandbox.errors import AppDied, SandboxError, VlagentError  # noqa: F401 (one root for every layer)
 
 
 class BackendError(VlagentError):

@@ -7,4 +7,10 @@ class VlagentError(Exception):
 
 
 class SandboxError(VlagentError):
-    """The sandbox could not start, or its app died. The run ends with status `error`."""
+    """The sandbox could not start (a display, a setup step, an app that dies before its window).
+    The run ends with status `error`."""
+
+
+class AppDied(SandboxError):
+    """An app under test exited with an error or was killed while the run drove it: a finding
+    about the app, so the run ends as `failed` (agent.run.status)."""

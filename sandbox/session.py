@@ -19,7 +19,7 @@ from typing import Callable
 
 from actions.patterns import PatternError, compile_pattern
 from sandbox.a11y import A11yBus
-from sandbox.errors import SandboxError
+from sandbox.errors import AppDied, SandboxError
 from sandbox.setup import SetupStep, expand
 from sandbox.display import Xvfb
 from sandbox.procs import TAG_VAR, become_subreaper, describe, kill_group, kill_tagged, sandbox_tag, spawn
@@ -205,7 +205,7 @@ class Sandbox:
         """Raise SandboxError when a launched app has died (non-zero exit or a signal)."""
         for app in self.apps:
             if app.died():
-                raise SandboxError(app.death_message())
+                raise AppDied(app.death_message())
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

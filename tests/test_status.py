@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.backends.script import ScriptBackend
-from agent.errors import Aborted, BackendError, SandboxError
+from agent.errors import Aborted, AppDied, BackendError, SandboxError
 from agent.run.status import INTERRUPTED, End, decide, ended_from_outside, outcome
 from agent.trace import CheckResult, Result, Step, Trace, load_result
 
@@ -57,6 +57,7 @@ def test_the_status_table(end, checks, died, status, reason):
 @pytest.mark.parametrize("error, status, reason", [
     (Aborted("mouse moved to a screen corner: run aborted by the user"), "aborted", "mouse moved to a screen corner"),
     (KeyboardInterrupt(), "aborted", INTERRUPTED),  # Ctrl-C, and SIGTERM (raised as KeyboardInterrupt)
+    (AppDied("app 'form' was killed by signal 11"), "failed", "app 'form' was killed by signal 11; the run stopped"),
     (BackendError("the model server at http://x is down"), "error", "the model server at http://x is down"),
     (SandboxError("display :9 stopped answering"), "error", "display :9 stopped answering"),
     (ConnectionResetError("Xlib: display closed"), "error", "ConnectionResetError: Xlib: display closed"),

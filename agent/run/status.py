@@ -14,8 +14,10 @@ Exceptions that cut a run short become a status in `outcome`. The table (also in
     timeout                                     success         timeout       timeout
     invalid_output (3 rejected replies)         invalid_output  (whatever the checks say)
     step_failed (a replay step cannot be done)  failed          (whatever the checks say)
-    an app under test died during the run       failed          (whatever the checks say)
-    display died, model or setup failed         error           (checks do not run)
+    an app under test died during the run       failed          (whatever the checks say; the run
+                                                                 stops at its next step, checks unrun)
+    display died, model or setup failed (an     error           (checks do not run)
+      app dead before its window appeared)
     Ctrl-C, SIGTERM, pointer in a corner        aborted         (checks do not run)
     (suite) killed at the item's deadline       timeout         (checks do not run)
     (suite) the process died without a result   error           (checks do not run)
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from agent.errors import Aborted, VlagentError
+from agent.errors import Aborted, AppDied, VlagentError
 from agent.trace import CheckResult, Result, Trace
 
 # End kinds: the driver stopped normally and the checks run.
@@ -94,6 +96,8 @@ def outcome(trace: Trace, result: Result) -> Iterator[None]:
     except KeyboardInterrupt as e:
         result.status, result.reason = "aborted", INTERRUPTED
         interrupted = e
+    except AppDied as e:  # seen at the next step (the desktop watches the apps): as in decide()
+        result.status, result.reason = "failed", f"{e}; the run stopped at the next step"
     except VlagentError as e:  # BackendError, SandboxError (setup, a dead display)
         result.status, result.reason = "error", str(e)
     except Exception as e:  # a dead display surfaces here as Xlib/OS errors
