@@ -54,12 +54,13 @@ def list_windows(display: str) -> list[Window]:
     d = _open(display)
     try:
         root = d.screen().root
+        atoms = d.intern_atom("_NET_WM_NAME"), d.intern_atom("UTF8_STRING")
         out = []
         for w in root.query_tree().children:
             try:
                 if w.get_attributes().map_state != X.IsViewable:
                     continue
-                named = _named(w)
+                named = _named(w, atoms)
                 if named is None:
                     continue
                 client, title = named
@@ -74,10 +75,13 @@ def list_windows(display: str) -> list[Window]:
         d.close()
 
 
-def _named(w):
-    """(the window holding the title, the title): a reparenting WM puts it on the client."""
+def _named(w, atoms):
+    """(the window holding the title, the title): a reparenting WM puts it on the client. The
+    UTF-8 _NET_WM_NAME first (Chromium sets only that one), then WM_NAME."""
+    utf8_name, utf8 = atoms
     for win in [w, *w.query_tree().children]:
-        name = win.get_wm_name()
+        prop = win.get_full_property(utf8_name, utf8)
+        name = prop.value if prop is not None and prop.value else win.get_wm_name()
         if name:
             return win, name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
     return None

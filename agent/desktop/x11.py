@@ -258,11 +258,20 @@ class X11Desktop:
             for n in range(clicks):
                 if n:
                     time.sleep(MULTI_CLICK_GAP_S)
-                pag.mouseDown(button=button, _pause=False)
+                self._button(button, True)
                 try:
                     time.sleep(HOLD_S)
                 finally:  # never leave the button held
-                    pag.mouseUp(button=button, _pause=False)
+                    self._button(button, False)
+
+    def _button(self, button: Button, down: bool) -> None:
+        """Press or release where the pointer is. pyautogui's mouseDown/Up send a motion event first,
+        and a motion over a just-opened GTK combo box popup selects the item under it and closes it."""
+        from Xlib import X
+        from Xlib.ext.xtest import fake_input
+
+        fake_input(self._x, X.ButtonPress if down else X.ButtonRelease, {"left": 1, "middle": 2, "right": 3}[button])
+        self._x.sync()
 
     def drag(self, x0: int, y0: int, x1: int, y1: int) -> None:
         with self._on_display() as pag:

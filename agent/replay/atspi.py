@@ -139,6 +139,7 @@ CONTAINERS = {"filler", "panel", "scroll pane", "viewport", "section", "layered 
               "grouping", "form", "landmark", "redundant object", "internal frame", "unknown"}
 LABELS = {"label", "static", "heading", "paragraph", "caption"}
 WINDOW_ROLES = {"frame", "dialog", "window", "alert", "file chooser", "color chooser", "font chooser"}
+CONTROL_GROWTH = 8  # a control is at most this much larger than the text or icon inside it
 LABEL_REACH_PX = 220  # a label further than this from an element does not name it
 NAME_AGREES = 0.8  # fuzzy similarity of two names that say the same (a '*' or a count changed)
 WIN_MARGIN = 0.15  # the best candidate must beat the runner-up by this much ...
@@ -190,12 +191,23 @@ def element_at(nodes: list[Node], px) -> Node | None:
         return None
     # Popups and dialogs come later in the tree than what they cover; deeper wins within a window.
     best = max(hits, key=lambda n: (n.depth, -n.box[2] * n.box[3], n.i))
+    area = max(best.box[2] * best.box[3], 1)
     for up in _chain(nodes, best):
+        # A control around the hit, not the page or pane that holds everything.
+        if up.role in WINDOW_ROLES or up.box[2] * up.box[3] > CONTROL_GROWTH * area:
+            break
         if up.role in ACTIONABLE and up.contains(px):
             return up
-        if up.role in WINDOW_ROLES:
-            break
     return best
+
+
+def name_at(nodes: list[Node], px) -> str:
+    """What a click at px lands on, in words: "push button 'OK'", "text '' by 'Name'"."""
+    n = element_at(nodes, px)
+    if n is None:
+        return ""
+    by = [l["text"] for l in _labels(nodes, n, _window_of(nodes, n)) if l["side"] in ("left", "above")]
+    return f"{n.role} {n.name!r}" + (f" by {by[0]!r}" if by and not n.name else "")
 
 
 def _labels(nodes: list[Node], n: Node, win: Node | None) -> list[dict]:
@@ -234,8 +246,10 @@ def describe(nodes: list[Node], px) -> dict | None:
     win = _window_of(nodes, n)
     x, y, w, h = n.box
     wbox = win.box if win is not None else n.box
-    same = [m for m in nodes if m.app == n.app and m.role == n.role and m.name.strip() == n.name.strip()
-            and _window_of(nodes, m) is win]
+    same = list({m.box: m for m in nodes if m.app == n.app and m.role == n.role and m.name.strip() == n.name.strip()
+                 and _window_of(nodes, m) is win}.values())
+    if n.box in {m.box for m in same} and n not in same:
+        n = next(m for m in same if m.box == n.box)
     return {
         "role": n.role, "name": n.name, "app": n.app, "states": list(n.states), "text": n.text,
         "box": list(n.box), "at": [round((px[0] - x) / max(w, 1), 3), round((px[1] - y) / max(h, 1), 3)],
@@ -261,8 +275,8 @@ class Found:
 def find(ev: dict, nodes: list[Node]) -> Found:
     """The recorded element on the current tree: same app and role, its name, its labels, its window and
     its place there must agree, and the best must clearly beat the runner-up."""
-    cands = [n for n in nodes if n.role == ev["role"] and n.depth >= 3 and n.box[2] > 0 and n.box[3] > 0
-             and n.app == ev["app"]]
+    cands = list({(n.name, n.box): n for n in nodes if n.role == ev["role"] and n.depth >= 3 and n.box[2] > 0
+                  and n.box[3] > 0 and n.app == ev["app"]}.values())  # a popup's items may be listed twice
     if not cands:
         return Found(None, reason=f"no {ev['role']} in {ev['app']!r}'s accessibility tree")
     scored = []

@@ -106,8 +106,15 @@ def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True) 
 
 def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Image | None = None) -> Decision:
     """The target of evidence `ev` on `frame` (the current screen). `recorded`: the screenshot the
-    evidence came from (for "nothing changed"); nodes: the current accessibility tree."""
-    windows, nodes = _as_windows(windows), list(nodes)
+    evidence came from (for "nothing changed"); nodes: the current accessibility tree. Where there is
+    a tree, the decision names the element at its point (what the click will land on)."""
+    d = _find(ev, frame, _as_windows(windows), list(nodes), recorded)
+    if d.pixel is not None and nodes:
+        d.detail["element"] = atspi.name_at(list(nodes), d.pixel)
+    return d
+
+
+def _find(ev: dict, frame: Image.Image, windows, nodes, recorded) -> Decision:
     pixel = tuple(ev["pixel"])
     if recorded is not None and same_screen(ev, recorded, frame):
         return Decision(pixel, "same screen", 1.0)
@@ -279,3 +286,53 @@ def timed_find(*args, **kwargs) -> tuple[Decision, float]:
     t0 = time.perf_counter()
     d = find(*args, **kwargs)
     return d, (time.perf_counter() - t0) * 1e3
+
+
+class StepTargets:
+    """Target evidence for an agent run's steps, as a recording has it: the windows and the tree are
+    read before the action lands (a few ms), the OCR runs on a thread while the screen settles.
+
+        targets = StepTargets(display)
+        pending = targets.before(frame, step.pixel_of(action))   # just before executing
+        step.target = pending.result()                            # after, when the step is written
+    """
+
+    def __init__(self, display: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.display = display
+        self.tree = atspi.Tree(display)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="targets")
+
+    def before(self, frame: Image.Image, pixels: list[tuple[int, int]]):
+        """A future of the evidence for `pixels` (the point, and a drag's start) or None."""
+        from sandbox.errors import SandboxError
+        from sandbox.windows import list_windows
+
+        if not pixels:
+            return None
+        try:
+            windows = list_windows(self.display)
+        except SandboxError:
+            windows = []
+        nodes = self.tree.nodes()
+
+        def work() -> dict:
+            ev = describe(frame, pixels[0], windows, nodes)
+            if len(pixels) > 1:
+                ev["start"] = describe(frame, pixels[1], windows, nodes)
+            return ev
+
+        return self.pool.submit(work)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.tree.close()
+
+
+def pointer_pixels(action, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Frame pixels an action points at: its coordinate, then a drag's start."""
+    from actions.coords import to_pixels
+
+    keys = ("coordinate", "start_coordinate")
+    return [to_pixels(tuple(getattr(action, k)), size) for k in keys if getattr(action, k, None) is not None]

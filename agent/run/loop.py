@@ -18,6 +18,7 @@ from agent.errors import BackendError
 from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
 from agent.run.status import End as LoopEnd
+from agent.replay.evidence import pointer_pixels
 from agent.trace import Step, Trace
 
 MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output
@@ -61,6 +62,8 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
     images: dict[int, object] = {}
     looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
     rejections = 0
+    # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
+    targets = _step_targets(desktop)
 
     def load_image(step: Step):
         if step.step not in images:
@@ -102,11 +105,13 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
             continue
         rejections = 0
         step.action = action
+        target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
         outcome = execute(action, desktop, frame.size)
         step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
         t3 = time.perf_counter()
         settle = desktop.wait_stable(cfg.settle_max_s) if action.action not in ("terminate", "answer") else 0.0
         step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
+        step.target = _target(target)
         _record(trace, step, t0, on_step)
         if action.action == "terminate":
             return LoopEnd("finished", f"the model called terminate({action.status})", claimed=action.status)
@@ -115,6 +120,21 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
         if _looping(trace.steps, looks):
             return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {to_json(action)}")
     return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")
+
+
+def _step_targets(desktop):
+    """Target evidence for a desktop on an X display (a fake desktop in tests has none)."""
+    from agent.replay.evidence import StepTargets
+
+    return StepTargets(desktop.display) if isinstance(getattr(desktop, "display", None), str) else None
+
+
+def _target(pending) -> dict | None:
+    """The evidence, or None when it could not be read (replay then derives it from the screenshot)."""
+    try:
+        return pending.result() if pending is not None else None
+    except Exception:
+        return None
 
 
 def _record(trace: Trace, step: Step, t0: float, on_step) -> None:
