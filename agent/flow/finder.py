@@ -32,11 +32,15 @@ def windows(display: str | None) -> list:
         return []
 
 
-def describe(image, pixel, display: str | None) -> dict:
-    """Evidence that re-finds what is at `pixel` of `image`."""
+def describe(image, pixel, display: str | None, ocr: bool = True) -> dict:
+    """Evidence that re-finds what is at `pixel` of `image`. ocr=False skips the OCR words (costly;
+    an effect is checked by its looks) where the finder lets us."""
+    import inspect
+
     from agent.replay.locate import describe_target
 
-    return describe_target(image, tuple(int(v) for v in pixel), windows=windows(display))
+    kw = {"ocr": False} if not ocr and "ocr" in inspect.signature(describe_target).parameters else {}
+    return describe_target(image, tuple(int(v) for v in pixel), windows=windows(display), **kw)
 
 
 def find(evidence: dict, image, display: str | None) -> Found:

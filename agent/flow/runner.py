@@ -401,7 +401,7 @@ class Flow:
             mask = changed(before, after_img)
             ca.effect = {"changed": mask is not None, "after": None}
             if mask is not None:
-                ca.effect["after"] = finder.describe(after_img, change_point(mask, point), self.display)
+                ca.effect["after"] = finder.describe(after_img, change_point(mask, point), self.display, ocr=False)
             out.append(ca)
         return out
 
