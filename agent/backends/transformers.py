@@ -134,7 +134,7 @@ class TransformersBackend:
                  max_new_tokens: int | None = None, constrained: bool = True, engine: bool | None = None):
         """`max_new_tokens` None: with a grammar, the grammar's own bound (a reply always completes);
         without, UNCONSTRAINED_MAX_NEW_TOKENS. `engine`: decode with agent/backends/engine.py (static KV
-        cache, prefix reuse across steps, CUDA graphs); None = on CUDA unless VLAGENT_ENGINE=0."""
+        cache, prefix reuse across steps, CUDA graphs); None = on CUDA unless VLAGENT_ENGINE=0 (=1: on the CPU too)."""
         model = str(model)
         self.name = f"transformers:{model}"
         self.max_new_tokens = max_new_tokens
@@ -163,7 +163,9 @@ class TransformersBackend:
         # abandoned may still run when the next step asks; that step waits for it (see cancel()).
         self._lock = threading.Lock()
         self.engine = None
-        if engine if engine is not None else (self.device == "cuda" and os.environ.get("VLAGENT_ENGINE", "1") != "0"):
+        if engine is None:  # VLAGENT_ENGINE=0 turns it off on CUDA, =1 turns it on elsewhere (profiling on a CPU)
+            engine = os.environ.get("VLAGENT_ENGINE", "1" if self.device == "cuda" else "0") != "0"
+        if engine:
             from agent.backends.engine import make_engine
 
             self.engine = make_engine(self.model)
@@ -249,7 +251,11 @@ class TransformersBackend:
             return self._generate(messages, policy)
 
     def _generate(self, messages: list[Message], policy=None) -> str:
+        import time
+
+        t0 = time.perf_counter()
         inputs = self.encode(messages)
+        self.last_timings = {"encode_ms": (time.perf_counter() - t0) * 1e3}  # template, tokens, pixels, copies
         try:
             if self.engine is not None:
                 matcher = self.constrainer.matcher(policy) if self.constrainer else None
