@@ -76,3 +76,13 @@ def test_cli_rejects_a_bad_screen_and_an_unknown_model(tmp_path):
     assert runner.invoke(budget, ["--screen", "wide"]).exit_code == 2
     out = runner.invoke(budget, ["--model", str(tmp_path / "nope")])
     assert out.exit_code == 2 and "cannot read the config" in out.output
+
+
+def test_cli_exits_non_zero_with_the_reason_when_the_model_does_not_fit():
+    runner = CliRunner()
+    out = runner.invoke(budget, ["--device-memory", "1"])
+    assert out.exit_code == 1 and "does not fit" in out.output and "weights" in out.output
+    out = runner.invoke(budget, ["--device-memory", "6", "--screen", "1920x1080", "--history", "16"])
+    assert out.exit_code == 1 and "the history keeps 16" in out.output, out.output
+    for bad in ("nan", "inf", "-3", "0"):
+        assert runner.invoke(budget, ["--device-memory", bad]).exit_code == 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 
 import click
@@ -9,7 +10,7 @@ import click
 from agent.backends import DEFAULT_MODEL
 from agent.backends.budget import (DEFAULT_CARD_GIB, GIB, AgentsPlan, Plan, current_device, load_config,
                                    parse_screen, plan, plan_agents)
-from agent.cli.common import usage_errors
+from agent.cli.common import EXIT_NOT_ACHIEVED, Positive, usage_errors
 
 
 def render(p: Plan) -> None:
@@ -58,7 +59,7 @@ def render_agents(p: AgentsPlan) -> None:
 
 @click.command("budget")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model id or local folder (its config is read).")
-@click.option("--device-memory", "device_gib", type=float, default=None,
+@click.option("--device-memory", "device_gib", type=Positive("GiB"), default=None,
               help="Card size in GiB (default: the current GPU, else 24 for an RTX 4090D).")
 @click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size WxH.")
 @click.option("--history", default=4, show_default=True, help="Screenshots kept as images in the prompt.")
@@ -78,9 +79,22 @@ def budget(model, device_gib, screen, history, context, agents, as_json):
     if agents:
         a = plan_agents(cfg, total, agents, size, history=history, context=context, model=model, device=name)
         click.echo(json.dumps(asdict(a), indent=1)) if as_json else render_agents(a)
+        if not a.fits:
+            _does_not_fit(f"{agents} agents do not fit {name}: {a.agents_fit} do")
         return
     p = plan(cfg, total, size, model=model, device=name, history=history, context=context)
     if as_json:
         click.echo(json.dumps(asdict(p), indent=1))
     else:
         render(p)
+    if p.token_budget <= 0:
+        _does_not_fit(f"{model} does not fit {name}: its weights ({p.weights_gib:.2f} GiB) and working memory "
+                      f"({p.reserve_gib + p.vision_cache_gib:.2f} GiB) leave no room for a KV cache")
+    if p.images_fit < history:
+        _does_not_fit(f"{model} on {name}: {p.images_fit} screenshots of {size[0]}x{size[1]} fit, the history "
+                      f"keeps {history} (lower --history or the screen size)")
+
+
+def _does_not_fit(reason: str) -> None:
+    click.echo(f"does not fit: {reason}", err=True)
+    sys.exit(EXIT_NOT_ACHIEVED)

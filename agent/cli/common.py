@@ -35,19 +35,23 @@ def exit_interrupted() -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-class Seconds(click.ParamType):
-    """A positive, finite number of seconds: `nan` and `inf` are refused (click's FloatRange lets nan through)."""
+class Positive(click.ParamType):
+    """A positive, finite number (of `unit`): `nan` and `inf` are refused (click's FloatRange lets nan through)."""
 
-    name = "seconds"
+    def __init__(self, unit: str = "seconds"):
+        self.unit = self.name = unit
 
     def convert(self, value, param, ctx):
         try:
-            seconds = float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        if not math.isfinite(seconds) or seconds <= 0:
-            self.fail(f"{value!r} is not a positive, finite number of seconds", param, ctx)
-        return seconds
+            self.fail(f"{value!r} is not a number of {self.unit}", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} is not a positive, finite number of {self.unit}", param, ctx)
+        return number
+
+
+Seconds = Positive
 
 
 def exit_for(status: str) -> None:
