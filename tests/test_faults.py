@@ -465,3 +465,105 @@ def test_a_lone_surrogate_from_a_server_is_recorded_safely():
         server.shutdown()
     assert "a\ufffdb" in reply
     reply.encode("utf-8")  # strict: it can go into a trace and back to a server
+
+
+# -- the real CLI, as a user or an attacker runs it --------------------------------------------------
+
+def call(action: str, **args) -> str:
+    return '<tool_call>{"name": "computer_use", "arguments": %s}</tool_call>' % json.dumps({"action": action, **args})
+
+
+def vlagent_run(tmp_path: Path, task: dict, replies: list[str], *extra: str, env: dict | None = None,
+                timeout: float = 150, wait: bool = True):
+    import yaml
+
+    task = {"name": "t", "goal": "fault test", "screen": {"width": 800, "height": 600}, "max_steps": 20,
+            "timeout_s": 60, **task}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    (tmp_path / "replies.yaml").write_text(yaml.safe_dump(replies, allow_unicode=True))
+    argv = [sys.executable, "-m", "agent.cli", "run", str(tmp_path / "task.yaml"), "--model",
+            f"script:{tmp_path / 'replies.yaml'}", "--trace", str(tmp_path / "trace"), *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if not wait:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def result_of(tmp_path: Path) -> dict:
+    result = json.loads((tmp_path / "trace" / "result.json").read_text())
+    assert result["steps"] == len(load_steps(tmp_path / "trace"))  # every counted step is in steps.jsonl
+    return result
+
+
+NOTES = {"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"], "wait_for_window": "Notes"}
+
+
+def test_detached_processes_from_setup_and_checks_are_ended_at_teardown(tmp_path):
+    token = uuid.uuid4().hex
+    daemon = "sleep 0.2; setsid sh -c 'sleep 301' </dev/null >/dev/null 2>&1 &"  # a double fork, own session
+    task = {"setup": [NOTES, {"run": ["sh", "-c", "setsid sleep 300 </dev/null >/dev/null 2>&1 &"]},
+                      {"launch": ["sh", "-c", daemon]}, {"sleep": 0.5}],
+            "success": [{"command": "setsid -f sleep 302 </dev/null >/dev/null 2>&1"}]}
+    proc = vlagent_run(tmp_path, task, [call("terminate", status="success")], env={"TEST_TOKEN": token})
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert alive_with(token) == []
+
+
+def test_typing_into_a_terminal_is_refused_and_allowed_only_when_the_task_says_so(tmp_path):
+    import shutil
+
+    if shutil.which("xterm") is None:
+        pytest.skip("xterm is not installed (.ci/install installs it)")
+    marker = tmp_path / "pwned"
+    term = {"launch": ["xterm", "-geometry", "80x20+0+0", "-T", "term", "-e", "sh"], "wait_for_window": "term"}
+    replies = [call("left_click", coordinate=[300, 200]), call("type", text=f"touch {marker}"),
+               call("key", keys=["enter"]), call("wait", time=1), call("terminate", status="success")]
+    check = [{"command": ["test", "-e", str(marker)]}]
+    refused = vlagent_run(tmp_path, {"setup": [term], "success": check}, replies)
+    assert refused.returncode == 1 and result_of(tmp_path)["status"] == "failed"
+    steps = load_steps(tmp_path / "trace")
+    assert [s.error.split(" into")[0] for s in steps[1:3]] == ["typing", "key presses"]
+    assert all("terminal or shell window ('term')" in s.error for s in steps[1:3]) and not marker.exists()
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    proc = vlagent_run(allowed, {"setup": [term], "allow": {"terminal": True}, "success": check}, replies)
+    assert proc.returncode == 0 and result_of(allowed)["status"] == "success", proc.stderr[-1500:]
+
+
+def test_model_text_that_looks_like_markup_is_printed_as_text(tmp_path):
+    text = "[/] [bold]x[/bold] [link=file:///etc]y[/link]"
+    proc = vlagent_run(tmp_path, {"setup": [NOTES]}, [call("left_click", coordinate=[500, 300]),
+                                                       call("type", text=text), call("answer", text="[/]")])
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr and text in proc.stderr and "answer: [/]" in proc.stderr
+
+
+def test_a_double_ctrl_c_exits_130_with_a_complete_trace(tmp_path):
+    run = vlagent_run(tmp_path, {"setup": [NOTES]}, [call("wait", time=1), call("wait", time=0.9)] * 20, wait=False)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "trace" / "steps.jsonl").exists() or not load_steps(tmp_path / "trace"):
+        assert time.monotonic() < deadline and run.poll() is None, run.communicate()[1][-1500:]
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err[-1500:]
+    assert "Traceback" not in err
+    assert result_of(tmp_path)["status"] == "aborted"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a small filesystem (tmpfs) needs root")
+def test_a_full_disk_mid_run_ends_the_run_error_with_a_parseable_trace(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", disk], check=True)
+    try:
+        filler = {"launch": ["sh", "-c", "sleep 0.3; cat /dev/zero > {workdir}/filler 2>/dev/null; sleep 60"]}
+        proc = vlagent_run(disk, {"setup": [NOTES, filler]}, [call("wait", time=0.5), call("wait", time=0.4)] * 10)
+        result = result_of(disk)
+        assert result["status"] == "error" and "No space left on device" in result["reason"], result["reason"]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", disk], check=True)
