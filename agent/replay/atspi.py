@@ -135,8 +135,7 @@ ACTIONABLE = {"push button", "toggle button", "radio button", "check box", "menu
               "check menu item", "menu", "link", "combo box", "entry", "text", "password text", "spin button",
               "list item", "table cell", "page tab", "slider", "tree item", "icon", "document web",
               "document text", "terminal", "canvas", "tool bar", "editbar"}
-CONTAINERS = {"filler", "panel", "scroll pane", "viewport", "section", "layered pane", "split pane",
-              "grouping", "form", "landmark", "redundant object", "internal frame", "unknown"}
+MENU_ITEMS = {"menu item", "radio menu item", "check menu item", "tearoff menu item"}
 LABELS = {"label", "static", "heading", "paragraph", "caption"}
 WINDOW_ROLES = {"frame", "dialog", "window", "alert", "file chooser", "color chooser", "font chooser"}
 CONTROL_GROWTH = 8  # a control is at most this much larger than the text or icon inside it
@@ -189,8 +188,9 @@ def element_at(nodes: list[Node], px) -> Node | None:
     hits = [n for n in nodes if n.depth >= 3 and n.box[2] > 0 and n.box[3] > 0 and n.contains(px)]
     if not hits:
         return None
-    # Popups and dialogs come later in the tree than what they cover; deeper wins within a window.
-    best = max(hits, key=lambda n: (n.depth, -n.box[2] * n.box[3], n.i))
+    # An open menu is drawn over everything (its items show only while it is open); otherwise the
+    # deeper element wins, then the smaller, then the later (dialogs come after what they cover).
+    best = max(hits, key=lambda n: (n.role in MENU_ITEMS, n.depth, -n.box[2] * n.box[3], n.i))
     area = max(best.box[2] * best.box[3], 1)
     for up in _chain(nodes, best):
         # A control around the hit, not the page or pane that holds everything.
@@ -330,7 +330,7 @@ def _agreement(ev: dict, nodes: list[Node], n: Node) -> dict | None:
         now = {(l["text"].lower(), l["side"]) for l in _labels(nodes, n, win)}
         parts["labels"] = sum((l["text"].lower(), l["side"]) in now for l in ev["labels"]) / len(ev["labels"])
     path = [m.role for m in _chain(nodes, n)[1:] if m.role not in WINDOW_ROLES and m.parent >= 0][:6]
-    parts["path"] = _common_prefix(path, ev["path"]) / max(len(ev["path"]), len(path), 1)
+    parts["path"] = _common_prefix(path, ev["path"]) / max(len(ev["path"]), len(path)) if path or ev["path"] else 1.0
     if win is not None:  # the place in its window, relative (survives moves and stretching)
         wx, wy, ww, wh = win.box
         rx, ry, rw, rh = rec_win["box"]

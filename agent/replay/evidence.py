@@ -81,12 +81,30 @@ def own_text(image: Image.Image, pixel, box=None) -> str:
     x1, y1 = min(x1, image.width), min(y1, image.height)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return ""
-    words = read(image.crop((x0, y0, x1, y1)), scale=OWN_SCALE, psm=7)
+    words = read(readable(image.crop((x0, y0, x1, y1))), scale=OWN_SCALE, psm=7)
     words = [w for w in words if w.conf >= 40 and w.text.strip()]
-    if box is None:  # no element: the words on the point's line that reach near the point
-        words = [w for w in words if w.box[0] - 8 <= x - x0 <= w.box[0] + w.box[2] + 8
-                 and w.box[1] - 6 <= y - y0 <= w.box[1] + w.box[3] + 6]
+    if box is None:  # no element: the phrase under the point (a word there, and its close neighbours)
+        words = _phrase_at(words, (x - x0, y - y0))
     return " ".join(w.text for w in sorted(words, key=lambda w: w.box[0])).strip()
+
+
+def _phrase_at(words: list, px) -> list:
+    """The word at px (within a few pixels) and the words that continue it on its line: gaps no
+    wider than a letter's height, as between the words of one label."""
+    at = [w for w in words if w.box[0] - 8 <= px[0] <= w.box[0] + w.box[2] + 8
+          and w.box[1] - 6 <= px[1] <= w.box[1] + w.box[3] + 6]
+    if not at:
+        return []
+    line = sorted((w for w in words if abs((w.box[1] + w.box[3] / 2) - (at[0].box[1] + at[0].box[3] / 2))
+                   <= at[0].box[3] / 2), key=lambda w: w.box[0])
+    k = line.index(at[0])
+    lo = hi = k
+    gap = lambda a, b: b.box[0] - (a.box[0] + a.box[2])  # noqa: E731
+    while lo > 0 and gap(line[lo - 1], line[lo]) <= line[lo].box[3]:
+        lo -= 1
+    while hi < len(line) - 1 and gap(line[hi], line[hi + 1]) <= line[hi].box[3]:
+        hi += 1
+    return line[lo:hi + 1]
 
 
 def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True) -> dict:
@@ -262,7 +280,24 @@ def ocr_words_scaled(image: Image.Image) -> list:
     """Words on a crop magnified 2x (small GUI text), in the crop's pixels."""
     from agent.desktop.ocr import ocr_words as read
 
-    return [(w.text, w.box) for w in read(image, scale=2) if w.conf >= 50 and w.text.strip()]
+    return [(w.text, w.box) for w in read(readable(image), scale=2) if w.conf >= 50 and w.text.strip()]
+
+
+def readable(image: Image.Image) -> Image.Image:
+    """Dark text on a light ground, as tesseract reads best: a dark theme's crop is inverted, and
+    long straight lines (a button's or a field's border) are painted over: they hide the text."""
+    import cv2
+
+    gray = np.asarray(image.convert("L"))
+    if gray.mean() < 110:
+        gray = 255 - gray
+    ground = int(np.median(gray))
+    ink = (gray < ground - 40).astype(np.uint8)
+    lines = cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((1, 25), np.uint8)) | \
+        cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((max(min(gray.shape[0] - 4, 25), 12), 1), np.uint8))
+    out = gray.copy()
+    out[cv2.dilate(lines, np.ones((3, 3), np.uint8)) > 0] = ground
+    return Image.fromarray(out)
 
 
 def _labels_agree(ev: dict, frame: Image.Image, pixel) -> float:

@@ -1,0 +1,236 @@
+"""Each kind of target evidence on real applications under Xvfb: the accessibility tree of GTK apps
+(zenity, galculator) published on the sandbox's own bus, the screen that did not change, the target's
+own text read on a magnified crop, edge maps under a dark theme, look-alike keys told apart or refused,
+ambiguity as an error, and a recording made with real input replayed under a dark theme."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.replay import atspi
+from agent.replay.evidence import describe, find, own_text
+from sandbox.session import Sandbox
+from sandbox.windows import list_windows
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(not (shutil.which("zenity") and shutil.which("galculator")),
+                                 reason="GTK apps not installed (.ci/install installs them)")]
+ROOT = Path(__file__).resolve().parent.parent
+ZENITY = ["zenity", "--forms", "--title=Shipping", "--add-entry=Name", "--add-entry=City", "--add-combo=Speed",
+          "--combo-values=low|high"]
+
+
+def _capture(display: str):
+    from agent.desktop.x11 import X11Desktop
+
+    with X11Desktop(display) as desktop:
+        desktop.wait_stable(2.0)
+        return desktop.capture()
+
+
+def _nodes(tree: atspi.Tree, role: str, min_count: int = 1) -> list[atspi.Node]:
+    for _ in range(30):  # the app publishes its tree a moment after its window shows
+        nodes = tree.nodes()
+        if sum(n.role == role for n in nodes) >= min_count:
+            return nodes
+        time.sleep(0.2)
+    raise AssertionError(f"no {role} in the tree: {[(n.role, n.name) for n in nodes]}")
+
+
+def _move(sb: Sandbox, title: str, x: int, y: int) -> None:
+    subprocess.run(["xdotool", "search", "--onlyvisible", "--name", title, "windowmove", str(x), str(y)],
+                   env=sb.env, check=True, timeout=10)
+    time.sleep(0.6)
+
+
+def _inside(px, box, margin=0) -> bool:
+    x, y, w, h = box
+    return x - margin <= px[0] < x + w + margin and y - margin <= px[1] < y + h + margin
+
+
+# ------------------------------------------------------------------------------ the accessibility tree
+
+def test_the_sandbox_bus_publishes_gtk_widgets_and_an_unnamed_field_is_found_by_its_label(tmp_path):
+    with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
+        sb.launch(ZENITY)
+        sb.wait_for_window("^Shipping$")
+        nodes = _nodes(tree, "text", 2)
+        city = next(n for n in nodes if n.role == "text" and atspi.name_at(nodes, n.centre).endswith("by 'City'"))
+        frame = _capture(sb.display)
+        ev = describe(frame, city.centre, list_windows(sb.display), nodes)
+        assert ev["a11y"]["role"] == "text" and {"text": "City", "side": "left"} in \
+            [{k: l[k] for k in ("text", "side")} for l in ev["a11y"]["labels"]]
+
+        _move(sb, "^Shipping$", 60, 50)
+        nodes = tree.nodes()
+        now = next(n for n in nodes if n.role == "text" and atspi.name_at(nodes, n.centre).endswith("by 'City'"))
+        assert now.box != city.box  # it moved
+        d = find(ev, _capture(sb.display), list_windows(sb.display), nodes)
+        assert d.method == "accessibility" and _inside(d.pixel, now.box), d
+        assert d.detail["labels"] == 1.0 and d.detail["element"] == "text '' by 'City'"
+
+
+def test_look_alike_keys_are_told_apart_by_their_names_in_the_tree(tmp_path):
+    with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
+        sb.launch(["galculator"])
+        sb.wait_for_window("^galculator$")
+        nodes = _nodes(tree, "toggle button", 20)
+        keys = {n.name: n for n in nodes if n.role == "toggle button"}
+        frame = _capture(sb.display)
+        evs = {k: describe(frame, keys[k].centre, list_windows(sb.display), nodes, ocr=False) for k in "5367"}
+        _move(sb, "^galculator$", 400, 250)
+        nodes = tree.nodes()
+        now = {n.name: n for n in nodes if n.role == "toggle button"}
+        frame = _capture(sb.display)
+        for k, ev in evs.items():
+            d = find(ev, frame, list_windows(sb.display), nodes)
+            assert d.method == "accessibility" and _inside(d.pixel, now[k].box), (k, d)
+            assert d.detail["element"] == f"toggle button {k!r}"
+
+
+def test_two_elements_alike_are_an_error_naming_both():
+    def node(i, parent, role, name, box, depth):
+        return atspi.Node(i, parent, role, name, (), box, "app", depth)
+
+    # A window with two identical unnamed entries, recorded when there was one.
+    nodes = [node(0, -1, "application", "app", (0, 0, 0, 0), 1), node(1, 0, "frame", "Form", (0, 0, 400, 300), 2),
+             node(2, 1, "text", "", (100, 50, 200, 30), 3), node(3, 1, "text", "", (100, 150, 200, 30), 3)]
+    ev = atspi.describe(nodes[:3], (150, 60))
+    ev["box"] = [100, 100, 200, 30]  # recorded midway between them: its place does not tell them apart
+    f = atspi.find(ev, nodes)
+    assert f.pixel is None and "ambiguous" in f.reason
+    assert {f.node.centre, f.runner_up.centre} == {(200, 65), (200, 165)}
+
+
+# ------------------------------------------------------------------------------ pixels and text (Tk)
+
+def _access(sb: Sandbox, tmp: Path, *extra: str) -> dict:
+    layout = tmp / f"layout{len(list(tmp.glob('layout*')))}.json"
+    sb.launch([sys.executable, "-m", "sandbox.apps.access", "--out", str(tmp / "a.json"), "--layout", str(layout),
+               *extra])
+    sb.wait_for_window("^Access$")
+    for _ in range(50):
+        if layout.is_file():
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return json.loads(layout.read_text())
+
+
+def _centre(box) -> tuple[int, int]:
+    return box[0] + box[2] // 2, box[1] + box[3] // 2
+
+
+def test_an_unchanged_screen_gives_the_recorded_point_even_for_an_empty_field(tmp_path):
+    with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
+        boxes = _access(sb, tmp_path)
+        frame = _capture(sb.display)
+        point = _centre(boxes["entry Access code"])
+        ev = describe(frame, point, list_windows(sb.display))
+        assert ev["own_text"] == ""  # an empty field has no text of its own
+        d = find(ev, _capture(sb.display), list_windows(sb.display), [], recorded=frame)
+        assert d.method == "same screen" and d.pixel == point
+
+
+def test_a_button_is_read_by_its_own_text_and_found_by_edges_under_a_dark_theme_with_moved_widgets(tmp_path):
+    with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
+        boxes = _access(sb, tmp_path)
+        frame = _capture(sb.display)
+        ev = describe(frame, _centre(boxes["button Sign in"]), list_windows(sb.display))
+    assert ev["own_text"] == "Sign in"
+    with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
+        boxes = _access(sb, tmp_path, "--dark", "--shift", "150")
+        d = find(ev, _capture(sb.display), list_windows(sb.display), [])
+    assert d.pixel is not None and _inside(d.pixel, boxes["button Sign in"]), d
+    assert d.detail["own_text"] == 1.0
+
+
+def test_look_alike_keys_without_a_tree_are_found_by_their_own_text_or_refused(tmp_path):
+    """galculator's keys by pixels alone (as on a toolkit without a tree): a key is found on the
+    moved window only where its own magnified text reads the same, never on a neighbour."""
+    with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
+        sb.launch(["galculator"])
+        sb.wait_for_window("^galculator$")
+        nodes = _nodes(tree, "toggle button", 20)
+        keys = {n.name: n for n in nodes if n.role == "toggle button"}
+        frame = _capture(sb.display)
+        evs = {k: describe(frame, keys[k].centre, list_windows(sb.display)) for k in ("5", "3", "MS")}
+        _move(sb, "^galculator$", 300, 200)
+        now = {n.name: n for n in tree.nodes() if n.role == "toggle button"}
+        frame = _capture(sb.display)
+        found = 0
+        for k, ev in evs.items():
+            d = find(ev, frame, list_windows(sb.display), [])  # no tree: pixels and text only
+            if d.pixel is not None:
+                assert _inside(d.pixel, now[k].box), (k, d)  # never another key
+                found += 1
+            else:
+                assert "ambiguous" in d.reason or "not" in d.reason
+        assert found >= 2
+
+
+# ------------------------------------------------------------------------------ record, then replay
+
+def test_a_recording_with_real_input_replays_under_a_dark_theme_clicking_the_same_widgets(tmp_path):
+    import yaml
+
+    from agent.replay.player import replay
+    from agent.trace import load_steps
+
+    def task(dark: bool) -> Path:
+        env = ["env", "GTK_THEME=Adwaita:dark"] if dark else ["env"]
+        path = tmp_path / f"task-{dark}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "zenity", "goal": "Fill the shipping form.", "screen": {"width": 1280, "height": 800},
+            "setup": [{"launch": env + ZENITY, "wait_for_window": "^Shipping$"}, {"sleep": 1.0}],
+            "allow": {"actions": ["left_click", "type", "key", "terminate"]}}))
+        return path
+
+    trace = tmp_path / "rec"
+    proc = subprocess.Popen(["vlagent", "record", str(trace), "--task", str(task(False)), "--max-seconds", "90"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    display = None
+    while display is None:
+        line = proc.stdout.readline()
+        assert line, proc.communicate()
+        m = re.search(r"recording on display (:\d+)", line)
+        display = m.group(1) if m else None
+    env = {**os.environ, "DISPLAY": display}
+    time.sleep(1.0)
+    with atspi.Tree(display) as tree:
+        nodes = _nodes(tree, "text", 2)
+        targets = {atspi.name_at(nodes, n.centre): n.centre for n in nodes
+                   if n.role in ("text", "combo box", "push button")}
+    for name, typed in (("text '' by 'Name'", "Ada"), ("text '' by 'City'", "Paris"), ("push button 'OK'", None)):
+        x, y = targets[name]
+        subprocess.run(["xdotool", "mousemove", str(x), str(y)], env=env, check=True)
+        time.sleep(0.6)  # a person's pace: the hover shows before the click
+        subprocess.run(["xdotool", "click", "1"], env=env, check=True)
+        time.sleep(0.6)
+        if typed:
+            subprocess.run(["xdotool", "type", "--delay", "40", typed], env=env, check=True)
+            time.sleep(2.5)  # the typing ends
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    recorded = load_steps(trace)
+    assert [s.kind for s in recorded] == ["left_click", "type", "left_click", "type", "left_click"]
+    assert recorded[0].target["a11y"]["labels"][0]["text"] in ("Name", "City")
+    assert recorded[4].target["a11y"]["name"] == "OK"  # read before the click closed the dialog
+
+    out = tmp_path / "dark"
+    replay(trace, task=task(True), trace_out=out)
+    steps = load_steps(out)
+    clicks = [s.target["found"]["coordinate"] for s in steps if s.kind == "left_click"]
+    assert [c["detail"]["element"] for c in clicks] == ["text '' by 'Name'", "text '' by 'City'", "push button 'OK'"]
+    assert all(c["method"] == "accessibility" for c in clicks)
+    assert all((out / s.target["recorded_screenshot"]).is_file() for s in steps if s.kind == "left_click")
