@@ -33,6 +33,10 @@ class Problem(Exception):
         self.fix = fix
 
 
+class Warning_(Problem):
+    """Not a failure, but worth knowing (no GPU: the model runs, slowly, on the CPU)."""
+
+
 def check_display() -> str:
     from sandbox.session import Sandbox
 
@@ -94,9 +98,30 @@ def check_gpu() -> str:
     import torch
 
     if not torch.cuda.is_available():
-        return "no CUDA GPU: the model runs on the CPU (slow with real weights; fine for tiny-random)"
+        raise Warning_("no CUDA GPU: the model runs on the CPU (slow with real weights; fine for tiny-random)",
+                       "on a machine with an NVIDIA GPU, bash .ci/install installs the CUDA build of torch")
     p = torch.cuda.get_device_properties(0)
     return f"{p.name}, {p.total_memory / 2**30:.1f} GiB"
+
+
+def check_model(model: str) -> str:
+    """The model a run would use loads: its files are here (or downloadable) and its weights load."""
+    import gc
+
+    from agent.backends import load_backend
+    from agent.errors import VlagentError
+
+    t0 = time.perf_counter()
+    try:
+        backend = load_backend(model)
+    except VlagentError as e:
+        raise Problem(str(e), f"download it (huggingface-cli download {model}) or pass --model /path/to/folder; "
+                              "vlagent run --model tiny-random works offline") from None
+    seconds = time.perf_counter() - t0
+    where = getattr(getattr(backend, "model", None), "device", None)
+    del backend
+    gc.collect()
+    return f"{model} loaded in {seconds:.1f} s" + (f" on {where}" if where is not None else "")
 
 
 def check_smoke_run() -> str:
