@@ -44,9 +44,10 @@ class _Strict(BaseModel):
 
 class CachedAction(_Strict):
     action: dict[str, Any]  # native arguments; validated against the schema when replayed
-    target: dict[str, Any] | None = None  # evidence of the pointer target (agent.replay.locate)
+    screen: str | None = None  # the screen the action was taken on (an image file of this cache)
+    target: dict[str, Any] | None = None  # evidence of the pointer target (agent.replay.evidence)
     start: dict[str, Any] | None = None  # a drag's start
-    effect: dict[str, Any] | None = None  # {"changed": bool, "after": evidence | None}
+    effect: dict[str, Any] | None = None  # {"changed": bool, "after": evidence | None, "screen": file | None}
 
 
 class CachedStep(_Strict):
@@ -85,6 +86,7 @@ class ActionCache:
         self.entries: dict[str, CachedStep] = {}
         self.staged: dict[str, CachedStep] = {}
         self.order: list[str] = []  # keys in the order the flow met them
+        self._pending: dict[str, Any] = {}  # image file -> PIL image, written by save()
         if self.reads and self.path.exists():
             self._load()
 
@@ -129,9 +131,9 @@ class ActionCache:
         step.recorded = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.staged[step.key] = step
 
-    def save(self, screens: dict[str, Any] | None = None) -> Path | None:
+    def save(self) -> Path | None:
         """Write the cache: staged steps replace their entries, entries of steps no longer in the flow
-        go. `screens`: key -> PIL image of the screen after that step. Atomic; None when nothing to do."""
+        go, images the staged steps refer to are written. Atomic; None when there is nothing to do."""
         if not self.writes or not self.staged:
             return None
         merged = {**({} if self.mode == "write-only" else self.entries), **self.staged}
@@ -139,19 +141,40 @@ class ActionCache:
         out = []
         for key in keep:
             step = merged[key].model_copy(deep=True)
-            if screens and key in screens and key in self.staged:
-                step.screen = self._write_png(screens[key])
             for a in step.actions:
                 a.target, a.start, a.effect = (self._outline(x) for x in (a.target, a.start, a.effect))
             out.append(step)
+        for rel, image in self._pending.items():
+            if not (self.path.parent / rel).exists():
+                self.images.mkdir(parents=True, exist_ok=True)
+                image.save(self.path.parent / rel, format="PNG", compress_level=6)
         data = CacheFile(task=self.task, steps=out)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(_readable(data.model_dump(mode="json")) + "\n", encoding="utf-8")
         os.replace(tmp, self.path)
         self.entries = {s.key: s for s in (merged[k] for k in keep)}
-        self.staged = {}
+        self.staged, self._pending = {}, {}
         return self.path
+
+    def image_ref(self, image) -> str:
+        """The cache's file name for a screenshot (by its content); written when the cache is saved."""
+        rel = f"{self.images.name}/{hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()[:20]}.png"
+        self._pending.setdefault(rel, image)
+        return rel
+
+    def open_image(self, rel: str | None):
+        """A screenshot the cache refers to, or None when it has none or the file is gone."""
+        from PIL import Image
+
+        if not rel:
+            return None
+        if rel in self._pending:
+            return self._pending[rel]
+        path = self.path.parent / rel
+        if ".." in Path(rel).parts or not path.is_file():
+            return None
+        return Image.open(path).convert("RGB")
 
     # -- images: base64 PNGs in the evidence <-> content-addressed files ---------------------------
     def _write_bytes(self, data: bytes) -> str:
@@ -160,13 +183,6 @@ class ActionCache:
         if not (self.images / name).exists():
             (self.images / name).write_bytes(data)
         return f"{self.images.name}/{name}"  # relative to the cache file's folder
-
-    def _write_png(self, image) -> str:
-        import io
-
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", compress_level=6)
-        return self._write_bytes(buf.getvalue())
 
     def _outline(self, value):
         """Evidence with each {"png": base64} moved to a file, {"png_file": path}."""

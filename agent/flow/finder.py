@@ -1,18 +1,15 @@
-"""The one place the flow cache talks to the target finder (agent.replay.locate): evidence of a point
-on a screenshot, and finding it again. Everything about how targets are recognised lives there."""
+"""The one place the flow cache talks to the target finder (agent.replay.evidence, on agent.replay.locate):
+evidence of a point on a screenshot, and finding it again. How targets are recognised (the same screen,
+the accessibility element, pixels checked by their own text, text) lives there; this adapter only
+gathers what it needs: the windows and the accessibility tree of the display, read *before* an action
+lands (the tree after a click may hold a dialog the click opened)."""
 from __future__ import annotations
 
-import base64
-import io
 import time
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
-
 FIND_TIMEOUT_S = 3.0  # a target may still be appearing (a redraw, a window opening)
 FIND_POLL_S = 0.2
-UNMOVED_DIFF = 6.0  # mean gray-level difference under which a recorded image "is still there"
 
 
 @dataclass
@@ -23,85 +20,79 @@ class Found:
     method: str = ""
 
 
-def windows(display: str | None) -> list:
-    from agent.replay.locate import list_windows
+@dataclass
+class Context:
+    """What surrounded a screenshot when it was taken: windows and accessibility nodes."""
 
-    try:
-        return list_windows(display)
-    except Exception:  # the window list is a hint; a display hiccup must not fail the step
-        return []
-
-
-def describe(image, pixel, display: str | None, ocr: bool = True) -> dict:
-    """Evidence that re-finds what is at `pixel` of `image`. ocr=False skips the OCR words (costly;
-    an effect is checked by its looks) where the finder lets us."""
-    import inspect
-
-    from agent.replay.locate import describe_target
-
-    kw = {"ocr": False} if not ocr and "ocr" in inspect.signature(describe_target).parameters else {}
-    return describe_target(image, tuple(int(v) for v in pixel), windows=windows(display), **kw)
+    windows: list
+    nodes: list
 
 
-def find(evidence: dict, image, display: str | None) -> Found:
-    from agent.replay.locate import search
+class Finder:
+    """Per display: the window list and a lazily started accessibility tree reader. close() when done."""
 
-    if unmoved(evidence, image):
-        return Found(tuple(int(v) for v in evidence["pixel"]), "", 1.0, "unmoved")
-    s = search(evidence, image, windows(display))
-    if s.match is None:
-        return Found(None, s.reason or "not found")
-    return Found(tuple(int(v) for v in s.match.pixel), "", float(s.match.score), s.match.method)
+    def __init__(self, display: str | None):
+        self.display = display
+        self._tree = None
 
+    def context(self) -> Context:
+        """Windows and accessibility nodes now (a few ms; [] where the display has none)."""
+        windows, nodes = [], []
+        if self.display:
+            try:
+                from sandbox.windows import list_windows
 
-def find_waiting(evidence: dict, desktop, display: str | None, timeout_s: float = FIND_TIMEOUT_S):
-    """Find on the live screen, polling while the target may still appear: (Found, frame it was looked for on)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        frame = desktop.capture()
-        found = find(evidence, frame, display)
-        if found.pixel is not None or time.monotonic() >= deadline:
-            return found, frame
-        time.sleep(FIND_POLL_S)
-        desktop.wait_stable(1.0)
+                windows = list_windows(self.display)
+            except Exception:  # the window list is a hint; a display hiccup must not fail the step
+                windows = []
+            try:
+                if self._tree is None:
+                    from agent.replay.atspi import Tree
+
+                    self._tree = Tree(self.display)
+                nodes = self._tree.nodes()
+            except Exception:
+                nodes = []
+        return Context(windows, nodes)
+
+    def describe(self, image, pixel, ctx: Context | None = None, ocr: bool = True) -> dict:
+        """Evidence that re-finds what is at `pixel` of `image`; `ctx` as it was when `image` was taken."""
+        from agent.replay.evidence import describe
+
+        ctx = ctx or self.context()
+        return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr)
+
+    def find(self, evidence: dict, image, recorded=None) -> Found:
+        """Where the evidence's target is on `image`; `recorded`: the screenshot it was recorded on."""
+        from agent.replay.evidence import find
+
+        ctx = self.context()
+        d = find(evidence, image, ctx.windows, ctx.nodes, recorded=recorded)
+        if d.pixel is None:
+            return Found(None, d.reason or "not found", float(d.score), d.method)
+        return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method)
+
+    def find_waiting(self, evidence: dict, desktop, recorded=None, timeout_s: float = FIND_TIMEOUT_S):
+        """Find on the live screen, polling while the target may still appear: (Found, frame looked at)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            frame = desktop.capture()
+            found = self.find(evidence, frame, recorded)
+            if found.pixel is not None or time.monotonic() >= deadline:
+                return found, frame
+            time.sleep(FIND_POLL_S)
+            desktop.wait_stable(1.0)
+
+    def close(self) -> None:
+        if self._tree is not None:
+            try:
+                self._tree.close()
+            except Exception:
+                pass
+            self._tree = None
 
 
 def label(evidence: dict | None) -> str:
     from agent.replay.locate import label as name
 
     return name(evidence)
-
-
-def _gray_png(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("L"), dtype=np.int16)
-
-
-def _same(gray: np.ndarray, tpl: np.ndarray, left: int, top: int) -> bool:
-    h, w = tpl.shape
-    if left < 0 or top < 0 or top + h > gray.shape[0] or left + w > gray.shape[1]:
-        return False
-    return float(np.abs(gray[top:top + h, left:left + w] - tpl).mean()) <= UNMOVED_DIFF
-
-
-def unmoved(evidence: dict, image) -> bool:
-    """The fast, certain case of an unchanged app: on a screen of the recorded size, the recorded
-    neighbourhood AND every recorded anchor (the labels next to the target) are still at their recorded
-    pixels. Two look-alike fields differ in their labels, so this never mistakes one for the other;
-    with no anchors, or evidence of another shape, it says no and the finder decides."""
-    try:
-        if list(image.size) != list(evidence["frame"]) or not evidence.get("anchors"):
-            return False
-        gray = np.asarray(image.convert("L"), dtype=np.int16)
-        px, py = (int(v) for v in evidence["pixel"])
-        ctx = evidence["context"]
-        if not _same(gray, _gray_png(ctx["png"]), px - int(ctx["at"][0]), py - int(ctx["at"][1])):
-            return False
-        for a in evidence["anchors"]:
-            tpl = _gray_png(a["png"])
-            cx, cy = px + a["offset"][0], py + a["offset"][1]
-            left, top = round(cx - tpl.shape[1] / 2), round(cy - tpl.shape[0] / 2)
-            if not any(_same(gray, tpl, left + dx, top + dy) for dx in (0, -1, 1) for dy in (0, -1, 1)):
-                return False  # (a pixel of slack: the anchor's centre was rounded)
-        return True
-    except (KeyError, TypeError, ValueError, OSError):
-        return False

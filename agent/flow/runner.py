@@ -74,13 +74,17 @@ class _ActTrace:
     """What run_loop sees for one act step: the run's trace folder, but only this step's own actions
     as its history (a short instruction needs no memory of the steps before it)."""
 
-    def __init__(self, trace: Trace, flow_step: int):
-        self.trace, self.folder, self.flow_step = trace, trace.folder, flow_step
+    def __init__(self, trace: Trace, flow_step: int, on_frame=None):
+        self.trace, self.folder, self.flow_step, self.on_frame = trace, trace.folder, flow_step, on_frame
         self.steps: list[Step] = []  # numbered from 1 for the prompt
         self.added: list[Step] = []  # the same steps as written to the run's trace
 
     def save_screen(self, image, name: str) -> str:
-        return self.trace.save_screen(image, f"{len(self.trace.steps) + 1:04d}")
+        """The loop saves the frame it shows the model: the moment before that step acts."""
+        n = len(self.trace.steps) + 1
+        if self.on_frame:
+            self.on_frame(n)
+        return self.trace.save_screen(image, f"{n:04d}")
 
     def flush(self) -> None:
         self.trace.flush()
@@ -138,11 +142,20 @@ class Flow:
     on_flow: Any = None  # called with each FlowStepResult
     values: dict[str, Any] = field(default_factory=dict)  # query results by name
     results: list[FlowStepResult] = field(default_factory=list)
-    screens: dict[str, Image.Image] = field(default_factory=dict)  # cache key -> screen after the step
+    contexts: dict[int, Any] = field(default_factory=dict)  # trace step -> windows and tree before it acted
     _seen: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self):
         self.policy = Policy(self.task.allow)
+        self.finder = finder.Finder(self.display)
+
+    def close(self) -> None:
+        self.finder.close()
+
+    def _before_action(self, n: int) -> None:
+        """Remember the windows and the tree as they are before trace step n acts (for its evidence)."""
+        if self.cache is not None and self.cache.writes:
+            self.contexts[n] = self.finder.context()
 
     # -- phases ------------------------------------------------------------------------------------
     def run(self) -> StepFailed | None:
@@ -297,6 +310,7 @@ class Flow:
             self.desktop.wait_stable(SETTLE_MAX_S)
             frame = self.desktop.capture()
         n = len(self.trace.steps) + 1
+        self._before_action(n)
         step = Step(step=n, raw=raw, action=to_json(action), frame=frame.size, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
                     source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
         outcome = execute(checked, self.desktop, frame.size)
@@ -335,14 +349,13 @@ class Flow:
         if self.cache is not None and self.cache.writes:
             # Every action this step performed, cached ones included: together they did the step.
             after = self.desktop.capture()
-            self.cache.stage(CachedStep(key=key, kind=step.kind, text=res.text,
+            self.cache.stage(CachedStep(key=key, kind=step.kind, text=res.text, screen=self.cache.image_ref(after),
                                         actions=self._recorded(self.trace.steps[n0:], after)))
-            self.screens[key] = after
 
     def _act(self, step: FlowStep, res: FlowStepResult) -> None:
         from agent.run.loop import LoopConfig, run_loop
 
-        view = _ActTrace(self.trace, res.index)
+        view = _ActTrace(self.trace, res.index, self._before_action)
         cfg = LoopConfig(max_steps=step.max_steps or DEFAULT_ACT_STEPS, timeout_s=max(self.deadline - time.monotonic(), 0.001))
         if self.loop_history is not None:
             cfg.history = self.loop_history
@@ -381,8 +394,9 @@ class Flow:
         self._perform(action, res, raw=raw, frame=frame)
 
     def _recorded(self, steps: list[Step], after: Image.Image) -> list[CachedAction]:
-        """Cache entries for actions the model took: the action, its target's evidence, its effect
-        (what the place that changed looked like afterwards: the next step's screenshot, or `after`)."""
+        """Cache entries for the actions a step took: the action, the screen it was taken on, its
+        target's evidence (with the windows and tree from before it acted), its effect (what the place
+        that changed looked like afterwards: on the next step's screenshot, or on `after`)."""
         self.trace.flush()
         out: list[CachedAction] = []
         for i, s in enumerate(steps):
@@ -392,16 +406,19 @@ class Flow:
             before = Image.open(self.trace.folder / s.screenshot).convert("RGB")
             nxt = next((x for x in steps[i + 1:] if x.screenshot), None)
             after_img = Image.open(self.trace.folder / nxt.screenshot).convert("RGB") if nxt else after
-            ca = CachedAction(action=to_json(action))
+            ctx = self.contexts.get(s.step)
+            ca = CachedAction(action=to_json(action), screen=self.cache.image_ref(before))
             point = self._frame_px(s.pixel, before) if s.pixel is not None else None
             if point is not None and getattr(action, "coordinate", None) is not None:
-                ca.target = finder.describe(before, point, self.display)
+                ca.target = self.finder.describe(before, point, ctx)
             if s.start_pixel is not None and getattr(action, "start_coordinate", None) is not None:
-                ca.start = finder.describe(before, self._frame_px(s.start_pixel, before), self.display)
+                ca.start = self.finder.describe(before, self._frame_px(s.start_pixel, before), ctx)
             mask = changed(before, after_img)
-            ca.effect = {"changed": mask is not None, "after": None}
+            ca.effect = {"changed": mask is not None, "after": None, "screen": None}
             if mask is not None:
-                ca.effect["after"] = finder.describe(after_img, change_point(mask, point), self.display, ocr=False)
+                later = self.contexts.get(nxt.step) if nxt else None
+                ca.effect["after"] = self.finder.describe(after_img, change_point(mask, point), later, ocr=False)
+                ca.effect["screen"] = self.cache.image_ref(after_img)
             out.append(ca)
         return out
 
@@ -423,7 +440,7 @@ class Flow:
             for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
                 if ev is None:
                     continue
-                found, frame = finder.find_waiting(ev, self.desktop, self.display)
+                found, frame = self.finder.find_waiting(ev, self.desktop, recorded=self.cache.open_image(ca.screen))
                 if found.pixel is None:
                     n = len(self.trace.steps) + 1
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
@@ -456,10 +473,11 @@ class Flow:
                 return False, f"{action.action}: the screen did not change as recorded"
             time.sleep(finder.FIND_POLL_S)
         if effect.get("after"):
-            found = finder.find(effect["after"], now, self.display)
+            recorded = self.cache.open_image(effect.get("screen"))
+            found = self.finder.find(effect["after"], now, recorded)
             if found.pixel is None:
                 self.desktop.wait_stable(EFFECT_WAIT_S)  # it may still be drawing
-                found = finder.find(effect["after"], self.desktop.capture(), self.display)
+                found = self.finder.find(effect["after"], self.desktop.capture(), recorded)
             if found.pixel is None:
                 return False, f"{action.action}: its recorded effect is not on screen ({found.reason})"
         return True, ""
@@ -504,10 +522,11 @@ def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | Non
                 failure = flow.run()
             finally:  # also when Ctrl-C ends it: result.json says which steps ran
                 result.flow, result.model_calls = flow.results, counted.calls
+                flow.close()
             env.sandbox.check_apps()
             result.checks = evaluate(task, env) if failure is None else []
             result.status, result.reason = flow_status(failure, result.checks)
             save_final_screen(env, trace, result)
             if result.status == "success" and store is not None:
-                store.save({k: v for k, v in flow.screens.items() if v is not None})
+                store.save()
     return result, trace.folder

@@ -106,12 +106,13 @@ class Session:
 
                 save_final_screen(self.env, self.trace, result)
                 if result.status == "success" and self.cache is not None:
-                    self.cache.save({k: v for k, v in flow.screens.items() if v is not None})
+                    self.cache.save()
         except VlagentError as e:  # the app died, the display went away
             result.status, result.reason = "error", str(e)
         finally:
             if flow is not None:
                 result.flow, result.model_calls = flow.results, self.backend.calls
+                flow.close()
             if self._stack is not None:
                 self._stack.close()
             result.ended = time.time()
