@@ -98,6 +98,20 @@ def redact_data(data: Any) -> Any:
     return data
 
 
+def redact_files(paths) -> None:
+    """Rewrite text files (logs) with their secrets redacted; unreadable or binary ones are left."""
+    if not _patterns:
+        return
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+            clean = redact(text)
+            if clean != text:
+                path.write_text(clean, encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+
+
 def mask(image):
     """Paint over the words OCR reads as a secret (when a task asked for it). Returns the image."""
     if not (mask_screens and _patterns):

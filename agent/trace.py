@@ -251,6 +251,7 @@ class Trace:
             self._log.close()
         except OSError:
             pass
+        secrets.redact_files(self.folder.rglob("*.log"))  # the apps' own output, kept with the trace
         return result
 
 
