@@ -233,6 +233,9 @@ def test_transformers_backend_with_the_engine_replies_like_generate():
     policy = Policy(Allow(actions=["left_click", "type", "key"], keys=["enter"], max_text_len=20))
     with_engine = TransformersBackend(tiny_checkpoint(), engine=True)
     plain = TransformersBackend(tiny_checkpoint(), engine=False)
+    made = []  # screenshots preprocessed for the engine: each once, when it is new
+    real = with_engine._device_pixels
+    with_engine._device_pixels = lambda im: made.append(im) or real(im)
     shots, steps = [shot(i) for i in range(3)], []
     for n in range(3):
         msgs = build_messages("Click the box.", steps, shots[n], policy, load_image=lambda s: shots[s.step - 1])
@@ -242,6 +245,7 @@ def test_transformers_backend_with_the_engine_replies_like_generate():
         steps.append(Step(step=n + 1, raw=reply, action=None))
         if n:  # later steps prefill only what is new
             assert with_engine.engine.last_timings.reused_tokens > 0
+        assert made == shots[:n + 1]
 
 
 # ---- safe on failure and cancellation (issue 9): the tiny checkpoint on the CPU
@@ -347,3 +351,14 @@ def test_one_call_at_a_time_and_an_abandoned_call_cannot_corrupt_the_next():
     assert errors and not abandoned.is_alive()
     after = eng.generate(first, [], max_new_tokens=8)
     assert after.tokens == box["a"].tokens
+
+
+def test_warm_up_leaves_no_trace():
+    """warm_up (run at load on CUDA) runs a dummy prompt; the next reply equals a fresh engine's."""
+    model = small_model()
+    eng = Engine(model, max_context=2048)
+    eng.warm_up()
+    assert eng._ids == [] and "warm-up" not in eng._vision
+    a = image(7)
+    ids = text(0, 10) + with_image(a) + text(1, 4)
+    assert eng.generate(ids, [a], max_new_tokens=6).tokens == Engine(model, max_context=2048).generate(ids, [a], max_new_tokens=6).tokens

@@ -407,3 +407,15 @@ def test_an_allow_block_leaving_no_action_is_one_clear_error():
 
     with pytest.raises(VlagentError, match="leaves no action"):
         reply_grammar(Policy(Allow(actions=["key"], keys=["ctrl+alt+t"])))  # every listed chord is denied
+
+
+def test_text_limit_counts_equal_the_byte_walk():
+    """TextLimit counts most tokens with numpy; every count equals text_chars' walk."""
+    import numpy as np
+
+    toks = [b"ab", b'"x', b'\\"', "é".encode(), b"", b"\x80a", b"a\\\\b", "<tool_call>".encode(), "日本".encode(),
+            b"\\", b'x"y', "é".encode()[1:] + b"z"]
+    limit = grammar.TextLimit(toks, 16)
+    ref = np.array([[grammar.text_chars(b, esc)[0] for b in limit.token_bytes] for esc in (False, True)])
+    assert (limit.counts == ref).all()
+    assert limit.tags.tolist() == [b == "<tool_call>".encode() for b in limit.token_bytes]

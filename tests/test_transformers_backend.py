@@ -106,6 +106,32 @@ def test_count_tokens_is_exact_and_counts_the_screenshot(backend):
     assert n - backend.count_tokens(text_only + [text_turn]) == 1002
 
 
+def test_encode_equals_the_processor_and_renders_once(backend, monkeypatch):
+    """One template render per step (fits, then generate), pieces tokenized apart: the ids and
+    patches are exactly the processor's own for a history of several screenshots."""
+    import torch
+    from agent.trace import Step
+
+    policy = Policy(FILL_FORM)
+    shots = [form_screenshot((320, 200), seed=i) for i in range(3)]
+    steps = [Step(step=i + 1, raw='<tool_call>\n{"name": "computer_use", "arguments": {"action": "key", "keys": ["tab"]}}\n</tool_call>')
+             for i in range(2)]
+    msgs = build_messages("Fill in the form.", steps, shots[2], policy, load_image=lambda s: shots[s.step - 1])
+    ref = backend.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True, return_tensors="pt")
+    renders = []
+    real = backend.processor.apply_chat_template
+    monkeypatch.setattr(backend.processor, "apply_chat_template", lambda *a, **k: renders.append(1) or real(*a, **k))
+    assert backend.prompt_tokens(msgs) == ref["input_ids"].shape[-1]
+    mine = backend.encode(msgs)
+    assert len(renders) == 1
+    assert torch.equal(mine["input_ids"], ref["input_ids"])
+    assert torch.equal(mine["pixel_values"], ref["pixel_values"])
+    assert torch.equal(mine["image_grid_thw"], ref["image_grid_thw"])
+    ids, images = backend.engine_inputs(msgs)
+    assert ids == ref["input_ids"][0].tolist() and [im.grid_thw for im in images] == [tuple(g) for g in ref["image_grid_thw"].tolist()]
+
+
 def test_budget_follows_the_grammar(backend):
     from agent.backends.grammar import max_reply_bytes
 

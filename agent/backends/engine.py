@@ -38,6 +38,7 @@ KV_BUCKET = 1024  # tokens: decode attention reads the cache up to the next mult
 PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
 VISION_CACHE_SIZE = 6  # encoded images kept: a 4-shot history plus an eviction chunk (33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
+WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits)
 FORCED_BATCH_MIN = 8  # forced tokens fed in one eager pass from this many on (an eager pass costs ~5 replays)
 
 
@@ -54,7 +55,7 @@ class Cancelled(VlagentError):
 @dataclass
 class EngineImage:
     """One image of the prompt as the processor made it: its patches, grid (t, h, w) and a content key."""
-    pixel_values: Any  # (t*h*w, C*T*P*P) float tensor
+    pixel_values: Any  # (t*h*w, C*T*P*P) float tensor, or a function returning it (made only if encoded)
     grid_thw: tuple[int, int, int]
     key: str = ""  # same key = same image; empty: hashed from pixel_values
 
@@ -66,7 +67,8 @@ class EngineImage:
 
 @dataclass
 class Timings:
-    vision_ms: float = 0.0
+    vision_ms: float = 0.0  # preprocessing included
+    preprocess_ms: float = 0.0  # making patches of images given as functions
     prefill_ms: float = 0.0
     ttft_ms: float = 0.0  # call start to the first token chosen (vision + prefill + sampling)
     decode_ms: float = 0.0  # after the first token
@@ -151,6 +153,7 @@ class Engine:
         # abandoned at its deadline still runs) waits here until the first is done.
         self._lock = threading.Lock()
         self._cancel = threading.Event()
+        self._preprocess_s = 0.0
 
     # ---- set-up
 
@@ -200,7 +203,13 @@ class Engine:
             self._vision.move_to_end(image.key)
             return hit, False
         torch = self.torch
-        px = image.pixel_values.to(self.device, self.visual.dtype if hasattr(self.visual, "dtype") else self.dtype)
+        px = image.pixel_values
+        if callable(px):  # made on demand (the backend preprocesses a screenshot only when it is encoded)
+            t = time.perf_counter()
+            px = px()
+            self._sync()
+            self._preprocess_s += time.perf_counter() - t
+        px = px.to(self.device, self.visual.dtype if hasattr(self.visual, "dtype") else self.dtype)
         grid = torch.tensor([image.grid_thw], device=self.device)
         out = self.visual(px, grid_thw=grid)
         if isinstance(out, tuple):  # older transformers: (merged, deepstack list)
@@ -344,6 +353,23 @@ class Engine:
                     self._capture(s)
         self._pos.zero_()
 
+    def warm_up(self, tokens: int = 0):
+        """At load: run the vision tower, a prefill and a few decode steps on a small dummy prompt
+        (library handles, kernel choices, compiled pieces), then capture the decode graphs of every
+        bucket up to `tokens` (default WARM_TOKENS), so that no step of a run pays for them."""
+        torch = self.torch
+        cfg = self.model.config
+        vc = cfg.vision_config
+        grid = (1, 8 * self.merge, 8 * self.merge)
+        dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+        im = EngineImage(torch.randn(grid[1] * grid[2], dim, device=self.device), grid, key="warm-up")
+        text = [100 + i for i in range(64)]
+        ids = text + [cfg.vision_start_token_id] + [self.image_token] * 64 + [cfg.vision_end_token_id] + text
+        self.generate(ids, [im], max_new_tokens=4, min_new_tokens=4)
+        self._vision.pop("warm-up", None)
+        self.reset()
+        self.warmup(list(range(KV_BUCKET, min(self.max_context, tokens or WARM_TOKENS) + 1, KV_BUCKET)))
+
     # ---- one call
 
     def _sync(self):
@@ -464,6 +490,7 @@ class Engine:
         self._keys = self._keys[:sum(1 for _, e in image_spans(self._ids, self.image_token) if e <= m)]
 
         # Vision: only images that are (partly) in the new part.
+        self._preprocess_s = 0.0
         feats = {}
         for idx, ((s, e), im) in enumerate(zip(spans, images)):
             if e > m:
@@ -472,6 +499,7 @@ class Engine:
         self._sync()
         t1 = time.perf_counter()
         t.vision_ms = (t1 - t0) * 1e3
+        t.preprocess_ms = self._preprocess_s * 1e3
         t.peak_vision_gib = self._peak()
 
         # Tokens the grammar forces before the model has any choice (e.g. "<tool_call>\n{"name": ...)
@@ -565,7 +593,10 @@ def make_engine(model, context: int | None = None) -> "Engine":
         if budget < 4096:
             raise VlagentError(f"not enough free device memory for a KV cache: {budget} tokens fit")
         ctx = min(ctx, budget)
-    return Engine(model, max_context=ctx, compile=os.environ.get("VLAGENT_COMPILE") == "1")
+    eng = Engine(model, max_context=ctx, compile=os.environ.get("VLAGENT_COMPILE") == "1")
+    if device.type == "cuda":
+        eng.warm_up()
+    return eng
 
 
 def _split_images(inputs, messages) -> list:

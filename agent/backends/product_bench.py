@@ -214,7 +214,7 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
                        images=sum(1 for x in messages for p in x["content"] if p.get("type") == "image"),
                        **{k: v for k, v in bt.items()})
             if et is not None:
-                row.update(vision_ms=et.vision_ms, prefill_ms=et.prefill_ms, decode_ms=et.decode_ms,
+                row.update(preprocess_ms=et.preprocess_ms, vision_ms=et.vision_ms - et.preprocess_ms, prefill_ms=et.prefill_ms, decode_ms=et.decode_ms,
                            prompt_tokens=et.prompt_tokens, reused_tokens=et.reused_tokens,
                            new_tokens=et.new_tokens, images_encoded=et.images_encoded,
                            peak_gib=max(et.peak_vision_gib, et.peak_prefill_gib, et.peak_decode_gib))
@@ -241,7 +241,7 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
         steady_step_ms_p95=percentile([r["step_ms"] for r in steady], 0.95),
         click_step_ms_p50=percentile([r["step_ms"] for r in clicks], 0.5) if clicks else None,
         click_step_ms_p95=percentile([r["step_ms"] for r in clicks], 0.95) if clicks else None,
-        prompt_ms=med("prompt_ms"), model_ms=med("model_ms"), encode_ms=med("encode_ms"),
+        prompt_ms=med("prompt_ms"), model_ms=med("model_ms"), encode_ms=med("encode_ms"), preprocess_ms=med("preprocess_ms"),
         vision_ms=med("vision_ms"), prefill_ms=med("prefill_ms"), decode_ms=med("decode_ms"),
         grammar_ms=med("grammar_ms"), new_tokens=med("new_tokens"), choices=med("choices"),
         prompt_tokens=med("prompt_tokens"),

@@ -19,6 +19,7 @@ from agent.errors import BackendError, VlagentError
 # Without a grammar nothing bounds the reply; a native one is ~30-60 tokens.
 UNCONSTRAINED_MAX_NEW_TOKENS = 512
 HUB_TIMEOUT_S = 10
+PIECE_CACHE = 64  # template pieces remembered (system prompt, turns between screenshots)
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # no README images
 
 
@@ -154,6 +155,10 @@ class TransformersBackend:
             raise VlagentError(f"cannot load model {model}: {_one_line(e)}") from None
         self.tokenizer = self.processor.tokenizer
         self._preprocessed = PerImage()  # screenshot -> its pixel patches (encode)
+        self._engine_images = PerImage()  # screenshot -> its EngineImage (key, grid, patches on demand)
+        self._pieces: dict[str, list[int]] = {}  # template text between images -> token ids
+        self._rendered = None  # (message-list key, (piece ids, images)) of the last render
+        self._image_cfg = None
         self.constrainer = None
         if constrained:
             from agent.backends.grammar import make_constrainer
@@ -170,6 +175,49 @@ class TransformersBackend:
 
             self.engine = make_engine(self.model)
 
+    def _render(self, messages: list[Message]):
+        """(token ids of the text between images, the images): the chat template rendered once per
+        message list, however many times fits/prompt_tokens/encode ask. Pieces are tokenized apart (the
+        image pad is a special token, so the tokenizer splits there anyway) and remembered, so the
+        unchanged system prompt and history are not tokenized again every step."""
+        key = tuple((m["role"], tuple(("i", id(p["image"])) if p.get("type") == "image" else ("t", p.get("text"))
+                                      for p in m["content"])) for m in messages)
+        if self._rendered is not None and self._rendered[0] == key:
+            return self._rendered[1]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        pieces = text.split(self.processor.image_token)
+        images = [p["image"] for m in messages for p in m["content"] if p.get("type") == "image"]
+        if len(pieces) != len(images) + 1:
+            raise BackendError(f"the chat template placed {len(pieces) - 1} images for {len(images)} screenshots")
+        ids = [self._piece_ids(piece) for piece in pieces]
+        self._rendered = (key, (ids, images))  # holds the images: their ids cannot be reused meanwhile
+        return ids, images
+
+    def _piece_ids(self, piece: str) -> list[int]:
+        ids = self._pieces.get(piece)
+        if ids is None:
+            ids = self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if len(self._pieces) >= PIECE_CACHE:
+                self._pieces.pop(next(iter(self._pieces)))
+            self._pieces[piece] = ids
+        return ids
+
+    def _placeholders(self, image) -> int:
+        from agent.backends.qwen_images import image_config, image_tokens
+
+        if self._image_cfg is None:
+            self._image_cfg = image_config(self.processor, "")
+        return image_tokens(*image.size, self._image_cfg) - 2  # less the vision start and end the template wrote
+
+    def _ids(self, messages: list[Message]) -> tuple[list[int], list]:
+        pieces, images = self._render(messages)
+        pad = self.processor.image_token_id
+        ids = list(pieces[0])
+        for image, rest in zip(images, pieces[1:]):
+            ids += [pad] * self._placeholders(image)
+            ids += rest
+        return ids, images
+
     def encode(self, messages: list[Message]):
         """Prompt tensors (input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw)
         on the device: exactly what processor.apply_chat_template(tokenize=True) returns (a test holds
@@ -178,23 +226,54 @@ class TransformersBackend:
         import torch
         from transformers import BatchFeature
 
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        pad = self.processor.image_token
-        pieces = text.split(pad)
-        pixels = [self._pixels(p["image"]) for m in messages for p in m["content"] if p.get("type") == "image"]
-        if len(pieces) != len(pixels) + 1:
-            raise BackendError(f"the chat template placed {len(pieces) - 1} images for {len(pixels)} screenshots")
-        merge = self.processor.image_processor.merge_size ** 2
-        text = pieces[0] + "".join(pad * (int(grid.prod()) // merge) + rest for (_, grid), rest in zip(pixels, pieces[1:]))
-        data = dict(self.tokenizer(text, add_special_tokens=False, return_tensors="pt"))
-        data["mm_token_type_ids"] = (data["input_ids"] == self.processor.image_token_id).long()
-        if pixels:
+        ids, images = self._ids(messages)
+        input_ids = torch.tensor([ids])
+        data = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                "mm_token_type_ids": (input_ids == self.processor.image_token_id).long()}
+        if images:
+            pixels = [self._pixels(im) for im in images]
             data["pixel_values"] = torch.cat([pv for pv, _ in pixels])
             data["image_grid_thw"] = torch.cat([grid for _, grid in pixels])
         return BatchFeature(data).to(self.device)
 
+    def engine_inputs(self, messages: list[Message]):
+        """(token ids, EngineImages) for the engine. An EngineImage carries its content key and grid;
+        its patches are made only if the engine has not encoded that screenshot already, on the
+        model's device (the processor's torchvision path runs on the GPU), and are not kept after: the
+        engine caches the encoded image, so a screenshot's ~48 MB of float32 patches is made and moved
+        once in its life, not every step it stays in the history."""
+        ids, images = self._ids(messages)
+        return ids, [self._engine_images.get(im, self._engine_image) for im in images]
+
+    def _engine_image(self, image):
+        from agent.backends.engine import EngineImage, image_key
+
+        merge = self.processor.image_processor.merge_size
+        w, h = self._resized(image)
+        patch = self.processor.image_processor.patch_size
+        grid = (1, h // patch, w // patch)
+        if grid[1] * grid[2] // merge ** 2 != self._placeholders(image):
+            raise BackendError("image grid and placeholder count disagree")  # a bug in the arithmetic
+        return EngineImage(lambda: self._device_pixels(image), grid, key=image_key(image))
+
+    def _resized(self, image):
+        from agent.backends.qwen_images import resized_size
+        self._placeholders(image)  # loads the image config
+        return resized_size(*image.size, self._image_cfg)
+
+    def _device_pixels(self, image):
+        """One screenshot's patches on the model's device: preprocessed there when the image processor
+        can (torchvision), else on the CPU and moved."""
+        proc = self.processor.image_processor
+        if self.device.startswith("cuda") and "Pil" not in type(proc).__name__:
+            try:
+                return proc(images=[image], return_tensors="pt", device=self.device)["pixel_values"]
+            except (TypeError, ValueError):  # a processor without the device option
+                pass
+        return self._pixels(image)[0].to(self.device)
+
     def _pixels(self, image):
-        """(pixel_values, image_grid_thw) of one screenshot, computed once per image object."""
+        """(pixel_values, image_grid_thw) of one screenshot on the CPU, computed once per image object."""
         def preprocess(img):
             out = self.processor.image_processor(images=[img], return_tensors="pt")
             return out["pixel_values"], out["image_grid_thw"]
@@ -209,18 +288,10 @@ class TransformersBackend:
 
     def prompt_tokens(self, messages: list[Message]) -> int:
         """The same count as count_tokens without preprocessing the images: the chat template's text
-        (one <|image_pad|> per image) through the tokenizer, plus each image's tokens from the
-        processor's own resize arithmetic. Cheap enough to call on every step."""
-        from agent.backends.qwen_images import image_config, image_tokens
-
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        cfg = image_config(self.processor, "")
-        for m in messages:
-            for part in m["content"]:
-                if part.get("type") == "image":
-                    n += image_tokens(*part["image"].size, cfg) - 3  # the template wrote start, pad, end
-        return n
+        through the tokenizer, plus each image's tokens from the processor's own resize arithmetic.
+        Cheap enough to call on every step (and the render is reused by the call that follows)."""
+        pieces, images = self._render(messages)
+        return sum(len(p) for p in pieces) + sum(self._placeholders(im) for im in images)
 
     def context_budget(self, policy=None) -> int:
         """Prompt tokens that fit: the engine's static KV cache on the GPU, else the model's context,
@@ -254,14 +325,22 @@ class TransformersBackend:
         import time
 
         t0 = time.perf_counter()
-        inputs = self.encode(messages)
-        self.last_timings = {"encode_ms": (time.perf_counter() - t0) * 1e3}  # template, tokens, pixels, copies
         try:
             if self.engine is not None:
+                ids, images = self.engine_inputs(messages)
+                self.last_timings = {"encode_ms": (time.perf_counter() - t0) * 1e3}  # template, tokens
                 matcher = self.constrainer.matcher(policy) if self.constrainer else None
-                new_ids = self.engine.generate_inputs(inputs, messages, self.token_budget(policy), matcher,
-                                                      self.model.generation_config.eos_token_id)
+                eos = self.model.generation_config.eos_token_id
+                stops = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+                room = self.engine.max_context - len(ids)
+                if room < 1:
+                    raise VlagentError(f"prompt of {len(ids)} tokens exceeds the engine's context of "
+                                       f"{self.engine.max_context} tokens")
+                new_ids = self.engine.generate(ids, images, min(self.token_budget(policy), room),
+                                               stop_ids=stops, matcher=matcher).tokens
             else:
+                inputs = self.encode(messages)
+                self.last_timings = {"encode_ms": (time.perf_counter() - t0) * 1e3}  # template, tokens, pixels, copies
                 processors = [self.constrainer.logits_processor(policy)] if self.constrainer else []
                 new_ids = self._decode(inputs, processors, self.token_budget(policy))
         except (RuntimeError, MemoryError) as e:  # out of device memory, kernel failures
