@@ -210,3 +210,31 @@ def test_python_session_and_its_assertion_error(tmp_path):
         assert str(e.value).splitlines()[2].endswith("s1/screens/steps-04-assert.png")
     assert vl.result.status == "failed" and vl.result.model_calls == 7
     assert load_result(tmp_path / "s1").flow[-1].status == "failed"
+
+
+def test_a_flow_in_a_suite_shows_its_steps_in_junit_and_the_report(tmp_path):
+    """`vlagent suite` on a flow: JUnit carries the model calls and each step with the model's reason
+    and screen; the HTML report has the flow table with the screen each assert was judged on."""
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from flow_support import ROOT
+
+    suite = tmp_path / "suite"
+    form_task(suite, [{"act": NAME_ACT}, {"assert": "Ada is typed"}, {"assert": "Saved is shown"}], success=[])
+    script(suite, {**replies(), "Ada is typed": [verdict(True, "the Name field shows Ada Lovelace")],
+                   "Saved is shown": [verdict(False, "no Saved text anywhere")]}, "flow.replies.yaml")
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "suite", str(suite), "--model", "script:{dir}/{name}.replies.yaml",
+                        "--junit", str(tmp_path / "j.xml"), "--report", str(tmp_path / "rep")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    case = next(ET.parse(tmp_path / "j.xml").getroot().iter("testcase"))
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["model_calls"] == "5" and case.find("failure") is not None
+    out = case.find("system-out").text
+    assert "PASS steps[1] assert: Ada is typed\n    reason: the Name field shows Ada Lovelace" in out
+    assert "FAIL steps[2] assert: Saved is shown\n    reason: no Saved text anywhere\n    screen: " in out
+    page = next((tmp_path / "rep" / "tasks").glob("*.html")).read_text()
+    assert "Flow steps" in page and "no Saved text anywhere" in page and "(5 model calls)" in page
+    assert page.count('alt="screen of assert"') == 2

@@ -174,6 +174,10 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
         "cards": cards, "final": final, "answer": result.answer if result else None,
         "checks": [c.model_dump() for c in result.checks] if result else [],
         "task_text": task_text, "log": _log(log), "trace": str(trace),
+        # a flow's steps (agent.flow): kind, text, cache use, model calls, the model's reason, the screen it judged
+        "flow": [{**f.model_dump(exclude={"screenshot"}), "value": None if f.value is None else json.dumps(f.value, ensure_ascii=False),
+                  "img": _copy_screen(trace, f.screenshot, tasks_dir, slug)} for f in (result.flow if result else [])],
+        "model_calls": result.model_calls if result and result.flow else None,
     })
     (tasks_dir / f"{slug}.html").write_text(render("trace.html.j2", **page), encoding="utf-8")
     last = Path(steps[-1].screenshot).name if steps and steps[-1].screenshot else None

@@ -88,6 +88,10 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
              loop: LoopConfig | None = None, on_step=None) -> tuple[Result, Path]:
     """Run one task. Always returns a Result and a complete trace folder, whatever happens;
     KeyboardInterrupt is recorded as `aborted` and then re-raised for the caller to exit."""
+    if task.steps:  # a flow (steps: instead of goal:) has its own runner, with the action cache
+        from agent.flow.runner import run_flow
+
+        return run_flow(task, backend, display=display, trace_dir=trace_dir, loop=loop, on_step=on_step)
     loop = loop or LoopConfig(max_steps=task.max_steps, timeout_s=task.timeout_s)
     trace, result = start_trace(trace_dir or new_trace_dir(DEFAULT_RUNS_DIR, task.name), task,
                                 getattr(backend, "name", ""))

@@ -56,7 +56,7 @@ def _is_task_file(path: Path) -> bool:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False
-    return isinstance(data, dict) and "goal" in data
+    return isinstance(data, dict) and ("goal" in data or "steps" in data)  # a task, or a flow
 
 
 def _is_trace_dir(path: Path) -> bool:

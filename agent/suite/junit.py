@@ -44,10 +44,36 @@ def testcase(outcome) -> ET.Element:
         tag = "error" if outcome.status in ERROR_STATUSES else "failure"
         el = ET.SubElement(case, tag, message=message, type=outcome.status)
         el.text = message + (f"\ntrace: {outcome.trace}" if outcome.trace else "")
-    out = _tail(outcome.log)
-    if out:
+    calls, steps = _flow(outcome.trace)
+    if steps:  # a flow: its model calls, and each step (assertions with the model's reason and screen)
+        ET.SubElement(props, "property", name="model_calls", value=str(calls))
+    out = "\n".join(steps + ([_tail(outcome.log)] if outcome.log else []))
+    if out.strip():
         ET.SubElement(case, "system-out").text = _clean(out)
     return case
+
+
+FLOW_MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
+
+
+def _flow(trace) -> tuple[int, list[str]]:
+    """A flow run's model calls and one line per step, from its result.json (none for other runs)."""
+    import json
+
+    try:
+        data = json.loads((Path(trace) / "result.json").read_text(encoding="utf-8")) if trace else {}
+    except (OSError, ValueError):
+        return 0, []
+    lines = []
+    for f in data.get("flow") or []:
+        cache = f" [cache {f['cache']}]" if f.get("cache") else ""
+        line = f"{FLOW_MARK.get(f.get('status'), '?')} {f.get('phase')}[{f.get('index')}] {f.get('kind')}: {f.get('text')}{cache}"
+        if f.get("reason"):
+            line += f"\n    reason: {f['reason']}"
+        if f.get("screenshot"):
+            line += f"\n    screen: {Path(trace) / f['screenshot']}"
+        lines.append(line)
+    return int(data.get("model_calls") or 0), lines
 
 
 def _suite_element(name: str, cases: list[ET.Element]) -> ET.Element:
