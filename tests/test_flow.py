@@ -238,3 +238,32 @@ def test_a_flow_in_a_suite_shows_its_steps_in_junit_and_the_report(tmp_path):
     page = next((tmp_path / "rep" / "tasks").glob("*.html")).read_text()
     assert "Flow steps" in page and "no Saved text anywhere" in page and "(5 model calls)" in page
     assert page.count('alt="screen of assert"') == 2
+
+
+def test_ctrl_c_still_runs_the_after_hooks(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flow_support import ROOT
+
+    task = form_task(tmp_path, [{"wait_for": "Saved is shown", "timeout_s": 120, "interval_s": 0.5}],
+                     after=[{"left_click": {"coordinate": [352, 205]}}, {"type": "cleanup"}], success=[])
+    model = script(tmp_path, {"Saved is shown": [verdict(False, "not yet")] * 500})
+    trace = tmp_path / "trace"
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", str(task), "--model", model, "--trace", str(trace)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (trace / "screens" / "steps-00-wait_for.png").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    result = load_result(trace)
+    assert result.status == "aborted"
+    assert [(f.phase, f.kind, f.status) for f in result.flow] == [
+        ("steps", "wait_for", "failed"), ("after", "left_click", "passed"), ("after", "type", "passed")]
+    assert result.flow[0].reason == "interrupted (Ctrl-C or SIGTERM)" and result.flow[0].model_calls >= 1
+    assert [s.kind for s in load_steps(trace)] == ["left_click", "type"]

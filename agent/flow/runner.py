@@ -192,16 +192,25 @@ class Flow:
             failure = StepFailed(str(e.args[0]))
         except ModelExhausted as e:
             failure = StepFailed(str(e))
+        except BaseException as e:  # Ctrl-C, a person's abort, a dead backend: recorded, then the run ends
+            res.status = "failed"
+            res.reason = "interrupted (Ctrl-C or SIGTERM)" if isinstance(e, KeyboardInterrupt) else \
+                f"{type(e).__name__}: {e}".splitlines()[0] if not isinstance(e, VlagentError) else str(e)
+            self._finish(res, t0, calls0, n0)
+            raise
         if failure is not None:
             res.status = "failed"
             if not (res.reason and step.kind in ("assert", "wait_for") and failure.kind != "invalid_output"):
                 res.reason = str(failure)  # (a false assert keeps the model's reason: the report shows both)
             failure = StepFailed(f"{phase}[{index}] {step.kind} {res.text!r}: {failure}", failure.kind)
+        self._finish(res, t0, calls0, n0)
+        return failure
+
+    def _finish(self, res: FlowStepResult, t0: float, calls0: int, n0: int) -> None:
         res.model_calls = self.backend.calls - calls0
         res.duration_s = round(time.monotonic() - t0, 3)
         res.actions = [s.step for s in self.trace.steps[n0:]]
         self._report(res)
-        return failure
 
     def _report(self, res: FlowStepResult) -> None:
         self.results.append(res)
