@@ -15,7 +15,7 @@ from agent.flow.runner import run_flow
 from agent.flow.steps import FlowStep, fill
 from agent.task import load_task
 from agent.trace import load_result, load_steps
-from flow_support import (DONE, EMAIL_ACT, NAME_ACT, PRO, STEPS, SUBMIT, click, form_task, replies, reply,
+from flow_support import (NAME_ACT, PRO, STEPS, SUBMIT, form_task, replies, reply,
                           script, verdict)
 
 QUERY_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}

@@ -14,7 +14,7 @@ from PIL import Image
 from agent.backends.script import ScriptBackend
 from agent.flow.runner import run_flow
 from agent.task import load_task
-from flow_support import DONE, EMAIL_ACT, NAME_ACT, PRO, ROOT, STEPS, SUBMIT, form_task, replies, script, verdict
+from flow_support import DONE, EMAIL_ACT, PRO, ROOT, STEPS, form_task, replies, script, verdict
 
 CACHE = "flow.cache.json"
 

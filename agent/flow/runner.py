@@ -11,14 +11,13 @@ Per step kind:
   wait_for    verdicts every interval_s until one passes or timeout_s passes
 
 The cache (agent.flow.cache): an act or grounded step with an entry is replayed without the model, each
-target found again by agent.replay.locate and each action's recorded effect checked. A target not found
+target found again by agent.replay.evidence and each action's recorded effect checked. A target not found
 or an effect that does not show sends the step to the model (healed); a step without entry goes to the
 model too (miss). New actions are written only when the whole run succeeded (the checks decide).
 """
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from PIL import Image
 
 from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_relative
-from agent.errors import Aborted, ModelExhausted, VlagentError
+from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask, finder
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
 from agent.flow.steps import POINTER, FlowStep, fill
@@ -194,8 +193,10 @@ class Flow:
             failure = StepFailed(str(e))
         except BaseException as e:  # Ctrl-C, a person's abort, a dead backend: recorded, then the run ends
             res.status = "failed"
-            res.reason = "interrupted (Ctrl-C or SIGTERM)" if isinstance(e, KeyboardInterrupt) else \
-                f"{type(e).__name__}: {e}".splitlines()[0] if not isinstance(e, VlagentError) else str(e)
+            if isinstance(e, KeyboardInterrupt):
+                res.reason = "interrupted (Ctrl-C or SIGTERM)"
+            else:
+                res.reason = str(e) if isinstance(e, VlagentError) else f"{type(e).__name__}: {e}".splitlines()[0]
             self._finish(res, t0, calls0, n0)
             raise
         if failure is not None:
