@@ -108,7 +108,7 @@ APPS = {a.name: a for a in [
     ]),
     Mousepad("mousepad", "GTK", "Mousepad$", [
         ("click", ("text", "")), ("type", "hello replay"), ("click", ("menu", "Document")),
-        ("click", ("check menu item", "Word Wrap")), ("click", ("menu", "Help")), ("click", ("menu item", "About")),
+        ("click", ("menu item", "Word Wrap")), ("click", ("menu", "Help")), ("click", ("menu item", "About")),
         ("click", ("push button", "Close")),
     ], moved_to=(260, 140)),
     Zenity("zenity", "GTK", "^Shipping$", [
@@ -133,7 +133,10 @@ APPS = {a.name: a for a in [
 
 def _gtk_env(cond: str) -> list[str]:
     env = {"dark": ["GTK_THEME=Adwaita:dark"], "font": ["GDK_DPI_SCALE=1.5"]}.get(cond, [])
-    return ["env", "NO_AT_BRIDGE=0", *env]
+    # Its own settings and session per run: nothing of an earlier run (mousepad offers to restore a
+    # killed session) changes what the app shows.
+    home = [f"XDG_{d}_HOME={{workdir}}/xdg-{d.lower()}" for d in ("CONFIG", "DATA", "CACHE", "STATE")]
+    return ["env", "NO_AT_BRIDGE=0", *home, *env]
 
 
 def task_for(app: App, cond: str) -> dict:
@@ -324,9 +327,15 @@ def main() -> None:
         app = APPS[name]
         taskfile = out / f"{app.name}-unchanged.yaml"
         taskfile.write_text(yaml.safe_dump(task_for(app, "unchanged")))
-        traces = {"human": record_human(app, out, taskfile)}
-        if "agent" in args.kinds:
-            traces["agent"] = agent_trace(app, traces["human"], out, taskfile)
+        try:
+            traces = {"human": record_human(app, out, taskfile)}
+            if "agent" in args.kinds:
+                traces["agent"] = agent_trace(app, traces["human"], out, taskfile)
+        except Exception as e:  # the app could not be driven: its cases say why
+            print(f"{app.name}: recording failed: {e}", flush=True)
+            cases += [Case(app.name, c, k, "stopped", f"recording failed: {e}")
+                      for c in args.conditions.split(",") for k in args.kinds.split(",")]
+            continue
         for cond in args.conditions.split(","):
             for kind in args.kinds.split(","):
                 if cond not in app.conditions:

@@ -257,6 +257,7 @@ def describe(nodes: list[Node], px) -> dict | None:
         "path": [m.role for m in _chain(nodes, n)[1:] if m.role not in WINDOW_ROLES and m.parent >= 0][:6],
         "labels": _labels(nodes, n, win),
         "order": [same.index(n), len(same)],  # which of the look-alikes (same role and name) it is
+        "says": name_at(nodes, px),  # in words, for messages and reports
     }
 
 
@@ -279,6 +280,10 @@ def find(ev: dict, nodes: list[Node]) -> Found:
                   and n.box[3] > 0 and n.app == ev["app"]}.values())  # a popup's items may be listed twice
     if not cands:
         return Found(None, reason=f"no {ev['role']} in {ev['app']!r}'s accessibility tree")
+    # A name that reads exactly as recorded beats one that only looks like it ("Cut Display Value" is
+    # not "Copy Display Value"); the fuzzy match is for names with per-run parts.
+    exact = [n for n in cands if n.name.strip().lower() == ev["name"].strip().lower()]
+    cands = exact or cands
     scored = []
     for n in cands:
         detail = _agreement(ev, nodes, n)
@@ -376,7 +381,7 @@ def _walk() -> list[dict]:
             if depth > 1 and not states.contains(Atspi.StateType.SHOWING):
                 return  # a closed menu or a hidden page: not on screen, nor are its children
             role = acc.get_role_name()
-            name = acc.get_name() or ""
+            name = (acc.get_name() or "").strip()  # GTK pads menu items with spaces
             ext = acc.get_extents(Atspi.CoordType.SCREEN) if depth > 0 else None
             box = (ext.x, ext.y, ext.width, ext.height) if ext is not None else (0, 0, 0, 0)
             text = ""

@@ -125,17 +125,22 @@ def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True) 
 def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Image | None = None) -> Decision:
     """The target of evidence `ev` on `frame` (the current screen). `recorded`: the screenshot the
     evidence came from (for "nothing changed"); nodes: the current accessibility tree. Where there is
-    a tree, the decision names the element at its point (what the click will land on)."""
-    d = _find(ev, frame, _as_windows(windows), list(nodes), recorded)
+    a tree, the decision names the element at its point (what the click will land on). `nodes` may be
+    a function that reads the tree: then it is read only when the screen changed."""
+    windows = _as_windows(windows)
+    if recorded is not None and same_screen(ev, recorded, frame):
+        d = Decision(tuple(ev["pixel"]), "same screen", 1.0)
+        if (ev.get("a11y") or {}).get("says"):  # the same screen: the element recorded there
+            d.detail["element"] = ev["a11y"]["says"]
+        return d
+    nodes = list(nodes() if callable(nodes) else nodes)
+    d = _find(ev, frame, windows, nodes)
     if d.pixel is not None and nodes:
-        d.detail["element"] = atspi.name_at(list(nodes), d.pixel)
+        d.detail["element"] = atspi.name_at(nodes, d.pixel)
     return d
 
 
-def _find(ev: dict, frame: Image.Image, windows, nodes, recorded) -> Decision:
-    pixel = tuple(ev["pixel"])
-    if recorded is not None and same_screen(ev, recorded, frame):
-        return Decision(pixel, "same screen", 1.0)
+def _find(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
     element = ev.get("a11y")
     if element and any(n.app == element["app"] for n in nodes):
         f = atspi.find(element, nodes)
@@ -371,3 +376,27 @@ def pointer_pixels(action, size: tuple[int, int]) -> list[tuple[int, int]]:
 
     keys = ("coordinate", "start_coordinate")
     return [to_pixels(tuple(getattr(action, k)), size) for k in keys if getattr(action, k, None) is not None]
+
+
+EDITABLE = {"text", "entry", "password text", "spin button", "document text"}
+CHECKABLE = {"check box", "radio button"}
+
+
+def missing_effect(ev: dict | None, nodes: list, pixel) -> str | None:
+    """What a click on the recorded element should have done and did not, read on the tree after it:
+    a field takes the focus, a check box changes, a radio button gets checked. None when it did (or
+    when the tree cannot tell: no element recorded, or another element there now, as after a popup)."""
+    element = (ev or {}).get("a11y")
+    if not element or not nodes or pixel is None:
+        return None
+    here = atspi.element_at(nodes, pixel)
+    if here is None or here.role != element["role"] or here.app != element["app"]:
+        return None
+    what = f"the {element['role']} {element['name'] or atspi.name_at(nodes, pixel)!r}"
+    if element["role"] in EDITABLE and "editable" in element["states"] and "focused" not in here.states:
+        return f"{what} was clicked but did not take the keyboard focus"
+    if element["role"] == "check box" and ("checked" in here.states) == ("checked" in element["states"]):
+        return f"{what} was clicked but did not change"
+    if element["role"] == "radio button" and "checked" not in here.states:
+        return f"{what} was clicked but is not checked"
+    return None

@@ -205,8 +205,27 @@ class _Player:
         note = self._effect(index, orig, before)
         if note:
             step.error = note
+        missing = self._missing_effect(orig, step)
+        if missing:
+            step.error = f"step {orig.step}: {missing}"
+            self._record(step, t0, timings)
+            raise ReplayFailed(step.error)
         self._record(step, t0, timings)
         return step
+
+    def _missing_effect(self, orig: Step, step: Step) -> str | None:
+        """What the accessibility tree says the click should have done (a field focused, a box
+        checked) and did not; the tree may take a moment to follow the screen."""
+        from agent.replay.evidence import missing_effect
+
+        if not self.locate or orig.kind != "left_click" or not (orig.target or {}).get("a11y"):
+            return None
+        deadline = time.monotonic() + EFFECT_WAIT_S
+        while True:
+            missing = missing_effect(orig.target, self.tree.nodes(), step.pixel)
+            if missing is None or time.monotonic() >= deadline:
+                return missing
+            time.sleep(FIND_POLL_S)
 
     def _record(self, step: Step, t0: float, timings: dict) -> None:
         step.timings = {**timings, "step_ms": (time.perf_counter() - t0) * 1e3}
@@ -232,7 +251,8 @@ class _Player:
         recorded = self.original.image(orig)
         deadline = time.monotonic() + FIND_TIMEOUT_S
         while True:
-            windows, nodes = list_windows(self.desktop.display), self.tree.nodes()
+            windows = list_windows(self.desktop.display)
+            nodes = _once(self.tree.nodes)  # read only when a step's screen changed
             found: dict[str, Decision] = {k: find(ev, frame, windows, nodes, recorded) for k, ev in evidence.items()}
             done = all(d.pixel is not None or d.ambiguous for d in found.values())
             if done or time.monotonic() >= deadline:
@@ -250,7 +270,7 @@ class _Player:
             step.target = {**(orig.target or {}), "found": {k: d.as_json() for k, d in found.items()},
                            "recorded_screenshot": step.target.get("recorded_screenshot")}
             grounded = None if found[k].ambiguous or not self.fallback else \
-                self._ground(action, evidence[k], frame, why, step, windows, nodes)
+                self._ground(action, evidence[k], frame, why, step, windows, nodes())
             if grounded is None:
                 raise ReplayFailed(f"step {orig.step} ({orig.kind} {label(evidence[k])}): {why}; "
                                    f"see {step.screenshot} (now) and {step.target['recorded_screenshot']} (recorded)")
@@ -344,6 +364,17 @@ class _Player:
                 return "warning: the recorded step changed the screen; replayed, it did not"
             time.sleep(FIND_POLL_S)
         return None
+
+
+def _once(read):
+    """read(), called at most once, on first use."""
+    got: list = []
+
+    def value():
+        if not got:
+            got.append(read())
+        return got[0]
+    return value
 
 
 def _changed(a: Image.Image, b: Image.Image) -> bool:
