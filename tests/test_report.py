@@ -248,6 +248,7 @@ def hostile_trace(folder: Path) -> Path:
                target={"patch": {"png": "x\" onerror=\"document.title='pwned-b64'", "text": PAYLOADS["name"]}}))
     t.add(Step(step=3, action={"action": "answer", "text": PAYLOADS["answer"]}, frame=FRAME,
                screenshot=t.save_screen(screen(3), "0003")))
+    t.add(Step(step=4, action={"action": "wait", "time": 1}, screenshot="../../../../../../etc/hostname"))
     t.finish(Result(status="failed", reason=PAYLOADS["detail"], task=PAYLOADS["name"], model=PAYLOADS["raw"],
                     answer=PAYLOADS["answer"],
                     checks=[CheckResult(check=PAYLOADS["name"], passed=False, detail=PAYLOADS["detail"])]))
@@ -312,6 +313,7 @@ def test_markup_and_script_in_a_trace_stay_text_in_headless_chromium(tmp_path):
                 assert PAYLOADS[where] in dom.text, where
             assert f'type {json.dumps(PAYLOADS["typed"])}' in dom.text  # the step's label, quoted as JSON
             assert "data:image/png;base64,x" not in run.stdout  # evidence that is not base64 is not an image
+    assert not (out / "tasks" / "hostile" / "hostname").exists()  # no file from outside the trace copied in
 
 
 def test_the_overlay_is_drawn_from_the_recorded_pixels(tmp_path):

@@ -81,13 +81,15 @@ def _timings(step: Step) -> dict:
 
 
 def _copy_screen(trace: Path, rel: str | None, dest: Path, slug: str) -> str | None:
-    """Copy a screenshot into the report; its path relative to the tasks/ folder."""
-    if not rel or not (trace / rel).is_file():
+    """Copy a screenshot into the report; its path relative to the tasks/ folder. Only files inside
+    the trace folder: a trace is input, and "../../" must not copy other files into a report."""
+    src = (trace / rel).resolve() if rel else None
+    if src is None or not src.is_relative_to(trace.resolve()) or not src.is_file():
         return None
-    target = dest / slug / Path(rel).name
+    target = dest / slug / src.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(trace / rel, target)
-    return f"{slug}/{Path(rel).name}"
+    shutil.copyfile(src, target)
+    return f"{slug}/{src.name}"
 
 
 def _intended(step: Step):
