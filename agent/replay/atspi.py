@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 READ_TIMEOUT_S = 4.0  # one walk; an app that hangs must not hang the replay
 START_TIMEOUT_S = 8.0
+READER_IDLE_S = 300.0  # a reader nobody asked for this long ends
 MAX_NODES = 3000
 MAX_CHILDREN = 400
 STATES = ("focused", "checked", "selected", "pressed", "expanded", "sensitive", "editable", "focusable",
@@ -426,7 +427,13 @@ def main() -> None:
         return  # no PyGObject or no typelib: the client sees no "ready" and works without a tree
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    for line in sys.stdin:
+    while True:
+        # A client that forgot us (or died without closing the pipe) does not keep us forever.
+        if not select.select([sys.stdin], [], [], READER_IDLE_S)[0]:
+            return
+        line = sys.stdin.readline()
+        if not line:
+            return
         if line.strip() == "tree":
             try:
                 nodes = _walk()

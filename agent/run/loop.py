@@ -56,14 +56,23 @@ def _generate(backend: Backend, messages, policy: Policy, deadline: float):
 
 def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
              cfg: LoopConfig, on_step=None) -> LoopEnd:
+    # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
+    targets = _step_targets(desktop)
+    try:
+        return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets)
+    finally:
+        if targets is not None:
+            targets.close()
+
+
+def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
+              cfg: LoopConfig, on_step, targets) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
     # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
     fits = (lambda messages: backend.fits(messages, policy)) if hasattr(backend, "fits") else None
     images: dict[int, object] = {}
     looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
     rejections = 0
-    # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
-    targets = _step_targets(desktop)
 
     def load_image(step: Step):
         if step.step not in images:
