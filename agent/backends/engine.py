@@ -154,6 +154,7 @@ class Engine:
         self._lock = threading.Lock()
         self._cancel = threading.Event()
         self._preprocess_s = 0.0
+        self._stops: set[int] = set()
 
     # ---- set-up
 
@@ -414,6 +415,11 @@ class Engine:
                 return
             words = self._bitmask_host.numpy()[0]
             nz = np.flatnonzero(words)
+            if 0 < len(nz) <= 2:  # only stop tokens left (the reply is complete): end without a decode step
+                allowed = [int(w) * 32 + b for w in nz for b in range(32) if (int(words[w]) >> b) & 1]
+                if self._stops and set(allowed) <= self._stops:
+                    self._choose(min(allowed), matcher, out)
+                    return
             if len(nz) != 1 or getattr(matcher, "model_choice", False):  # a benchmark's scripted choice is decoded
                 return
             word = int(words[nz[0]]) & 0xFFFFFFFF
@@ -479,6 +485,7 @@ class Engine:
                 raise VlagentError(f"image at token {s}: {e - s} placeholders, grid {im.grid_thw} needs "
                                    f"{tt * hh * ww // self.merge ** 2}")
         keys = [im.key for im in images]
+        self._stops = stop_ids
         self._bitmask.fill_(-1)  # unconstrained unless a matcher fills it
         self._peak()
         t0 = time.perf_counter()
