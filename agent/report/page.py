@@ -123,6 +123,26 @@ def _evidence(target: dict) -> dict:
     return {"images": images, "json": json.dumps(rest, ensure_ascii=False)}
 
 
+def _replayed(step: Step, trace: Path, dest: Path, slug: str) -> dict | None:
+    """A replayed pointer step as a person checks it: the recorded and the current screen side by side
+    with the recorded and the new point (as % of each image), which evidence decided, how strongly,
+    and whether the target moved."""
+    target = step.target or {}
+    found = (target.get("found") or {}).get("coordinate")
+    if step.source != "replay" or not isinstance(found, dict):
+        return None
+
+    def mark(px, size) -> dict | None:
+        return {"x": 100 * px[0] / size[0], "y": 100 * px[1] / size[1]} if px and size else None
+
+    size = step.frame or step.screen
+    return {"recorded_img": _copy_screen(trace, target.get("recorded_screenshot"), dest, slug),
+            "recorded": mark(target.get("pixel"), target.get("frame")), "now": mark(step.pixel, size),
+            "recorded_pixel": target.get("pixel"), "pixel": step.pixel, "method": found.get("method", ""),
+            "score": found.get("score"), "retargeted": bool(found.get("retargeted")),
+            "element": (found.get("detail") or {}).get("element", ""), "runner_up": found.get("runner_up")}
+
+
 def _card(step: Step, img: str | None, after: str | None) -> dict:
     """One step; `after` is the next screen (the next step's, or the final one), for before/after."""
     intended = _intended(step)
@@ -165,6 +185,8 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
     imgs = [_copy_screen(trace, st.screenshot, tasks_dir, slug) for st in steps]
     final = _copy_screen(trace, (result.final_screenshot if result else None) or "screens/final.png", tasks_dir, slug)
     cards = [_card(st, img, imgs[i + 1] if i + 1 < len(imgs) else final) for i, (st, img) in enumerate(zip(steps, imgs))]
+    for st, card in zip(steps, cards):
+        card["replayed"] = _replayed(st, trace, tasks_dir, slug)
     status = result.status if result else "no result"
     page = secrets.redact_data({
         "title": f"{name} · vlagent", "root": "../", "name": name, "status": status,
