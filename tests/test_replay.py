@@ -63,10 +63,23 @@ def test_moved_window_and_widgets_replay_and_raw_coordinates_do_not(tmp_path, se
     assert raw.status == "failed"
 
 
-def test_another_screen_size(tmp_path):
+def test_another_screen_size_and_the_report_shows_each_click_side_by_side(tmp_path):
+    from agent.report.build import build_report
+
     result = replay(DEMO, variant(5, size=(1024, 768)), trace_out=tmp_path / "r")
     assert result.status == "success", result.reason
     assert form_json(tmp_path / "r") == FULL
+    clicks = [s for s in load_steps(tmp_path / "r") if s.kind == "left_click"]
+    assert all(s.target["found"]["coordinate"]["retargeted"] for s in clicks)  # another screen: all moved
+    assert all((tmp_path / "r" / s.target["recorded_screenshot"]).is_file() for s in clicks)
+
+    build_report([tmp_path / "r"], tmp_path / "report")
+    page = next((tmp_path / "report" / "tasks").glob("*.html")).read_text()
+    assert page.count('class="replayed"') == len(clicks) and page.count("⇄ retargeted") == len(clicks)
+    first = clicks[0].target
+    assert f"recorded px {first['pixel'][0]}, {first['pixel'][1]}" in page
+    assert f"now px {clicks[0].pixel[0]}, {clicks[0].pixel[1]}" in page
+    assert "found by <b>" in page and "0001-recorded.png" in page
 
 
 def test_an_agent_runs_trace_replays_on_a_moved_layout(tmp_path):

@@ -12,6 +12,7 @@ checks decide the outcome, as for `vlagent run`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -52,9 +53,7 @@ class _Original:
     steps: list[Step]
 
     def image(self, step: Step) -> Image.Image | None:
-        if not step.screenshot or not (self.folder / step.screenshot).is_file():
-            return None
-        return Image.open(self.folder / step.screenshot).convert("RGB")
+        return _read_screen(self.folder / step.screenshot) if step.screenshot else None
 
     def next_image(self, index: int) -> Image.Image | None:
         """The screen after step `index`: the next step's screenshot, or the final one."""
@@ -64,6 +63,11 @@ class _Original:
                 return img
         final = self.folder / "screens" / "final.png"
         return Image.open(final).convert("RGB") if final.is_file() else None
+
+
+@functools.lru_cache(maxsize=4)  # a step's screen is read to find, to copy and to check the effect
+def _read_screen(path: Path) -> Image.Image | None:
+    return Image.open(path).convert("RGB") if path.is_file() else None
 
 
 def load_trace_task(trace_dir: Path, task=None):
