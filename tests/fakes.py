@@ -23,7 +23,7 @@ class RecordingDesktop:
     input events address (differs from the frame's under HiDPI). `abort_at`: check_abort raises
     Aborted from that call on (a person pushing the pointer into a corner)."""
 
-    display = ":fake"
+    display = None  # not on X: the loop reads no windows or accessibility tree from it
 
     def __init__(self, frame: tuple[int, int] = (640, 400), size: tuple[int, int] | None = None,
                  reactive: bool = True, abort_at: int | None = None):

@@ -13,7 +13,7 @@ Button = Literal["left", "right", "middle"]
 
 
 class Desktop(Protocol):
-    display: str  # e.g. ":7"
+    display: str | None  # the X display, e.g. ":7"; None for one that is not on X (a test's fake)
 
     def capture(self) -> Image.Image:
         """The whole screen as an RGB image (the frame the model sees)."""
