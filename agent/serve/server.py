@@ -106,6 +106,9 @@ class ServedModel:
         self.batcher = Batcher(self.backend.model, agents, context, vision_cache=agents * vision_per_agent(history),
                                graphs=graphs)
         self.batcher.warmup()
+        if self.plan is not None:  # the plan is for serving: loading and fusing the weights peak higher, once
+            import torch
+            torch.cuda.reset_peak_memory_stats()
         eos = self.backend.model.generation_config.eos_token_id
         self.stops = set(eos if isinstance(eos, (list, tuple, set)) else [eos]) - {None}
         self._lock = threading.Lock()  # the tokenizer, processor and grammar compiler: one caller at a time
@@ -118,6 +121,13 @@ class ServedModel:
 
     def close(self):
         self.scheduler.stop()
+
+    def memory(self) -> dict:
+        """What the plan predicted and the device's high-water mark so far (GiB; CUDA only)."""
+        b = self.batcher
+        return {"agents": b.agents, "context_per_agent": b.context,
+                "peak_gib": round(b.peak_bytes / 2 ** 30, 3) if self.plan else None,
+                "planned_peak_gib": self.plan.predicted_peak_gib if self.plan else None}
 
     # ---- a request into token ids, images and a grammar
 
@@ -170,9 +180,9 @@ class ServedModel:
         proc = self.processor
         pad = proc.image_token
         pils = [p["image"] for m in messages for p in m["content"] if p.get("type") == "image"]
+        pixels = [self.backend._pixels(im) for im in pils]  # the image processor keeps no state: no lock
         with self._lock:
             text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            pixels = [self.backend._pixels(im) for im in pils]
             pieces = text.split(pad)
             if len(pieces) != len(pixels) + 1:
                 raise Refused(400, f"the chat template placed {len(pieces) - 1} images for {len(pixels)}")
@@ -253,7 +263,7 @@ class Handler(BaseHTTPRequestHandler):
             if s.scheduler.error:
                 self._error(503, s.scheduler.error)
             else:
-                self._send(200, {"status": "ok", "model": s.name})
+                self._send(200, {"status": "ok", "model": s.name, **s.memory()})
         elif self.path.rstrip("/") == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": s.name, "object": "model", "owned_by": "vlagent"}]})
         else:
