@@ -63,7 +63,7 @@ SHELLS = frozenset({
 DEFAULT_DENY_TEXT = (
     # rm with a recursive or force option, in any argument position: rm -rf /, rm ~ -rf, rm --force
     r"(?:^|[^\w.-])rm\s(?:[^;&|\n]*\s)?-(?:-(?:recursive|force|no-preserve-root|dir)\b|[a-zA-Z]*[rRf])",
-    r"(?:^|[^\w-])(?:sudo|doas|pkexec)\b", r"(?:^|[^\w-])su(?:\s+-|\s+root\b|\s*$)",
+    r"(?:^|[^\w-])(?:sudo|doas|pkexec)\b", r"(?:^|[;&|(])\s*(?:\S*/)?su(?:\s+-|\s+root\b|\s*$)",
     # anything piped into a shell or an interpreter: curl .. | sh, base64 -d | bash, | env bash
     r"\|\s*(?:(?:sudo|env|exec|command|nohup|xargs)\s+|[^\s|]*/)*(?:ba|z|da|k|mk|c|tc|fi|a|ya)?sh\b",
     r"\|\s*(?:(?:sudo|env|exec)\s+|[^\s|]*/)*(?:python[0-9.]*|perl|ruby|node|php|lua)\b",
@@ -72,11 +72,12 @@ DEFAULT_DENY_TEXT = (
     r"\bmkfs\b", r"\bdd\s[^;&|\n]*\b(?:if|of)=", r">\s*/dev/(?:sd|nvme|hd|vd|xvd|mmcblk)",
     r"\bch(?:mod|own|grp)\s[^;&|\n]*-R[^;&|\n]*\s/(?:\s|$|\*)", r"\bchmod\s+0?777\s+/(?:\s|$)",
     r"\bfind\s[^;&|\n]*\s-delete\b", r"\bkill\s+(?:-\S+\s+)*-1\b", r"\bcrontab\s+-r\b",
-    # fork bombs, named or not: a function whose body pipes and backgrounds (:(){ :|:& };:, bomb(){..})
-    r"\(\s*\)\s*\{[^}]*\|[^}]*&", r"\bfunction\s+[^\s(]+[^{]*\{[^}]*\|[^}]*&",
-    # power: as a command (start of text or after ; & | ( {), or with its usual arguments anywhere
-    r"(?:^|[;&|({])\s*(?:shutdown|reboot|poweroff|halt)\b",
-    r"\b(?:shutdown|reboot|poweroff|halt)\s+(?:-\w+|now\b|\+\d)", r"(?:^|[;&|(\s])init\s+[06]\b",
+    # fork bombs, named or not: a function whose body pipes and backgrounds (:(){ :|:& };:, bomb(){..});
+    # the last form also holds once normalization has dropped the parentheses
+    r"\(\s*\)\s*\{[^}]*\|[^}]*&", r"\bfunction\s+[^\s(]+[^{]*\{[^}]*\|[^}]*&", r"\{[^{}]*\|[^{}]*&\s*;?\s*\}",
+    # power: a bare command (alone, or before ; & | ) }), or with its usual arguments anywhere
+    r"(?:^|[;&|({])\s*(?:\S*/)?(?:shutdown|reboot|poweroff|halt)\s*(?:$|[;&|)}#])",
+    r"\b(?:shutdown|reboot|poweroff|halt)\s+(?:-\w+|now\b|\+\d)", r"(?:^|[;&|(\s/])init\s+[06]\b",
     r"\bsystemctl\s+(?:poweroff|reboot|halt|kexec|suspend|hibernate)\b",
 )
 # Invisible or layout-changing characters refused in typed text. Joiners, bidi marks and tag characters

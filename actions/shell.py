@@ -27,10 +27,11 @@ DEFAULT_IGNORABLE = (
 _STRIP = {cp: None for lo, hi in DEFAULT_IGNORABLE for cp in range(lo, hi + 1)}
 
 _ANSI_C = compile_pattern(r"\$'((?:[^'\\]|\\.)*)'")  # $'\x72\x6d' is rm
-_IFS = compile_pattern(r"\$\{?IFS(?:[^}\s\w][^}\s]*)?\}?")  # $IFS, ${IFS}, ${IFS%?}
+_IFS = compile_pattern(r"\$\{IFS[^}]{0,8}\}|\$IFS")  # $IFS, ${IFS}, ${IFS%?}
 _ASSIGN = compile_pattern(r"(?:^|[\s;&|(])([A-Za-z_]\w{0,31})=([^\s;&|)]{0,200})")
 _BRACES = compile_pattern(r"\{([^{}\s]*,[^{}\s]*)\}")  # {rm,-rf,/} is rm -rf /
-_SUBST = compile_pattern(r"\$\(|<\(|>\(|[`()]")
+_PROCESS_SUBST = compile_pattern(r"([<>])\(")  # bash <(curl ..) reads a download: keep the <
+_SUBST = compile_pattern(r"\$\(|[`()]")
 _NOOP_WORDS = compile_pattern(r"(?:^|\s)(?:echo|printf|eval|exec|command|builtin|nohup|env|xargs)(?:\s+-[a-zA-Z]+)*(?:\s|$)")
 _BACKSLASH = compile_pattern(r"\\(.)")
 _QUOTES = compile_pattern(r"[\"']")
@@ -68,6 +69,7 @@ def flatten(text: str) -> str:
     text = _QUOTES.sub("", text)
     text = _variables(text)
     text = _BRACES.sub(lambda m: " " + m.group(1).replace(",", " ") + " ", text)
+    text = _PROCESS_SUBST.sub(lambda m: m.group(1) + " ", text)
     text = _SUBST.sub(" ", text)
     text = _SPACE.sub(" ", text)
     for _ in range(3):  # `$(echo $(echo rm))`: wrappers can nest

@@ -1,0 +1,126 @@
+"""Fuzz the reply checker (`vlagent check-action`'s own function, actions.check_reply) with
+adversarial replies from benchmarks/fuzz_oracle.py (which imports nothing of the project) and count:
+
+    crashes              an exception other than a rejection, or a rejection that is the safety net
+                         catching an internal error ("could not be checked")
+    hangs                a reply that takes longer than --budget-s to check
+    forbidden_accepted   a reply the oracle says must be rejected, accepted
+    legitimate_rejected  a reply the oracle says must be accepted (accents, CJK, emoji, ordinary
+                         shortcuts, clicks), rejected
+
+Targets: 0, 0, 0, 0.   python benchmarks/fuzz_policy.py [--n 12000] [--seed 13] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import fuzz_oracle  # noqa: E402  (the oracle: standard library only)
+from actions import Allow, Focus, ParseError, Policy, PolicyError, check_reply  # noqa: E402
+from actions.policy import TextPattern  # noqa: E402
+
+SAFETY_NET = "the reply could not be checked"
+
+
+class Hang(Exception):
+    pass
+
+
+def policies() -> dict:
+    terminal = Focus(wm_class=("xterm", "XTerm"), processes=("xterm", "bash"), title="user@host: ~")
+    app = Focus(wm_class=("form", "Tk"), processes=("python3",), title="Registration")
+    return {
+        "app": (Policy(), lambda: app),
+        "terminal": (Policy(), lambda: terminal),
+        "allow_text": (Policy(Allow(text=[*fuzz_oracle.ALLOWED_LITERALS, TextPattern(pattern=r"[a-z]+@example\.com")])),
+                       lambda: app),
+        "long_text": (Policy(Allow(max_text_len=100_000, deny_text=[r"(a+)+$", r"(x+x+)+y", r"(\w+\s?)+$!"])), lambda: app),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=12_000)
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--budget-s", type=float, default=2.0, help="a check taking longer is a hang")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    ctx = policies()
+
+    def on_alarm(signum, frame):
+        raise Hang()
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    counts = {"replies": 0, "crashes": 0, "hangs": 0, "forbidden_accepted": 0, "legitimate_rejected": 0}
+    by_category: dict[str, dict[str, int]] = {}
+    examples: dict[str, list] = {k: [] for k in counts if k != "replies"}
+    times = []
+    t_start = time.perf_counter()
+    for category, reply, context, expect in fuzz_oracle.cases(args.seed, args.n):
+        policy, focus = ctx[context]
+        cat = by_category.setdefault(category, {"replies": 0, "accepted": 0, "failures": 0})
+        counts["replies"] += 1
+        cat["replies"] += 1
+        outcome, detail = None, ""
+        t0 = time.perf_counter()
+        signal.setitimer(signal.ITIMER_REAL, args.budget_s)
+        try:
+            check_reply(reply, policy, focus)
+            outcome = "accept"
+        except (ParseError, PolicyError) as e:
+            outcome, detail = "reject", str(e)
+            if detail.startswith(SAFETY_NET):
+                outcome = "crash"
+        except Hang:
+            outcome = "hang"
+        except Exception as e:  # noqa: BLE001 (counting crashes is the point)
+            outcome, detail = "crash", f"{type(e).__name__}: {e}"
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        if dt > args.budget_s and outcome != "hang":
+            outcome = "hang"
+        failure = {"crash": "crashes", "hang": "hangs"}.get(outcome)
+        if failure is None and outcome != expect:
+            failure = "forbidden_accepted" if expect == "reject" else "legitimate_rejected"
+        cat["accepted"] += outcome == "accept"
+        if failure:
+            counts[failure] += 1
+            cat["failures"] += 1
+            if len(examples[failure]) < 15:
+                examples[failure].append({"category": category, "context": context, "reply": reply[:300], "detail": detail[:200]})
+    total_s = time.perf_counter() - t_start
+    out = {
+        **counts,
+        "targets": {"crashes": 0, "hangs": 0, "forbidden_accepted": 0, "legitimate_rejected": 0},
+        "by_category": by_category,
+        "check_ms": {"median": round(statistics.median(times) * 1e3, 3), "p99": round(sorted(times)[int(len(times) * 0.99)] * 1e3, 3),
+                     "max": round(max(times) * 1e3, 3)},
+        "total_s": round(total_s, 2), "seed": args.seed, "budget_s": args.budget_s,
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, python {platform.python_version()}",
+        "examples": {k: v for k, v in examples.items() if v},
+    }
+    text = json.dumps(out, indent=1, ensure_ascii=False)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    print(json.dumps({k: out[k] for k in ("replies", "crashes", "hangs", "forbidden_accepted", "legitimate_rejected",
+                                          "check_ms", "total_s")}))
+    for kind, items in out["examples"].items():
+        for item in items[:5]:
+            print(kind, json.dumps(item, ensure_ascii=False)[:400])
+    sys.exit(0 if all(counts[k] == 0 for k in out["targets"]) else 1)
+
+
+if __name__ == "__main__":
+    main()
