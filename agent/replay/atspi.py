@@ -60,23 +60,60 @@ class Tree:
         self.proc: subprocess.Popen | None = None
         self.broken = False
         self.lock = threading.Lock()
+        self.pending = False  # a prefetched walk's answer is still to be read
+        self.ticket = 0
 
     def nodes(self) -> list[Node]:
+        """The tree now (a walk started by this call)."""
         with self.lock:
-            if self.broken:
-                return []
-            try:
-                if self.proc is None:
-                    self._start()
-                self.proc.stdin.write(b"tree\n")
-                self.proc.stdin.flush()
-                line = _readline(self.proc.stdout, READ_TIMEOUT_S)
-            except (OSError, ValueError):
-                line = b""
-            if not line:
-                self._give_up()
-                return []
-            return [Node(**{**d, "states": tuple(d["states"]), "box": tuple(d["box"])}) for d in json.loads(line)]
+            self._drain()
+            return self._read() if self._ask() else []
+
+    def prefetch(self) -> int:
+        """Start a walk now and return its ticket: take(ticket) gets it later, while the caller did
+        other work (the walk takes as long as capturing and comparing a screen)."""
+        with self.lock:
+            self._drain()
+            self.pending = self._ask()
+            self.ticket += 1
+            return self.ticket
+
+    def take(self, ticket: int) -> list[Node]:
+        """The walk prefetch() started, or a fresh one when it was given away already."""
+        with self.lock:
+            if self.pending and ticket == self.ticket:
+                self.pending = False
+                return self._read()
+        return self.nodes()
+
+    def _ask(self) -> bool:
+        if self.broken:
+            return False
+        try:
+            if self.proc is None:
+                self._start()
+            self.proc.stdin.write(b"tree\n")
+            self.proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            self._give_up()
+            return False
+
+    def _read(self) -> list[Node]:
+        try:
+            line = _readline(self.proc.stdout, READ_TIMEOUT_S) if self.proc is not None else b""
+        except (OSError, ValueError):
+            line = b""
+        if not line:
+            self._give_up()
+            return []
+        return [Node(**{**d, "states": tuple(d["states"]), "box": tuple(d["box"])}) for d in json.loads(line)]
+
+    def _drain(self) -> None:
+        """An old prefetched walk nobody took: read it away, it is not the tree now."""
+        if self.pending:
+            self.pending = False
+            self._read()
 
     def _start(self) -> None:
         env = {**os.environ, "DISPLAY": self.display}

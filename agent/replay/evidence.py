@@ -125,16 +125,15 @@ def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True) 
 def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Image | None = None) -> Decision:
     """The target of evidence `ev` on `frame` (the current screen). `recorded`: the screenshot the
     evidence came from (for "nothing changed"); nodes: the current accessibility tree. Where there is
-    a tree, the decision names the element at its point (what the click will land on). `nodes` may be
-    a function that reads the tree: then it is read only when the screen changed."""
-    windows = _as_windows(windows)
+    a tree, the decision names the element at its point (what the click will land on). `nodes` and
+    `windows` may be functions that read them: then they are read only when the screen changed."""
     if recorded is not None and same_screen(ev, recorded, frame):
         d = Decision(tuple(ev["pixel"]), "same screen", 1.0)
         if (ev.get("a11y") or {}).get("says"):  # the same screen: the element recorded there
             d.detail["element"] = ev["a11y"]["says"]
         return d
     nodes = list(nodes() if callable(nodes) else nodes)
-    d = _find(ev, frame, windows, nodes)
+    d = _find(ev, frame, _as_windows(windows() if callable(windows) else windows), nodes)
     if d.pixel is not None and nodes:
         d.detail["element"] = atspi.name_at(nodes, d.pixel)
     return d

@@ -26,7 +26,7 @@ from PIL import Image
 from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_pixels, to_relative
 from agent.errors import VlagentError
-from agent.run.runner import DEFAULT_RUNS_DIR, conclude, run_outcome, start_trace, task_environment
+from agent.run.environment import DEFAULT_RUNS_DIR, conclude, run_outcome, start_trace, task_environment
 from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps, new_trace_dir
 
@@ -169,6 +169,7 @@ class _Player:
         from agent.replay.atspi import Tree
 
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
+        self.prefetched: int | None = None
 
     def close(self) -> None:
         self.tree.close()
@@ -179,6 +180,8 @@ class _Player:
         action = orig.action
         self.desktop.check_abort()
         self.desktop.wait_stable(SETTLE_MAX_S)
+        # The tree is walked (in its reader) while this screen is captured and compared.
+        self.prefetched = self.tree.prefetch() if self.locate and (orig.target or orig.pixel) else None
         frame = self.desktop.capture()
         step = Step(step=n, action=orig.action, frame=frame.size, source="replay",
                     screenshot=self.trace.save_screen(frame, f"{n:04d}"), target=orig.target)
@@ -255,9 +258,10 @@ class _Player:
         recorded = self.original.image(orig)
         deadline = time.monotonic() + FIND_TIMEOUT_S
         while True:
-            windows = list_windows(self.desktop.display)
-            nodes = _once(self.tree.nodes)  # read only when a step's screen changed
+            windows = _once(lambda: list_windows(self.desktop.display))
+            nodes = _once(lambda: self.tree.take(self.prefetched))  # used only when the screen changed
             found: dict[str, Decision] = {k: find(ev, frame, windows, nodes, recorded) for k, ev in evidence.items()}
+            self.prefetched = None  # a later look reads the tree again
             done = all(d.pixel is not None or d.ambiguous for d in found.values())
             if done or time.monotonic() >= deadline:
                 break
@@ -274,7 +278,7 @@ class _Player:
             step.target = {**(orig.target or {}), "found": {k: d.as_json() for k, d in found.items()},
                            "recorded_screenshot": step.target.get("recorded_screenshot")}
             grounded = None if found[k].ambiguous or not self.fallback else \
-                self._ground(action, evidence[k], frame, why, step, windows, nodes())
+                self._ground(action, evidence[k], frame, why, step, windows(), nodes())
             if grounded is None:
                 raise ReplayFailed(f"step {orig.step} ({orig.kind} {label(evidence[k])}): {why}; "
                                    f"see {step.screenshot} (now) and {step.target['recorded_screenshot']} (recorded)")

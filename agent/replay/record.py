@@ -367,11 +367,13 @@ class Recorder:
             if event is not None:
                 kind, t, *args = event
                 getattr(grouper, kind)(t, *args)
-            grouper.tick(time.monotonic())
             if self.frames.stopped.is_set():
                 raise SandboxError(f"display {self.display} stopped answering")
             if not self.events.empty():
                 continue  # the app has seen these events already: record them all first
+            # Only then does the clock end a group: a backlog (the writer was busy reading a
+            # target) must not split a word typed in one go into one step per letter.
+            grouper.tick(time.monotonic())
             if stop_when_done and wrote[0]:
                 wrote[0] = False
                 if self._checks_pass():
@@ -425,7 +427,7 @@ class Recorder:
 
     def _checks_pass(self) -> bool:
         """Cheap checks first (files, commands); OCR of the screen only when those pass."""
-        from agent.run.runner import evaluate
+        from agent.run.environment import evaluate
 
         if not self.task.success:
             return False
@@ -464,7 +466,7 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
     """Set up `task` (a sandbox unless `display`), record until Ctrl-C, `max_seconds` or the
     task's checks pass, and write the trace to `trace_dir`. `on_ready(display)` is called once
     the listeners run (a person or a test may start then)."""
-    from agent.run.runner import conclude, run_outcome, start_trace, task_environment
+    from agent.run.environment import conclude, run_outcome, start_trace, task_environment
     from agent.run.status import End
     from agent.task import Task, load_task
 
