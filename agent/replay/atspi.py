@@ -175,6 +175,7 @@ ACTIONABLE = {"push button", "toggle button", "radio button", "check box", "menu
               "document text", "terminal", "canvas", "tool bar", "editbar"}
 MENU_ITEMS = {"menu item", "radio menu item", "check menu item", "tearoff menu item"}
 LABELS = {"label", "static", "heading", "paragraph", "caption"}
+DIALOG_ROLES = {"dialog", "alert", "file chooser", "color chooser", "font chooser"}
 WINDOW_ROLES = {"frame", "dialog", "window", "alert", "file chooser", "color chooser", "font chooser"}
 CONTROL_GROWTH = 8  # a control is at most this much larger than the text or icon inside it
 LABEL_REACH_PX = 220  # a label further than this from an element does not name it
@@ -226,9 +227,16 @@ def element_at(nodes: list[Node], px) -> Node | None:
     hits = [n for n in nodes if n.depth >= 3 and n.box[2] > 0 and n.box[3] > 0 and n.contains(px)]
     if not hits:
         return None
-    # An open menu is drawn over everything (its items show only while it is open); otherwise the
-    # deeper element wins, then the smaller, then the later (dialogs come after what they cover).
-    best = max(hits, key=lambda n: (n.role in MENU_ITEMS, n.depth, -n.box[2] * n.box[3], n.i))
+    # An open menu is drawn over everything (its items show only while it is open). Else the topmost
+    # window under the point: a dialog over a frame, a later window over an earlier one (the tree has no
+    # stacking order); within it the deeper element, then the smaller.
+    menus = [n for n in hits if n.role in MENU_ITEMS]
+    if not menus:
+        wins = {id(w): w for w in (_window_of(nodes, n) for n in hits) if w is not None}
+        if wins:
+            top = max(wins.values(), key=lambda w: (w.role in DIALOG_ROLES, w.i))
+            hits = [n for n in hits if _window_of(nodes, n) is top] or hits
+    best = max(menus or hits, key=lambda n: (n.depth, -n.box[2] * n.box[3], n.i))
     area = max(best.box[2] * best.box[3], 1)
     for up in _chain(nodes, best):
         # A control around the hit, not the page or pane that holds everything.
