@@ -141,7 +141,7 @@ def test_the_checks_see_the_layout():
     """The analysis finds what it should: a known import, a function-level one, the packages."""
     edges, raw = _graph()
     assert "agent.run.loop" in edges["agent.run.runner"]
-    assert any(t.startswith("agent.desktop.x11") for _, t in raw["agent.run.runner"])  # inside a function
+    assert any(t.startswith("agent.desktop.x11") for _, t in raw["agent.run.environment"])  # inside a function
     assert "agent.cli" in edges and "sandbox.session" in edges and "actions.schema" in edges
     # and a cycle, were there one, would be found
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

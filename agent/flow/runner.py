@@ -320,7 +320,8 @@ class Flow:
             self.desktop.wait_stable(SETTLE_MAX_S)
             frame = self.desktop.capture()
         n = len(self.trace.steps) + 1
-        self._before_action(n)
+        if raw is not None:  # a model's action: its evidence is recorded, from the context before it acts
+            self._before_action(n)
         step = Step(step=n, raw=raw, action=to_json(action), frame=frame.size, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
                     source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
         outcome = execute(checked, self.desktop, frame.size)
@@ -443,8 +444,7 @@ class Flow:
                 action = ACTION_ADAPTER.validate_python(ca.action)
             except ValueError:
                 return False, f"cached action {i + 1} is not a valid action"
-            self.desktop.check_abort()
-            self.desktop.wait_stable(SETTLE_MAX_S)
+            self.desktop.check_abort()  # (the previous action's settle already waited for a still screen)
             frame = self.desktop.capture()
             update = {}
             for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
@@ -515,8 +515,8 @@ def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | Non
     """Run a task with steps. Always returns a Result and a complete trace folder; a corrupt cache
     raises CacheError before anything starts; Ctrl-C is recorded as `aborted` (after the `after:`
     hooks ran) and re-raised."""
-    from agent.run.runner import (DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen, start_trace,
-                                  task_environment)
+    from agent.run.environment import (DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen,
+                                       start_trace, task_environment)
     from agent.trace import new_trace_dir
 
     store = cache if cache is None or isinstance(cache, ActionCache) else open_cache(task, cache)

@@ -59,7 +59,7 @@ class Session:
     # -- lifecycle --------------------------------------------------------------------------------------
     def __enter__(self) -> "Session":
         from agent.backends import DEFAULT_MODEL, load_backend
-        from agent.run.runner import DEFAULT_RUNS_DIR, start_trace, task_environment
+        from agent.run.environment import DEFAULT_RUNS_DIR, start_trace, task_environment
         from agent.trace import new_trace_dir
 
         model = self._model if self._model is not None else DEFAULT_MODEL
@@ -102,7 +102,7 @@ class Session:
             else:
                 result.status, result.reason = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
             if flow is not None:
-                from agent.run.runner import save_final_screen
+                from agent.run.environment import save_final_screen
 
                 save_final_screen(self.env, self.trace, result)
                 if result.status == "success" and self.cache is not None:
@@ -206,6 +206,6 @@ def fill_message(step: FlowStep, values: dict) -> str | None:
 
 
 def evaluate_checks(task, env):
-    from agent.run.runner import evaluate
+    from agent.run.environment import evaluate
 
     return evaluate(task, env)

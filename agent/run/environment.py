@@ -1,0 +1,80 @@
+"""What every run shares, whatever drives it (the model loop, a replay, a recording, a flow): the
+task's display and setup, the trace it starts with, and how it ends (`conclude`: the apps, the
+checks, the status from agent.run.status, the final screen). Kept apart from agent.run.runner, so
+that the drivers build on it without importing each other.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from agent.errors import SandboxError
+from agent.run.status import End, decide
+from agent.run.status import outcome as run_outcome  # noqa: F401 (every driver wraps its run in it)
+from agent.task import Task
+from agent.trace import CheckResult, Result, Trace
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+@dataclass
+class Env:
+    sandbox: object  # sandbox.session.Sandbox
+    desktop: object  # agent.desktop.x11.X11Desktop
+    workdir: Path
+
+
+@contextmanager
+def task_environment(task: Task, display: str | None = None, workdir: Path | None = None) -> Iterator[Env]:
+    """A display for the task (a fresh Xvfb sandbox unless `display` names one), its setup run,
+    and a desktop bound to it. Everything started here is torn down on exit, Ctrl-C included."""
+    from agent.desktop.x11 import X11Desktop
+    from sandbox.session import Sandbox
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"vlagent-{task.name}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    with Sandbox(screen=(task.screen.width, task.screen.height), display=display,
+                 workdir=workdir, cwd=task.base_dir) as sandbox:
+        with X11Desktop(sandbox.display) as desktop:
+            desktop.watch(sandbox.check_apps)  # a dead app ends the run at the next step, not at its end
+            sandbox.run_setup(task.setup)
+            yield Env(sandbox, desktop, workdir)
+
+
+def evaluate(task: Task, env: Env) -> list[CheckResult]:
+    from agent.run.checks import evaluate as run_checks
+
+    return run_checks(task, env.workdir, env.desktop)
+
+
+def start_trace(folder: Path, task: Task, model: str) -> tuple[Trace, Result]:
+    """A trace folder with the task as run, and a Result that says `error` until something better."""
+    trace = Trace(Path(folder).resolve())  # absolute: setup runs in the task's folder, {workdir} too
+    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    return trace, Result(status="error", task=task.name, model=model, started=time.time())
+
+
+def conclude(task: Task, env: Env, trace: Trace, result: Result, end: End) -> None:
+    """How every run ends (run, replay, record): did an app die, the checks, the status, the final screen."""
+    try:
+        env.sandbox.check_apps()
+        died = None
+    except SandboxError as e:
+        died = str(e)
+    result.answer = end.answer
+    result.checks = evaluate(task, env)
+    result.status, result.reason = decide(end, result.checks, died)
+    save_final_screen(env, trace, result)
+
+
+def save_final_screen(env: Env, trace: Trace, result: Result) -> None:
+    try:
+        result.final_screenshot = trace.save_screen(env.desktop.capture(), "final")
+    except Exception:  # the display may be gone; the status already says why
+        pass
