@@ -218,3 +218,27 @@ def test_missing_tesseract_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(agent.desktop.ocr.shutil, "which", lambda name: None)
     with pytest.raises(VlagentError, match=r"^tesseract not found: install it \(apt-get install tesseract-ocr\)$"):
         agent.desktop.ocr.ocr_words(text_image(["x"]))
+
+
+def test_taskdir_and_a_trace_copy_of_the_task_resolve_paths_against_the_task_folder(tmp_path):
+    import yaml
+
+    from agent.task import load_task, resolve_path
+
+    home = tmp_path / "tasks"
+    home.mkdir()
+    (home / "data.json").write_text('{"ok": true}')
+    (home / "t.yaml").write_text("name: t\ngoal: g\nsetup: [{run: [cat, '{taskdir}/data.json']}]\n"
+                                 "success: [{file_json: {path: data.json, equals: {ok: true}}}]\n")
+    task = load_task(home / "t.yaml")
+    assert task.base_dir == home and task.taskdir == str(home)
+    assert resolve_path(task, "data.json", tmp_path) == home / "data.json"
+    assert resolve_path(task, "{taskdir}/data.json", tmp_path) == home / "data.json"
+    trace = tmp_path / "runs" / "trace1"  # what a run writes: the task as run, with its folder
+    trace.mkdir(parents=True)
+    (trace / "task.yaml").write_text(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False))
+    copy = load_task(trace / "task.yaml")
+    assert copy.base_dir == home and resolve_path(copy, "data.json", tmp_path) == home / "data.json"
+    moved = yaml.safe_load((trace / "task.yaml").read_text()) | {"taskdir": str(tmp_path / "gone")}
+    (trace / "task.yaml").write_text(yaml.safe_dump(moved))
+    assert load_task(trace / "task.yaml").base_dir == trace  # folder gone (another machine): its own

@@ -567,3 +567,13 @@ def test_a_full_disk_mid_run_ends_the_run_error_with_a_parseable_trace(tmp_path)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
     finally:
         subprocess.run(["umount", "-l", disk], check=True)
+
+
+def test_setup_says_what_it_waits_for_and_a_missing_window_names_those_that_appeared(tmp_path):
+    wait = {"wait_for_window": "^Nope$", "timeout_s": 6}
+    proc = vlagent_run(tmp_path, {"setup": [NOTES, wait]}, [call("terminate", status="success")])
+    result = result_of(tmp_path)
+    assert result["status"] == "error" and "window '^Nope$' did not appear" in result["reason"]
+    assert "windows on screen: 'Notes'" in result["reason"], result["reason"]
+    assert "setup: launching python" in proc.stderr and "setup: waiting up to 6 s for a window titled '^Nope$'" in proc.stderr
+    assert "setup: still waiting for '^Nope$' (5 of 6 s); windows on screen: 'Notes'" in proc.stderr
