@@ -32,6 +32,7 @@ class Region:
     keys: list[str] = field(default_factory=list)  # content keys of the images among them
     used: float = 0.0  # last use (least recently used goes first)
     busy: bool = False
+    client: str | None = None  # the connection that used it last (an agent keeps its connection)
 
 
 @dataclass(eq=False)
@@ -70,7 +71,9 @@ class Batcher:
         self._tok = torch.zeros((agents,), dtype=torch.long, device=self.device)
         self._pos = torch.full((agents,), self.scratch, dtype=torch.long, device=self.device)
         self._delta = torch.zeros((agents,), dtype=torch.long, device=self.device)
-        self._rows = torch.arange(agents, device=self.device)
+        # Row r of the step writes slot _pos[r] of its own region: its first flat row of each KV head
+        # in the cache viewed as (agents * kv_heads * context, head_dim).
+        self._region_rows = (torch.arange(agents * self.KV, device=self.device) * context).view(agents, self.KV)
         self._arange = torch.arange(context, device=self.device)
         self.words = (eng.vocab + 31) // 32
         self._bitmask = torch.full((agents, self.words), -1, dtype=torch.int32, device=self.device)
@@ -102,12 +105,29 @@ class Batcher:
         self._point(r)
         return self.engine._common_prefix(ids, image_spans(ids, self.engine.image_token), keys)
 
-    def pick(self, ids: list[int], keys: list[str]) -> Region | None:
-        """The free region sharing the longest prefix with the prompt; ties: least recently used."""
+    def pick(self, ids: list[int], keys: list[str], client: str | None = None) -> Region | None:
+        """The region a request takes, among the free ones: the one its connection used last (the
+        same agent, also after its history evicted screenshots and the prefix got short); else one
+        whose conversation the prompt continues (the longest prefix reaching past the region's first
+        image: agents share the system prompt, which alone must not take another agent's region);
+        else an empty one; else the least recently used."""
         free = [r for r in self.regions if not r.busy]
         if not free:
             return None
-        return max(free, key=lambda r: (self.prefix(r, ids, keys), -r.used))
+        own = [r for r in free if client is not None and r.client == client]
+        if own:
+            return own[0]
+        scored = [(self.prefix(r, ids, keys), r) for r in free if r.ids]
+        continued = [(m, r) for m, r in scored if m > self._anchor(r)]
+        if continued:
+            return max(continued, key=lambda mr: mr[0])[1]
+        empty = [r for r in free if not r.ids]
+        return empty[0] if empty else min(free, key=lambda r: r.used)
+
+    def _anchor(self, r: Region) -> int:
+        """Where a region's own conversation starts to differ from others': its first image."""
+        spans = image_spans(r.ids, self.engine.image_token)
+        return spans[0][0] if spans else len(r.ids) // 2
 
     # ---- prefill: the engine's, in the request's region
 
@@ -209,14 +229,15 @@ class Batcher:
         rep = self.H // KV
         x = lm.embed_tokens(self._tok.view(1, R))
         cos, sin = lm.rotary_emb(x, (self._pos + self._delta).view(1, 1, R).expand(3, 1, R))
+        slots = (self._region_rows + self._pos.view(R, 1)).view(-1)  # where each row writes its K/V
         keep = self._arange[:span].view(1, span) <= self._pos.view(R, 1)
         bias = torch.zeros((R, 1, 1, span), dtype=torch.float32, device=self.device)
         bias = bias.masked_fill(~keep.view(R, 1, 1, span), float("-inf"))
         for i, w in enumerate(eng.layers):
             q, k, v = pre_attention(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin, eng.eps, self.H, KV, d)
             K, V = self.k[i], self.v[i]  # (agents, kv_heads, context, head_dim)
-            K[self._rows, :, self._pos] = k[0].transpose(0, 1)
-            V[self._rows, :, self._pos] = v[0].transpose(0, 1)
+            K.view(-1, d).index_copy_(0, slots, k[0].transpose(0, 1).reshape(R * KV, d))
+            V.view(-1, d).index_copy_(0, slots, v[0].transpose(0, 1).reshape(R * KV, d))
             qg = q[0].reshape(KV, rep, R, d).permute(2, 0, 1, 3)  # a KV head's query heads as query rows
             o = attend(qg, K[:, :, :span], V[:, :, :span], bias, d ** -0.5)
             x = post_attention(x, o.reshape(1, R, self.H * d), w["o"], w["post"], w["gu"], w["down"],

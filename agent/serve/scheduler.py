@@ -27,6 +27,7 @@ class Request:
     max_new: int
     stops: set
     matcher: object = None
+    client: str | None = None  # the connection it came on (an agent's next step comes on the same)
     future: Future = field(default_factory=Future)
     queued: float = field(default_factory=time.perf_counter)
 
@@ -78,7 +79,7 @@ class Scheduler:
                     if self._stop:
                         break
                     req = self._queue[0] if self._queue else None
-                    region = self.batcher.pick(req.ids, [im.key for im in req.images]) if req else None
+                    region = self.batcher.pick(req.ids, [im.key for im in req.images], req.client) if req else None
                     if region is not None:
                         self._queue.popleft()
                 if region is not None:
@@ -97,6 +98,7 @@ class Scheduler:
 
     def _admit(self, req: Request, region, active: list):
         b = self.batcher
+        region.client = req.client
         reused = b.prefix(region, req.ids, [im.key for im in req.images])
         try:
             row = b.prefill(region, req.ids, req.images, req.max_new, req.stops, req.matcher)

@@ -206,7 +206,7 @@ class ServedModel:
             matcher = self.backend.constrainer.matcher(policy)
         return matcher, max_reply_bytes(policy) + 1  # + the stop token
 
-    def chat(self, body: dict) -> dict:
+    def chat(self, body: dict, client: str | None = None) -> dict:
         from agent.serve.scheduler import Request
 
         if body.get("model") not in (None, self.name):
@@ -225,7 +225,7 @@ class ServedModel:
             raise Refused(400, f"the prompt ({len(ids)} tokens) plus its reply budget ({max_new}) exceeds the "
                                f"{self.context} tokens of KV an agent has on this server; start `vlagent serve` "
                                "with a larger --context (see `vlagent budget --agents N`), or send fewer screenshots")
-        reply = self.scheduler.submit(Request(ids, images, max_new, self.stops, matcher)).result()
+        reply = self.scheduler.submit(Request(ids, images, max_new, self.stops, matcher, client)).result()
         with self._lock:
             text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -280,7 +280,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(raw)
-            self._send(200, self.served.chat(body))
+            self._send(200, self.served.chat(body, "%s:%s" % self.client_address[:2]))
         except Refused as e:
             self._error(e.status, e.message)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
