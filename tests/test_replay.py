@@ -204,6 +204,29 @@ def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
     assert last.raw == submit and last.target["found"]["coordinate"]["method"] == "model"
 
 
+def test_the_fallback_models_answer_is_checked_by_the_same_evidence(tmp_path):
+    """The model points at a button whose own text is not the recorded target's: refused, not clicked."""
+    from PIL import Image
+
+    from agent.backends.script import ScriptBackend
+    from agent.replay.locate import describe_target
+
+    trace = _copy_demo(tmp_path)
+    odd = Image.new("RGB", (1280, 800), (30, 30, 30))
+    for x in range(0, 1280, 7):
+        odd.paste((200, 40, 90), (x, 0, x + 3, 800))
+    ev = {**describe_target(odd, (900, 700), ocr=False), "own_text": "Cancel"}  # a button no layout shows
+    _rewrite(trace, lambda s: s.update(target=ev) if s["step"] == 7 else None)
+    submit = '<tool_call>{"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [152, 524]}}</tool_call>'
+    model = ScriptBackend([submit])
+    out = tmp_path / "r"
+    result = replay(trace, variant(), fallback=model, trace_out=out)
+    assert result.status == "failed" and model.calls == 1
+    last = load_steps(out)[-1]
+    assert "does not look like the target" in last.error and "own_text" in last.error
+    assert not (out / "workdir" / "form.json").exists()  # Submit was not clicked
+
+
 def test_speed_shortens_recorded_waits(tmp_path):
     trace = tmp_path / "trace"
     trace.mkdir()

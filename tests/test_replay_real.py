@@ -234,3 +234,26 @@ def test_a_recording_with_real_input_replays_under_a_dark_theme_clicking_the_sam
     assert [c["detail"]["element"] for c in clicks] == ["text '' by 'Name'", "text '' by 'City'", "push button 'OK'"]
     assert all(c["method"] == "accessibility" for c in clicks)
     assert all((out / s.target["recorded_screenshot"]).is_file() for s in steps if s.kind == "left_click")
+
+
+def test_a_click_whose_effect_is_missing_on_the_tree_is_named():
+    """The effect rule on the tree as the reader returns it: a field that did not take the focus, a
+    check box that did not change; a popup in the way (another element there now) says nothing."""
+    def tree(role, name, states):
+        return [atspi.Node(0, -1, "application", "app", (), (0, 0, 0, 0), "app", 1),
+                atspi.Node(1, 0, "frame", "Form", ("active",), (0, 0, 400, 300), "app", 2),
+                atspi.Node(2, 1, role, name, states, (100, 50, 200, 30), "app", 3)]
+
+    field = {"a11y": atspi.describe(tree("text", "", ("editable", "focusable")), (150, 60))}
+    assert "did not take the keyboard focus" in evidence_missing(field, tree("text", "", ("editable",)))
+    assert evidence_missing(field, tree("text", "", ("editable", "focused"))) is None
+    box = {"a11y": atspi.describe(tree("check box", "Gift wrap", ()), (150, 60))}
+    assert "did not change" in evidence_missing(box, tree("check box", "Gift wrap", ()))
+    assert evidence_missing(box, tree("check box", "Gift wrap", ("checked",))) is None
+    assert evidence_missing(box, tree("menu item", "high", ())) is None
+
+
+def evidence_missing(ev, nodes):
+    from agent.replay.evidence import missing_effect
+
+    return missing_effect(ev, nodes, (150, 60))

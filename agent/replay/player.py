@@ -280,6 +280,8 @@ class _Player:
             grounded = None if found[k].ambiguous or not self.fallback else \
                 self._ground(action, evidence[k], frame, why, step, windows(), nodes())
             if grounded is None:
+                if step.error and step.error.startswith("fallback model"):  # why the model's answer was not used
+                    why = f"{why}; {step.error}"
                 raise ReplayFailed(f"step {orig.step} ({orig.kind} {label(evidence[k])}): {why}; "
                                    f"see {step.screenshot} (now) and {step.target['recorded_screenshot']} (recorded)")
             return grounded, frame, {"coordinate": {"method": "model", "reason": why, "score": 0.0}}
