@@ -83,7 +83,7 @@ def test_a_stale_target_heals_with_the_model_and_only_that_step_is_rewritten(tmp
         if s["text"] == PRO:  # the recorded target no longer looks like anything on screen
             target = s["actions"][0]["target"]
             target["patch"]["png_file"] = target["context"]["png_file"] = "flow.cache/noise.png"
-            target["anchors"], target["text"]["at"] = [], "Platinum"
+            target["anchors"], target["text"]["at"], target["own_text"] = [], "Platinum", "Platinum"
     (tmp_path / "t" / CACHE).write_text(json.dumps(data))
 
     healed = run(task, tmp_path, "healed")
@@ -106,7 +106,7 @@ def test_an_effect_that_does_not_show_falls_back_to_the_model(tmp_path):
             Image.new("L", (112, 48), 0).save(tmp_path / "t" / "flow.cache" / "black.png")
             after = s["actions"][1]["effect"]["after"]
             after["patch"]["png_file"] = after["context"]["png_file"] = "flow.cache/black.png"
-            after["anchors"], after["text"]["at"] = [], "Zyzzyva"
+            after["anchors"], after["text"]["at"], after["own_text"] = [], "Zyzzyva", "Zyzzyva"
     (tmp_path / "t" / CACHE).write_text(json.dumps(data))
     # The cached click and typing did run; the model, asked to finish the step, sees it done.
     healed = run(task, tmp_path, "healed", mapping={**replies(), EMAIL_ACT: [DONE]})

@@ -31,6 +31,7 @@ from agent.errors import VlagentError
 
 CACHE_VERSION = 1
 MODES = ("read-write", "read-only", "write-only", "off")
+OPENED_IMAGES = 4
 Mode = Literal["read-write", "read-only", "write-only", "off"]
 
 
@@ -87,6 +88,7 @@ class ActionCache:
         self.staged: dict[str, CachedStep] = {}
         self.order: list[str] = []  # keys in the order the flow met them
         self._pending: dict[str, Any] = {}  # image file -> PIL image, written by save()
+        self._opened: dict[str, Any] = {}  # image file -> PIL image, read from disk
         if self.reads and self.path.exists():
             self._load()
 
@@ -171,10 +173,14 @@ class ActionCache:
             return None
         if rel in self._pending:
             return self._pending[rel]
-        path = self.path.parent / rel
-        if ".." in Path(rel).parts or not path.is_file():
-            return None
-        return Image.open(path).convert("RGB")
+        if rel not in self._opened:
+            path = self.path.parent / rel
+            if ".." in Path(rel).parts or not path.is_file():
+                return None
+            if len(self._opened) >= OPENED_IMAGES:  # consecutive actions share screens: keep a few
+                self._opened.pop(next(iter(self._opened)))
+            self._opened[rel] = Image.open(path).convert("RGB")
+        return self._opened[rel]
 
     # -- images: base64 PNGs in the evidence <-> content-addressed files ---------------------------
     def _write_bytes(self, data: bytes) -> str:
