@@ -63,6 +63,15 @@ class Tree:
         self.pending = False  # a prefetched walk's answer is still to be read
         self.ticket = 0
 
+    def start(self) -> None:
+        """Start the reader now (a few hundred ms), not on the first walk."""
+        with self.lock:
+            if self.proc is None and not self.broken:
+                try:
+                    self._start()
+                except (OSError, ValueError):
+                    self._give_up()
+
     def nodes(self) -> list[Node]:
         """The tree now (a walk started by this call)."""
         with self.lock:

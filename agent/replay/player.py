@@ -169,6 +169,8 @@ class _Player:
         from agent.replay.atspi import Tree
 
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
+        if locate:
+            self.tree.start()
         self.prefetched: int | None = None
 
     def close(self) -> None:
