@@ -577,3 +577,21 @@ def test_setup_says_what_it_waits_for_and_a_missing_window_names_those_that_appe
     assert "windows on screen: 'Notes'" in result["reason"], result["reason"]
     assert "setup: launching python" in proc.stderr and "setup: waiting up to 6 s for a window titled '^Nope$'" in proc.stderr
     assert "setup: still waiting for '^Nope$' (5 of 6 s); windows on screen: 'Notes'" in proc.stderr
+
+
+def test_denied_chords_with_extra_keys_never_reach_the_app(tmp_path):
+    """As the attacker: chords holding a denied combination, with one more modifier, through `vlagent
+    run` to the echo app, which logs every key it receives. Only the ordinary shortcut arrives."""
+    echo = {"launch": ["{python}", "-m", "sandbox.apps.echo", "--out", "{workdir}/events.jsonl"], "wait_for_window": "Echo"}
+    chords = [["ctrl", "alt", "shift", "delete"], ["ctrl", "alt", "shift", "f1"], ["alt", "shift", "f4"],
+              ["ctrl", "alt", "t"], ["shift", "super", "s"], ["alt", "shift", "tab"], ["ctrl", "shift", "z"]]
+    replies = [r for c in chords for r in (call("key", keys=c), call("wait", time=0.2))] + [call("terminate", status="success")]
+    proc = vlagent_run(tmp_path, {"setup": [echo], "screen": {"width": 1280, "height": 800}}, replies)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    steps = load_steps(tmp_path / "trace")
+    refused = [s for s in steps if s.error]
+    assert len(refused) == 6 and all("is denied: it holds" in s.error for s in refused)
+    events = [json.loads(line) for line in (tmp_path / "trace" / "workdir" / "events.jsonl").read_text().splitlines()]
+    keys = [e for e in events if e["event"] == "key"]
+    assert [(e["keysym"].lower(), e["ctrl"], e["shift"]) for e in keys if e["keysym"].lower() == "z"] == [("z", True, True)]
+    assert not any(e["keysym"].lower() in ("delete", "f1", "f4", "t", "s", "tab") for e in keys), keys
