@@ -141,6 +141,19 @@ def test_an_unchanged_screen_gives_the_recorded_point_even_for_an_empty_field(tm
         assert d.method == "same screen" and d.pixel == point
 
 
+def test_a_moved_window_that_looks_as_recorded_carries_the_point_with_it(tmp_path):
+    with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
+        boxes = _access(sb, tmp_path)
+        frame = _capture(sb.display)
+        point = _centre(boxes["entry Access code"])
+        ev = describe(frame, point, list_windows(sb.display))
+        _move(sb, "^Access$", 420, 300)
+        [win] = list_windows(sb.display)
+        d = find(ev, _capture(sb.display), list_windows(sb.display), [], recorded=frame)
+    assert d.method == "same window"
+    assert d.pixel == (point[0] + win.x - 120, point[1] + win.y - 100)  # the dialog was at +120+100
+
+
 def test_a_button_is_read_by_its_own_text_and_found_by_edges_under_a_dark_theme_with_moved_widgets(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
         boxes = _access(sb, tmp_path)

@@ -10,7 +10,8 @@ Evidence of a target (Step.target), from agent.replay.locate plus:
 
 Finding, in order of trust:
   1. same screen   the window around the point looks as recorded: the recorded point, by definition
-                   (a featureless target, an empty text area, needs nothing else)
+                   (a featureless target, an empty text area, needs nothing else); or the same
+                   window, moved or on another screen, with its content as recorded: the point with it
   2. a11y          the same element in the app's current tree; ambiguity is an error
   3. pixels        the template finder (gray levels, then edge maps for another theme), every
                    candidate checked: its own text must read the same, its element (where there is a
@@ -132,8 +133,16 @@ def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Ima
         if (ev.get("a11y") or {}).get("says"):  # the same screen: the element recorded there
             d.detail["element"] = ev["a11y"]["says"]
         return d
+    windows = _as_windows(windows() if callable(windows) else windows)
+    if recorded is not None:
+        moved = same_window(ev, recorded, frame, windows)
+        if moved is not None:  # only the window moved: its content, the target with it
+            d = Decision(moved, "same window", 1.0)
+            if (ev.get("a11y") or {}).get("says"):
+                d.detail["element"] = ev["a11y"]["says"]
+            return d
     nodes = list(nodes() if callable(nodes) else nodes)
-    d = _find(ev, frame, _as_windows(windows() if callable(windows) else windows), nodes)
+    d = _find(ev, frame, windows, nodes)
     if d.pixel is not None and nodes:
         d.detail["element"] = atspi.name_at(nodes, d.pixel)
     return d
@@ -179,13 +188,47 @@ def same_screen(ev: dict, recorded: Image.Image, frame: Image.Image) -> bool:
     changed = np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]) > SAME_LEVEL
     if changed.size == 0 or changed.mean() > SAME_SCREEN_SHARE:
         return False
-    # The target's own patch (as the evidence holds it) must be where it was: hover changes a little.
+    return _patch_agrees(ev, b, (x, y))
+
+
+def _patch_agrees(ev: dict, gray: np.ndarray, point) -> bool:
+    """The target's own patch (as the evidence holds it) is at point: a hover changes it a little."""
     patch = _decode(ev["patch"]["png"]).astype(np.int16)
-    px0, py0 = x - ev["patch"]["at"][0], y - ev["patch"]["at"][1]
+    h, w = gray.shape
+    px0, py0 = point[0] - ev["patch"]["at"][0], point[1] - ev["patch"]["at"][1]
     if px0 < 0 or py0 < 0 or px0 + patch.shape[1] > w or py0 + patch.shape[0] > h:
         return False
-    here = b[py0:py0 + patch.shape[0], px0:px0 + patch.shape[1]]
+    here = gray[py0:py0 + patch.shape[0], px0:px0 + patch.shape[1]]
     return (np.abs(here - patch) > SAME_LEVEL).mean() <= SAME_TARGET_SHARE
+
+
+def same_window(ev: dict, recorded: Image.Image, frame: Image.Image, windows) -> tuple[int, int] | None:
+    """The target's window moved but looks as recorded (same size, same content): the recorded point
+    moved with it. None when there is no such window."""
+    from agent.replay.locate import same_window as is_same
+
+    win = ev.get("window")
+    if not win:
+        return None
+    x, y = ev["pixel"]
+    rx, ry = x - win["offset"][0], y - win["offset"][1]
+    ww, wh = win["size"]
+    if rx < 0 or ry < 0 or rx + ww > recorded.width or ry + wh > recorded.height:
+        return None
+    a = None
+    for w in windows:
+        if (w.w, w.h) != (ww, wh) or (w.x, w.y) == (rx, ry) or not is_same(win, w):
+            continue
+        if w.x < 0 or w.y < 0 or w.x + ww > frame.width or w.y + wh > frame.height:
+            continue
+        if a is None:
+            a = np.asarray(recorded.convert("L").crop((rx, ry, rx + ww, ry + wh)), dtype=np.int16)
+        b = np.asarray(frame.convert("L").crop((w.x, w.y, w.x + ww, w.y + wh)), dtype=np.int16)
+        point = (x - rx + w.x, y - ry + w.y)
+        if (np.abs(a - b) > SAME_LEVEL).mean() <= SAME_SCREEN_SHARE and \
+                _patch_agrees(ev, np.asarray(frame.convert("L"), dtype=np.int16), point):
+            return point
+    return None
 
 
 def _by_pixels(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
