@@ -218,7 +218,15 @@ def record_human(app: App, out: Path, taskfile: Path) -> Path:
         else:
             subprocess.run(["xdotool", "key", what], env=env, check=True)
         time.sleep(PACE_S + 0.5)
-    time.sleep(2.5)  # the last step's grouping window and frame
+    # Stop as a person would: once the recorder printed the last step (it may lag behind the input
+    # while it reads targets on a busy machine), then Ctrl-C.
+    steps = trace / "steps.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if steps.is_file() and len(steps.read_text().splitlines()) >= len(app.steps):
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     return trace
@@ -319,6 +327,7 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "bench_replay_real.json"))
     ap.add_argument("--keep", default=None, help="folder for the traces (default: a temporary one)")
+    ap.add_argument("--merge", action="store_true", help="keep the other apps' cases already in --json")
     args = ap.parse_args()
     out = Path(args.keep or tempfile.mkdtemp(prefix="bench-replay-real-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -349,6 +358,10 @@ def main() -> None:
                 print(f"{case.app:11} {case.condition:9} {case.kind:5} {case.outcome:7} "
                       f"{statistics.median(case.find_ms) if case.find_ms else 0:6.0f} ms  {case.reason[:150]}",
                       flush=True)
+    if args.merge and Path(args.json).is_file():  # a rerun of some apps replaces only their cases
+        ran = {c.app for c in cases}
+        kept = [Case(**c) for c in json.loads(Path(args.json).read_text())["cases"] if c["app"] not in ran]
+        cases = kept + cases
     report(cases, Path(args.json), out)
 
 
