@@ -50,10 +50,11 @@ def test_product_bench_runs_the_run_path(tmp_path, monkeypatch, engine):
     assert data["engine"] is (engine == "1")
     steps = data["steps_detail"]
     assert [s["action"] for s in steps] == ["left_click", "type", "key"]
-    assert all(s["prompt_ms"] > 0 and s["model_ms"] > 0 and s["grammar_ms"] > 0 and s["choices"] > 5 for s in steps)
+    assert all(s["prompt_ms"] > 0 and s["model_ms"] > 0 and s["grammar_ms"] > 0 and s["choices"] >= 1 for s in steps)
     assert [s["images"] for s in steps] == [1, 2, 3]  # the history's screenshots
     if engine == "1":
         assert all(s["reused_tokens"] > 0 and s["images_encoded"] == 1 for s in steps[1:])
+        assert all(s["decode_steps"] < s["new_tokens"] for s in steps)  # forced strings jump forward
         assert data["generate_defaults_step_ms_p50"] > 0 and data["generate_static_compile_step_ms_p50"] > 0
 
 

@@ -39,7 +39,8 @@ PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at lon
 VISION_CACHE_SIZE = 6  # encoded images kept: a 4-shot history plus an eviction chunk (33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
 WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits)
-FORCED_BATCH_MIN = 8  # forced tokens fed in one eager pass from this many on (an eager pass costs ~5 replays)
+FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
+FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
 
 
 def compile_cache_dir():
@@ -76,6 +77,7 @@ class Timings:
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens whose KV came from the previous call
     new_tokens: int = 0
+    decode_steps: int = 0  # passes after the first token (one replay per chosen token or forced run)
     images_encoded: int = 0
     peak_vision_gib: float = 0.0  # device memory high-water marks per phase (CUDA only)
     peak_prefill_gib: float = 0.0
@@ -123,6 +125,8 @@ class Engine:
         self._pos = torch.zeros((1,), dtype=torch.long, device=self.device)  # cache slot of _tok
         self._delta = torch.zeros((1,), dtype=torch.long, device=self.device)  # rope pos - slot
         self._arange = torch.arange(self.max_context, device=self.device)
+        self._toks = torch.zeros((1, FEED_WIDTH), dtype=torch.long, device=self.device)  # a forced run, padded
+        self._last = torch.zeros((1,), dtype=torch.long, device=self.device)  # its last real row
         words = (self.vocab + 31) // 32
         self._bitmask = torch.full((1, words), -1, dtype=torch.int32, device=self.device)
         self._bitmask_host = torch.full((1, words), -1, dtype=torch.int32,
@@ -146,6 +150,7 @@ class Engine:
                     blk.compile(dynamic=False)
         self._gqa_native: bool | None = None  # learnt on the first prefill
         self.jump_forward = True  # feed grammar-forced tokens in one pass instead of one by one
+        self.tokenize = None  # text -> token ids: lets jump-forward take forced strings, not only lone tokens
         self._vision: OrderedDict[str, tuple] = OrderedDict()
         self._ids: list[int] = []  # tokens whose KV is in the cache, in order
         self._keys: list[str] = []  # keys of the images among them, in order
@@ -274,56 +279,63 @@ class Engine:
         allowed = ((self._bitmask.view(-1, 1) >> self._bits) & 1).view(-1)[: logits.shape[-1]].bool()
         return logits.masked_fill(~allowed.view(1, -1), float("-inf"))
 
-    def _decode_step(self, span: int):
-        """One token: feed _tok at slot _pos, attend to slots < span, write the next token into _tok."""
+    def _decode_step(self, span: int, n: int = 1):
+        """Feed n tokens (_tok, or the first n of _toks) at slots _pos.._pos+n-1, attend to slots < span,
+        write the token chosen after row _last (row 0 when n == 1) into _tok. One token is the plain
+        decode step; n > 1 feeds a run of grammar-forced tokens for about the cost of one (the weights
+        are read once), padded past the run's end (those slots are rewritten before anything reads them)."""
         torch = self.torch
-        x = self.lm.embed_tokens(self._tok)
-        rp = (self._pos + self._delta).view(1, 1, 1).expand(3, 1, 1)
+        x = self.lm.embed_tokens(self._tok if n == 1 else self._toks[:, :n])
+        slots = self._pos + self._arange[:n]
+        rp = (slots + self._delta).view(1, 1, n).expand(3, 1, n)
         cos, sin = self.lm.rotary_emb(x, rp)
-        keep = (self._arange[:span] <= self._pos).view(1, 1, 1, span)
-        # One additive mask per step, shared by all layers (cheaper than a bool mask per layer).
-        bias = torch.zeros((1, 1, 1, span), dtype=torch.float32, device=self.device).masked_fill(~keep, float("-inf"))
+        keep = self._arange[:span].view(1, span) <= slots.view(n, 1)
         rep, d = self.heads // self.kv_heads, self.head_dim
+        # One additive mask per step, shared by all layers (cheaper than a bool mask per layer); rows
+        # ordered (query head within its KV group, token) like the grouped queries below.
+        bias = torch.zeros((n, span), dtype=torch.float32, device=self.device).masked_fill(~keep, float("-inf"))
+        bias = bias.repeat(rep, 1).view(1, 1, rep * n, span)
         for i, w in enumerate(self.layers):
             q, k, v = self._pre(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
                                 self.eps, self.heads, self.kv_heads, d)
-            self.k_cache[i].index_copy_(1, self._pos, k[0])
-            self.v_cache[i].index_copy_(1, self._pos, v[0])
+            self.k_cache[i].index_copy_(1, slots, k[0])
+            self.v_cache[i].index_copy_(1, slots, v[0])
             kk, vv = self.k_cache[i, :, :span][None], self.v_cache[i, :, :span][None]
-            qg = q.reshape(1, self.kv_heads, rep, d)  # GQA: a KV head's query heads as query rows
+            qg = q.reshape(1, self.kv_heads, rep * n, d)  # GQA: a KV head's query heads (x tokens) as query rows
             if self.attention == "bmm":
                 o = self._attend(qg, kk, vv, bias, d ** -0.5)
             else:
-                o = torch.nn.functional.scaled_dot_product_attention(qg, kk, vv, attn_mask=keep)
-            o = o.reshape(1, 1, self.heads * d)
+                o = torch.nn.functional.scaled_dot_product_attention(qg, kk, vv, attn_mask=bias)
+            o = o.view(1, self.heads, n, d).transpose(1, 2).reshape(1, n, self.heads * d)
             x = self._post(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
+        if n > 1:
+            x = x.index_select(1, self._last)
         logits = self._mask_logits(self._logits(x))
         self._tok.copy_(logits.argmax(-1).view(1, 1))
         self._pos.add_(1)
 
-    def _replay(self, span: int):
-        torch = self.torch
+    def _replay(self, span: int, n: int = 1):
         if not self.use_graphs:
-            self._decode_step(span)
+            self._decode_step(span, n)
             return
-        g = self._graphs.get(span)
+        g = self._graphs.get((span, n))
         if g is None:
-            g = self._capture(span)
+            g = self._capture(span, n)
         g.replay()
 
-    def _capture(self, span: int):
-        """Capture the decode step for one KV span. The step mutates _tok/_pos/the cache, so save
-        and restore them around the warm-up runs."""
+    def _capture(self, span: int, n: int = 1):
+        """Capture the decode step for one KV span and width. The step mutates _tok/_pos/the cache, so
+        save and restore them around the warm-up runs."""
         torch = self.torch
         saved = (self._tok.clone(), self._pos.clone())
         slot = int(saved[1])
-        kv = (self.k_cache[:, :, slot].clone(), self.v_cache[:, :, slot].clone())
+        kv = (self.k_cache[:, :, slot:slot + n].clone(), self.v_cache[:, :, slot:slot + n].clone())
         stream = self._warm_stream = getattr(self, "_warm_stream", None) or torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_REPLAYS):
                 self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
-                self._decode_step(span)
+                self._decode_step(span, n)
         torch.cuda.current_stream().wait_stream(stream)
         self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
         g = torch.cuda.CUDAGraph()
@@ -332,11 +344,11 @@ class Engine:
             # One capture stream for all graphs: cuBLAS keeps a workspace per stream (~32 MiB each).
             self._capture_stream = torch.cuda.Stream()
         with torch.cuda.graph(g, pool=self._pool, stream=self._capture_stream):
-            self._decode_step(span)
+            self._decode_step(span, n)
         self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
-        self.k_cache[:, :, slot] = kv[0]
-        self.v_cache[:, :, slot] = kv[1]
-        self._graphs[span] = g
+        self.k_cache[:, :, slot:slot + n] = kv[0]
+        self.v_cache[:, :, slot:slot + n] = kv[1]
+        self._graphs[(span, n)] = g
         return g
 
     def _span(self, slot: int) -> int:
@@ -349,9 +361,10 @@ class Engine:
         spans = spans or list(range(KV_BUCKET, self.max_context // 4 + 1, KV_BUCKET))
         with self._lock, self.torch.inference_mode():
             for s in spans:
-                if s not in self._graphs:
-                    self._pos.fill_(s - 1)
-                    self._capture(s)
+                for n in (1, FEED_WIDTH):
+                    if (s, n) not in self._graphs and s - n >= 0:
+                        self._pos.fill_(s - n)
+                        self._capture(s, n)
         self._pos.zero_()
 
     def warm_up(self, tokens: int = 0):
@@ -420,15 +433,33 @@ class Engine:
                 if self._stops and set(allowed) <= self._stops:
                     self._choose(min(allowed), matcher, out)
                     return
-            if len(nz) != 1 or getattr(matcher, "model_choice", False):  # a benchmark's scripted choice is decoded
+            if len(nz) == 1 and not getattr(matcher, "model_choice", False):  # a benchmark's scripted choice is decoded
+                word = int(words[nz[0]]) & 0xFFFFFFFF
+                tok = int(nz[0]) * 32 + word.bit_length() - 1
+                if not word & (word - 1) and tok < self.vocab:
+                    self._choose(tok, matcher, out)
+                    if pending is not None:
+                        pending.append(tok)
+                    continue
+            # Several tokens allowed, but they may all spell one forced string (with Qwen's vocabulary
+            # '", "coordinate": [' can start with ',', ', ' or ', "'): take it in its own tokenization.
+            forced = self._forced_tokens(matcher)
+            if not forced:
                 return
-            word = int(words[nz[0]]) & 0xFFFFFFFF
-            tok = int(nz[0]) * 32 + word.bit_length() - 1
-            if word & (word - 1) or tok >= self.vocab:
-                return
-            self._choose(tok, matcher, out)
-            if pending is not None:
-                pending.append(tok)
+            for tok in forced:
+                if done() or not matcher.accept_token(tok):
+                    break
+                out.append(tok)
+                if pending is not None:
+                    pending.append(tok)
+
+    def _forced_tokens(self, matcher) -> list[int]:
+        """The tokens of the string the grammar forces next (none without a tokenizer or a string)."""
+        find = getattr(matcher, "find_jump_forward_string", None)
+        if self.tokenize is None or find is None:
+            return []
+        text = find()
+        return self.tokenize(text) if text else []
 
     def _choose(self, tok: int, matcher, out: list[int]):
         if matcher is not None and not matcher.accept_token(tok):
@@ -550,7 +581,7 @@ class Engine:
         t.peak_prefill_gib = self._peak()
 
         # Decode. Each round feeds the last chosen token plus any tokens the grammar forces after it:
-        # one graph replay per token, or one eager pass for a run of FORCED_BATCH_MIN or more.
+        # one graph replay for one token or a run of up to FEED_WIDTH, one eager pass for a longer run.
         while not done():
             self._check_cancel()
             pending = [out[-1]]
@@ -559,18 +590,26 @@ class Engine:
                 if done():
                     break
             self._load_bitmask(matcher)
-            if len(pending) >= FORCED_BATCH_MIN:
-                nxt = self._feed_many(pending, fed)
-            else:
-                for j, p in enumerate(pending):
-                    if j or moved:  # the graph left _tok/_pos right after a plain replay
-                        self._tok.fill_(p)
-                        self._pos.fill_(fed + j)
-                    self._replay(self._span(fed + j))
+            k = len(pending)
+            if k == 1:
+                if moved:  # the graph left _tok/_pos right after a plain replay
+                    self._tok.fill_(pending[0])
+                    self._pos.fill_(fed)
+                self._replay(self._span(fed))
                 nxt = int(self._tok)
-            moved = len(pending) >= FORCED_BATCH_MIN  # an eager pass left _tok/_pos behind
+            elif k <= FEED_WIDTH and fed + FEED_WIDTH <= self.max_context:
+                run = pending + [pending[-1]] * (FEED_WIDTH - k)
+                self._toks.copy_(torch.tensor([run]), non_blocking=True)
+                self._pos.fill_(fed)
+                self._last.fill_(k - 1)
+                self._replay(self._span(fed + FEED_WIDTH - 1), FEED_WIDTH)
+                nxt = int(self._tok)
+            else:
+                nxt = self._feed_many(pending, fed)
+            moved = k > 1  # only a plain replay leaves _tok/_pos at the next token
+            t.decode_steps += 1
             self._ids.extend(pending)
-            fed += len(pending)
+            fed += k
             self._choose(nxt, matcher, out)
         t3 = time.perf_counter()
         t.decode_ms = (t3 - t2) * 1e3

@@ -328,6 +328,10 @@ class ReplyMatcher:
     def is_terminated(self) -> bool:
         return self._m.is_terminated()
 
+    def find_jump_forward_string(self) -> str:
+        """The text the grammar forces next ('' inside the text, where ReplyMatcher's bound applies)."""
+        return "" if self.in_text else self._m.find_jump_forward_string()
+
 
 class ReplyLogitsProcessor:
     """For transformers' generate (batch of one): like xgrammar.contrib.hf.LogitsProcessor, with the

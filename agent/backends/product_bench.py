@@ -43,13 +43,20 @@ CLICKS = tuple({"action": "left_click", "coordinate": [100 + 67 * i % 800, 150 +
 class ScriptedMatcher:
     """A real reply matcher whose free choices follow a script (see the module doc). Same methods
     as the matcher the engine and the logits processor use; `model_choice` tells the engine that a
-    one-token mask is a decoded choice, not a grammar-forced token to jump over."""
+    one-token mask is a decoded choice, not a grammar-forced token to jump over. The script is the
+    reply's text: a choice is the first token of what is left of it, so jump-forward (which feeds
+    forced text in its own tokenization) cannot put the script out of step."""
 
-    def __init__(self, real, script: list[int]):
-        self.real, self.script, self.i = real, list(script), 0
+    def __init__(self, real, script: str, tokenizer, stop_id: int):
+        self.real, self.script, self.tokenizer, self.stop_id = real, script, tokenizer, stop_id
+        self.done = ""  # reply text so far
         self.model_choice = False
-        self.grammar_s = 0.0  # time inside the real matcher (mask fills and token accepts)
+        self.grammar_s = 0.0  # time inside the real matcher (mask fills, token accepts, forced strings)
         self.choices = 0
+
+    def _next(self) -> int:
+        rest = self.script[len(self.done):]
+        return self.tokenizer(rest, add_special_tokens=False)["input_ids"][0] if rest else self.stop_id
 
     def fill_next_token_bitmask(self, bitmask, index: int = 0):
         import numpy as np
@@ -57,11 +64,8 @@ class ScriptedMatcher:
         t = time.perf_counter()
         need = self.real.fill_next_token_bitmask(bitmask, index)
         self.grammar_s += time.perf_counter() - t
-        if self.i >= len(self.script):
-            return need
-        tok = self.script[self.i]
-        row = bitmask[index]
-        words = row.numpy()
+        tok = self._next()
+        words = bitmask[index].numpy()
         if not (int(words[tok // 32]) >> (tok % 32)) & 1:
             raise ValueError(f"scripted token {tok} is not allowed by the grammar here")
         nz = np.flatnonzero(words)
@@ -77,12 +81,18 @@ class ScriptedMatcher:
         t = time.perf_counter()
         ok = self.real.accept_token(token_id)
         self.grammar_s += time.perf_counter() - t
-        if self.i < len(self.script) and token_id == self.script[self.i]:
-            self.i += 1
+        if ok and token_id != self.stop_id:
+            self.done += self.tokenizer.decode([token_id])
         return ok
 
     def accept_string(self, text: str) -> bool:
         return self.real.accept_string(text)
+
+    def find_jump_forward_string(self) -> str:
+        t = time.perf_counter()
+        text = self.real.find_jump_forward_string()
+        self.grammar_s += time.perf_counter() - t
+        return text
 
     def is_terminated(self) -> bool:
         return self.real.is_terminated()
@@ -94,15 +104,20 @@ class ScriptedConstrainer:
     def __init__(self, real, tokenizer, replies, stop_id: int):
         from agent.run.history import tool_call_text
 
-        self.real, self.tokenizer = real, tokenizer
-        self.replies = [tokenizer(tool_call_text(a), add_special_tokens=False)["input_ids"] + [stop_id] for a in replies]
+        self.real, self.tokenizer, self.stop_id = real, tokenizer, stop_id
+        self.replies = [tool_call_text(a) for a in replies]
         self.calls = 0
         self.last: ScriptedMatcher | None = None
 
     def matcher(self, policy=None) -> ScriptedMatcher:
-        self.last = ScriptedMatcher(self.real.matcher(policy), self.replies[self.calls % len(self.replies)])
+        self.last = ScriptedMatcher(self.real.matcher(policy), self.replies[self.calls % len(self.replies)],
+                                    self.tokenizer, self.stop_id)
         self.calls += 1
         return self.last
+
+    def reply_tokens(self, n: int) -> int:
+        """Tokens of the n-th scripted reply (and its stop token) in the tokenizer's own split."""
+        return len(self.tokenizer(self.replies[n % len(self.replies)], add_special_tokens=False)["input_ids"]) + 1
 
     def logits_processor(self, policy=None):
         from agent.backends.grammar import ReplyLogitsProcessor
@@ -216,10 +231,10 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
             if et is not None:
                 row.update(preprocess_ms=et.preprocess_ms, vision_ms=et.vision_ms - et.preprocess_ms, prefill_ms=et.prefill_ms, decode_ms=et.decode_ms,
                            prompt_tokens=et.prompt_tokens, reused_tokens=et.reused_tokens,
-                           new_tokens=et.new_tokens, images_encoded=et.images_encoded,
+                           new_tokens=et.new_tokens, decode_steps=et.decode_steps, images_encoded=et.images_encoded,
                            peak_gib=max(et.peak_vision_gib, et.peak_prefill_gib, et.peak_decode_gib))
             rows.append(row)
-            prompts.append((messages, len(scripted.replies[(scripted.calls - 1) % len(scripted.replies)])))
+            prompts.append((messages, scripted.reply_tokens(scripted.calls - 1)))
             bar.advance(task_bar)
     warm = rows[1:] or rows
     steady = [r for r in warm if r["images"] == hcfg.max_images] or warm
@@ -243,7 +258,7 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
         click_step_ms_p95=percentile([r["step_ms"] for r in clicks], 0.95) if clicks else None,
         prompt_ms=med("prompt_ms"), model_ms=med("model_ms"), encode_ms=med("encode_ms"), preprocess_ms=med("preprocess_ms"),
         vision_ms=med("vision_ms"), prefill_ms=med("prefill_ms"), decode_ms=med("decode_ms"),
-        grammar_ms=med("grammar_ms"), new_tokens=med("new_tokens"), choices=med("choices"),
+        grammar_ms=med("grammar_ms"), new_tokens=med("new_tokens"), choices=med("choices"), decode_steps=med("decode_steps"),
         prompt_tokens=med("prompt_tokens"),
         cold_start_s=cold_start, process_to_load_s=before_load, load_s=load_s, first_step_ms=rows[0]["step_ms"],
         peak_gib=(torch.cuda.max_memory_allocated() / 2 ** 30) if cuda else None,

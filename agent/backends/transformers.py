@@ -174,6 +174,7 @@ class TransformersBackend:
             from agent.backends.engine import make_engine
 
             self.engine = make_engine(self.model)
+            self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _render(self, messages: list[Message]):
         """(token ids of the text between images, the images): the chat template rendered once per

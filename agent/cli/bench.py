@@ -17,7 +17,7 @@ ENGINE_KEYS = ["step_ms_p50", "step_ms_p95", "ttft_ms", "preprocess_ms", "vision
                "peak_context_gib"]
 PRODUCT_KEYS = ["step_ms_p50", "step_ms_p95", "steady_step_ms_p50", "steady_step_ms_p95", "click_step_ms_p50",
                 "click_step_ms_p95", "prompt_ms", "model_ms", "encode_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms",
-                "grammar_ms", "grammar_pct_of_decode", "new_tokens", "decode_tok_s_episode",
+                "grammar_ms", "grammar_pct_of_decode", "new_tokens", "decode_steps", "decode_tok_s_episode",
                 "decode_tok_s_at_context", "cold_start_s", "peak_gib", "peak_context_gib", "planned_peak_gib",
                 "generate_defaults_step_ms_p50", "generate_defaults_ratio", "generate_static_compile_step_ms_p50",
                 "generate_static_compile_ratio"]
