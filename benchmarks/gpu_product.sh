@@ -11,13 +11,16 @@ OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 VL='from agent.cli import main; main()'
 M=/tmp/r2b
-[ -f $M/config.json ] || { t=$(date +%s); timeout 200 python3 benchmarks/save_random_2b.py $M > $OUT/save.log 2>&1 || tail -5 $OUT/save.log; echo "saved in $(( $(date +%s) - t )) s"; }
+[ -f $M/config.json ] || { t=$(date +%s); timeout 200 python3 benchmarks/save_random_2b.py $M > /tmp/save.log 2>&1 || tail -5 /tmp/save.log; echo "saved in $(( $(date +%s) - t )) s"; }
 cat $M/*.safetensors > /dev/null  # weights in the page cache, as the cold-start target says
 b() { name=$1; shift; echo "== $name: vlagent bench $*"
-      timeout 280 python3 -c "$VL" bench "$@" --json $OUT/$name.json > $OUT/$name.log 2>&1; echo "rc=$?"; tail -32 $OUT/$name.log | grep -v "^$"; }
+      timeout 280 python3 -c "$VL" bench "$@" --json $OUT/$name.json > /tmp/$name.log 2>&1; echo "rc=$?"
+      python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -5 /tmp/$name.log; }
 for what in "$@"; do case $what in
   eager) b product_eager --model $M --steps 12 --decode-context 10240 --peak-context 32768 ;;
+  click) b product_click_eager --model $M --steps 12 --reply click --no-baselines ;;
   compile) VLAGENT_COMPILE=1 b product_compile --model $M --steps 12 --no-baselines --decode-context 10240 ;;
-  profile) timeout 200 python3 benchmarks/gpu_profile.py $M 2>&1 | grep -v Warn | tail -45 ;;
-  profile-compile) timeout 200 python3 benchmarks/gpu_profile.py $M compile 2>&1 | grep -v Warn | tail -45 ;;
+  compile-click) VLAGENT_COMPILE=1 b product_click_compile --model $M --steps 12 --reply click --no-baselines --decode-context 10240 --peak-context 32768 ;;
+  profile) timeout 200 python3 benchmarks/gpu_profile.py $M > /tmp/profile.log 2>&1; echo "profile rc=$?"; tail -3 /tmp/profile.log ;;
+  profile-compile) timeout 200 python3 benchmarks/gpu_profile.py $M compile > /tmp/profile_c.log 2>&1; echo "profile rc=$?"; tail -3 /tmp/profile_c.log ;;
 esac; done
