@@ -120,6 +120,46 @@ def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, ba
     results.put((i, rows))
 
 
+def check_identity(device: str, agents: int = 3, chats: int = 5) -> dict:
+    """The tiny checkpoint served on `device`: each of `chats` conversations (2..4 screenshots)
+    alone, then all at once (more than `agents` regions: some wait); how many replies agree."""
+    import threading
+
+    from actions.policy import Allow, Policy
+    from agent.backends.openai import OpenAIBackend
+    from agent.run.history import build_messages
+    from agent.serve.server import ServedModel, Server
+    from agent.trace import Step
+
+    policy = Policy(Allow(actions=["left_click", "type", "key", "scroll", "wait", "terminate"],
+                          keys=["tab", "enter", "ctrl+a", "backspace"], max_text_len=200))
+    reply = '<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_click", "coordinate": [10, 20]}}\n</tool_call>'
+
+    def chat(c):
+        shots = [frame(c, k, (320, 200)) for k in range(c % 3 + 1)]
+        past = [Step(step=k + 1, raw=reply, action={"action": "left_click", "coordinate": [10, 20]}, screenshot=str(k))
+                for k in range(len(shots) - 1)]
+        return build_messages(f"Task {c}.", past, shots[-1], policy, load_image=lambda s: shots[int(s.screenshot)])
+
+    convs = [chat(c) for c in range(chats)]
+    with Server(ServedModel("tiny-random", agents, 8192, device=device), port=0) as srv:
+        be = OpenAIBackend("tiny-random", srv.base_url, processor=srv.served.processor)
+        alone = [be.generate(c, policy) for c in convs]
+        together = [None] * chats
+
+        def go(i):
+            together[i] = OpenAIBackend("tiny-random", srv.base_url, processor=srv.served.processor).generate(convs[i], policy)
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(chats)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        graphs = len(srv.served.batcher._graphs)
+    return {"device": device, "conversations": chats, "regions": agents, "identical": sum(a == b for a, b in zip(alone, together)),
+            "distinct_replies": len(set(alone)), "graphs": graphs}
+
+
 def health(base_url: str) -> dict:
     with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=10) as r:
         return json.load(r)
@@ -176,7 +216,13 @@ def main():
     ap.add_argument("--screen", default="1920x1080")
     ap.add_argument("--tiny", action="store_true", help="the tiny checkpoint on the CPU (a smoke run)")
     ap.add_argument("--checkpoint", help="reuse a checkpoint folder made by an earlier run")
+    ap.add_argument("--check", choices=["cpu", "cuda"], help="only: replies alone vs concurrent (tiny checkpoint)")
     args = ap.parse_args()
+    if args.check:
+        r = check_identity(args.check)
+        Path(args.out).write_text(json.dumps(r, indent=1))
+        print(json.dumps(r), flush=True)
+        return
     size = tuple(int(v) for v in args.screen.split("x"))
     logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     if args.tiny:

@@ -48,6 +48,9 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stop = False
         self.error: str | None = None  # set when the loop died: every later request gets it
+        # Totals since start, for /health and benchmarks: where the device time goes.
+        self.stats = dict(requests=0, prompt_tokens=0, reused_tokens=0, new_tokens=0, prefill_ms=0.0,
+                          decode_steps=0, decode_rows=0, decode_ms=0.0)
         self._thread = threading.Thread(target=self._loop, name="vlagent-serve-scheduler", daemon=True)
 
     def start(self) -> "Scheduler":
@@ -100,19 +103,30 @@ class Scheduler:
         b = self.batcher
         region.client = req.client
         reused = b.prefix(region, req.ids, [im.key for im in req.images])
+        t0 = time.perf_counter()
         try:
             row = b.prefill(region, req.ids, req.images, req.max_new, req.stops, req.matcher)
         except VlagentError as e:  # a request the engine refuses: its own error, the server goes on
             region.busy = False
             req.future.set_exception(e)
             return
+        st = self.stats
+        st["prefill_ms"] += (time.perf_counter() - t0) * 1e3
+        st["requests"] += 1
+        st["prompt_tokens"] += len(req.ids)
+        st["reused_tokens"] += reused
         if row.done:
             self._finish(req, row, reused)
         else:
             active.append((req, row, reused))
 
     def _step(self, active: list):
+        t0 = time.perf_counter()
         self.batcher.step([row for _, row, _ in active])
+        st = self.stats
+        st["decode_ms"] += (time.perf_counter() - t0) * 1e3
+        st["decode_steps"] += 1
+        st["decode_rows"] += len(active)
         done = [a for a in active if a[1].done]
         active[:] = [a for a in active if not a[1].done]
         for item in done:
@@ -120,6 +134,7 @@ class Scheduler:
 
     def _finish(self, req: Request, row, reused: int):
         self.batcher.release(row)
+        self.stats["new_tokens"] += len(row.out)
         stopped = bool(row.out) and row.out[-1] in req.stops or (row.matcher is not None and row.matcher.is_terminated())
         now = time.perf_counter()
         req.future.set_result(Reply(row.out, len(req.ids), reused, "stop" if stopped else "length",

@@ -263,7 +263,8 @@ class Handler(BaseHTTPRequestHandler):
             if s.scheduler.error:
                 self._error(503, s.scheduler.error)
             else:
-                self._send(200, {"status": "ok", "model": s.name, **s.memory()})
+                self._send(200, {"status": "ok", "model": s.name, **s.memory(),
+                                 "stats": {k: round(v, 1) for k, v in s.scheduler.stats.items()}})
         elif self.path.rstrip("/") == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": s.name, "object": "model", "owned_by": "vlagent"}]})
         else:
