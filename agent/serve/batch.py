@@ -16,6 +16,7 @@ gets the same reply (tests/test_serve.py holds this on the CPU in float32).
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -81,7 +82,9 @@ class Batcher:
         pin = self.device.type == "cuda"
         self._host = torch.zeros((3, agents), dtype=torch.long, pin_memory=pin)
         self.bitmask_host = torch.full((agents, self.words), -1, dtype=torch.int32, pin_memory=pin)
-        self.use_graphs = (self.device.type == "cuda") if graphs is None else graphs
+        if graphs is None:  # VLAGENT_SERVE_GRAPHS=0: eager decode steps (to rule graphs out when debugging)
+            graphs = self.device.type == "cuda" and os.environ.get("VLAGENT_SERVE_GRAPHS", "1") != "0"
+        self.use_graphs = graphs
         self._graphs: dict[int, object] = {}
         self._pool = self._stream = None
         self.vision: OrderedDict[str, tuple] = OrderedDict()  # the server's vision cache (the engine keeps 6)
