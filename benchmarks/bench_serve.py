@@ -105,6 +105,8 @@ def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, ba
     shots, past, rows = {}, [], []
     barrier.wait()
     for k in range(warm + steps):
+        if k == warm:  # the timed steps start together: every agent is past its cold start
+            barrier.wait()
         shots[k] = frame(i, k, size)
         msgs = build_messages(GOAL, past, shots[k], policy, load_image=lambda s: shots[int(s.screenshot)])
         t0 = time.perf_counter()
