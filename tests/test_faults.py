@@ -595,3 +595,16 @@ def test_denied_chords_with_extra_keys_never_reach_the_app(tmp_path):
     keys = [e for e in events if e["event"] == "key"]
     assert [(e["keysym"].lower(), e["ctrl"], e["shift"]) for e in keys if e["keysym"].lower() == "z"] == [("z", True, True)]
     assert not any(e["keysym"].lower() in ("delete", "f1", "f4", "t", "s", "tab") for e in keys), keys
+
+
+def test_a_long_text_stops_typing_at_the_run_deadline(tmp_path):
+    """A task allowing 100,000 characters and backtracking-prone deny patterns: the check answers at once
+    (RE2), and typing ~12 s of text stops at the run's 4 s timeout instead of carrying the run past it."""
+    task = {"setup": [NOTES], "timeout_s": 4, "allow": {"max_text_len": 100_000, "deny_text": ["(a+)+$", "(x+x+)+y"]}}
+    proc = vlagent_run(tmp_path, task, [call("left_click", coordinate=[500, 400]),
+                                        call("type", text=":(){ " + "a" * 5000 + "!"), call("terminate", status="success")])
+    result = result_of(tmp_path)
+    assert result["status"] == "timeout", result["reason"]
+    steps = load_steps(tmp_path / "trace")
+    assert steps[1].error is None and steps[1].timings["exec_ms"] < 6_000, steps[1].timings
+    assert proc.returncode == 1

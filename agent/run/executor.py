@@ -45,7 +45,7 @@ def screen_point(coord: Coordinate, frame_size: tuple[int, int], screen_size: tu
     return to_pixels(((fx + 0.5) / fw * SCALE, (fy + 0.5) / fh * SCALE), screen_size)
 
 
-def execute(action: Action, desktop: Desktop, frame_size: tuple[int, int]) -> Outcome:
+def execute(action: Action, desktop: Desktop, frame_size: tuple[int, int], deadline: float | None = None) -> Outcome:
     """Perform `action`; raises agent.errors.Aborted when a person pushed the mouse into a corner."""
     desktop.check_abort()
 
@@ -56,7 +56,7 @@ def execute(action: Action, desktop: Desktop, frame_size: tuple[int, int]) -> Ou
         case "key":
             return _key(desktop, action.keys)
         case "type":
-            return _type(desktop, action.text)
+            return _type(desktop, action.text, deadline)
         case "mouse_move":
             return _move(desktop, point(action.coordinate))
         case "left_click" | "right_click" | "middle_click" | "double_click" | "triple_click":
@@ -67,7 +67,7 @@ def execute(action: Action, desktop: Desktop, frame_size: tuple[int, int]) -> Ou
         case "scroll" | "hscroll":
             return _scroll(desktop, action.pixels, point(action.coordinate), action.action == "hscroll")
         case "wait":
-            return _wait(desktop, action.time)
+            return _wait(desktop, min(action.time, max(deadline - time.monotonic(), 0)) if deadline else action.time)
         case "terminate" | "answer":
             return Outcome()  # they end the run or report; nothing happens on the desktop
         case other:
@@ -79,11 +79,15 @@ def _key(desktop: Desktop, keys: list[str]) -> Outcome:
     return Outcome()
 
 
-def _type(desktop: Desktop, text: str) -> Outcome:
+def _type(desktop: Desktop, text: str, deadline: float | None = None) -> Outcome:
+    """Type in chunks, checking for a person's abort between them; stop at the run's `deadline` (a long
+    text types at ~400 characters a second: it must not carry the run past its timeout)."""
     text = secrets.fill(text)  # {secret:NAME} -> its value, here and nowhere earlier: the model never sees it
     for start in range(0, len(text), TYPE_CHUNK_CHARS):
         if start:
             desktop.check_abort()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         desktop.type(text[start:start + TYPE_CHUNK_CHARS])
     return Outcome()
 

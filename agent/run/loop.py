@@ -115,7 +115,7 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
         rejections = 0
         step.action = action
         target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
-        outcome = execute(action, desktop, frame.size)
+        outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
         step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
         t3 = time.perf_counter()
         settle = desktop.wait_stable(cfg.settle_max_s) if action.action not in ("terminate", "answer") else 0.0
