@@ -92,7 +92,7 @@ def frame(agent: int, step: int, size: tuple[int, int]):
     return img
 
 
-def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, barrier, results) -> None:
+def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, think: float, barrier, results) -> None:
     from actions.parse import parse_action
     from actions.policy import Allow, Policy
     from actions.schema import to_json
@@ -119,6 +119,7 @@ def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, ba
         past.append(Step(step=k + 1, raw=reply, action=action, error=error, screenshot=str(k)))
         if k >= warm:
             rows.append({"t0": t0, "t1": t1, "ms": (t1 - t0) * 1e3, "valid": error is None, "reply": reply})
+        time.sleep(think)  # the action runs and the desktop settles
     results.put((i, rows))
 
 
@@ -167,7 +168,7 @@ def health(base_url: str) -> dict:
         return json.load(r)
 
 
-def run_n(folder: str, n: int, size, warm: int, steps: int, logs: Path) -> dict:
+def run_n(folder: str, n: int, size, warm: int, steps: int, think: float, logs: Path) -> dict:
     from agent.serve.process import ServeProcess
 
     t = time.perf_counter()
@@ -175,7 +176,7 @@ def run_n(folder: str, n: int, size, warm: int, steps: int, logs: Path) -> dict:
         start_s = time.perf_counter() - t
         ctx = mp.get_context("fork")
         barrier, results = ctx.Barrier(n), ctx.Queue()
-        procs = [ctx.Process(target=agent_main, args=(i, server.base_url, server.name, size, warm, steps, barrier, results))
+        procs = [ctx.Process(target=agent_main, args=(i, server.base_url, server.name, size, warm, steps, think, barrier, results))
                  for i in range(n)]
         for p in procs:
             p.start()
@@ -216,6 +217,7 @@ def main():
     ap.add_argument("--warm", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--screen", default="1920x1080")
+    ap.add_argument("--think", type=float, default=0.0, help="seconds between an agent's steps (the desktop settling)")
     ap.add_argument("--tiny", action="store_true", help="the tiny checkpoint on the CPU (a smoke run)")
     ap.add_argument("--checkpoint", help="reuse a checkpoint folder made by an earlier run")
     ap.add_argument("--check", choices=["cpu", "cuda"], help="only: replies alone vs concurrent (tiny checkpoint)")
@@ -239,14 +241,14 @@ def main():
             print(f"checkpoint in {time.perf_counter() - t:.1f} s", flush=True)
     runs = []
     for n in (int(v) for v in args.agents.split(",")):
-        r = run_n(folder, n, size, args.warm, args.steps, logs)
+        r = run_n(folder, n, size, args.warm, args.steps, args.think, logs)
         runs.append(r)
         print(f"N={n}: {r['aggregate_steps_s']:.2f} steps/s, p50 {r['step_ms_p50']:.0f} ms, p95 {r['step_ms_p95']:.0f} ms, "
               f"peak {r['peak_gib']} GiB (plan {r['planned_peak_gib']}), valid {r['valid_replies']}/{r['steps_timed']}", flush=True)
     one = next((r for r in runs if r["agents"] == 1), None)
     result = {"device": _device(), "screen": list(size), "history": 4, "model": "tiny-random" if args.tiny else
               "random-2b (Qwen3-VL-2B shapes, bf16, tiny tokenizer)", "warm_steps": args.warm,
-              "timed_steps_per_agent": args.steps, "think_time_s": 0, "runs": runs}
+              "timed_steps_per_agent": args.steps, "think_time_s": args.think, "runs": runs}
     if one:
         for r in runs:
             r["speedup_vs_1"] = round(r["aggregate_steps_s"] / one["aggregate_steps_s"], 2)
