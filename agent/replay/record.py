@@ -36,6 +36,7 @@ DOUBLE_CLICK_S = 0.4  # clicks this close in time and place are one double/tripl
 SCROLL_GROUP_S = 0.6  # wheel clicks this close in time and place are one scroll
 TYPE_IDLE_S = 2.0  # a pause this long ends a run of typed text
 TICK_S = 0.05
+LATE_EVENTS_S = 1.0  # how long input the app has seen may take to reach the recorder on a busy machine
 LISTENER_JOIN_S = 2.0
 PIXELS_PER_WHEEL_CLICK = 100  # as agent.desktop.x11: the trace speaks pixels, the wheel clicks
 SECRET_LABEL_RE = re.compile(r"(?i)\b(pass(word|code|phrase)?|secret|pin|token|otp)\b")
@@ -377,6 +378,11 @@ class Recorder:
             if stop_when_done and wrote[0]:
                 wrote[0] = False
                 if self._checks_pass():
+                    # The app sees input before we do: events still on their way are recorded first.
+                    time.sleep(LATE_EVENTS_S)
+                    if not self.events.empty():
+                        wrote[0] = True
+                        continue
                     grouper.flush()
                     return "the task's success checks pass"
             if deadline is not None and time.monotonic() >= deadline:
