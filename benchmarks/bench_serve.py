@@ -240,15 +240,17 @@ def main():
             subprocess.run([sys.executable, __file__, "--make-checkpoint", folder], check=True)
             print(f"checkpoint in {time.perf_counter() - t:.1f} s", flush=True)
     runs = []
+    result = {"device": _device(), "screen": list(size), "history": 4, "model": "tiny-random" if args.tiny else
+              "random-2b (Qwen3-VL-2B shapes, bf16, tiny tokenizer)", "warm_steps": args.warm,
+              "timed_steps_per_agent": args.steps, "think_time_s": args.think, "runs": runs}
     for n in (int(v) for v in args.agents.split(",")):
         r = run_n(folder, n, size, args.warm, args.steps, args.think, logs)
         runs.append(r)
         print(f"N={n}: {r['aggregate_steps_s']:.2f} steps/s, p50 {r['step_ms_p50']:.0f} ms, p95 {r['step_ms_p95']:.0f} ms, "
-              f"peak {r['peak_gib']} GiB (plan {r['planned_peak_gib']}), valid {r['valid_replies']}/{r['steps_timed']}", flush=True)
+              f"peak {r['peak_gib']} GiB (plan {r['planned_peak_gib']}), valid {r['valid_replies']}/{r['steps_timed']}, "
+              f"stats {r.get('stats')}", flush=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))  # what is done survives a cut-off run
     one = next((r for r in runs if r["agents"] == 1), None)
-    result = {"device": _device(), "screen": list(size), "history": 4, "model": "tiny-random" if args.tiny else
-              "random-2b (Qwen3-VL-2B shapes, bf16, tiny tokenizer)", "warm_steps": args.warm,
-              "timed_steps_per_agent": args.steps, "think_time_s": args.think, "runs": runs}
     if one:
         for r in runs:
             r["speedup_vs_1"] = round(r["aggregate_steps_s"] / one["aggregate_steps_s"], 2)
