@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from agent.replay import atspi
-from agent.replay.locate import _as_windows, _decode, describe_target, label, search
+from agent.replay.locate import _as_windows, _decode, describe_target, label, search, window_at
 
 SAME_LEVEL = 24  # gray levels: a pixel that differs less is unchanged
 SAME_SCREEN_SHARE = 0.03  # a window with fewer changed pixels (a hover, a caret) is unchanged
@@ -113,12 +113,26 @@ def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True) 
     accessibility element (when the app publishes one) and the target's own text."""
     ev = describe_target(image, pixel, windows, ocr=ocr)
     element = atspi.describe(list(nodes), pixel) if nodes else None
+    if element is not None and not _same_top_window(element, windows, pixel):
+        element = None  # the tree was read before this window showed (or after it went): not evidence
     if element is not None:
         ev["a11y"] = element
     if ocr:
         box = element["box"] if element else None
         ev["own_text"] = own_text(image, pixel, box)
     return ev
+
+
+def _same_top_window(element: dict, windows, pixel) -> bool:
+    """The element's window is the topmost window on screen at the point (by title), as far as the
+    window list tells: a dialog that opened a moment ago may not be in the tree yet."""
+    from agent.replay.locate import _title_words
+
+    top = window_at(windows, tuple(pixel))
+    if top is None or not element["window"]["name"]:
+        return True
+    a, b = _title_words(top.title), _title_words(element["window"]["name"])
+    return a == b or (bool(a) and bool(b) and (a in b or b in a)) or atspi.similar(a, b) >= 0.6
 
 
 # ------------------------------------------------------------------------------ finding

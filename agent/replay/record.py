@@ -133,8 +133,9 @@ class _Trees(threading.Thread):
 
     def run(self) -> None:
         while not self.frames.stopped.is_set():
-            if not self.frames.changed.wait(0.5):
-                continue
+            # After each change of the screen, and every second: a window's widgets may reach the
+            # tree a moment after the window shows.
+            self.frames.changed.wait(1.0)
             self.frames.changed.clear()
             t = time.monotonic()
             nodes = self.tree.nodes()
