@@ -103,6 +103,9 @@ def make_stale(folder: Path, texts) -> None:
     path.write_text(json.dumps(data))
 
 
+LETTER = {"hit": "h", "healed": "H", "miss": "m", None: "-"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -137,7 +140,7 @@ def main() -> None:
         for run in runs:
             print(f"latency {latency:.2f}s {run['label']:>10}: {run['status']:<8} {run['model_calls']:>2} model calls, "
                   f"run {run['run_s']:6.2f} s, steps {run['steps_s']:6.2f} s  "
-                  f"{' '.join((s['cache'] or '-')[0] for s in run['steps'])}", flush=True)
+                  f"{' '.join(LETTER[s['cache']] for s in run['steps'])}", flush=True)
         cold = [r for r in runs if r["label"].startswith("cold")]
         cached = [r for r in runs if r["label"].startswith("cached")]
         med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
