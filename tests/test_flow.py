@@ -267,3 +267,21 @@ def test_ctrl_c_still_runs_the_after_hooks(tmp_path):
         ("steps", "wait_for", "failed"), ("after", "left_click", "passed"), ("after", "type", "passed")]
     assert result.flow[0].reason == "interrupted (Ctrl-C or SIGTERM)" and result.flow[0].model_calls >= 1
     assert [s.kind for s in load_steps(trace)] == ["left_click", "type"]
+
+
+def test_a_flow_on_the_tiny_checkpoint_ends_with_a_clear_status(tmp_path):
+    """The whole flow path on the real transformers code (random weights): an act bounded to 2 steps,
+    then an assert under the verdict grammar. Whatever the noise says, the run ends with a status,
+    a complete trace and every model call counted."""
+    from agent.backends import load_backend
+
+    backend = load_backend("tiny-random")
+    task = load_task(form_task(tmp_path, [{"assert": "The Registration form is shown"},
+                                          {"act": "Click the Name field", "max_steps": 2}], success=[]))
+    result, folder = run_flow(task, backend, trace_dir=tmp_path / "trace", cache="read-write")
+    assert result.status in ("success", "failed", "invalid_output", "timeout"), result.reason
+    assert result.flow[0].kind == "assert" and 1 <= result.flow[0].model_calls <= ask.MAX_TRIES
+    assert result.model_calls == sum(f.model_calls for f in result.flow) >= 1
+    assert load_result(folder).model_calls == result.model_calls
+    if result.status != "success":
+        assert not (tmp_path / "flow.cache.json").exists()  # only a successful run writes the cache
