@@ -20,6 +20,10 @@ from agent.errors import VlagentError
 log = logging.getLogger(__name__)
 
 
+class DeviceError(VlagentError):
+    """The device failed on a request (out of memory, a kernel error): worth retrying later."""
+
+
 @dataclass(eq=False)
 class Request:
     ids: list[int]
@@ -66,7 +70,7 @@ class Scheduler:
     def submit(self, req: Request) -> Future:
         with self._cv:
             if self.error:
-                req.future.set_exception(VlagentError(self.error))
+                req.future.set_exception(DeviceError(self.error))
                 return req.future
             self._queue.append(req)
             self._cv.notify()
@@ -97,7 +101,7 @@ class Scheduler:
                 self._queue.clear()
             for r in pending:
                 if not r.future.done():
-                    r.future.set_exception(VlagentError(self.error))
+                    r.future.set_exception(DeviceError(self.error))
 
     def _admit(self, req: Request, region, active: list):
         b = self.batcher
@@ -106,9 +110,11 @@ class Scheduler:
         t0 = time.perf_counter()
         try:
             row = b.prefill(region, req.ids, req.images, req.max_new, req.stops, req.matcher)
-        except VlagentError as e:  # a request the engine refuses: its own error, the server goes on
+        except Exception as e:  # this request only (refused by the engine, out of memory in its prefill)
             region.busy = False
-            req.future.set_exception(e)
+            log.warning("request failed in its prefill: %s", e)
+            req.future.set_exception(e if isinstance(e, VlagentError) else
+                                     DeviceError(f"prefill failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"))
             return
         st = self.stats
         st["prefill_ms"] += (time.perf_counter() - t0) * 1e3

@@ -286,9 +286,9 @@ class Handler(BaseHTTPRequestHandler):
             self._error(e.status, e.message)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             self._error(400, f"malformed request: {type(e).__name__}: {e}")
-        except VlagentError as e:
-            status = 503 if self.served.scheduler.error else 400
-            self._error(status, str(e))
+        except VlagentError as e:  # the device failed (503: the client retries), or the engine refused (400)
+            from agent.serve.scheduler import DeviceError
+            self._error(503 if isinstance(e, DeviceError) else 400, str(e))
         except Exception as e:  # keep serving the others; the client sees the reason
             self._error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
