@@ -56,7 +56,7 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         from agent.errors import VlagentError
         from agent.serve.process import ServeProcess
 
-        server = ServeProcess(model, agents=workers, log=out / "logs" / "serve.log")
+        server = ServeProcess(model, agents=workers, log=out / "logs" / "serve.log", screen=_largest_screen(items))
         try:
             server.start()
             click.echo(f"model server for {workers} workers at {server.base_url} (log {server.log})", err=True)
@@ -90,6 +90,22 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
 def _local_model(model: str | None, backend: str | None) -> bool:
     """A model this machine loads itself (not scripted replies, not a remote server, one for all items)."""
     return bool(model) and not model.startswith("script:") and "{" not in model and backend in (None, "auto", "transformers")
+
+
+def _largest_screen(items) -> str:
+    """The largest screen among the task items (the server's KV regions are planned for it)."""
+    import yaml
+
+    sizes = [(1920, 1080)]
+    for it in items:
+        if it.kind == "task":
+            try:
+                screen = (yaml.safe_load(it.path.read_text(encoding="utf-8")) or {}).get("screen") or {}
+                sizes.append((int(screen.get("width", 1280)), int(screen.get("height", 800))))
+            except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+                pass  # the item itself reports a broken task file
+    w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
+    return f"{w}x{h}"
 
 
 def _gpu() -> bool:
