@@ -18,7 +18,8 @@ b() { name=$1; shift; echo "== $name: vlagent bench $*"
       python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -5 /tmp/$name.log; }
 for what in "$@"; do case $what in
   eager) b product_eager --model $M --steps 12 --decode-context 10240 --peak-context 32768 ;;
-  click) b product_click_eager --model $M --steps 12 --reply click --no-baselines ;;
+  click) b product_click_eager --model $M --steps 12 --reply click --no-baselines --decode-context 10240 ;;
+  click-flash) VLAGENT_SDPA=flash b product_click_eager_flash --model $M --steps 12 --reply click --no-baselines ;;
   compile) VLAGENT_COMPILE=1 b product_compile --model $M --steps 12 --no-baselines --decode-context 10240 ;;
   compile-click) VLAGENT_COMPILE=1 b product_click_compile --model $M --steps 12 --reply click --no-baselines --decode-context 10240 --peak-context 32768 ;;
   profile) timeout 200 python3 benchmarks/gpu_profile.py $M > /tmp/profile.log 2>&1; echo "profile rc=$?"; tail -3 /tmp/profile.log ;;

@@ -43,6 +43,16 @@ FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) s
 FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
 
 
+def sdpa_backends():
+    """Attention kernels for prefill and the vision tower, in order of preference. VLAGENT_SDPA=flash
+    skips cuDNN's (the default tries it first: on Hopper it is the faster one where it applies)."""
+    from torch.nn.attention import SDPBackend
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    if os.environ.get("VLAGENT_SDPA", "cudnn") != "flash":
+        order.insert(0, SDPBackend.CUDNN_ATTENTION)
+    return order
+
+
 def compile_cache_dir():
     from pathlib import Path
     root = Path(os.environ["VLAGENT_CACHE"]) if os.environ.get("VLAGENT_CACHE") else Path.home() / ".cache" / "vlagent"
@@ -217,7 +227,12 @@ class Engine:
             self._preprocess_s += time.perf_counter() - t
         px = px.to(self.device, self.visual.dtype if hasattr(self.visual, "dtype") else self.dtype)
         grid = torch.tensor([image.grid_thw], device=self.device)
-        out = self.visual(px, grid_thw=grid)
+        if self.device.type == "cuda":  # the tower's own attention calls go through the same kernel choice
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            with sdpa_kernel(sdpa_backends() + [SDPBackend.MATH], set_priority=True):
+                out = self.visual(px, grid_thw=grid)
+        else:
+            out = self.visual(px, grid_thw=grid)
         if isinstance(out, tuple):  # older transformers: (merged, deepstack list)
             embeds, deep = out[0], out[1]
         else:
@@ -261,7 +276,7 @@ class Engine:
         mask = {"is_causal": True} if start == 0 else {"attn_mask": causal_lower_right(n, end)}
         if self._gqa_native is not False and self.device.type == "cuda":
             try:
-                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                with sdpa_kernel(sdpa_backends(), set_priority=True):
                     out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
                 self._gqa_native = True
                 return out
@@ -332,8 +347,8 @@ class Engine:
         kv = (self.k_cache[:, :, slot:slot + n].clone(), self.v_cache[:, :, slot:slot + n].clone())
         stream = self._warm_stream = getattr(self, "_warm_stream", None) or torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_REPLAYS):
+        with torch.cuda.stream(stream):  # lazy initialisation happens once per width, not per span
+            for _ in range(WARMUP_REPLAYS if not any(w == n for _, w in self._graphs) else 0):
                 self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
                 self._decode_step(span, n)
         torch.cuda.current_stream().wait_stream(stream)

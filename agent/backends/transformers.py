@@ -147,23 +147,31 @@ class TransformersBackend:
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
         folder = resolve_model(model)
+        self._constrainer = None
         try:
             self.processor = load_processor(folder)
-            self.model = Qwen3VLForConditionalGeneration.from_pretrained(
-                folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
+            self.tokenizer = self.processor.tokenizer
+            if constrained:  # the grammar's tables over the vocabulary (~1-2 s) build while the weights load
+                from concurrent.futures import ThreadPoolExecutor
+                from transformers import AutoConfig
+
+                from agent.backends.grammar import make_constrainer
+
+                vocab = AutoConfig.from_pretrained(folder).text_config.vocab_size
+                with ThreadPoolExecutor(1) as pool:
+                    job = pool.submit(make_constrainer, self.tokenizer, vocab)
+                    self.model = self._load(folder)
+                    self._constrainer = job.result()
+            else:
+                self.model = self._load(folder)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise VlagentError(f"cannot load model {model}: {_one_line(e)}") from None
-        self.tokenizer = self.processor.tokenizer
         self._preprocessed = PerImage()  # screenshot -> its pixel patches (encode)
         self._engine_images = PerImage()  # screenshot -> its EngineImage (key, grid, patches on demand)
         self._pieces: dict[str, list[int]] = {}  # template text between images -> token ids
         self._rendered = None  # (message-list key, (piece ids, images)) of the last render
         self._image_cfg = None
-        self.constrainer = None
-        if constrained:
-            from agent.backends.grammar import make_constrainer
-
-            self.constrainer = make_constrainer(self.tokenizer, self.model.config.text_config.vocab_size)
+        self.constrainer = self._constrainer
         # One call at a time: the loop runs each call in a thread with a deadline, so a call it
         # abandoned may still run when the next step asks; that step waits for it (see cancel()).
         self._lock = threading.Lock()
@@ -175,6 +183,12 @@ class TransformersBackend:
 
             self.engine = make_engine(self.model)
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _load(self, folder: str):
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration.from_pretrained(
+            folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
 
     def _render(self, messages: list[Message]):
         """(token ids of the text between images, the images): the chat template rendered once per
