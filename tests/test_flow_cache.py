@@ -155,3 +155,21 @@ def test_a_corrupt_cache_file_is_one_clear_line(tmp_path):
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and why in lines[0] and "Traceback" not in r.stderr, r.stderr
         assert "--cache write-only" in lines[0] or "missing image" in lines[0]
+
+
+def test_two_runs_sharing_a_cache_keep_each_others_steps(tmp_path):
+    """Tests of one task share its cache: a save re-reads the file and replaces only its own steps."""
+    from agent.flow.cache import ActionCache, CachedAction, CachedStep, step_key
+
+    path = tmp_path / CACHE
+    first, second = ActionCache(path, "flow", "read-write"), ActionCache(path, "flow", "write-only")
+    click = CachedAction(action={"action": "left_click", "coordinate": [1, 2]})
+    first.get(step_key("act", "a"))
+    first.stage(CachedStep(key=step_key("act", "a"), kind="act", text="a", actions=[click]))
+    second.get(step_key("act", "b"))
+    second.stage(CachedStep(key=step_key("act", "b"), kind="act", text="b", actions=[click]))
+    first.save()
+    second.save()
+    again = ActionCache(path, "flow", "read-only")
+    assert [s.text for s in again.entries.values()] == ["a", "b"]
+    assert again.save() is None  # read-only never writes

@@ -10,8 +10,8 @@ written once and the pair can be committed and used on another machine).
                              "effect": {"changed": true, "after": {... evidence of what changed ...}}},
                             ...]}]}
 
-A step's key hashes its kind and its text (query values filled in), so editing a step's wording
-retires its entry. Modes: read-write (default), read-only (never write: CI), write-only (never read:
+A step's key hashes its kind and its text (query values filled in): a reworded step gets a new entry.
+Entries are never dropped (several tests may share a task's cache): delete the file to start over. Modes: read-write (default), read-only (never write: CI), write-only (never read:
 refresh), off.
 """
 from __future__ import annotations
@@ -105,6 +105,10 @@ class ActionCache:
         return self.mode in ("read-write", "write-only")
 
     def _load(self) -> None:
+        self.entries = self._read()
+
+    def _read(self) -> dict[str, CachedStep]:
+        """The file's entries, their images inlined; CacheError (one line) when it cannot be used."""
         fix = "delete it or refresh it with --cache write-only"
         try:
             data = CacheFile.model_validate(json.loads(self.path.read_text(encoding="utf-8")))
@@ -121,7 +125,7 @@ class ActionCache:
             for a in step.actions:
                 for name in ("target", "start", "effect"):
                     setattr(a, name, self._inline(getattr(a, name), fix))
-            self.entries[step.key] = step
+        return {step.key: step for step in data.steps}
 
     def get(self, key: str) -> CachedStep | None:
         if key not in self.order:
@@ -134,12 +138,18 @@ class ActionCache:
         self.staged[step.key] = step
 
     def save(self) -> Path | None:
-        """Write the cache: staged steps replace their entries, entries of steps no longer in the flow
-        go, images the staged steps refer to are written. Atomic; None when there is nothing to do."""
+        """Write the cache: staged steps replace their entries, the file's other entries stay (other
+        tests of the same task, other branches of a flow); the file is read again first, so two runs
+        writing one after the other both keep their steps. Atomic; None when there is nothing to do."""
         if not self.writes or not self.staged:
             return None
-        merged = {**({} if self.mode == "write-only" else self.entries), **self.staged}
-        keep = [k for k in self.order if k in merged]
+        try:
+            current = self._read() if self.path.exists() else {}
+        except CacheError:  # a broken file is what write modes replace
+            current = {}
+        merged = {**current, **self.staged}
+        keep = list(current) + [k for k in [*self.order, *self.staged] if k in self.staged and k not in current]
+        keep = list(dict.fromkeys(keep))
         out = []
         for key in keep:
             step = merged[key].model_copy(deep=True)
@@ -152,7 +162,7 @@ class ActionCache:
                 image.save(self.path.parent / rel, format="PNG", compress_level=6)
         data = CacheFile(task=self.task, steps=out)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(_readable(data.model_dump(mode="json")) + "\n", encoding="utf-8")
         os.replace(tmp, self.path)
         self.entries = {s.key: s for s in (merged[k] for k in keep)}
