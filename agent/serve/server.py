@@ -27,7 +27,7 @@ from collections import OrderedDict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agent.errors import VlagentError
+from agent.errors import BackendError, VlagentError
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none (a native reply is ~40 tokens)
 MAX_BODY_BYTES = 256 * 2 ** 20  # a request with a few full-HD PNGs is ~10-30 MB
@@ -172,25 +172,13 @@ class ServedModel:
         return out
 
     def prompt(self, messages: list[dict]):
-        """(token ids, EngineImages): the transformers backend's encode (the chat template, one
-        placeholder per merged patch), with each image's patches kept on the CPU until the engine
-        encodes it (most are already in its vision cache or its KV region)."""
-        from agent.backends.engine import EngineImage, _cached_key
-
-        proc = self.processor
-        pad = proc.image_token
-        pils = [p["image"] for m in messages for p in m["content"] if p.get("type") == "image"]
-        pixels = [self.backend._pixels(im) for im in pils]  # the image processor keeps no state: no lock
-        with self._lock:
-            text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            pieces = text.split(pad)
-            if len(pieces) != len(pixels) + 1:
-                raise Refused(400, f"the chat template placed {len(pieces) - 1} images for {len(pixels)}")
-            merge = proc.image_processor.merge_size ** 2
-            text = pieces[0] + "".join(pad * (int(g.prod()) // merge) + rest for (_, g), rest in zip(pixels, pieces[1:]))
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        images = [EngineImage(pv, tuple(int(v) for v in g[0]), key=_cached_key(im)) for (pv, g), im in zip(pixels, pils)]
-        return ids, images
+        """(token ids, EngineImages): exactly what the transformers backend hands its engine in
+        `vlagent run` (an image's patches are made only if the engine has to encode it)."""
+        with self._lock:  # the backend's template and piece caches serve one caller at a time
+            try:
+                return self.backend.engine_inputs(messages)
+            except BackendError as e:
+                raise Refused(400, str(e)) from None
 
     def grammar(self, response_format):
         """(matcher or None, reply token bound) for the request's response_format."""
