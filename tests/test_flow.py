@@ -285,3 +285,20 @@ def test_a_flow_on_the_tiny_checkpoint_ends_with_a_clear_status(tmp_path):
     assert load_result(folder).model_calls == result.model_calls
     if result.status != "success":
         assert not (tmp_path / "flow.cache.json").exists()  # only a successful run writes the cache
+
+
+def test_a_session_without_a_task_file(tmp_path):
+    from agent.flow import FlowStepError, Session
+
+    setup = [{"launch": ["{python}", "-m", "sandbox.apps.form", "--out", "{workdir}/form.json"],
+              "wait_for_window": "Registration"}]
+    model = script(tmp_path, {**replies(), "Babble": ["no idea"] * 3})
+    with Session(setup=setup, model=model, name="adhoc", base_dir=tmp_path, trace_dir=tmp_path / "t") as vl:
+        vl.act(NAME_ACT)
+        vl.key("ctrl+a")
+    assert vl.result.status == "success" and "unverified" not in vl.result.reason
+    assert (tmp_path / "adhoc.cache.json").exists()  # next to base_dir, named after the session
+    with pytest.raises(FlowStepError, match="invalid model output"):
+        with Session(setup=setup, model=model, name="adhoc", base_dir=tmp_path, trace_dir=tmp_path / "t2") as vl:
+            vl.left_click("Babble")
+    assert vl.result.status == "invalid_output"

@@ -37,8 +37,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "vlagent(task=None, model=None, display=None, setup=None): "
-                                       "the task file (relative to the test file) and model for the vl fixture")
+    config.addinivalue_line("markers", "vlagent(task=None, model=None, display=None, setup=None, name=None): "
+                                       "the task file (relative to the test file) and model for the vl fixture; "
+                                       "without a task, setup steps and the cache's name")
 
 
 def _safe(nodeid: str) -> str:
@@ -68,6 +69,9 @@ def vl(request):
     while folder.exists():
         n += 1
         folder = traces / f"{_safe(request.node.nodeid)}-{n}"
+    if task is None:  # no task file: the cache goes next to the test file, named after it
+        opts.setdefault("name", re.sub(r"[^\w.-]", "_", Path(str(request.node.fspath)).stem))
+        opts.setdefault("base_dir", here)
     session = Session(task, model=model, cache=cache, trace_dir=folder, **opts)
     props = request.node.user_properties  # what record_property fills; JUnit XML writes them
     props.append(("vlagent_trace", str(folder.resolve())))

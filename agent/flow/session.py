@@ -40,11 +40,14 @@ class FlowAssertionError(AssertionError):
 class Session:
     def __init__(self, task: str | Path | Any = None, *, model: str | Any = None, display: str | None = None,
                  cache: str = "read-write", trace_dir: str | Path | None = None, setup: list[dict] | None = None,
-                 name: str = "session", backend: str = "auto", base_url: str | None = None):
+                 name: str = "session", base_dir: str | Path = ".", backend: str = "auto", base_url: str | None = None):
+        """Without a task file: a bare sandbox running `setup`, the default policy, and the cache
+        `<base_dir>/<name>.cache.json`."""
         from agent.task import Task, load_task
 
         if task is None:
             self.task = Task.model_validate({"name": name, "goal": "a vlagent Python session", "setup": setup or []})
+            self.task.base_dir = Path(base_dir).resolve()
         else:
             self.task = task if isinstance(task, Task) else load_task(task)
         self._model, self._backend_kind, self._base_url = model, backend, base_url
