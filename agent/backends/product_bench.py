@@ -156,13 +156,15 @@ def save_random_2b(folder, device: str = "cuda", small: bool = False) -> None:
     write_processor(Path(folder))
 
 
-def random_2b_checkpoint(device: str = "cuda") -> Path:
-    """The random-weight 2B checkpoint in the vlagent cache, saved on first use."""
+def random_2b_checkpoint() -> Path:
+    """The random-weight 2B checkpoint in the vlagent cache, saved on first use (4.3 GB)."""
+    import torch
+
     from agent.backends.tiny import cache_root
     folder = cache_root() / "random-2b-qwen-vocab-v1"
     if not (folder / "config.json").exists():
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        save_random_2b(tmp, device)
+        save_random_2b(tmp, "cuda" if torch.cuda.is_available() else "cpu")
         os.replace(tmp, folder)
     return folder
 
