@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import re
 import unicodedata
 
 from actions.patterns import compile_pattern
 
 MAX_FORMS = 16  # base64 chunks decoded per text; more is noise
+# Commands a glob may stand for (`/???/r? -rf /` runs /bin/rm): a word with ? * [ that matches one of
+# these names reads as it.
+GLOB_COMMANDS = ("rm", "sudo", "su", "doas", "pkexec", "sh", "bash", "dash", "zsh", "ksh", "dd", "mkfs",
+                 *(f"mkfs.{fs}" for fs in ("ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "fat", "ntfs", "exfat")),
+                 "shutdown", "reboot", "poweroff", "halt", "init", "chmod", "chown", "kill", "find", "crontab",
+                 "curl", "wget", "python3", "python", "perl", "systemctl",
+                 "env", "nohup", "exec", "eval", "xargs", "command", "echo", "printf")  # and wrappers
 # Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): invisible in most fonts, so
 # `r<U+034F>m` looks like rm. Removed before matching; NFKC keeps most of them.
 DEFAULT_IGNORABLE = (
@@ -62,7 +70,7 @@ def _variables(text: str) -> str:
 
 def flatten(text: str) -> str:
     """What a shell would run, roughly: quoting, escapes, $IFS, $'..', brace lists, variables and
-    command substitution undone; echo/printf/eval/env wrappers dropped."""
+    command substitution undone; echo/printf/eval/env wrappers dropped; globs naming a command read as it."""
     text = _ANSI_C.sub(lambda m: _ansi_c(m.group(1)), text)
     text = _IFS.sub(" ", text)
     text = text.replace("\\\n", "")
@@ -71,10 +79,20 @@ def flatten(text: str) -> str:
     text = _variables(text)
     text = _BRACES.sub(lambda m: " " + m.group(1).replace(",", " ") + " ", text)
     text = _PROCESS_SUBST.sub(lambda m: m.group(1) + " ", text)
-    text = " ".join(_SUBST.sub(" ", text).split())
+    text = _unglob(" ".join(_SUBST.sub(" ", text).split()))
     for _ in range(3):  # `$(echo $(echo rm))`: wrappers can nest
         text = _NOOP_WORDS.sub(" ", text)
     return " ".join(text.split())
+
+
+def _unglob(text: str) -> str:
+    """`/???/r? -rf /` -> `rm -rf /`: a globbing word that matches a dangerous command's name."""
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        base = word.rsplit("/", 1)[-1]
+        if len(base) <= 64 and any(c in "?*[" for c in base) and any(c.isalpha() for c in base):
+            words[i] = next((name for name in GLOB_COMMANDS if fnmatch.fnmatchcase(name, base)), word)
+    return " ".join(words)
 
 
 def _decoded(text: str) -> list[str]:

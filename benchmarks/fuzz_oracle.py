@@ -100,8 +100,8 @@ def obfuscate(cmd: str, rng: random.Random) -> str:
     """A shell reads the result as `cmd` (or runs cmd through a decoder). Rewrites of the command
     word apply only to a plain word (rm, sudo, curl): quoting `:(){` makes it a string, not a function."""
     word, rest = _first_word(cmd)
-    how = rng.randrange(16)
-    if how in (0, 1, 3, 4, 6, 7, 9, 10, 12) and not set(word) <= PLAIN_WORD:
+    how = rng.randrange(17)
+    if how in (0, 1, 3, 4, 6, 7, 9, 10, 12, 16) and not set(word) <= PLAIN_WORD:
         how = rng.choice([2, 5, 8, 13, 15])
     if how == 11 and set(cmd.replace(" ", "")) & METACHARACTERS:
         how = 15  # a brace list is split at metacharacters before it expands
@@ -138,6 +138,8 @@ def obfuscate(cmd: str, rng: random.Random) -> str:
         return "$'" + "".join(f"\\x{ord(c):02x}" for c in word) + "'" + rest
     if how == 13:
         return word + rng.choice(["  ", "   "]) + rest.lstrip() if rest else word
+    if how == 16 and len(word) > 1:  # a glob the shell expands to the command's path: /???/r? is /bin/rm
+        return rng.choice(["/???/", "/usr/???/", "/*/", ""]) + word[0] + "?" * (len(word) - 1) + rest
     if how == 14:
         return f'sh -c "{cmd}"' if '"' not in cmd else f"sh -c '{cmd}'"
     return cmd
