@@ -198,8 +198,8 @@ class Batcher:
     def step(self, rows: list[Row]):
         """One token for every row: feed its last token, choose the next (grammar-masked)."""
         torch = self.torch
-        host, mask = self._host, self.bitmask_host
-        host[0].zero_(); host[1].fill_(self.scratch); host[2].zero_()
+        host, mask = self._host.numpy(), self.bitmask_host  # numpy: a cheap view of the pinned buffer
+        host[0], host[1], host[2] = 0, self.scratch, 0
         mask.fill_(-1)
         span = KV_BUCKET
         for row in rows:
@@ -209,9 +209,9 @@ class Batcher:
                 row.matcher.fill_next_token_bitmask(mask, i)
             span = max(span, min(self.context, (fed // KV_BUCKET + 1) * KV_BUCKET))
         with torch.inference_mode():
-            self._tok.copy_(host[0], non_blocking=True)
-            self._pos.copy_(host[1], non_blocking=True)
-            self._delta.copy_(host[2], non_blocking=True)
+            self._tok.copy_(self._host[0], non_blocking=True)
+            self._pos.copy_(self._host[1], non_blocking=True)
+            self._delta.copy_(self._host[2], non_blocking=True)
             self._bitmask.copy_(mask, non_blocking=True)
             self._run(span)
             chosen = self._tok.tolist()
