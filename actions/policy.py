@@ -4,8 +4,9 @@ A task's `allow:` block configures it; the defaults are safe for unattended runs
 guarantees (README, "Safety"):
 - keys: a chord is refused when the keys it holds *contain* a denied combination, whatever else is
   held; with `allow.keys` only the listed chords pass, exactly.
-- where text goes: `type` and `key` are refused while the focused window is a terminal emulator or
-  a shell (its WM_CLASS, its process and that process's children), unless `allow.terminal`.
+- where text goes: `type`, `key` and `middle_click` (X11's paste) are refused while the focused window
+  is a terminal emulator or a shell (its WM_CLASS, its process and that process's children), unless
+  `allow.terminal`.
 - what text: with `allow.text`, only text equal to a listed literal or matching a listed pattern
   (whole text) may be typed.
 - the denylist is a tripwire on top: matched on the text made visible (NFKC, default-ignorable code
@@ -214,6 +215,8 @@ class Policy:
             case "type":
                 self._check_text(action.text)
                 self._check_target(focus, "typing")
+            case "middle_click":  # X11 pastes the primary selection with it: text by another door
+                self._check_target(focus, "a middle-click paste")
             case "wait" if action.time > MAX_WAIT_S:
                 raise PolicyError(f"wait of {action.time:g} s is over the {MAX_WAIT_S:g} s limit")
             case "scroll" | "hscroll" if abs(action.pixels) > MAX_SCROLL_PX:

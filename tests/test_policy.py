@@ -167,8 +167,9 @@ def test_typing_and_keys_into_a_terminal_are_refused_unless_the_task_allows_it()
     app = lambda: Focus(wm_class=("form", "Tk"), processes=("python3",))
     typing = json.dumps({"name": "computer_use", "arguments": {"action": "type", "text": "ls"}})
     enter = json.dumps({"name": "computer_use", "arguments": {"action": "key", "keys": ["enter"]}})
+    paste = json.dumps({"name": "computer_use", "arguments": {"action": "middle_click", "coordinate": [500, 500]}})
     for focus in (terminal, shell_child):
-        for reply in (typing, enter):
+        for reply in (typing, enter, paste):
             with pytest.raises(PolicyError, match="terminal or shell"):
                 check_reply(reply, Policy(), focus)
         assert check_reply(typing, Policy(Allow(terminal=True)), focus).text == "ls"
