@@ -83,15 +83,20 @@ def test_another_screen_size_and_the_report_shows_each_click_side_by_side(tmp_pa
 
 
 def test_an_agent_runs_trace_replays_on_a_moved_layout(tmp_path):
-    """Agent traces carry no evidence: replay derives it from each step's screenshot and pixel."""
+    """An agent run keeps each pointer step's target evidence as a recording does; a trace without it
+    (older runs) has its evidence derived from each step's screenshot and pixel."""
     run = tmp_path / "run"
     done = subprocess.run(["vlagent", "run", str(ROOT / "tasks" / "fill_form.yaml"), "--model",
                            f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_solution.yaml'}", "--trace", str(run)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert all(s.target is None for s in load_steps(run))
+    clicks = [s for s in load_steps(run) if s.kind == "left_click"]
+    assert clicks and all(s.target["patch"] and "own_text" in s.target for s in clicks)
     partial = {"name": "Ada Lovelace", "email": "ada@example.com"}
     result = replay(run, variant(7, equals=partial), trace_out=tmp_path / "r")
+    assert result.status == "success", result.reason
+    _rewrite(run, lambda s: s.update(target=None))  # as older runs wrote them
+    result = replay(run, variant(7, equals=partial), trace_out=tmp_path / "r2")
     assert result.status == "success", result.reason
 
 

@@ -137,11 +137,14 @@ def _same_top_window(element: dict, windows, pixel) -> bool:
 
 # ------------------------------------------------------------------------------ finding
 
-def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Image | None = None) -> Decision:
+def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Image | None = None,
+         pixels: bool = True) -> Decision:
     """The target of evidence `ev` on `frame` (the current screen). `recorded`: the screenshot the
     evidence came from (for "nothing changed"); nodes: the current accessibility tree. Where there is
     a tree, the decision names the element at its point (what the click will land on). `nodes` and
-    `windows` may be functions that read them: then they are read only when the screen changed."""
+    `windows` may be functions that read them: then they are read only when the screen changed.
+    pixels=False: when the app has a tree but the element is not in it yet (a popup's items reach the
+    tree a moment after they show), say "not found" rather than search pixels; the caller looks again."""
     if recorded is not None and same_screen(ev, recorded, frame):
         d = Decision(tuple(ev["pixel"]), "same screen", 1.0)
         if (ev.get("a11y") or {}).get("says"):  # the same screen: the element recorded there
@@ -156,13 +159,13 @@ def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Ima
                 d.detail["element"] = ev["a11y"]["says"]
             return d
     nodes = list(nodes() if callable(nodes) else nodes)
-    d = _find(ev, frame, windows, nodes)
+    d = _find(ev, frame, windows, nodes, pixels)
     if d.pixel is not None and nodes:
         d.detail["element"] = atspi.name_at(nodes, d.pixel)
     return d
 
 
-def _find(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
+def _find(ev: dict, frame: Image.Image, windows, nodes, pixels: bool = True) -> Decision:
     element = ev.get("a11y")
     if element and any(n.app == element["app"] for n in nodes):
         f = atspi.find(element, nodes)
@@ -173,6 +176,8 @@ def _find(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
             return Decision(None, "accessibility", f.score, f.reason, True, f.runner_up.centre,
                             detail={"first": list(f.node.centre)})
         why = f.reason
+        if not pixels:
+            return Decision(None, "accessibility", f.score, why)
     else:
         why = ""
     d = _by_pixels(ev, frame, windows, nodes)
@@ -325,7 +330,11 @@ def _by_text(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
                 gx1 = max(w[1][0] + w[1][2] for w in group) + x0
                 gy1 = max(w[1][1] + w[1][3] for w in group) + y0
                 places.append(((gx0 + gx1) // 2, (gy0 + gy1) // 2))
-    places = [p for p in dict.fromkeys(places) if _agrees({**ev, "own_text": ""}, frame, p, nodes)[0]]
+    distinct: list = []  # overlapping windows read one place twice
+    for p in places:
+        if all(math.dist(p, q) > RUNNER_UP_PX for q in distinct):
+            distinct.append(p)
+    places = [p for p in distinct if _agrees({**ev, "own_text": ""}, frame, p, nodes)[0]]
     if not places:
         return Decision(None, "text", 0.0, f"{want!r} not read on screen")
     if len(places) > 1:

@@ -32,6 +32,7 @@ from agent.trace import Result, Step, Trace, load_steps, new_trace_dir
 
 FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
 FIND_POLL_S = 0.2
+A11Y_PATIENCE_S = 1.0  # an element missing from the tree this long is searched by pixels instead
 SETTLE_MAX_S = 2.0  # bounded wait for the screen to stop changing, before and after each action
 EFFECT_WAIT_S = 1.0  # extra time for an effect the original step showed to appear
 CHANGED_PX = 20  # pixels that must differ (by more than CHANGED_LEVEL) for "the screen changed"
@@ -262,7 +263,9 @@ class _Player:
         while True:
             windows = _once(lambda: list_windows(self.desktop.display))
             nodes = _once(lambda: self.tree.take(self.prefetched))  # used only when the screen changed
-            found: dict[str, Decision] = {k: find(ev, frame, windows, nodes, recorded) for k, ev in evidence.items()}
+            patient = time.monotonic() < deadline - FIND_TIMEOUT_S + A11Y_PATIENCE_S  # the tree may lag
+            found: dict[str, Decision] = {k: find(ev, frame, windows, nodes, recorded, pixels=not patient)
+                                          for k, ev in evidence.items()}
             self.prefetched = None  # a later look reads the tree again
             done = all(d.pixel is not None or d.ambiguous for d in found.values())
             if done or time.monotonic() >= deadline:
