@@ -35,25 +35,31 @@ class Finder:
         self.display = display
         self._tree = None
 
+    def windows(self) -> list:
+        if not self.display:
+            return []
+        try:
+            from sandbox.windows import list_windows
+
+            return list_windows(self.display)
+        except Exception:  # the window list is a hint; a display hiccup must not fail the step
+            return []
+
+    def nodes(self) -> list:
+        if not self.display:
+            return []
+        try:
+            if self._tree is None:
+                from agent.replay.atspi import Tree
+
+                self._tree = Tree(self.display)
+            return self._tree.nodes()
+        except Exception:
+            return []
+
     def context(self) -> Context:
         """Windows and accessibility nodes now (a few ms; [] where the display has none)."""
-        windows, nodes = [], []
-        if self.display:
-            try:
-                from sandbox.windows import list_windows
-
-                windows = list_windows(self.display)
-            except Exception:  # the window list is a hint; a display hiccup must not fail the step
-                windows = []
-            try:
-                if self._tree is None:
-                    from agent.replay.atspi import Tree
-
-                    self._tree = Tree(self.display)
-                nodes = self._tree.nodes()
-            except Exception:
-                nodes = []
-        return Context(windows, nodes)
+        return Context(self.windows(), self.nodes())
 
     def describe(self, image, pixel, ctx: Context | None = None, ocr: bool = True) -> dict:
         """Evidence that re-finds what is at `pixel` of `image`; `ctx` as it was when `image` was taken."""
@@ -63,13 +69,11 @@ class Finder:
         return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr)
 
     def find(self, evidence: dict, image, recorded=None) -> Found:
-        """Where the evidence's target is on `image`; `recorded`: the screenshot it was recorded on."""
-        from agent.replay.evidence import find, same_screen
+        """Where the evidence's target is on `image`; `recorded`: the screenshot it was recorded on.
+        The windows and the tree are read only when the finder needs them (the screen changed)."""
+        from agent.replay.evidence import find
 
-        if recorded is not None and same_screen(evidence, recorded, image):  # the finder's first test,
-            return Found(tuple(int(v) for v in evidence["pixel"]), "", 1.0, "same screen")  # without the tree
-        ctx = self.context()
-        d = find(evidence, image, ctx.windows, ctx.nodes, recorded=recorded)
+        d = find(evidence, image, self.windows, self.nodes, recorded=recorded)
         if d.pixel is None:
             return Found(None, d.reason or "not found", float(d.score), d.method)
         return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method)
