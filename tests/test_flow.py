@@ -302,3 +302,16 @@ def test_a_session_without_a_task_file(tmp_path):
         with Session(setup=setup, model=model, name="adhoc", base_dir=tmp_path, trace_dir=tmp_path / "t2") as vl:
             vl.left_click("Babble")
     assert vl.result.status == "invalid_output"
+
+
+def test_native_steps_type_secrets_without_writing_them_down(tmp_path, monkeypatch):
+    from flow_support import at
+
+    monkeypatch.setenv("VLAGENT_SECRET_WHO", "Grace Hopper")
+    steps = [{"left_click": {"coordinate": at("name")}}, {"type": "{secret:WHO}"},
+             {"left_click": {"coordinate": at("email")}}, {"type": "grace@example.com"}, {"key": "enter"}]
+    success = [{"file_json": {"path": "{workdir}/form.json", "equals": {"name": "Grace Hopper"}}}]
+    result, folder, backend = run(form_task(tmp_path, steps, success=success), script(tmp_path, []), tmp_path)
+    assert result.status == "success", result.reason
+    assert backend.calls == 0 and all(f.cache is None for f in result.flow)
+    assert "Grace" not in (folder / "steps.jsonl").read_text() and "Grace" not in (folder / "result.json").read_text()
