@@ -126,7 +126,7 @@ APPS = {a.name: a for a in [
     ], moved_to=None),
     TkForm("tk-form", "Tk", "^Registration$", [
         ("click", "name"), ("type", "Ada Lovelace"), ("click", "email"), ("type", "ada@example.com"),
-        ("click", "plan_Pro"), ("click", "newsletter"), ("click", "submit"),
+        ("click", "plan_pro"), ("click", "newsletter"), ("click", "submit"),
     ], moved_to=None, conditions=("unchanged", "moved", "screen")),
 ]}
 

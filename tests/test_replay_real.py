@@ -167,6 +167,20 @@ def test_a_button_is_read_by_its_own_text_and_found_by_edges_under_a_dark_theme_
     assert d.detail["own_text"] == 1.0
 
 
+def test_a_radio_buttons_circle_is_found_by_its_label_under_a_dark_theme_and_a_larger_font(tmp_path):
+    """The indicator has no text of its own: its label 'South', read on a magnified window crop, and
+    the recorded offset from it (scaled with the font) place it."""
+    with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
+        boxes = _access(sb, tmp_path)
+        x, y, w, h = boxes["radio South"]
+        ev = describe(_capture(sb.display), (x + 10, y + h // 2), list_windows(sb.display))
+    assert ev["own_text"] == "" and any(a["text"] == "South" for a in ev["anchors"])
+    with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
+        boxes = _access(sb, tmp_path, "--dark", "--font-scale", "1.5")
+        d = find(ev, _capture(sb.display), list_windows(sb.display), [])
+    assert d.pixel is not None and _inside(d.pixel, boxes["radio South"]), (d, boxes["radio South"])
+
+
 def test_look_alike_keys_without_a_tree_are_found_by_their_own_text_or_refused(tmp_path):
     """galculator's keys by pixels alone (as on a toolkit without a tree): a key is found on the
     moved window only where its own magnified text reads the same, never on a neighbour."""

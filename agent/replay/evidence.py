@@ -23,6 +23,7 @@ is "not found" or "ambiguous" with both places named, never a guess.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -83,7 +84,7 @@ def own_text(image: Image.Image, pixel, box=None) -> str:
     if x1 - x0 < 4 or y1 - y0 < 4:
         return ""
     words = read(readable(image.crop((x0, y0, x1, y1))), scale=OWN_SCALE, psm=7)
-    words = [w for w in words if w.conf >= 40 and w.text.strip()]
+    words = [w for w in words if w.conf >= 40 and re.search(r"\w", w.text)]  # not a radio's circle read as '™'
     if box is None:  # no element: the phrase under the point (a word there, and its close neighbours)
         words = _phrase_at(words, (x - x0, y - y0))
     return " ".join(w.text for w in sorted(words, key=lambda w: w.box[0])).strip()
@@ -308,42 +309,53 @@ def _agrees(ev: dict, frame: Image.Image, pixel, nodes) -> tuple[bool, dict]:
 
 
 def _by_text(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
-    """The target's own text read on magnified crops of the windows (or the screen), placed by the
-    recorded offset of the text from the point; the labels around it break ties."""
-    want = ev.get("own_text") or ""
+    """Text read on magnified crops of the windows (or the screen): the target's own text, or else the
+    label nearest to it, the point then placed at the recorded offset from the label (scaled as the
+    label's text is: a larger font moves it). The labels around break ties; one place or an error."""
+    want, method = ev.get("own_text") or "", "text"
+    offset, width = (0, 0), 0
     if not want:
-        return Decision(None, "text", 0.0, "")
-    regions = [(w.x, w.y, w.x + w.w, w.y + w.h) for w in windows] or [(0, 0, frame.width, frame.height)]
+        named = sorted((a for a in ev.get("anchors", []) if len(re.sub(r"\W", "", a.get("text", ""))) >= 2),
+                       key=lambda a: math.hypot(*a["offset"]))
+        if not named:
+            return Decision(None, "text", 0.0, "")
+        want, method, offset, width = named[0]["text"], "label", named[0]["offset"], named[0]["size"][0] - 10
     places = []
+    for box in _read(want, frame, windows):
+        s = min(max((box[2] - box[0]) / width, 0.5), 2.5) if width > 4 else 1.0
+        places.append((round((box[0] + box[2]) / 2 - offset[0] * s), round((box[1] + box[3]) / 2 - offset[1] * s)))
+    distinct: list = []  # overlapping windows read one place twice
+    for p in places:
+        if all(math.dist(p, q) > RUNNER_UP_PX for q in distinct):
+            distinct.append(p)
+    places = [p for p in distinct if 0 <= p[0] < frame.width and 0 <= p[1] < frame.height
+              and _agrees({**ev, "own_text": ""}, frame, p, nodes)[0]]
+    if not places:
+        return Decision(None, method, 0.0, f"{want!r} not read on screen")
+    if len(places) > 1:
+        scored = sorted(((_labels_agree(ev, frame, p), p) for p in places), reverse=True)
+        if scored[0][0] - scored[1][0] < 0.34:
+            return Decision(None, method, 0.0, f"{want!r} is ambiguous: read at {scored[0][1]} and {scored[1][1]}",
+                            True, scored[1][1], detail={"first": list(scored[0][1])})
+        places = [scored[0][1]]
+    return Decision(places[0], method, 0.7, detail={method: want})
+
+
+def _read(want: str, frame: Image.Image, windows) -> list[tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1) where `want` is read (fuzzily), window by window."""
+    regions = [(w.x, w.y, w.x + w.w, w.y + w.h) for w in windows] or [(0, 0, frame.width, frame.height)]
+    n, boxes = len(want.split()), []
     for x0, y0, x1, y1 in regions:
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, frame.width), min(y1, frame.height)
         if x1 - x0 < 8 or y1 - y0 < 8:
             continue
         words = ocr_words_scaled(frame.crop((x0, y0, x1, y1)))
-        n = len(want.split())
         for i in range(len(words)):
             group = words[i:i + n]
-            text = " ".join(w[0] for w in group)
-            if atspi.similar(want, text) >= TEXT_AGREES:
-                gx0 = min(w[1][0] for w in group) + x0
-                gy0 = min(w[1][1] for w in group) + y0
-                gx1 = max(w[1][0] + w[1][2] for w in group) + x0
-                gy1 = max(w[1][1] + w[1][3] for w in group) + y0
-                places.append(((gx0 + gx1) // 2, (gy0 + gy1) // 2))
-    distinct: list = []  # overlapping windows read one place twice
-    for p in places:
-        if all(math.dist(p, q) > RUNNER_UP_PX for q in distinct):
-            distinct.append(p)
-    places = [p for p in distinct if _agrees({**ev, "own_text": ""}, frame, p, nodes)[0]]
-    if not places:
-        return Decision(None, "text", 0.0, f"{want!r} not read on screen")
-    if len(places) > 1:
-        scored = sorted(((_labels_agree(ev, frame, p), p) for p in places), reverse=True)
-        if scored[0][0] - scored[1][0] < 0.34:
-            return Decision(None, "text", 0.0, f"{want!r} is ambiguous: read at {scored[0][1]} and {scored[1][1]}",
-                            True, scored[1][1], detail={"first": list(scored[0][1])})
-        places = [scored[0][1]]
-    return Decision(places[0], "text", 0.7, detail={"own_text": want})
+            if atspi.similar(want, " ".join(w[0] for w in group)) >= TEXT_AGREES:
+                boxes.append((min(w[1][0] for w in group) + x0, min(w[1][1] for w in group) + y0,
+                              max(w[1][0] + w[1][2] for w in group) + x0, max(w[1][1] + w[1][3] for w in group) + y0))
+    return boxes
 
 
 def ocr_words_scaled(image: Image.Image) -> list:
