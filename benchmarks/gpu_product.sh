@@ -15,10 +15,12 @@ M=/tmp/r2b
 cat $M/*.safetensors > /dev/null  # weights in the page cache, as the cold-start target says
 b() { name=$1; shift; echo "== $name: vlagent bench $*"
       timeout 280 python3 -c "$VL" bench "$@" --json $OUT/$name.json > /tmp/$name.log 2>&1; echo "rc=$?"
-      python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -5 /tmp/$name.log; }
+      python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -5 /tmp/$name.log
+      python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('load_timings'))" $OUT/$name.json 2>/dev/null; }
 for what in "$@"; do case $what in
   eager) b product_eager --model $M --steps 12 --decode-context 10240 --peak-context 32768 ;;
   click) b product_click_eager --model $M --steps 12 --reply click --no-baselines --decode-context 10240 ;;
+  click-warm4k) VLAGENT_WARM_TOKENS=4096 b product_click_eager_warm4k --model $M --steps 12 --reply click --no-baselines ;;
   click-flash) VLAGENT_SDPA=flash b product_click_eager_flash --model $M --steps 12 --reply click --no-baselines ;;
   compile) VLAGENT_COMPILE=1 b product_compile --model $M --steps 12 --no-baselines --decode-context 10240 ;;
   compile-click) VLAGENT_COMPILE=1 b product_click_compile --model $M --steps 12 --reply click --no-baselines --decode-context 10240 --peak-context 32768 ;;

@@ -38,7 +38,7 @@ KV_BUCKET = 1024  # tokens: decode attention reads the cache up to the next mult
 PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
 VISION_CACHE_SIZE = 6  # encoded images kept: a 4-shot history plus an eviction chunk (33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
-WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits)
+WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
 FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
 FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
 
@@ -397,7 +397,8 @@ class Engine:
         self.generate(ids, [im], max_new_tokens=4, min_new_tokens=4)
         self._vision.pop("warm-up", None)
         self.reset()
-        self.warmup(list(range(KV_BUCKET, min(self.max_context, tokens or WARM_TOKENS) + 1, KV_BUCKET)))
+        tokens = tokens or int(os.environ.get("VLAGENT_WARM_TOKENS", WARM_TOKENS))
+        self.warmup(list(range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET)))
 
     # ---- one call
 

@@ -263,6 +263,7 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
         grammar_ms=med("grammar_ms"), new_tokens=med("new_tokens"), choices=med("choices"), decode_steps=med("decode_steps"),
         prompt_tokens=med("prompt_tokens"),
         cold_start_s=cold_start, process_to_load_s=before_load, load_s=load_s, first_step_ms=rows[0]["step_ms"],
+        load_timings=getattr(backend, "load_timings", {}),
         peak_gib=(torch.cuda.max_memory_allocated() / 2 ** 30) if cuda else None,
         steps_detail=rows,
     )

@@ -148,9 +148,13 @@ class TransformersBackend:
         self.dtype = _pick_dtype(dtype, self.device)
         folder = resolve_model(model)
         self._constrainer = None
+        import time
+        t0 = time.perf_counter()
+        self.load_timings: dict[str, float] = {}  # seconds per phase of the load (the cold start's parts)
         try:
             self.processor = load_processor(folder)
             self.tokenizer = self.processor.tokenizer
+            self.load_timings["processor_s"] = time.perf_counter() - t0
             if constrained:  # the grammar's tables over the vocabulary (~1-2 s) build while the weights load
                 from concurrent.futures import ThreadPoolExecutor
                 from transformers import AutoConfig
@@ -160,10 +164,15 @@ class TransformersBackend:
                 vocab = AutoConfig.from_pretrained(folder).text_config.vocab_size
                 with ThreadPoolExecutor(1) as pool:
                     job = pool.submit(make_constrainer, self.tokenizer, vocab)
+                    t1 = time.perf_counter()
                     self.model = self._load(folder)
+                    self.load_timings["weights_s"] = time.perf_counter() - t1
                     self._constrainer = job.result()
+                    self.load_timings["grammar_wait_s"] = time.perf_counter() - t1 - self.load_timings["weights_s"]
             else:
+                t1 = time.perf_counter()
                 self.model = self._load(folder)
+                self.load_timings["weights_s"] = time.perf_counter() - t1
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise VlagentError(f"cannot load model {model}: {_one_line(e)}") from None
         self._preprocessed = PerImage()  # screenshot -> its pixel patches (encode)
@@ -181,7 +190,9 @@ class TransformersBackend:
         if engine:
             from agent.backends.engine import make_engine
 
+            t1 = time.perf_counter()
             self.engine = make_engine(self.model)
+            self.load_timings["engine_s"] = time.perf_counter() - t1  # KV cache, warm-up, graph captures
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _load(self, folder: str):
