@@ -101,12 +101,18 @@ class QueueModel:
         self.replies: list = list(replies)
         self.seen: list[list[dict]] = []
         self._released = threading.Event()
+        self.cancelled = 0
 
     def enqueue(self, *replies) -> "QueueModel":
         self.replies.extend(replies)
         return self
 
     def release(self) -> None:
+        self._released.set()
+
+    def cancel(self) -> None:
+        """As TransformersBackend.cancel: the loop gave up on the call in progress; stop it."""
+        self.cancelled += 1
         self._released.set()
 
     def generate(self, messages, policy=None) -> str:

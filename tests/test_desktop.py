@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from PIL import Image
 
 from agent.desktop.x11 import PIXELS_PER_WHEEL_CLICK, SETTLE_MAX_S, X11Desktop, _runs, wheel_clicks
 from agent.desktop.keysym_typing import keysym, pieces
@@ -150,6 +151,17 @@ def test_wait_stable_returns_once_the_screen_is_still(desktop, echo):
     assert 0 <= waited < 30.0  # a still screen settles without hitting the bound
     assert desktop.wait_stable(max_s=0.0) < SETTLE_MAX_S  # bounded even when told not to wait
 
+
+
+def test_the_stable_frame_settling_grabbed_is_the_next_observation(desktop, echo):
+    desktop.wait_stable(max_s=30.0)
+    stable = desktop._settled[0]
+    frame = desktop.capture()  # no second grab: the very frame settling saw
+    assert frame.tobytes() == Image.frombytes("RGB", stable.size, bytes(stable.bgra), "raw", "BGRX").tobytes()
+    assert desktop._settled is None  # used once
+    desktop.wait_stable(max_s=30.0)
+    desktop.move(300, 300)  # input may change the screen: the next capture grabs anew
+    assert desktop._settled is None
 
 @pytest.mark.parametrize("corner", ["top_left", "top_right", "bottom_left", "bottom_right"])
 def test_person_pushing_the_pointer_into_a_corner_aborts(desktop, echo, corner):

@@ -106,6 +106,7 @@ def test_a_model_that_outlives_the_deadline_ends_the_run_as_timeout(tmp_path):
     assert time.monotonic() - t0 < 5
     assert end.kind == "timeout" and "waiting for the model" in end.reason
     assert steps[-1].error == "the model did not answer before the run's deadline" and steps[-1].raw is None
+    assert model.cancelled == 1  # the abandoned call was told to stop, so it cannot outlive the run
     assert decide(end, [])[0] == "timeout" and decide(end, FAILED)[0] == "timeout"
     assert decide(end, PASSED)[0] == "success"
 

@@ -34,6 +34,7 @@ DRAG_S = 0.3  # a drag glides for this long so apps see intermediate motion even
 PIXELS_PER_WHEEL_CLICK = 100  # scroll convention: 100 px = 1 wheel click; positive = up / right
 SETTLE_POLL_S = 0.05  # wait_stable compares screen grabs this far apart
 SETTLE_MAX_S = 2.0
+SETTLED_REUSE_S = 0.1  # a stable frame this fresh is the next observation (no second grab)
 ABORT_MESSAGE = "mouse moved to a screen corner: run aborted by the user"
 
 
@@ -137,6 +138,7 @@ class X11Desktop:
         self._corners = [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)]
         self._gone = (xerror.ConnectionClosedError, xerror.XError, OSError, mss.ScreenShotError)
         self._watchers: list = []  # called at every abort check: a dead app is noticed at the next step
+        self._settled = None  # (grab, time) of the frame wait_stable found stable
         with self._on_display():
             self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
             self._typer = KeysymTyper(self._x, display)
@@ -162,6 +164,7 @@ class X11Desktop:
     def _on_display(self):
         """Point pyautogui at this display, and turn its and Xlib's failures into ours."""
         pag = self._pag
+        self._settled = None  # input may change the screen: the last stable frame is stale
         self._x11._display, self._x11.keyboardMapping = self._x, self._keymap
         pag.FAILSAFE_POINTS = self._corners
         pag.FAILSAFE = True  # a person pushing the mouse into a corner must always stop the run
@@ -184,7 +187,9 @@ class X11Desktop:
             raise VlagentError(f"cannot capture display {self.display}: {detail}") from None
 
     def capture(self) -> Image.Image:
-        shot = self._grab()
+        settled, self._settled = self._settled, None
+        fresh = settled is not None and time.monotonic() - settled[1] <= SETTLED_REUSE_S
+        shot = settled[0] if fresh else self._grab()
         return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
 
     def size(self) -> tuple[int, int]:
@@ -198,11 +203,14 @@ class X11Desktop:
 
     def wait_stable(self, max_s: float = SETTLE_MAX_S) -> float:
         start = time.monotonic()
-        previous = bytes(self._grab().raw)  # comparing raw grabs is a memcmp: cheaper than hashing
+        shot = self._grab()
+        previous = bytes(shot.raw)  # comparing raw grabs is a memcmp: cheaper than hashing
         while time.monotonic() - start < max_s:
             time.sleep(SETTLE_POLL_S)
-            frame = bytes(self._grab().raw)
+            shot = self._grab()
+            frame = bytes(shot.raw)
             if frame == previous:
+                self._settled = (shot, time.monotonic())  # the next capture() is this frame
                 break
             previous = frame
         return time.monotonic() - start

@@ -47,8 +47,11 @@ def _generate(backend: Backend, messages, policy: Policy, deadline: float):
     worker = threading.Thread(target=target, daemon=True, name="model")
     worker.start()
     worker.join(max(deadline - time.monotonic(), 0))
-    if worker.is_alive():
-        return None  # deadline passed
+    if worker.is_alive():  # deadline passed: stop the abandoned call where the backend can
+        cancel = getattr(backend, "cancel", None)
+        if cancel is not None:
+            cancel()
+        return None
     if "error" in box:
         raise box["error"]
     return box["reply"]
