@@ -41,6 +41,7 @@ OWN_SCALE = 3  # magnification of that crop: small GUI text and single character
 TEXT_AGREES = 0.75  # fuzzy similarity of two readings of one text
 PIXEL_MARGIN = 0.08  # a pixel candidate must beat a different place by this, unless its text decides
 RUNNER_UP_PX = 12  # two candidates closer than this are one place
+SIGNS = re.compile(r"[-+*/=<>%.,()!?#&]{1,3}")  # a key's sign is text; a radio's circle read as '™' is not
 RETARGET_PX = 4  # a found point this far from the recorded one counts as retargeted
 
 
@@ -83,18 +84,42 @@ def own_text(image: Image.Image, pixel, box=None) -> str:
     x1, y1 = min(x1, image.width), min(y1, image.height)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return ""
-    words = read(readable(image.crop((x0, y0, x1, y1))), scale=OWN_SCALE, psm=7)
-    words = [w for w in words if w.conf >= 40 and re.search(r"\w", w.text)]  # not a radio's circle read as '™'
+    crop = image.crop((x0, y0, x1, y1))
+    words = []
+    for img in (readable(crop), readable(_against(crop, (x - x0, y - y0)))):
+        words = [w for w in read(img, scale=OWN_SCALE, psm=7)
+                 if w.conf >= 40 and re.search(r"\w", w.text) or w.conf >= 70 and SIGNS.fullmatch(w.text)]
+        if words:
+            break
     if box is None:  # no element: the phrase under the point (a word there, and its close neighbours)
-        words = _phrase_at(words, (x - x0, y - y0))
+        words = _phrase_at(words, (x - x0, y - y0), np.asarray(image.convert("L").crop((x0, y0, x1, y1))))
     return " ".join(w.text for w in sorted(words, key=lambda w: w.box[0])).strip()
 
 
-def _phrase_at(words: list, px) -> list:
+def _against(crop: Image.Image, px) -> Image.Image:
+    """Black text on white, judged against the colour around the point (white text on a selection's
+    blue reads as mid-gray on mid-gray in plain gray levels)."""
+    gray = np.asarray(crop.convert("L"), dtype=np.int16)
+    y = int(min(max(px[1], 0), gray.shape[0] - 1))
+    ground = np.median(gray[max(y - 2, 0):y + 3])
+    return Image.fromarray(np.where(np.abs(gray - ground) > 50, 0, 255).astype(np.uint8))
+
+
+def _phrase_at(words: list, px, gray: np.ndarray) -> list:
     """The word at px (within a few pixels) and the words that continue it on its line: gaps no
-    wider than a letter's height, as between the words of one label."""
+    wider than a letter's height, as between the words of one label. A point on the plain part of a
+    row (a menu item, a list row) right of or left of its text has that text, when nothing but the
+    row's own colour lies between them."""
     at = [w for w in words if w.box[0] - 8 <= px[0] <= w.box[0] + w.box[2] + 8
           and w.box[1] - 6 <= px[1] <= w.box[1] + w.box[3] + 6]
+    if not at:
+        row = [w for w in words if w.box[1] - 6 <= px[1] <= w.box[1] + w.box[3] + 6]
+        near = min(row, key=lambda w: abs(w.box[0] + w.box[2] / 2 - px[0]), default=None)
+        if near is not None:
+            a, b = sorted((int(px[0]), near.box[0] + near.box[2] if near.box[0] < px[0] else near.box[0]))
+            strip = gray[max(int(px[1]) - 2, 0):int(px[1]) + 3, a + 2:max(b - 2, a + 3)]
+            if strip.size and strip.std() < 6:  # one plain surface from the text to the point
+                at = [near]
     if not at:
         return []
     line = sorted((w for w in words if abs((w.box[1] + w.box[3] / 2) - (at[0].box[1] + at[0].box[3] / 2))
@@ -130,8 +155,8 @@ def _same_top_window(element: dict, windows, pixel) -> bool:
     from agent.replay.locate import _title_words
 
     top = window_at(windows, tuple(pixel))
-    if top is None or not element["window"]["name"]:
-        return True
+    if top is None or not element["window"]["name"] or element["role"] in atspi.MENU_ITEMS:
+        return True  # an open menu's items: the tree had the popup already (its X window is untitled)
     a, b = _title_words(top.title), _title_words(element["window"]["name"])
     return a == b or (bool(a) and bool(b) and (a in b or b in a)) or atspi.similar(a, b) >= 0.6
 
