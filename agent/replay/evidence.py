@@ -207,9 +207,16 @@ def _find(ev: dict, frame: Image.Image, windows, nodes, pixels: bool = True) -> 
     else:
         why = ""
     d = _by_pixels(ev, frame, windows, nodes)
-    if d.pixel is not None or d.ambiguous:
+    if d.pixel is not None:
         return d
     t = _by_text(ev, frame, windows, nodes)
+    if d.ambiguous:  # two places look alike: the text (own, or the label's) may tell which one
+        pair = [tuple(d.detail["first"]), tuple(d.runner_up)]
+        near = [p for p in pair if t.pixel is not None and math.dist(p, t.pixel) <= 2 * RUNNER_UP_PX]
+        if len(near) == 1:
+            return Decision(near[0], f"{d.method}+{t.method}", d.score, runner_up=pair[1 - pair.index(near[0])],
+                            detail={"tie_break": t.method, **t.detail})
+        return d
     if t.pixel is not None or t.ambiguous:
         return t
     return Decision(None, d.method, d.score, "; ".join(r for r in (why, d.reason, t.reason) if r))
