@@ -25,6 +25,9 @@ RESERVE_FIXED = 160 * 1024 ** 2  # bytes: cuBLAS workspace, CUDA graph pool, log
 MARGIN = 0.5 * GIB  # bytes left free for the CUDA context / other processes' noise on the card
 PROMPT_TOKENS = 1500  # system prompt with the computer_use tool + the task
 STEP_TEXT_TOKENS = 80  # per history step: its action and outcome as text, reply included
+KV_BUCKET = 1024  # tokens: the engine's decode attention reads the cache up to the next multiple of this
+PREFILL_CHUNK = 2048  # tokens per engine prefill pass: bounds activation memory at long context
+VISION_CACHE_SIZE = 6  # encoded images the engine keeps: a 4-shot history plus an eviction chunk (33 MB each at 1080p)
 
 # The real Qwen3-VL-2B-Instruct shapes (config.json), so planning and benchmarks need no download.
 QWEN3_VL_2B_TEXT = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
@@ -149,16 +152,15 @@ class Plan:
 def plan(config, device_bytes: float, screen: tuple[int, int] = (1920, 1080), *, model: str = DEFAULT_MODEL,
          device: str = "", dtype_bytes: int = 2, history: int = 4, context: int | None = None,
          params: int | None = None, prefill_chunk: int | None = None, vision_cache: int | None = None) -> Plan:
-    from agent.backends import engine
 
     tcfg, vcfg = config.text_config, config.vision_config
     params = params if params is not None else param_count(config)
     weights = params * dtype_bytes
     kv = kv_bytes_per_token(tcfg, dtype_bytes)
-    chunk = (prefill_chunk or engine.PREFILL_CHUNK) * 3 // 2  # balanced passes run up to 1.5 chunks
+    chunk = (prefill_chunk or PREFILL_CHUNK) * 3 // 2  # balanced passes run up to 1.5 chunks
     reserve = max(vision_activation_bytes(vcfg, *screen, dtype_bytes),
                   prefill_activation_bytes(tcfg, chunk, dtype_bytes)) + RESERVE_FIXED
-    vcache = vision_cache_bytes(config, *screen, vision_cache or engine.VISION_CACHE_SIZE, dtype_bytes)
+    vcache = vision_cache_bytes(config, *screen, vision_cache or VISION_CACHE_SIZE, dtype_bytes)
     free = device_bytes - weights - reserve - vcache - MARGIN
     max_ctx = int(tcfg.max_position_embeddings)
     budget = max(0, min(max_ctx, int(free // kv)))
@@ -209,7 +211,6 @@ def agent_context(screen: tuple[int, int], history: int = 4) -> int:
     """KV tokens one agent's region holds: the prompt, `history` screenshots with their step text,
     older steps as lines, and the longest reply the default policy's grammar allows (the server
     refuses a request that could outgrow its region), in whole engine blocks."""
-    from agent.backends.engine import KV_BUCKET
     from agent.backends.grammar import max_reply_bytes
 
     need = (PROMPT_TOKENS + history * (tokens_per_image(*screen) + STEP_TEXT_TOKENS) + OLDER_STEPS_TOKENS

@@ -29,14 +29,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.backends.budget import KV_BUCKET, PREFILL_CHUNK, VISION_CACHE_SIZE, plan  # the sizes the planner plans with
 from agent.backends.engine_ops import (attend, chunks, image_key, image_spans, mrope_positions,  # noqa: F401
                                post_attention, pre_attention, rms_norm, tensor_key)
 from agent.backends.image_cache import PerImage
 from agent.errors import VlagentError
 
-KV_BUCKET = 1024  # tokens: decode attention reads the cache up to the next multiple of this
-PREFILL_CHUNK = 2048  # tokens per prefill pass: bounds activation memory at long context
-VISION_CACHE_SIZE = 6  # encoded images kept: a 4-shot history plus an eviction chunk (33 MB each at 1080p)
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
 WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
 FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
@@ -646,7 +644,6 @@ def make_engine(model, context: int | None = None) -> "Engine":
     ctx = context or int(os.environ.get("VLAGENT_CONTEXT", ENGINE_CONTEXT))
     device = next(model.parameters()).device
     if device.type == "cuda":
-        from agent.backends.budget import plan
         free, _ = torch.cuda.mem_get_info(device)
         # Free memory now (weights already loaded) plus the weights the planner subtracts again.
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
