@@ -6,17 +6,20 @@ Evidence of a target (Step.target), from agent.replay.locate plus:
   a11y      the accessibility element under the point (agent.replay.atspi): role, name, app, window,
             labels around it, place, which of its look-alikes
   own_text  the target's own text, read by OCR on a magnified crop of it (a button's "OK", a key's "5")
-  recorded  the recorded point and screen size (for "the screen did not change")
+The recorded screenshot itself (Step.screenshot) says whether the screen changed.
 
 Finding, in order of trust:
   1. same screen   the window around the point looks as recorded: the recorded point, by definition
                    (a featureless target, an empty text area, needs nothing else); or the same
                    window, moved or on another screen, with its content as recorded: the point with it
-  2. a11y          the same element in the app's current tree; ambiguity is an error
+  2. a11y          the same element in the app's current tree (given a second to appear there);
+                   ambiguity is an error
   3. pixels        the template finder (gray levels, then edge maps for another theme), every
                    candidate checked: its own text must read the same, its element (where there is a
                    tree) must have the recorded role, and it must clearly beat a different runner-up
-  4. text          the own text found by OCR on magnified window crops, with the labels around it
+                   (or the text must point at one of two look-alikes)
+  4. text          the own text found by OCR on magnified window crops, or else the nearest label's
+                   text and the recorded offset from it, scaled with the text
 A wrong click is worse than a stop: when the evidence disagrees or two places are alike, the answer
 is "not found" or "ambiguous" with both places named, never a guess.
 """
