@@ -73,17 +73,13 @@ class _ActTrace:
     """What run_loop sees for one act step: the run's trace folder, but only this step's own actions
     as its history (a short instruction needs no memory of the steps before it)."""
 
-    def __init__(self, trace: Trace, flow_step: int, on_frame=None):
-        self.trace, self.folder, self.flow_step, self.on_frame = trace, trace.folder, flow_step, on_frame
+    def __init__(self, trace: Trace, flow_step: int):
+        self.trace, self.folder, self.flow_step = trace, trace.folder, flow_step
         self.steps: list[Step] = []  # numbered from 1 for the prompt
         self.added: list[Step] = []  # the same steps as written to the run's trace
 
     def save_screen(self, image, name: str) -> str:
-        """The loop saves the frame it shows the model: the moment before that step acts."""
-        n = len(self.trace.steps) + 1
-        if self.on_frame:
-            self.on_frame(n)
-        return self.trace.save_screen(image, f"{n:04d}")
+        return self.trace.save_screen(image, f"{len(self.trace.steps) + 1:04d}")
 
     def flush(self) -> None:
         self.trace.flush()
@@ -366,7 +362,7 @@ class Flow:
     def _act(self, step: FlowStep, res: FlowStepResult) -> None:
         from agent.run.loop import LoopConfig, run_loop
 
-        view = _ActTrace(self.trace, res.index, self._before_action)
+        view = _ActTrace(self.trace, res.index)  # (the loop records each target's evidence as it acts)
         cfg = LoopConfig(max_steps=step.max_steps or DEFAULT_ACT_STEPS, timeout_s=max(self.deadline - time.monotonic(), 0.001))
         if self.loop_history is not None:
             cfg.history = self.loop_history
@@ -420,10 +416,14 @@ class Flow:
             ctx = self.contexts.get(s.step)
             ca = CachedAction(action=to_json(action), screen=self.cache.image_ref(before))
             point = self._frame_px(s.pixel, before) if s.pixel is not None else None
-            if point is not None and getattr(action, "coordinate", None) is not None:
-                ca.target = self.finder.describe(before, point, ctx)
-            if s.start_pixel is not None and getattr(action, "start_coordinate", None) is not None:
-                ca.start = self.finder.describe(before, self._frame_px(s.start_pixel, before), ctx)
+            if s.target and s.target.get("patch"):  # the loop recorded it already, as it acted
+                ca.target = {k: v for k, v in s.target.items() if k != "start"}
+                ca.start = s.target.get("start")
+            else:
+                if point is not None and getattr(action, "coordinate", None) is not None:
+                    ca.target = self.finder.describe(before, point, ctx)
+                if s.start_pixel is not None and getattr(action, "start_coordinate", None) is not None:
+                    ca.start = self.finder.describe(before, self._frame_px(s.start_pixel, before), ctx)
             mask = changed(before, after_img)
             ca.effect = {"changed": mask is not None, "after": None, "screen": None}
             if mask is not None:
