@@ -94,7 +94,9 @@ class Task(_Strict):
 
     @model_validator(mode="after")
     def _goal_or_steps(self):
-        if (self.goal is None) == (not self.steps):
+        if self.goal is None and not self.steps:
+            raise ValueError("a task needs goal: (one instruction) or steps: (a flow)")
+        if self.goal is not None and self.steps:
             raise ValueError("a task has either goal: (one instruction) or steps: (a flow), not both")
         if self.goal is not None and (self.before or self.after):
             raise ValueError("before: and after: belong to flows (tasks with steps:)")

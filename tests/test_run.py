@@ -97,7 +97,7 @@ def test_script_running_out_ends_as_failed(tmp_path):
 
 @pytest.mark.parametrize("body, message", [
     ("name: x\ngoal: [unclosed\n", "not valid YAML"),
-    ("name: x\n", "goal: Field required"),
+    ("name: x\n", "a task needs goal: (one instruction) or steps: (a flow)"),
     ("name: x\ngoal: g\nmax_steps: -1\n", "max_steps: Input should be greater than or equal to 1"),
     ("name: x\ngoal: g\nallow: {keys: [ctrl+nokey]}\n", "allow.keys: Value error, unknown key 'nokey'"),
     ("name: x\ngoal: g\nsuccess: [{screen_text: a, command: b}]\n", "success.0: Value error, a check needs exactly one"),

@@ -18,9 +18,13 @@ VALUE = "Hunter2Secret"
 
 @pytest.fixture
 def registered():
+    """Only this test's secret: the registry is process-wide, and earlier tests may have declared others."""
+    saved = dict(secrets._values)
+    secrets._values.clear()
     secrets.register("PASSWORD", VALUE)
     yield
-    secrets._values.pop("PASSWORD", None)
+    secrets._values.clear()
+    secrets._values.update(saved)
     secrets._rebuild()
 
 

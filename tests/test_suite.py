@@ -170,7 +170,8 @@ def test_progress_on_a_terminal_shows_items_and_the_overall_bar(tmp_path):
               progress=Progress(len(items), console=console))
     text = buf.getvalue()
     assert "PASS pass1 [success]" in text and "FAIL fail1 [failed]" in text and "checks failed" in text
-    assert "⠋ pass1" in text  # a live line per running item
+    # A live line for a running item (which items a refresh catches depends on the machine's load).
+    assert "⠋ pass1" in text or "⠋ fail1" in text
     assert "2/2" in text and "1 passed" in text and "1 failed" in text
 
 
