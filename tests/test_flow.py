@@ -296,7 +296,8 @@ def test_a_session_without_a_task_file(tmp_path):
     with Session(setup=setup, model=model, name="adhoc", base_dir=tmp_path, trace_dir=tmp_path / "t") as vl:
         vl.act(NAME_ACT)
         vl.key("ctrl+a")
-    assert vl.result.status == "success" and "unverified" not in vl.result.reason
+    # No success checks: a success by its steps, said to be unverified (agent.run.status's table).
+    assert vl.result.status == "success" and "all steps passed" in vl.result.reason
     assert (tmp_path / "adhoc.cache.json").exists()  # next to base_dir, named after the session
     with pytest.raises(FlowStepError, match="invalid model output"):
         with Session(setup=setup, model=model, name="adhoc", base_dir=tmp_path, trace_dir=tmp_path / "t2") as vl:

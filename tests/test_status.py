@@ -43,6 +43,7 @@ TABLE = [
     (End("timeout", "the driver's words"), NONE, None, "timeout", "·; the task has no success checks"),
     *[(End("invalid_output", "the driver's words"), c, None, "invalid_output", "·") for c in (PASS, FAIL, NONE)],
     *[(End("step_failed", "the driver's words"), c, None, "failed", "·") for c in (PASS, FAIL, NONE)],
+    *[(End("step_timeout", "the driver's words"), c, None, "timeout", "·") for c in (PASS, FAIL, NONE)],
     (CLAIM_OK, PASS, DIED, "failed", f"{DIED}; ·; all 1 checks passed"),
     (CLAIM_OK, NONE, DIED, "failed", f"{DIED}; ·; the task has no success checks"),
     (End("timeout", "the driver's words"), FAIL, DIED, "failed", f"{DIED}; ·; failed checks: command: false: exit 1"),

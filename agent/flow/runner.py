@@ -501,12 +501,14 @@ def open_cache(task, mode: Mode | str) -> ActionCache | None:
 
 
 def flow_status(failure: StepFailed | None, checks) -> tuple[str, str]:
-    failed_checks = "; ".join(f"{c.check}: {c.detail}" if c.detail else c.check for c in checks if not c.passed)
-    if failure is not None:
-        return failure.kind, str(failure)
-    if failed_checks:
-        return "failed", f"all steps passed; failed checks: {failed_checks}"
-    return "success", "all steps passed" + (f" and all {len(checks)} checks" if checks else "")
+    """The run's status by the one decision (agent.run.status): a failed step is what its kind says,
+    a flow whose steps all passed is decided by the task's checks like any finished run."""
+    from agent.run.status import FINISHED, End, decide
+
+    if failure is None:
+        return decide(End(FINISHED, "all steps passed", claimed="success"), checks)
+    kind = {"failed": "step_failed", "timeout": "step_timeout"}.get(failure.kind, failure.kind)
+    return decide(End(kind, str(failure)), checks)
 
 
 def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | None = None,

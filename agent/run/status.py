@@ -13,7 +13,9 @@ Exceptions that cut a run short become a status in `outcome`. The table (also in
     max_steps, looping, model out of replies    success         failed        failed
     timeout                                     success         timeout       timeout
     invalid_output (3 rejected replies)         invalid_output  (whatever the checks say)
-    step_failed (a replay step cannot be done)  failed          (whatever the checks say)
+    step_failed (a replay or flow step cannot   failed          (whatever the checks say)
+      be done, a flow's assert is false)
+    step_timeout (a flow step out of time)      timeout         (whatever the checks say)
     an app under test died during the run       failed          (whatever the checks say; the run
                                                                  stops at its next step, checks unrun)
     display died, model or setup failed (an     error           (checks do not run)
@@ -35,7 +37,7 @@ from agent.trace import CheckResult, Result, Trace
 # End kinds: the driver stopped normally and the checks run.
 FINISHED = "finished"  # the driver did all it meant to; `claimed` says whether it thinks it succeeded
 GAVE_UP = ("max_steps", "looping", "exhausted")  # the checks decide; without checks: failed
-BROKE_DOWN = ("invalid_output", "step_failed")  # the driver could not go on: that is the status
+BROKE_DOWN = ("invalid_output", "step_failed", "step_timeout")  # the driver could not go on: that is the status
 END_KINDS = (FINISHED, *GAVE_UP, "timeout", *BROKE_DOWN)
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 
@@ -65,6 +67,8 @@ def decide(end: End, checks: list[CheckResult], app_died: str | None = None) -> 
         return "invalid_output", end.reason
     if end.kind == "step_failed":
         return "failed", end.reason
+    if end.kind == "step_timeout":
+        return "timeout", end.reason
     if app_died:  # a crash is a finding about the app, whatever the checks say
         return "failed", f"{app_died}; {end.reason}; {checked}"
     if passed:
