@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import logging
 import sys
 
 import pytest
@@ -15,6 +14,7 @@ from actions.parse import parse_action
 from actions.policy import Allow, Policy, PolicyError, normalize_chord
 from actions.schema import Key
 from agent.backends import grammar
+from agent.errors import VlagentError
 from agent.backends.grammar import (MAX_REPLY_TOKENS, ReplyMatcher, default_chords, max_reply_bytes, reply_grammar,
                            text_bound, text_chars, uint_le)
 
@@ -302,14 +302,10 @@ def test_constrainer_compiles_once_per_grammar_and_gives_fresh_matchers(tiny_con
     assert c.matcher(Policy(FILL_FORM)).accept_string(native({"action": "key", "keys": ["tab"]}))
 
 
-def test_without_xgrammar_decoding_is_unconstrained_with_one_warning(monkeypatch, caplog):
+def test_without_xgrammar_loading_is_a_clear_error_not_unconstrained_decoding(monkeypatch):
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar -> ImportError
-    monkeypatch.setattr(grammar, "_warned", False)
-    with caplog.at_level(logging.WARNING, logger="agent.backends.grammar"):
-        assert grammar.make_constrainer(object(), 10) is None
-        assert grammar.make_constrainer(object(), 10) is None
-    warnings = [r for r in caplog.records if "xgrammar" in r.getMessage()]
-    assert len(warnings) == 1 and "unconstrained" in warnings[0].getMessage()
+    with pytest.raises(VlagentError, match="constrained decoding needs xgrammar"):
+        grammar.make_constrainer(object(), 10)
 
 
 def test_text_chars_counts_characters_escapes_and_the_closing_quote():

@@ -153,11 +153,9 @@ class Prompter:
 
 
 def make_grammar(tokenizer, vocab: int, ebnf: str = GRAMMAR_EBNF):
-    """A compiled native tool-call grammar, or None when xgrammar or a tokenizer is missing."""
-    try:
-        import xgrammar as xgr
-    except ImportError:
-        return None
+    """A compiled native tool-call grammar (xgrammar is a hard dependency)."""
+    import xgrammar as xgr
+
     if tokenizer is None:  # the 2B shapes have no tokenizer offline: the tiny one stands in (same bitmask size)
         from transformers import AutoTokenizer
         from agent.backends.tiny import tiny_checkpoint
@@ -288,8 +286,6 @@ def grammar_cost(eng, prompter, tok, vocab, gen_frames, preprocess, merge, reply
     off, ms per token against unconstrained decoding), and a whole constrained reply with forced
     tokens fed in batches (jump-forward on)."""
     compiled = make_grammar(tok, vocab)
-    if compiled is None:
-        return {"grammar": "xgrammar missing"}
     import xgrammar as xgr
     im, _ = preprocess(next(gen_frames))
     n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2

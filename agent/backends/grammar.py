@@ -24,7 +24,6 @@ How, and why this way (measured with xgrammar 0.2.8, a 151k-token vocabulary, on
 from __future__ import annotations
 
 import json
-import logging
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
@@ -35,7 +34,6 @@ from actions.policy import (ALLOWED_FORMAT, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAI
 from actions.schema import ACTION_NAMES
 from agent.errors import VlagentError
 
-log = logging.getLogger(__name__)
 
 MAX_REL = 1000  # coordinates are relative, 0..1000
 WAIT_DECIMALS = 3
@@ -387,17 +385,10 @@ class Constrainer:
         return ReplyLogitsProcessor(self.matcher(policy), self.vocab_size)
 
 
-_warned = False
-
-
-def make_constrainer(tokenizer, vocab_size: int) -> Constrainer | None:
-    """A Constrainer, or None (with one warning per process) when xgrammar is not installed."""
-    global _warned
+def make_constrainer(tokenizer, vocab_size: int) -> Constrainer:
+    """The Constrainer; xgrammar is a hard dependency, so its absence is an error, never a silent
+    fallback to unconstrained decoding (constrained=False asks for that explicitly)."""
     try:
         return Constrainer(tokenizer, vocab_size)
     except ImportError as e:
-        if not _warned:
-            log.warning("xgrammar is not available (%s): decoding is unconstrained; replies are still "
-                        "parsed and checked by the policy", e)
-            _warned = True
-        return None
+        raise VlagentError(f"constrained decoding needs xgrammar ({e}): pip install 'xgrammar==0.2.8'") from None
