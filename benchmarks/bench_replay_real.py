@@ -13,7 +13,7 @@ person (pointer moved onto the target, a pause, then the click: the hover is in 
 `agent`, written by `vlagent run --model script:FILE` replying the same actions.
 
 Conditions: unchanged; moved (the window moved with xdotool, or the Tk dialog's widgets shifted
-150 px); screen (1024x768 instead of 1280x800); dark (GTK_THEME=Adwaita:dark, Chromium
+150 px); stretched (moved, then 30% wider and taller); screen (1024x768 instead of 1280x800); dark (GTK_THEME=Adwaita:dark, Chromium
 --force-dark-mode, Tk dark palette); font (GDK_DPI_SCALE=1.5, --force-device-scale-factor=1.5,
 Tk fonts 1.5x). form.py has no theme or font setting: those cells are "n/a".
 
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PAGE = ROOT / "benchmarks" / "replay_real" / "order.html"
-CONDITIONS = ("unchanged", "moved", "screen", "dark", "font")
+CONDITIONS = ("unchanged", "moved", "stretched", "screen", "dark", "font")
 KINDS = ("human", "agent")
 PACE_S = 0.7  # a person's pause between seeing the target and clicking it
 
@@ -127,7 +127,7 @@ APPS = {a.name: a for a in [
     TkForm("tk-form", "Tk", "^Registration$", [
         ("click", "name"), ("type", "Ada Lovelace"), ("click", "email"), ("type", "ada@example.com"),
         ("click", "plan_pro"), ("click", "newsletter"), ("click", "submit"),
-    ], moved_to=None, conditions=("unchanged", "moved", "screen")),
+    ], moved_to=None, conditions=("unchanged", "moved", "stretched", "screen")),
 ]}
 
 
@@ -141,9 +141,14 @@ def _gtk_env(cond: str) -> list[str]:
 
 def task_for(app: App, cond: str) -> dict:
     setup = [{"launch": app.argv(cond), "wait_for_window": app.title, "timeout_s": 60}, {"sleep": 1.5}]
-    if cond == "moved" and app.moved_to:
+    if cond in ("moved", "stretched") and app.moved_to:
         setup.append({"run": ["xdotool", "search", "--onlyvisible", "--name", app.title, "windowmove",
                               str(app.moved_to[0]), str(app.moved_to[1])]})
+        setup.append({"sleep": 0.8})
+    if cond == "stretched":  # and 30% larger: widgets spread, text areas grow
+        setup.append({"run": ["sh", "-c", f"w=$(xdotool search --onlyvisible --name '{app.title}' | head -1); "
+                              "eval $(xdotool getwindowgeometry --shell $w); "
+                              "xdotool windowsize $w $((WIDTH * 13 / 10)) $((HEIGHT * 13 / 10))"]})
         setup.append({"sleep": 0.8})
     w, h = (1024, 768) if cond == "screen" else (1280, 800)
     return {"name": f"{app.name}-{cond}", "goal": f"The {app.name} workflow.", "screen": {"width": w, "height": h},
@@ -359,8 +364,9 @@ def main() -> None:
                       f"{statistics.median(case.find_ms) if case.find_ms else 0:6.0f} ms  {case.reason[:150]}",
                       flush=True)
     if args.merge and Path(args.json).is_file():  # a rerun of some apps replaces only their cases
-        ran = {c.app for c in cases}
-        kept = [Case(**c) for c in json.loads(Path(args.json).read_text())["cases"] if c["app"] not in ran]
+        ran = {(c.app, c.condition, c.kind) for c in cases}
+        kept = [Case(**c) for c in json.loads(Path(args.json).read_text())["cases"]
+                if (c["app"], c["condition"], c["kind"]) not in ran]
         cases = kept + cases
     report(cases, Path(args.json), out)
 
