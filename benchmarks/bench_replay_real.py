@@ -2,7 +2,7 @@
 and perturbed, every click checked against the widget it should land on.
 
     python benchmarks/bench_replay_real.py [--apps galculator,zenity] [--conditions unchanged,moved]
-                                           [--kinds human,agent] [--json benchmarks/bench_replay_real.json]
+                                           [--kinds human,agent] [--json benchmarks/results/replay_real.json]
 
 Apps: galculator, mousepad, zenity --forms (GTK 3, Debian packages), Chromium with a local form page,
 and two Tk apps of the project (sandbox/apps/access.py: a sign-in dialog with a menu and a Settings
@@ -330,7 +330,7 @@ def main() -> None:
     ap.add_argument("--apps", default=",".join(APPS))
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "bench_replay_real.json"))
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "replay_real.json"))
     ap.add_argument("--keep", default=None, help="folder for the traces (default: a temporary one)")
     ap.add_argument("--merge", action="store_true", help="keep the other apps' cases already in --json")
     args = ap.parse_args()
