@@ -218,6 +218,7 @@ def test_target_evidence_shows_its_images(tmp_path):
     t.add(Step(step=1, action={"action": "left_click", "coordinate": [100, 100]}, source="human", frame=FRAME,
                screenshot=t.save_screen(screen(1), "0001"),
                target={"patch": {"png": b64, "at": [10, 5]}, "anchors": [{"png": b64, "text": "Name"}]}))
+    t.flush()  # screenshots are written off the loop's thread: on disk before the report reads them
     build_report([tmp_path / "rec"], tmp_path / "rep")
     page = (tmp_path / "rep" / "tasks" / "rec.html").read_text()
     assert page.count(f"data:image/png;base64,{b64}") == 2
@@ -322,6 +323,7 @@ def test_the_overlay_is_drawn_from_the_recorded_pixels(tmp_path):
     t = Trace(tmp_path / "hidpi")
     t.add(Step(step=1, raw=STEPS[0][0].replace("250, 300", "900, 900"), action={"action": "left_click", "coordinate": [500, 500]},
                frame=FRAME, screen=(1280, 800), pixel=(640, 400), screenshot=t.save_screen(screen(1), "0001")))
+    t.flush()
     build_report([tmp_path / "hidpi"], tmp_path / "rep")
     page = (tmp_path / "rep" / "tasks" / "hidpi.html").read_text()
     assert 'cx="320" cy="200"' in page and "pointer at px 640, 400" in page
