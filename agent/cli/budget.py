@@ -13,14 +13,20 @@ from agent.backends.budget import (DEFAULT_CARD_GIB, GIB, AgentsPlan, Plan, curr
 from agent.cli.common import EXIT_NOT_ACHIEVED, Positive, usage_errors
 
 
-def render(p: Plan) -> None:
+def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"KV budget: {p.model} on {p.device} ({p.device_gib:g} GiB)", show_header=False)
+    t = Table(title=title, show_header=False)
     t.add_column(style="bold")
     t.add_column(justify="right")
-    rows = [
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+def render(p: Plan) -> None:
+    _print_table(f"KV budget: {p.model} on {p.device} ({p.device_gib:g} GiB)", [
         ("weights", f"{p.weights_gib:.2f} GiB ({p.params / 1e9:.3f} B params x {p.dtype_bytes} B)"),
         ("KV bytes per token", f"{p.kv_bytes_per_token:,} B ({p.kv_bytes_per_token / 1024:.0f} KiB)"),
         ("activation reserve", f"{p.reserve_gib:.2f} GiB"),
@@ -30,20 +36,11 @@ def render(p: Plan) -> None:
         (f"tokens per {p.screen[0]}x{p.screen[1]} screenshot", f"{p.tokens_per_image:,}"),
         ("screenshots that fit", f"{p.images_fit:,}"),
         (f"predicted peak at {p.context:,} tokens", f"{p.predicted_peak_gib:.2f} GiB"),
-    ]
-    for k, v in rows:
-        t.add_row(k, v)
-    Console().print(t)
+    ])
 
 
 def render_agents(p: AgentsPlan) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{p.agents} agents served on {p.device} ({p.device_gib:g} GiB)", show_header=False)
-    t.add_column(style="bold")
-    t.add_column(justify="right")
-    rows = [
+    _print_table(f"{p.agents} agents served on {p.device} ({p.device_gib:g} GiB)", [
         ("weights (once)", f"{p.weights_gib:.2f} GiB"),
         ("activation reserve (one step at a time)", f"{p.reserve_gib:.2f} GiB"),
         (f"KV region per agent ({p.screen[0]}x{p.screen[1]}, {p.history} in history)",
@@ -51,10 +48,7 @@ def render_agents(p: AgentsPlan) -> None:
         ("vision cache, all agents", f"{p.vision_cache_gib:.2f} GiB"),
         (f"predicted peak for {p.agents} agents", f"{p.predicted_peak_gib:.2f} GiB"),
         ("agents that fit", f"{p.agents_fit}" + ("" if p.fits else f"  (not {p.agents})")),
-    ]
-    for k, v in rows:
-        t.add_row(k, v)
-    Console().print(t)
+    ])
 
 
 @click.command("budget")
