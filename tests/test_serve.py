@@ -55,7 +55,7 @@ def conversation(seed: int, steps: int) -> list[dict]:
 def test_replies_are_the_same_alone_concurrent_and_local(server):
     """Five agents (more than the three regions: some wait) at different points of their episodes:
     each gets, sent together, the reply it gets alone, which is also what `vlagent run` computes
-    in-process."""
+    in-process with the engine (as on a GPU: grammar-forced text is fed in its own tokenization)."""
     policy = Policy(FILL_FORM)
     chats = [conversation(seed, steps) for seed, steps in ((1, 0), (2, 1), (3, 2), (4, 0), (5, 3))]
     alone = [client(server).generate(c, policy) for c in chats]
@@ -71,7 +71,8 @@ def test_replies_are_the_same_alone_concurrent_and_local(server):
         t.join(timeout=300)
     assert together == alone
     assert len(set(alone)) > 1  # different conversations, different replies: the rows are not mixed up
-    local = load_backend("tiny-random")
+    local = load_backend("tiny-random", engine=True)
+    assert local.engine is not None
     assert [local.generate(c, policy) for c in chats] == alone
     for reply in alone:
         assert reply.startswith("<tool_call>\n") and reply.endswith("\n</tool_call>")

@@ -7,9 +7,11 @@ exactly as it does for `vlagent run`: pointed at that region's slice of the cach
 it reuses the prefix, encodes only new images, feeds the grammar's forced tokens with the prompt
 and chooses the first token. Decoding is then batched here: one step feeds the last token of every
 decoding request, runs the weight GEMMs once for all rows, and lets each row attend only to its
-own region (an additive mask per row). Rows of idle regions compute on a scratch slot (the last of
-their region, never part of a conversation) and their result is dropped, so the step has one
-shape and, on CUDA, one graph per KV span, like the engine's.
+own region (an additive mask per row). Like the engine, a row feeds the tokens the grammar forces
+after its last choice in the same step (up to FEED_WIDTH at once: a click reply is mostly forced
+text), so a reply costs about as many steps as the model has real choices. Rows of idle regions
+compute on scratch slots (the last FEED_WIDTH of their region, never part of a conversation) and
+their result is dropped, so the step has one shape and, on CUDA, one graph per KV span and width.
 
 A row's result depends only on its own tokens and region: the same request alone or among others
 gets the same reply (tests/test_serve.py holds this on the CPU in float32).
@@ -21,7 +23,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from agent.backends.engine import KV_BUCKET, WARMUP_REPLAYS, Engine
+from agent.backends.engine import FEED_WIDTH, KV_BUCKET, WARMUP_REPLAYS, Engine
 from agent.backends.engine_ops import attend, image_spans, post_attention, pre_attention
 from agent.errors import VlagentError
 
@@ -46,6 +48,7 @@ class Row:
     max_new: int
     stops: set
     done: bool = False
+    feed: list[int] = field(default_factory=list)  # chosen or forced tokens whose KV is not in the region yet
 
 
 class Batcher:
@@ -67,11 +70,15 @@ class Batcher:
         self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.regions = [Region(i) for i in range(agents)]
-        self.scratch = context - 1  # idle rows write here; conversations use slots < context - 1
-        # Static step inputs (the graphs read them in place): token, slot, rope delta, grammar mask per row.
-        self._tok = torch.zeros((agents,), dtype=torch.long, device=self.device)
+        self.scratch = context - FEED_WIDTH  # idle rows write from here; conversations use slots below it
+        # Static step inputs (the graphs read them in place), per row: the tokens it feeds (padded), the
+        # slot of the first, the rope delta, which of them chooses the next token, the grammar mask.
+        self._toks = torch.zeros((agents, FEED_WIDTH), dtype=torch.long, device=self.device)
         self._pos = torch.full((agents,), self.scratch, dtype=torch.long, device=self.device)
         self._delta = torch.zeros((agents,), dtype=torch.long, device=self.device)
+        self._last = torch.zeros((agents,), dtype=torch.long, device=self.device)
+        self._tok = torch.zeros((agents,), dtype=torch.long, device=self.device)  # the chosen tokens
+        self._rows = torch.arange(agents, device=self.device)
         # Row r of the step writes slot _pos[r] of its own region: its first flat row of each KV head
         # in the cache viewed as (agents * kv_heads * context, head_dim).
         self._region_rows = (torch.arange(agents * self.KV, device=self.device) * context).view(agents, self.KV)
@@ -80,12 +87,13 @@ class Batcher:
         self._bitmask = torch.full((agents, self.words), -1, dtype=torch.int32, device=self.device)
         self._bits = torch.arange(32, dtype=torch.int32, device=self.device)
         pin = self.device.type == "cuda"
-        self._host = torch.zeros((3, agents), dtype=torch.long, pin_memory=pin)
+        self._host = torch.zeros((3, agents), dtype=torch.long, pin_memory=pin)  # pos, delta, last
+        self._host_toks = torch.zeros((agents, FEED_WIDTH), dtype=torch.long, pin_memory=pin)
         self.bitmask_host = torch.full((agents, self.words), -1, dtype=torch.int32, pin_memory=pin)
         if graphs is None:  # VLAGENT_SERVE_GRAPHS=0: eager decode steps (to rule graphs out when debugging)
             graphs = self.device.type == "cuda" and os.environ.get("VLAGENT_SERVE_GRAPHS", "1") != "0"
         self.use_graphs = graphs
-        self._graphs: dict[int, object] = {}
+        self._graphs: dict[tuple[int, int], object] = {}  # (span, width) -> graph
         self._pool = self._stream = None
         self.vision: OrderedDict[str, tuple] = OrderedDict()  # the server's vision cache (the engine keeps 6)
         self.vision_size = vision_cache or agents * 6
@@ -138,8 +146,10 @@ class Batcher:
         """Prefill the prompt into region r and choose the first token (forced tokens included)."""
         eng = self.engine
         r.busy, r.used = True, time.monotonic()
-        out = self.forced(matcher) if matcher is not None else []
         self._point(r)
+        out: list[int] = []
+        if matcher is not None:  # what the grammar forces before any choice (the reply's opening)
+            self._force(matcher, out, lambda: len(out) >= max_new, stops)
         for im in images:  # hand the engine the encodings it may need (it keeps only a few itself)
             hit = self.vision.get(im.key)
             if hit is not None and im.key not in eng._vision:
@@ -165,23 +175,11 @@ class Batcher:
         row.done = self._done(row)
         return row
 
-    def forced(self, matcher) -> list[int]:
-        """Tokens the grammar allows alone from here (e.g. the reply's opening), accepted."""
-        import numpy as np
-        out = []
-        while not matcher.is_terminated():
-            matcher.fill_next_token_bitmask(self.bitmask_host, 0)
-            words = self.bitmask_host[0].numpy()
-            nz = np.flatnonzero(words)
-            if len(nz) != 1:
-                break
-            word = int(words[nz[0]]) & 0xFFFFFFFF
-            tok = int(nz[0]) * 32 + word.bit_length() - 1
-            if word & (word - 1) or tok >= self.engine.vocab or not matcher.accept_token(tok):
-                break
-            out.append(tok)
-        self.bitmask_host[0].fill_(-1)
-        return out
+    def _force(self, matcher, out: list[int], done, stops: set, pending: list[int] | None = None):
+        """Accept the tokens the grammar forces from here (the engine's rule: lone tokens, forced
+        strings, a stop when nothing else is allowed), appending them to out (and pending)."""
+        self.engine._stops = stops
+        self.engine._take_forced(matcher, out, done, pending)
 
     @staticmethod
     def _done(row: Row) -> bool:
@@ -196,97 +194,119 @@ class Batcher:
     # ---- batched decode
 
     def step(self, rows: list[Row]):
-        """One token for every row: feed its last token, choose the next (grammar-masked)."""
+        """One pass for every row: feed its last token and the tokens the grammar forces after it,
+        choose the next (grammar-masked). A row the grammar finishes needs no pass at all."""
         torch = self.torch
-        host, mask = self._host.numpy(), self.bitmask_host  # numpy: a cheap view of the pinned buffer
-        host[0], host[1], host[2] = 0, self.scratch, 0
+        for row in rows:
+            if not row.feed:
+                row.feed = [row.out[-1]]
+                if row.matcher is not None:
+                    self._force(row.matcher, row.out, lambda row=row: self._done(row), row.stops, row.feed)
+            row.done = self._done(row)
+        rows = [row for row in rows if not row.done]
+        if not rows:
+            return
+        width = 1 if all(len(row.feed) == 1 for row in rows) else FEED_WIDTH
+        host, toks, mask = self._host.numpy(), self._host_toks.numpy(), self.bitmask_host
+        host[0], host[1], host[2], toks[:] = self.scratch, 0, 0, 0
         mask.fill_(-1)
         span = KV_BUCKET
+        fed = {}
         for row in rows:
-            i, fed = row.region.index, len(row.region.ids)
-            host[0, i], host[1, i], host[2, i] = row.out[-1], fed, row.delta
-            if row.matcher is not None:
+            i, start = row.region.index, len(row.region.ids)
+            fed[i] = feed = row.feed[:width]
+            toks[i, :len(feed)] = feed
+            host[0, i], host[1, i], host[2, i] = start, row.delta, len(feed) - 1
+            if row.matcher is not None and len(row.feed) <= width:  # this pass makes the row's next choice
                 row.matcher.fill_next_token_bitmask(mask, i)
-            span = max(span, min(self.context, (fed // KV_BUCKET + 1) * KV_BUCKET))
+            span = max(span, min(self.context, ((start + width - 1) // KV_BUCKET + 1) * KV_BUCKET))
         with torch.inference_mode():
-            self._tok.copy_(self._host[0], non_blocking=True)
-            self._pos.copy_(self._host[1], non_blocking=True)
-            self._delta.copy_(self._host[2], non_blocking=True)
+            self._toks.copy_(self._host_toks, non_blocking=True)
+            self._pos.copy_(self._host[0], non_blocking=True)
+            self._delta.copy_(self._host[1], non_blocking=True)
+            self._last.copy_(self._host[2], non_blocking=True)
             self._bitmask.copy_(mask, non_blocking=True)
-            self._run(span)
+            self._run(span, width)
             chosen = self._tok.tolist()
         self._note_peak()
         for row in rows:
             r = row.region
-            r.ids.append(row.out[-1])
+            r.ids.extend(fed[r.index])
+            del row.feed[:width]
+            if row.feed:  # a forced run longer than one pass: the rest goes next step
+                continue
             tok = chosen[r.index]
             if row.matcher is not None and not row.matcher.accept_token(tok):
                 raise VlagentError(f"grammar rejected token {tok}")  # a bug: the mask allowed it
             row.out.append(tok)
             row.done = self._done(row)
 
-    def _decode(self, span: int):
-        """The step on the static buffers: rows feed _tok at slot _pos of their own region."""
+    def _decode(self, span: int, width: int):
+        """The step on the static buffers: row r feeds _toks[r, :width] at slots _pos[r].. of its own
+        region (padding past its run: those slots are rewritten before anything reads them) and
+        chooses the token after its token _last[r]."""
         torch, eng = self.torch, self.engine
-        lm, R, KV, d = eng.lm, self.agents, self.KV, self.d
+        lm, R, W, KV, d = eng.lm, self.agents, width, self.KV, self.d
         rep = self.H // KV
-        x = lm.embed_tokens(self._tok.view(1, R))
-        cos, sin = lm.rotary_emb(x, (self._pos + self._delta).view(1, 1, R).expand(3, 1, R))
-        slots = (self._region_rows + self._pos.view(R, 1)).view(-1)  # where each row writes its K/V
-        keep = self._arange[:span].view(1, span) <= self._pos.view(R, 1)
-        bias = torch.zeros((R, 1, 1, span), dtype=torch.float32, device=self.device)
-        bias = bias.masked_fill(~keep.view(R, 1, 1, span), float("-inf"))
+        x = lm.embed_tokens(self._toks[:, :W].reshape(1, R * W))
+        slots = self._pos.view(R, 1) + self._arange[:W].view(1, W)  # (R, W)
+        cos, sin = lm.rotary_emb(x, (slots + self._delta.view(R, 1)).view(1, 1, R * W).expand(3, 1, R * W))
+        flat = (self._region_rows.view(R, KV, 1) + slots.view(R, 1, W)).view(-1)  # where each K/V row goes
+        keep = self._arange[:span].view(1, 1, span) <= slots.view(R, W, 1)
+        bias = torch.zeros((R, W, span), dtype=torch.float32, device=self.device).masked_fill(~keep, float("-inf"))
+        bias = bias.view(R, 1, 1, W, span).expand(R, 1, rep, W, span).reshape(R, 1, rep * W, span)
         for i, w in enumerate(eng.layers):
             q, k, v = pre_attention(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin, eng.eps, self.H, KV, d)
             K, V = self.k[i], self.v[i]  # (agents, kv_heads, context, head_dim)
-            K.view(-1, d).index_copy_(0, slots, k[0].transpose(0, 1).reshape(R * KV, d))
-            V.view(-1, d).index_copy_(0, slots, v[0].transpose(0, 1).reshape(R * KV, d))
-            qg = q[0].reshape(KV, rep, R, d).permute(2, 0, 1, 3)  # a KV head's query heads as query rows
+            K.view(-1, d).index_copy_(0, flat, k[0].view(KV, R, W, d).transpose(0, 1).reshape(R * KV * W, d))
+            V.view(-1, d).index_copy_(0, flat, v[0].view(KV, R, W, d).transpose(0, 1).reshape(R * KV * W, d))
+            # A KV head's query heads (x the row's tokens) as query rows of that row's own region.
+            qg = q[0].view(KV, rep, R, W, d).permute(2, 0, 1, 3, 4).reshape(R, KV, rep * W, d)
             o = attend(qg, K[:, :, :span], V[:, :, :span], bias, d ** -0.5)
-            x = post_attention(x, o.reshape(1, R, self.H * d), w["o"], w["post"], w["gu"], w["down"],
-                               eng.eps, eng.inter)
+            o = o.view(R, KV, rep, W, d).permute(0, 3, 1, 2, 4).reshape(1, R * W, self.H * d)
+            x = post_attention(x, o, w["o"], w["post"], w["gu"], w["down"], eng.eps, eng.inter)
+        if W > 1:
+            x = x.view(R, W, -1)[self._rows, self._last].view(1, R, -1)
         logits = eng.model.lm_head(lm.norm(x)).float().view(R, -1)
         allowed = ((self._bitmask.unsqueeze(-1) >> self._bits) & 1).view(R, -1)[:, : logits.shape[-1]].bool()
         self._tok.copy_(logits.masked_fill(~allowed, float("-inf")).argmax(-1))
 
-    def _run(self, span: int):
+    def _run(self, span: int, width: int):
         if not self.use_graphs:
-            self._decode(span)
+            self._decode(span, width)
             return
-        g = self._graphs.get(span) or self._capture(span)
+        g = self._graphs.get((span, width)) or self._capture(span, width)
         g.replay()
 
-    def _capture(self, span: int):
-        """Capture the step for one span. Its inputs are reloaded before every replay, and the
-        warm-up runs write only what the real step is about to write, so nothing is saved."""
+    def _capture(self, span: int, width: int):
+        """Capture the step for one span and width. Its inputs are reloaded before every replay, it
+        writes only its output token, and the warm-up runs write only the KV slots the real step is
+        about to write, so nothing needs saving."""
         torch = self.torch
-        tok = self._tok.clone()
         if self._pool is None:
             self._pool, self._stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
         self._stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self._stream):
             for _ in range(WARMUP_REPLAYS):
-                self._tok.copy_(tok)
-                self._decode(span)
+                self._decode(span, width)
         torch.cuda.current_stream().wait_stream(self._stream)
-        self._tok.copy_(tok)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, pool=self._pool, stream=self._stream):
-            self._decode(span)
-        self._tok.copy_(tok)
-        self._graphs[span] = g
+            self._decode(span, width)
+        self._graphs[(span, width)] = g
         return g
 
     def warmup(self):
-        """Capture every span's graph before the first request (idle rows only: scratch slots)."""
+        """Capture every span's and width's graph before the first request (idle rows only: scratch slots)."""
         if not self.use_graphs:
             return
         with self.torch.inference_mode():
             self._pos.fill_(self.scratch)
             self._bitmask.fill_(-1)
             for span in range(KV_BUCKET, self.context + 1, KV_BUCKET):
-                if span not in self._graphs:
-                    self._capture(span)
+                for width in (1, FEED_WIDTH):
+                    if (span, width) not in self._graphs:
+                        self._capture(span, width)
 
     def _note_peak(self, timings=None):
         """Keep the device memory high-water mark (the engine's phases, and ours since its last reset)."""

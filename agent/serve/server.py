@@ -17,6 +17,7 @@ an agent's KV region (400), a schema other than vlagent's (400), another model n
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -113,7 +114,15 @@ class ServedModel:
         self.stops = set(eos if isinstance(eos, (list, tuple, set)) else [eos]) - {None}
         self._lock = threading.Lock()  # the tokenizer, processor and grammar compiler: one caller at a time
         self._images: OrderedDict[str, object] = OrderedDict()  # data URL digest -> PIL image
+        # Forced strings (e.g. '", "coordinate": [') are fed in their own tokenization, as in `vlagent run`.
+        # The device thread asks; a handful of strings recur, so it rarely waits for the lock.
+        self.batcher.engine.tokenize = self._forced_tokens
         self.scheduler = Scheduler(self.batcher).start()
+
+    @functools.lru_cache(maxsize=1024)
+    def _forced_tokens(self, text: str) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property
     def context(self) -> int:
