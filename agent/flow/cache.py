@@ -22,6 +22,7 @@ import json
 import os
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +32,8 @@ from agent.errors import VlagentError
 
 CACHE_VERSION = 1
 MODES = ("read-write", "read-only", "write-only", "off")
-OPENED_IMAGES = 4
+OPENED_IMAGES = 16  # decoded screenshots kept (a step's few, and the next step's, decoded ahead)
+_DECODER: ThreadPoolExecutor | None = None  # one thread for the process: PNG decoding while input sleeps
 Mode = Literal["read-write", "read-only", "write-only", "off"]
 
 
@@ -66,6 +68,12 @@ class CacheFile(_Strict):
     steps: list[CachedStep] = []
 
 
+def _decode_png(path: Path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
 def _readable(data: dict) -> str:
     """Indented JSON with short lists of numbers on one line ([352, 205], not four lines)."""
     text = json.dumps(data, indent=1, ensure_ascii=False)
@@ -88,7 +96,7 @@ class ActionCache:
         self.staged: dict[str, CachedStep] = {}
         self.order: list[str] = []  # keys in the order the flow met them
         self._pending: dict[str, Any] = {}  # image file -> PIL image, written by save()
-        self._opened: dict[str, Any] = {}  # image file -> PIL image, read from disk
+        self._opened: dict[str, Any] = {}  # image file -> PIL image (or its Future), read from disk
         if self.reads and self.path.exists():
             self._load()
 
@@ -177,20 +185,41 @@ class ActionCache:
 
     def open_image(self, rel: str | None):
         """A screenshot the cache refers to, or None when it has none or the file is gone."""
-        from PIL import Image
-
         if not rel:
             return None
         if rel in self._pending:
             return self._pending[rel]
         if rel not in self._opened:
-            path = self.path.parent / rel
-            if ".." in Path(rel).parts or not path.is_file():
-                return None
-            if len(self._opened) >= OPENED_IMAGES:  # consecutive actions share screens: keep a few
-                self._opened.pop(next(iter(self._opened)))
-            self._opened[rel] = Image.open(path).convert("RGB")
-        return self._opened[rel]
+            self._open(rel, _decode_png)
+        image = self._opened[rel]
+        return image.result() if isinstance(image, Future) else image
+
+    def prefetch(self, rels) -> None:
+        """Decode these screenshots in the background (a replay needs them in a moment)."""
+        global _DECODER
+        if _DECODER is None:
+            _DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-png")
+        for rel in rels:
+            if rel and rel not in self._pending and rel not in self._opened:
+                self._open(rel, lambda path: _DECODER.submit(_decode_png, path))
+
+    def step_images(self, step: CachedStep) -> list[str]:
+        return [rel for a in step.actions for rel in (a.screen, (a.effect or {}).get("screen")) if rel]
+
+    def following(self, key: str) -> CachedStep | None:
+        """The entry after `key` in the file (usually the flow's next step)."""
+        keys = list(self.entries)
+        k = keys.index(key) + 1 if key in self.entries else len(keys)
+        return self.entries[keys[k]] if k < len(keys) else None
+
+    def _open(self, rel: str, load) -> None:
+        path = self.path.parent / rel
+        if ".." in Path(rel).parts or not path.is_file():
+            self._opened[rel] = None
+            return
+        if len(self._opened) >= OPENED_IMAGES:  # consecutive actions share screens: keep a few
+            self._opened.pop(next(iter(self._opened)))
+        self._opened[rel] = load(path)
 
     # -- images: base64 PNGs in the evidence <-> content-addressed files ---------------------------
     def _write_bytes(self, data: bytes) -> str:

@@ -37,7 +37,12 @@ DEFAULT_ACT_STEPS = 10
 GROUND_TRIES = 3  # a grounding reply that does not parse is asked again, this many times in all
 SETTLE_MAX_S = 2.0
 EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
+# A replayed action is over when the screen is still and shows its recorded effect. The recorded
+# effect says the app got there, so "still" needs two alike grabs this far apart, not the
+# SETTLE_POLL_S of a run that has nothing to check against.
+REPLAY_POLL_S = 0.015
 CHANGED_PX, CHANGED_LEVEL = 20, 24  # pixels differing by more than the level: "the screen changed"
+CARET_W, CARETS_PX = 3, 400  # a change no wider than this is a caret; more changed pixels than that are not only carets
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
 
@@ -97,12 +102,37 @@ def _action(step: Step):
     return ACTION_ADAPTER.validate_python(a) if isinstance(a, dict) else a
 
 
+_GRAYS: dict[int, tuple[Image.Image, np.ndarray]] = {}  # id -> (image, its gray levels): the last few
+
+
+def _gray(image: Image.Image) -> np.ndarray:
+    """Gray levels of an image; a replayed frame is compared several times, so the last few are kept."""
+    hit = _GRAYS.get(id(image))
+    if hit is not None and hit[0] is image:
+        return hit[1]
+    if len(_GRAYS) >= 8:
+        _GRAYS.pop(next(iter(_GRAYS)))
+    gray = np.asarray(image.convert("L"), dtype=np.int16)
+    _GRAYS[id(image)] = (image, gray)
+    return gray
+
+
 def changed(a: Image.Image, b: Image.Image) -> np.ndarray | None:
-    """The mask of pixels that changed from a to b, or None when too few did."""
+    """The mask of pixels that changed from a to b, or None when too few did. A text caret that
+    blinked is no change: it blinks with or without the action, so it cannot tell whether one acted."""
     if a.size != b.size:
         return np.ones((b.height, b.width), dtype=bool)
-    mask = np.abs(np.asarray(a.convert("L"), dtype=np.int16) - np.asarray(b.convert("L"), dtype=np.int16)) > CHANGED_LEVEL
-    return mask if int(mask.sum()) >= CHANGED_PX else None
+    mask = np.abs(_gray(a) - _gray(b)) > CHANGED_LEVEL
+    n = int(mask.sum())
+    if CHANGED_PX <= n <= CARETS_PX:
+        import cv2
+
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        carets = [k for k in range(1, count) if stats[k][2] <= CARET_W]  # thin upright bars
+        if carets:
+            mask = mask & ~np.isin(labels, carets)
+            n = int(mask.sum())
+    return mask if n >= CHANGED_PX else None
 
 
 def change_point(mask: np.ndarray, near: tuple[int, int] | None) -> tuple[int, int]:
@@ -297,8 +327,9 @@ class Flow:
         self._perform(action, res)
 
     def _perform(self, action, res: FlowStepResult, raw: str | None = None, frame: Image.Image | None = None,
-                 extra: dict | None = None) -> Step:
-        """Check the action against the task's policy, run it, record it in the trace."""
+                 extra: dict | None = None, settle=None) -> Step:
+        """Check the action against the task's policy, run it, record it in the trace. `settle()`
+        waits after it (default: until the screen is still)."""
         from agent.run.executor import execute
 
         t0 = time.perf_counter()
@@ -322,8 +353,10 @@ class Flow:
                     source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
         outcome = execute(checked, self.desktop, frame.size)
         step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
-        settle = self.desktop.wait_stable(SETTLE_MAX_S) if action.action not in ("terminate", "answer") else 0.0
-        step.timings = {"settle_ms": settle * 1e3, "step_ms": (time.perf_counter() - t0) * 1e3}
+        t1 = time.perf_counter()
+        if action.action not in ("terminate", "answer"):
+            (settle or (lambda: self.desktop.wait_stable(SETTLE_MAX_S)))()
+        step.timings = {"settle_ms": (time.perf_counter() - t1) * 1e3, "step_ms": (time.perf_counter() - t0) * 1e3}
         self._add(step)
         return step
 
@@ -438,19 +471,26 @@ class Flow:
         return (int(pixel[0] * image.width / screen[0]), int(pixel[1] * image.height / screen[1]))
 
     def _replay(self, entry: CachedStep, res: FlowStepResult) -> tuple[bool, str]:
-        """Play a cached step without the model: (done, why not)."""
+        """Play a cached step without the model: (done, why not). Each action's frame is the still
+        frame its predecessor's effect was checked on (no input came between)."""
+        following = self.cache.following(entry.key)
+        self.cache.prefetch(self.cache.step_images(entry) + (self.cache.step_images(following) if following else []))
+        frame = None
         for i, ca in enumerate(entry.actions):
             try:
                 action = ACTION_ADAPTER.validate_python(ca.action)
             except ValueError:
                 return False, f"cached action {i + 1} is not a valid action"
-            self.desktop.check_abort()  # (the previous action's settle already waited for a still screen)
-            frame = self.desktop.capture()
+            if frame is None:  # (the step before ended on a still screen)
+                frame = self.desktop.capture()
+            recorded = self.cache.open_image(ca.screen)
             update = {}
             for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
                 if ev is None:
                     continue
-                found, frame = self.finder.find_waiting(ev, self.desktop, recorded=self.cache.open_image(ca.screen))
+                found = self.finder.find(ev, frame, recorded)
+                if found.pixel is None:  # it may still be appearing
+                    found, frame = self.finder.find_waiting(ev, self.desktop, recorded=recorded)
                 if found.pixel is None:
                     n = len(self.trace.steps) + 1
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
@@ -460,37 +500,61 @@ class Flow:
                 update[name] = list(to_relative(found.pixel, frame.size))
             if update:
                 action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
+            # The screen recorded after this action: its effect's, else the next action's or the step's.
+            expected = ((ca.effect or {}).get("screen") or
+                        (entry.actions[i + 1].screen if i + 1 < len(entry.actions) else entry.screen))
+            check: dict = {}
+
+            def settle(before=frame, effect=ca.effect, action=action, expected=expected):
+                check["ok"], check["why"], check["frame"] = self._effect_shows(effect, before, action, expected)
             try:
-                self._perform(action, res, frame=frame)
+                self._perform(action, res, frame=frame, settle=settle)
             except StepFailed as e:  # the policy refuses the cached action now: let the model decide
                 return False, str(e)
-            ok, why = self._effect_shows(ca.effect, frame, action)
-            if not ok:
-                return False, why
+            if not check.get("ok", True):
+                return False, check["why"]
+            frame = check.get("frame")
         return True, ""
 
-    def _effect_shows(self, effect: dict | None, before: Image.Image, action) -> tuple[bool, str]:
-        """When the recorded action changed the screen, the replayed one must too, and what the
-        changed place looked like afterwards must be on the screen now."""
+    def _effect_shows(self, effect: dict | None, before: Image.Image, action,
+                      expected: str | None) -> tuple[bool, str, Image.Image]:
+        """After a replayed action, wait for a still screen that shows its recorded effect: when the
+        recorded action changed the screen, the replayed one must too, and what the changed place
+        looked like afterwards must be on the screen now. (ok, why not, the still frame.)
+        `expected`: the (still) screen recorded after the action; a screen just like it needs no
+        waiting for stillness. A screen that never stops changing (an animation) is judged at the
+        deadline as it is."""
+        recorded = self.cache.open_image(expected)
         if not effect or not effect.get("changed"):
-            return True, ""
-        deadline = time.monotonic() + EFFECT_WAIT_S
+            now = self.desktop.capture()
+            if recorded is not None and changed(recorded, now) is None:
+                return True, "", now
+            self.desktop.wait_stable(SETTLE_MAX_S)  # nothing else to recognise the end by: a plain settle
+            return True, "", self.desktop.capture()
+        deadline = time.monotonic() + SETTLE_MAX_S + EFFECT_WAIT_S
+        why, last, judged = f"{action.action}: the screen did not change as recorded", None, None
         while True:
             now = self.desktop.capture()
-            if changed(before, now) is not None:
-                break
-            if time.monotonic() >= deadline:
-                return False, f"{action.action}: the screen did not change as recorded"
-            time.sleep(finder.FIND_POLL_S)
+            pixels, late = now.tobytes(), time.monotonic() >= deadline
+            as_recorded = recorded is not None and changed(recorded, now) is None  # (that screen was still)
+            if (as_recorded or pixels == last or late) and pixels != judged:  # each still picture judged once
+                judged, why = pixels, self._effect_why(effect, before, now, recorded, action)
+                if not why:
+                    return True, "", now
+            if late:
+                return False, why, now
+            last = pixels
+            time.sleep(REPLAY_POLL_S)
+
+    def _effect_why(self, effect: dict, before: Image.Image, now: Image.Image, recorded, action) -> str:
+        """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does)."""
+        if changed(before, now) is None:
+            return f"{action.action}: the screen did not change as recorded"
         if effect.get("after"):
-            recorded = self.cache.open_image(effect.get("screen"))
             found = self.finder.find(effect["after"], now, recorded)
             if found.pixel is None:
-                self.desktop.wait_stable(EFFECT_WAIT_S)  # it may still be drawing
-                found = self.finder.find(effect["after"], self.desktop.capture(), recorded)
-            if found.pixel is None:
-                return False, f"{action.action}: its recorded effect is not on screen ({found.reason})"
-        return True, ""
+                return f"{action.action}: its recorded effect is not on screen ({found.reason})"
+        return ""
 
 
 # ------------------------------------------------------------------------------------------ a whole run
