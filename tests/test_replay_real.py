@@ -79,6 +79,38 @@ def test_the_sandbox_bus_publishes_gtk_widgets_and_an_unnamed_field_is_found_by_
         assert d.detail["labels"] == 1.0 and d.detail["element"] == "text '' by 'City'"
 
 
+def test_the_agent_loop_records_the_element_from_the_tree_read_while_the_model_decided(tmp_path):
+    """`vlagent run`'s loop walks the tree while the model looks at the frame (a web page's walk
+    takes 0.2-0.5 s: it must not delay every click) and still records the clicked field and the
+    dialog's OK button as they were on that frame."""
+    from actions import Policy
+    from actions.coords import to_relative
+    from agent.desktop.x11 import X11Desktop
+    from agent.run.loop import LoopConfig, run_loop
+    from agent.trace import Trace
+    from fakes import QueueModel, reply
+
+    with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
+        sb.launch(ZENITY)
+        sb.wait_for_window("^Shipping$")
+        nodes = _nodes(tree, "text", 2)
+        city = next(n for n in nodes if n.role == "text" and atspi.name_at(nodes, n.centre).endswith("by 'City'"))
+        ok = next(n for n in nodes if n.role == "push button" and n.name == "OK")
+        with X11Desktop(sb.display) as desktop:
+            size = desktop.capture().size
+            model = QueueModel(reply(action="left_click", coordinate=list(to_relative(city.centre, size))),
+                               reply(action="left_click", coordinate=list(to_relative(ok.centre, size))),
+                               reply(action="terminate", status="success"))
+            trace = Trace(tmp_path / "trace")
+            end = run_loop("Click the City field, then OK.", model, desktop, Policy(), trace, LoopConfig(timeout_s=60))
+            trace.flush()
+    assert end.claimed == "success", end
+    click_city, click_ok = trace.steps[0], trace.steps[1]
+    assert click_city.target["a11y"]["role"] == "text"
+    assert "City" in [label["text"] for label in click_city.target["a11y"]["labels"]]
+    assert click_ok.target["a11y"]["name"] == "OK"  # read on the frame the model saw, before the click closed it
+
+
 def test_look_alike_keys_are_told_apart_by_their_names_in_the_tree(tmp_path):
     with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
         sb.launch(["galculator"])

@@ -441,10 +441,13 @@ def timed_find(*args, **kwargs) -> tuple[Decision, float]:
 
 
 class StepTargets:
-    """Target evidence for an agent run's steps, as a recording has it: the windows and the tree are
-    read before the action lands (a few ms), the OCR runs on a thread while the screen settles.
+    """Target evidence for an agent run's steps, as a recording has it: the tree is walked (by its
+    reader process) while the model looks at the frame, the windows are read just before the action
+    lands, and the OCR runs on a thread while the screen settles. The walk costs ~10 ms for a dialog
+    but ~0.2-0.5 s for a web page, which would otherwise delay every pointer action.
 
         targets = StepTargets(display)
+        targets.look()                                            # the frame was just captured
         pending = targets.before(frame, step.pixel_of(action))   # just before executing
         step.target = pending.result()                            # after, when the step is written
     """
@@ -455,6 +458,12 @@ class StepTargets:
         self.display = display
         self.tree = atspi.Tree(display)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="targets")
+        self._ticket: int | None = None
+
+    def look(self) -> None:
+        """Start walking the tree of the frame just captured (the screen is still: the model is
+        deciding what to do with it)."""
+        self._ticket = self.tree.prefetch()
 
     def before(self, frame: Image.Image, pixels: list[tuple[int, int]]):
         """A future of the evidence for `pixels` (the point, and a drag's start) or None."""
@@ -467,7 +476,8 @@ class StepTargets:
             windows = list_windows(self.display)
         except SandboxError:
             windows = []
-        nodes = self.tree.nodes()
+        ticket, self._ticket = self._ticket, None
+        nodes = self.tree.take(ticket) if ticket is not None else self.tree.nodes()
 
         def work() -> dict:
             ev = describe(frame, pixels[0], windows, nodes)

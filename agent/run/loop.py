@@ -89,6 +89,8 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
         desktop.check_abort()
         t0 = time.perf_counter()
         frame = desktop.capture()
+        if targets is not None:
+            targets.look()  # the accessibility tree of this frame, read while the model thinks
         step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
         t1 = time.perf_counter()
         messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history, fits)
