@@ -17,8 +17,6 @@ import random
 import threading
 import time
 import warnings
-import weakref
-from collections import OrderedDict
 from typing import Any
 
 from PIL import Image
@@ -28,6 +26,7 @@ from actions.schema import POINTER_ACTIONS
 from agent.errors import BackendError
 from agent.backends.qwen_images import image_config, image_tokens, resized_size
 from agent.backends.grammar import Spec
+from agent.backends.image_cache import PerImage
 
 TIMEOUT_S = 120.0  # one reply; a 2B model answers in seconds, a loaded server may queue
 CONNECT_TIMEOUT_S = 5.0  # a server that does not accept within this is down
@@ -41,7 +40,6 @@ MAX_CAUSE_DEPTH = 16  # exception chains walked for the root cause of a connecti
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Qwen3-VL-2B-Instruct's image processor (preprocessor_config.json), used when no processor is given.
 PROBE_TEXT = "Describe the screenshot."
-ENCODED_IMAGES = 16  # PNG parts kept per backend: the history re-sends the last few screenshots each step
 _warned: set[tuple[str, str]] = set()  # (base_url, model) already warned about, once per process
 
 
@@ -69,8 +67,7 @@ class OpenAIBackend:
         self._checked_model = False
         self._client_pid: int | None = None
         self._client = None
-        self._encoded: OrderedDict[int, tuple[weakref.ref, dict]] = OrderedDict()  # id(image) -> PNG part
-        self._encoded_lock = threading.Lock()
+        self._encoded = PerImage()  # the PNG part of each screenshot while the history holds it
 
     # -- the Backend interface ------------------------------------------------------------------
     def generate(self, messages: list[dict], policy: Policy | None = None) -> str:
@@ -97,16 +94,7 @@ class OpenAIBackend:
     def _image_part(self, image: Image.Image) -> dict:
         """image_part, encoded once per image object: the loop hands the same objects for the
         screenshots it re-sends, and a PNG encode costs ~30 ms of CPU the server could use."""
-        with self._encoded_lock:
-            hit = self._encoded.get(id(image))
-            if hit is not None and hit[0]() is image:
-                return hit[1]
-        part = image_part(image, self.image_config)
-        with self._encoded_lock:
-            self._encoded[id(image)] = (weakref.ref(image), part)
-            while len(self._encoded) > ENCODED_IMAGES:
-                self._encoded.popitem(last=False)
-        return part
+        return self._encoded.get(image, lambda im: image_part(im, self.image_config))
 
     # -- one-time checks --------------------------------------------------------------------------
     def _check_once(self, messages: list[dict] | None) -> None:
