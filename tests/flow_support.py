@@ -27,16 +27,20 @@ def verdict(passed: bool, reason: str = "as seen on the screen") -> str:
     return json.dumps({"pass": passed, "reason": reason})
 
 
+def app_args(seed: int | None = None, restyle: bool = False) -> list[str]:
+    """The form's options for a layout seed (None: fixed) and its restyled version (--restyle)."""
+    return (["--layout-seed", str(seed)] if seed is not None else []) + (["--restyle"] if restyle else [])
+
+
 @lru_cache(maxsize=None)
-def layout(seed: int | None = None) -> dict[str, list[int]]:
+def layout(seed: int | None = None, restyle: bool = False) -> dict[str, list[int]]:
     """The form's widget boxes [x, y, w, h] in screen pixels, for a layout seed (None: fixed)."""
     from sandbox.display import Xvfb
 
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"vlagent-layout-{os.getpid()}-{seed}.json"
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"vlagent-layout-{os.getpid()}-{seed}-{restyle}.json"
     out.unlink(missing_ok=True)
-    args = [sys.executable, "-m", "sandbox.apps.form", "--out", os.devnull, "--dump-layout", str(out)]
-    if seed is not None:
-        args += ["--layout-seed", str(seed)]
+    args = [sys.executable, "-m", "sandbox.apps.form", "--out", os.devnull, "--dump-layout", str(out),
+            *app_args(seed, restyle)]
     with Xvfb(SCREEN) as x:
         app = subprocess.Popen(args, env={**os.environ, "DISPLAY": x.display}, cwd=ROOT)
         try:
@@ -51,14 +55,14 @@ def layout(seed: int | None = None) -> dict[str, list[int]]:
     return boxes
 
 
-def at(widget: str, seed: int | None = None) -> list[int]:
+def at(widget: str, seed: int | None = None, restyle: bool = False) -> list[int]:
     """The centre of a widget in Qwen's 0..1000 coordinates."""
-    x, y, w, h = layout(seed)[widget]
+    x, y, w, h = layout(seed, restyle)[widget]
     return [round((x + w / 2) / SCREEN[0] * 1000), round((y + h / 2) / SCREEN[1] * 1000)]
 
 
-def click(widget: str, seed: int | None = None) -> str:
-    return reply(action="left_click", coordinate=at(widget, seed))
+def click(widget: str, seed: int | None = None, restyle: bool = False) -> str:
+    return reply(action="left_click", coordinate=at(widget, seed, restyle))
 
 
 DONE = reply(action="terminate", status="success")
@@ -73,22 +77,20 @@ SAVED = {"file_json": {"path": "{workdir}/form.json",
                        "equals": {"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro"}}}
 
 
-def replies(seed: int | None = None) -> dict[str, list[str]]:
+def replies(seed: int | None = None, restyle: bool = False) -> dict[str, list[str]]:
     """Keyed replies that solve STEPS on the layout of `seed` (once each)."""
     return {
-        NAME_ACT: [click("name", seed), reply(action="type", text="Ada Lovelace"), DONE],
-        EMAIL_ACT: [click("email", seed), reply(action="type", text="ada@example.com"), DONE],
-        PRO: [click("plan_pro", seed)],
-        SUBMIT: [click("submit", seed)],
+        NAME_ACT: [click("name", seed, restyle), reply(action="type", text="Ada Lovelace"), DONE],
+        EMAIL_ACT: [click("email", seed, restyle), reply(action="type", text="ada@example.com"), DONE],
+        PRO: [click("plan_pro", seed, restyle)],
+        SUBMIT: [click("submit", seed, restyle)],
     }
 
 
-def form_task(folder: Path, steps: list[dict], *, seed: int | None = None, name: str = "flow",
-              success: list[dict] | None = None, **extra) -> Path:
-    """A flow task file in `folder` that launches the form (with --layout-seed when given)."""
-    launch = ["{python}", "-m", "sandbox.apps.form", "--out", "{workdir}/form.json"]
-    if seed is not None:
-        launch += ["--layout-seed", str(seed)]
+def form_task(folder: Path, steps: list[dict], *, seed: int | None = None, restyle: bool = False,
+              name: str = "flow", success: list[dict] | None = None, **extra) -> Path:
+    """A flow task file in `folder` that launches the form (with --layout-seed, --restyle when given)."""
+    launch = ["{python}", "-m", "sandbox.apps.form", "--out", "{workdir}/form.json", *app_args(seed, restyle)]
     task = {"name": name, "screen": {"width": SCREEN[0], "height": SCREEN[1]},
             "setup": [{"launch": launch, "wait_for_window": "Registration"}],
             "timeout_s": 120, "allow": ALLOW, "steps": steps,

@@ -14,7 +14,7 @@ from PIL import Image
 from agent.backends.script import ScriptBackend
 from agent.flow.runner import run_flow
 from agent.task import load_task
-from flow_support import DONE, EMAIL_ACT, PRO, ROOT, STEPS, form_task, replies, script, verdict
+from flow_support import DONE, EMAIL_ACT, PRO, ROOT, STEPS, SUBMIT, form_task, replies, script, verdict
 
 CACHE = "flow.cache.json"
 
@@ -28,6 +28,11 @@ def run(task_path, tmp_path, name, cache="read-write", mapping=None):
 
 def caches(result) -> list:
     return [f.cache for f in result.flow]
+
+
+def why(result) -> list:
+    """What each step did and why (for failure messages)."""
+    return [(f.cache, f.reason) for f in result.flow]
 
 
 def entry(folder, text: str) -> dict:
@@ -67,7 +72,7 @@ def test_read_only_never_writes_and_write_only_never_reads(tmp_path):
     wo = run(task, tmp_path, "wo", cache="write-only")
     assert caches(wo) == ["miss"] * 4 and wo.model_calls == 8 and (tmp_path / "t" / CACHE).exists()
     ro = run(task, tmp_path, "ro2", cache="read-only")
-    assert caches(ro) == ["hit"] * 4 and ro.model_calls == 0
+    assert caches(ro) == ["hit"] * 4 and ro.model_calls == 0, why(ro)
     off = run(task, tmp_path, "off", cache="off")
     assert caches(off) == [None] * 4 and off.model_calls == 8
 
@@ -88,7 +93,7 @@ def test_a_stale_target_heals_with_the_model_and_only_that_step_is_rewritten(tmp
 
     healed = run(task, tmp_path, "healed")
     assert healed.status == "success", healed.reason
-    assert caches(healed) == ["hit", "hit", "healed", "hit"]
+    assert caches(healed) == ["hit", "hit", "healed", "hit"], why(healed)
     assert [f.model_calls for f in healed.flow] == [0, 0, 1, 0]
     assert "cache:" in healed.flow[2].reason and "not found" in healed.flow[2].reason
     assert entry(tmp_path / "t", PRO)["actions"][0]["target"]["patch"]["png_file"] == pro["actions"][0]["target"]["patch"]["png_file"]
@@ -111,13 +116,29 @@ def test_an_effect_that_does_not_show_falls_back_to_the_model(tmp_path):
     # The cached click and typing did run; the model, asked to finish the step, sees it done.
     healed = run(task, tmp_path, "healed", mapping={**replies(), EMAIL_ACT: [DONE]})
     assert healed.status == "success", healed.reason
-    assert caches(healed) == ["hit", "healed", "hit", "hit"]
+    assert caches(healed) == ["hit", "healed", "hit", "hit"], why(healed)
     assert "recorded effect is not on screen" in healed.flow[1].reason and healed.flow[1].model_calls == 1
     kept = entry(tmp_path / "t", EMAIL_ACT)["actions"]  # what this run did for the step, freshly described
     assert [a["action"]["action"] for a in kept] == ["left_click", "type"]
     assert kept[1]["effect"]["after"]["patch"]["png_file"] != "flow.cache/black.png"
     again = run(task, tmp_path, "again")
     assert caches(again) == ["hit"] * 4 and again.model_calls == 0
+
+
+def test_a_wrong_click_is_caught_by_its_effect(tmp_path):
+    """The Pro step's cached target is really the Submit button's (a cache that went wrong): the
+    replayed click lands on Submit, the Pro option's recorded effect does not show, and the model
+    does the step."""
+    task = form_task(tmp_path / "t", STEPS)
+    run(task, tmp_path, "cold")
+    data = json.loads((tmp_path / "t" / CACHE).read_text())
+    steps = {s["text"]: s for s in data["steps"]}
+    steps[PRO]["actions"][0]["target"] = steps[SUBMIT]["actions"][0]["target"]
+    (tmp_path / "t" / CACHE).write_text(json.dumps(data))
+    healed = run(task, tmp_path, "healed", cache="read-only")
+    assert healed.status == "success", healed.reason
+    assert caches(healed) == ["hit", "hit", "healed", "hit"], why(healed)
+    assert "recorded effect is not on screen" in healed.flow[2].reason and healed.flow[2].model_calls == 1
 
 
 def test_a_failed_run_writes_nothing(tmp_path):
@@ -138,6 +159,25 @@ def test_a_changed_layout_replays_or_heals_and_still_succeeds(tmp_path):
     for f in rerun.flow:  # the model only for steps that did not replay
         assert (f.model_calls == 0) == (f.cache == "hit")
     assert json.loads((tmp_path / "moved" / "workdir" / "form.json").read_text())["email"] == "ada@example.com"
+
+
+def test_the_apps_next_version_heals_only_the_step_whose_widget_changed(tmp_path):
+    """Recorded on the form, re-run on its next version (--restyle: Submit is now a blue "Register"
+    button): the finder cannot vouch for the old Submit evidence, so that step alone asks the model;
+    its new actions replace the entry and the next re-run of the new version needs no model."""
+    folder = tmp_path / "t"
+    run(form_task(folder, STEPS), tmp_path, "cold")
+    submit = entry(folder, SUBMIT)["actions"][0]["target"]["patch"]["png_file"]
+    new = form_task(folder, STEPS, restyle=True)  # same name, same folder: the same cache
+    healed = run(new, tmp_path, "restyled", mapping=replies(restyle=True))
+    assert healed.status == "success", healed.reason
+    assert caches(healed) == ["hit", "hit", "hit", "healed"], why(healed)
+    assert [f.model_calls for f in healed.flow] == [0, 0, 0, 1]
+    assert "not found" in healed.flow[3].reason
+    assert json.loads((tmp_path / "restyled" / "workdir" / "form.json").read_text())["plan"] == "Pro"
+    assert entry(folder, SUBMIT)["actions"][0]["target"]["patch"]["png_file"] != submit  # the new button
+    again = run(new, tmp_path, "again", mapping=replies(restyle=True))
+    assert caches(again) == ["hit"] * 4 and again.model_calls == 0
 
 
 def test_a_corrupt_cache_file_is_one_clear_line(tmp_path):

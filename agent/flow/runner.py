@@ -43,6 +43,7 @@ EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
 REPLAY_POLL_S = 0.015
 CHANGED_PX, CHANGED_LEVEL = 20, 24  # pixels differing by more than the level: "the screen changed"
 CARET_W, CARETS_PX = 3, 400  # a change no wider than this is a caret; more changed pixels than that are not only carets
+EFFECT_SHARE = 0.75  # of the pixels a recorded action changed, at least this share must look as after it
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
 
@@ -133,6 +134,15 @@ def changed(a: Image.Image, b: Image.Image) -> np.ndarray | None:
             mask = mask & ~np.isin(labels, carets)
             n = int(mask.sum())
     return mask if n >= CHANGED_PX else None
+
+
+def as_after(before: Image.Image, after: Image.Image, now: Image.Image) -> float | None:
+    """Of the pixels that changed from `before` to `after`, the share that look in `now` as in `after`
+    (None when nothing changed or the sizes differ)."""
+    mask = changed(before, after)
+    if mask is None or mask.shape != (now.height, now.width):
+        return None
+    return float((np.abs(_gray(now) - _gray(after)) <= CHANGED_LEVEL)[mask].mean())
 
 
 def change_point(mask: np.ndarray, near: tuple[int, int] | None) -> tuple[int, int]:
@@ -505,8 +515,8 @@ class Flow:
                         (entry.actions[i + 1].screen if i + 1 < len(entry.actions) else entry.screen))
             check: dict = {}
 
-            def settle(before=frame, effect=ca.effect, action=action, expected=expected):
-                check["ok"], check["why"], check["frame"] = self._effect_shows(effect, before, action, expected)
+            def settle(before=frame, ca=ca, action=action, expected=expected):
+                check["ok"], check["why"], check["frame"] = self._effect_shows(ca, before, action, expected)
             try:
                 self._perform(action, res, frame=frame, settle=settle)
             except StepFailed as e:  # the policy refuses the cached action now: let the model decide
@@ -516,15 +526,14 @@ class Flow:
             frame = check.get("frame")
         return True, ""
 
-    def _effect_shows(self, effect: dict | None, before: Image.Image, action,
+    def _effect_shows(self, ca: CachedAction, before: Image.Image, action,
                       expected: str | None) -> tuple[bool, str, Image.Image]:
         """After a replayed action, wait for a still screen that shows its recorded effect: when the
         recorded action changed the screen, the replayed one must too, and what the changed place
         looked like afterwards must be on the screen now. (ok, why not, the still frame.)
-        `expected`: the (still) screen recorded after the action; a screen just like it needs no
-        waiting for stillness. A screen that never stops changing (an animation) is judged at the
-        deadline as it is."""
-        recorded = self.cache.open_image(expected)
+        `expected`: the (still) screen recorded after the action; a screen just like it is judged
+        at once. A screen that never stops changing (an animation) is judged at the deadline as it is."""
+        effect, recorded = ca.effect, self.cache.open_image(expected)
         if not effect or not effect.get("changed"):
             now = self.desktop.capture()
             if recorded is not None and changed(recorded, now) is None:
@@ -536,9 +545,14 @@ class Flow:
         while True:
             now = self.desktop.capture()
             pixels, late = now.tobytes(), time.monotonic() >= deadline
-            as_recorded = recorded is not None and changed(recorded, now) is None  # (that screen was still)
-            if (as_recorded or pixels == last or late) and pixels != judged:  # each still picture judged once
-                judged, why = pixels, self._effect_why(effect, before, now, recorded, action)
+            still = pixels == last
+            # Just like the screen recorded after it: as still as that one was. It needs no change from
+            # `before` when it is also still: the app may have got there by itself (a focus that came late).
+            as_recorded = recorded is not None and changed(recorded, now) is None
+            settled = as_recorded and still
+            if (as_recorded or still or late) and (pixels, settled) != judged:  # each picture judged once
+                judged, why = (pixels, settled), self._effect_why(ca, None if settled else before,
+                                                                  now, recorded, action)
                 if not why:
                     return True, "", now
             if late:
@@ -546,14 +560,21 @@ class Flow:
             last = pixels
             time.sleep(REPLAY_POLL_S)
 
-    def _effect_why(self, effect: dict, before: Image.Image, now: Image.Image, recorded, action) -> str:
-        """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does)."""
-        if changed(before, now) is None:
+    def _effect_why(self, ca: CachedAction, before: Image.Image | None, now: Image.Image, recorded, action) -> str:
+        """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does;
+        before=None: no change from it needed)."""
+        if before is not None and changed(before, now) is None:
             return f"{action.action}: the screen did not change as recorded"
-        if effect.get("after"):
-            found = self.finder.find(effect["after"], now, recorded)
+        if ca.effect.get("after"):
+            found = self.finder.find(ca.effect["after"], now, recorded)
             if found.pixel is None:
                 return f"{action.action}: its recorded effect is not on screen ({found.reason})"
+            # Found where it was, on a screen alike within the finder's tolerance (a hover, a caret):
+            # the few pixels a radio button or a checkbox changes must have changed too.
+            share = as_after(self.cache.open_image(ca.screen), recorded, now) if found.method == "same screen" else None
+            if share is not None and share < EFFECT_SHARE:
+                return (f"{action.action}: its recorded effect is not on screen (of the pixels it changed, "
+                        f"{share:.0%} look as after it)")
         return ""
 
 

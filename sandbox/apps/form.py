@@ -1,6 +1,6 @@
 """The registration form: a Tk window titled "Registration".
 
-    python -m sandbox.apps.form --out FILE [--layout-seed N] [--dump-layout FILE]
+    python -m sandbox.apps.form --out FILE [--layout-seed N] [--restyle] [--dump-layout FILE]
 
 Widgets: Name (entry), Email (entry), Plan (radio buttons Basic/Pro/Team, Basic preselected),
 "Subscribe to newsletter" (checkbox), Submit (button; Enter anywhere submits too).
@@ -9,8 +9,10 @@ Submit with a non-empty name and a valid email writes
 to --out (atomically) and shows a large "Saved"; otherwise it shows a red error line and writes
 nothing. Without --layout-seed the window and every widget sit at fixed pixels (scripted
 solutions click fixed coordinates); with a seed, window position, row order and spacing change
-deterministically per seed, always inside the screen. --dump-layout writes each widget's box in
-screen pixels as JSON once the window is shown (for tests and for writing scripts).
+deterministically per seed, always inside the screen. --restyle is "the next version" of the app:
+two widgets look and read otherwise (the Team plan reads "Team (new)" in bold orange, Submit is a
+white-on-blue "Register" button); they do the same, at the same place. --dump-layout writes each
+widget's box in screen pixels as JSON once the window is shown (for tests and for writing scripts).
 """
 from __future__ import annotations
 
@@ -79,8 +81,8 @@ def seeded_layout(seed: int, screen: tuple[int, int]) -> Layout:
 
 
 class Form:
-    def __init__(self, root: tk.Tk, out: Path, layout: Layout):
-        self.root, self.out, self.layout = root, out, layout
+    def __init__(self, root: tk.Tk, out: Path, layout: Layout, restyle: bool = False):
+        self.root, self.out, self.layout, self.restyle = root, out, layout, restyle
         root.title(TITLE)
         root.geometry(f"{layout.width}x{layout.height}+{layout.x}+{layout.y}")
         root.resizable(False, False)
@@ -112,6 +114,8 @@ class Form:
                 self.widgets["plan_label"] = label
                 for j, plan in enumerate(PLANS):
                     radio = tk.Radiobutton(root, text=plan, value=plan, variable=self.plan)
+                    if self.restyle and plan == "Team":
+                        radio.config(text="Team (new)", fg="#c05000", font=(*FONT, "bold"))
                     radio.place(x=field_x + j * lay.radio_gap, y=y - 4)
                     self.widgets[f"plan_{plan.lower()}"] = radio
             else:
@@ -120,6 +124,9 @@ class Form:
                 self.widgets["newsletter"] = check
         y = lay.top + len(lay.rows) * lay.spacing
         button = tk.Button(root, text="Submit", command=self.submit, padx=16)
+        if self.restyle:
+            button.config(text="Register", bg="#2a62c9", fg="white", activebackground="#1d4a9c",
+                          activeforeground="white")
         button.place(x=lay.margin, y=y - 6)
         self.widgets["submit"] = button
         self.status = tk.Label(root, text="", font=STATUS_FONT)
@@ -153,12 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m sandbox.apps.form", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="where Submit writes the JSON")
     ap.add_argument("--layout-seed", type=int, default=None, help="move window and widgets (deterministic)")
+    ap.add_argument("--restyle", action="store_true", help="relabel and restyle two widgets (Team, Submit)")
     ap.add_argument("--dump-layout", type=Path, default=None, help="write widget boxes (JSON) once shown")
     args = ap.parse_args(argv)
     root = tk.Tk()
     screen = (root.winfo_screenwidth(), root.winfo_screenheight())
     layout = FIXED if args.layout_seed is None else seeded_layout(args.layout_seed, screen)
-    form = Form(root, args.out, layout)
+    form = Form(root, args.out, layout, args.restyle)
     root.update()
     form.widgets["name"].focus_force()  # no window manager in Xvfb: take the keyboard ourselves
     if args.dump_layout:
