@@ -113,9 +113,15 @@ def _gray(image: Image.Image) -> np.ndarray:
         return hit[1]
     if len(_GRAYS) >= 8:
         _GRAYS.pop(next(iter(_GRAYS)))
-    gray = np.asarray(image.convert("L"), dtype=np.int16)
+    gray = np.asarray(image.convert("L"))
     _GRAYS[id(image)] = (image, gray)
     return gray
+
+
+def _differs(a: Image.Image, b: Image.Image) -> np.ndarray:
+    import cv2
+
+    return cv2.absdiff(_gray(a), _gray(b)) > CHANGED_LEVEL
 
 
 def changed(a: Image.Image, b: Image.Image) -> np.ndarray | None:
@@ -123,16 +129,20 @@ def changed(a: Image.Image, b: Image.Image) -> np.ndarray | None:
     blinked is no change: it blinks with or without the action, so it cannot tell whether one acted."""
     if a.size != b.size:
         return np.ones((b.height, b.width), dtype=bool)
-    mask = np.abs(_gray(a) - _gray(b)) > CHANGED_LEVEL
-    n = int(mask.sum())
+    mask = _differs(a, b)
+    n = int(np.count_nonzero(mask))
     if CHANGED_PX <= n <= CARETS_PX:
         import cv2
 
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        carets = [k for k in range(1, count) if stats[k][2] <= CARET_W]  # thin upright bars
-        if carets:
-            mask = mask & ~np.isin(labels, carets)
-            n = int(mask.sum())
+        x0, y0, w, h = cv2.boundingRect(mask.view(np.uint8))  # (of the changed pixels)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask[y0:y0 + h, x0:x0 + w].view(np.uint8),
+                                                                   connectivity=8)
+        carets = stats[:, cv2.CC_STAT_WIDTH] <= CARET_W  # thin upright bars
+        carets[0] = False  # (the background)
+        if carets.any():
+            mask = mask.copy()
+            mask[y0:y0 + h, x0:x0 + w] &= ~carets[labels]
+            n = int(np.count_nonzero(mask))
     return mask if n >= CHANGED_PX else None
 
 
@@ -142,7 +152,7 @@ def as_after(before: Image.Image, after: Image.Image, now: Image.Image) -> float
     mask = changed(before, after)
     if mask is None or mask.shape != (now.height, now.width):
         return None
-    return float((np.abs(_gray(now) - _gray(after)) <= CHANGED_LEVEL)[mask].mean())
+    return 1.0 - float(_differs(now, after)[mask].mean())
 
 
 def change_point(mask: np.ndarray, near: tuple[int, int] | None) -> tuple[int, int]:
