@@ -26,6 +26,7 @@ MIN_FUZZY_CHARS = 6  # OCR-style variants only for values long enough not to mat
 CONFUSABLE = ("0oOQD", "1lIi|!", "5sS$", "8B", "2zZ", "6Gb", "9gq", "uUvV", "cCeE", "aA@")
 
 _values: dict[str, str] = {}  # name -> value
+_vars: dict[str, str] = {}  # name -> the environment variable a task reads it from
 _patterns: list[tuple[str, Any]] = []  # (placeholder, compiled pattern), longest values first
 mask_screens = False  # set by a task's `mask_screenshots: true`
 
@@ -41,12 +42,14 @@ def _fuzzy(value: str) -> str:
 def _rebuild() -> None:
     _patterns.clear()
     for name, value in sorted(_values.items(), key=lambda kv: -len(kv[1])):
+        if len(value) < MIN_CHARS:  # typed all the same, but not redactable
+            continue
         body = _fuzzy(value) if len(value) >= MIN_FUZZY_CHARS else re.escape(value)
         _patterns.append(("{secret:%s}" % name, compile_pattern("(?i)" + body)))
 
 
 def register(name: str, value: str) -> None:
-    if len(value) >= MIN_CHARS and _values.get(name) != value:
+    if value and _values.get(name) != value:
         _values[name] = value
         _rebuild()
 
@@ -55,6 +58,7 @@ def declare(task) -> None:
     """Register the values of a task's secrets (those set in the environment) and its masking choice."""
     global mask_screens
     for name, var in task.secrets.items():
+        _vars[name] = var
         value = os.environ.get(var, os.environ.get(ENV_PREFIX + name))
         if value is not None:
             register(name, value)
@@ -68,8 +72,15 @@ def _from_env() -> None:
 
 
 def value(name: str) -> str:
+    if name not in _values:  # set since the task was loaded (or, for VLAGENT_SECRET_*, since start)
+        late = os.environ.get(_vars.get(name, ""), os.environ.get(ENV_PREFIX + name))
+        if late is not None:
+            register(name, late)
     if name in _values:
         return _values[name]
+    if name in _vars:
+        raise VlagentError(f"the text types the secret {name!r}, which is not set: set the environment variable "
+                           f"{_vars[name]} (or {ENV_PREFIX}{name})")
     raise VlagentError(f"the text types the secret {name!r}, which is not set: declare it under the task's "
                        f"secrets: and set its environment variable (or {ENV_PREFIX}{name})")
 

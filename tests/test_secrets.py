@@ -42,6 +42,14 @@ def test_fill_is_where_the_value_appears_and_an_unknown_secret_is_an_error(regis
         secrets.fill("{secret:NOPE}")
 
 
+def test_a_short_value_is_typed_but_not_redacted(registered):
+    """A PIN of two digits still fills in (replay and flows used to refuse it as unset); redacting it
+    would blank out ordinary text, so it is left out of redaction."""
+    secrets.register("PIN", "42")
+    assert secrets.fill("{secret:PIN}#") == "42#"
+    assert secrets.redact("room 42, pw Hunter2Secret") == "room 42, pw {secret:PASSWORD}"
+
+
 def test_the_trace_holds_no_secret(tmp_path, registered):
     from agent.trace import CheckResult, Result, Step, Trace
 

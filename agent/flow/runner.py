@@ -355,9 +355,9 @@ class Flow:
         t0 = time.perf_counter()
         typed = action
         if action.action == "type" and "{secret:" in action.text:
-            from agent.replay.player import fill_secrets
+            from agent import secrets
 
-            typed = action.model_copy(update={"text": fill_secrets(action.text, self.task)})
+            typed = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
             checked = self.policy.check(typed)
         except PolicyError as e:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ SETTLE_MAX_S = 2.0  # bounded wait for the screen to stop changing, before and a
 EFFECT_WAIT_S = 1.0  # extra time for an effect the original step showed to appear
 CHANGED_PX = 20  # pixels that must differ (by more than CHANGED_LEVEL) for "the screen changed"
 CHANGED_LEVEL = 24
-SECRET_RE = re.compile(r"\{secret:([A-Za-z_]\w*)\}")
-SECRET_ENV_PREFIX = "VLAGENT_SECRET_"
 COORD_KEYS = ("coordinate", "start_coordinate")
 
 
@@ -83,21 +80,14 @@ def load_trace_task(trace_dir: Path, task=None):
     return load_task(path)
 
 
-def secret_value(name: str, task) -> str:
-    var = task.secrets.get(name, f"{SECRET_ENV_PREFIX}{name}")
-    import os
-
-    value = os.environ.get(var)
-    if value is None:
-        raise VlagentError(f"the trace types the secret {name!r}: set the environment variable {var}")
-    return value
-
-
 def check_secrets(steps: list[Step], task) -> None:
     """Raise VlagentError naming the variable when a secret the trace types is not set."""
+    from agent import secrets
+
+    secrets.declare(task)  # (again: the environment may have changed since the task was loaded)
     for step in steps:
         if step.kind == "type":
-            fill_secrets(step.action.text, task)
+            secrets.fill(step.action.text)
 
 
 def load_trace_steps(trace_dir: Path) -> list[Step]:
@@ -107,11 +97,6 @@ def load_trace_steps(trace_dir: Path) -> list[Step]:
         return load_steps(trace_dir)
     except ValueError as e:
         raise VlagentError(f"{trace_dir}/steps.jsonl: not a valid trace: {str(e).splitlines()[0]}") from None
-
-
-def fill_secrets(text: str, task) -> str:
-    """'{secret:NAME}' placeholders -> their values from the environment."""
-    return SECRET_RE.sub(lambda m: secret_value(m.group(1), task), text)
 
 
 def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0, fallback=None,
@@ -358,8 +343,10 @@ class _Player:
 
     def _checked(self, action: Action, n: int) -> Action:
         """The task's policy sees the action as it will run (secrets filled in)."""
-        if action.action == "type" and SECRET_RE.search(action.text):
-            action = action.model_copy(update={"text": fill_secrets(action.text, self.task)})
+        if action.action == "type" and "{secret:" in action.text:
+            from agent import secrets
+
+            action = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
             return self.policy.check(action)
         except PolicyError as e:
