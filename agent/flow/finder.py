@@ -78,16 +78,18 @@ class Finder:
             return Found(None, d.reason or "not found", float(d.score), d.method)
         return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method)
 
-    def find_waiting(self, evidence: dict, desktop, recorded=None, timeout_s: float = FIND_TIMEOUT_S):
-        """Find on the live screen, polling while the target may still appear: (Found, frame looked at)."""
+    def find_waiting(self, evidence: dict, desktop, recorded=None, timeout_s: float = FIND_TIMEOUT_S, frame=None):
+        """Find on the live screen (first on `frame` when given: the screen as it is now), polling while
+        the target may still appear: (Found, frame looked at)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            frame = desktop.capture()
+            frame = desktop.capture() if frame is None else frame
             found = self.find(evidence, frame, recorded)
             if found.pixel is not None or time.monotonic() >= deadline:
                 return found, frame
             time.sleep(FIND_POLL_S)
             desktop.wait_stable(1.0)
+            frame = None
 
     def close(self) -> None:
         if self._tree is not None:

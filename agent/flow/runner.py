@@ -508,9 +508,7 @@ class Flow:
             for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
                 if ev is None:
                     continue
-                found = self.finder.find(ev, frame, recorded)
-                if found.pixel is None:  # it may still be appearing
-                    found, frame = self.finder.find_waiting(ev, self.desktop, recorded=recorded)
+                found, frame = self.finder.find_waiting(ev, self.desktop, recorded, frame=frame)
                 if found.pixel is None:
                     n = len(self.trace.steps) + 1
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
@@ -554,8 +552,9 @@ class Flow:
         why, last, judged = f"{action.action}: the screen did not change as recorded", None, None
         while True:
             now = self.desktop.capture()
-            pixels, late = now.tobytes(), time.monotonic() >= deadline
+            pixels = now.tobytes()
             still = pixels == last
+            late = time.monotonic() >= deadline
             # Just like the screen recorded after it: as still as that one was. It needs no change from
             # `before` when it is also still: the app may have got there by itself (a focus that came late).
             as_recorded = recorded is not None and changed(recorded, now) is None
@@ -565,6 +564,8 @@ class Flow:
                                                                   now, recorded, action)
                 if not why:
                     return True, "", now
+                # A still screen without the effect: it gets EFFECT_WAIT_S more to show (a slow app).
+                deadline = min(deadline, time.monotonic() + EFFECT_WAIT_S)
             if late:
                 return False, why, now
             last = pixels
