@@ -133,6 +133,39 @@ def test_requests_it_cannot_serve_get_a_clear_status(server):
         assert [m["id"] for m in json.load(r)["data"]] == ["tiny-random"]
 
 
+def raw_post(srv, data: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{srv.base_url}/chat/completions", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+HOSTILE = {
+    "not JSON": b"{nope",
+    "JSON nested past the parser's stack": b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "a list, not an object": b"[1, 2]",
+    "a message that is a number": json.dumps({"messages": [1]}).encode(),
+    "a message without a role": json.dumps({"messages": [{"content": "hi"}]}).encode(),
+    "an image part without its url": json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(),
+    "an image that is not one": json.dumps({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}).encode(),
+    "a negative max_tokens": json.dumps({"max_tokens": -5, "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    "max_tokens not a number": json.dumps({"max_tokens": "a", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+    "response_format not an object": json.dumps({"response_format": "x", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_malformed_request_gets_a_400_with_its_reason_and_the_server_goes_on(server, case):
+    status, body = raw_post(server, HOSTILE[case])
+    assert status == 400, body
+    assert body["error"]["message"] and "Traceback" not in body["error"]["message"]
+    status, body = post(server, {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert status == 200, body
+
+
 def test_unconstrained_request_stops_at_max_tokens(server):
     status, body = post(server, {"model": "tiny-random", "messages": wire(conversation(2, 0)), "max_tokens": 5})
     assert status == 200 and body["usage"]["completion_tokens"] <= 5

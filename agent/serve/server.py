@@ -218,6 +218,8 @@ class ServedModel:
         ids, images = self.prompt(self.messages(body["messages"]))
         asked = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
         max_new = min(int(asked), bound) if bound else int(asked)
+        if max_new < 1:
+            raise Refused(400, f"max_tokens must be at least 1, got {asked}")
         if len(ids) + max_new > self.context:
             raise Refused(400, f"the prompt ({len(ids)} tokens) plus its reply budget ({max_new}) exceeds the "
                                f"{self.context} tokens of KV an agent has on this server; start `vlagent serve` "
@@ -278,6 +280,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             body = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # (nesting deep enough to exhaust the parser's stack)
+            self._error(400, f"malformed request: not JSON: {type(e).__name__}: {str(e)[:200]}")
+            return
+        try:
             self._send(200, self.served.chat(body, "%s:%s" % self.client_address[:2]))
         except Refused as e:
             self._error(e.status, e.message)
