@@ -27,6 +27,7 @@ from PIL import Image
 
 from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_relative
+from agent.backends.image_cache import PerImage
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask, finder
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
@@ -103,19 +104,11 @@ def _action(step: Step):
     return ACTION_ADAPTER.validate_python(a) if isinstance(a, dict) else a
 
 
-_GRAYS: dict[int, tuple[Image.Image, np.ndarray]] = {}  # id -> (image, its gray levels): the last few
+_GRAYS = PerImage()  # an image's gray levels while it lives: a replayed frame is compared several times
 
 
 def _gray(image: Image.Image) -> np.ndarray:
-    """Gray levels of an image; a replayed frame is compared several times, so the last few are kept."""
-    hit = _GRAYS.get(id(image))
-    if hit is not None and hit[0] is image:
-        return hit[1]
-    if len(_GRAYS) >= 8:
-        _GRAYS.pop(next(iter(_GRAYS)))
-    gray = np.asarray(image.convert("L"))
-    _GRAYS[id(image)] = (image, gray)
-    return gray
+    return _GRAYS.get(image, lambda im: np.asarray(im.convert("L")))
 
 
 def _differs(a: Image.Image, b: Image.Image) -> np.ndarray:
