@@ -111,6 +111,43 @@ def test_the_agent_loop_records_the_element_from_the_tree_read_while_the_model_d
     assert click_ok.target["a11y"]["name"] == "OK"  # read on the frame the model saw, before the click closed it
 
 
+def test_a_click_whose_evidence_is_still_being_read_is_written_whole_when_the_run_ends_after_it(tmp_path):
+    """The OCR of a clicked target overlaps the next model call; a run that ends right after a click
+    (here at max_steps) still writes that step, with its evidence, in order, before it returns."""
+    import json
+
+    from actions import Policy
+    from actions.coords import to_relative
+    from agent.desktop.x11 import X11Desktop
+    from agent.run.loop import LoopConfig, run_loop
+    from agent.trace import Trace
+    from fakes import QueueModel, reply
+
+    with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
+        sb.launch(ZENITY)
+        sb.wait_for_window("^Shipping$")
+        nodes = _nodes(tree, "text", 2)
+        name = next(n for n in nodes if n.role == "text" and atspi.name_at(nodes, n.centre).endswith("by 'Name'"))
+        ok = next(n for n in nodes if n.role == "push button" and n.name == "OK")
+        with X11Desktop(sb.display) as desktop:
+            size = desktop.capture().size
+            model = QueueModel(reply(action="left_click", coordinate=list(to_relative(name.centre, size))),
+                               reply(action="type", text="Ada"),
+                               reply(action="left_click", coordinate=list(to_relative(ok.centre, size))))
+            trace = Trace(tmp_path / "trace")
+            end = run_loop("Type Ada as the name, then OK.", model, desktop, Policy(), trace,
+                           LoopConfig(max_steps=3, timeout_s=60))
+            trace.flush()
+    assert end.kind == "max_steps", end
+    written = [json.loads(line) for line in (tmp_path / "trace" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in written] == [1, 2, 3] == [s.step for s in trace.steps]
+    assert [s["action"]["action"] for s in written] == ["left_click", "type", "left_click"]
+    assert "Name" in [label["text"] for label in written[0]["target"]["a11y"]["labels"]]
+    assert written[1]["target"] is None  # typing points at nothing
+    assert written[2]["target"]["a11y"]["name"] == "OK" and written[2]["target"]["own_text"] == "OK"
+    assert all(s["timings"]["step_ms"] >= s["timings"]["exec_ms"] for s in written)
+
+
 def test_look_alike_keys_are_told_apart_by_their_names_in_the_tree(tmp_path):
     with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
         sb.launch(["galculator"])

@@ -76,6 +76,15 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
     images: dict[int, object] = {}
     looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
     rejections = 0
+    # A pointer step whose target evidence (OCR of the frame) is still being read: it is written after
+    # the next model call, which that reading overlaps, instead of holding up the next capture.
+    held: list[tuple[Step, object]] = []
+
+    def write_held():
+        for step, pending in held:
+            step.target = _target(pending)
+            _write(trace, step, on_step)
+        held.clear()
 
     def load_image(step: Step):
         if step.step not in images:
@@ -83,57 +92,66 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             images[step.step] = Image.open(trace.folder / step.screenshot).convert("RGB")
         return images[step.step]
 
-    for n in range(len(trace.steps) + 1, len(trace.steps) + cfg.max_steps + 1):
-        if time.monotonic() >= deadline:
-            return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s")
-        desktop.check_abort()
-        t0 = time.perf_counter()
-        frame = desktop.capture()
-        if targets is not None:
-            targets.look()  # the accessibility tree of this frame, read while the model thinks
-        step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
-        t1 = time.perf_counter()
-        messages = build_messages(goal, trace.steps, frame, policy, load_image, cfg.history, fits)
-        images[n] = frame
-        looks[n] = frame.resize((64, 40), Image.NEAREST).tobytes()  # a cheap fingerprint, not a picture
-        for old in [k for k in images if k <= n - IMAGE_CACHE]:
-            del images[old]
-        t_prompt = time.perf_counter()
-        raw = _generate(backend, messages, policy, deadline)
-        t2 = time.perf_counter()
-        step.timings = {"capture_ms": (t1 - t0) * 1e3, "prompt_ms": (t_prompt - t1) * 1e3,
-                        "model_ms": (t2 - t_prompt) * 1e3}
-        if raw is None:
-            step.error = "the model did not answer before the run's deadline"
-            _record(trace, step, t0, on_step)
-            return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
-        step.raw = raw
-        try:
-            action = check_reply(raw, policy, getattr(desktop, "focus", None))  # focus: no typing into terminals
-        except (ParseError, PolicyError) as e:
-            step.error = str(e)
-            _record(trace, step, t0, on_step)
-            rejections += 1
-            if rejections >= MAX_REJECTIONS:
-                return LoopEnd("invalid_output", f"{rejections} rejected replies in a row; last: {e}")
-            continue
-        rejections = 0
-        step.action = action
-        target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
-        outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
-        step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
-        t3 = time.perf_counter()
-        settle = desktop.wait_stable(cfg.settle_max_s) if action.action not in ("terminate", "answer") else 0.0
-        step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
-        step.target = _target(target)
-        _record(trace, step, t0, on_step)
-        if action.action == "terminate":
-            return LoopEnd("finished", f"the model called terminate({action.status})", claimed=action.status)
-        if action.action == "answer":
-            return LoopEnd("finished", "the model answered", claimed="success", answer=action.text)
-        if _looping(trace.steps, looks):
-            return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {to_json(action)}")
-    return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")
+    try:
+        for n in range(len(trace.steps) + 1, len(trace.steps) + cfg.max_steps + 1):
+            if time.monotonic() >= deadline:
+                return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s")
+            desktop.check_abort()
+            t0 = time.perf_counter()
+            frame = desktop.capture()
+            if targets is not None:
+                targets.look()  # the accessibility tree of this frame, read while the model thinks
+            step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
+            t1 = time.perf_counter()
+            done = trace.steps + [step for step, _ in held]
+            messages = build_messages(goal, done, frame, policy, load_image, cfg.history, fits)
+            images[n] = frame
+            looks[n] = frame.resize((64, 40), Image.NEAREST).tobytes()  # a cheap fingerprint, not a picture
+            for old in [k for k in images if k <= n - IMAGE_CACHE]:
+                del images[old]
+            t_prompt = time.perf_counter()
+            raw = _generate(backend, messages, policy, deadline)
+            t2 = time.perf_counter()
+            write_held()
+            step.timings = {"capture_ms": (t1 - t0) * 1e3, "prompt_ms": (t_prompt - t1) * 1e3,
+                            "model_ms": (t2 - t_prompt) * 1e3}
+            if raw is None:
+                step.error = "the model did not answer before the run's deadline"
+                _record(trace, step, t0, on_step)
+                return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
+            step.raw = raw
+            try:
+                action = check_reply(raw, policy, getattr(desktop, "focus", None))  # focus: no typing into terminals
+            except (ParseError, PolicyError) as e:
+                step.error = str(e)
+                _record(trace, step, t0, on_step)
+                rejections += 1
+                if rejections >= MAX_REJECTIONS:
+                    return LoopEnd("invalid_output", f"{rejections} rejected replies in a row; last: {e}")
+                continue
+            rejections = 0
+            step.action = action
+            target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
+            outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
+            step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
+            t3 = time.perf_counter()
+            settle = desktop.wait_stable(cfg.settle_max_s) if action.action not in ("terminate", "answer") else 0.0
+            step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
+            if target is not None and not target.done() and action.action not in ("terminate", "answer"):
+                step.timings["step_ms"] = (time.perf_counter() - t0) * 1e3
+                held.append((step, target))
+            else:
+                step.target = _target(target)
+                _record(trace, step, t0, on_step)
+            if action.action == "terminate":
+                return LoopEnd("finished", f"the model called terminate({action.status})", claimed=action.status)
+            if action.action == "answer":
+                return LoopEnd("finished", "the model answered", claimed="success", answer=action.text)
+            if _looping(trace.steps + [step for step, _ in held], looks):
+                return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {to_json(action)}")
+        return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")
+    finally:
+        write_held()  # every way out, Ctrl-C too: the trace is complete
 
 
 def _step_targets(desktop):
@@ -153,6 +171,10 @@ def _target(pending) -> dict | None:
 
 def _record(trace: Trace, step: Step, t0: float, on_step) -> None:
     step.timings["step_ms"] = (time.perf_counter() - t0) * 1e3
+    _write(trace, step, on_step)
+
+
+def _write(trace: Trace, step: Step, on_step) -> None:
     trace.add(step)
     if on_step:
         on_step(step)
