@@ -6,8 +6,10 @@ screenshots as images, older steps as text), the `--backend openai` client (PNG 
 policy's JSON schema), the server (processor, chat template, grammar, KV region, batched decode),
 and the reply parsed as the loop parses it. The policy allows only left_click: native click replies.
 Screenshots are synthetic desktops (flat windows, text-like bars; new content every step) of the
-given size. No think time: an agent sends its next step as soon as its reply is back (the worst case
-for the GPU; a real desktop settles for a while between steps, which only helps sharing).
+given size. By default no think time: an agent sends its next step as soon as its reply is back (the
+worst case for the GPU). A real desktop takes a while between steps (the action, the screen
+settling, the screenshot): `--think S` sleeps S seconds, `--think-from desktop_time.json` draws each
+pause from the steps `bench_desktop_time.py` measured under `vlagent run` on real apps.
 
 The model has the real Qwen3-VL-2B shapes with random weights in bf16 and, as no real weights can
 be downloaded here, the tiny checkpoint's tokenizer (its special-token ids are written into the
@@ -18,7 +20,7 @@ For each N a fresh `vlagent serve --agents N` starts (regions sized by the memor
 the timed window, per-agent step p50/p95, prompt/reply/reused tokens, the server's device-memory
 peak while serving and the plan's prediction (agent.backends.budget.plan_agents).
 
-    python benchmarks/bench_serve.py OUT.json [--agents 1,2,4,8] [--steps 8] [--tiny]
+    python benchmarks/bench_serve.py OUT.json [--agents 1,2,4,8] [--steps 8] [--think S | --think-from F] [--tiny]
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue
+import random
 import statistics
 import subprocess
 import sys
@@ -92,7 +95,7 @@ def frame(agent: int, step: int, size: tuple[int, int]):
     return img
 
 
-def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, think: float, barrier, results) -> None:
+def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, think: tuple, barrier, results) -> None:
     from actions.parse import parse_action
     from actions.policy import Allow, Policy
     from actions.schema import to_json
@@ -103,6 +106,7 @@ def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, th
     policy = Policy(Allow(actions=["left_click"]))
     backend = OpenAIBackend(name, base_url, check_image_tokens=(i == 0))
     shots, past, rows = {}, [], []
+    draw = random.Random(i)
     barrier.wait()
     for k in range(warm + steps):
         if k == warm:  # the timed steps start together: every agent is past its cold start
@@ -119,7 +123,7 @@ def agent_main(i: int, base_url: str, name: str, size, warm: int, steps: int, th
         past.append(Step(step=k + 1, raw=reply, action=action, error=error, screenshot=str(k)))
         if k >= warm:
             rows.append({"t0": t0, "t1": t1, "ms": (t1 - t0) * 1e3, "valid": error is None, "reply": reply})
-        time.sleep(think)  # the action runs and the desktop settles
+        time.sleep(draw.choice(think))  # the action runs and the desktop settles
     results.put((i, rows))
 
 
@@ -168,7 +172,7 @@ def health(base_url: str) -> dict:
         return json.load(r)
 
 
-def run_n(folder: str, n: int, size, warm: int, steps: int, think: float, logs: Path) -> dict:
+def run_n(folder: str, n: int, size, warm: int, steps: int, think: tuple, logs: Path) -> dict:
     from agent.serve.process import ServeProcess
 
     t = time.perf_counter()
@@ -218,6 +222,8 @@ def main():
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--screen", default="1920x1080")
     ap.add_argument("--think", type=float, default=0.0, help="seconds between an agent's steps (the desktop settling)")
+    ap.add_argument("--think-from", type=Path, help="draw the time between steps from the steps of this "
+                    "bench_desktop_time.py result (real apps under `vlagent run`) instead")
     ap.add_argument("--tiny", action="store_true", help="the tiny checkpoint on the CPU (a smoke run)")
     ap.add_argument("--checkpoint", help="reuse a checkpoint folder made by an earlier run")
     ap.add_argument("--check", choices=["cpu", "cuda"], help="only: replies alone vs concurrent (tiny checkpoint)")
@@ -243,8 +249,14 @@ def main():
     result = {"device": _device(), "screen": list(size), "history": 4, "model": "tiny-random" if args.tiny else
               "random-2b (Qwen3-VL-2B shapes, bf16, tiny tokenizer)", "warm_steps": args.warm,
               "timed_steps_per_agent": args.steps, "think_time_s": args.think, "runs": runs}
+    think = (args.think,)
+    if args.think_from:
+        desktop = json.loads(args.think_from.read_text())
+        think = tuple(s["desktop_ms"] / 1e3 for app in desktop["apps"].values() for s in app["steps_raw"])
+        result["think_time_s"] = {"from": args.think_from.name, "machine": desktop["machine"], "steps": len(think),
+                                  "p50_s": round(statistics.median(think), 3), "mean_s": round(statistics.fmean(think), 3)}
     for n in (int(v) for v in args.agents.split(",")):
-        r = run_n(folder, n, size, args.warm, args.steps, args.think, logs)
+        r = run_n(folder, n, size, args.warm, args.steps, think, logs)
         runs.append(r)
         print(f"N={n}: {r['aggregate_steps_s']:.2f} steps/s, p50 {r['step_ms_p50']:.0f} ms, p95 {r['step_ms_p95']:.0f} ms, "
               f"peak {r['peak_gib']} GiB (plan {r['planned_peak_gib']}), valid {r['valid_replies']}/{r['steps_timed']}, "
