@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from agent.flow.pixels import alike_around
+
 FIND_TIMEOUT_S = 3.0  # a target may still be appearing (a redraw, a window opening)
 FIND_POLL_S = 0.2
 
@@ -68,15 +70,28 @@ class Finder:
         ctx = ctx or self.context()
         return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr)
 
-    def find(self, evidence: dict, image, recorded=None) -> Found:
+    def find(self, evidence: dict, image, recorded=None, target: bool = True) -> Found:
         """Where the evidence's target is on `image`; `recorded`: the screenshot it was recorded on.
-        The windows and the tree are read only when the finder needs them (the screen changed)."""
+        The windows and the tree are read only when the finder needs them (the screen changed).
+        A target (a place to act on) found at its recorded place needs that place's neighbourhood to
+        look as recorded, and one found otherwise must be the recorded element where the app has a
+        tree; target=False (a recorded effect, judged by the pixels it changed) skips both."""
         from agent.replay.evidence import find
 
         d = find(evidence, image, self.windows, self.nodes, recorded=recorded)
-        if d.pixel is None:
-            return Found(None, d.reason or "not found", float(d.score), d.method)
-        return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method)
+        if not target:
+            return _found(d)
+        vouched = d.method in ("same screen", "same window") and alike_around(evidence, recorded, image, d.pixel)
+        if d.method in ("same screen", "same window") and not vouched:
+            # The window looks as recorded, but not around the target: two options swapped places,
+            # a button was relabelled. Its recorded place vouches for nothing: find it by what it is.
+            d = find(evidence, image, self.windows, self.nodes)
+        said, says = (evidence.get("a11y") or {}).get("says"), d.detail.get("element")
+        if not vouched and d.pixel is not None and said and says is not None and says != said:
+            # The tree names what is at the point now: another widget than the recorded one (a field
+            # by another label that the finder took for it) is not worth a click.
+            return Found(None, f"the element there is {says or 'none'}, recorded {said}", float(d.score), d.method)
+        return _found(d)
 
     def find_waiting(self, evidence: dict, desktop, recorded=None, timeout_s: float = FIND_TIMEOUT_S, frame=None):
         """Find on the live screen (first on `frame` when given: the screen as it is now), polling while
@@ -98,6 +113,12 @@ class Finder:
             except Exception:
                 pass
             self._tree = None
+
+
+def _found(d) -> Found:
+    if d.pixel is None:
+        return Found(None, d.reason or "not found", float(d.score), d.method)
+    return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method)
 
 
 def label(evidence: dict | None) -> str:

@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_relative
-from agent.backends.image_cache import PerImage
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask, finder
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
+from agent.flow.pixels import as_after, change_point, changed
 from agent.flow.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
@@ -42,8 +41,6 @@ EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
 # effect says the app got there, so "still" needs two alike grabs this far apart, not the
 # SETTLE_POLL_S of a run that has nothing to check against.
 REPLAY_POLL_S = 0.015
-CHANGED_PX, CHANGED_LEVEL = 20, 24  # pixels differing by more than the level: "the screen changed"
-CARET_W, CARETS_PX = 3, 400  # a change no wider than this is a caret; more changed pixels than that are not only carets
 EFFECT_SHARE = 0.75  # of the pixels a recorded action changed, at least this share must look as after it
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
@@ -102,68 +99,6 @@ def _action(step: Step):
     """A trace step's action as an Action (Step.action may hold the native dict)."""
     a = step.action
     return ACTION_ADAPTER.validate_python(a) if isinstance(a, dict) else a
-
-
-_GRAYS = PerImage()  # an image's gray levels while it lives: a replayed frame is compared several times
-
-
-def _gray(image: Image.Image) -> np.ndarray:
-    return _GRAYS.get(image, lambda im: np.asarray(im.convert("L")))
-
-
-def _differs(a: Image.Image, b: Image.Image) -> np.ndarray:
-    import cv2
-
-    return cv2.absdiff(_gray(a), _gray(b)) > CHANGED_LEVEL
-
-
-def changed(a: Image.Image, b: Image.Image) -> np.ndarray | None:
-    """The mask of pixels that changed from a to b, or None when too few did. A text caret that
-    blinked is no change: it blinks with or without the action, so it cannot tell whether one acted."""
-    if a.size != b.size:
-        return np.ones((b.height, b.width), dtype=bool)
-    mask = _differs(a, b)
-    n = int(np.count_nonzero(mask))
-    if CHANGED_PX <= n <= CARETS_PX:
-        import cv2
-
-        x0, y0, w, h = cv2.boundingRect(mask.view(np.uint8))  # (of the changed pixels)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask[y0:y0 + h, x0:x0 + w].view(np.uint8),
-                                                                   connectivity=8)
-        carets = stats[:, cv2.CC_STAT_WIDTH] <= CARET_W  # thin upright bars
-        carets[0] = False  # (the background)
-        if carets.any():
-            mask = mask.copy()
-            mask[y0:y0 + h, x0:x0 + w] &= ~carets[labels]
-            n = int(np.count_nonzero(mask))
-    return mask if n >= CHANGED_PX else None
-
-
-def as_after(before: Image.Image, after: Image.Image, now: Image.Image) -> float | None:
-    """Of the pixels that changed from `before` to `after`, the share that look in `now` as in `after`
-    (None when nothing changed or the sizes differ)."""
-    mask = changed(before, after)
-    if mask is None or mask.shape != (now.height, now.width):
-        return None
-    return 1.0 - float(_differs(now, after)[mask].mean())
-
-
-def change_point(mask: np.ndarray, near: tuple[int, int] | None) -> tuple[int, int]:
-    """The centre of the changed region that holds (or is nearest to) `near`, else of the largest one."""
-    import cv2
-
-    grown = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8))
-    n, _labels, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
-    boxes = [tuple(int(v) for v in stats[k][:4]) for k in range(1, n)]
-    if near is not None:
-        def dist(b):
-            x, y, w, h = b
-            return max(x - near[0], 0, near[0] - x - w) + max(y - near[1], 0, near[1] - y - h)
-        box = min(boxes, key=dist)
-    else:
-        box = max(boxes, key=lambda b: b[2] * b[3])
-    x, y, w, h = box
-    return x + w // 2, y + h // 2
 
 
 @dataclass
@@ -570,7 +505,7 @@ class Flow:
         if before is not None and changed(before, now) is None:
             return f"{action.action}: the screen did not change as recorded"
         if ca.effect.get("after"):
-            found = self.finder.find(ca.effect["after"], now, recorded)
+            found = self.finder.find(ca.effect["after"], now, recorded, target=False)
             if found.pixel is None:
                 return f"{action.action}: its recorded effect is not on screen ({found.reason})"
             # Found where it was, on a screen alike within the finder's tolerance (a hover, a caret):
