@@ -98,6 +98,9 @@ class Focus:
     wm_class: tuple[str, ...] = ()
     processes: tuple[str, ...] = ()
     title: str = ""
+    # No window would get keys: the focus follows the pointer (no window manager) and the pointer is
+    # over the bare desktop. Typed text would be lost without a trace.
+    nowhere: bool = False
 
     def is_terminal(self) -> bool:
         classes = {c.lower() for c in self.wm_class}
@@ -224,10 +227,13 @@ class Policy:
         return action
 
     def _check_target(self, focus: FocusProbe | None, what: str) -> None:
-        if self.allow.terminal or focus is None:
+        window = focus() if focus is not None else None
+        if window is None:
             return
-        window = focus()
-        if window is not None and window.is_terminal():
+        if window.nowhere and what == "typing":
+            raise PolicyError("typing now would reach no window: nothing has the keyboard focus and the pointer "
+                              "is over the bare desktop; click the field to type into first")
+        if not self.allow.terminal and window.is_terminal():
             raise PolicyError(f"{what} into a terminal or shell window ({window.describe()[:60]!r}) is not allowed "
                               "(allow.terminal in the task)")
 

@@ -175,3 +175,18 @@ def test_typing_and_keys_into_a_terminal_are_refused_unless_the_task_allows_it()
         assert check_reply(typing, Policy(Allow(terminal=True)), focus).text == "ls"
     assert check_reply(typing, Policy(), app).text == "ls"
     assert check_reply(typing, Policy(), lambda: None).text == "ls"  # nothing focused
+
+
+def test_typing_that_would_reach_no_window_is_refused_with_what_to_do():
+    """No window manager: keys go to the window under the pointer; over the bare desktop they are
+    lost without a trace (the run then fails at its checks with no reason). Keys are not refused: an
+    open popup may hold the keyboard."""
+    from actions import Focus
+
+    nowhere = lambda: Focus(nowhere=True)
+    typing = json.dumps({"name": "computer_use", "arguments": {"action": "type", "text": "12+30="}})
+    enter = json.dumps({"name": "computer_use", "arguments": {"action": "key", "keys": ["enter"]}})
+    for policy in (Policy(), Policy(Allow(terminal=True))):
+        with pytest.raises(PolicyError, match="reach no window.*click the field"):
+            check_reply(typing, policy, nowhere)
+    assert check_reply(enter, Policy(), nowhere).keys == ["enter"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,29 @@ def test_scripted_solution_fills_the_real_form(tmp_path):
     assert steps[0].pixel == (451, 164)  # [352, 205] of 1280x800
     assert (trace / "task.yaml").is_file() and (trace / result.final_screenshot).is_file()
     assert not display_alive(result.display), "the sandbox display outlived the run"
+
+
+@pytest.mark.skipif(not shutil.which("galculator"), reason="galculator (GTK) is not installed; .ci/install installs it")
+def test_typing_with_no_window_to_receive_it_is_refused_and_typing_after_a_click_lands(tmp_path):
+    """galculator (a Debian GTK app) sits in the top-left corner; with no window manager keys go to
+    the window under the pointer, which starts over the bare desktop. Typing there would be lost
+    without a trace: it is refused with what to do, and after a click on the display it lands."""
+    task = tmp_path / "calc.yaml"
+    task.write_text(yaml.safe_dump({
+        "name": "calc", "goal": "Compute 12+30.", "max_steps": 6, "timeout_s": 120,
+        "setup": [{"launch": ["env", "XDG_CONFIG_HOME={workdir}/config", "galculator"],
+                   "wait_for_window": "^galculator$", "timeout_s": 60}, {"sleep": 1.0}],
+        "allow": {"actions": ["left_click", "type", "terminate"]},
+        "success": [{"screen_text": "42"}]}))
+    trace = tmp_path / "trace"
+    replies = [reply(action="type", text="12+30="), reply(action="left_click", coordinate=[125, 71]),
+               reply(action="type", text="12+30="), reply(action="terminate", status="success")]
+    r = vlagent("run", task, "--model", script(tmp_path, replies), "--trace", trace)
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = load_steps(trace)
+    assert "reach no window" in steps[0].error and steps[0].action is None
+    assert [s.kind for s in steps[1:]] == ["left_click", "type", "terminate"] and steps[2].error is None
+    assert load_result(trace).checks[0].passed
 
 
 def test_wrong_script_exits_1_with_a_complete_trace(tmp_path):

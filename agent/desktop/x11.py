@@ -226,8 +226,9 @@ class X11Desktop:
         self._watchers.append(check)
 
     def focus(self):
-        """The window that would receive keys now (actions.Focus), or None when there is none: the
-        input focus, or the window under the pointer when the focus follows it (no window manager)."""
+        """The window that would receive keys now (actions.Focus): the input focus, or the window
+        under the pointer when the focus follows it (no window manager); Focus(nowhere=True) when
+        that is the bare desktop; None when it cannot be told (an unmanaged popup, a window gone)."""
         from Xlib import X
         from Xlib.error import XError
 
@@ -239,8 +240,8 @@ class X11Desktop:
                 win = self._x.get_input_focus().focus
                 if isinstance(win, int) or win.id in (X.NONE, X.PointerRoot) or win == root:
                     win = root.query_pointer().child
-                    if isinstance(win, int) or win.id == X.NONE:
-                        return None
+                    if isinstance(win, int) or win.id == X.NONE:  # over the bare desktop: keys reach no one
+                        return Focus(nowhere=True)
                 client = _client_window(win, root)
                 if client is None:
                     return None
