@@ -79,10 +79,9 @@ def test_the_sandbox_bus_publishes_gtk_widgets_and_an_unnamed_field_is_found_by_
         assert d.detail["labels"] == 1.0 and d.detail["element"] == "text '' by 'City'"
 
 
-def test_the_agent_loop_records_the_element_from_the_tree_read_while_the_model_decided(tmp_path):
-    """`vlagent run`'s loop walks the tree while the model looks at the frame (a web page's walk
-    takes 0.2-0.5 s: it must not delay every click) and still records the clicked field and the
-    dialog's OK button as they were on that frame."""
+def _loop_on_zenity(tmp_path, goal: str, field: str, actions: list, **cfg):
+    """`vlagent run`'s loop on the zenity form: actions are (name, element) pairs, the element a
+    field's label or "OK"; returns how the loop ended and its trace."""
     from actions import Policy
     from actions.coords import to_relative
     from agent.desktop.x11 import X11Desktop
@@ -94,16 +93,24 @@ def test_the_agent_loop_records_the_element_from_the_tree_read_while_the_model_d
         sb.launch(ZENITY)
         sb.wait_for_window("^Shipping$")
         nodes = _nodes(tree, "text", 2)
-        city = next(n for n in nodes if n.role == "text" and atspi.name_at(nodes, n.centre).endswith("by 'City'"))
-        ok = next(n for n in nodes if n.role == "push button" and n.name == "OK")
+        at = {"OK": next(n for n in nodes if n.role == "push button" and n.name == "OK"),
+              field: next(n for n in nodes if n.role == "text" and atspi.name_at(nodes, n.centre).endswith(f"by '{field}'"))}
         with X11Desktop(sb.display) as desktop:
             size = desktop.capture().size
-            model = QueueModel(reply(action="left_click", coordinate=list(to_relative(city.centre, size))),
-                               reply(action="left_click", coordinate=list(to_relative(ok.centre, size))),
-                               reply(action="terminate", status="success"))
+            model = QueueModel(*(reply(action="left_click", coordinate=list(to_relative(at[what].centre, size)))
+                                 if name == "left_click" else reply(action=name, **what) for name, what in actions))
             trace = Trace(tmp_path / "trace")
-            end = run_loop("Click the City field, then OK.", model, desktop, Policy(), trace, LoopConfig(timeout_s=60))
+            end = run_loop(goal, model, desktop, Policy(), trace, LoopConfig(timeout_s=60, **cfg))
             trace.flush()
+    return end, trace
+
+
+def test_the_agent_loop_records_the_element_from_the_tree_read_while_the_model_decided(tmp_path):
+    """`vlagent run`'s loop walks the tree while the model looks at the frame (a web page's walk
+    takes 0.2-0.5 s: it must not delay every click) and still records the clicked field and the
+    dialog's OK button as they were on that frame."""
+    end, trace = _loop_on_zenity(tmp_path, "Click the City field, then OK.", "City",
+                                 [("left_click", "City"), ("left_click", "OK"), ("terminate", {"status": "success"})])
     assert end.claimed == "success", end
     click_city, click_ok = trace.steps[0], trace.steps[1]
     assert click_city.target["a11y"]["role"] == "text"
@@ -116,28 +123,8 @@ def test_a_click_whose_evidence_is_still_being_read_is_written_whole_when_the_ru
     (here at max_steps) still writes that step, with its evidence, in order, before it returns."""
     import json
 
-    from actions import Policy
-    from actions.coords import to_relative
-    from agent.desktop.x11 import X11Desktop
-    from agent.run.loop import LoopConfig, run_loop
-    from agent.trace import Trace
-    from fakes import QueueModel, reply
-
-    with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
-        sb.launch(ZENITY)
-        sb.wait_for_window("^Shipping$")
-        nodes = _nodes(tree, "text", 2)
-        name = next(n for n in nodes if n.role == "text" and atspi.name_at(nodes, n.centre).endswith("by 'Name'"))
-        ok = next(n for n in nodes if n.role == "push button" and n.name == "OK")
-        with X11Desktop(sb.display) as desktop:
-            size = desktop.capture().size
-            model = QueueModel(reply(action="left_click", coordinate=list(to_relative(name.centre, size))),
-                               reply(action="type", text="Ada"),
-                               reply(action="left_click", coordinate=list(to_relative(ok.centre, size))))
-            trace = Trace(tmp_path / "trace")
-            end = run_loop("Type Ada as the name, then OK.", model, desktop, Policy(), trace,
-                           LoopConfig(max_steps=3, timeout_s=60))
-            trace.flush()
+    end, trace = _loop_on_zenity(tmp_path, "Type Ada as the name, then OK.", "Name",
+                                 [("left_click", "Name"), ("type", {"text": "Ada"}), ("left_click", "OK")], max_steps=3)
     assert end.kind == "max_steps", end
     written = [json.loads(line) for line in (tmp_path / "trace" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in written] == [1, 2, 3] == [s.step for s in trace.steps]
