@@ -166,6 +166,23 @@ def test_a_malformed_request_gets_a_400_with_its_reason_and_the_server_goes_on(s
     assert status == 200, body
 
 
+@pytest.mark.parametrize("length", ["-1", "abc"])
+def test_a_content_length_that_is_not_a_byte_count_gets_a_400(server, length):
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(server.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n{{}}".encode())
+        answer = b""
+        while chunk := sock.recv(4096):  # the server closes the connection after the reply
+            answer += chunk
+    answer = answer.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 400") and "Content-Length must be a byte count" in answer, answer
+    status, body = post(server, {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert status == 200, body
+
+
 def test_unconstrained_request_stops_at_max_tokens(server):
     status, body = post(server, {"model": "tiny-random", "messages": wire(conversation(2, 0)), "max_tokens": 5})
     assert status == 200 and body["usage"]["completion_tokens"] <= 5

@@ -240,6 +240,7 @@ class ServedModel:
 class Handler(BaseHTTPRequestHandler):
     served: ServedModel  # set on the subclass made per server
     protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connections
+    timeout = 300  # s of socket silence: a client that stops sending mid-request gives its thread back
 
     def log_message(self, fmt, *args):  # quiet: one line per request is noise for an agent suite
         pass
@@ -270,7 +271,14 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route {self.path}")
 
     def do_POST(self):
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:  # (a negative one would read until the client hangs up)
+            self.close_connection = True  # where its body ends is unknown: no next request on it
+            self._error(400, "malformed request: Content-Length must be a byte count")
+            return
         if length > MAX_BODY_BYTES:
             self._error(413, f"request body over {MAX_BODY_BYTES // 2 ** 20} MiB")
             return
