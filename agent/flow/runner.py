@@ -17,6 +17,7 @@ model too (miss). New actions are written only when the whole run succeeded (the
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
 # SETTLE_POLL_S of a run that has nothing to check against.
 REPLAY_POLL_S = 0.015
 EFFECT_SHARE = 0.75  # of the pixels a recorded action changed, at least this share must look as after it
+SAME_TARGET_PX = 12  # a model's point this close to a click already made is on the same target
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
 
@@ -330,20 +332,24 @@ class Flow:
                 return
             res.reason = f"cache: {why}"
         res.cache = "healed" if entry is not None else ("miss" if self.cache is not None else None)
+        # What the replay did before it gave up (an action whose effect did not show was performed):
+        # the model goes on from there, it does not do the step over (a toggle would be undone).
+        made = [s for s in self.trace.steps[n0:] if not s.error]
         if step.kind == "act":
-            self._act(step, res)
+            self._act(step, res, made)
         else:
-            self._ground(step, res)
+            self._ground(step, res, made[-1] if made else None)
         if self.cache is not None and self.cache.writes:
             # Every action this step performed, cached ones included: together they did the step.
             after = self.desktop.capture()
             self.cache.stage(CachedStep(key=key, kind=step.kind, text=res.text, screen=self.cache.image_ref(after),
                                         actions=self._recorded(self.trace.steps[n0:], after)))
 
-    def _act(self, step: FlowStep, res: FlowStepResult) -> None:
+    def _act(self, step: FlowStep, res: FlowStepResult, made: list[Step] = ()) -> None:
         from agent.run.loop import LoopConfig, run_loop
 
         view = _ActTrace(self.trace, res.index)  # (the loop records each target's evidence as it acts)
+        view.steps = [s.model_copy(update={"step": i + 1}) for i, s in enumerate(made)]  # its history so far
         cfg = LoopConfig(max_steps=step.max_steps or DEFAULT_ACT_STEPS, timeout_s=max(self.deadline - time.monotonic(), 0.001))
         if self.loop_history is not None:
             cfg.history = self.loop_history
@@ -353,8 +359,11 @@ class Flow:
             kind = end.kind if end.kind in ("invalid_output", "timeout") else "failed"
             raise StepFailed(f"not done: {end.reason}", kind)
 
-    def _ground(self, step: FlowStep, res: FlowStepResult) -> None:
-        """One model call for where a plain pointer step's target is (no planning)."""
+    def _ground(self, step: FlowStep, res: FlowStepResult, made: Step | None = None) -> None:
+        """One model call for where a plain pointer step's target is (no planning). `made`: this
+        step's click that the cache replayed already, whose effect did not show: when the model
+        points at the same target, that click was the right one and is not made twice."""
+        from agent.run.executor import screen_point
         from agent.run.history import build_messages
 
         kind = step.kind
@@ -379,7 +388,21 @@ class Flow:
             raise StepFailed(f"invalid model output: {GROUND_TRIES} groundings rejected; last: {error}", "invalid_output")
         if kind == "scroll":
             action = action.model_copy(update={"pixels": value.pixels})
+        if made is not None and made.pixel is not None and _action(made).action == kind and \
+                self._same_target(made.pixel, screen_point(action.coordinate, frame.size, self.desktop.size())):
+            res.reason += "; the model points at the target the replayed click hit: not clicked again"
+            return
         self._perform(action, res, raw=raw, frame=frame)
+
+    def _same_target(self, a, b) -> bool:
+        """Two screen points on one target: close, or inside one element of the app's tree."""
+        if math.dist(a, b) <= SAME_TARGET_PX:
+            return True
+        from agent.replay.atspi import element_at
+
+        nodes = self.finder.nodes()
+        ea, eb = element_at(nodes, a), element_at(nodes, b)
+        return ea is not None and eb is not None and ea.box == eb.box and ea.role == eb.role
 
     def _recorded(self, steps: list[Step], after: Image.Image) -> list[CachedAction]:
         """Cache entries for the actions a step took: the action, the screen it was taken on, its
