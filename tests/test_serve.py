@@ -224,6 +224,25 @@ def test_budget_says_how_many_agents_fit_a_card():
     assert json.loads(out.output)["agents_fit"] == fit
 
 
+def test_a_port_in_use_is_one_line_before_the_model_loads():
+    import socket
+    import subprocess
+    import time
+
+    from agent.suite.runner import VLAGENT
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        proc = subprocess.run([*VLAGENT, "serve", "--model", "tiny-random", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: in use (another server? pick another --port)"
+    assert "Loading weights" not in proc.stderr and time.monotonic() - t0 < 60
+
+
 # ---------------------------------------------------------------- suites share one server
 
 TASK = """\

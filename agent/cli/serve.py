@@ -23,10 +23,11 @@ from agent.cli.common import UsageError, sigterm_as_interrupt
 def serve(model, name, host, port, agents, context, screen, history, device):
     from agent.backends.budget import parse_screen
     from agent.errors import VlagentError
-    from agent.serve.server import ServedModel, Server
+    from agent.serve.server import ServedModel, Server, check_listen
 
     sigterm_as_interrupt()
     try:
+        check_listen(host, port)
         served = ServedModel(model, agents, context, screen=parse_screen(screen), history=history,
                              name=name, device=device)
         server = Server(served, host, port)

@@ -17,6 +17,7 @@ an agent's KV region (400), a schema other than vlagent's (400), another model n
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import hashlib
 import io
@@ -304,13 +305,30 @@ class Handler(BaseHTTPRequestHandler):
             self._error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
+def check_listen(host: str, port: int) -> None:
+    """Fail in a second, not after loading the model, when the address cannot be listened on."""
+    try:
+        probe = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)  # (the same reuse rules)
+    except OSError as e:
+        raise VlagentError(_listen_error(host, port, e)) from None
+    probe.server_close()
+
+
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    why = "in use (another server? pick another --port)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+    return f"cannot listen on {host}:{port}: {why}"
+
+
 class Server:
     """A ServedModel behind an HTTP server on a thread (`vlagent serve` runs serve_forever)."""
 
     def __init__(self, served: ServedModel, host: str = "127.0.0.1", port: int = 8000):
         handler = type("BoundHandler", (Handler,), {"served": served})
         self.served = served
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as e:
+            raise VlagentError(_listen_error(host, port, e)) from None
         self.httpd.daemon_threads = True
         self.base_url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self._thread: threading.Thread | None = None
