@@ -81,10 +81,12 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
     held: list[tuple[Step, object]] = []
 
     def write_held():
-        for step, pending in held:
-            step.target = _target(pending)
-            _write(trace, step, on_step)
-        held.clear()
+        while held:
+            step, pending = held.pop(0)
+            try:
+                step.target = _target(pending)
+            finally:  # a second Ctrl-C while waiting: the step is written without its evidence
+                _write(trace, step, on_step)
 
     def load_image(step: Step):
         if step.step not in images:
