@@ -126,6 +126,36 @@ def test_chromium_cached_rerun_makes_no_model_call_and_a_moved_window_is_refound
 
 
 @needs("chromium")
+def test_chromium_dark_theme_and_an_inserted_row_replay_without_the_model(recorded, tmp_path):
+    """Dark mode: nothing looks as recorded, each target is found by what it is and each effect
+    is judged without the recorded colours. A new first row (an Email field): every widget is 48 px
+    lower, the page otherwise alike; what used to be the Name field's place is the Email field."""
+    folder = copy(recorded(CHROMIUM), tmp_path)
+
+    def dark(task):
+        task["setup"][0]["launch"] += ["--force-dark-mode", "--enable-features=WebContentsForceDark"]
+    task, script = variant(folder, CHROMIUM, "dark", dark)
+    result = run(task, script, tmp_path / "dark")
+    assert result.status == "success", why(result)
+    assert caches(result) == ["hit"] * 4 and result.model_calls == 0, why(result)
+
+    row = '<div class="row"><label class="field" for="name">Name</label>'
+    page = (folder / "order.html").read_text()
+    assert row in page
+    (folder / "order_email.html").write_text(page.replace(
+        row, '<div class="row"><label class="field" for="mail">Email</label><input type="text" id="mail"></div>\n' + row))
+
+    def insert(task):
+        task["setup"][0]["launch"] = [a.replace("/order.html", "/order_email.html") for a in task["setup"][0]["launch"]]
+    lower = {(248, 239): rel(317, 239), (252, 292): rel(323, 282), (80, 340): rel(102, 320), (123, 398): rel(157, 366)}
+    task, script = variant(folder, CHROMIUM, "email", insert, lower)
+    result = run(task, script, tmp_path / "email")
+    assert result.status == "success", why(result)  # "Ada" in the Name field, once
+    assert ORDERED in title(result) and "times" not in title(result)
+    assert all(c in ("hit", "healed") for c in caches(result))
+
+
+@needs("chromium")
 def test_chromium_swapped_options_are_not_clicked_by_their_old_place(recorded, tmp_path):
     """The page's next version lists Express before Standard: Express's recorded place now holds
     Standard, and the window otherwise looks as recorded. Clicking the old place would order

@@ -20,6 +20,7 @@ class Found:
     reason: str = ""  # why not found
     score: float = 0.0
     method: str = ""
+    alike: bool = False  # the target's window looked as recorded (same screen, same window), as a whole
 
 
 @dataclass
@@ -73,25 +74,25 @@ class Finder:
     def find(self, evidence: dict, image, recorded=None, target: bool = True) -> Found:
         """Where the evidence's target is on `image`; `recorded`: the screenshot it was recorded on.
         The windows and the tree are read only when the finder needs them (the screen changed).
-        A target (a place to act on) found at its recorded place needs that place's neighbourhood to
-        look as recorded, and one found otherwise must be the recorded element where the app has a
-        tree; target=False (a recorded effect, judged by the pixels it changed) skips both."""
+        Found at its recorded place, it needs that place's neighbourhood to look as recorded, else it
+        is looked for by what it is. A target (a place to act on) found otherwise must be the recorded
+        element where the app has a tree; target=False: a recorded effect, whose evidence describes
+        whatever the changed place showed (often a bare panel), not an element to act on."""
         from agent.replay.evidence import find
 
         d = find(evidence, image, self.windows, self.nodes, recorded=recorded)
-        if not target:
-            return _found(d)
-        vouched = d.method in ("same screen", "same window") and alike_around(evidence, recorded, image, d.pixel)
-        if d.method in ("same screen", "same window") and not vouched:
+        alike = d.method in ("same screen", "same window")
+        vouched = alike and alike_around(evidence, recorded, image, d.pixel)
+        if alike and not vouched:
             # The window looks as recorded, but not around the target: two options swapped places,
             # a button was relabelled. Its recorded place vouches for nothing: find it by what it is.
             d = find(evidence, image, self.windows, self.nodes)
         said, says = (evidence.get("a11y") or {}).get("says"), d.detail.get("element")
-        if not vouched and d.pixel is not None and said and says is not None and says != said:
+        if target and not vouched and d.pixel is not None and said and says is not None and says != said:
             # The tree names what is at the point now: another widget than the recorded one (a field
             # by another label that the finder took for it) is not worth a click.
             return Found(None, f"the element there is {says or 'none'}, recorded {said}", float(d.score), d.method)
-        return _found(d)
+        return _found(d, alike)
 
     def find_waiting(self, evidence: dict, desktop, recorded=None, timeout_s: float = FIND_TIMEOUT_S, frame=None):
         """Find on the live screen (first on `frame` when given: the screen as it is now), polling while
@@ -115,10 +116,10 @@ class Finder:
             self._tree = None
 
 
-def _found(d) -> Found:
+def _found(d, alike: bool) -> Found:
     if d.pixel is None:
-        return Found(None, d.reason or "not found", float(d.score), d.method)
-    return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method)
+        return Found(None, d.reason or "not found", float(d.score), d.method, alike)
+    return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method, alike)
 
 
 def label(evidence: dict | None) -> str:

@@ -43,6 +43,7 @@ EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
 # SETTLE_POLL_S of a run that has nothing to check against.
 REPLAY_POLL_S = 0.015
 EFFECT_SHARE = 0.75  # of the pixels a recorded action changed, at least this share must look as after it
+SAME_PLACE_PX = 4  # a recorded effect found this close to where it was is in its place
 SAME_TARGET_PX = 12  # a model's point this close to a click already made is on the same target
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
@@ -531,9 +532,10 @@ class Flow:
             found = self.finder.find(ca.effect["after"], now, recorded, target=False)
             if found.pixel is None:
                 return f"{action.action}: its recorded effect is not on screen ({found.reason})"
-            # Found where it was, on a screen alike within the finder's tolerance (a hover, a caret):
-            # the few pixels a radio button or a checkbox changes must have changed too.
-            share = as_after(self.cache.open_image(ca.screen), recorded, now) if found.method == "same screen" else None
+            # Found where it was, on a screen alike within the finder's tolerance (a hover, a caret; the
+            # same theme): the few pixels a radio button or a checkbox changes must have changed too.
+            here = found.alike and math.dist(found.pixel, ca.effect["after"]["pixel"]) <= SAME_PLACE_PX
+            share = as_after(self.cache.open_image(ca.screen), recorded, now) if here else None
             if share is not None and share < EFFECT_SHARE:
                 return (f"{action.action}: its recorded effect is not on screen (of the pixels it changed, "
                         f"{share:.0%} look as after it)")
