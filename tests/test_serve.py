@@ -166,19 +166,20 @@ def test_a_malformed_request_gets_a_400_with_its_reason_and_the_server_goes_on(s
     assert status == 200, body
 
 
-@pytest.mark.parametrize("length", ["-1", "abc"])
-def test_a_content_length_that_is_not_a_byte_count_gets_a_400(server, length):
+@pytest.mark.parametrize("length, status", [("-1", "400"), ("abc", "400"), (str(300 * 2 ** 20), "413")])
+def test_a_content_length_not_a_byte_count_or_too_large_is_refused_and_the_connection_closed(server, length, status):
     import socket
     from urllib.parse import urlparse
 
     url = urlparse(server.base_url)
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n{{}}".encode())
-        answer = b""
+        reply = b""
         while chunk := sock.recv(4096):  # the server closes the connection after the reply
-            answer += chunk
-    answer = answer.decode(errors="replace")
-    assert answer.startswith("HTTP/1.1 400") and "Content-Length must be a byte count" in answer, answer
+            reply += chunk
+    reply = reply.decode(errors="replace")
+    expected = "Content-Length must be a byte count" if status == "400" else "request body over 256 MiB"
+    assert reply.startswith(f"HTTP/1.1 {status}") and expected in reply, reply
     status, body = post(server, {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert status == 200, body
 

@@ -276,12 +276,12 @@ class Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if length < 0:  # (a negative one would read until the client hangs up)
-            self.close_connection = True  # where its body ends is unknown: no next request on it
-            self._error(400, "malformed request: Content-Length must be a byte count")
-            return
-        if length > MAX_BODY_BYTES:
-            self._error(413, f"request body over {MAX_BODY_BYTES // 2 ** 20} MiB")
+        if length < 0 or length > MAX_BODY_BYTES:  # (a negative one would read until the client hangs up)
+            self.close_connection = True  # its body is not read: no next request on this connection
+            if length < 0:
+                self._error(400, "malformed request: Content-Length must be a byte count")
+            else:
+                self._error(413, f"request body over {MAX_BODY_BYTES // 2 ** 20} MiB")
             return
         raw = self.rfile.read(length)
         if self.path.rstrip("/") != "/v1/chat/completions":
