@@ -173,8 +173,9 @@ def run_case(app: str, name: str, folder: Path, out: Path) -> dict:
     trace = out / f"{app}-{name}"
     cache = "read-write" if name == "cold" else "read-only"
     t0 = time.monotonic()
-    subprocess.run(["vlagent", "run", str(path), "--model", f"script:{replies}", "--cache", cache, "--trace", str(trace)],
-                   cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # `vlagent run`, on this checkout's code
+    subprocess.run([sys.executable, "-m", "agent.cli", "run", str(path), "--model", f"script:{replies}",
+                    "--cache", cache, "--trace", str(trace)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     wall = time.monotonic() - t0
     result = json.loads((trace / "result.json").read_text())
     got = _app_result(app, trace, result)

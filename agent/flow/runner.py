@@ -13,7 +13,9 @@ Per step kind:
 The cache (agent.flow.cache): an act or grounded step with an entry is replayed without the model, each
 target found again by agent.replay.evidence and each action's recorded effect checked. A target not found
 or an effect that does not show sends the step to the model (healed); a step without entry goes to the
-model too (miss). New actions are written only when the whole run succeeded (the checks decide).
+model too (miss). A healed step goes on from what the replay did: an act's model sees the replayed
+actions as its history; a grounded click is not made again when the model points at the target the
+replayed click hit. New actions are written only when the whole run succeeded (the checks decide).
 """
 from __future__ import annotations
 
