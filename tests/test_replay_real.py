@@ -340,3 +340,68 @@ def evidence_missing(ev, nodes):
     from agent.replay.evidence import missing_effect
 
     return missing_effect(ev, nodes, (150, 60))
+
+
+# ------------------------------------------------------------------------------ a changed app under `vlagent replay`
+
+def _order_task(folder: Path, page: str) -> Path:
+    """The order page (its title says what was ordered) in Chromium; `page` edits the page."""
+    import yaml
+
+    html = (ROOT / "tests" / "scripts" / "flows" / "order.html").read_text()
+    std = '<label><input type="radio" name="ship" value="Standard" checked> Standard</label>'
+    exp = '<label><input type="radio" name="ship" value="Express"> Express</label>'
+    html = {"swapped": html.replace(f"{std}\n  {exp}", f"{exp}\n  {std}"),
+            "relabelled": html.replace(">Place order<", ">Buy now<")}.get(page, html)
+    (folder / f"{page}.html").write_text(html)
+    task = {"name": "order", "goal": "Order for Ada: Express, gift wrapped.", "screen": {"width": 1280, "height": 800},
+            "setup": [{"launch": ["chromium", "--no-sandbox", "--user-data-dir={workdir}/chrome",
+                                  f"--app=file://{folder / page}.html", "--force-renderer-accessibility",
+                                  "--window-size=760,560", "--window-position=60,40", "--no-first-run", "--disable-gpu",
+                                  "--disable-features=Translate"], "wait_for_window": "^Order", "timeout_s": 60},
+                      {"sleep": 1.5}],
+            "allow": {"actions": ["left_click", "type", "wait", "terminate"]},
+            "success": [{"window_title": "^Order placed - Ordered: Ada, Express, gift$"}]}
+    path = folder / f"{page}.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed; .ci/install installs it")
+def test_replay_on_a_changed_page_clicks_what_was_clicked_or_stops(tmp_path):
+    """The window looks as recorded but two options swapped places, or the button was relabelled:
+    the recorded place vouches for nothing (last round: Standard was ordered, and "Buy now" clicked as
+    "Place order", each with every step passed). Swapped: Express is found by what it is, at its new
+    place; relabelled: the replay stops at that step, before clicking."""
+    import yaml
+
+    from agent.trace import load_result, load_steps
+
+    def reply(**a):
+        return "<tool_call>" + json.dumps({"name": "computer_use", "arguments": a}) + "</tool_call>"
+
+    script = tmp_path / "replies.yaml"  # Name, type, Express, Gift wrap, Place order (1280x800, window at 60,40)
+    script.write_text(yaml.safe_dump([reply(action="left_click", coordinate=[216, 239]), reply(action="type", text="Ada"),
+                                      reply(action="left_click", coordinate=[252, 292]),
+                                      reply(action="left_click", coordinate=[80, 340]),
+                                      reply(action="left_click", coordinate=[123, 397]),
+                                      reply(action="wait", time=1), reply(action="terminate", status="success")]))
+    vlagent = [sys.executable, "-m", "agent.cli"]
+    run = subprocess.run([*vlagent, "run", _order_task(tmp_path, "order"), "--model", f"script:{script}",
+                          "--trace", tmp_path / "recorded"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout + run.stderr  # the recording itself ordered Express
+
+    swapped = subprocess.run([*vlagent, "replay", tmp_path / "recorded", "--task", _order_task(tmp_path, "swapped"),
+                              "--trace", tmp_path / "swapped"], capture_output=True, text=True, timeout=240)
+    assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+    express = load_steps(tmp_path / "swapped")[2]
+    assert express.target["found"]["coordinate"]["method"] == "accessibility"
+    assert express.target["found"]["coordinate"]["retargeted"]
+
+    relabelled = subprocess.run([*vlagent, "replay", tmp_path / "recorded", "--task", _order_task(tmp_path, "relabelled"),
+                                 "--trace", tmp_path / "relabelled"], capture_output=True, text=True, timeout=240)
+    result = load_result(tmp_path / "relabelled")
+    assert relabelled.returncode == 1 and result.status == "failed", relabelled.stdout
+    assert "step 5" in result.reason and "Place order" in result.reason, result.reason
+    last = load_steps(tmp_path / "relabelled")[-1]
+    assert last.step == 5 and last.error and last.pixel is None  # found nowhere, clicked nowhere

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from agent.flow.pixels import alike_around
 
 FIND_TIMEOUT_S = 3.0  # a target may still be appearing (a redraw, a window opening)
 FIND_POLL_S = 0.2
@@ -80,19 +79,8 @@ class Finder:
         whatever the changed place showed (often a bare panel), not an element to act on."""
         from agent.replay.evidence import find
 
-        d = find(evidence, image, self.windows, self.nodes, recorded=recorded)
-        alike = d.method in ("same screen", "same window")
-        vouched = alike and alike_around(evidence, recorded, image, d.pixel)
-        if alike and not vouched:
-            # The window looks as recorded, but not around the target: two options swapped places,
-            # a button was relabelled. Its recorded place vouches for nothing: find it by what it is.
-            d = find(evidence, image, self.windows, self.nodes)
-        said, says = (evidence.get("a11y") or {}).get("says"), d.detail.get("element")
-        if target and not vouched and d.pixel is not None and said and says is not None and says != said:
-            # The tree names what is at the point now: another widget than the recorded one (a field
-            # by another label that the finder took for it) is not worth a click.
-            return Found(None, f"the element there is {says or 'none'}, recorded {said}", float(d.score), d.method)
-        return _found(d, alike)
+        d = find(evidence, image, self.windows, self.nodes, recorded=recorded, target=target)
+        return _found(d, d.method in ("same screen", "same window") or bool(d.detail.get("window_alike")))
 
     def find_waiting(self, evidence: dict, desktop, recorded=None, timeout_s: float = FIND_TIMEOUT_S, frame=None):
         """Find on the live screen (first on `frame` when given: the screen as it is now), polling while

@@ -32,7 +32,7 @@ from actions.coords import to_relative
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask, finder
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
-from agent.flow.pixels import as_after, change_point, changed
+from agent.replay.pixels import as_after, change_point, changed
 from agent.flow.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 

@@ -35,6 +35,7 @@ from PIL import Image
 
 from agent.replay import atspi
 from agent.replay.locate import _as_windows, _decode, describe_target, label, search, window_at
+from agent.replay.pixels import alike_around
 
 SAME_LEVEL = 24  # gray levels: a pixel that differs less is unchanged
 SAME_SCREEN_SHARE = 0.03  # a window with fewer changed pixels (a hover, a caret) is unchanged
@@ -167,30 +168,48 @@ def _same_top_window(element: dict, windows, pixel) -> bool:
 # ------------------------------------------------------------------------------ finding
 
 def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Image | None = None,
-         pixels: bool = True) -> Decision:
+         pixels: bool = True, target: bool = True) -> Decision:
     """The target of evidence `ev` on `frame` (the current screen). `recorded`: the screenshot the
     evidence came from (for "nothing changed"); nodes: the current accessibility tree. Where there is
     a tree, the decision names the element at its point (what the click will land on). `nodes` and
     `windows` may be functions that read them: then they are read only when the screen changed.
     pixels=False: when the app has a tree but the element is not in it yet (a popup's items reach the
-    tree a moment after they show), say "not found" rather than search pixels; the caller looks again."""
+    tree a moment after they show), say "not found" rather than search pixels; the caller looks again.
+
+    The recorded place (same screen, same window) counts only while the target's neighbourhood looks
+    as recorded: two options that swapped places or a relabelled button leave the window alike but
+    not around the target, which is then looked for by what it is (detail "window_alike" says the
+    window did look alike). target=False: `ev` describes a recorded effect, not a place to act on;
+    else, where there is a tree, the element at a point found otherwise must be the recorded one."""
+    says = (ev.get("a11y") or {}).get("says")
+    window_alike = False
     if recorded is not None and same_screen(ev, recorded, frame):
-        d = Decision(tuple(ev["pixel"]), "same screen", 1.0)
-        if (ev.get("a11y") or {}).get("says"):  # the same screen: the element recorded there
-            d.detail["element"] = ev["a11y"]["says"]
-        return d
-    windows = _as_windows(windows() if callable(windows) else windows)
-    if recorded is not None:
-        moved = same_window(ev, recorded, frame, windows)
-        if moved is not None:  # only the window moved: its content, the target with it
-            d = Decision(moved, "same window", 1.0)
-            if (ev.get("a11y") or {}).get("says"):
-                d.detail["element"] = ev["a11y"]["says"]
+        if alike_around(ev, recorded, frame, ev["pixel"]):
+            d = Decision(tuple(ev["pixel"]), "same screen", 1.0)
+            if says:  # the same screen: the element recorded there
+                d.detail["element"] = says
             return d
+        window_alike = True
+    windows = _as_windows(windows() if callable(windows) else windows)
+    if recorded is not None and not window_alike:
+        moved = same_window(ev, recorded, frame, windows)
+        if moved is not None and alike_around(ev, recorded, frame, moved):  # only the window moved
+            d = Decision(moved, "same window", 1.0)
+            if says:
+                d.detail["element"] = says
+            return d
+        window_alike = moved is not None
     nodes = list(nodes() if callable(nodes) else nodes)
     d = _find(ev, frame, windows, nodes, pixels)
+    if window_alike:
+        d.detail["window_alike"] = True
     if d.pixel is not None and nodes:
-        d.detail["element"] = atspi.name_at(nodes, d.pixel)
+        d.detail["element"] = there = atspi.name_at(nodes, d.pixel)
+        if target and says and there is not None and there != says:
+            # The tree names another widget at the point than the one recorded (a field by another
+            # label that the finder took for it): not worth a click.
+            return Decision(None, d.method, d.score, f"the element there is {there or 'none'}, recorded {says}",
+                            detail=d.detail)
     return d
 
 

@@ -1,4 +1,4 @@
-"""Comparing screenshots for the flow cache: what changed between two frames (a blinking caret is no
+"""Comparing screenshots (replay and the flow cache): what changed between two frames (a blinking caret is no
 change), whether a recorded change shows on a frame, and whether a target's neighbourhood looks as
 recorded. Gray levels, cv2 on uint8."""
 from __future__ import annotations
