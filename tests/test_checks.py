@@ -116,6 +116,28 @@ def test_file_contains(tmp_path):
     assert not r.passed and "does not exist" in r.detail
 
 
+def test_at_the_end_of_a_run_a_failed_check_is_looked_at_again_but_a_command_runs_once(tmp_path):
+    """An app may write its file (or set its title) a moment after the last action: the checks at
+    the end of a run give it GRACE_S. A command is not run again (it may not be harmless)."""
+    import threading
+    import time
+
+    task = Task.model_validate({"name": "t", "goal": "g", "success": [
+        {"file_contains": {"path": "{workdir}/late.txt", "text": "saved"}},
+        {"command": "echo ran >> {workdir}/runs.txt; exit 1"}]})
+    task.base_dir = tmp_path
+    work = tmp_path / "work"
+    work.mkdir()
+    assert [r.passed for r in evaluate(task, work, NoScreen())] == [False, False]  # no grace: at once
+    (work / "runs.txt").unlink()
+    threading.Timer(0.6, lambda: (work / "late.txt").write_text("saved")).start()
+    t0 = time.monotonic()
+    late, command = evaluate(task, work, NoScreen(), grace_s=agent.run.checks.GRACE_S)
+    assert late.passed and late.detail.startswith("found in") and not command.passed
+    assert (work / "runs.txt").read_text() == "ran\n"
+    assert 0.6 <= time.monotonic() - t0 < agent.run.checks.GRACE_S
+
+
 # -- command ------------------------------------------------------------------------------------
 
 def test_command_list_and_shell(tmp_path):

@@ -587,7 +587,7 @@ def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | Non
                 result.flow, result.model_calls = flow.results, counted.calls
                 flow.close()
             env.sandbox.check_apps()
-            result.checks = evaluate(task, env) if failure is None else []
+            result.checks = evaluate(task, env, final=True) if failure is None else []
             result.status, result.reason = flow_status(failure, result.checks)
             save_final_screen(env, trace, result)
             if result.status == "success" and store is not None:

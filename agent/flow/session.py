@@ -211,4 +211,4 @@ def fill_message(step: FlowStep, values: dict) -> str | None:
 def evaluate_checks(task, env):
     from agent.run.environment import evaluate
 
-    return evaluate(task, env)
+    return evaluate(task, env, final=True)

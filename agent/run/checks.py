@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,14 +17,26 @@ from agent.trace import CheckResult
 from sandbox.procs import TAG_VAR, kill_group, sandbox_tag, spawn
 
 COMMAND_TIMEOUT_S = 30.0
+GRACE_S = 2.0  # how long the checks at the end of a run give a late app (see evaluate)
+GRACE_POLL_S = 0.25
 DETAIL_CHARS = 200  # how much of a file, OCR text or stderr a failed check quotes
 MAX_FILE_BYTES = 16 << 20  # a checked file larger than this is not read whole
 
 
-def evaluate(task: Task, workdir: Path, desktop) -> list[CheckResult]:
-    """Run every success check of `task`. `desktop` needs `.capture()` and `.display`."""
-    ctx = _Context(task, Path(workdir), desktop)
-    return [_run_one(check, ctx) for check in task.success]
+def evaluate(task: Task, workdir: Path, desktop, grace_s: float = 0.0) -> list[CheckResult]:
+    """Run every success check of `task`. `desktop` needs `.capture()` and `.display`.
+
+    grace_s: a failed check is looked at again for this long (the end of a run: an app may set its
+    title or write its file a moment after the last action, as Chromium does). Commands run once:
+    running one again may not be harmless."""
+    checks = task.success
+    results = [_run_one(check, _Context(task, Path(workdir), desktop)) for check in checks]
+    deadline = time.monotonic() + grace_s
+    while any(not r.passed and c.kind != "command" for r, c in zip(results, checks)) and time.monotonic() < deadline:
+        time.sleep(GRACE_POLL_S)
+        ctx = _Context(task, Path(workdir), desktop)  # (a fresh screen for the OCR)
+        results = [r if r.passed or c.kind == "command" else _run_one(c, ctx) for r, c in zip(results, checks)]
+    return results
 
 
 class _Context:

@@ -47,10 +47,12 @@ def task_environment(task: Task, display: str | None = None, workdir: Path | Non
             yield Env(sandbox, desktop, workdir)
 
 
-def evaluate(task: Task, env: Env) -> list[CheckResult]:
-    from agent.run.checks import evaluate as run_checks
+def evaluate(task: Task, env: Env, final: bool = False) -> list[CheckResult]:
+    """The task's success checks; final: at the end of a run (a failed one is looked at again for a
+    moment: the app may finish its last update just after the last action)."""
+    from agent.run.checks import GRACE_S, evaluate as run_checks
 
-    return run_checks(task, env.workdir, env.desktop)
+    return run_checks(task, env.workdir, env.desktop, GRACE_S if final else 0.0)
 
 
 def start_trace(folder: Path, task: Task, model: str) -> tuple[Trace, Result]:
@@ -68,7 +70,7 @@ def conclude(task: Task, env: Env, trace: Trace, result: Result, end: End) -> No
     except SandboxError as e:
         died = str(e)
     result.answer = end.answer
-    result.checks = evaluate(task, env)
+    result.checks = evaluate(task, env, final=True)
     result.status, result.reason = decide(end, result.checks, died)
     save_final_screen(env, trace, result)
 
