@@ -182,9 +182,19 @@ def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Ima
     window did look alike). target=False: `ev` describes a recorded effect, not a place to act on;
     else, where there is a tree, the element at a point found otherwise must be the recorded one."""
     says = (ev.get("a11y") or {}).get("says")
+    read: list = []
+
+    def tree() -> list:  # read once, and only when needed
+        if not read:
+            read.append(list(nodes() if callable(nodes) else nodes))
+        return read[0]
+
     window_alike = False
     if recorded is not None and same_screen(ev, recorded, frame):
-        if alike_around(ev, recorded, frame, ev["pixel"]):
+        vouched = _vouched(ev, recorded, frame, tuple(ev["pixel"]), tree, pixels)
+        if vouched is None:
+            return Decision(None, "accessibility", 0.0, f"{ev['a11y']['app']!r} is not in the accessibility tree yet")
+        if vouched:
             d = Decision(tuple(ev["pixel"]), "same screen", 1.0)
             if says:  # the same screen: the element recorded there
                 d.detail["element"] = says
@@ -193,13 +203,16 @@ def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Ima
     windows = _as_windows(windows() if callable(windows) else windows)
     if recorded is not None and not window_alike:
         moved = same_window(ev, recorded, frame, windows)
-        if moved is not None and alike_around(ev, recorded, frame, moved):  # only the window moved
+        vouched = moved is not None and _vouched(ev, recorded, frame, moved, tree, pixels)
+        if vouched is None:
+            return Decision(None, "accessibility", 0.0, f"{ev['a11y']['app']!r} is not in the accessibility tree yet")
+        if vouched:  # only the window moved
             d = Decision(moved, "same window", 1.0)
             if says:
                 d.detail["element"] = says
             return d
         window_alike = moved is not None
-    nodes = list(nodes() if callable(nodes) else nodes)
+    nodes = tree()
     d = _find(ev, frame, windows, nodes, pixels)
     if window_alike:
         d.detail["window_alike"] = True
@@ -211,6 +224,32 @@ def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Ima
             return Decision(None, d.method, d.score, f"the element there is {there or 'none'}, recorded {says}",
                             detail=d.detail)
     return d
+
+
+def _vouched(ev: dict, recorded: Image.Image, frame: Image.Image, point, tree, pixels: bool = True) -> bool | None:
+    """The recorded place (of a window that looks as recorded) is still the target's: its
+    neighbourhood looks as recorded (a caret aside); or, where something changed there (a hover, or
+    options that swapped places, a relabelled button), the app's tree names the recorded element at
+    the point; or, with no tree to ask, the window alike and the patch in place (same_screen) do.
+    None: the app had a tree, it is not there yet (just started), and pixels=False asks to wait."""
+    if alike_around(ev, recorded, frame, point):
+        return True
+    element = ev.get("a11y") or {}
+    nodes = tree() if element.get("says") else []
+    if any(n.app == element["app"] for n in nodes):
+        if atspi.name_at(nodes, point) == element["says"]:
+            return True
+        # Another element there now (swapped options, a relabelled button, a list in another order);
+        # but an open menu's items reach the tree a moment after they show: no menu item at the point
+        # in the tree yet is not another one.
+        here = atspi.element_at(nodes, point)
+        return element["role"] in atspi.MENU_ITEMS and (here is None or here.role not in atspi.MENU_ITEMS)
+    if element.get("says") and not pixels:
+        return None
+    # No tree to ask (a Tk app; a GTK app whose tree did not come): the window alike and the target's
+    # own patch in place have to do. Pixels cannot tell a swap from what a person's recording holds
+    # besides the target (a hover's highlight, a tooltip under the pointer).
+    return True
 
 
 def _find(ev: dict, frame: Image.Image, windows, nodes, pixels: bool = True) -> Decision:
