@@ -73,11 +73,10 @@ def change_point(mask: np.ndarray, near: tuple[int, int] | None) -> tuple[int, i
     return x + w // 2, y + h // 2
 
 
-def alike_around(ev: dict, recorded: Image.Image | None, frame: Image.Image, pixel, skip_half=None) -> bool:
+def alike_around(ev: dict, recorded: Image.Image | None, frame: Image.Image, pixel) -> bool:
     """Does `frame` around `pixel` look as `recorded` around the evidence's point (a caret aside)?
     The neighbourhood is the evidence's context (locate.CONTEXT_HALF: the target, its label, its
-    neighbours), kept inside the target's window and both images. skip_half: the box of these
-    half-sizes around the point (the target itself, which a hover highlights) is not compared."""
+    neighbours), kept inside the target's window and both images."""
     from agent.replay.locate import CONTEXT_HALF
 
     if recorded is None or pixel is None:
@@ -92,10 +91,5 @@ def alike_around(ev: dict, recorded: Image.Image | None, frame: Image.Image, pix
     x1, y1 = min(x1, recorded.width - rx, frame.width - fx), min(y1, recorded.height - ry, frame.height - fy)
     if x1 <= x0 or y1 <= y0:
         return False
-    before = recorded.crop((rx + x0, ry + y0, rx + x1, ry + y1))
-    now = frame.crop((fx + x0, fy + y0, fx + x1, fy + y1))
-    if skip_half:  # (the point is at -x0, -y0 in the crops)
-        box = (max(-x0 - skip_half[0], 0), max(-y0 - skip_half[1], 0),
-               min(-x0 + skip_half[0], now.width), min(-y0 + skip_half[1], now.height))
-        now.paste(before.crop(box), box[:2])
-    return changed(before, now) is None
+    return changed(recorded.crop((rx + x0, ry + y0, rx + x1, ry + y1)),
+                   frame.crop((fx + x0, fy + y0, fx + x1, fy + y1))) is None
