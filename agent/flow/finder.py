@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 
-FIND_TIMEOUT_S = 3.0  # a target may still be appearing (a redraw, a window opening)
+FIND_TIMEOUT_S = 5.0  # a target may still be appearing (a redraw, a window opening; replay waits as long)
 FIND_POLL_S = 0.2
 
 
