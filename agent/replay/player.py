@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
+from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, gate, to_json
 from actions.coords import to_pixels, to_relative
 from agent.errors import VlagentError
 from agent.run.environment import DEFAULT_RUNS_DIR, conclude, run_outcome, start_trace, task_environment
@@ -343,12 +343,13 @@ class _Player:
 
     def _checked(self, action: Action, n: int) -> Action:
         """The task's policy sees the action as it will run (secrets filled in)."""
+        orig_action = action
         if action.action == "type" and "{secret:" in action.text:
             from agent import secrets
 
             action = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            return self.policy.check(action)
+            return gate.check(orig_action, gate.probe_of(self.desktop), self.policy)  # the one gate (actions.gate)
         except PolicyError as e:
             raise ReplayFailed(f"step {n}: the task's policy refuses it: {e}") from None
 
