@@ -71,6 +71,8 @@ def check(action: Action, probe: Probe | None, policy: Policy, frame: tuple[int,
     """Return the action when it may run now, else raise PolicyError with the reason.
     `frame`: the size of the frame its 0..1000 coordinates refer to (default: the screen)."""
     action = policy.check(action)
+    if action.action in ("type", "answer") and _broken_unicode(action.text):
+        raise PolicyError("the text holds invalid Unicode (a lone surrogate, or U+FFFD where bytes did not decode)")
     if action.action == "type":
         _check_secrets(action.text, policy)
     if probe is None:
@@ -114,6 +116,8 @@ def check(action: Action, probe: Probe | None, policy: Policy, frame: tuple[int,
 
 def check_reply(reply: str, probe: Probe | None, policy: Policy, frame: tuple[int, int] | None = None) -> Action:
     """Parse a raw reply and pass it through the gate. Raises ParseError or PolicyError only."""
+    if isinstance(reply, str) and _broken_unicode(reply):
+        raise ParseError("the reply holds invalid Unicode (a lone surrogate, or U+FFFD where bytes did not decode)")
     try:
         action = parse_action(reply)
     except ParseError:
@@ -121,6 +125,11 @@ def check_reply(reply: str, probe: Probe | None, policy: Policy, frame: tuple[in
     except (ValueError, TypeError, RecursionError, MemoryError, OverflowError, UnicodeError) as e:
         raise ParseError(f"the reply could not be checked: {type(e).__name__}") from None
     return check(action, probe, policy, frame)
+
+
+def _broken_unicode(text: str) -> bool:
+    """A server's lone surrogate (recorded as U+FFFD) or undecodable bytes: not a reply to act on."""
+    return "\ufffd" in text or any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 def _receiver(window: Focus, what: str, allow_terminal: bool) -> None:
