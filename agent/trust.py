@@ -141,9 +141,9 @@ def contained(base: Path, rel: str) -> Path:
         try:
             if stat.S_ISLNK(os.lstat(here).st_mode):
                 raise TrustError(f"{base}: {rel[:120]!r} goes through a symbolic link; not followed")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             break  # what does not exist is no link (the caller finds it missing)
-    return here
+    return Path(base) / p
 
 
 def read_bytes(base: Path, rel: str, limit: int) -> bytes:

@@ -7,7 +7,9 @@ strings: address, display number, auth name, auth data.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import secrets
 import socket
 import struct
@@ -61,6 +63,7 @@ def share_with_this_process(number: int, cookie: bytes) -> None:
     with _lock:
         if _process_file is None:
             folder = Path(tempfile.mkdtemp(prefix="vlagent-xauth-"))
+            atexit.register(shutil.rmtree, folder, True)
             _process_file = folder / "Xauthority"
             user = os.environ.get("XAUTHORITY") or str(Path.home() / ".Xauthority")
             try:

@@ -90,7 +90,7 @@ def main():
     except KeyboardInterrupt:  # Ctrl-C outside a run (loading a model, a second Ctrl-C): 130, no traceback
         raise SystemExit(130) from None
     except SystemExit as e:
-        if interrupted() and e.code != 130:  # a Ctrl-C that met cleanup code (click's own "Aborted!" too)
+        if interrupted() and e.code != 130:  # a second Ctrl-C that met cleanup code (click's "Aborted!" too)
             raise SystemExit(130) from None
         raise
 
@@ -98,7 +98,8 @@ def main():
 def _interrupts():
     """Ctrl-C: the first raises KeyboardInterrupt (the run is torn down, its trace completed); a second
     one while that cleanup runs is noted and ignored, a third quits at once (the sandbox's watchdog
-    ends what is left). Whatever the code was doing, the exit status is then 130."""
+    ends what is left). After a second Ctrl-C the exit status is 130, whatever the code was doing (one
+    Ctrl-C is the command's to interpret: it ends a recording normally)."""
     import os
     import signal
     import sys
@@ -115,7 +116,7 @@ def _interrupts():
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, handler)
-    return lambda: count[0] > 0
+    return lambda: count[0] > 1
 
 
 if __name__ == "__main__":
