@@ -60,7 +60,7 @@ def _copy_assets(out: Path) -> None:
 
 def _slugify(text: str) -> str:
     """A file name of letters, digits, _ . -, never starting with a dot (no "..", no hidden file)."""
-    return re.sub(r"[^\w.-]+", "_", text).strip("_").lstrip(".")[:120] or "trace"
+    return re.sub(r"_+", "_", re.sub(r"[^\w.-]+|\.{2,}", "_", text)).strip("_.")[:120] or "trace"
 
 
 def _unique(slug: str, taken: set[str]) -> str:
