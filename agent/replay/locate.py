@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from agent import trust
 from sandbox.windows import Window, list_windows  # noqa: F401  (the one window lister)
 
 EVIDENCE_VERSION = 1
@@ -102,7 +103,7 @@ def _encode(a: np.ndarray) -> str:
 
 
 def _decode(s: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(s))).convert("L"))
+    return np.asarray(trust.decode_image(base64.b64decode(s)).convert("L"))  # bounded pixels (agent.trust)
 
 
 def _crop(gray: np.ndarray, pixel: tuple[int, int], half: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
