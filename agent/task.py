@@ -80,6 +80,7 @@ class Task(_Strict):
     # file's folder; a trace's copy of the task names the original folder here.
     taskdir: str | None = None
     mask_screenshots: bool = False  # paint over secrets OCR finds in saved screenshots (agent.secrets)
+    env: list[str] = []  # variables of vlagent's environment its apps, setup and checks receive (sandbox.session.clean_env)
     # Not part of the file: the resolved taskdir.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_serializer
 
 from actions.schema import Action, to_json
-from agent import secrets
+from agent import secrets, trust
 from agent.errors import VlagentError
 
 Status = Literal["success", "failed", "invalid_output", "timeout", "aborted", "error"]
@@ -222,6 +222,7 @@ class Trace:
     def write_task(self, text: str) -> None:
         try:
             (self.folder / "task.yaml").write_text(secrets.redact(text), encoding="utf-8")
+            trust.sign(self.folder)  # written here: trusted here (agent.trust)
         except OSError as e:
             raise TraceError(f"cannot write the trace in {self.folder}: {_os_reason(e)}") from None
 
@@ -281,8 +282,8 @@ def load_steps(folder: str | Path, *, lenient: bool = False) -> list[Step]:
     line) and a folder without steps.jsonl has no steps."""
     path = Path(folder) / "steps.jsonl"
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+        lines = trust.read_bytes(folder, "steps.jsonl", trust.MAX_JSON_BYTES).decode("utf-8", "replace").splitlines()
+    except (OSError, trust.TrustError):
         if lenient:
             return []
         raise VlagentError(f"{folder}: not a trace folder (no steps.jsonl)") from None
