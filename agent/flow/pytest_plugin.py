@@ -7,12 +7,12 @@
         vl.act('Type "Ada Lovelace" into the Name field')
         vl.assert_that('The Name field holds "Ada Lovelace"')
 
-    pytest examples/ --vl-model script:tests/scripts/fill_form_flow.replies.yaml --cache read-only --junitxml j.xml
+    pytest examples/ --vl-model script:tests/scripts/fill_form_flow.replies.yaml --vl-cache read-only --junitxml j.xml
 
 Each test gets a fresh sandbox with the task's setup, and its own trace folder (--vl-traces, default
 runs/pytest/<test>); the folder, status and model calls go into the JUnit XML as properties. A false
 assert fails the test as an AssertionError with the statement, the model's reason and the screenshot.
-Options: --vl-model (default: the marker's model, else Qwen3-VL-2B), --cache
+Options: --vl-model (default: the marker's model, else Qwen3-VL-2B), --vl-cache (old name --cache)
 read-write|read-only|write-only|off (default read-write; also VLAGENT_CACHE), --vl-traces DIR.
 Nothing heavy is imported until a test asks for the fixture.
 """
@@ -29,8 +29,8 @@ CACHE_MODES = ("read-write", "read-only", "write-only", "off")
 
 def pytest_addoption(parser):
     group = parser.getgroup("vlagent", "vlagent flows")
-    group.addoption("--cache", dest="vl_cache", choices=CACHE_MODES, default=None,
-                    help="vlagent action cache mode (default: read-write, or $VLAGENT_CACHE)")
+    group.addoption("--vl-cache", "--cache", dest="vl_cache", choices=CACHE_MODES, default=None,
+                    help="vlagent action cache mode (default: read-write, or $VLAGENT_CACHE); --cache is its old name")
     group.addoption("--vl-model", dest="vl_model", default=None,
                     help="vlagent model: Hub id or folder, 'tiny-random' or 'script:FILE' (overrides the marker)")
     group.addoption("--vl-traces", dest="vl_traces", default="runs/pytest", help="folder for the per-test traces")

@@ -86,9 +86,14 @@ class _ActTrace:
         self.trace, self.folder, self.flow_step = trace, trace.folder, flow_step
         self.steps: list[Step] = []  # numbered from 1 for the prompt
         self.added: list[Step] = []  # the same steps as written to the run's trace
+        self.first, self.saved = len(trace.steps) + 1, 0
 
     def save_screen(self, image, name: str) -> str:
-        return self.trace.save_screen(image, f"{len(self.trace.steps) + 1:04d}")
+        """The k-th screenshot is the k-th step's (the loop writes its steps in order), named by the number
+        that step gets in the run's trace. Not by the trace's length now: the loop captures the next frame
+        before it writes a step whose evidence is still being read, and that frame would overwrite it."""
+        self.saved += 1
+        return self.trace.save_screen(image, f"{self.first + self.saved - 1:04d}")
 
     def flush(self) -> None:
         self.trace.flush()

@@ -1,0 +1,153 @@
+"""The flow cache on real apps, used as a QA engineer uses it: a pytest file with the `vl` fixture,
+run once to write the cache (read-write), then re-run with `--vl-cache read-only` on the very same app.
+Real Xvfb, the apps' own accessibility bus, real input (galculator and Chromium from Debian); the
+scripted model (`--vl-model script:`) answers the steps that ask it.
+
+Held here: an unchanged app replays every cached action (0 model calls for the act, every time), and a
+cached action that is given up says why in result.json, in the JUnit failure text and in the report."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+FLOWS = ROOT / "tests" / "scripts" / "flows"
+RERUNS = 2
+
+
+def needs(app: str):
+    return pytest.mark.skipif(shutil.which(app) is None, reason=f"{app} not installed (.ci/install installs it)")
+
+
+def click(x: int, y: int) -> str:
+    """A scripted click on screen pixel (x, y) of the 1280x800 screen, in Qwen's 0..1000 coordinates."""
+    args = {"action": "left_click", "coordinate": [round(x / 1280 * 1000), round(y / 800 * 1000)]}
+    return f'<tool_call>{json.dumps({"name": "computer_use", "arguments": args})}</tool_call>'
+
+
+DONE = '<tool_call>{"name": "computer_use", "arguments": {"action": "terminate", "status": "success"}}</tool_call>'
+TYPE_ADA = '<tool_call>{"name": "computer_use", "arguments": {"action": "type", "text": "Ada"}}</tool_call>'
+
+GALCULATOR_TASK = """\
+name: galculator_123
+screen: {width: 1280, height: 800}
+setup:
+  - launch: [env, NO_AT_BRIDGE=0, "XDG_CONFIG_HOME={workdir}/cfg", galculator]
+    wait_for_window: ^galculator$
+    timeout_s: 60
+  - sleep: 1
+goal: a pytest session on galculator
+timeout_s: 180
+allow: {actions: [left_click, wait, terminate]}
+"""
+GALCULATOR_TEST = '''\
+import pytest
+
+pytestmark = pytest.mark.vlagent(task="galculator_123.yaml")
+DISPLAY = {"type": "object", "properties": {"display": {"type": "string"}}, "required": ["display"]}
+
+
+def test_one_two_three(vl):
+    vl.act("Click 1, 2 and 3", max_steps=5)
+    got = vl.query("What number does the display show?", DISPLAY)
+    vl.assert_that(f"The display shows {got['display']}")
+'''
+# galculator's keys 1, 2, 3 (its window at the top left; boxes from its accessibility tree)
+GALCULATOR_REPLIES = {"Click 1, 2 and 3": [click(35, 280), click(100, 280), click(165, 280), DONE],
+                      "What number does the display show?": ['{"display": "123"}'] * 2,
+                      "The display shows 123": ['{"pass": true, "reason": "the display reads 123"}'] * 2}
+
+CHROMIUM_TASK = """\
+name: chromium_ada
+screen: {width: 1280, height: 800}
+setup:
+  - launch: [chromium, --no-sandbox, "--user-data-dir={workdir}/chrome", "--app=file://{taskdir}/order.html",
+             --force-renderer-accessibility, "--window-size=760,560", "--window-position=60,40", --no-first-run,
+             --disable-gpu, --disable-features=Translate]
+    wait_for_window: ^Order
+    timeout_s: 60
+  - sleep: 1.5
+goal: a pytest session on a Chromium form page
+timeout_s: 180
+allow: {actions: [left_click, type, key, wait, terminate], keys: [tab, enter], max_text_len: 50}
+"""
+CHROMIUM_TEST = '''\
+import pytest
+
+pytestmark = pytest.mark.vlagent(task="chromium_ada.yaml")
+NAME = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def test_type_ada(vl):
+    vl.act('Type "Ada" into the Name field', max_steps=4)
+    vl.left_click("the Express shipping option")
+    got = vl.query("What does the Name field hold?", NAME)
+    vl.assert_that(f"The Name field holds {got['name']}")
+'''
+CHROMIUM_REPLIES = {'Type "Ada" into the Name field': [click(317, 191), TYPE_ADA, DONE],
+                    "the Express shipping option": [click(323, 234)],
+                    "What does the Name field hold?": ['{"name": "Ada"}'] * 2,
+                    "The Name field holds Ada": ['{"pass": true, "reason": "it reads Ada"}'] * 2}
+
+
+def user_folder(tmp_path: Path, task: str, test: str, replies: dict) -> Path:
+    import yaml
+
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    (folder / "order.html").write_text((FLOWS / "order.html").read_text())
+    name = task.split("\n", 1)[0].split(": ")[1]
+    (folder / f"{name}.yaml").write_text(task)
+    (folder / "test_app.py").write_text(test)
+    (folder / "replies.yaml").write_text(yaml.safe_dump(replies, sort_keys=False, width=1000))
+    return folder
+
+
+def pytest_run(folder: Path, cache: str, name: str, replies: str = "replies.yaml") -> tuple[int, dict, Path]:
+    """Run the user's test file as a user does; (exit code, its result.json, its JUnit file)."""
+    junit = folder / f"{name}.xml"
+    traces = folder / "traces" / name
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_app.py",
+                           f"--vl-model=script:{replies}", f"--vl-cache={cache}", f"--vl-traces={traces}",
+                           f"--junitxml={junit}"], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    results = list(traces.glob("*/result.json"))
+    assert results, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.returncode, json.loads(results[0].read_text()), junit
+
+
+def explain(result: dict) -> list:
+    return [result["status"], result["reason"]] + [(f["kind"], f["cache"], f["model_calls"], f["reason"])
+                                                    for f in result["flow"]]
+
+
+def reruns_hit(folder: Path, cached_steps: int) -> None:
+    code, cold, _ = pytest_run(folder, "read-write", "cold")
+    assert code == 0 and cold["status"] == "success", explain(cold)
+    assert [f["cache"] for f in cold["flow"]][:cached_steps] == ["miss"] * cached_steps
+    for n in range(RERUNS):
+        code, again, junit = pytest_run(folder, "read-only", f"rerun{n}")
+        assert [f["cache"] for f in again["flow"]][:cached_steps] == ["hit"] * cached_steps, explain(again)
+        assert sum(f["model_calls"] for f in again["flow"][:cached_steps]) == 0, explain(again)
+        assert code == 0 and again["status"] == "success", explain(again)
+
+
+@needs("galculator")
+def test_galculator_cached_act_replays_on_the_unchanged_app_every_time(tmp_path):
+    """Click 1, 2 and 3: after the first replayed click the screen shows exactly the recorded result
+    (display 12, the hover on 2): the cache must not give the action up and ask the model."""
+    reruns_hit(user_folder(tmp_path, GALCULATOR_TASK, GALCULATOR_TEST, GALCULATOR_REPLIES), 1)
+
+
+@needs("chromium")
+def test_chromium_cached_type_and_click_replay_on_the_unchanged_page_every_time(tmp_path):
+    reruns_hit(user_folder(tmp_path, CHROMIUM_TASK, CHROMIUM_TEST, CHROMIUM_REPLIES), 2)
