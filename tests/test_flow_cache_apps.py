@@ -8,6 +8,7 @@ cached action that is given up says why in result.json, in the JUnit failure tex
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -151,3 +152,48 @@ def test_galculator_cached_act_replays_on_the_unchanged_app_every_time(tmp_path)
 @needs("chromium")
 def test_chromium_cached_type_and_click_replay_on_the_unchanged_page_every_time(tmp_path):
     reruns_hit(user_folder(tmp_path, CHROMIUM_TASK, CHROMIUM_TEST, CHROMIUM_REPLIES), 2)
+
+
+@needs("galculator")
+def test_a_cached_action_given_up_says_why_in_the_result_the_junit_failure_and_the_report(tmp_path):
+    """CI with --vl-cache read-only and no model for the act: the cache claims click 2 showed
+    something galculator never shows; the step is given up, the model cannot answer, and the test
+    fails saying which action was given up, why, and where the two screenshots are."""
+    import yaml
+    from PIL import Image
+
+    folder = user_folder(tmp_path, GALCULATOR_TASK, GALCULATOR_TEST, GALCULATOR_REPLIES)
+    code, cold, _ = pytest_run(folder, "read-write", "cold")
+    assert code == 0, explain(cold)
+    cache = folder / "galculator_123.cache.json"
+    data = json.loads(cache.read_text())
+    second = data["steps"][0]["actions"][1]
+    Image.new("L", (112, 48), 0).save(folder / "galculator_123.cache" / "black.png")
+    second["effect"] = {"changed": True, "screen": data["steps"][0]["actions"][2]["screen"],
+                        "after": {**data["steps"][0]["actions"][2]["effect"]["after"], "anchors": [],
+                                  "text": {"at": "Zyzzyva"}}}
+    after = second["effect"]["after"]
+    after["patch"] = {**after["patch"], "png_file": "galculator_123.cache/black.png"}
+    after["context"] = {**after["context"], "png_file": "galculator_123.cache/black.png"}
+    after.pop("a11y", None)
+    cache.write_text(json.dumps(data))
+    no_act = {k: v for k, v in GALCULATOR_REPLIES.items() if not k.startswith("Click")}
+    (folder / "no_act.yaml").write_text(yaml.safe_dump(no_act, sort_keys=False, width=1000))
+
+    code, result, junit = pytest_run(folder, "read-only", "ci", replies="no_act.yaml")
+    assert code == 1 and result["status"] != "success", explain(result)
+    act = result["flow"][0]
+    assert act["cache"] == "healed", explain(result)
+    reason = act["reason"]
+    assert "action 2 of 3 (left_click on toggle button '2'): effect missing" in reason, reason
+    shots = re.findall(r"screens: (\S+) \(now\), (\S+) \(recorded\)", reason)
+    trace = next((folder / "traces" / "ci").iterdir())
+    assert shots and all((trace / p).is_file() for p in shots[0]), reason
+    failure = ElementTree.parse(junit).getroot().find(".//testcase/failure")
+    assert failure is not None and "action 2 of 3" in failure.get("message") + (failure.text or ""), \
+        ElementTree.tostring(failure).decode()[:2000]
+    out = tmp_path / "report"
+    subprocess.run([sys.executable, "-m", "agent.cli", "report", str(trace), "--out", str(out)], check=True,
+                   cwd=ROOT, capture_output=True, timeout=300)
+    pages = "".join(p.read_text() for p in out.rglob("*.html"))
+    assert "action 2 of 3" in pages and "effect missing" in pages
