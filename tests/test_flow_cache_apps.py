@@ -197,3 +197,34 @@ def test_a_cached_action_given_up_says_why_in_the_result_the_junit_failure_and_t
                    cwd=ROOT, capture_output=True, timeout=300)
     pages = "".join(p.read_text() for p in out.rglob("*.html"))
     assert "action 2 of 3" in pages and "effect missing" in pages
+
+
+@needs("chromium")
+def test_chromium_targets_keep_their_element_and_the_tree_judges_an_effect_the_pixels_doubt(tmp_path):
+    """Every target of the Chromium page's cache keeps its accessibility element (the page's tree
+    fills in after the first request). A radio button's recorded effect whose pixels no longer match
+    (here: its picture blacked out, as a hover or a focus ring elsewhere would disturb it) is judged by
+    the tree: the option is checked, so the cached click is done, with no model call. (The changed
+    place's element is renamed too, else the finder finds the effect by it before the pixels doubt.)"""
+    from PIL import Image
+
+    folder = user_folder(tmp_path, CHROMIUM_TASK, CHROMIUM_TEST, CHROMIUM_REPLIES)
+    code, cold, _ = pytest_run(folder, "read-write", "cold")
+    assert code == 0, explain(cold)
+    cache = folder / "chromium_ada.cache.json"
+    data = json.loads(cache.read_text())
+    targets = [a["target"] for s in data["steps"] for a in s["actions"] if a.get("target")]
+    assert len(targets) == 2 and all(t.get("a11y") for t in targets), [t.get("a11y") for t in targets]
+    assert targets[1]["a11y"]["role"] == "radio button", targets[1]["a11y"]
+    express = data["steps"][1]["actions"][0]
+    after = express["effect"]["after"]
+    assert after.get("a11y"), after.keys()
+    Image.new("L", (112, 48), 0).save(folder / "chromium_ada.cache" / "black.png")
+    after["patch"] = {**after["patch"], "png_file": "chromium_ada.cache/black.png"}
+    after["context"] = {**after["context"], "png_file": "chromium_ada.cache/black.png"}
+    after["anchors"], after["text"] = [], {"at": "Zyzzyva"}
+    after["a11y"] = {**after["a11y"], "name": "Zyzzyva", "labels": []}  # nor found by its element
+    cache.write_text(json.dumps(data))
+    code, again, _ = pytest_run(folder, "read-only", "doubted")
+    assert [f["cache"] for f in again["flow"]][:2] == ["hit", "hit"], explain(again)
+    assert code == 0 and sum(f["model_calls"] for f in again["flow"][:2]) == 0, explain(again)
