@@ -145,23 +145,23 @@ class Flow:
         """before, steps, then after (always, also after a failure or Ctrl-C). The first failure."""
         failure = None
         try:
-            failure = self._phase("before", self.task.before) or self._phase("steps", self.task.steps)
+            failure = self.phase("before", self.task.before) or self.phase("steps", self.task.steps)
         finally:
-            after = self._phase("after", self.task.after, always=True)
+            after = self.phase("after", self.task.after, always=True)
             failure = failure or after
         return failure
 
-    def _phase(self, phase: str, steps: list[FlowStep], always: bool = False) -> StepFailed | None:
+    def phase(self, phase: str, steps: list[FlowStep], always: bool = False) -> StepFailed | None:
         first = None
         for i, step in enumerate(steps):
             if first is not None and not always:
                 self._report(FlowStepResult(index=i, phase=phase, kind=step.kind, text=step.text))  # skipped
                 continue
-            failure = self._one(phase, i, step)
+            failure = self.one(phase, i, step)
             first = first or failure
         return first
 
-    def _one(self, phase: str, index: int, step: FlowStep) -> StepFailed | None:
+    def one(self, phase: str, index: int, step: FlowStep) -> StepFailed | None:
         res = FlowStepResult(index=index, phase=phase, kind=step.kind, text=step.text)
         t0, calls0, n0 = time.monotonic(), self.backend.calls, len(self.trace.steps)
         failure = None
@@ -593,45 +593,40 @@ def open_cache(task, mode: Mode | str) -> ActionCache | None:
     return None if mode == "off" else ActionCache.for_task(task, mode)
 
 
-def flow_status(failure: StepFailed | None, checks) -> tuple[str, str]:
-    """The run's status by the one decision (agent.run.status): a failed step is what its kind says,
-    a flow whose steps all passed is decided by the task's checks like any finished run."""
-    from agent.run.status import FINISHED, End, decide
+def flow_end(failure: StepFailed | None):
+    """How a flow's driver ended, for the one decision (agent.run.status): a failed step is what its
+    kind says; a flow whose steps all passed is decided by the task's checks like any finished run."""
+    from agent.run.status import FINISHED, End
 
     if failure is None:
-        return decide(End(FINISHED, "all steps passed", claimed="success"), checks)
-    kind = {"failed": "step_failed", "timeout": "step_timeout"}.get(failure.kind, failure.kind)
-    return decide(End(kind, str(failure)), checks)
+        return End(FINISHED, "all steps passed", claimed="success")
+    return End({"failed": "step_failed", "timeout": "step_timeout"}.get(failure.kind, failure.kind), str(failure))
 
 
 def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | None = None,
              cache: str | ActionCache | None = "read-write",
-             loop=None, on_step=None, on_flow=None) -> tuple[Result, Path]:
-    """Run a task with steps. Always returns a Result and a complete trace folder; a corrupt cache
-    raises CacheError before anything starts; Ctrl-C is recorded as `aborted` (after the `after:`
-    hooks ran) and re-raised."""
-    from agent.run.environment import (DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen,
-                                       start_trace, task_environment)
-    from agent.trace import new_trace_dir
+             loop=None, on_step=None, bus=None, control=None) -> tuple[Result, Path]:
+    """Run a task with steps inside one RunSession. Always returns a Result and a complete trace
+    folder; a corrupt cache raises CacheError before anything starts; Ctrl-C is recorded as
+    `aborted` (after the `after:` hooks ran) and re-raised."""
+    from agent.run import events as ev
+    from agent.run.session import RunSession
 
     store = cache if cache is None or isinstance(cache, ActionCache) else open_cache(task, cache)
     counted = Counted(backend)
-    trace, result = start_trace(trace_dir or new_trace_dir(DEFAULT_RUNS_DIR, task.name), task, counted.name)
     deadline = time.monotonic() + (loop.timeout_s if loop is not None else task.timeout_s)
-    with run_outcome(trace, result):
-        with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
-            result.display = env.sandbox.display
-            flow = Flow(task, counted, env.desktop, env.sandbox.display, trace, store, deadline,
-                        loop.history if loop is not None else None, on_step, on_flow)
-            try:
-                failure = flow.run()
-            finally:  # also when Ctrl-C ends it: result.json says which steps ran
-                result.flow, result.model_calls = flow.results, counted.calls
-                flow.close()
-            env.sandbox.check_apps()
-            result.checks = evaluate(task, env, final=True) if failure is None else []
-            result.status, result.reason = flow_status(failure, result.checks)
-            save_final_screen(env, trace, result)
-            if result.status == "success" and store is not None:
-                store.save()
-    return result, trace.folder
+    with RunSession(task, mode="flow", model=counted.name, trace_dir=trace_dir, display=display,
+                    bus=bus, control=control) as run:
+        env = run.start()
+        flow = Flow(task, counted, env.desktop, env.sandbox.display, run.trace, store, deadline,
+                    loop.history if loop is not None else None, on_step,
+                    lambda res: run.publish(ev.FlowStepDone, result=res.model_dump(mode="json")))
+        try:
+            failure = flow.run()
+        finally:  # also when Ctrl-C ends it: result.json says which steps ran
+            run.result.flow, run.result.model_calls = flow.results, counted.calls
+            flow.close()
+        run.finish(flow_end(failure), checks=failure is None)
+        if run.result.status == "success" and store is not None:
+            store.save()
+    return run.result, run.trace.folder
