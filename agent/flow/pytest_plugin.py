@@ -79,6 +79,8 @@ def vl(request):
         yield session
     props += [("vlagent_status", session.result.status), ("vlagent_model_calls", session.result.model_calls),
               ("vlagent_cache_hits", sum(f.cache == "hit" for f in session.result.flow))]
+    props += [("vlagent_cache_healed", f"{f.phase}[{f.index}] {f.kind} {f.text!r}: {f.reason}")
+              for f in session.result.flow if f.cache == "healed"]  # why each cached step was given up
     if session.result.status != "success" and session.failure is None:
         # every step passed but the task's success checks did not (or an app died)
         pytest.fail(f"vlagent: {session.result.status}: {session.result.reason} (trace: {folder})", pytrace=False)

@@ -86,9 +86,14 @@ class _ActTrace:
         self.trace, self.folder, self.flow_step = trace, trace.folder, flow_step
         self.steps: list[Step] = []  # numbered from 1 for the prompt
         self.added: list[Step] = []  # the same steps as written to the run's trace
+        self.first, self.saved = len(trace.steps) + 1, 0
 
     def save_screen(self, image, name: str) -> str:
-        return self.trace.save_screen(image, f"{len(self.trace.steps) + 1:04d}")
+        """The k-th screenshot is the k-th step's (the loop writes its steps in order), named by the number
+        that step gets in the run's trace. Not by the trace's length now: the loop captures the next frame
+        before it writes a step whose evidence is still being read, and that frame would overwrite it."""
+        self.saved += 1
+        return self.trace.save_screen(image, f"{self.first + self.saved - 1:04d}")
 
     def flush(self) -> None:
         self.trace.flush()
@@ -180,9 +185,13 @@ class Flow:
             raise
         if failure is not None:
             res.status = "failed"
+            gave_up = res.reason.removeprefix("cache: ") if res.cache == "healed" else ""  # why the cache gave it up
             if not (res.reason and step.kind in ("assert", "wait_for") and failure.kind != "invalid_output"):
                 res.reason = str(failure)  # (a false assert keeps the model's reason: the report shows both)
-            failure = StepFailed(f"{phase}[{index}] {step.kind} {res.text!r}: {failure}", failure.kind)
+            if gave_up:
+                res.reason = f"{res.reason} (the cache gave the step to the model: {gave_up})"
+            failure = StepFailed(f"{phase}[{index}] {step.kind} {res.text!r}: {failure}" +
+                                 (f" (the cache gave the step to the model: {gave_up})" if gave_up else ""), failure.kind)
         self._finish(res, t0, calls0, n0)
         return failure
 
@@ -446,7 +455,9 @@ class Flow:
 
     def _replay(self, entry: CachedStep, res: FlowStepResult) -> tuple[bool, str]:
         """Play a cached step without the model: (done, why not). Each action's frame is the still
-        frame its predecessor's effect was checked on (no input came between)."""
+        frame its predecessor's effect was checked on (no input came between). Why not names the
+        action, what gave it up (its target not found, the evidence that disagreed, the effect that
+        did not show) and the two screenshots, now and recorded, kept in the trace."""
         following = self.cache.following(entry.key)
         self.cache.prefetch(self.cache.step_images(entry) + (self.cache.step_images(following) if following else []))
         frame = None
@@ -455,6 +466,8 @@ class Flow:
                 action = ACTION_ADAPTER.validate_python(ca.action)
             except ValueError:
                 return False, f"cached action {i + 1} is not a valid action"
+            what = f"action {i + 1} of {len(entry.actions)} ({action.action}" + \
+                (f" on {finder.label(ca.target)})" if ca.target else ")")
             if frame is None:  # (the step before ended on a still screen)
                 frame = self.desktop.capture()
             recorded = self.cache.open_image(ca.screen)
@@ -465,10 +478,10 @@ class Flow:
                 found, frame = self.finder.find_waiting(ev, self.desktop, recorded, frame=frame)
                 if found.pixel is None:
                     n = len(self.trace.steps) + 1
+                    now = self.trace.save_screen(frame, f"{n:04d}")
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
-                                   screenshot=self.trace.save_screen(frame, f"{n:04d}"),
-                                   error=f"cache: {found.reason}"))
-                    return False, found.reason
+                                   screenshot=now, error=f"cache: {found.reason}"))
+                    return False, f"{what}: target not found: {found.reason}" + self._screens(now, recorded, n)
                 update[name] = list(to_relative(found.pixel, frame.size))
             if update:
                 action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
@@ -480,13 +493,20 @@ class Flow:
             def settle(before=frame, ca=ca, action=action, expected=expected):
                 check["ok"], check["why"], check["frame"] = self._effect_shows(ca, before, action, expected)
             try:
-                self._perform(action, res, frame=frame, settle=settle)
+                done = self._perform(action, res, frame=frame, settle=settle)
             except StepFailed as e:  # the policy refuses the cached action now: let the model decide
-                return False, str(e)
+                return False, f"{what}: {e}"
             if not check.get("ok", True):
-                return False, check["why"]
+                now = self.trace.save_screen(check["frame"], f"{done.step:04d}-after")
+                return False, (f"{what}: effect missing: {check['why']}" +
+                               self._screens(now, self.cache.open_image(expected), done.step, "-after"))
             frame = check.get("frame")
         return True, ""
+
+    def _screens(self, now: str, recorded: Image.Image | None, n: int, suffix: str = "") -> str:
+        """"; screens: NOW (now), RECORDED (recorded)": the recorded one copied into the trace."""
+        rec = self.trace.save_screen(recorded, f"{n:04d}{suffix}-recorded") if recorded is not None else "(none)"
+        return f"; screens: {now} (now), {rec} (recorded)"
 
     def _effect_shows(self, ca: CachedAction, before: Image.Image, action,
                       expected: str | None) -> tuple[bool, str, Image.Image]:
@@ -494,7 +514,10 @@ class Flow:
         recorded action changed the screen, the replayed one must too, and what the changed place
         looked like afterwards must be on the screen now. (ok, why not, the still frame.)
         `expected`: the (still) screen recorded after the action; a screen just like it is judged
-        at once. A screen that never stops changing (an animation) is judged at the deadline as it is."""
+        at once. A screen that never stops changing (an animation) is judged at the deadline as it is.
+        Where the recording kept the changed place's accessibility element, the app's tree judges a
+        screen the pixels doubt (a hover or a focus ring elsewhere than recorded): a field that took
+        the focus or holds the typed text, a check box that changed, a radio button checked."""
         effect, recorded = ca.effect, self.cache.open_image(expected)
         if not effect or not effect.get("changed"):
             now = self.desktop.capture()
@@ -516,6 +539,8 @@ class Flow:
             if (as_recorded or still or late) and (pixels, settled) != judged:  # each picture judged once
                 judged, why = (pixels, settled), self._effect_why(ca, None if settled else before,
                                                                   now, recorded, action)
+                if why and (still or late):
+                    why = self._tree_judges(ca, action, why)
                 if not why:
                     return True, "", now
                 # A still screen without the effect: it gets EFFECT_WAIT_S more to show (a slow app).
@@ -524,6 +549,23 @@ class Flow:
                 return False, why, now
             last = pixels
             time.sleep(REPLAY_POLL_S)
+
+    def _tree_judges(self, ca: CachedAction, action, why: str) -> str:
+        """The pixels' doubt `why`, settled by the app's tree where the recording kept the effect's
+        element: "" when the tree shows the effect, else `why` with what the tree says."""
+        from agent.replay.evidence import effect_in_tree
+
+        if not (ca.effect.get("after") or {}).get("a11y"):
+            return why
+        pixel = None
+        if getattr(action, "coordinate", None) is not None:
+            from actions.coords import to_pixels
+
+            pixel = to_pixels(tuple(action.coordinate), self.desktop.size())
+        shows, how = effect_in_tree(ca.target, action, self.finder.nodes(), pixel)
+        if shows:
+            return ""
+        return f"{why}; the accessibility tree: {how}" if how else why
 
     def _effect_why(self, ca: CachedAction, before: Image.Image | None, now: Image.Image, recorded, action) -> str:
         """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does;

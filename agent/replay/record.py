@@ -411,9 +411,10 @@ class Recorder:
         if pending.pixel is not None:
             # The windows and the tree as they were before the press, like the frame.
             windows, nodes = self.frames.windows_before(pending.t), self.trees.before(pending.t)
-            target = describe(frame, pending.pixel, windows, nodes)
+            later = self.trees.tree.nodes if self.trees.is_alive() else None  # the tree may fill in late
+            target = describe(frame, pending.pixel, windows, nodes, later=later)
             if pending.start_pixel is not None:
-                target["start"] = describe(frame, pending.start_pixel, windows, nodes)
+                target["start"] = describe(frame, pending.start_pixel, windows, nodes, later=later)
             if action["action"] in ("left_click", "double_click", "triple_click"):
                 self.focus = target
         if action["action"] == "key" and action["keys"][-1] == "tab":
