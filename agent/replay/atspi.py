@@ -440,7 +440,7 @@ def _walk() -> list[dict]:
             ext = acc.get_extents(Atspi.CoordType.SCREEN) if depth > 0 else None
             box = (ext.x, ext.y, ext.width, ext.height) if ext is not None else (0, 0, 0, 0)
             text = ""
-            if states.contains(Atspi.StateType.EDITABLE):
+            if states.contains(Atspi.StateType.EDITABLE) or role == "text":  # (a read-only view: a display)
                 iface = acc.get_text_iface()
                 if iface is not None:
                     text = Atspi.Text.get_text(iface, 0, 200) or ""
