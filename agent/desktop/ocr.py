@@ -3,10 +3,10 @@
 The one module that reads text off the screen: the screen_text check, replay's target evidence and
 secrets masking all come here. Screens mix polarities (a dark window holding a white display box,
 a light page with a dark button) and colours, and tesseract reads dark text on a light, even ground.
-So a sparse read builds two ink maps of the image, one of the dark strokes and one of the light ones
-(morphological black-hat and top-hat per colour channel: panels, boxes and gradients vanish, text of
-any colour stays, as black on white) and reads both, in parallel; where both read a word the more
-confident read wins. A one-line crop (psm 7) is read once, its polarity decided by its border.
+So a sparse read first turns the image into black ink on white (ink_image): the dark strokes and the
+light ones (morphological black-hat and top-hat per colour channel: panels, boxes and gradients
+vanish, text of any colour stays), each stroke kept where it stands on a ground of the other
+polarity. A one-line crop (psm 7) is read as grey, turned over when its border is dark.
 
 read_words/read_text read regions of a screen (its windows, an element's box) apart and magnified:
 tesseract misses small GUI text on a whole 1280x800 frame.
@@ -33,8 +33,10 @@ INK_KERNEL_PX = 25  # strokes narrower than this are ink (a 1.5x bold font's are
 INK_GAIN = 2.5  # ink contrast stretch: grey-on-grey text of a disabled key reaches black
 BORDER_LINE_PX = 40  # a straight ink run this long is a border or a rule, not a letter: painted out
 MIN_REGION_PX = 8
-MIN_CONF_BOTH = 30  # reading both polarities: a word under this confidence is the other one's garbage
-OVERLAP = 0.3  # two reads' words covering this share of the smaller box are one word
+INK_MIN = 80  # (of 255, after INK_GAIN) a stroke's pixels: what decides which ground it stands on
+GROUND_DOWN, GROUND_MEDIAN = 4, 9  # the ground: a 9-pixel median on a 4x smaller image (~36 px)
+LIGHT_GROUND = 128
+OVERLAP = 0.3  # words of two regions covering this share of the smaller box are one word
 TIMEOUT_S = 30.0
 # One OpenMP thread: on small machines tesseract's threads fight each other (0.4 s vs 3 s here).
 ENV = {**os.environ, "OMP_THREAD_LIMIT": "1"}
@@ -67,9 +69,9 @@ def ocr_words(image: Image.Image, scale: int | None = None, psm: int = PSM_SPARS
 
     `scale` upscales before OCR (None: SMALL_SCALE for small images, else 1); `psm` 7 reads a crop
     as one line (a button's own text, one character included), which sparse mode misses.
-    `polarity`: "both" reads the dark-ink and the light-ink maps and merges them (any theme, mixed
-    panels, coloured text); "auto" is "both" for sparse reads and, for one line, the grey image
-    turned dark-on-light by its border's brightness; "as-is" reads the grey image as given."""
+    `polarity`: "both" reads dark and light text, each where it stands on its ground (ink_image: any
+    theme, mixed panels, coloured text); "auto" is "both" for sparse reads and, for one line, the grey
+    image turned dark-on-light by its border's brightness; "as-is" reads the grey image as given."""
     if polarity not in POLARITIES:
         raise ValueError(f"polarity must be one of {POLARITIES}")
     if scale is None:
@@ -77,15 +79,12 @@ def ocr_words(image: Image.Image, scale: int | None = None, psm: int = PSM_SPARS
     if polarity == "auto":
         polarity = "both" if psm != PSM_LINE else "line"
     if polarity == "both":
-        images = list(ink_maps(image))
+        prepared = ink_image(image)
     else:
         gray = image.convert("L")
-        images = [_dark_on_light(gray) if polarity == "line" else gray]
-    reads = _read_all(images, psm, scale)
-    if len(reads) == 1:
-        return reads[0]
-    # The map of the other polarity reads the gaps between strokes: garbage, mostly at confidence 0.
-    return _group_lines(merge([[w for w in r if w.conf >= MIN_CONF_BOTH] for r in reads]))
+        prepared = _dark_on_light(gray) if polarity == "line" else gray
+    # An ink image is dark on light throughout: tesseract's own retry of a line turned over is waste.
+    return _read(_scaled(prepared, scale), psm, scale, invert=polarity != "both")
 
 
 def ocr_text(image: Image.Image, scale: int | None = None) -> str:
@@ -103,7 +102,7 @@ def read_words(image: Image.Image, regions=None, scale: int | None = None) -> li
         crop = image.crop((x0, y0, x1, y1))
         words += [Word(w.text, w.conf, (w.box[0] + x0, w.box[1] + y0, w.box[2], w.box[3]))
                   for w in ocr_words(crop, scale=scale, polarity="both")]
-    return _group_lines(merge([words]) if len(boxes) > 1 else words)
+    return _group_lines(merge(words) if len(boxes) > 1 else words)
 
 
 def read_text(image: Image.Image, regions=None, scale: int | None = None) -> str:
@@ -122,22 +121,43 @@ def lines_of(words: list[Word]) -> str:
 
 # ------------------------------------------------------------------------------ preparing images
 
-def ink_maps(image: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """(dark text, light text) of `image`, each as black ink on white: per colour channel, the strokes
-    narrower than INK_KERNEL_PX darker (black-hat) or lighter (top-hat) than their surroundings, the
-    strongest channel taken (red on white is ink in green and blue), contrast stretched, long straight
-    lines (borders) painted out. A white box in a dark window, a dark button on a light page: the box
-    is gone, its text stays."""
+def ink_image(image: Image.Image) -> Image.Image:
+    """`image` as black ink on white, whatever its theme: per colour channel, the strokes narrower than
+    INK_KERNEL_PX darker (black-hat) or lighter (top-hat) than their surroundings, the strongest channel
+    taken (red on white is ink in green and blue), contrast stretched, long straight lines (borders)
+    painted out. Each stroke of dark ink is kept where it stands on a light ground, each of light ink on
+    a dark ground (the ground: a median over ~36 px); the other map's strokes there are the gaps between
+    letters. A white box in a dark window, a dark button on a light page: the box is gone, its text stays."""
     import cv2
 
     rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    light = _light_ground(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     k = cv2.getStructuringElement(cv2.MORPH_RECT, (INK_KERNEL_PX, INK_KERNEL_PX))
-    out = []
-    for op in (cv2.MORPH_BLACKHAT, cv2.MORPH_TOPHAT):
-        ink = cv2.morphologyEx(rgb, op, k).max(axis=2)
-        ink = cv2.convertScaleAbs(ink, alpha=INK_GAIN)
-        out.append(Image.fromarray(255 - _without_lines(ink)))
-    return out[0], out[1]
+    out = np.zeros((h, w), np.uint8)
+    for op, on_light in ((cv2.MORPH_BLACKHAT, True), (cv2.MORPH_TOPHAT, False)):
+        ink = _without_lines(cv2.convertScaleAbs(cv2.morphologyEx(rgb, op, k).max(axis=2), alpha=INK_GAIN))
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((ink >= INK_MIN).astype(np.uint8), connectivity=8)
+        if n <= 1:
+            continue
+        share = np.bincount(labels.ravel(), weights=light.ravel(), minlength=n) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
+        keep = share > 0.5 if on_light else share < 0.5
+        keep[0] = False
+        mask = cv2.dilate(keep[labels].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # (the antialiased rim)
+        out[mask] = np.maximum(out[mask], ink[mask])
+    return Image.fromarray(255 - out)
+
+
+def _light_ground(gray: np.ndarray) -> np.ndarray:
+    """Where the ground under each pixel is light: the median of its ~36 px around (text is a minority)."""
+    import cv2
+
+    h, w = gray.shape
+    small = cv2.resize(gray, (max(w // GROUND_DOWN, 1), max(h // GROUND_DOWN, 1)), interpolation=cv2.INTER_AREA)
+    k = min(GROUND_MEDIAN, (min(small.shape) - 1) // 2 * 2 + 1)
+    if k >= 3:
+        small = cv2.medianBlur(small, k)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST) >= LIGHT_GROUND
 
 
 def _without_lines(ink: np.ndarray) -> np.ndarray:
@@ -183,12 +203,12 @@ def _clip_regions(image: Image.Image, regions) -> list[tuple[int, int, int, int]
 
 # ------------------------------------------------------------------------------ tesseract
 
-def _read(gray: Image.Image, psm: int, scale: int) -> list[Word]:
+def _read(gray: Image.Image, psm: int, scale: int, invert: bool = True) -> list[Word]:
     buf = io.BytesIO()
     gray.save(buf, format="PPM")  # PGM for mode L
     try:
         proc = subprocess.run(
-            [_tesseract(), "stdin", "stdout", "--psm", str(psm), "tsv"],
+            [_tesseract(), "stdin", "stdout", "--psm", str(psm), *([] if invert else ["-c", "tessedit_do_invert=0"]), "tsv"],
             input=buf.getvalue(), capture_output=True, timeout=TIMEOUT_S, env=ENV,
         )
     except subprocess.TimeoutExpired:
@@ -197,16 +217,6 @@ def _read(gray: Image.Image, psm: int, scale: int) -> list[Word]:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         raise VlagentError(f"tesseract failed: {err[-1] if err else f'exit code {proc.returncode}'}")
     return _parse_tsv(proc.stdout.decode("utf-8", errors="replace"), scale)
-
-
-def _read_all(images: list[Image.Image], psm: int, scale: int) -> list[list[Word]]:
-    """Each image read by its own tesseract, at the same time (the waiting is in the subprocess)."""
-    if len(images) == 1:
-        return [_read(_scaled(images[0], scale), psm, scale)]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(len(images)) as pool:
-        return list(pool.map(lambda img: _read(_scaled(img, scale), psm, scale), images))
 
 
 def _parse_tsv(tsv: str, scale: int) -> list[Word]:
@@ -223,11 +233,10 @@ def _parse_tsv(tsv: str, scale: int) -> list[Word]:
     return _group_lines(words)
 
 
-def merge(reads: list[list[Word]]) -> list[Word]:
-    """Words of several reads of one image as one list: of words whose boxes overlap by OVERLAP of
-    the smaller one, the most confident (then the longest) stays. A wrong polarity reads the gaps between
-    strokes: a garbled word at the same place, with a lower confidence."""
-    ranked = sorted((w for r in reads for w in r), key=lambda w: (-w.conf, -len(w.text)))
+def merge(words: list[Word]) -> list[Word]:
+    """Words read twice (regions that overlap: a dialog over its window) once: of words whose boxes
+    overlap by OVERLAP of the smaller one, the most confident (then the longest) stays."""
+    ranked = sorted(words, key=lambda w: (-w.conf, -len(w.text)))
     kept: list[Word] = []
     for w in ranked:
         if not any(_overlap(w.box, k.box) > OVERLAP for k in kept):
