@@ -11,10 +11,11 @@ from pathlib import Path
 
 import yaml
 
+from agent.backends.base import BackendBase
 from agent.errors import ModelExhausted, VlagentError
 
 
-class ScriptBackend:
+class ScriptBackend(BackendBase):
     def __init__(self, replies: list[str] | dict[str, list[str]], name: str = "script"):
         self.keyed = {k: list(v) for k, v in replies.items()} if isinstance(replies, dict) else None
         self.replies = [] if self.keyed is not None else list(replies)
@@ -38,7 +39,8 @@ class ScriptBackend:
                                "prompt text to a list of reply strings")
         return cls(data, name=f"script:{path}")
 
-    def generate(self, messages, policy=None) -> str:
+    def generate(self, messages, constraint=None) -> str:
+        """The next scripted reply, whatever the constraint (the caller validates it as any reply)."""
         if self.keyed is not None:
             return self._keyed(messages)
         if self.calls >= len(self.replies):
