@@ -27,7 +27,7 @@ def load_backend(model: str, backend: str = "auto", **opts) -> Backend:
     if model.startswith(SCRIPT_PREFIX):
         from agent.backends.script import ScriptBackend
 
-        return ScriptBackend.from_file(model[len(SCRIPT_PREFIX):])
+        return ScriptBackend.from_file(model[len(SCRIPT_PREFIX):], format=opts.get("format"))
     if backend == "openai":
         from agent.backends.openai import OpenAIBackend
 

@@ -207,8 +207,11 @@ class MaiUi(Family):
         elif a == "left_click_drag":
             out = {"action": "drag", "start_coordinate": _unscale(args.get("start_coordinate", args["coordinate"]), s),
                    "end_coordinate": _unscale(args["coordinate"], s)}
-        elif a == "scroll":
-            out = {"action": "swipe", "direction": "down" if args["pixels"] < 0 else "up"}
+        elif a in ("scroll", "hscroll"):  # the wheel down is a finger swiping up
+            dirs = ("up", "down") if a == "scroll" else ("left", "right")
+            out = {"action": "swipe", "direction": dirs[0] if args["pixels"] < 0 else dirs[1]}
+            if "coordinate" in args:
+                out["coordinate"] = _unscale(args["coordinate"], s)
         elif a == "key" and args.get("keys") == ["enter"]:
             out = {"action": "system_button", "button": "enter"}
         elif a in ("type", "answer"):
@@ -223,8 +226,13 @@ class MaiUi(Family):
 
     def to_native(self, reply):
         m = re.search(r"<tool_call>(.*?)</tool_call>", reply, re.S)
-        if not m:
-            return reply
+        if not m:  # the grounding prompt's answer: <answer>{"coordinate": [x, y]}</answer>
+            g = re.search(r"<answer>\s*(\{.*?\})\s*</answer>", reply, re.S)
+            try:
+                point = json.loads(g.group(1))["coordinate"] if g else None
+                return _native({"action": "left_click", "coordinate": _rescale(point[:2], self.scale)}) if point else reply
+            except (ValueError, KeyError, TypeError, IndexError):
+                return reply
         try:
             call = json.loads(m.group(1))
             args = call["arguments"]
@@ -357,8 +365,15 @@ class UiVenus(Family):
 
     def to_native(self, reply):
         m = re.search(r"<action>(.*?)</action>", reply, re.S)
-        if not m:
-            return reply
+        if not m:  # the grounding prompt's answer: a bare [x,y] (or a box [x1,y1,x2,y2]: its centre)
+            nums = re.fullmatch(r"\s*\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*(?:,\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*)?\]\s*", reply)
+            if not nums:
+                return reply
+            v = [float(x) for x in nums.groups() if x is not None]
+            if v[:2] == [-1, -1]:
+                return _refuse("the model says the target is not on the screen ([-1,-1])")
+            point = v if len(v) == 2 else [(v[0] + v[2]) / 2, (v[1] + v[3]) / 2]
+            return _native({"action": "left_click", "coordinate": _rescale(point, self.scale)})
         act = m.group(1).strip()
         pt = r"\(\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\)"
         quoted = r"'((?:[^'\\]|\\.)*)'"

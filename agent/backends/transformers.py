@@ -142,7 +142,7 @@ class TransformersBackend(BackendBase):
         recognised from the checkpoint."""
         model = str(model)
         self.name = f"transformers:{model}"
-        self.options = options or EngineOptions()
+        self.options = options or EngineOptions.from_env()  # until every caller passes the CLI's
         self.max_new_tokens = max_new_tokens
         try:
             import torch  # noqa: F401
