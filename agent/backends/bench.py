@@ -314,7 +314,7 @@ def long_context_peak(eng, m, context, text_vocab, gen_frames, preprocess, merge
     if eng.max_context < context:
         return {"peak_context": "skipped: engine context smaller"}
     eng.reset()
-    eng._vision.clear()  # a fresh single-shot conversation: no cached screenshots from the episode
+    eng.vision.clear()  # a fresh single-shot conversation: no cached screenshots from the episode
     im, _ = preprocess(next(gen_frames))
     n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2
     rng = random.Random(1)
