@@ -45,6 +45,7 @@ class Step(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)  # *_ms: capture, model, exec, settle, step
     source: Literal["model", "human", "replay"] = "model"
     flow_step: int | None = None  # in a flow (task with steps:), the index of the step this action served
+    decision: dict[str, Any] | None = None  # attended runs: the person's verdict on this step (agent/ui/attend.py)
     t: float = Field(default_factory=time.time)  # wall clock when the step was recorded
 
     @field_serializer("action")
