@@ -15,7 +15,7 @@ from actions.patterns import PatternError, compile_pattern
 from actions.policy import Allow
 from agent.errors import VlagentError
 from agent.secrets import declare as declare_secrets
-from agent.flow.steps import FlowStep, check_names
+from agent.steps import FlowStep, check_names
 from sandbox.setup import SetupStep, expand  # noqa: F401 (part of the task model)
 
 MAX_TASK_BYTES = 1 << 20
@@ -56,7 +56,7 @@ class A11y(_Strict):
     def _something(self):
         if self.role is None and self.name is None and self.text is None:
             raise ValueError("an a11y check needs role, name or text")
-        from agent.replay.atspi import STATES
+        from sandbox.atspi import STATES
 
         unknown = [s for s in self.states if s not in STATES]
         if unknown:

@@ -52,7 +52,7 @@ class Finder:
             return []
         try:
             if self._tree is None:
-                from agent.replay.atspi import Tree
+                from sandbox.atspi import Tree
 
                 self._tree = Tree(self.display)
             return self._tree.nodes()

@@ -1,4 +1,4 @@
-"""Run a flow: a task with `steps:` (agent.flow.steps), its `before:`/`after:` hooks, the action cache.
+"""Run a flow: a task with `steps:` (agent.steps), its `before:`/`after:` hooks, the action cache.
 
 Per step kind:
   act         the agent loop (agent.run.loop.run_loop) on the one instruction, at most max_steps; done
@@ -33,7 +33,7 @@ from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask, finder
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
 from agent.replay.pixels import as_after, change_point, changed
-from agent.flow.steps import POINTER, FlowStep, fill
+from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
 DEFAULT_ACT_STEPS = 10
@@ -410,7 +410,7 @@ class Flow:
         """Two screen points on one target: close, or inside one element of the app's tree."""
         if math.dist(a, b) <= SAME_TARGET_PX:
             return True
-        from agent.replay.atspi import element_at
+        from sandbox.atspi import element_at
 
         nodes = self.finder.nodes()
         ea, eb = element_at(nodes, a), element_at(nodes, b)

@@ -153,7 +153,7 @@ class _Player:
                  fallback, locate: bool):
         self.original, self.task, self.policy, self.desktop = original, task, policy, desktop
         self.trace, self.speed, self.fallback, self.locate = trace, speed, fallback, locate
-        from agent.replay.atspi import Tree
+        from sandbox.atspi import Tree
 
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
         if locate:

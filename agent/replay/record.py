@@ -124,7 +124,7 @@ class _Trees(threading.Thread):
     so each event has the tree from before it."""
 
     def __init__(self, display: str, frames: _Frames):
-        from agent.replay.atspi import Tree
+        from sandbox.atspi import Tree
 
         super().__init__(daemon=True, name="a11y")
         self.tree, self.frames = Tree(display), frames
