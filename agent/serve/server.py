@@ -104,9 +104,9 @@ class PrivateBatcher(Batcher):
         own = [r for r in free if client is not None and r.client == client]
         if own:
             return own[0]
-        empty = [r for r in free if not r.ids]
+        empty = [r for r in free if r.empty]
         region = empty[0] if empty else min(free, key=lambda r: r.used)
-        region.ids, region.keys = [], []
+        region.clear()
         return region
 
 
