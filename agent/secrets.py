@@ -187,7 +187,7 @@ def mask(image):
         return image
     from PIL import ImageDraw
 
-    from agent.desktop.ocr import ocr_words
+    from agent.ocr import ocr_words
 
     words = ocr_words(image)
     hits = [w for w in words if redact(w.text) != w.text]

@@ -45,6 +45,7 @@ class Step(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)  # *_ms: capture, model, exec, settle, step
     source: Literal["model", "human", "replay"] = "model"
     flow_step: int | None = None  # in a flow (task with steps:), the index of the step this action served
+    decision: dict[str, Any] | None = None  # attended runs: the person's verdict on this step (agent/ui/attend.py)
     t: float = Field(default_factory=time.time)  # wall clock when the step was recorded
 
     @field_serializer("action")
@@ -161,6 +162,7 @@ class Trace:
         except OSError:
             self._reserve.unlink(missing_ok=True)
         self.steps: list[Step] = []
+        self.listeners: list = []  # called with each step's JSON once it is on disk (the run's event stream)
         self._failed: str | None = None  # why a screenshot could not be written
         # PNG encoding of a 1080p frame costs ~25 ms: done off the loop's thread (zlib drops the GIL).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-png")
@@ -202,6 +204,8 @@ class Trace:
             self._cut(start)
             raise TraceError(f"cannot write the trace in {self.folder}: {_os_reason(e)}") from None
         self.steps.append(step)
+        for listener in self.listeners:  # what is on disk, redacted
+            listener(json.loads(line))
         if self._failed:  # a screenshot could not be written: end the run now, not at its end
             raise TraceError(f"trace {self.folder}: {self._failed}")
         return step

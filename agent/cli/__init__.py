@@ -24,6 +24,7 @@ COMMANDS = {
     "report": "agent.cli.report:report",
     "serve": "agent.cli.serve:serve",
     "trust": "agent.cli.trust:trust",
+    "ui": "agent.cli.console:ui",
 }
 HELP = {
     "run": "Run a task file with a model in a sandboxed display.",
@@ -37,6 +38,7 @@ HELP = {
     "report": "Build an HTML report from traces.",
     "serve": "Serve the model to many agents at once (OpenAI-compatible API, batched decoding).",
     "trust": "Trust a trace folder from elsewhere: its task's setup and command checks may run.",
+    "ui": "A local web console: watch, steer and start runs; a playground.",
 }
 
 
