@@ -161,7 +161,7 @@ def _replayed(step: Step, trace: Path, dest: Path, slug: str) -> dict | None:
             "element": (found.get("detail") or {}).get("element", ""), "runner_up": found.get("runner_up")}
 
 
-def _card(step: Step, img: str | None, after: str | None) -> dict:
+def card(step: Step, img: str | None, after: str | None) -> dict:
     """One step; `after` is the next screen (the next step's, or the final one), for before/after."""
     intended = _intended(step)
     shown = intended if intended is not None else step.action
@@ -171,6 +171,9 @@ def _card(step: Step, img: str | None, after: str | None) -> dict:
             "overlay": overlay(step, intended, rejected=intended is not None),
             "target": _evidence(step.target) if step.target else None, "timings": _timings(step)}
 
+
+
+_card = card  # the old private name (agent.ui.views imports it)
 
 def _log(log: Path | None) -> dict | None:
     if log is None:
@@ -207,9 +210,9 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
     tasks_dir = out / "tasks"
     imgs = [_copy_screen(trace, st.screenshot, tasks_dir, slug) for st in steps]
     final = _copy_screen(trace, (result.final_screenshot if result else None) or "screens/final.png", tasks_dir, slug)
-    cards = [_card(st, img, imgs[i + 1] if i + 1 < len(imgs) else final) for i, (st, img) in enumerate(zip(steps, imgs))]
-    for st, card in zip(steps, cards):
-        card["replayed"] = _replayed(st, trace, tasks_dir, slug)
+    cards = [card(st, img, imgs[i + 1] if i + 1 < len(imgs) else final) for i, (st, img) in enumerate(zip(steps, imgs))]
+    for st, shown in zip(steps, cards):
+        shown["replayed"] = _replayed(st, trace, tasks_dir, slug)
     status = result.status if result else "no result"
     page = secrets.redact_data({
         "title": f"{name} · vlagent", "root": "../", "name": name, "status": status,
