@@ -70,7 +70,8 @@ def share_with_this_process(number: int, cookie: bytes) -> None:
                 _user = Path(user).read_bytes()[:1 << 20]
             except OSError:
                 _user = b""
-            os.environ["XAUTHORITY"] = str(_process_file)
+        # Set each time: someone (a test driving another vlagent's display) may have pointed it elsewhere.
+        os.environ["XAUTHORITY"] = str(_process_file)
         _ours[number] = cookie
         _write(_process_file, b"".join(entries(n, c) for n, c in _ours.items()) + _user)
 

@@ -25,7 +25,7 @@ def _xdotool(display: str, *args: str) -> None:
     time.sleep(0.4)
 
 
-def test_a_tab_focused_password_field_in_a_gtk_dialog_is_recorded_as_a_placeholder(tmp_path):
+def test_a_tab_focused_password_field_in_a_gtk_dialog_is_recorded_as_a_placeholder(tmp_path, monkeypatch):
     task = {"name": "login", "goal": "Log in.", "screen": {"width": 1024, "height": 768},
             "setup": [{"launch": ["zenity", "--forms", "--title", "Anmelden", "--add-entry", "Benutzer",
                                   "--add-password", "Kennwort"], "wait_for_window": "Anmelden"}]}
@@ -40,7 +40,7 @@ def test_a_tab_focused_password_field_in_a_gtk_dialog_is_recorded_as_a_placehold
         m = re.search(r"recording on display (:\d+)", line)
         display = m.group(1) if m else None
         if m:
-            os.environ["XAUTHORITY"] = re.search(r"XAUTHORITY=(\S*?)\)", line).group(1)
+            monkeypatch.setenv("XAUTHORITY", re.search(r"XAUTHORITY=(\S*?)\)", line).group(1))
     assert display, proc.communicate()
     time.sleep(2.5)  # the dialog's widgets reach the accessibility tree
     _xdotool(display, "type", "--delay", "30", "ada")  # the first field has the focus on its own
