@@ -59,6 +59,11 @@ def declare_secret(name: str) -> None:
     _declared.add(name)
 
 
+def forget_secret(name: str) -> None:
+    """An untrusted file declared it (agent.trust.trace_task): it may not be typed after all."""
+    _declared.discard(name)
+
+
 def screen_point(coord: Coordinate, frame: tuple[int, int], screen: tuple[int, int]) -> tuple[int, int]:
     """Where the executor will act: 0..1000 -> a pixel of the frame -> the same spot on the screen
     (agent.run.executor.screen_point does the same; both use actions.coords)."""
@@ -174,4 +179,4 @@ def _secret_place(text: str, probe: Probe, policy: Policy) -> None:
                           f"{field.get('role') or '?'} {field.get('name') or field.get('label') or ''!r}")
 
 
-__all__ = ["Probe", "check", "check_reply", "declare_secret", "probe_of", "screen_point"]
+__all__ = ["Probe", "check", "check_reply", "declare_secret", "forget_secret", "probe_of", "screen_point"]

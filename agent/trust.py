@@ -109,17 +109,25 @@ def trace_task(task, folder: Path, say=None):
     folder = Path(folder)
     if trusted(folder):
         return task
+    from actions.gate import forget_secret
+
     here = folder.resolve()
     setup, commands = len(task.setup), sum(1 for c in task.success if c.kind == "command")
-    update = {"setup": [], "success": [c for c in task.success if c.kind != "command"], "taskdir": str(here)}
+    # Nor may it name what it receives: secrets it could type (on a live display, into any window)
+    # or environment variables its programs would get.
+    for name in task.secrets:
+        forget_secret(name)
+    update = {"setup": [], "success": [c for c in task.success if c.kind != "command"], "taskdir": str(here),
+              "secrets": {}, "env": []}
     for name in ("before", "after"):  # a flow's hooks may run steps too
         if getattr(task, name, None):
             update[name] = []
     safe = task.model_copy(update=update)
     safe.base_dir = here
-    if setup or commands or task.base_dir != here:
-        (say or _stderr)(f"{folder}: not trusted (not written on this machine): its task's {setup} setup step(s) and "
-                         f"{commands} command check(s) are not run; read it, then `vlagent trust {folder}` or --trust")
+    if setup or commands or task.secrets or task.env or task.base_dir != here:
+        (say or _stderr)(f"{folder}: not trusted (not written on this machine): its task's {setup} setup step(s), "
+                         f"{commands} command check(s) and {len(task.secrets)} secret(s) are not used; read it, then "
+                         f"`vlagent trust {folder}` or --trust")
     return safe
 
 
