@@ -15,7 +15,7 @@ from actions.patterns import PatternError, compile_pattern
 from actions.policy import Allow
 from agent.errors import VlagentError
 from agent.secrets import declare as declare_secrets
-from agent.flow.steps import FlowStep, check_names
+from agent.steps import FlowStep, check_names
 from sandbox.setup import SetupStep, expand  # noqa: F401 (part of the task model)
 
 MAX_TASK_BYTES = 1 << 20
@@ -56,7 +56,7 @@ class A11y(_Strict):
     def _something(self):
         if self.role is None and self.name is None and self.text is None:
             raise ValueError("an a11y check needs role, name or text")
-        from agent.replay.atspi import STATES
+        from sandbox.atspi import STATES
 
         unknown = [s for s in self.states if s not in STATES]
         if unknown:
@@ -103,6 +103,7 @@ class Task(_Strict):
     # file's folder; a trace's copy of the task names the original folder here.
     taskdir: str | None = None
     mask_screenshots: bool = False  # paint over secrets OCR finds in saved screenshots (agent.secrets)
+    env: list[str] = []  # variables of vlagent's environment its apps, setup and checks receive (sandbox.session.clean_env)
     # Not part of the file: the resolved taskdir.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

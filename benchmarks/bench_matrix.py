@@ -91,7 +91,7 @@ def drive(app, steps, display: str, workdir: Path) -> None:
 
 def ocr_verdicts(image, display: str, wanted: list[str]) -> dict:
     """Each screen_text judged by OCR alone: now (the windows, both polarities) and before (the grey screen)."""
-    from agent.desktop.ocr import lines_of, ocr_words, read_text
+    from agent.ocr import lines_of, ocr_words, read_text
     from sandbox.windows import list_windows
 
     norm = lambda s: " ".join(s.split()).casefold()  # noqa: E731

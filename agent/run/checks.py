@@ -2,7 +2,7 @@
 
 `evaluate` never raises: any error becomes a failed CheckResult whose detail says why.
 What is on the screen is read from the accessibility tree where the app publishes one (GTK, Qt,
-Chromium), else by OCR of each window, in any theme (agent.desktop.ocr).
+Chromium), else by OCR of each window, in any theme (agent.ocr).
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from typing import Any, Callable
 from actions.patterns import PatternError, compile_pattern
 from agent.task import Check, Task, expand, resolve_path
 from agent.trace import CheckResult
+from agent.trust import inside
 from sandbox.procs import TAG_VAR, kill_group, sandbox_tag, spawn
+from sandbox.session import clean_env
 
 COMMAND_TIMEOUT_S = 30.0
 GRACE_S = 2.0  # how long the checks at the end of a run give a late app (see evaluate)
@@ -55,7 +57,7 @@ class _TreeReader:
         if not self.display:
             return []
         if self.tree is None:
-            from agent.replay.atspi import Tree
+            from sandbox.atspi import Tree
             self.tree = Tree(self.display)
         return self.tree.nodes()
 
@@ -90,7 +92,7 @@ class _Context:
         """OCR of the current screen's windows (the whole screen without any), once for all
         screen_text checks."""
         if self._screen_text is None:
-            from agent.desktop.ocr import read_text
+            from agent.ocr import read_text
 
             image = self.desktop.capture()
             self._screen_text = _normalise(read_text(image, _windows(self.desktop, image)))
@@ -145,6 +147,8 @@ def _file_json(spec, ctx: _Context) -> tuple[bool, str]:
     except (RecursionError, ValueError) as e:  # nested too deeply, a number of 5,000 digits
         return False, f"{path} is not usable JSON: {type(e).__name__}"
     diff = _subset_diff(spec.equals, data, "")
+    if diff and not inside(path, ctx.workdir):  # quote nothing of a file outside the run's folder
+        diff = f"{diff.split(':')[0]}: differs (not quoted: outside the run's folder)"
     return (diff is None), (diff or "all keys match")
 
 
@@ -176,7 +180,8 @@ def _file_contains(spec, ctx: _Context) -> tuple[bool, str]:
         text = f.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
     if spec.text in text:
         return True, f"found in {path}"
-    return False, f"{path} does not contain {spec.text!r}; it starts {text[:DETAIL_CHARS]!r}"
+    shown = f"; it starts {text[:DETAIL_CHARS]!r}" if inside(path, ctx.workdir) else " (not quoted: outside the run's folder)"
+    return False, f"{path} does not contain {spec.text!r}{shown}"
 
 
 def _screen_text(wanted: str, ctx: _Context) -> tuple[bool, str]:
@@ -238,9 +243,9 @@ def _window_title(regex: str, ctx: _Context) -> tuple[bool, str]:
 def _command(cmd: list[str] | str, ctx: _Context) -> tuple[bool, str]:
     shell = isinstance(cmd, str)
     base = ctx.task.base_dir
-    argv = expand(cmd, ctx.workdir, base) if shell else [expand(a, ctx.workdir, base) for a in cmd]
-    # The sandbox's tag: what the command leaves behind (setsid, a daemon) is ended at teardown.
-    env = {**os.environ, "DISPLAY": ctx.desktop.display or "", TAG_VAR: sandbox_tag(ctx.desktop.display or "", ctx.workdir)}
+    argv = expand(cmd, ctx.workdir, base, shell=True) if shell else [expand(a, ctx.workdir, base) for a in cmd]
+    # A clean environment (no secrets, no keys) and the sandbox's tag: what it leaves behind is ended at teardown.
+    env = clean_env(ctx.desktop.display or "", None, ctx.task.env, **{TAG_VAR: sandbox_tag(ctx.desktop.display or "", ctx.workdir)})
     try:  # own process group: a timeout kills the shell's children too
         proc = spawn(argv, shell=shell, cwd=ctx.task.base_dir, env=env, stdin=subprocess.DEVNULL,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
