@@ -30,9 +30,9 @@ for what in "$@"; do case $what in
   probe) timeout 150 python3 benchmarks/gpu_fp8_probe.py $OUT/fp8_probe.json 2>&1 | tail -25 ;;
   imports) ckpt; python3 -X importtime -c "import agent.cli, agent.backends.transformers, transformers; from transformers import Qwen3VLForConditionalGeneration" 2> /tmp/imp.log; sort -t'|' -k2 -n -r /tmp/imp.log | head -25 > $OUT/importtime_top.txt; head -25 $OUT/importtime_top.txt ;;
   base) ckpt; BT=300 b base --model $M --steps 12 --decode-context 10240 ;;
-  shift) ckpt; VLAGENT_KV_SHIFT=1 b shift --model $M --steps 12 --no-baselines --decode-context 10240 --peak-context 32768 ;;
-  noshift) ckpt; VLAGENT_KV_SHIFT=0 b noshift --model $M --steps 12 --no-baselines ;;
-  fp8) ckpt; VLAGENT_FP8=block b fp8 --model $M --steps 12 --no-baselines --decode-context 10240 --peak-context 32768 ;;
+  shift) ckpt; b shift --model $M --steps 12 --no-baselines --kv-shift --decode-context 10240 --peak-context 32768 ;;
+  noshift) ckpt; b noshift --model $M --steps 12 --no-baselines --no-kv-shift ;;
+  fp8) ckpt; b fp8 --model $M --steps 12 --no-baselines --kv-shift --fp8 block --decode-context 10240 --peak-context 32768 ;;
   fp8ckpt) ckpt; timeout 200 python3 benchmarks/gpu_fp8_check.py $M $OUT/fp8_layers.json 2>&1 | tail -20 ;;
   kvcheck) ckpt; timeout 150 python3 benchmarks/gpu_kv_shift.py $M $OUT/kv_shift_2b.json 2>&1 | tail -12 ;;
   serve) ckpt; timeout 300 python3 benchmarks/bench_serve.py --model $M --agents 1,8 --json $OUT/serve.json 2>&1 | tail -15 ;;

@@ -212,6 +212,10 @@ class Engine:
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
         self._pre_n, self._post_n = pre_attention, post_attention
+        if compile and self.fp8:
+            import logging
+            logging.getLogger(__name__).warning("engine: FP8 weights run eager (torch.compile is not used with them)")
+            compile = False
         if compile:  # one compile each, shared by all layers (weights are arguments); artefacts cached on disk
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
             mode = compile if isinstance(compile, str) else None  # e.g. "max-autotune-no-cudagraphs"
@@ -245,6 +249,10 @@ class Engine:
         so one GEMM replaces three (and two) without holding the weights twice."""
         torch = self.torch
         self.layers = []
+        self.fp8 = any(getattr(mod, "fp8", None) is not None for mod in self.lm.modules())
+        if self.fp8:
+            self._fuse_fp8()
+            return
         with torch.no_grad():
             for layer in self.lm.layers:
                 a, m = layer.self_attn, layer.mlp
@@ -262,6 +270,31 @@ class Engine:
                                         kn=a.k_norm.weight, o=a.o_proj.weight,
                                         post=layer.post_attention_layernorm.weight, gu=gu,
                                         down=m.down_proj.weight))
+
+    def _fuse_fp8(self):
+        """The same fusion for FP8 linears (agent/backends/fp8.py): q/k/v and gate/up concatenated in
+        e4m3 with their scales, the modules pointed at row views of the fused weights."""
+        from agent.backends.fp8 import FP8Linear, FP8Weight
+        for layer in self.lm.layers:
+            a, m = layer.self_attn, layer.mlp
+            mods = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+            if any(getattr(x, "fp8", None) is None for x in mods) or a.q_proj.bias is not None:
+                raise VlagentError("engine: FP8 weights on some linears of a layer only")
+            qkv = FP8Weight.cat([a.q_proj.fp8, a.k_proj.fp8, a.v_proj.fp8])
+            gu = FP8Weight.cat([m.gate_proj.fp8, m.up_proj.fp8])
+            if qkv is None or gu is None:
+                raise VlagentError("engine: FP8 blocks do not line up with the q/k/v or gate/up split")
+            cuts = [0]
+            for x in (a.q_proj, a.k_proj, a.v_proj):
+                cuts.append(cuts[-1] + x.fp8.q.shape[0])
+            for x, lo, hi in zip((a.q_proj, a.k_proj, a.v_proj), cuts, cuts[1:]):
+                x.fp8 = qkv.rows(lo, hi)
+                x.forward = FP8Linear(x.fp8, None)
+            m.gate_proj.fp8, m.up_proj.fp8 = gu.rows(0, self.inter), gu.rows(self.inter, 2 * self.inter)
+            m.gate_proj.forward, m.up_proj.forward = FP8Linear(m.gate_proj.fp8, None), FP8Linear(m.up_proj.fp8, None)
+            self.layers.append(dict(ln=layer.input_layernorm.weight, qkv=qkv, qn=a.q_norm.weight,
+                                    kn=a.k_norm.weight, o=a.o_proj.fp8,
+                                    post=layer.post_attention_layernorm.weight, gu=gu, down=m.down_proj.fp8))
 
     def reset(self):
         """Forget the cached prefix (the next call prefills everything)."""
@@ -856,7 +889,7 @@ def make_engine(model, context: int | None = None, options=None) -> "Engine":
 def engine_options():
     """The engine switches from the environment, read here only (until agent/backends/options.py
     carries them): VLAGENT_CONTEXT, VLAGENT_COMPILE, VLAGENT_SDPA, VLAGENT_WARM_TOKENS,
-    VLAGENT_COMPILE_VISION, VLAGENT_KV_SHIFT."""
+    VLAGENT_COMPILE_VISION, VLAGENT_KV_SHIFT, VLAGENT_FP8."""
     try:
         from agent.backends.options import EngineOptions  # noqa: F401
         from agent.backends import options as mod
@@ -869,7 +902,22 @@ def engine_options():
                            compile=env.get("VLAGENT_COMPILE") == "1", sdpa=env.get("VLAGENT_SDPA", "cudnn"),
                            warm_tokens=int(env.get("VLAGENT_WARM_TOKENS", WARM_TOKENS)),
                            compile_vision=env.get("VLAGENT_COMPILE_VISION", "1") != "0",
-                           kv_shift=env.get("VLAGENT_KV_SHIFT", "0") == "1")
+                           kv_shift=env.get("VLAGENT_KV_SHIFT", "0") == "1",
+                           fp8=env.get("VLAGENT_FP8") if env.get("VLAGENT_FP8") in ("block", "channel") else None)
+
+
+def with_options(opts, **changes):
+    """A copy of an options object with some switches changed (a dataclass or a namespace)."""
+    import dataclasses
+    from types import SimpleNamespace
+    if dataclasses.is_dataclass(opts):
+        known = {f.name for f in dataclasses.fields(opts)}
+        out = dataclasses.replace(opts, **{k: v for k, v in changes.items() if k in known})
+        for k, v in changes.items():
+            if k not in known:
+                object.__setattr__(out, k, v)
+        return out
+    return SimpleNamespace(**{**vars(opts), **changes})
 
 
 def _split_images(inputs, messages) -> list:

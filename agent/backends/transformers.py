@@ -132,12 +132,15 @@ def _chat_template(model: str) -> str | None:
 
 class TransformersBackend:
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = None, dtype=None,
-                 max_new_tokens: int | None = None, constrained: bool = True, engine: bool | None = None):
+                 max_new_tokens: int | None = None, constrained: bool = True, engine: bool | None = None,
+                 engine_options=None):
         """`max_new_tokens` None: with a grammar, the grammar's own bound (a reply always completes);
         without, UNCONSTRAINED_MAX_NEW_TOKENS. `engine`: decode with agent/backends/engine.py (static KV
         cache, prefix reuse across steps, CUDA graphs); None = on CUDA unless VLAGENT_ENGINE=0 (=1: on the CPU too)."""
         model = str(model)
         self.name = f"transformers:{model}"
+        from agent.backends.engine import engine_options as _env_options
+        self.engine_options = engine_options if engine_options is not None else _env_options()
         self.max_new_tokens = max_new_tokens
         try:
             import torch  # noqa: F401
@@ -191,15 +194,22 @@ class TransformersBackend:
             from agent.backends.engine import make_engine
 
             t1 = time.perf_counter()
-            self.engine = make_engine(self.model)
+            self.engine = make_engine(self.model, options=self.engine_options)
             self.load_timings["engine_s"] = time.perf_counter() - t1  # KV cache, warm-up, graph captures
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _load(self, folder: str):
         from transformers import Qwen3VLForConditionalGeneration
 
-        return Qwen3VLForConditionalGeneration.from_pretrained(
+        from agent.backends import fp8
+        if fp8.checkpoint_layout(folder):  # an FP8 checkpoint (Qwen's fine-grained or compressed-tensors)
+            return fp8.load_fp8(folder, self.dtype, self.device, _attention(self.device))
+        model = Qwen3VLForConditionalGeneration.from_pretrained(
             folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
+        layout = getattr(self.engine_options, "fp8", None)  # block|channel: 8-bit weights from a bf16 checkpoint
+        if layout:
+            fp8.quantize_model(model, layout)
+        return model
 
     def _render(self, messages: list[Message]):
         """(token ids of the text between images, the images): the chat template rendered once per
