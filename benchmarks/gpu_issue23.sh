@@ -35,5 +35,5 @@ for what in "$@"; do case $what in
   fp8) ckpt; b fp8 --model $M --steps 12 --no-baselines --kv-shift --fp8 block --decode-context 10240 --peak-context 32768 ;;
   fp8ckpt) ckpt; timeout 200 python3 benchmarks/gpu_fp8_check.py $M $OUT/fp8_layers.json 2>&1 | tail -20 ;;
   kvcheck) ckpt; timeout 150 python3 benchmarks/gpu_kv_shift.py $M $OUT/kv_shift_2b.json 2>&1 | tail -12 ;;
-  serve) ckpt; timeout 300 python3 benchmarks/bench_serve.py --model $M --agents 1,8 --json $OUT/serve.json 2>&1 | tail -15 ;;
+  serve) ckpt; timeout 400 python3 benchmarks/bench_serve.py $OUT/serve.json --checkpoint $M --agents 1,8 --steps 6 --think-from benchmarks/results/desktop_time.json 2>&1 | tail -12 ;;
 esac; done
