@@ -153,15 +153,15 @@ class Prompter:
 
 
 def make_grammar(tokenizer, vocab: int, ebnf: str = GRAMMAR_EBNF):
-    """A compiled native tool-call grammar (xgrammar is a hard dependency)."""
-    import xgrammar as xgr
+    """A compiled native tool-call grammar (xgrammar is a hard dependency), by the backends' one
+    compiler (agent/backends/grammar.py)."""
+    from agent.backends.grammar import make_constrainer
 
     if tokenizer is None:  # the 2B shapes have no tokenizer offline: the tiny one stands in (same bitmask size)
         from transformers import AutoTokenizer
         from agent.backends.tiny import tiny_checkpoint
         tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint())
-    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
-    return xgr.GrammarCompiler(info).compile_grammar(ebnf)
+    return make_constrainer(tokenizer, vocab).compile_ebnf(ebnf)
 
 
 def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, screen=(1920, 1080),

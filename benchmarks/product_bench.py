@@ -194,7 +194,7 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
     before_load = process_age_s()
     from agent.backends.engine import engine_options, with_options
     opts = with_options(engine_options(), **{k: v for k, v in engine.items() if v is not None})
-    backend = load_backend(model, engine_options=opts)
+    backend = load_backend(model, options=opts)
     load_s = time.perf_counter() - t_load
     cuda = backend.device.startswith("cuda")
     task = load_task(TASK)

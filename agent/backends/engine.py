@@ -67,9 +67,8 @@ def sdpa_backends(choice: str = "cudnn"):
 
 
 def compile_cache_dir():
-    from pathlib import Path
-    root = Path(os.environ["VLAGENT_CACHE"]) if os.environ.get("VLAGENT_CACHE") else Path.home() / ".cache" / "vlagent"
-    return root / "inductor"
+    from agent.backends.options import cache_dir
+    return cache_dir() / "inductor"
 
 
 class Cancelled(VlagentError):
@@ -887,23 +886,9 @@ def make_engine(model, context: int | None = None, options=None) -> "Engine":
 
 
 def engine_options():
-    """The engine switches from the environment, read here only (until agent/backends/options.py
-    carries them): VLAGENT_CONTEXT, VLAGENT_COMPILE, VLAGENT_SDPA, VLAGENT_WARM_TOKENS,
-    VLAGENT_COMPILE_VISION, VLAGENT_KV_SHIFT, VLAGENT_FP8."""
-    try:
-        from agent.backends.options import EngineOptions  # noqa: F401
-        from agent.backends import options as mod
-        return mod.from_env() if hasattr(mod, "from_env") else EngineOptions()
-    except ImportError:
-        pass
-    from types import SimpleNamespace
-    env = os.environ
-    return SimpleNamespace(context=int(env.get("VLAGENT_CONTEXT", ENGINE_CONTEXT)),
-                           compile=env.get("VLAGENT_COMPILE") == "1", sdpa=env.get("VLAGENT_SDPA", "cudnn"),
-                           warm_tokens=int(env.get("VLAGENT_WARM_TOKENS", WARM_TOKENS)),
-                           compile_vision=env.get("VLAGENT_COMPILE_VISION", "1") != "0",
-                           kv_shift=env.get("VLAGENT_KV_SHIFT", "0") == "1",
-                           fp8=env.get("VLAGENT_FP8") if env.get("VLAGENT_FP8") in ("block", "channel") else None)
+    """The engine switches from the environment (agent/backends/options.py reads them, in one place)."""
+    from agent.backends.options import EngineOptions
+    return EngineOptions.from_env()
 
 
 def with_options(opts, **changes):

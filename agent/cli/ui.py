@@ -10,7 +10,7 @@ from rich.panel import Panel
 
 from actions.schema import to_json
 from agent.secrets import redact
-from agent.trace import Result, Step
+from agent.trace import FlowStepResult, Result, Step
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 STATUS_STYLE = {"success": "bold green", "failed": "bold red", "invalid_output": "bold magenta",
@@ -45,6 +45,23 @@ def step_printer():
     return show
 
 
+def watch_terminal(bus, as_json: bool = False):
+    """The terminal as a subscriber of a run's events: a line per step and per flow step (none
+    with --json, whose only output is the result)."""
+    from agent.run import events as ev
+
+    if as_json:
+        return None
+    show_step, show_flow = step_printer(), flow_printer()
+
+    def on_event(event) -> None:
+        if isinstance(event, ev.StepWritten):
+            show_step(Step.model_validate(event.step))
+        elif isinstance(event, ev.FlowStepDone):
+            show_flow(FlowStepResult.model_validate(event.result))
+    return bus.subscribe(on_event)
+
+
 def print_result(result: Result, folder: Path) -> None:
     style = STATUS_STYLE.get(result.status, "bold")
     lines = [f"[{style}]{result.status}[/] after {result.steps} steps in {result.duration_s:.1f} s", text(result.reason)]
@@ -73,3 +90,36 @@ def flow_printer():
         console.print(f"{FLOW_MARK[f.status]} [bold]{text(f.kind)}[/] {text(f.text)}{value}{cache} "
                       f"[dim]({f.model_calls} model calls, {f.duration_s:.1f} s)[/]{reason}")
     return show
+
+
+def ask_in_terminal(proposal, attendant) -> None:
+    """An attended run's question, in the terminal (no page watches): approve, or reject with a note.
+    Reads the terminal itself, so a run whose stdin is not a terminal is left to its timeout."""
+    import sys
+    import threading
+
+    from agent.ui.attend import Decision
+
+    if not sys.stdin or not sys.stdin.isatty():
+        return
+    console.print(f"[bold yellow]step {proposal.step} waits for you[/]: {text(proposal.why)}\n"
+                  f"  proposed: {text(json.dumps(proposal.action, ensure_ascii=False))}\n"
+                  "  [bold]a[/] approve · [bold]r[/] reject (a note may follow: r wrong field) > ", end="")
+    result: dict = {}
+
+    def read():
+        try:
+            result["line"] = sys.stdin.readline()
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while reader.is_alive() and attendant.pending is proposal:
+        reader.join(0.25)
+    line = result.get("line", "").strip()
+    if attendant.pending is not proposal or not line:
+        return
+    verdict = "approve" if line.lower() in ("a", "y", "yes", "approve") else "reject"
+    note = line[1:].strip() if verdict == "reject" and line[:1].lower() == "r" else ("" if verdict == "approve" else line)
+    attendant.answer(Decision(verdict, "terminal", note=note), proposal.step)
