@@ -2,8 +2,9 @@
 card has them), and their error against the bf16 model layer by layer on the same input (a 1080p
 screenshot and text), plus the load time of each.
 
-Usage: python benchmarks/gpu_fp8_check.py BF16_DIR OUT.json"""
+Usage: python benchmarks/gpu_fp8_check.py BF16_DIR OUT.json [block,channel]"""
 import json
+import os
 import sys
 import time
 
@@ -22,10 +23,11 @@ pv = torch.randn(68 * 120, 3 * 2 * 16 * 16, device="cuda", generator=g)
 text = torch.randint(1000, 150000, (1, 300), device="cuda", generator=g)
 ids = torch.cat([text[:, :200], torch.tensor([[cfg.vision_start_token_id] + [cfg.image_token_id] * 2040
                                                + [cfg.vision_end_token_id]], device="cuda"), text[:, 200:]], 1)
-for layout in ("block", "channel"):
+for layout in (sys.argv[3].split(",") if len(sys.argv) > 3 else ("block", "channel")):
     dst = f"/tmp/r2b_fp8_{layout}"
     t = time.perf_counter()
-    fp8.save_fp8_checkpoint(src, dst, layout)
+    if not os.path.exists(f"{dst}/config.json"):
+        fp8.save_fp8_checkpoint(src, dst, layout)
     save_s = time.perf_counter() - t
     torch.cuda.synchronize()
     t = time.perf_counter()
