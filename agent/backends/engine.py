@@ -50,6 +50,7 @@ from agent.errors import VlagentError
 
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
 WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
+EARLY_TOKENS = 4096  # decode graphs captured before the load returns; longer spans in the background
 FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
 FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
 SHIFT_MIN = 64  # tokens: a shorter block of kept KV is recomputed rather than moved
@@ -501,9 +502,9 @@ class Engine:
                     if (s, n) not in self._graphs and s - n >= 0:
                         self._pos.fill_(s - n)
                         self._capture(s, n)
-        self._pos.zero_()
+            self._pos.zero_()
 
-    def warm_up(self, tokens: int = 0):
+    def warm_up(self, tokens: int = 0, background: bool = True):
         """At load: run the vision tower, a prefill and a few decode steps on a small dummy prompt
         (library handles, kernel choices, compiled pieces), then capture the decode graphs of every
         bucket up to `tokens` (default WARM_TOKENS), so that no step of a run pays for them."""
@@ -519,7 +520,28 @@ class Engine:
         self.vision.pop("warm-up")
         self.reset()
         tokens = tokens or WARM_TOKENS
-        self.warmup(list(range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET)))
+        spans = list(range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET))
+        early = [s for s in spans if s <= EARLY_TOKENS]
+        self.warmup(early)
+        rest = [s for s in spans if s > EARLY_TOKENS]
+        if rest and background:  # the longer spans in the background, one at a time under the call lock
+            self._warm_thread = threading.Thread(target=self._warm_rest, args=(rest,), daemon=True,
+                                                 name="vlagent-graph-capture")
+            self._warm_thread.start()
+        elif rest:
+            self.warmup(rest)
+
+    def _warm_rest(self, spans: list[int]):
+        """Capture the decode graphs of longer spans after the load (cold start): each span takes the
+        engine's lock, so a call waits for at most one capture (~40 ms a width); a span a call needs
+        first is captured by that call and skipped here."""
+        import logging
+        for s in spans:
+            try:
+                self.warmup([s])
+            except Exception as e:  # a failed capture here is not fatal: the call that needs it captures it
+                logging.getLogger(__name__).warning("background graph capture stopped: %s", e)
+                return
 
     # ---- one call
 
