@@ -48,6 +48,15 @@ def test_fp8_checkpoints_load_and_answer_like_the_original(tiny, tmp_path, layou
     errs = fp8.layer_errors(ref, model, ids)
     assert all(e["rel_err"] < 0.1 for e in errs[:-1]), errs
     assert errs[-1]["rel_err"] < 0.1 and errs[-1]["top1_agree"] >= 0.9, errs[-1]
+    # As on a card with FP8 kernels: the e4m3 weights stay (biases of the vision tower included).
+    kept = fp8.load_fp8(dst, torch.float32, "cpu", kernels=True)
+    assert kept.fp8_kernels and kept.model.visual.blocks[0].attn.qkv.weight is None
+    pv = torch.randn(16, 3 * 2 * 16 * 16, generator=torch.Generator().manual_seed(2))
+    grid = torch.tensor([[1, 4, 4]])
+    im_tok = ref.config.image_token_id
+    ids2 = torch.cat([ids[:, :10], torch.full((1, 4), im_tok), ids[:, 10:]], 1)
+    errs = fp8.layer_errors(model, kept, ids2, pv, grid)  # same weights, dequantised once or per call
+    assert errs[-1]["rel_err"] < 1e-4, errs[-1]
 
 
 def test_the_backend_loads_an_fp8_folder(tiny, tmp_path):

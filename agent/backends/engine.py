@@ -289,9 +289,9 @@ class Engine:
                 cuts.append(cuts[-1] + x.fp8.q.shape[0])
             for x, lo, hi in zip((a.q_proj, a.k_proj, a.v_proj), cuts, cuts[1:]):
                 x.fp8 = qkv.rows(lo, hi)
-                x.forward = FP8Linear(x.fp8, None)
+                x.forward = FP8Linear(x.fp8, x)
             m.gate_proj.fp8, m.up_proj.fp8 = gu.rows(0, self.inter), gu.rows(self.inter, 2 * self.inter)
-            m.gate_proj.forward, m.up_proj.forward = FP8Linear(m.gate_proj.fp8, None), FP8Linear(m.up_proj.fp8, None)
+            m.gate_proj.forward, m.up_proj.forward = FP8Linear(m.gate_proj.fp8, m.gate_proj), FP8Linear(m.up_proj.fp8, m.up_proj)
             self.layers.append(dict(ln=layer.input_layernorm.weight, qkv=qkv, qn=a.q_norm.weight,
                                     kn=a.k_norm.weight, o=a.o_proj.fp8,
                                     post=layer.post_attention_layernorm.weight, gu=gu, down=m.down_proj.fp8))

@@ -186,14 +186,16 @@ def fp8_matmul(x, w: FP8Weight):
 # ---- modules and checkpoints
 
 class FP8Linear:
-    """Stand-in for nn.Linear.forward with an FP8Weight (set as the module's forward)."""
+    """Stand-in for nn.Linear.forward with an FP8Weight (set as the module's forward). The bias is
+    read from the module at each call (a checkpoint's load assigns it after this is set up)."""
 
-    def __init__(self, w: FP8Weight, bias):
-        self.w, self.bias = w, bias
+    def __init__(self, w: FP8Weight, module=None):
+        self.w, self.module = w, module
 
     def __call__(self, x):
         y = linear(x, self.w)
-        return y + self.bias if self.bias is not None else y
+        bias = getattr(self.module, "bias", None) if self.module is not None else None
+        return y + bias if bias is not None else y
 
 
 def _linear_names(model, skip=("lm_head", "embed")):
@@ -210,8 +212,7 @@ def attach(mod, w: FP8Weight, kernels: bool):
     if kernels:
         mod.fp8 = w
         mod.weight = None
-        bias = mod.bias
-        mod.forward = FP8Linear(w, bias)
+        mod.forward = FP8Linear(w, mod)
     else:
         mod.weight = torch.nn.Parameter(w.dequantized(), requires_grad=False)
 
@@ -322,7 +323,7 @@ def _quantizable(name: str, t) -> bool:
             and "pos_embed" not in name and ("proj" in name or "qkv" in name or "linear_fc" in name or "fc" in name))
 
 
-def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa"):
+def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: bool | None = None):
     """A Qwen3VLForConditionalGeneration from an FP8 checkpoint folder (either layout): the model is
     built from its config without the quantisation section, the non-quantised tensors load as they
     are, and each quantised linear gets its FP8Weight (kernels where the card has them, else
@@ -341,7 +342,7 @@ def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa"):
     cfg._attn_implementation = attn_implementation
     block = tuple(qc.get("weight_block_size", (BLOCK, BLOCK))) if layout == "block" else None
     dev = torch.device(device)
-    kernels = fp8_supported(dev)
+    kernels = fp8_supported(dev) if kernels is None else kernels  # kernels=True on the CPU: e4m3 kept, widened per call (tests)
     if not kernels:
         warn_no_kernels(dev)
     old = torch.get_default_dtype()
