@@ -327,7 +327,10 @@ def context_peak(backend, context: int, screen) -> dict:
     tm = g.timings
     peak = max(tm.peak_vision_gib, tm.peak_prefill_gib, tm.peak_decode_gib)
     total = float(torch.cuda.get_device_properties(0).total_memory)
-    budget = plan(cfg, total, screen, model="random-2b", device=_device_name(), context=eng.max_context, dtype_bytes=2)
+    from agent.backends.engine import model_weight_bytes
+    params, weights = model_weight_bytes(backend.model)  # FP8 linears counted as theirs
+    budget = plan(cfg, total, screen, model="random-2b", device=_device_name(), context=eng.max_context, dtype_bytes=2,
+                  params=params, weight_bytes=weights)
     eng.reset()
     return {"peak_context": len(ids) + 32, "peak_context_gib": peak, "planned_peak_gib": budget.predicted_peak_gib,
             "planner_error_pct": 100 * (budget.predicted_peak_gib / peak - 1), "engine_context": eng.max_context}
