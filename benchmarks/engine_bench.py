@@ -1,4 +1,4 @@
-"""`vlagent bench`: an agent episode on the real Qwen3-VL-2B architecture, timed step by step.
+"""`vlagent bench --mode engine` (benchmarks/bench_steps.py): an agent episode on the real Qwen3-VL-2B architecture, timed step by step.
 
 Each step brings a new screenshot (synthetic, new content every step), the prompt is rendered
 with the same rolling-history rule as the agent (agent.run.history.first_image_step: the newest K
