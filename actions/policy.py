@@ -165,6 +165,7 @@ class Allow(BaseModel):
     deny_text: list[str] = []  # more tripwire patterns (RE2), on top of the defaults
     text: list[str | TextPattern] | None = None  # None: any text; else only these (literal or {pattern})
     terminal: bool = False  # allow type/key while a terminal or shell window has the focus
+    confirm: dict | None = None  # attended runs: which actions wait for a person (agent/ui/attend.py ConfirmRules)
 
     @field_validator("keys")
     @classmethod

@@ -280,11 +280,16 @@ def build_routes(console: Console) -> Starlette:
 
     async def frames(request: Request):
         live = console.find_live(request.query_params.get("id", ""))
-        source = live.frame_source() if live is not None else None
-        if source is None:
+        if live is None or live.ended:
             return Response("no live display", 404)
 
         async def stream():
+            source = live.frame_source()
+            while source is None:  # the run is still starting its display
+                if live.ended or await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+                source = live.frame_source()
             source.watch()
             seq = 0
             try:

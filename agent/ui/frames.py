@@ -113,7 +113,10 @@ class FrameSource:
                         self._cv.notify_all()
                 time.sleep(max(0.0, self.period - (time.perf_counter() - t0)))
         finally:
-            grabber.close()
+            try:
+                grabber.close()
+            except Exception:  # the display went first (the run's sandbox is gone)
+                pass
 
 
 def mjpeg_part(frame: Frame) -> bytes:

@@ -7,6 +7,7 @@ leaves: step cards are the report's own (agent/report templates), escaped by Jin
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict
@@ -18,6 +19,7 @@ from agent.ui.attend import Attendant, Decision, Lease, Proposal
 from agent.ui.frames import FrameSource
 from agent.ui.views import checks_html, proposal_view, step_html
 
+log = logging.getLogger(__name__)
 MAX_LOG = 5000  # page updates kept per run (a step is one or two)
 
 
@@ -95,6 +97,16 @@ class LiveRun:
     # ---- events (the bus's subscriber thread)
 
     def _on_event(self, e: ev.Event) -> None:
+        try:
+            self._show(e)
+        except Exception as exc:  # a bug in showing one event must not end the live view (the run goes on anyway)
+            log.exception("console: cannot show %s", type(e).__name__)
+            self.push("model", text=f"(the console could not show a {type(e).__name__}: {exc})")
+            if isinstance(e, ev.RunEnded):
+                self.status, self.reason, self.ended = e.status, e.reason, True
+                self.push("ended", status=e.status, reason=e.reason, html="")
+
+    def _show(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
             self.status = "running"
             self.push("status", text=f"started ({e.mode})")
@@ -153,6 +165,10 @@ class LiveRun:
         self._was_paused = self.control.paused
         self.lease.take()
         self.control.pause()
+        pending = self.attendant.pending
+        if pending is not None:  # the proposal was for a screen the person is about to change
+            self.attendant.answer(Decision("reject", "lease", note="a person took over the display; "
+                                           "look at the screen again"), pending.step)
         self.push("lease", holder="person")
 
     def hand_back(self) -> None:

@@ -118,6 +118,12 @@
     $("status").replaceChildren(s);
   }
 
+  // The frame stream ends when the connection drops (a restart, a long pause): open it again.
+  $("frames").addEventListener("error", () => {
+    if (document.body.classList.contains("ended")) return;
+    setTimeout(() => { $("frames").src = "/api/frames" + q + "&t=" + Date.now(); }, 1000);
+  });
+
   const timeline = $("timeline");
   const seen = new Set(Array.from(timeline.querySelectorAll("section.step")).map((s) => s.id));
   function apply(m) {
