@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_serializer
 
 from actions.schema import Action, to_json
-from agent import secrets
+from agent import secrets, trust
 from agent.errors import VlagentError
 
 Status = Literal["success", "failed", "invalid_output", "timeout", "aborted", "error"]
@@ -162,6 +162,7 @@ class Trace:
         except OSError:
             self._reserve.unlink(missing_ok=True)
         self.steps: list[Step] = []
+        self.listeners: list = []  # called with each step's JSON once it is on disk (the run's event stream)
         self._failed: str | None = None  # why a screenshot could not be written
         # PNG encoding of a 1080p frame costs ~25 ms: done off the loop's thread (zlib drops the GIL).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-png")
@@ -203,6 +204,8 @@ class Trace:
             self._cut(start)
             raise TraceError(f"cannot write the trace in {self.folder}: {_os_reason(e)}") from None
         self.steps.append(step)
+        for listener in self.listeners:  # what is on disk, redacted
+            listener(json.loads(line))
         if self._failed:  # a screenshot could not be written: end the run now, not at its end
             raise TraceError(f"trace {self.folder}: {self._failed}")
         return step
@@ -220,6 +223,7 @@ class Trace:
     def write_task(self, text: str) -> None:
         try:
             (self.folder / "task.yaml").write_text(secrets.redact(text), encoding="utf-8")
+            trust.sign(self.folder)  # written here: trusted here (agent.trust)
         except OSError as e:
             raise TraceError(f"cannot write the trace in {self.folder}: {_os_reason(e)}") from None
 
@@ -279,8 +283,8 @@ def load_steps(folder: str | Path, *, lenient: bool = False) -> list[Step]:
     line) and a folder without steps.jsonl has no steps."""
     path = Path(folder) / "steps.jsonl"
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+        lines = trust.read_bytes(folder, "steps.jsonl", trust.MAX_JSON_BYTES).decode("utf-8", "replace").splitlines()
+    except (OSError, trust.TrustError):
         if lenient:
             return []
         raise VlagentError(f"{folder}: not a trace folder (no steps.jsonl)") from None

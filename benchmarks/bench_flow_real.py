@@ -147,7 +147,7 @@ def _app_result(app: str, trace: Path, result: dict) -> str:
     import numpy as np
     from PIL import Image
 
-    from agent.desktop.ocr import ocr_text
+    from agent.ocr import ocr_text
 
     final = trace / "screens" / "final.png"
     if not final.exists():

@@ -1,7 +1,7 @@
 """A QA test of the registration form written with vlagent's pytest plugin (the `vl` fixture).
 
     pytest examples/test_form_flow.py                                  # Qwen3-VL-2B, cache read-write
-    pytest examples/test_form_flow.py --vl-model script:examples/form_flow.replies.yaml --cache read-only \
+    pytest examples/test_form_flow.py --vl-model script:examples/form_flow.replies.yaml --vl-cache read-only \
         --junitxml junit.xml                                           # no model weights, CI style
 
 Each test gets a fresh sandbox running the form (the task's setup) and its own trace under

@@ -2,7 +2,7 @@
 GTK, Qt and Chromium apps on the sandbox's display publish their widgets (role, name, states, box).
 
 The launcher writes the AT-SPI bus address on the display's root window (AT_SPI_BUS), which is where
-both the apps and a reader (agent/replay/atspi.py) look for it. Without at-spi2-core installed the
+both the apps and a reader (sandbox/atspi.py) look for it. Without at-spi2-core installed the
 sandbox runs as before, without a tree (replay then finds targets by pixels and text alone).
 
     bus = A11yBus(":7"); env = bus.start()   # env for the apps: DBUS_SESSION_BUS_ADDRESS, switches
@@ -37,8 +37,9 @@ def available() -> bool:
 class A11yBus:
     """A session bus and the AT-SPI launcher for one display; stop() ends both."""
 
-    def __init__(self, display: str):
+    def __init__(self, display: str, env: dict[str, str] | None = None):
         self.display = display
+        self.base_env = env  # what the bus and the launcher run with (the sandbox's clean environment)
         self.procs: list[subprocess.Popen] = []
         self.address: str | None = None
 
@@ -47,7 +48,7 @@ class A11yBus:
         bus did not come up: apps then run without a tree, as on a plain X server)."""
         if not available():
             return {}
-        env = {**os.environ, "DISPLAY": self.display}
+        env = {**(self.base_env if self.base_env is not None else os.environ), "DISPLAY": self.display}
         rfd, wfd = os.pipe()
         try:
             bus = spawn(["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--print-address={wfd}"],

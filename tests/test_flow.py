@@ -12,7 +12,7 @@ from agent.backends.script import ScriptBackend
 from agent.errors import VlagentError
 from agent.flow import ask
 from agent.flow.runner import run_flow
-from agent.flow.steps import FlowStep, fill
+from agent.steps import FlowStep, fill
 from agent.task import load_task
 from agent.trace import load_result, load_steps
 from flow_support import (NAME_ACT, PRO, STEPS, SUBMIT, form_task, replies, reply,
@@ -312,7 +312,8 @@ def test_native_steps_type_secrets_without_writing_them_down(tmp_path, monkeypat
     steps = [{"left_click": {"coordinate": at("name")}}, {"type": "{secret:WHO}"},
              {"left_click": {"coordinate": at("email")}}, {"type": "grace@example.com"}, {"key": "enter"}]
     success = [{"file_json": {"path": "{workdir}/form.json", "equals": {"name": "Grace Hopper"}}}]
-    result, folder, backend = run(form_task(tmp_path, steps, success=success), script(tmp_path, []), tmp_path)
+    result, folder, backend = run(form_task(tmp_path, steps, success=success, secrets={"WHO": "VLAGENT_SECRET_WHO"}),
+                                  script(tmp_path, []), tmp_path)  # a secret is typed only when the task declares it
     assert result.status == "success", result.reason
     assert backend.calls == 0 and all(f.cache is None for f in result.flow)
     assert "Grace" not in (folder / "steps.jsonl").read_text() and "Grace" not in (folder / "result.json").read_text()

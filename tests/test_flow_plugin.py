@@ -1,5 +1,5 @@
 """The pytest plugin (entry point pytest11 `vlagent`): the `vl` fixture runs a sandbox per test, a false
-assert fails the test like a pytest assertion, the trace goes into the JUnit XML, --cache is honoured.
+assert fails the test like a pytest assertion, the trace goes into the JUnit XML, --vl-cache is honoured.
 Runs pytest in a subprocess on a test file written here (pytester), as a user's CI would."""
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_the_vl_fixture_in_a_real_pytest_run(pytester, tmp_path):
     junit = tmp_path / "junit.xml"
     common = [*plugin_args(), "-p", "no:cacheprovider", "--vl-model", f"script:{pytester.path / 'replies.yaml'}",
               "--vl-traces", str(tmp_path / "runs"), "-o", "junit_family=legacy"]
-    r = pytester.runpytest_subprocess(*common, "--junitxml", str(junit), "--cache", "read-write", timeout=300)
+    r = pytester.runpytest_subprocess(*common, "--junitxml", str(junit), "--vl-cache", "read-write", timeout=300)
     r.assert_outcomes(passed=1, failed=1)
     out = r.stdout.str()
     failure = out.split("_ test_fails _")[1]  # pytest's report of the failing test
@@ -63,9 +63,9 @@ def test_the_vl_fixture_in_a_real_pytest_run(pytester, tmp_path):
     assert result["flow"][-1]["reason"] == "the window shows no Saved text"
     assert (pytester.path / "flow.cache.json").exists()  # the passing test wrote the cache
 
-    # CI: --cache read-only replays the passing test's steps without the model, writes nothing.
+    # CI: --vl-cache read-only replays the passing test's steps without the model, writes nothing.
     stamp = (pytester.path / "flow.cache.json").stat().st_mtime_ns
-    r = pytester.runpytest_subprocess(*common, "--cache", "read-only", "-k", "passes", "--junitxml", str(junit),
+    r = pytester.runpytest_subprocess(*common, "--vl-cache", "read-only", "-k", "passes", "--junitxml", str(junit),
                                       timeout=300)
     r.assert_outcomes(passed=1)
     case = next(ET.parse(junit).getroot().iter("testcase"))

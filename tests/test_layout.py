@@ -137,3 +137,58 @@ def test_the_checks_see_the_layout():
     assert "agent.cli" in edges and "sandbox.session" in edges and "actions.schema" in edges
     # and a cycle, were there one, would be found
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# Packages import downwards only. A module's layer is that of the longest prefix named here; a
+# module may import modules of its own layer or below, never above (function-level imports too).
+LAYERS: list[tuple[str, ...]] = [
+    ("actions", "prompts", "sandbox"),  # the action schema and policy; the display sandbox
+    # core: what a run is and keeps; text read off images; what is trusted
+    ("agent.errors", "agent.task", "agent.steps", "agent.trace", "agent.secrets", "agent.ocr", "agent.trust"),
+    ("agent.desktop", "agent.backends"),  # the screen and input; the models
+    ("agent.targets",),  # what a step aimed at, and finding it again
+    ("agent.run",),  # one run: session, events, the agent loop, checks
+    # drivers built on a run; run_task, the one place that picks a flow or the loop for a task
+    ("agent.flow", "agent.replay", "agent.run.runner"),
+    ("agent.suite", "agent.serve", "agent.report", "agent.eval", "agent.ui", "agent.doctor"),
+    ("agent.cli",),
+]
+
+
+def _layer(module: str) -> int | None:
+    best, found = -1, None
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, found = len(name), i
+    return found
+
+
+def test_packages_import_downwards_only():
+    _, raw = _graph()
+    modules = _modules()
+    bad = []
+    for m, imps in raw.items():
+        here = _layer(m)
+        for line, target in imps:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            there = _layer(target) if target else None
+            if here is not None and there is not None and there > here:
+                bad.append(f"{m}:{line} imports {target} (a higher layer)")
+    assert not bad, "\n".join(sorted(set(bad)))
+
+
+def test_every_module_has_a_layer():
+    assert not [m for m in _modules() if m not in ("agent",) and _layer(m) is None]
+
+
+def test_no_module_imports_private_names_of_another():
+    bad = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                bad += [f"{name}:{node.lineno} imports {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, "\n".join(bad)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.replay import atspi
+from sandbox import atspi
 from agent.replay.evidence import describe, find, own_text
 from sandbox.session import Sandbox
 from sandbox.windows import list_windows

@@ -13,7 +13,8 @@ import pytest
 
 from agent.backends.script import ScriptBackend
 from agent.errors import Aborted, AppDied, BackendError, SandboxError
-from agent.run.status import INTERRUPTED, End, decide, ended_from_outside, outcome
+from agent.run.session import RunSession
+from agent.run.status import INTERRUPTED, End, decide, ended_from_outside
 from agent.trace import CheckResult, Result, Step, Trace, load_result
 
 pytestmark = pytest.mark.timeout(300)
@@ -64,12 +65,14 @@ def test_the_status_table(end, checks, died, status, reason):
     (ConnectionResetError("Xlib: display closed"), "error", "ConnectionResetError: Xlib: display closed"),
 ])
 def test_what_cuts_a_run_short(tmp_path, error, status, reason):
-    trace = Trace(tmp_path / "t")
-    result = Result(status="error", task="t", started=1.0)
+    from agent.task import Task
+
+    task = Task.model_validate({"name": "t", "goal": "g"})
     with pytest.raises(KeyboardInterrupt) if isinstance(error, KeyboardInterrupt) else _nothing():
-        with outcome(trace, result):
-            trace.add(Step(step=1, raw="r"))
+        with RunSession(task, mode="loop", trace_dir=tmp_path / "t") as run:
+            run.add_step(Step(step=1, raw="r"))
             raise error
+    result = run.result
     assert result.status == status and result.reason.startswith(reason)
     saved = load_result(tmp_path / "t")  # the trace is finished whatever happened
     assert saved.status == status and saved.steps == 1 and saved.ended > 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
-from agent.cli.ui import step_printer
+from agent.cli.ui import watch_terminal
 from agent.trace import check_new_trace
 
 
@@ -25,6 +25,7 @@ def record(trace_dir, task_file, display, max_seconds, keep_going):
 
     Exit 0 when the recording ends with the task's checks passing, 1 when not, 2 on usage errors."""
     from agent.replay.record import record_trace
+    from agent.run.events import EventBus
     from agent.run.runner import use_display
     from agent.task import load_task
 
@@ -39,9 +40,11 @@ def record(trace_dir, task_file, display, max_seconds, keep_going):
         sys.stdout.flush()
 
     sigterm_as_interrupt()
+    bus = EventBus()
+    watch_terminal(bus)
     try:  # Ctrl-C while recording stops it (a result); before the recording starts, it aborts
         result = record_trace(trace_dir, task, display=display, max_seconds=max_seconds,
-                              stop_when_done=not keep_going, on_ready=ready, on_step=step_printer())
+                              stop_when_done=not keep_going, on_ready=ready, bus=bus)
     except KeyboardInterrupt:
         exit_interrupted()
     click.echo(f"{result.status}: {result.reason}")

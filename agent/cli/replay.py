@@ -8,7 +8,7 @@ import click
 
 from agent.backends import DEFAULT_MODEL
 from agent.cli.common import exit_for, exit_interrupted, sigterm_as_interrupt, usage_errors
-from agent.cli.ui import print_result, step_printer
+from agent.cli.ui import print_result, watch_terminal
 from agent.errors import VlagentError
 from agent.trace import check_new_trace, new_trace_dir
 
@@ -27,15 +27,19 @@ from agent.trace import check_new_trace, new_trace_dir
 @click.option("--trace", "trace_out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Trace folder of this replay (default: runs/<time>-replay-<task>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json):
+@click.option("--trust", is_flag=True, help="Run the trace's own setup and command checks although it was not written here.")
+def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json, trust):
     """Replay TRACE (a recorded or agent-run trace folder) without a model.
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
     130 when interrupted."""
     from agent.replay.player import check_secrets, load_trace_steps, load_trace_task, replay as replay_trace
-    from agent.run.runner import DEFAULT_RUNS_DIR, use_display
+    from agent.run.environment import DEFAULT_RUNS_DIR
+    from agent.run.events import EventBus
+    from agent.run.runner import use_display
 
     with usage_errors():
+        __import__("agent.trust").trust.trust_all(trust)
         steps = load_trace_steps(trace_dir)
         task = load_trace_task(trace_dir, task_file)
         check_secrets(steps, task)
@@ -50,10 +54,11 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
             raise VlagentError("--model is only used with --fallback model")
     out = trace_out or new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")
     sigterm_as_interrupt()
-    printer = None if as_json else step_printer()
+    bus = EventBus()
+    watch_terminal(bus, as_json)
     try:
         result = replay_trace(trace_dir, task, display=display, speed=speed, fallback=backend, trace_out=out,
-                        locate=not raw, on_step=printer)
+                              locate=not raw, bus=bus)
     except KeyboardInterrupt:
         exit_interrupted()
     if as_json:

@@ -35,8 +35,9 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
     from agent.run.loop import LoopConfig
     from agent.run.runner import run_task, use_display
     from agent.task import load_task
-    from agent.cli.ui import print_result, step_printer
-    from agent.run.runner import DEFAULT_RUNS_DIR
+    from agent.cli.ui import print_result, watch_terminal
+    from agent.run.events import EventBus
+    from agent.run.environment import DEFAULT_RUNS_DIR
     from agent.trace import check_trace_dir, new_trace_dir
 
     with usage_errors():
@@ -53,17 +54,11 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
                       history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
     sigterm_as_interrupt()
+    bus = EventBus()
+    watch_terminal(bus, as_json)
     try:
-        if task.steps:
-            from agent.cli.ui import flow_printer
-            from agent.flow.runner import run_flow
-
-            result, folder = run_flow(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
-                                      cache=store, on_step=None if as_json else step_printer(),
-                                      on_flow=None if as_json else flow_printer())
-        else:
-            result, folder = run_task(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
-                                      on_step=None if as_json else step_printer())
+        result, folder = run_task(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
+                                  cache=store, bus=bus)
     except KeyboardInterrupt:
         exit_interrupted()
     if as_json:

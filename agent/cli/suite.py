@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from agent.cli.common import EXIT_INTERRUPTED, EXIT_NOT_ACHIEVED, EXIT_OK, UsageError, usage_errors
-from agent.run.runner import DEFAULT_RUNS_DIR
+from agent.run.environment import DEFAULT_RUNS_DIR
 from agent.suite.child import TASK_GRACE_S, TRACE_TIMEOUT_S, Options
 from agent.suite.items import discover, parse_shard, take_shard
 from agent.suite.runner import run_suite, write_summary

@@ -10,7 +10,7 @@ from rich.panel import Panel
 
 from actions.schema import to_json
 from agent.secrets import redact
-from agent.trace import Result, Step
+from agent.trace import FlowStepResult, Result, Step
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 STATUS_STYLE = {"success": "bold green", "failed": "bold red", "invalid_output": "bold magenta",
@@ -43,6 +43,23 @@ def step_printer():
         model = f", model {step.timings['model_ms']:.0f} ms" if "model_ms" in step.timings else ""
         console.print(f"[dim]step {step.step:>3}[/] {describe(step)} [dim]({ms:.0f} ms{model})[/]")
     return show
+
+
+def watch_terminal(bus, as_json: bool = False):
+    """The terminal as a subscriber of a run's events: a line per step and per flow step (none
+    with --json, whose only output is the result)."""
+    from agent.run import events as ev
+
+    if as_json:
+        return None
+    show_step, show_flow = step_printer(), flow_printer()
+
+    def on_event(event) -> None:
+        if isinstance(event, ev.StepWritten):
+            show_step(Step.model_validate(event.step))
+        elif isinstance(event, ev.FlowStepDone):
+            show_flow(FlowStepResult.model_validate(event.result))
+    return bus.subscribe(on_event)
 
 
 def print_result(result: Result, folder: Path) -> None:

@@ -52,7 +52,7 @@ class Finder:
             return []
         try:
             if self._tree is None:
-                from agent.replay.atspi import Tree
+                from sandbox.atspi import Tree
 
                 self._tree = Tree(self.display)
             return self._tree.nodes()
@@ -68,7 +68,7 @@ class Finder:
         from agent.replay.evidence import describe
 
         ctx = ctx or self.context()
-        return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr)
+        return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr, later=self.nodes)
 
     def find(self, evidence: dict, image, recorded=None, target: bool = True) -> Found:
         """Where the evidence's target is on `image`; `recorded`: the screenshot it was recorded on.
@@ -111,6 +111,8 @@ def _found(d, alike: bool) -> Found:
 
 
 def label(evidence: dict | None) -> str:
+    """The target in words: the element the app's tree names there, else its text or nearest label."""
     from agent.replay.locate import label as name
 
-    return name(evidence)
+    says = ((evidence or {}).get("a11y") or {}).get("says")
+    return says or name(evidence)

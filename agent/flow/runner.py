@@ -1,4 +1,4 @@
-"""Run a flow: a task with `steps:` (agent.flow.steps), its `before:`/`after:` hooks, the action cache.
+"""Run a flow: a task with `steps:` (agent.steps), its `before:`/`after:` hooks, the action cache.
 
 Per step kind:
   act         the agent loop (agent.run.loop.run_loop) on the one instruction, at most max_steps; done
@@ -27,13 +27,13 @@ from typing import Any
 
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, to_json
+from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, gate, to_json
 from actions.coords import to_relative
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask, finder
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
 from agent.replay.pixels import as_after, change_point, changed
-from agent.flow.steps import POINTER, FlowStep, fill
+from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
 DEFAULT_ACT_STEPS = 10
@@ -86,9 +86,14 @@ class _ActTrace:
         self.trace, self.folder, self.flow_step = trace, trace.folder, flow_step
         self.steps: list[Step] = []  # numbered from 1 for the prompt
         self.added: list[Step] = []  # the same steps as written to the run's trace
+        self.first, self.saved = len(trace.steps) + 1, 0
 
     def save_screen(self, image, name: str) -> str:
-        return self.trace.save_screen(image, f"{len(self.trace.steps) + 1:04d}")
+        """The k-th screenshot is the k-th step's (the loop writes its steps in order), named by the number
+        that step gets in the run's trace. Not by the trace's length now: the loop captures the next frame
+        before it writes a step whose evidence is still being read, and that frame would overwrite it."""
+        self.saved += 1
+        return self.trace.save_screen(image, f"{self.first + self.saved - 1:04d}")
 
     def flush(self) -> None:
         self.trace.flush()
@@ -140,23 +145,23 @@ class Flow:
         """before, steps, then after (always, also after a failure or Ctrl-C). The first failure."""
         failure = None
         try:
-            failure = self._phase("before", self.task.before) or self._phase("steps", self.task.steps)
+            failure = self.phase("before", self.task.before) or self.phase("steps", self.task.steps)
         finally:
-            after = self._phase("after", self.task.after, always=True)
+            after = self.phase("after", self.task.after, always=True)
             failure = failure or after
         return failure
 
-    def _phase(self, phase: str, steps: list[FlowStep], always: bool = False) -> StepFailed | None:
+    def phase(self, phase: str, steps: list[FlowStep], always: bool = False) -> StepFailed | None:
         first = None
         for i, step in enumerate(steps):
             if first is not None and not always:
                 self._report(FlowStepResult(index=i, phase=phase, kind=step.kind, text=step.text))  # skipped
                 continue
-            failure = self._one(phase, i, step)
+            failure = self.one(phase, i, step)
             first = first or failure
         return first
 
-    def _one(self, phase: str, index: int, step: FlowStep) -> StepFailed | None:
+    def one(self, phase: str, index: int, step: FlowStep) -> StepFailed | None:
         res = FlowStepResult(index=index, phase=phase, kind=step.kind, text=step.text)
         t0, calls0, n0 = time.monotonic(), self.backend.calls, len(self.trace.steps)
         failure = None
@@ -180,9 +185,13 @@ class Flow:
             raise
         if failure is not None:
             res.status = "failed"
+            gave_up = res.reason.removeprefix("cache: ") if res.cache == "healed" else ""  # why the cache gave it up
             if not (res.reason and step.kind in ("assert", "wait_for") and failure.kind != "invalid_output"):
                 res.reason = str(failure)  # (a false assert keeps the model's reason: the report shows both)
-            failure = StepFailed(f"{phase}[{index}] {step.kind} {res.text!r}: {failure}", failure.kind)
+            if gave_up:
+                res.reason = f"{res.reason} (the cache gave the step to the model: {gave_up})"
+            failure = StepFailed(f"{phase}[{index}] {step.kind} {res.text!r}: {failure}" +
+                                 (f" (the cache gave the step to the model: {gave_up})" if gave_up else ""), failure.kind)
         self._finish(res, t0, calls0, n0)
         return failure
 
@@ -292,7 +301,7 @@ class Flow:
 
             typed = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            checked = self.policy.check(typed)
+            checked = gate.check(action, gate.probe_of(self.desktop), self.policy, frame and frame.size)  # actions.gate
         except PolicyError as e:
             raise StepFailed(f"the task's policy refuses {to_json(action)}: {e}") from None
         self.desktop.check_abort()
@@ -401,7 +410,7 @@ class Flow:
         """Two screen points on one target: close, or inside one element of the app's tree."""
         if math.dist(a, b) <= SAME_TARGET_PX:
             return True
-        from agent.replay.atspi import element_at
+        from sandbox.atspi import element_at
 
         nodes = self.finder.nodes()
         ea, eb = element_at(nodes, a), element_at(nodes, b)
@@ -446,7 +455,9 @@ class Flow:
 
     def _replay(self, entry: CachedStep, res: FlowStepResult) -> tuple[bool, str]:
         """Play a cached step without the model: (done, why not). Each action's frame is the still
-        frame its predecessor's effect was checked on (no input came between)."""
+        frame its predecessor's effect was checked on (no input came between). Why not names the
+        action, what gave it up (its target not found, the evidence that disagreed, the effect that
+        did not show) and the two screenshots, now and recorded, kept in the trace."""
         following = self.cache.following(entry.key)
         self.cache.prefetch(self.cache.step_images(entry) + (self.cache.step_images(following) if following else []))
         frame = None
@@ -455,6 +466,8 @@ class Flow:
                 action = ACTION_ADAPTER.validate_python(ca.action)
             except ValueError:
                 return False, f"cached action {i + 1} is not a valid action"
+            what = f"action {i + 1} of {len(entry.actions)} ({action.action}" + \
+                (f" on {finder.label(ca.target)})" if ca.target else ")")
             if frame is None:  # (the step before ended on a still screen)
                 frame = self.desktop.capture()
             recorded = self.cache.open_image(ca.screen)
@@ -465,10 +478,10 @@ class Flow:
                 found, frame = self.finder.find_waiting(ev, self.desktop, recorded, frame=frame)
                 if found.pixel is None:
                     n = len(self.trace.steps) + 1
+                    now = self.trace.save_screen(frame, f"{n:04d}")
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
-                                   screenshot=self.trace.save_screen(frame, f"{n:04d}"),
-                                   error=f"cache: {found.reason}"))
-                    return False, found.reason
+                                   screenshot=now, error=f"cache: {found.reason}"))
+                    return False, f"{what}: target not found: {found.reason}" + self._screens(now, recorded, n)
                 update[name] = list(to_relative(found.pixel, frame.size))
             if update:
                 action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
@@ -480,13 +493,20 @@ class Flow:
             def settle(before=frame, ca=ca, action=action, expected=expected):
                 check["ok"], check["why"], check["frame"] = self._effect_shows(ca, before, action, expected)
             try:
-                self._perform(action, res, frame=frame, settle=settle)
+                done = self._perform(action, res, frame=frame, settle=settle)
             except StepFailed as e:  # the policy refuses the cached action now: let the model decide
-                return False, str(e)
+                return False, f"{what}: {e}"
             if not check.get("ok", True):
-                return False, check["why"]
+                now = self.trace.save_screen(check["frame"], f"{done.step:04d}-after")
+                return False, (f"{what}: effect missing: {check['why']}" +
+                               self._screens(now, self.cache.open_image(expected), done.step, "-after"))
             frame = check.get("frame")
         return True, ""
+
+    def _screens(self, now: str, recorded: Image.Image | None, n: int, suffix: str = "") -> str:
+        """"; screens: NOW (now), RECORDED (recorded)": the recorded one copied into the trace."""
+        rec = self.trace.save_screen(recorded, f"{n:04d}{suffix}-recorded") if recorded is not None else "(none)"
+        return f"; screens: {now} (now), {rec} (recorded)"
 
     def _effect_shows(self, ca: CachedAction, before: Image.Image, action,
                       expected: str | None) -> tuple[bool, str, Image.Image]:
@@ -494,7 +514,10 @@ class Flow:
         recorded action changed the screen, the replayed one must too, and what the changed place
         looked like afterwards must be on the screen now. (ok, why not, the still frame.)
         `expected`: the (still) screen recorded after the action; a screen just like it is judged
-        at once. A screen that never stops changing (an animation) is judged at the deadline as it is."""
+        at once. A screen that never stops changing (an animation) is judged at the deadline as it is.
+        Where the recording kept the changed place's accessibility element, the app's tree judges a
+        screen the pixels doubt (a hover or a focus ring elsewhere than recorded): a field that took
+        the focus or holds the typed text, a check box that changed, a radio button checked."""
         effect, recorded = ca.effect, self.cache.open_image(expected)
         if not effect or not effect.get("changed"):
             now = self.desktop.capture()
@@ -516,6 +539,8 @@ class Flow:
             if (as_recorded or still or late) and (pixels, settled) != judged:  # each picture judged once
                 judged, why = (pixels, settled), self._effect_why(ca, None if settled else before,
                                                                   now, recorded, action)
+                if why and (still or late):
+                    why = self._tree_judges(ca, action, why)
                 if not why:
                     return True, "", now
                 # A still screen without the effect: it gets EFFECT_WAIT_S more to show (a slow app).
@@ -524,6 +549,23 @@ class Flow:
                 return False, why, now
             last = pixels
             time.sleep(REPLAY_POLL_S)
+
+    def _tree_judges(self, ca: CachedAction, action, why: str) -> str:
+        """The pixels' doubt `why`, settled by the app's tree where the recording kept the effect's
+        element: "" when the tree shows the effect, else `why` with what the tree says."""
+        from agent.replay.evidence import effect_in_tree
+
+        if not (ca.effect.get("after") or {}).get("a11y"):
+            return why
+        pixel = None
+        if getattr(action, "coordinate", None) is not None:
+            from actions.coords import to_pixels
+
+            pixel = to_pixels(tuple(action.coordinate), self.desktop.size())
+        shows, how = effect_in_tree(ca.target, action, self.finder.nodes(), pixel)
+        if shows:
+            return ""
+        return f"{why}; the accessibility tree: {how}" if how else why
 
     def _effect_why(self, ca: CachedAction, before: Image.Image | None, now: Image.Image, recorded, action) -> str:
         """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does;
@@ -551,45 +593,40 @@ def open_cache(task, mode: Mode | str) -> ActionCache | None:
     return None if mode == "off" else ActionCache.for_task(task, mode)
 
 
-def flow_status(failure: StepFailed | None, checks) -> tuple[str, str]:
-    """The run's status by the one decision (agent.run.status): a failed step is what its kind says,
-    a flow whose steps all passed is decided by the task's checks like any finished run."""
-    from agent.run.status import FINISHED, End, decide
+def flow_end(failure: StepFailed | None):
+    """How a flow's driver ended, for the one decision (agent.run.status): a failed step is what its
+    kind says; a flow whose steps all passed is decided by the task's checks like any finished run."""
+    from agent.run.status import FINISHED, End
 
     if failure is None:
-        return decide(End(FINISHED, "all steps passed", claimed="success"), checks)
-    kind = {"failed": "step_failed", "timeout": "step_timeout"}.get(failure.kind, failure.kind)
-    return decide(End(kind, str(failure)), checks)
+        return End(FINISHED, "all steps passed", claimed="success")
+    return End({"failed": "step_failed", "timeout": "step_timeout"}.get(failure.kind, failure.kind), str(failure))
 
 
 def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | None = None,
              cache: str | ActionCache | None = "read-write",
-             loop=None, on_step=None, on_flow=None) -> tuple[Result, Path]:
-    """Run a task with steps. Always returns a Result and a complete trace folder; a corrupt cache
-    raises CacheError before anything starts; Ctrl-C is recorded as `aborted` (after the `after:`
-    hooks ran) and re-raised."""
-    from agent.run.environment import (DEFAULT_RUNS_DIR, evaluate, run_outcome, save_final_screen,
-                                       start_trace, task_environment)
-    from agent.trace import new_trace_dir
+             loop=None, on_step=None, bus=None, control=None) -> tuple[Result, Path]:
+    """Run a task with steps inside one RunSession. Always returns a Result and a complete trace
+    folder; a corrupt cache raises CacheError before anything starts; Ctrl-C is recorded as
+    `aborted` (after the `after:` hooks ran) and re-raised."""
+    from agent.run import events as ev
+    from agent.run.session import RunSession
 
     store = cache if cache is None or isinstance(cache, ActionCache) else open_cache(task, cache)
     counted = Counted(backend)
-    trace, result = start_trace(trace_dir or new_trace_dir(DEFAULT_RUNS_DIR, task.name), task, counted.name)
     deadline = time.monotonic() + (loop.timeout_s if loop is not None else task.timeout_s)
-    with run_outcome(trace, result):
-        with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
-            result.display = env.sandbox.display
-            flow = Flow(task, counted, env.desktop, env.sandbox.display, trace, store, deadline,
-                        loop.history if loop is not None else None, on_step, on_flow)
-            try:
-                failure = flow.run()
-            finally:  # also when Ctrl-C ends it: result.json says which steps ran
-                result.flow, result.model_calls = flow.results, counted.calls
-                flow.close()
-            env.sandbox.check_apps()
-            result.checks = evaluate(task, env, final=True) if failure is None else []
-            result.status, result.reason = flow_status(failure, result.checks)
-            save_final_screen(env, trace, result)
-            if result.status == "success" and store is not None:
-                store.save()
-    return result, trace.folder
+    with RunSession(task, mode="flow", model=counted.name, trace_dir=trace_dir, display=display,
+                    bus=bus, control=control) as run:
+        env = run.start()
+        flow = Flow(task, counted, env.desktop, env.sandbox.display, run.trace, store, deadline,
+                    loop.history if loop is not None else None, on_step,
+                    lambda res: run.publish(ev.FlowStepDone, result=res.model_dump(mode="json")))
+        try:
+            failure = flow.run()
+        finally:  # also when Ctrl-C ends it: result.json says which steps ran
+            run.result.flow, run.result.model_calls = flow.results, counted.calls
+            flow.close()
+        run.finish(flow_end(failure), checks=failure is None)
+        if run.result.status == "success" and store is not None:
+            store.save()
+    return run.result, run.trace.folder

@@ -19,13 +19,12 @@ action cache (agent.flow.cache) is written only when the session ended successfu
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from agent.errors import Aborted, VlagentError
-from agent.flow.runner import Counted, Flow, StepFailed, flow_status, open_cache
-from agent.flow.steps import FlowStep
+from agent.errors import VlagentError
+from agent.flow.runner import Counted, Flow, StepFailed, flow_end, open_cache
+from agent.steps import FlowStep
 from agent.trace import Result
 
 
@@ -56,71 +55,54 @@ class Session:
         self.result: Result | None = None
         self.folder: Path | None = None
         self.failure: StepFailed | None = None
-        self._stack: ExitStack | None = None
         self._index = 0
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def __enter__(self) -> "Session":
         from agent.backends import DEFAULT_MODEL, load_backend
-        from agent.run.environment import DEFAULT_RUNS_DIR, start_trace, task_environment
-        from agent.trace import new_trace_dir
+        from agent.run.session import RunSession
 
         model = self._model if self._model is not None else DEFAULT_MODEL
         if isinstance(model, str):
             opts = {"base_url": self._base_url} if self._backend_kind == "openai" else {}
             model = load_backend(model, backend=self._backend_kind, **opts)
         self.backend = Counted(model)
-        folder = Path(self.trace_dir) if self.trace_dir else new_trace_dir(DEFAULT_RUNS_DIR, self.task.name)
-        self.trace, self.result = start_trace(folder, self.task, self.backend.name)
-        self.folder = self.trace.folder
-        self._stack = ExitStack()
+        self.run = RunSession(self.task, mode="flow", model=self.backend.name, trace_dir=self.trace_dir,
+                              display=self.display, reraise=True)
+        self.run.__enter__()
+        self.trace, self.result, self.folder = self.run.trace, self.run.result, self.run.trace.folder
         try:
-            self.env = self._stack.enter_context(task_environment(self.task, display=self.display,
-                                                                   workdir=self.trace.folder / "workdir"))
-            self.result.display = self.env.sandbox.display
+            self.env = self.run.start()
             self.flow = Flow(self.task, self.backend, self.env.desktop, self.env.sandbox.display, self.trace,
                              self.cache, time.monotonic() + self.task.timeout_s)
-            self._raise(self.flow._phase("before", self.task.before))
+            self._raise(self.flow.phase("before", self.task.before))
         except BaseException as e:
             self.__exit__(type(e), e, e.__traceback__)
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        result, flow = self.result, getattr(self, "flow", None)
+        flow, raised = getattr(self, "flow", None), None
         try:
             if flow is not None:
-                after = flow._phase("after", self.task.after, always=True)
-                self.failure = self.failure or after
+                try:
+                    after = flow.phase("after", self.task.after, always=True)
+                    self.failure = self.failure or after
+                    if exc is None:
+                        self.run.finish(flow_end(self.failure), checks=self.failure is None)
+                        if self.result.status == "success" and self.cache is not None:
+                            self.cache.save()
+                finally:
+                    self.result.flow, self.result.model_calls = flow.results, self.backend.calls
+                    flow.close()
+        except BaseException as e:  # the app died, the display went away, Ctrl-C in the after: hooks
             if exc is None:
-                self.env.sandbox.check_apps()
-                result.checks = evaluate_checks(self.task, self.env) if self.failure is None else []
-                result.status, result.reason = flow_status(self.failure, result.checks)
-            elif isinstance(exc, (FlowAssertionError, FlowStepError)) and self.failure is not None:
-                result.status, result.reason = self.failure.kind, str(self.failure)
-            elif isinstance(exc, (KeyboardInterrupt, Aborted)):
-                result.status, result.reason = "aborted", str(exc) or "interrupted (Ctrl-C or SIGTERM)"
-            elif isinstance(exc, AssertionError):  # the test's own assert, between steps
-                result.status, result.reason = "failed", f"AssertionError: {exc}".splitlines()[0]
-            else:
-                result.status, result.reason = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
-            if flow is not None:
-                from agent.run.environment import save_final_screen
-
-                save_final_screen(self.env, self.trace, result)
-                if result.status == "success" and self.cache is not None:
-                    self.cache.save()
-        except VlagentError as e:  # the app died, the display went away
-            result.status, result.reason = "error", str(e)
-        finally:
-            if flow is not None:
-                result.flow, result.model_calls = flow.results, self.backend.calls
-                flow.close()
-            if self._stack is not None:
-                self._stack.close()
-            result.ended = time.time()
-            result.duration_s = round(result.ended - result.started, 3)
-            self.trace.finish(result)
+                exc_type, exc, tb, raised = type(e), e, e.__traceback__, e
+        if isinstance(exc, (FlowAssertionError, FlowStepError)) and self.failure is not None:
+            exc.status = self.failure.kind  # the status this step's failure implies
+        self.run.__exit__(exc_type, exc, tb)
+        if raised is not None:
+            raise raised
         return False
 
     # -- steps ----------------------------------------------------------------------------------------
@@ -135,7 +117,7 @@ class Session:
             raise FlowStepError(f"not a valid step: {e.errors(include_url=False)[0]['msg']}") from None
         __tracebackhide__ = True  # pytest shows the test's line, not this module's
         self._index += 1
-        failure = self.flow._one("steps", self._index - 1, step)
+        failure = self.flow.one("steps", self._index - 1, step)
         res = self.flow.results[-1]
         if failure is not None and step.kind in ("assert", "wait_for") and failure.kind != "invalid_output":
             self.failure = self.failure or failure
@@ -203,12 +185,6 @@ class Session:
 
 
 def fill_message(step: FlowStep, values: dict) -> str | None:
-    from agent.flow.steps import fill
+    from agent.steps import fill
 
     return fill(step.message, values) if step.message else None
-
-
-def evaluate_checks(task, env):
-    from agent.run.environment import evaluate
-
-    return evaluate(task, env, final=True)

@@ -3,7 +3,7 @@ recorded at record time (a person's recording and an agent's trace alike), and a
 which one decided and how strongly.
 
 Evidence of a target (Step.target), from agent.replay.locate plus:
-  a11y      the accessibility element under the point (agent.replay.atspi): role, name, app, window,
+  a11y      the accessibility element under the point (sandbox.atspi): role, name, app, window,
             labels around it, place, which of its look-alikes
   own_text  the target's own text, read by OCR on a magnified crop of it (a button's "OK", a key's "5")
 The recorded screenshot itself (Step.screenshot) says whether the screen changed.
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from agent.replay import atspi
+from sandbox import atspi
 from agent.replay.locate import _as_windows, _decode, describe_target, label, search, window_at
 from agent.replay.pixels import alike_around
 
@@ -77,7 +77,7 @@ class Decision:
 def own_text(image: Image.Image, pixel, box=None) -> str:
     """The text of the thing at pixel: the line of words over it (or inside its element's box), read
     on a magnified crop. "" for a target without text (an empty field, an icon)."""
-    from agent.desktop.ocr import ocr_words as read
+    from agent.ocr import ocr_words as read
 
     x, y = int(pixel[0]), int(pixel[1])
     if box is not None and 4 < box[2] <= 2 * OWN_HALF[0] * 2 and 4 < box[3] <= 3 * OWN_HALF[1]:
@@ -138,19 +138,49 @@ def _phrase_at(words: list, px, gray: np.ndarray) -> list:
     return line[lo:hi + 1]
 
 
-def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True) -> dict:
+def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True, later=None) -> dict:
     """Everything that identifies the thing at pixel: pixels and text (agent.replay.locate), the
-    accessibility element (when the app publishes one) and the target's own text."""
+    accessibility element (when the app publishes one) and the target's own text. `later()`: the tree
+    read again now, for when `nodes` (read before the input) did not hold the element yet (see
+    late_element)."""
     ev = describe_target(image, pixel, windows, ocr=ocr)
     element = atspi.describe(list(nodes), pixel) if nodes else None
     if element is not None and not _same_top_window(element, windows, pixel):
         element = None  # the tree was read before this window showed (or after it went): not evidence
+    if (element is None or element["role"] in CONTAINERS) and nodes and later is not None:
+        element = late_element(later, windows, pixel) or element
     if element is not None:
         ev["a11y"] = element
     if ocr:
         box = element["box"] if element else None
         ev["own_text"] = own_text(image, pixel, box)
     return ev
+
+
+LATE_TREE_S = 1.0  # how long a recording waits for the tree to hold the element (Chromium's page fills in late)
+LATE_POLL_S = 0.2
+CONTAINERS = {"document web", "document frame", "panel", "filler", "scroll pane", "section", "frame", "window",
+              "internal frame", "layered pane", "viewport"}  # not a target: the page or pane around it
+VOLATILE = ("focused", "checked", "selected", "pressed", "expanded", "indeterminate")
+
+
+def late_element(later, windows, pixel) -> dict | None:
+    """The element at pixel from the tree read again (`later()`), for an app whose tree did not hold it
+    when read before the input (Chromium builds a page's tree on the first request; a dialog's widgets
+    follow its window). Read after the input, its changing states (focused, checked, ...) may be the
+    input's own doing: they are left out, and the element says so ("late": the effect checks that
+    compare a state with the recorded one skip it)."""
+    deadline = time.monotonic() + LATE_TREE_S
+    while True:
+        nodes = later()
+        element = atspi.describe(list(nodes), pixel) if nodes else None
+        if element is not None and element["role"] not in CONTAINERS and _same_top_window(element, windows, pixel):
+            element["states"] = [s for s in element["states"] if s not in VOLATILE]
+            element["late"] = True
+            return element
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(LATE_POLL_S)
 
 
 def _same_top_window(element: dict, windows, pixel) -> bool:
@@ -453,7 +483,7 @@ def _read(want: str, frame: Image.Image, windows) -> list[tuple[int, int, int, i
 
 def ocr_words_scaled(image: Image.Image) -> list:
     """Words on a crop magnified 2x (small GUI text), in the crop's pixels."""
-    from agent.desktop.ocr import ocr_words as read
+    from agent.ocr import ocr_words as read
 
     return [(w.text, w.box) for w in read(readable(image), scale=2) if w.conf >= 50 and w.text.strip()]
 
@@ -538,9 +568,9 @@ class StepTargets:
         nodes = self.tree.take(ticket) if ticket is not None else self.tree.nodes()
 
         def work() -> dict:
-            ev = describe(frame, pixels[0], windows, nodes)
+            ev = describe(frame, pixels[0], windows, nodes, later=self.tree.nodes)
             if len(pixels) > 1:
-                ev["start"] = describe(frame, pixels[1], windows, nodes)
+                ev["start"] = describe(frame, pixels[1], windows, nodes, later=self.tree.nodes)
             return ev
 
         return self.pool.submit(work)
@@ -575,8 +605,42 @@ def missing_effect(ev: dict | None, nodes: list, pixel) -> str | None:
     what = f"the {element['role']} {element['name'] or atspi.name_at(nodes, pixel)!r}"
     if element["role"] in EDITABLE and "editable" in element["states"] and "focused" not in here.states:
         return f"{what} was clicked but did not take the keyboard focus"
-    if element["role"] == "check box" and ("checked" in here.states) == ("checked" in element["states"]):
+    if element["role"] == "check box" and not element.get("late") and \
+            ("checked" in here.states) == ("checked" in element["states"]):
         return f"{what} was clicked but did not change"
     if element["role"] == "radio button" and "checked" not in here.states:
         return f"{what} was clicked but is not checked"
     return None
+
+
+def effect_in_tree(target: dict | None, action, nodes: list, pixel) -> tuple[bool | None, str]:
+    """What the tree says of an action's effect, read after it: (True, how) when it shows (a clicked
+    field took the focus, a check box changed, a radio button got checked, the typed text is in the
+    focused field), (False, what is missing) when it does not, (None, "") when the tree cannot tell
+    (no tree, a push button, another element at the point now)."""
+    if not nodes:
+        return None, ""
+    kind = action.action
+    if kind == "type":
+        field = next((n for n in nodes if "focused" in n.states and "editable" in n.states), None)
+        if field is None or field.role == "password text" or len(field.text) >= 200:
+            return None, ""
+        typed = action.text.replace("\n", "")
+        if typed and typed in field.text:
+            return True, f"the focused {field.role} holds {typed!r}"
+        return False, f"the focused {field.role} reads {field.text[:60]!r}, without the typed {typed!r}"
+    element = (target or {}).get("a11y")
+    if kind not in ("left_click", "double_click") or not element or pixel is None:
+        return None, ""
+    missing = missing_effect(target, nodes, pixel)
+    if missing is not None:
+        return False, missing
+    here = atspi.element_at(nodes, pixel)
+    if here is None or here.role != element["role"] or here.app != element["app"]:
+        return None, ""
+    what = f"the {element['role']} {element['name'] or atspi.name_at(nodes, pixel)!r}"
+    if element["role"] in EDITABLE and "editable" in element["states"]:
+        return True, f"{what} took the focus"
+    if element["role"] in CHECKABLE:
+        return True, f"{what} changed as recorded"
+    return None, ""

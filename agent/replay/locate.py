@@ -154,8 +154,8 @@ def window_at(windows, pixel: tuple[int, int]) -> Window | None:
 # ---------------------------------------------------------------- OCR
 
 def ocr_words(image) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """(text, (x, y, w, h)) of each word tesseract reads with confidence (agent.desktop.ocr)."""
-    from agent.desktop.ocr import ocr_words as read
+    """(text, (x, y, w, h)) of each word tesseract reads with confidence (agent.ocr)."""
+    from agent.ocr import ocr_words as read
 
     return [(w.text, tuple(w.box)) for w in read(image) if re.search(r"\w", w.text) and w.conf >= MIN_OCR_CONF]
 

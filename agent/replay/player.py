@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
+from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, gate, to_json
 from actions.coords import to_pixels, to_relative
+from agent import trust
 from agent.errors import VlagentError
-from agent.run.environment import DEFAULT_RUNS_DIR, conclude, run_outcome, start_trace, task_environment
 from agent.run.status import End
-from agent.trace import Result, Step, Trace, load_steps, new_trace_dir
+from agent.trace import Result, Step, Trace, load_steps
 
 FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
 FIND_POLL_S = 0.2
@@ -51,7 +51,7 @@ class _Original:
     steps: list[Step]
 
     def image(self, step: Step) -> Image.Image | None:
-        return _read_screen(self.folder / step.screenshot) if step.screenshot else None
+        return _read_screen(self.folder, step.screenshot) if step.screenshot else None
 
     def next_image(self, index: int) -> Image.Image | None:
         """The screen after step `index`: the next step's screenshot, or the final one."""
@@ -59,13 +59,13 @@ class _Original:
             img = self.image(later)
             if img is not None:
                 return img
-        final = self.folder / "screens" / "final.png"
-        return Image.open(final).convert("RGB") if final.is_file() else None
+        return _read_screen(self.folder, "screens/final.png")
 
 
 @functools.lru_cache(maxsize=4)  # a step's screen is read to find, to copy and to check the effect
-def _read_screen(path: Path) -> Image.Image | None:
-    return Image.open(path).convert("RGB") if path.is_file() else None
+def _read_screen(folder: Path, rel: str) -> Image.Image | None:
+    """Contained in the trace, bounded in bytes and pixels (agent.trust); None when missing."""
+    return trust.open_image(folder, rel) if trust.contained(folder, rel).is_file() else None
 
 
 def load_trace_task(trace_dir: Path, task=None):
@@ -77,7 +77,7 @@ def load_trace_task(trace_dir: Path, task=None):
     path = Path(task) if task is not None else Path(trace_dir) / "task.yaml"
     if not path.is_file():
         raise VlagentError(f"{path}: no such task file" + ("" if task else " (give one with --task)"))
-    return load_task(path)
+    return load_task(path) if task is not None else trust.trace_task(load_task(path), trace_dir)  # agent.trust
 
 
 def check_secrets(steps: list[Step], task) -> None:
@@ -100,7 +100,7 @@ def load_trace_steps(trace_dir: Path) -> list[Step]:
 
 
 def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0, fallback=None,
-           trace_out=None, *, locate: bool = True, on_step=None) -> Result:
+           trace_out=None, *, locate: bool = True, on_step=None, bus=None, control=None) -> Result:
     """Replay the trace in `trace_dir` and return the Result (its trace goes to `trace_out`).
 
     task: a Task or a task file (default: the trace's task.yaml). display: an existing display
@@ -111,40 +111,41 @@ def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0,
     original = _Original(trace_dir, load_trace_steps(trace_dir))
     task = load_trace_task(trace_dir, task)
     check_secrets(original.steps, task)  # fail before starting anything when one is missing
-    out = (Path(trace_out) if trace_out else new_trace_dir(DEFAULT_RUNS_DIR, f"replay-{task.name}")).resolve()
-    trace, result = start_trace(out, task, "replay" if locate else "replay-raw")
-    with run_outcome(trace, result):
-        _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step)
-    return result
+    from agent.run.session import RunSession
+
+    with RunSession(task, mode="replay", model="replay" if locate else "replay-raw", display=display,
+                    trace_dir=Path(trace_out) if trace_out else None, trace_name=f"replay-{task.name}",
+                    bus=bus, control=control) as run:
+        env = run.start()
+        with contextlib.closing(_Player(original, task, Policy(task.allow), env.desktop, run.trace, speed,
+                                        fallback, locate)) as player:
+            run.finish(_play(original, player, run, on_step))
+    return run.result
 
 
-def _replay_in_sandbox(original, task, display, speed, fallback, trace, result, locate, on_step) -> Result:
-    policy = Policy(task.allow)
-    with task_environment(task, display=display, workdir=trace.folder / "workdir") as env, \
-            contextlib.closing(_Player(original, task, policy, env.desktop, trace, speed, fallback, locate)) as player:
-        result.display = env.sandbox.display
-        failure = None
-        for i, step in enumerate(original.steps):
-            if step.action is None:
-                continue  # a rejected model reply: nothing was done then
-            try:
-                done = player.play(i, step)
-            except ReplayFailed as e:
-                failure = str(e)
-                break
-            finally:
-                if on_step and trace.steps:
-                    on_step(trace.steps[-1])
-            if done.kind == "answer":
-                result.answer = done.action.text
-            if done.kind == "terminate":
-                break
-        last = trace.steps[-1] if trace.steps else None  # a replayed terminate keeps its verdict
-        claimed = last.action.status if last is not None and last.kind == "terminate" else "success"
-        end = (End("step_failed", failure) if failure else
-               End("finished", f"replayed {len(trace.steps)} steps", claimed, result.answer))
-        conclude(task, env, trace, result, end)
-    return result
+def _play(original, player, run, on_step) -> End:
+    """Every recorded step in order; how the replay ended."""
+    trace, failure, answer = run.trace, None, None
+    for i, step in enumerate(original.steps):
+        if step.action is None:
+            continue  # a rejected model reply: nothing was done then
+        run.control.wait_turn()
+        try:
+            done = player.play(i, step)
+        except ReplayFailed as e:
+            failure = str(e)
+            break
+        finally:
+            if on_step and trace.steps:
+                on_step(trace.steps[-1])
+        if done.kind == "answer":
+            answer = done.action.text
+        if done.kind == "terminate":
+            break
+    last = trace.steps[-1] if trace.steps else None  # a replayed terminate keeps its verdict
+    claimed = last.action.status if last is not None and last.kind == "terminate" else "success"
+    return (End("step_failed", failure) if failure else
+            End("finished", f"replayed {len(trace.steps)} steps", claimed, answer))
 
 
 class _Player:
@@ -152,7 +153,7 @@ class _Player:
                  fallback, locate: bool):
         self.original, self.task, self.policy, self.desktop = original, task, policy, desktop
         self.trace, self.speed, self.fallback, self.locate = trace, speed, fallback, locate
-        from agent.replay.atspi import Tree
+        from sandbox.atspi import Tree
 
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
         if locate:
@@ -343,12 +344,13 @@ class _Player:
 
     def _checked(self, action: Action, n: int) -> Action:
         """The task's policy sees the action as it will run (secrets filled in)."""
+        orig_action = action
         if action.action == "type" and "{secret:" in action.text:
             from agent import secrets
 
             action = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            return self.policy.check(action)
+            return gate.check(orig_action, gate.probe_of(self.desktop), self.policy)  # the one gate (actions.gate)
         except PolicyError as e:
             raise ReplayFailed(f"step {n}: the task's policy refuses it: {e}") from None
 

@@ -124,7 +124,7 @@ class _Trees(threading.Thread):
     so each event has the tree from before it."""
 
     def __init__(self, display: str, frames: _Frames):
-        from agent.replay.atspi import Tree
+        from sandbox.atspi import Tree
 
         super().__init__(daemon=True, name="a11y")
         self.tree, self.frames = Tree(display), frames
@@ -411,9 +411,10 @@ class Recorder:
         if pending.pixel is not None:
             # The windows and the tree as they were before the press, like the frame.
             windows, nodes = self.frames.windows_before(pending.t), self.trees.before(pending.t)
-            target = describe(frame, pending.pixel, windows, nodes)
+            later = self.trees.tree.nodes if self.trees.is_alive() else None  # the tree may fill in late
+            target = describe(frame, pending.pixel, windows, nodes, later=later)
             if pending.start_pixel is not None:
-                target["start"] = describe(frame, pending.start_pixel, windows, nodes)
+                target["start"] = describe(frame, pending.start_pixel, windows, nodes, later=later)
             if action["action"] in ("left_click", "double_click", "triple_click"):
                 self.focus = target
         if action["action"] == "key" and action["keys"][-1] == "tab":
@@ -469,30 +470,30 @@ def secret_name(focus: dict | None, task) -> str | None:
 
 
 def record_trace(trace_dir, task, display: str | None = None, max_seconds: float | None = None,
-                 stop_when_done: bool = True, on_ready=None, on_step=None) -> Result:
+                 stop_when_done: bool = True, on_ready=None, on_step=None, bus=None) -> Result:
     """Set up `task` (a sandbox unless `display`), record until Ctrl-C, `max_seconds` or the
     task's checks pass, and write the trace to `trace_dir`. `on_ready(display)` is called once
     the listeners run (a person or a test may start then)."""
-    from agent.run.environment import conclude, run_outcome, start_trace, task_environment
+    from agent.run.session import RunSession
     from agent.run.status import End
     from agent.task import Task, load_task
 
     task = task if isinstance(task, Task) else load_task(task)
-    trace, result = start_trace(Path(trace_dir), task, "human")  # absolute: the app runs elsewhere
-    with run_outcome(trace, result):  # Ctrl-C while recording stops it; before, it aborts
-        with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
-            result.display = env.sandbox.display
-            recorder = Recorder(task, env, trace, on_step)
+    # Ctrl-C while recording stops it; before, it aborts
+    with RunSession(task, mode="record", model="human", trace_dir=Path(trace_dir), display=display,
+                    bus=bus) as run:
+        env = run.start()
+        recorder = Recorder(task, env, run.trace, on_step)
+        try:
+            recorder.start()
+            if on_ready:
+                on_ready(env.sandbox.display)
+            deadline = None if max_seconds is None else time.monotonic() + max_seconds
             try:
-                recorder.start()
-                if on_ready:
-                    on_ready(env.sandbox.display)
-                deadline = None if max_seconds is None else time.monotonic() + max_seconds
-                try:
-                    why = recorder.run(deadline, stop_when_done)
-                except KeyboardInterrupt:  # the normal way to stop recording
-                    why = "stopped by Ctrl-C"
-            finally:
-                recorder.stop()  # while the display still exists
-            conclude(task, env, trace, result, End("finished", f"recorded {len(trace.steps)} steps; {why}", "success"))
-    return result
+                why = recorder.run(deadline, stop_when_done)
+            except KeyboardInterrupt:  # the normal way to stop recording
+                why = "stopped by Ctrl-C"
+        finally:
+            recorder.stop()  # while the display still exists
+        run.finish(End("finished", f"recorded {len(run.trace.steps)} steps; {why}", "success"))
+    return run.result

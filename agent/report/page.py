@@ -190,7 +190,8 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
     status = result.status if result else "no result"
     page = secrets.redact_data({
         "title": f"{name} · vlagent", "root": "../", "name": name, "status": status,
-        "goal": str(task.get("goal", "")),
+        # a flow has steps, not a goal: say how many rather than "None"
+        "goal": str(task.get("goal") or (f"a flow of {len(task.get('steps') or [])} steps" if task.get("steps") else "")),
         "reason": result.reason if result else "the trace has no result.json",
         "meta": [f"{len(steps)} steps", f"{result.duration_s:.1f} s"] if result else [],
         "model": result.model if result else "",

@@ -1,8 +1,5 @@
-"""What every run shares, whatever drives it (the model loop, a replay, a recording, a flow): the
-task's display and setup, the trace it starts with, and how it ends (`conclude`: the apps, the
-checks, the status from agent.run.status, the final screen). Kept apart from agent.run.runner, so
-that the drivers build on it without importing each other.
-"""
+"""The parts of a run that agent.run.session puts together: the task's display and setup, the
+trace it starts with, the task's checks, the final screen."""
 from __future__ import annotations
 
 import tempfile
@@ -14,9 +11,6 @@ from typing import Iterator
 
 import yaml
 
-from agent.errors import SandboxError
-from agent.run.status import End, decide
-from agent.run.status import outcome as run_outcome  # noqa: F401 (every driver wraps its run in it)
 from agent.task import Task
 from agent.trace import CheckResult, Result, Trace
 
@@ -40,7 +34,7 @@ def task_environment(task: Task, display: str | None = None, workdir: Path | Non
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"vlagent-{task.name}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     with Sandbox(screen=(task.screen.width, task.screen.height), display=display,
-                 workdir=workdir, cwd=task.base_dir) as sandbox:
+                 workdir=workdir, cwd=task.base_dir, pass_env=task.env) as sandbox:
         with X11Desktop(sandbox.display) as desktop:
             desktop.watch(sandbox.check_apps)  # a dead app ends the run at the next step, not at its end
             sandbox.run_setup(task.setup)
@@ -58,21 +52,10 @@ def evaluate(task: Task, env: Env, final: bool = False) -> list[CheckResult]:
 def start_trace(folder: Path, task: Task, model: str) -> tuple[Trace, Result]:
     """A trace folder with the task as run, and a Result that says `error` until something better."""
     trace = Trace(Path(folder).resolve())  # absolute: setup runs in the task's folder, {workdir} too
-    trace.write_task(yaml.safe_dump(task.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    # the task as it was given, not every unset default of every step
+    given = task.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    trace.write_task(yaml.safe_dump(given, sort_keys=False, allow_unicode=True))
     return trace, Result(status="error", task=task.name, model=model, started=time.time())
-
-
-def conclude(task: Task, env: Env, trace: Trace, result: Result, end: End) -> None:
-    """How every run ends (run, replay, record): did an app die, the checks, the status, the final screen."""
-    try:
-        env.sandbox.check_apps()
-        died = None
-    except SandboxError as e:
-        died = str(e)
-    result.answer = end.answer
-    result.checks = evaluate(task, env, final=True)
-    result.status, result.reason = decide(end, result.checks, died)
-    save_final_screen(env, trace, result)
 
 
 def save_final_screen(env: Env, trace: Trace, result: Result) -> None:

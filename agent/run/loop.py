@@ -15,6 +15,8 @@ from actions import ParseError, Policy, PolicyError, check_reply, to_json
 from agent.backends.base import Backend
 from agent.desktop.base import Desktop
 from agent.errors import BackendError
+from agent.run import events as ev
+from agent.run.control import RunControl
 from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
 from agent.run.status import End as LoopEnd
@@ -58,18 +60,19 @@ def _generate(backend: Backend, messages, policy: Policy, deadline: float):
 
 
 def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
-             cfg: LoopConfig, on_step=None) -> LoopEnd:
+             cfg: LoopConfig, on_step=None, run=None) -> LoopEnd:
+    """run: the RunSession this loop drives (its events and its pause/stop control), if any."""
     # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
     targets = _step_targets(desktop)
     try:
-        return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets)
+        return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets, run or _Unwatched())
     finally:
         if targets is not None:
             targets.close()
 
 
 def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
-              cfg: LoopConfig, on_step, targets) -> LoopEnd:
+              cfg: LoopConfig, on_step, targets, run) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
     # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
     fits = (lambda messages: backend.fits(messages, policy)) if hasattr(backend, "fits") else None
@@ -99,8 +102,10 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             if time.monotonic() >= deadline:
                 return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s")
             desktop.check_abort()
+            run.control.wait_turn()  # paused from the console: wait here, between steps
             t0 = time.perf_counter()
             frame = desktop.capture()
+            run.publish(ev.FrameCaptured, step=n, image=frame)
             if targets is not None:
                 targets.look()  # the accessibility tree of this frame, read while the model thinks
             step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
@@ -112,8 +117,11 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             for old in [k for k in images if k <= n - IMAGE_CACHE]:
                 del images[old]
             t_prompt = time.perf_counter()
+            run.publish(ev.ModelAsked, step=n)
             raw = _generate(backend, messages, policy, deadline)
             t2 = time.perf_counter()
+            if raw is not None:
+                run.publish(ev.ModelAnswered, step=n, raw=raw, ms=(t2 - t_prompt) * 1e3)
             write_held()
             step.timings = {"capture_ms": (t1 - t0) * 1e3, "prompt_ms": (t_prompt - t1) * 1e3,
                             "model_ms": (t2 - t_prompt) * 1e3}
@@ -123,9 +131,10 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
                 return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
             step.raw = raw
             try:
-                action = check_reply(raw, policy, getattr(desktop, "focus", None))  # focus: no typing into terminals
+                action = check_reply(raw, policy, desktop, frame.size)  # actions.gate: policy + the window that receives it
             except (ParseError, PolicyError) as e:
                 step.error = str(e)
+                run.publish(ev.ActionRefused, step=n, reason=step.error)
                 _record(trace, step, t0, on_step)
                 rejections += 1
                 if rejections >= MAX_REJECTIONS:
@@ -133,9 +142,11 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
                 continue
             rejections = 0
             step.action = action
+            run.publish(ev.ActionChecked, step=n, action=to_json(action))
             target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
             outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
             step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
+            run.publish(ev.ActionExecuted, step=n, action=to_json(action), pixel=outcome.pixel)
             t3 = time.perf_counter()
             settle = desktop.wait_stable(cfg.settle_max_s) if action.action not in ("terminate", "answer") else 0.0
             step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
@@ -154,6 +165,16 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
         return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")
     finally:
         write_held()  # every way out, Ctrl-C too: the trace is complete
+
+
+class _Unwatched:
+    """A loop run on its own (tests, a flow's act without a session): nobody listens or steers."""
+
+    def __init__(self):
+        self.control = RunControl()
+
+    def publish(self, kind, **fields) -> None:
+        pass
 
 
 def _step_targets(desktop):

@@ -1,7 +1,5 @@
-"""Run a task end to end with a model: sandbox, setup, the loop, the success checks, teardown, a
-trace. What replay, record and flows share with it is in agent.run.environment (re-exported here),
-so that all of them end the same way (agent.run.status decides the status).
-"""
+"""Run a task end to end: a flow (steps:) or the agent loop on its goal, inside one RunSession
+(agent.run.session: sandbox, setup, trace, checks, status, teardown)."""
 from __future__ import annotations
 
 import os
@@ -10,34 +8,36 @@ from pathlib import Path
 from actions import Policy
 from agent.backends.base import Backend
 from agent.errors import ModelExhausted, VlagentError
-from agent.run.environment import (DEFAULT_RUNS_DIR, Env, conclude, evaluate, run_outcome,  # noqa: F401 (API)
-                                   save_final_screen, start_trace, task_environment)
+from agent.run.events import EventBus
 from agent.run.loop import LoopConfig, run_loop
+from agent.run.session import RunControl, RunSession
 from agent.run.status import End
 from agent.task import Task
-from agent.trace import Result, new_trace_dir
+from agent.trace import Result
 
 
 def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_dir: Path | None = None,
-             loop: LoopConfig | None = None, on_step=None) -> tuple[Result, Path]:
-    """Run one task. Always returns a Result and a complete trace folder, whatever happens;
-    KeyboardInterrupt is recorded as `aborted` and then re-raised for the caller to exit."""
-    if task.steps:  # a flow (steps: instead of goal:) has its own runner, with the action cache
+             loop: LoopConfig | None = None, on_step=None, cache=None, bus: EventBus | None = None,
+             control: RunControl | None = None) -> tuple[Result, Path]:
+    """Run one task: the one place that chooses between a flow (steps:) and the agent loop (goal:).
+    Always returns a Result and a complete trace folder, whatever happens; KeyboardInterrupt is
+    recorded as `aborted` and then re-raised for the caller to exit. cache: a flow's action cache
+    (a mode or an ActionCache; default read-write)."""
+    if task.steps:
         from agent.flow.runner import run_flow
 
-        return run_flow(task, backend, display=display, trace_dir=trace_dir, loop=loop, on_step=on_step)
+        return run_flow(task, backend, display=display, trace_dir=trace_dir, loop=loop, on_step=on_step,
+                        cache="read-write" if cache is None else cache, bus=bus, control=control)
     loop = loop or LoopConfig(max_steps=task.max_steps, timeout_s=task.timeout_s)
-    trace, result = start_trace(trace_dir or new_trace_dir(DEFAULT_RUNS_DIR, task.name), task,
-                                getattr(backend, "name", ""))
-    with run_outcome(trace, result):
-        with task_environment(task, display=display, workdir=trace.folder / "workdir") as env:
-            result.display = env.sandbox.display
-            try:
-                end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), trace, loop, on_step)
-            except ModelExhausted as e:
-                end = End("exhausted", str(e))
-            conclude(task, env, trace, result, end)
-    return result, trace.folder
+    with RunSession(task, mode="loop", model=getattr(backend, "name", ""), trace_dir=trace_dir, display=display,
+                    bus=bus, control=control) as run:
+        env = run.start()
+        try:
+            end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), run.trace, loop, on_step, run=run)
+        except ModelExhausted as e:
+            end = End("exhausted", str(e))
+        run.finish(end)
+    return run.result, run.trace.folder
 
 
 def use_display(display: str | None) -> str | None:

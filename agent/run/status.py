@@ -26,13 +26,10 @@ Exceptions that cut a run short become a status in `outcome`. The table (also in
 """
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from agent.errors import Aborted, AppDied, VlagentError
-from agent.trace import CheckResult, Result, Trace
+from agent.trace import STATUSES, CheckResult
 
 # End kinds: the driver stopped normally and the checks run.
 FINISHED = "finished"  # the driver did all it meant to; `claimed` says whether it thinks it succeeded
@@ -88,27 +85,21 @@ def ended_from_outside(why: str, detail: str) -> tuple[str, str]:
     return "error", detail  # why == "died": detail says what it left behind
 
 
-@contextmanager
-def outcome(trace: Trace, result: Result) -> Iterator[None]:
-    """Whatever cuts a run short becomes its status, and the trace is always finished. Ctrl-C
-    and SIGTERM are recorded as `aborted`, then re-raised for the caller to exit."""
-    interrupted: BaseException | None = None
-    try:
-        yield
-    except Aborted as e:
-        result.status, result.reason = "aborted", str(e)
-    except KeyboardInterrupt as e:
-        result.status, result.reason = "aborted", INTERRUPTED
-        interrupted = e
-    except AppDied as e:  # seen at the next step (the desktop watches the apps): as in decide()
-        result.status, result.reason = "failed", f"{e}; the run stopped at the next step"
-    except VlagentError as e:  # BackendError, SandboxError (setup, a dead display)
-        result.status, result.reason = "error", str(e)
-    except Exception as e:  # a dead display surfaces here as Xlib/OS errors
-        result.status, result.reason = "error", f"{type(e).__name__}: {e}".splitlines()[0]
-    finally:
-        result.ended = time.time()
-        result.duration_s = round(result.ended - result.started, 3)
-        trace.finish(result)
-    if interrupted is not None:
-        raise interrupted
+def status_of(exc: BaseException, in_test: bool = False) -> tuple[str, str]:
+    """The (status, reason) of a run that this exception cut short: the one mapping every driver
+    shares. An error may carry the status it implies (a flow step's `status`: failed, timeout...).
+    in_test: the run is a pytest test's, whose own assert between steps is a failed run."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, str) and status in STATUSES:
+        return status, str(exc)
+    if isinstance(exc, Aborted):
+        return "aborted", str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "aborted", INTERRUPTED
+    if isinstance(exc, AppDied):  # seen at the next step (the desktop watches the apps): as in decide()
+        return "failed", f"{exc}; the run stopped at the next step"
+    if isinstance(exc, VlagentError):  # BackendError, SandboxError (setup, a dead display)
+        return "error", str(exc)
+    if in_test and isinstance(exc, AssertionError):
+        return "failed", f"AssertionError: {exc}".splitlines()[0]
+    return "error", f"{type(exc).__name__}: {exc}".splitlines()[0]  # a dead display: Xlib/OS errors

@@ -1,6 +1,6 @@
 """The accessibility tree of a display (AT-SPI): what GTK, Qt and Chromium apps say their widgets are.
 
-A reader process per display (`python -m agent.replay.atspi`, started on first use) walks the tree on
+A reader process per display (`python -m sandbox.atspi`, started on first use) walks the tree on
 request and answers one JSON line: the showing elements with role, name, states, screen box, parent
 and app. It runs apart from us because libatspi binds a process to one display's bus for its life,
 and a run, a test session or the benchmark meet many displays. Reading costs ~10 ms for a dialog,
@@ -127,7 +127,7 @@ class Tree:
     def _start(self) -> None:
         env = {**os.environ, "DISPLAY": self.display}
         env.pop("AT_SPI_BUS_ADDRESS", None)  # the display's own bus, from its root window
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.replay.atspi"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "sandbox.atspi"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         if _readline(self.proc.stdout, START_TIMEOUT_S).strip() != b"ready":
@@ -440,10 +440,11 @@ def _walk() -> list[dict]:
             ext = acc.get_extents(Atspi.CoordType.SCREEN) if depth > 0 else None
             box = (ext.x, ext.y, ext.width, ext.height) if ext is not None else (0, 0, 0, 0)
             text = ""
-            if states.contains(Atspi.StateType.EDITABLE):
+            if states.contains(Atspi.StateType.EDITABLE) or role == "text":  # (a read-only view: a display)
                 iface = acc.get_text_iface()
                 if iface is not None:
-                    text = Atspi.Text.get_text(iface, 0, 200) or ""
+                    # (Qt answers "" for an end past the text's length)
+                    text = Atspi.Text.get_text(iface, 0, min(Atspi.Text.get_character_count(iface), 200)) or ""
             n = acc.get_child_count()
         except Exception:  # the element went away while we looked (a closing popup)
             return
