@@ -92,19 +92,13 @@ def read_events(url: str, headers: dict, stop: threading.Event) -> None:
         pass
 
 
-def session_for(task, backend, folder):
-    from agent.run.session import RunSession
-
-    return RunSession(task, mode="loop", model=backend.name, trace_dir=folder)
-
-
 def frames_bench(seconds: float, work: Path) -> dict:
     import yaml
 
     from agent.backends.script import ScriptBackend
     from agent.task import load_task
     from agent.ui.app import Console
-    from agent.ui.start import run_session
+    from agent.ui.start import start_watched
 
     task_file = work / "clock.yaml"
     (work / "clock.py").write_text(CLOCK_APP)
@@ -117,10 +111,8 @@ def frames_bench(seconds: float, work: Path) -> dict:
     console = Console(work / "runs", port=0).bind().start()
     task = load_task(task_file)
     backend = ScriptBackend.from_file(work / "waits.yaml")
-    session = session_for(task, backend, work / "runs" / "clock")
-    live = console.attach(session)
-    t = threading.Thread(target=run_session, args=(session, task, backend), daemon=True)
-    t.start()
+    live, t = start_watched(console, task, backend, work / "runs" / "clock")
+    session = live.session
     headers = {"Authorization": f"Bearer {console.token}"}
     deadline = time.monotonic() + 60
     while live.steps < 1 and time.monotonic() < deadline:
@@ -151,19 +143,21 @@ def frames_bench(seconds: float, work: Path) -> dict:
 def solution_run(work: Path, i: int, watched: bool) -> dict:
     from agent.backends.script import ScriptBackend
     from agent.task import load_task
+    from agent.run.runner import run_task
     from agent.trace import load_steps
     from agent.ui.app import Console
-    from agent.ui.start import run_session
 
     task = load_task(ROOT / "tasks" / "fill_form.yaml")
     backend = ScriptBackend.from_file(ROOT / "tests" / "scripts" / "fill_form_solution.yaml")
     folder = work / "runs" / f"{'watched' if watched else 'alone'}-{i}"
     console = Console(work / "runs", port=0).bind().start() if watched else None
-    session = session_for(task, backend, folder)
     stop = threading.Event()
-    readers = []
-    if console is not None:
-        live = console.attach(session)
+    readers, box = [], {}
+
+    def hook(session):
+        if console is None:
+            return
+        box["live"] = live = console.attach(session)
         headers = {"Authorization": f"Bearer {console.token}"}
         base = f"http://127.0.0.1:{console.port}"
 
@@ -179,14 +173,15 @@ def solution_run(work: Path, i: int, watched: bool) -> dict:
         for r in readers:
             r.start()
     t0 = time.perf_counter()
-    run_session(session, task, backend)
+    result, _ = run_task(task, backend, trace_dir=folder, on_session=hook)
     wall = time.perf_counter() - t0
     stop.set()
-    encoded = console.live[live.url_id].frames.stats["encoded"] if console and live.frames else 0
+    live = box.get("live")
+    encoded = live.frames.stats["encoded"] if live is not None and live.frames else 0
     if console is not None:
         console.stop()
     steps = load_steps(folder)
-    return {"watched": watched, "status": session.result.status, "wall_s": round(wall, 3),
+    return {"watched": watched, "status": result.status, "wall_s": round(wall, 3),
             "step_ms": [round(s.timings.get("step_ms", 0), 1) for s in steps], "frames_encoded": encoded}
 
 
