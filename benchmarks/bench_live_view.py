@@ -172,17 +172,18 @@ def solution_run(work: Path, i: int, watched: bool) -> dict:
                    threading.Thread(target=read_events, args=(f"{base}/api/events?id={live.url_id}", headers, stop), daemon=True)]
         for r in readers:
             r.start()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result, _ = run_task(task, backend, trace_dir=folder, on_session=hook)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     stop.set()
     live = box.get("live")
-    encoded = live.frames.stats["encoded"] if live is not None and live.frames else 0
     if console is not None:
-        console.stop()
+        console.stop()  # (the grabber is stopped and its CPU time read)
+    stats = live.frames.stats if live is not None and live.frames else {}
     steps = load_steps(folder)
-    return {"watched": watched, "status": result.status, "wall_s": round(wall, 3),
-            "step_ms": [round(s.timings.get("step_ms", 0), 1) for s in steps], "frames_encoded": encoded}
+    return {"watched": watched, "status": result.status, "wall_s": round(wall, 3), "process_cpu_s": round(cpu, 3),
+            "step_ms": [round(s.timings.get("step_ms", 0), 1) for s in steps], "frames_encoded": stats.get("encoded", 0),
+            "grabber_cpu_s": round(stats.get("grabber_cpu_s", 0.0), 3)}
 
 
 def main() -> None:
@@ -201,10 +202,16 @@ def main() -> None:
                 runs.append(solution_run(work, i, watched))
                 print(json.dumps(runs[-1]), flush=True)
     mean = {w: statistics.mean(ms for r in runs if r["watched"] == w for ms in r["step_ms"]) for w in (False, True)}
+    watched = [r for r in runs if r["watched"]]
+    cpu_share = sum(r["grabber_cpu_s"] for r in watched) / sum(r["wall_s"] for r in watched)
+    cpu = {w: statistics.mean(r["process_cpu_s"] + r["grabber_cpu_s"] for r in runs if r["watched"] == w) for w in (False, True)}
     out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "frames": frames,
            "watching": {"mean_step_ms_unwatched": round(mean[False], 1), "mean_step_ms_watched": round(mean[True], 1),
-                        "added_pct": round(100 * (mean[True] / mean[False] - 1), 1), "runs": runs}}
+                        "added_pct": round(100 * (mean[True] / mean[False] - 1), 1),
+                        "grabber_cpu_share_of_one_core_pct": round(100 * cpu_share, 1),
+                        "cpu_s_per_run_unwatched": round(cpu[False], 3), "cpu_s_per_run_watched": round(cpu[True], 3),
+                        "runs": runs}}
     print(json.dumps(out["watching"] | {"runs": len(runs)}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

@@ -40,7 +40,6 @@ from agent.ui.playground import Playground, from_data_url, grab, to_data_url
 from agent.ui.runs import TraceIndex, run_page_data, trace_file
 
 MAX_JSON_BYTES = 48 * 2 ** 20  # an uploaded screenshot as a data URL
-EVENT_POLL_S = 0.05
 SSE_PING_S = 15.0
 
 
@@ -254,27 +253,22 @@ def build_routes(console: Console) -> Starlette:
 
         async def stream():
             nonlocal seq
+            wake = _waker()
+            live.listeners.append(wake.notify)
             live.viewers += 1
-            last = time.monotonic()
-            try:
+            try:  # (a client that leaves cancels this generator: Starlette listens for the disconnect)
                 while True:
-                    items = live.since(seq)
-                    for item in items:
+                    for item in live.since(seq):
                         seq = item["seq"]
                         yield f"id: {seq}\ndata: {json.dumps(item)}\n\n"
                     if live.ended and not live.since(seq):
                         yield "event: end\ndata: {}\n\n"
                         return
-                    if time.monotonic() - last > SSE_PING_S:
+                    if not await wake.wait(SSE_PING_S):
                         yield ": ping\n\n"
-                        last = time.monotonic()
-                    if items:
-                        last = time.monotonic()
-                    if await request.is_disconnected():
-                        return
-                    await asyncio.sleep(EVENT_POLL_S)
             finally:
                 live.viewers -= 1
+                live.listeners.remove(wake.notify)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
@@ -291,16 +285,18 @@ def build_routes(console: Console) -> Starlette:
                 await asyncio.sleep(0.1)
                 source = live.frame_source()
             source.watch()
+            wake = _waker()
+            source.listeners.append(wake.notify)
             seq = 0
             try:
-                while not live.ended:
-                    frame = await run_in_threadpool(source.next, seq, 1.0)
-                    if frame is not None:
+                while not live.ended and not source.error:
+                    frame = source.latest
+                    if frame is not None and frame.seq > seq:
                         seq = frame.seq
                         yield mjpeg_part(frame)
-                    elif source.error:
-                        return
+                    await wake.wait(1.0)
             finally:
+                source.listeners.remove(wake.notify)
                 source.leave()
 
         return StreamingResponse(stream(), media_type="multipart/x-mixed-replace; boundary=frame",
@@ -361,6 +357,28 @@ def build_routes(console: Console) -> Starlette:
         Mount("/static", StaticFiles(directory=views.STATIC)), Mount("/assets", StaticFiles(directory=views.REPORT_ASSETS)),
     ]
     return Starlette(routes=routes)
+
+
+class _waker:
+    """Wakes a coroutine from another thread (the run's event subscriber, the frame reader)."""
+
+    def __init__(self):
+        self.loop, self.event = asyncio.get_running_loop(), asyncio.Event()
+
+    def notify(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # the console's loop is closed: nobody waits any more
+            pass
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self.event.clear()
 
 
 def _live_cards(live) -> list[str]:

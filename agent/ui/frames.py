@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 FPS = 8  # capture rate; the target is >= 5 frames/s at 1280x800
 JPEG_QUALITY = 70
@@ -41,6 +42,7 @@ class FrameSource:
         self._cv = threading.Condition()
         self._viewers = 0
         self._last_viewer = 0.0
+        self.listeners: list = []  # called after each new frame (the frame streams' wake-ups)
         self._thread: threading.Thread | None = None
         self._stop = False
         self.error: str | None = None
@@ -125,7 +127,11 @@ class FrameSource:
                 with self._cv:
                     self.latest = Frame(seq, t, body, (w, h))
                     self._cv.notify_all()
+                    wake = list(self.listeners)
+                for notify in wake:
+                    notify()
         finally:
+            self.stats["grabber_cpu_s"] = self.stats.get("grabber_cpu_s", 0.0) + _cpu_s(proc.pid)
             proc.kill()
             proc.wait()
             proc.stdout.close()
@@ -170,12 +176,24 @@ class FrameSource:
                     with self._cv:
                         self.latest = Frame(seq, t, buf.getvalue(), shot.size)
                         self._cv.notify_all()
+                        wake = list(self.listeners)
+                    for notify in wake:
+                        notify()
                 time.sleep(max(0.0, self.period - (time.perf_counter() - t0)))
         finally:
             try:
                 grabber.close()
             except Exception:  # the display went first (the run's sandbox is gone)
                 pass
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used, from /proc (0 when it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def mjpeg_part(frame: Frame) -> bytes:

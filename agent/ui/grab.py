@@ -5,11 +5,13 @@ bytes to stdout, until stdout is closed."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 import time
 
 HEADER = struct.Struct("<dHHI")  # time.time() of the grab, width, height, JPEG length
+NICE = 10
 
 
 def frames(display: str, fps: float, quality: int, out) -> None:
@@ -35,6 +37,7 @@ def frames(display: str, fps: float, quality: int, out) -> None:
 
 def main() -> None:
     display, fps, quality = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    os.nice(NICE)  # a busy machine runs the agent first and the view later
     try:
         frames(display, fps, quality, sys.stdout.buffer)
     except (BrokenPipeError, KeyboardInterrupt):

@@ -38,6 +38,7 @@ class LiveRun:
         self.log: list[dict] = []
         self._lock = threading.Lock()
         self.viewers = 0  # open event streams: a page is watching
+        self.listeners: list = []  # called after each page update (thread-safe wake-ups of event streams)
         self.frames: FrameSource | None = None
         self.model_state = ""
         self.steps = 0
@@ -81,6 +82,9 @@ class LiveRun:
                              "state": self.state()})
             if len(self.log) > MAX_LOG:  # (seq stays the position: older entries become placeholders)
                 self.log[len(self.log) - MAX_LOG - 1] = {"seq": len(self.log) - MAX_LOG, "type": "dropped"}
+            wake = list(self.listeners)
+        for notify in wake:  # the pages' event streams (each wakes on its own event loop)
+            notify()
 
     def since(self, seq: int) -> list[dict]:
         with self._lock:
