@@ -24,7 +24,7 @@ KEY = "sk-test-0123456789"
 @pytest.fixture(scope="module")
 def server():
     from agent.serve.app import Limits
-    from agent.serve.server import ServedModel, Server
+    from agent.serve.app import ServedModel, Server
 
     served = ServedModel("tiny-random", 2, CONTEXT, device="cpu", max_image_pixels=2000 * 1500)
     with Server(served, port=0, limits=Limits(api_key=KEY, in_flight=2, body_bytes=8 * 2 ** 20)) as srv:

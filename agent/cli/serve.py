@@ -28,7 +28,7 @@ def serve(model, name, host, port, agents, context, screen, history, device, api
     from agent.backends.budget import parse_screen
     from agent.errors import VlagentError
     from agent.serve.app import Limits
-    from agent.serve.server import ServedModel, Server, listen
+    from agent.serve.app import ServedModel, Server, listen
 
     sigterm_as_interrupt()  # while the model loads; uvicorn handles SIGTERM itself once serving
     try:

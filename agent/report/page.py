@@ -154,6 +154,9 @@ def _card(step: Step, img: str | None, after: str | None) -> dict:
             "target": _evidence(step.target) if step.target else None, "timings": _timings(step)}
 
 
+card = _card  # public: the console (agent/ui/views.py) shows live steps with the report's own cards
+
+
 def _log(log: Path | None) -> dict | None:
     if log is None:
         return None

@@ -22,7 +22,7 @@ class Playground:
         self._lock = threading.Lock()  # one question at a time: a local model is one device
 
     def backend(self, model: str | None, backend: str | None, base_url: str | None):
-        from agent.cli.common import make_backend
+        from agent.ui.views import make_backend
 
         key = (model or self.default[0], backend or self.default[1], base_url or self.default[2])
         if key not in self._backends:

@@ -20,7 +20,7 @@ class Launcher:
 
     def start(self, data: dict):
         """Check the request, prepare the run (task, backend, trace folder) and start it; return its LiveRun."""
-        from agent.cli.common import make_backend
+        from agent.ui.views import make_backend
         from agent.task import load_task
         from agent.trace import check_trace_dir, new_trace_dir
 

@@ -17,7 +17,7 @@ class SessionHook:
         self.console = None
 
     def __call__(self, session) -> None:
-        from agent.cli.ui import ask_in_terminal
+        from agent.ui.terminal import ask_in_terminal
 
         if self.watch:
             self.console = watch(session, attended=self.attended, terminal=ask_in_terminal,
