@@ -17,7 +17,7 @@ from agent import secrets
 from agent.run import events as ev
 from agent.ui.attend import Attendant, Decision, Lease, Proposal
 from agent.ui.frames import FrameSource
-from agent.ui.views import checks_html, proposal_view, step_html
+from agent.ui.views import checks_html, files_url, proposal_view, step_html
 
 log = logging.getLogger(__name__)
 MAX_LOG = 5000  # page updates kept per run (a step is one or two)
@@ -131,7 +131,9 @@ class LiveRun:
             self.checks.append({"name": e.name, "ok": e.ok, "detail": e.detail})
         elif isinstance(e, ev.RunEnded):
             self.status, self.reason, self.ended = e.status, e.reason, True
-            self.push("ended", status=e.status, reason=e.reason, html=checks_html(self.checks))
+            result = getattr(self.session, "result", None)
+            final = files_url(self.url_id, result.final_screenshot) if result and result.final_screenshot else None
+            self.push("ended", status=e.status, reason=e.reason, html=checks_html(self.checks), final=final)
             if self.frames is not None:
                 self.frames.close()
         elif isinstance(e, getattr(ev, "FlowStepDone", ())):

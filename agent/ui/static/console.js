@@ -145,7 +145,7 @@
         showProposal(null); setLease(false); badge(m.status);
         $("reason").textContent = m.reason; $("checks").innerHTML = m.html; $("state").textContent = m.status;
         document.body.classList.add("ended");
-        $("frames").removeAttribute("src");
+        if (m.final) $("frames").src = m.final; else $("frames").removeAttribute("src");
         break;
     }
     if (m.type !== "proposal" && m.state !== "waiting for you" && proposal && m.type !== "model") showProposal(null);
