@@ -156,6 +156,23 @@ def test_the_playground_draws_the_proposed_click(console):
     assert status == 400 and b"display" in body
 
 
+def test_the_playground_answers_a_query_under_its_schema(tmp_path):
+    from agent.ui.app import Console
+
+    (tmp_path / "q.yaml").write_text(json.dumps(['{"total": 42.5, "currency": "EUR"}']))
+    c = Console(tmp_path / "runs", port=0, token=TOKEN, model=f"script:{tmp_path / 'q.yaml'}").bind().start()
+    try:
+        schema = {"type": "object", "properties": {"total": {"type": "number"}, "currency": {"type": "string"}},
+                  "required": ["total", "currency"], "additionalProperties": False}
+        status, _, body = call(c, "/api/playground", data={"image": png_data_url(), "instruction": "What is the total?",
+                                                            "schema": json.dumps(schema)},
+                               headers={"Origin": f"http://127.0.0.1:{c.port}"})
+        out = json.loads(body)
+        assert status == 200 and out["value"] == {"total": 42.5, "currency": "EUR"}, out
+    finally:
+        c.stop()
+
+
 def test_another_host_needs_a_token():
     from agent.cli.console import ui
 

@@ -343,8 +343,18 @@ def build_routes(console: Console) -> Starlette:
             image = await run_in_threadpool(grab, str(data["display"]))
         else:
             raise VlagentError("give a display (like :99) or a screenshot")
-        out = await run_in_threadpool(console.playground.ask, image, str(data.get("instruction") or ""),
-                                      data.get("model") or None, data.get("backend") or None, data.get("base_url") or None)
+        chosen = (data.get("model") or None, data.get("backend") or None, data.get("base_url") or None)
+        schema = data.get("schema")
+        if isinstance(schema, str) and schema.strip():
+            try:
+                schema = json.loads(schema)
+            except ValueError as e:
+                raise VlagentError(f"schema: not JSON: {e}") from None
+        if isinstance(schema, dict):
+            out = await run_in_threadpool(console.playground.query, image, str(data.get("instruction") or ""), schema,
+                                          *chosen)
+        else:
+            out = await run_in_threadpool(console.playground.ask, image, str(data.get("instruction") or ""), *chosen)
         out["image"] = await run_in_threadpool(to_data_url, image)
         return JSONResponse(out)
 
