@@ -35,6 +35,14 @@ class Region:
     busy: bool = False
     client: str | None = None  # the connection that used it last (an agent keeps its connection)
 
+    @property
+    def empty(self) -> bool:
+        return not self.state.ids
+
+    def clear(self) -> None:
+        """Forget what the region holds: its KV is overwritten, never read."""
+        self.state = KVState()
+
 
 @dataclass(eq=False)
 class Row:

@@ -102,9 +102,9 @@ class PrivateBatcher(Batcher):
         own = [r for r in free if client is not None and r.client == client]
         if own:
             return own[0]
-        empty = [r for r in free if not r.state.ids]
+        empty = [r for r in free if r.empty]
         region = empty[0] if empty else min(free, key=lambda r: r.used)
-        region.state.clear()
+        region.clear()
         return region
 
 
