@@ -116,7 +116,8 @@ def test_past_runs_are_listed_and_shown_with_the_reports_step_cards(console):
     assert "/files?id=20260101-demo&amp;f=screens%2F0001.png" in page
     status, headers, png = call(console, "/files?id=20260101-demo&f=screens/0001.png")
     assert status == 200 and png[:4] == b"\x89PNG"
-    for rel in ("../../outside.txt", "/etc/passwd", "screens/../../../outside.txt"):
+    assert headers["x-frame-options"] == "DENY" and "script-src 'self'" in headers["content-security-policy"]
+    for rel in ("../../outside.txt", "/etc/passwd", "screens/../../../outside.txt", "task.yaml", "steps.jsonl"):
         assert call(console, f"/files?id=20260101-demo&f={rel}")[0] == 404
     assert call(console, "/run?id=../outside.txt")[0] == 404
 
