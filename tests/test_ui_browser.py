@@ -212,3 +212,30 @@ def test_the_playground_draws_a_proposed_click(console, browser, tmp_path):
     assert circle.get_attribute("cx") == "200" and circle.get_attribute("cy") == "375"  # 25 % and 75 % of 800x500
     if SHOTS:
         page.screenshot(path=str(SHOTS / "console-playground.png"))
+
+
+def test_vlagent_run_watch_prints_the_url_of_its_own_console(tmp_path):
+    """`vlagent run --watch`: the URL is printed, it opens the live run (with the token), and the
+    run ends as it would unwatched."""
+    import subprocess
+    import urllib.request
+
+    from agent.suite.runner import VLAGENT
+
+    proc = subprocess.Popen([*VLAGENT, "run", str(ROOT / "tasks" / "fill_form.yaml"), "--model",
+                             f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_solution.yaml'}", "--trace",
+                             str(tmp_path / "run"), "--watch"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, cwd=ROOT)
+    url, lines = None, []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("watch this run: "):
+            url = line.split(": ", 1)[1].strip()
+            browserish = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+            with browserish.open(url, timeout=30) as r:  # the token in the URL: a cookie, then the page
+                page = r.read().decode()
+            assert r.status == 200 and "fill_form" in page
+            break
+    rest = proc.communicate(timeout=180)[1]
+    assert url and proc.returncode == 0, "".join(lines) + rest
+    assert load_result(tmp_path / "run").status == "success"

@@ -149,7 +149,16 @@ class Console:
             self._thread.join(timeout=10)
         self.close()
 
-    def close(self):
+    def close(self, grace_s: float = 30.0):
+        """Stop the runs this console started (each ends `aborted` with its trace complete), then
+        let go of every live run."""
+        started = self.launcher.threads if self.launcher is not None else []
+        for r in self.live.values():
+            if not r.ended and any(t.is_alive() for t in started):
+                r.control_op("stop")
+        deadline = time.monotonic() + grace_s
+        for t in started:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         for r in self.live.values():
             r.close()
         sock = getattr(self, "_sock", None)

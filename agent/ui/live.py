@@ -156,6 +156,9 @@ class LiveRun:
         elif op == "stop":
             c.stop("stopped from the console")
             self.lease.give_back()
+            pending = self.attendant.pending
+            if pending is not None:  # a run waiting for a person stops now, not at its timeout
+                self.attendant.answer(Decision("reject", "stop", note="the run was stopped"), pending.step)
         else:
             raise ValueError(f"unknown control {op!r}")
         self.push("status", text={"pause": "paused", "resume": "resumed", "step": "one step",
