@@ -203,8 +203,10 @@ def build_routes(console: Console) -> Starlette:
         return wrapped
 
     async def runs_page(request: Request):
-        return HTMLResponse(views.render("runs.html.j2", title="runs", page="runs", runs=console.summaries(),
-                                         root=str(console.runs_dir), defaults=console.defaults))
+        runs = console.summaries()
+        return HTMLResponse(views.render("runs.html.j2", title="runs", page="runs", runs=runs,
+                                         root=str(console.runs_dir), defaults=console.defaults,
+                                         refresh=5 if any(r["live"] for r in runs) else 0))
 
     async def run_page(request: Request):
         run_id = request.query_params.get("id", "")
