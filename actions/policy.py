@@ -213,6 +213,7 @@ class Allow(BaseModel):
     text: list[str | TextPattern] | None = None  # None: any text; else only these (literal or {pattern})
     terminal: bool = False  # allow input into a terminal, shell or interpreter window
     secrets: dict[str, SecretPlace] | None = None  # where each secret may be typed (actions.gate)
+    confirm: dict | None = None  # attended runs: which actions wait for a person (agent/ui/attend.py ConfirmRules)
 
     @field_validator("keys")
     @classmethod

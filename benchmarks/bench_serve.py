@@ -135,7 +135,7 @@ def check_identity(device: str, agents: int = 3, chats: int = 5) -> dict:
     from actions.policy import Allow, Policy
     from agent.backends.openai import OpenAIBackend
     from agent.run.history import build_messages
-    from agent.serve.server import ServedModel, Server
+    from agent.serve.app import ServedModel, Server
     from agent.trace import Step
 
     policy = Policy(Allow(actions=["left_click", "type", "key", "scroll", "wait", "terminate"],

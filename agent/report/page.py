@@ -173,8 +173,6 @@ def card(step: Step, img: str | None, after: str | None) -> dict:
 
 
 
-_card = card  # the old private name (agent.ui.views imports it)
-
 def _log(log: Path | None) -> dict | None:
     if log is None:
         return None
