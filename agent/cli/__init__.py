@@ -23,6 +23,7 @@ COMMANDS = {
     "suite": "agent.cli.suite:suite",
     "report": "agent.cli.report:report",
     "serve": "agent.cli.serve:serve",
+    "eval": "agent.cli.eval:eval_group",
 }
 HELP = {
     "run": "Run a task file with a model in a sandboxed display.",
@@ -35,6 +36,7 @@ HELP = {
     "suite": "Run many tasks and traces in parallel sandboxes, with JUnit and HTML reports.",
     "report": "Build an HTML report from traces.",
     "serve": "Serve the model to many agents at once (OpenAI-compatible API, batched decoding).",
+    "eval": "Measure a model (grounding accuracy on ScreenSpot-style sets) through vlagent's own path.",
 }
 
 
