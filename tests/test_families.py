@@ -33,11 +33,11 @@ GOLDEN = {
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "click", "coordinate": [999, 0]}}\n</tool_call>',
          {"action": "left_click", "coordinate": [1000, 0]}),
         ('<thinking>\nThe Name field is empty.\n</thinking>\n<tool_call>\n{"name": "mobile_use", "arguments": {"action": "click", "coordinate": [333, 666]}}\n</tool_call>',
-         {"action": "left_click", "coordinate": [333, 667]}),
+         {"action": "left_click", "coordinate": [333.333, 666.667]}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "type", "text": "ada@example.com"}}\n</tool_call>',
          {"action": "type", "text": "ada@example.com"}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "swipe", "direction": "up", "coordinate": [499, 499]}}\n</tool_call>',
-         {"action": "scroll", "pixels": -500, "coordinate": [499, 499]}),
+         {"action": "scroll", "pixels": -500, "coordinate": [499.499, 499.499]}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "drag", "start_coordinate": [0, 0], "end_coordinate": [999, 999]}}\n</tool_call>',
          {"action": "left_click_drag", "start_coordinate": [0, 0], "coordinate": [1000, 1000]}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "system_button", "button": "enter"}}\n</tool_call>',
@@ -47,7 +47,7 @@ GOLDEN = {
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "answer", "text": "42"}}\n</tool_call>',
          {"action": "answer", "text": "42"}),
         ('<grounding_think>The OK button.</grounding_think>\n<answer>\n{"coordinate": [999,499]}\n</answer>',
-         {"action": "left_click", "coordinate": [1000, 499]}),  # 499 * 1000 / 999 = 499.5 - 0.0005
+         {"action": "left_click", "coordinate": [1000, 499.499]}),
     ],
     "ui-venus-1.5": [
         ("<think>The name field is at the top.</think>\n<action>Click(box=(120,340))</action>\n<conclusion>Click the name field.</conclusion>",

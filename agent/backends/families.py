@@ -63,9 +63,14 @@ def _refuse(why: str) -> str:
     return f"(no native action) {why}"
 
 
-def _rescale(point, scale: int) -> list[int]:
-    """A family's point -> native 0..1000 (a 0..999 family's 999 is the far edge, as its authors map it)."""
-    return [min(MAX_REL, max(0, round(float(v) * MAX_REL / scale))) for v in point]
+def _rescale(point, scale: int) -> list[float]:
+    """A family's point -> native 0..1000 (a 0..999 family's 999 is the far edge, as its authors map
+    it). Kept to 3 decimals, not rounded to whole units: on a 2560 px screen a unit is 2.56 px."""
+    out = []
+    for v in point:
+        r = min(float(MAX_REL), max(0.0, round(float(v) * MAX_REL / scale, 3)))
+        out.append(int(r) if r.is_integer() else r)
+    return out
 
 
 def _unscale(point, scale: int) -> list[int]:
@@ -338,7 +343,7 @@ class UiVenus(Family):
 
     def from_native(self, args):
         a = args.get("action")
-        pt = lambda p: f"({p[0]},{p[1]})"  # noqa: E731
+        pt = lambda p: f"({round(p[0])},{round(p[1])})"  # noqa: E731
         if a == "left_click" and "coordinate" in args:
             act = f"Click(box={pt(args['coordinate'])})"
         elif a == "double_click" and "coordinate" in args:
