@@ -81,6 +81,7 @@ def test_screenspot_v2_and_pro_layouts(tmp_path):
     assert s.box == (10, 20, 30, 40) and s.platform == "macos" and s.kind == "text"  # x1, y1, x2, y2
 
 
+@pytest.mark.slow  # loads the tiny model
 def test_random_weights_take_the_same_path_as_vlagent_run():
     """tiny-random: the transformers backend, the run's prompt, the left_click-only grammar."""
     from agent.backends import load_backend

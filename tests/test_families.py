@@ -108,7 +108,7 @@ def test_recognised_from_hub_ids_folder_names_and_configs(tmp_path):
     assert detect("Qwen/Qwen3-VL-2B-Instruct") is NATIVE
     assert detect("Tongyi-MAI/MAI-UI-2B").name == "mai-ui"
     assert detect("inclusionAI/UI-Venus-1.5-2B").name == "ui-venus-1.5"
-    assert detect("mPLUG/GUI-Owl-1.5-2B").name == "gui-owl-1.5"
+    assert detect("mPLUG/GUI-Owl-1.5-2B-Instruct").name == "gui-owl-1.5"
     assert detect("/hf/models--Tongyi-MAI--MAI-UI-2B/snapshots/abc").name == "mai-ui"
     folder = tmp_path / "weights"
     folder.mkdir()
@@ -176,6 +176,7 @@ def test_a_familys_grammar_only_offers_what_the_policy_allows(constrainer, name)
     assert fam.matcher(constrainer, only_clicks).accept_string(click)
 
 
+@pytest.mark.slow  # loads the tiny model
 @pytest.mark.parametrize("name", ["gui-owl-1.5", "mai-ui", "ui-venus-1.5"])
 def test_a_random_weight_checkpoint_saved_as_the_family_answers_in_its_format(name):
     """The tiny checkpoint saved with the family's name is recognised and, decoded under the

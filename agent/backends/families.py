@@ -13,7 +13,7 @@ with coordinates on 0..1000. A family translates at the backend's edge:
 | format | model | reply | coordinates | prompt |
 |---|---|---|---|---|
 | qwen3-vl | Qwen/Qwen3-VL-2B-Instruct | `<tool_call>{"name": "computer_use", ...}</tool_call>` | 0..1000 | tools in the system turn, image then text |
-| gui-owl-1.5 | mPLUG/GUI-Owl-1.5-2B | `Action: ...` line, then the same tool call | 0..1000 | GUI-Owl's PC system prompt; instruction text then image |
+| gui-owl-1.5 | mPLUG/GUI-Owl-1.5-2B-Instruct | `Action: ...` line, then the same tool call | 0..1000 | GUI-Owl's PC system prompt; instruction text then image |
 | mai-ui | Tongyi-MAI/MAI-UI-2B | `<tool_call>{"name": "mobile_use", ...}</tool_call>` (click, drag, swipe, system_button, ...) | 0..999 | MAI-UI's system prompt (no-thinking variant); text then image |
 | ui-venus-1.5 | inclusionAI/UI-Venus-1.5-2B | `<think>..</think><action>Click(box=(x,y))</action><conclusion>..</conclusion>` | 0..1000 | Venus' user-turn template; text then image |
 
@@ -467,7 +467,7 @@ class UiVenus(Family):
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Qwen3VL("qwen3-vl", "Qwen3-VL (native computer_use)", ("Qwen/Qwen3-VL-2B-Instruct",)),
-    GuiOwl("gui-owl-1.5", "GUI-Owl 1.5", ("mPLUG/GUI-Owl-1.5-2B",), text_first=True),
+    GuiOwl("gui-owl-1.5", "GUI-Owl 1.5", ("mPLUG/GUI-Owl-1.5-2B-Instruct",), text_first=True),
     MaiUi("mai-ui", "MAI-UI", ("Tongyi-MAI/MAI-UI-2B",), scale=999, text_first=True),
     UiVenus("ui-venus-1.5", "UI-Venus 1.5", ("inclusionAI/UI-Venus-1.5-2B",), text_first=True),
 )}
