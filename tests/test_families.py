@@ -197,3 +197,31 @@ def test_a_random_weight_checkpoint_saved_as_the_family_answers_in_its_format(na
         messages += [{"role": "assistant", "content": [{"type": "text", "text": reply}]},
                      {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Step"}]}]
         assert action.action in policy.actions
+
+
+def test_a_served_family_model_gets_its_prompt_and_its_reply_is_translated():
+    """--backend openai with a MAI-UI model: MAI's prompt goes out (no JSON schema: its format is
+    its own), the 0..999 reply comes back as a native tool call."""
+    import threading
+
+    from test_openai_backend import MODEL, FakeServer
+
+    from agent.backends.openai import OpenAIBackend
+
+    srv = FakeServer()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    mai = GOLDEN["mai-ui"][0][0]
+    completion = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL,
+                  "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": mai}}]}
+    try:
+        backend = OpenAIBackend(MODEL, srv.base_url, backoff_s=0.01, format="mai-ui", check_image_tokens=False)
+        srv.plan = [(200, completion, {}, 0.0)]
+        reply = backend.generate([{"role": "system", "content": [{"type": "text", "text": "tools"}]},
+                                  {"role": "user", "content": [{"type": "text", "text": "Task: click"}]}], POLICY)
+        assert to_json(check_reply(reply, POLICY)) == {"action": "left_click", "coordinate": [1000, 0]}
+        assert backend.last_reply == mai
+        sent = srv.requests[-1]
+        assert "response_format" not in sent and "mobile_use" in sent["messages"][0]["content"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
