@@ -331,6 +331,87 @@ class ReplyMatcher:
         return "" if self.in_text else self._m.find_jump_forward_string()
 
 
+class JsonMatcher:
+    """xgrammar's GrammarMatcher of a JSON schema, plus one length bound for every string value
+    (keys are the schema's own): inside a value, the tokens that would carry it past `max_chars`
+    characters are masked (TextLimit's tables), so the grammar compiles in milliseconds instead of
+    the seconds a maxLength costs. Follows the reply's bytes: containers, keys, strings, escapes."""
+
+    def __init__(self, matcher, max_chars: int, limit: TextLimit):
+        self._m = matcher
+        self.max_chars = max_chars
+        self._limit = limit
+        self._stack: list[int] = []  # "{" or "[" bytes
+        self._expect_key = False
+        self.in_string = self.is_key = self.escaped = False
+        self.chars = 0
+
+    def _advance(self, data: bytes) -> None:
+        i = 0
+        while i < len(data):
+            if self.in_string:
+                was_escaped = self.escaped
+                n, closed, self.escaped = text_chars(data[i:], was_escaped)
+                self.chars += n
+                if not closed:
+                    return
+                i += _closing_quote(data[i:], was_escaped) + 1
+                self.in_string = self.escaped = False
+                continue
+            b = data[i]
+            if b in b"{[":
+                self._stack.append(b)
+                self._expect_key = b == ord("{")
+            elif b in b"}]":
+                if self._stack:
+                    self._stack.pop()
+            elif b == ord(","):
+                self._expect_key = bool(self._stack) and self._stack[-1] == ord("{")
+            elif b == ord(":"):
+                self._expect_key = False
+            elif b == QUOTE:
+                self.in_string, self.escaped, self.chars = True, False, 0
+                self.is_key = self._expect_key
+            i += 1
+
+    def accept_token(self, token_id: int) -> bool:
+        ok = self._m.accept_token(token_id)
+        if ok:
+            self._advance(self._limit.token_bytes[token_id])
+        return ok and (not self.in_string or self.is_key or self.chars <= self.max_chars)
+
+    def accept_string(self, text: str) -> bool:
+        ok = self._m.accept_string(text)
+        if ok:
+            self._advance(text.encode())
+        return ok
+
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
+        need = self._m.fill_next_token_bitmask(bitmask, index)
+        if self.in_string and not self.is_key:
+            bitmask[index] &= self._limit.allowed(self.escaped, self.max_chars - self.chars)
+            need = True
+        return need
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+    def find_jump_forward_string(self) -> str:
+        return "" if self.in_string and not self.is_key else self._m.find_jump_forward_string()
+
+
+def _closing_quote(data: bytes, escaped: bool) -> int:
+    """Index of the unescaped quote that closes the string `data` continues (text_chars found one)."""
+    for j, b in enumerate(data):
+        if escaped:
+            escaped = False
+        elif b == BACKSLASH:
+            escaped = True
+        elif b == QUOTE:
+            return j
+    return len(data)
+
+
 class ReplyLogitsProcessor:
     """For transformers' generate (batch of one): like xgrammar.contrib.hf.LogitsProcessor, with the
     text bound. Single use: make a new one per generate call."""
@@ -384,23 +465,26 @@ class Constrainer:
         return self._compiled[spec]
 
     def compiled_json(self, schema: dict, max_tokens: int):
-        """xgrammar's grammar of `schema`, bounded so that every reply closes within `max_tokens`
-        (agent/backends/json_bounds.py). No free whitespace: weak weights cannot pad forever."""
-        from agent.backends.json_bounds import bounded_schema, schema_key
+        """(xgrammar's grammar of `schema` with its numbers and arrays bounded, the characters every
+        string may hold) so that every reply closes within `max_tokens` (agent/backends/json_bounds.py).
+        No free whitespace: weak weights cannot pad forever."""
+        from agent.backends.json_bounds import MAX_STRING, bounded, plan, schema_key
 
         key = ("json", schema_key(schema, max_tokens))
         if key not in self._compiled:
             try:
-                grammar_schema = bounded_schema(schema, max_tokens)
+                bounds = plan(schema, max_tokens)
             except ValueError as e:
                 raise VlagentError(f"the JSON schema cannot be answered in {max_tokens} tokens: {e}") from None
-            self._compiled[key] = self._compiler.compile_json_schema(
-                json.dumps(grammar_schema), any_whitespace=False, strict_mode=True)
+            grammar = self._compiler.compile_json_schema(json.dumps(bounded(schema, bounds, lengths=False)),
+                                                         any_whitespace=False, strict_mode=True)
+            self._compiled[key] = (grammar, min(bounds.chars, MAX_STRING))
         return self._compiled[key]
 
-    def json_matcher(self, schema: dict, max_tokens: int):
+    def json_matcher(self, schema: dict, max_tokens: int) -> "JsonMatcher":
         """A fresh matcher for one reply under `schema` (the engine and the logits processor take it)."""
-        return self._xgr.GrammarMatcher(self.compiled_json(schema, max_tokens))
+        grammar, chars = self.compiled_json(schema, max_tokens)
+        return JsonMatcher(self._xgr.GrammarMatcher(grammar), chars, self._limit)
 
     def compile_ebnf(self, ebnf: str):
         """Any other grammar over this tokenizer (the model families' reply formats, benchmarks)."""
