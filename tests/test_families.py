@@ -225,3 +225,38 @@ def test_a_served_family_model_gets_its_prompt_and_its_reply_is_translated():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("name", ["gui-owl-1.5", "mai-ui", "ui-venus-1.5"])
+def test_random_token_walks_end_in_an_action_within_the_reply_budget(constrainer, name):
+    """Whatever the weights pick among the tokens the family's grammar allows (long tokens first: the
+    worst case for length), the reply ends within max_reply_tokens and means an allowed action.
+    Free text is `x*` in the grammar and bounded while decoding (a `x{0,n}` compiled for 20 s)."""
+    import random
+
+    import torch
+    import xgrammar as xgr
+
+    fam = family(name)
+    policy = Policy(allow=Allow(max_text_len=40))
+    budget = fam.max_reply_tokens(policy)
+    rng = random.Random(3)
+    mask = xgr.allocate_token_bitmask(1, constrainer.vocab_size)
+    tb = constrainer.token_bytes
+    for _ in range(6):
+        m = fam.matcher(constrainer, policy)
+        out, steps = b"", 0
+        while True:
+            m.fill_next_token_bitmask(mask)
+            bits = ((mask[0].view(-1, 1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten()[:constrainer.vocab_size]
+            allowed = [t for t in torch.nonzero(bits).flatten().tolist() if tb[t]]
+            if not allowed:
+                break
+            tid = max(rng.sample(allowed, min(6, len(allowed))), key=lambda t: len(tb[t]))
+            assert m.accept_token(tid)
+            if m.is_terminated():
+                break
+            out, steps = out + tb[tid], steps + 1
+            assert steps < budget
+        action = check_reply(fam.to_native(out.decode()), policy)
+        assert action.action in policy.actions

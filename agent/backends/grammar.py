@@ -253,6 +253,9 @@ class TextLimit:
         plain = total[ends] - total[ends - lens]
         first = np.where(lens > 0, total[np.minimum(ends - lens + 1, len(starts))] - total[ends - lens], 0)
         self.counts = np.stack([plain, plain - first]).astype(np.int32)
+        self.total = plain.astype(np.int32)  # characters of the whole token (free-text spans)
+        self.first = np.array([b[0] if b else -1 for b in tb], dtype=np.int16)
+        self._span_masks: dict[object, object] = {}
         for i, b in enumerate(tb):
             if b'"' in b or b"\\" in b:
                 self.counts[0, i], self.counts[1, i] = text_chars(b, False)[0], text_chars(b, True)[0]
@@ -272,6 +275,107 @@ class TextLimit:
             fits[: len(self.tags)] = (self.counts[int(escaped)] <= key[1]) & ~self.tags
             self._masks[key] = torch.from_numpy(np.packbits(fits, bitorder="little").view(np.int32).copy())
         return self._masks[key]
+
+    def _packed(self, fits):
+        import numpy as np
+        import torch
+
+        bits = np.zeros(self.words * 32, dtype=bool)
+        bits[: len(fits)] = fits
+        return torch.from_numpy(np.packbits(bits, bitorder="little").view(np.int32).copy())
+
+    def short(self, chars: int):
+        """A bitmask of the tokens of at most `chars` characters (free text inside a span)."""
+        key = ("short", chars)
+        if key not in self._span_masks:
+            self._span_masks[key] = self._packed((self.total <= chars) & ~self.tags)
+        return self._span_masks[key]
+
+    def starting_with(self, byte: int):
+        """A bitmask of the tokens whose first byte is `byte` (a span's closing byte)."""
+        key = ("first", byte)
+        if key not in self._span_masks:
+            self._span_masks[key] = self._packed(self.first == byte)
+        return self._span_masks[key]
+
+
+SPAN_TOKEN_CHARS = 16  # inside a free-text span, tokens of at most this many characters
+
+
+@dataclass(frozen=True)
+class Span:
+    """Free text in a reply format: it starts right after `opens`, ends at the first `closes` byte
+    (not after an `escape` byte), and holds at most `max_chars` characters (give or take the last
+    token: at most SPAN_TOKEN_CHARS - 1 more)."""
+
+    opens: bytes
+    closes: int
+    max_chars: int
+    escape: int | None = None
+
+
+class SpanMatcher:
+    """xgrammar's GrammarMatcher for a grammar whose free text is `x*`, plus the spans' length
+    bounds: a repetition range `x{0,n}` over Qwen's vocabulary compiles for 20 s; this bounds it
+    while decoding. Inside a span only short tokens are offered; at the bound, only tokens that
+    begin with the span's closing byte (the grammar then decides what follows)."""
+
+    def __init__(self, matcher, spans: tuple[Span, ...], limit: TextLimit):
+        self._m = matcher
+        self.spans = spans
+        self._limit = limit
+        self._tail = b""
+        self.span: Span | None = None
+        self.chars = 0
+        self.escaped = False
+        self._longest_open = max((len(sp.opens) for sp in spans), default=1)
+
+    def _advance(self, data: bytes) -> None:
+        for b in data:
+            sp = self.span
+            if sp is not None:
+                if self.escaped:
+                    self.escaped = False
+                elif sp.escape is not None and b == sp.escape:
+                    self.escaped = True
+                elif b == sp.closes:
+                    self.span, self._tail = None, bytes([b])
+                    continue
+                if _is_char_start(b):
+                    self.chars += 1
+                continue
+            self._tail = (self._tail + bytes([b]))[-self._longest_open:]
+            for cand in self.spans:
+                if self._tail.endswith(cand.opens):
+                    self.span, self.chars, self.escaped, self._tail = cand, 0, False, b""
+                    break
+
+    def accept_token(self, token_id: int) -> bool:
+        ok = self._m.accept_token(token_id)
+        if ok:
+            self._advance(self._limit.token_bytes[token_id])
+        return ok
+
+    def accept_string(self, text: str) -> bool:
+        ok = self._m.accept_string(text)
+        if ok:
+            self._advance(text.encode())
+        return ok
+
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
+        need = self._m.fill_next_token_bitmask(bitmask, index)
+        sp = self.span
+        if sp is not None:
+            at_bound = self.chars >= sp.max_chars and not self.escaped
+            bitmask[index] &= self._limit.starting_with(sp.closes) if at_bound else self._limit.short(SPAN_TOKEN_CHARS)
+            need = True
+        return need
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+    def find_jump_forward_string(self) -> str:
+        return "" if self.span is not None else self._m.find_jump_forward_string()
 
 
 class ReplyMatcher:
@@ -492,6 +596,10 @@ class Constrainer:
         if key not in self._compiled:
             self._compiled[key] = self._compiler.compile_grammar(ebnf)
         return self._compiled[key]
+
+    def span_matcher(self, ebnf: str, spans: tuple[Span, ...]) -> SpanMatcher:
+        """A fresh matcher of `ebnf` (free text written `x*`) with the spans' lengths bounded."""
+        return SpanMatcher(self._xgr.GrammarMatcher(self.compile_ebnf(ebnf)), spans, self._limit)
 
     def ebnf_matcher(self, ebnf: str, max_text_len: int | None = None):
         """A fresh matcher of `ebnf`; with `max_text_len`, the text after `"text": "` is bounded as in
