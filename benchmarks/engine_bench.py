@@ -173,8 +173,9 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
     from agent.backends.engine import KV_BUCKET, Engine, EngineImage, image_key
 
     if compile:
-        cache = Path(os.environ.get("VLAGENT_CACHE", Path.home() / ".cache" / "vlagent")) / "inductor"
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        from agent.backends.options import cache_dir
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
     process_at_build = process_age_s()  # interpreter start and imports before the model
     t_build = time.perf_counter()

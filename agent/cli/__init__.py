@@ -25,6 +25,7 @@ COMMANDS = {
     "serve": "agent.cli.serve:serve",
     "trust": "agent.cli.trust:trust",
     "ui": "agent.cli.console:ui",
+    "eval": "agent.cli.eval:eval_group",
 }
 HELP = {
     "run": "Run a task file with a model in a sandboxed display.",
@@ -39,6 +40,7 @@ HELP = {
     "serve": "Serve the model to many agents at once (OpenAI-compatible API, batched decoding).",
     "trust": "Trust a trace folder from elsewhere: its task's setup and command checks may run.",
     "ui": "A local web console: watch, steer and start runs; a playground.",
+    "eval": "Measure a model (grounding accuracy on ScreenSpot-style sets) through vlagent's own path.",
 }
 
 
