@@ -15,7 +15,7 @@ from actions.patterns import PatternError, compile_pattern
 from actions.policy import Allow
 from agent.errors import VlagentError
 from agent.secrets import declare as declare_secrets
-from agent.flow.steps import FlowStep, check_names
+from agent.steps import FlowStep, check_names
 from sandbox.setup import SetupStep, expand  # noqa: F401 (part of the task model)
 
 MAX_TASK_BYTES = 1 << 20

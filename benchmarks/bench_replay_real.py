@@ -169,7 +169,7 @@ def target_point(app: App, target, display: str, workdir: Path) -> tuple[int, in
         if key.startswith(("radio", "check")) and app.name == "tk-access":
             return x + 10, y + h // 2  # the indicator, not the label
         return x + w // 2, y + h // 2
-    from agent.replay.atspi import Tree, _labels, _window_of
+    from agent.targets.atspi import Tree, _labels, _window_of
 
     role, name = target
     with Tree(display) as tree:

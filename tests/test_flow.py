@@ -12,7 +12,7 @@ from agent.backends.script import ScriptBackend
 from agent.errors import VlagentError
 from agent.flow import ask
 from agent.flow.runner import run_flow
-from agent.flow.steps import FlowStep, fill
+from agent.steps import FlowStep, fill
 from agent.task import load_task
 from agent.trace import load_result, load_steps
 from flow_support import (NAME_ACT, PRO, STEPS, SUBMIT, form_task, replies, reply,

@@ -6,7 +6,7 @@ written once and the pair can be committed and used on another machine).
      "steps": [{"key": "3f9a...", "kind": "act", "text": "Type Ada Lovelace into the Name field",
                 "screen": "fill_form_flow.cache/8c1e....png",          # the screen after the step
                 "actions": [{"action": {"action": "left_click", "coordinate": [352, 205]},
-                             "target": {... evidence of agent.replay.locate, images as png_file ...},
+                             "target": {... evidence of agent.targets.locate, images as png_file ...},
                              "effect": {"changed": true, "after": {... evidence of what changed ...}}},
                             ...]}]}
 
@@ -48,7 +48,7 @@ class _Strict(BaseModel):
 class CachedAction(_Strict):
     action: dict[str, Any]  # native arguments; validated against the schema when replayed
     screen: str | None = None  # the screen the action was taken on (an image file of this cache)
-    target: dict[str, Any] | None = None  # evidence of the pointer target (agent.replay.evidence)
+    target: dict[str, Any] | None = None  # evidence of the pointer target (agent.targets.evidence)
     start: dict[str, Any] | None = None  # a drag's start
     effect: dict[str, Any] | None = None  # {"changed": bool, "after": evidence | None, "screen": file | None}
 

@@ -1,4 +1,4 @@
-"""Run a flow: a task with `steps:` (agent.flow.steps), its `before:`/`after:` hooks, the action cache.
+"""Run a flow: a task with `steps:` (agent.steps), its `before:`/`after:` hooks, the action cache.
 
 Per step kind:
   act         the agent loop (agent.run.loop.run_loop) on the one instruction, at most max_steps; done
@@ -11,7 +11,7 @@ Per step kind:
   wait_for    verdicts every interval_s until one passes or timeout_s passes
 
 The cache (agent.flow.cache): an act or grounded step with an entry is replayed without the model, each
-target found again by agent.replay.evidence and each action's recorded effect checked. A target not found
+target found again by agent.targets.evidence and each action's recorded effect checked. A target not found
 or an effect that does not show sends the step to the model (healed); a step without entry goes to the
 model too (miss). A healed step goes on from what the replay did: an act's model sees the replayed
 actions as its history; a grounded click is not made again when the model points at the target the
@@ -30,16 +30,16 @@ from PIL import Image
 from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.coords import to_relative
 from agent.errors import ModelExhausted, VlagentError
-from agent.flow import ask, finder
+from agent.flow import ask
+from agent.targets import finder
+from agent.targets.finder import EFFECT_WAIT_S, SETTLE_MAX_S
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
-from agent.replay.pixels import as_after, change_point, changed
-from agent.flow.steps import POINTER, FlowStep, fill
+from agent.targets.change import as_after, change_point, changed
+from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
 DEFAULT_ACT_STEPS = 10
 GROUND_TRIES = 3  # a grounding reply that does not parse is asked again, this many times in all
-SETTLE_MAX_S = 2.0
-EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
 # A replayed action is over when the screen is still and shows its recorded effect. The recorded
 # effect says the app got there, so "still" needs two alike grabs this far apart, not the
 # SETTLE_POLL_S of a run that has nothing to check against.
@@ -410,7 +410,7 @@ class Flow:
         """Two screen points on one target: close, or inside one element of the app's tree."""
         if math.dist(a, b) <= SAME_TARGET_PX:
             return True
-        from agent.replay.atspi import element_at
+        from agent.targets.atspi import element_at
 
         nodes = self.finder.nodes()
         ea, eb = element_at(nodes, a), element_at(nodes, b)
@@ -553,7 +553,7 @@ class Flow:
     def _tree_judges(self, ca: CachedAction, action, why: str) -> str:
         """The pixels' doubt `why`, settled by the app's tree where the recording kept the effect's
         element: "" when the tree shows the effect, else `why` with what the tree says."""
-        from agent.replay.evidence import effect_in_tree
+        from agent.targets.evidence import effect_in_tree
 
         if not (ca.effect.get("after") or {}).get("a11y"):
             return why

@@ -24,7 +24,7 @@ from typing import Any
 
 from agent.errors import VlagentError
 from agent.flow.runner import Counted, Flow, StepFailed, flow_end, open_cache
-from agent.flow.steps import FlowStep
+from agent.steps import FlowStep
 from agent.trace import Result
 
 
@@ -185,6 +185,6 @@ class Session:
 
 
 def fill_message(step: FlowStep, values: dict) -> str | None:
-    from agent.flow.steps import fill
+    from agent.steps import fill
 
     return fill(step.message, values) if step.message else None

@@ -1,6 +1,6 @@
 """Replay a trace (recorded by a person or written by an agent run) without a model.
 
-Before each pointer action the target is found again on the current screen (agent.replay.locate), so a
+Before each pointer action the target is found again on the current screen (agent.targets.locate), so a
 moved window, moved widgets or another screen size do not break the replay; the task's success
 checks decide the outcome, as for `vlagent run`.
 
@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
@@ -28,13 +27,9 @@ from agent.errors import VlagentError
 from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps
 
-FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
-FIND_POLL_S = 0.2
-A11Y_PATIENCE_S = 1.0  # an element missing from the tree this long is searched by pixels instead
-SETTLE_MAX_S = 2.0  # bounded wait for the screen to stop changing, before and after each action
-EFFECT_WAIT_S = 1.0  # extra time for an effect the original step showed to appear
-CHANGED_PX = 20  # pixels that must differ (by more than CHANGED_LEVEL) for "the screen changed"
-CHANGED_LEVEL = 24
+from agent.targets.change import differs
+from agent.targets.finder import A11Y_PATIENCE_S, EFFECT_WAIT_S, FIND_POLL_S, FIND_TIMEOUT_S, SETTLE_MAX_S
+
 COORD_KEYS = ("coordinate", "start_coordinate")
 
 
@@ -152,7 +147,7 @@ class _Player:
                  fallback, locate: bool):
         self.original, self.task, self.policy, self.desktop = original, task, policy, desktop
         self.trace, self.speed, self.fallback, self.locate = trace, speed, fallback, locate
-        from agent.replay.atspi import Tree
+        from agent.targets.atspi import Tree
 
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
         if locate:
@@ -211,7 +206,7 @@ class _Player:
     def _missing_effect(self, orig: Step, step: Step) -> str | None:
         """What the accessibility tree says the click should have done (a field focused, a box
         checked) and did not; the tree may take a moment to follow the screen."""
-        from agent.replay.evidence import missing_effect
+        from agent.targets.evidence import missing_effect
 
         if not self.locate or orig.kind != "left_click" or not (orig.target or {}).get("a11y"):
             return None
@@ -237,8 +232,8 @@ class _Player:
             return action, frame, None
         if not self.locate:  # raw replay: the same relative point of the new screen
             return action, frame, None
-        from agent.replay.evidence import Decision, find
-        from agent.replay.locate import label
+        from agent.targets.evidence import Decision, find
+        from agent.targets.locate import label
         from sandbox.windows import list_windows
 
         t0 = time.perf_counter()
@@ -283,8 +278,8 @@ class _Player:
 
     def _evidence(self, orig: Step, key: str) -> dict:
         """The step's recorded evidence, or evidence derived from its screenshot and pixel."""
-        from agent.replay.evidence import describe
-        from agent.replay.locate import estimate_window
+        from agent.targets.evidence import describe
+        from agent.targets.locate import estimate_window
 
         target = orig.target or {}
         if key == "start_coordinate":
@@ -316,7 +311,7 @@ class _Player:
         """Ask the fallback model where the target is now; None when its answer does not fit."""
         from actions.policy import Allow
         from agent.run.history import build_messages
-        from agent.replay.locate import label
+        from agent.targets.locate import label
 
         only = Policy(Allow(actions=[action.action]))
         goal = (f"{self.task.goal}\nReplaying a recorded step whose target could not be found ({why}). "
@@ -332,10 +327,10 @@ class _Player:
         step.raw = reply
         if getattr(grounded, "coordinate", None) is None:
             return None
-        from agent.replay.evidence import _agrees
+        from agent.targets.evidence import agrees
 
         point = to_pixels(tuple(grounded.coordinate), frame.size)
-        agrees, how = _agrees(evidence, frame, point, nodes)  # the model is checked like any candidate
+        agrees, how = agrees(evidence, frame, point, nodes)  # the model is checked like any candidate
         if not agrees:
             step.error = f"fallback model: its point {point} does not look like the target ({how})"
             return None
@@ -358,10 +353,10 @@ class _Player:
         if orig.kind in ("wait", "terminate", "answer", "mouse_move"):
             return None
         rec_before, rec_after = self.original.image(orig), self.original.next_image(index)
-        if rec_before is None or rec_after is None or not _changed(rec_before, rec_after):
+        if rec_before is None or rec_after is None or not differs(rec_before, rec_after):
             return None
         deadline = time.monotonic() + EFFECT_WAIT_S
-        while not _changed(before, self.desktop.capture()):
+        while not differs(before, self.desktop.capture()):
             if time.monotonic() >= deadline:
                 return "warning: the recorded step changed the screen; replayed, it did not"
             time.sleep(FIND_POLL_S)
@@ -377,14 +372,6 @@ def _once(read):
             got.append(read())
         return got[0]
     return value
-
-
-def _changed(a: Image.Image, b: Image.Image) -> bool:
-    if a.size != b.size:
-        return True
-    da = np.asarray(a.convert("L"), dtype=np.int16)
-    db = np.asarray(b.convert("L"), dtype=np.int16)
-    return int((np.abs(da - db) > CHANGED_LEVEL).sum()) >= CHANGED_PX
 
 
 def _shown(action: Action, orig: Step) -> Action:

@@ -1,4 +1,4 @@
-"""The one place the flow cache talks to the target finder (agent.replay.evidence, on agent.replay.locate):
+"""The one place the flow cache talks to the target finder (agent.targets.evidence, on agent.targets.locate):
 evidence of a point on a screenshot, and finding it again. How targets are recognised (the same screen,
 the accessibility element, pixels checked by their own text, text) lives there; this adapter only
 gathers what it needs: the windows and the accessibility tree of the display, read *before* an action
@@ -9,8 +9,11 @@ import time
 from dataclasses import dataclass
 
 
-FIND_TIMEOUT_S = 5.0  # a target may still be appearing (a redraw, a window opening; replay waits as long)
+FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
 FIND_POLL_S = 0.2
+A11Y_PATIENCE_S = 1.0  # an element missing from the tree this long is searched by pixels instead
+SETTLE_MAX_S = 2.0  # bounded wait for the screen to stop changing, before and after each action
+EFFECT_WAIT_S = 1.0  # extra time for an effect the recorded action showed to appear
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Finder:
             return []
         try:
             if self._tree is None:
-                from agent.replay.atspi import Tree
+                from agent.targets.atspi import Tree
 
                 self._tree = Tree(self.display)
             return self._tree.nodes()
@@ -65,7 +68,7 @@ class Finder:
 
     def describe(self, image, pixel, ctx: Context | None = None, ocr: bool = True) -> dict:
         """Evidence that re-finds what is at `pixel` of `image`; `ctx` as it was when `image` was taken."""
-        from agent.replay.evidence import describe
+        from agent.targets.evidence import describe
 
         ctx = ctx or self.context()
         return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr, later=self.nodes)
@@ -77,7 +80,7 @@ class Finder:
         is looked for by what it is. A target (a place to act on) found otherwise must be the recorded
         element where the app has a tree; target=False: a recorded effect, whose evidence describes
         whatever the changed place showed (often a bare panel), not an element to act on."""
-        from agent.replay.evidence import find
+        from agent.targets.evidence import find
 
         d = find(evidence, image, self.windows, self.nodes, recorded=recorded, target=target)
         return _found(d, d.method in ("same screen", "same window") or bool(d.detail.get("window_alike")))
@@ -112,7 +115,7 @@ def _found(d, alike: bool) -> Found:
 
 def label(evidence: dict | None) -> str:
     """The target in words: the element the app's tree names there, else its text or nearest label."""
-    from agent.replay.locate import label as name
+    from agent.targets.locate import label as name
 
     says = ((evidence or {}).get("a11y") or {}).get("says")
     return says or name(evidence)
