@@ -129,8 +129,15 @@ class ActionCache:
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             raise CacheError(f"{self.path}: not an action cache of version {CACHE_VERSION} "
                              f"({where}: {err['msg']}); {fix}") from None
+        from agent.targets.model import EvidenceError, check
+
         for step in data.steps:
-            for a in step.actions:
+            for i, a in enumerate(step.actions):
+                try:
+                    for name, ev in (("target", a.target), ("start", a.start), ("effect.after", (a.effect or {}).get("after"))):
+                        check(ev, f"{step.kind} {step.text!r}, action {i + 1}, {name}")
+                except EvidenceError as e:
+                    raise CacheError(f"{self.path}: {e}; {fix}") from None
                 for name in ("target", "start", "effect"):
                     setattr(a, name, self._inline(getattr(a, name), fix))
         return {step.key: step for step in data.steps}
