@@ -475,13 +475,14 @@ class Flow:
             for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
                 if ev is None:
                     continue
-                found, frame = self.finder.find_waiting(ev, self.desktop, recorded, frame=frame)
+                look = self.finder.find_waiting({name: ev}, self.desktop, recorded, frame=frame)
+                found, frame = look.found[name], look.frame
                 if found.pixel is None:
                     n = len(self.trace.steps) + 1
                     now = self.trace.save_screen(frame, f"{n:04d}")
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
-                                   screenshot=now, error=f"cache: {found.reason}"))
-                    return False, f"{what}: target not found: {found.reason}" + self._screens(now, recorded, n)
+                                   screenshot=now, error=f"cache: {found.reason or 'not found'}"))
+                    return False, f"{what}: target not found: {found.reason or 'no evidence agrees'}" + self._screens(now, recorded, n)
                 update[name] = list(to_relative(found.pixel, frame.size))
             if update:
                 action = ACTION_ADAPTER.validate_python({**to_json(action), **update})

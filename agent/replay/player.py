@@ -28,7 +28,9 @@ from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps
 
 from agent.targets.change import differs
-from agent.targets.finder import A11Y_PATIENCE_S, EFFECT_WAIT_S, FIND_POLL_S, FIND_TIMEOUT_S, SETTLE_MAX_S
+from agent.targets import finder
+from agent.targets.finder import EFFECT_WAIT_S, FIND_POLL_S, SETTLE_MAX_S
+from agent.targets.locate import label
 
 COORD_KEYS = ("coordinate", "start_coordinate")
 
@@ -152,9 +154,11 @@ class _Player:
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
         if locate:
             self.tree.start()
+        self.finder = finder.Finder(desktop.display, self.tree)
         self.prefetched: int | None = None
 
     def close(self) -> None:
+        self.finder.close()
         self.tree.close()
 
     def play(self, index: int, orig: Step) -> Step:
@@ -232,27 +236,12 @@ class _Player:
             return action, frame, None
         if not self.locate:  # raw replay: the same relative point of the new screen
             return action, frame, None
-        from agent.targets.evidence import Decision, find
-        from agent.targets.locate import label
-        from sandbox.windows import list_windows
-
         t0 = time.perf_counter()
         evidence = {k: self._evidence(orig, k) for k in coords}
         recorded = self.original.image(orig)
-        deadline = time.monotonic() + FIND_TIMEOUT_S
-        while True:
-            windows = _once(lambda: list_windows(self.desktop.display))
-            nodes = _once(lambda: self.tree.take(self.prefetched))  # used only when the screen changed
-            patient = time.monotonic() < deadline - FIND_TIMEOUT_S + A11Y_PATIENCE_S  # the tree may lag
-            found: dict[str, Decision] = {k: find(ev, frame, windows, nodes, recorded, pixels=not patient)
-                                          for k, ev in evidence.items()}
-            self.prefetched = None  # a later look reads the tree again
-            done = all(d.pixel is not None or d.ambiguous for d in found.values())
-            if done or time.monotonic() >= deadline:
-                break
-            time.sleep(FIND_POLL_S)  # the target may still be appearing
-            self.desktop.wait_stable(SETTLE_MAX_S)
-            frame = self.desktop.capture()
+        look = self.finder.find_waiting(evidence, self.desktop, recorded, frame, prefetched=self.prefetched)
+        self.prefetched = None
+        found, frame, windows, nodes = look.found, look.frame, look.windows, look.nodes
         timings["find_ms"] = (time.perf_counter() - t0) * 1e3
         self._keep_original(orig, step)  # the recorded screen next to the current one, for the report
         missing = [k for k, d in found.items() if d.pixel is None]
@@ -361,17 +350,6 @@ class _Player:
                 return "warning: the recorded step changed the screen; replayed, it did not"
             time.sleep(FIND_POLL_S)
         return None
-
-
-def _once(read):
-    """read(), called at most once, on first use."""
-    got: list = []
-
-    def value():
-        if not got:
-            got.append(read())
-        return got[0]
-    return value
 
 
 def _shown(action: Action, orig: Step) -> Action:

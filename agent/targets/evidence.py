@@ -58,6 +58,11 @@ class Decision:
     runner_up: tuple[int, int] | None = None
     detail: dict = field(default_factory=dict)
 
+    @property
+    def alike(self) -> bool:
+        """The target's window looked as recorded (same screen, same window), as a whole."""
+        return self.method in ("same screen", "same window") or bool(self.detail.get("window_alike"))
+
     def as_json(self, recorded=None) -> dict:
         out = {"method": self.method, "score": round(self.score, 3), "detail": self.detail}
         if self.pixel is not None:

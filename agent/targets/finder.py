@@ -1,28 +1,25 @@
-"""The one place the flow cache talks to the target finder (agent.targets.evidence, on agent.targets.locate):
-evidence of a point on a screenshot, and finding it again. How targets are recognised (the same screen,
-the accessibility element, pixels checked by their own text, text) lives there; this adapter only
-gathers what it needs: the windows and the accessibility tree of the display, read *before* an action
-lands (the tree after a click may hold a dialog the click opened)."""
+"""The one finder of a display: the windows and the accessibility tree read when needed, evidence of a
+point on a screenshot (read *before* an action lands: the tree after a click may hold a dialog the click
+opened), and finding recorded targets again on the live screen, waiting while they may still appear.
+How a target is recognised (the same screen, the accessibility element, pixels checked by their own
+text, text) lives in agent.targets.evidence; the replay and the flow cache both find through here.
+
+    finder = Finder(display)                      # or Finder(display, tree) to share a tree reader
+    look = finder.find_waiting({"coordinate": ev}, desktop, recorded_frame)
+    look.found["coordinate"].pixel, look.frame    # where it is now, on the frame it was found on
+    finder.close()
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
 
 FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
 FIND_POLL_S = 0.2
 A11Y_PATIENCE_S = 1.0  # an element missing from the tree this long is searched by pixels instead
 SETTLE_MAX_S = 2.0  # bounded wait for the screen to stop changing, before and after each action
 EFFECT_WAIT_S = 1.0  # extra time for an effect the recorded action showed to appear
-
-
-@dataclass
-class Found:
-    pixel: tuple[int, int] | None
-    reason: str = ""  # why not found
-    score: float = 0.0
-    method: str = ""
-    alike: bool = False  # the target's window looked as recorded (same screen, same window), as a whole
+LOOK_SETTLE_S = 1.0  # between two looks for a target not found yet, the screen may settle this long
 
 
 @dataclass
@@ -33,12 +30,29 @@ class Context:
     nodes: list
 
 
-class Finder:
-    """Per display: the window list and a lazily started accessibility tree reader. close() when done."""
+@dataclass
+class Look:
+    """What find_waiting saw: a Decision per evidence, the frame they were made on, and the windows
+    and tree of that frame (read only if the finder needed them)."""
 
-    def __init__(self, display: str | None):
+    found: dict  # name -> agent.targets.evidence.Decision
+    frame: object
+    windows: object  # () -> list
+    nodes: object  # () -> list
+
+    @property
+    def missing(self) -> str | None:
+        """The first evidence not found (None when all were)."""
+        return next((k for k, d in self.found.items() if d.pixel is None), None)
+
+
+class Finder:
+    """Per display: the window list and a lazily started accessibility tree reader. close() when done
+    (a tree given by the caller is the caller's to close)."""
+
+    def __init__(self, display: str | None, tree=None):
         self.display = display
-        self._tree = None
+        self._tree, self._own = tree, tree is None
 
     def windows(self) -> list:
         if not self.display:
@@ -50,15 +64,21 @@ class Finder:
         except Exception:  # the window list is a hint; a display hiccup must not fail the step
             return []
 
-    def nodes(self) -> list:
-        if not self.display:
-            return []
-        try:
-            if self._tree is None:
-                from agent.targets.atspi import Tree
+    def tree(self):
+        """The display's tree reader (started on first use), None without a display."""
+        if self._tree is None and self.display:
+            from agent.targets.atspi import Tree
 
-                self._tree = Tree(self.display)
-            return self._tree.nodes()
+            self._tree = Tree(self.display)
+        return self._tree
+
+    def nodes(self, ticket: int | None = None) -> list:
+        """The tree now; with `ticket`, the walk prefetched under it (Tree.prefetch)."""
+        try:
+            tree = self.tree()
+            if tree is None:
+                return []
+            return tree.take(ticket) if ticket is not None else tree.nodes()
         except Exception:
             return []
 
@@ -67,39 +87,46 @@ class Finder:
         return Context(self.windows(), self.nodes())
 
     def describe(self, image, pixel, ctx: Context | None = None, ocr: bool = True) -> dict:
-        """Evidence that re-finds what is at `pixel` of `image`; `ctx` as it was when `image` was taken."""
+        """Evidence that re-finds what is at `pixel` of `image`; `ctx` as it was when `image` was taken
+        (the tree read again, briefly, when it did not hold the element yet)."""
         from agent.targets.evidence import describe
 
         ctx = ctx or self.context()
         return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr, later=self.nodes)
 
-    def find(self, evidence: dict, image, recorded=None, target: bool = True) -> Found:
-        """Where the evidence's target is on `image`; `recorded`: the screenshot it was recorded on.
-        The windows and the tree are read only when the finder needs them (the screen changed).
-        Found at its recorded place, it needs that place's neighbourhood to look as recorded, else it
-        is looked for by what it is. A target (a place to act on) found otherwise must be the recorded
-        element where the app has a tree; target=False: a recorded effect, whose evidence describes
-        whatever the changed place showed (often a bare panel), not an element to act on."""
+    def find(self, evidence: dict, image, recorded=None, target: bool = True):
+        """Where the evidence's target is on `image` (a Decision); `recorded`: the screenshot it was
+        recorded on. The windows and the tree are read only when needed (the screen changed).
+        target=False: the evidence is of a recorded effect, not of a place to act on (see evidence.find)."""
         from agent.targets.evidence import find
 
-        d = find(evidence, image, self.windows, self.nodes, recorded=recorded, target=target)
-        return _found(d, d.method in ("same screen", "same window") or bool(d.detail.get("window_alike")))
+        return find(evidence, image, self.windows, self.nodes, recorded=recorded, target=target)
 
-    def find_waiting(self, evidence: dict, desktop, recorded=None, timeout_s: float = FIND_TIMEOUT_S, frame=None):
-        """Find on the live screen (first on `frame` when given: the screen as it is now), polling while
-        the target may still appear: (Found, frame looked at)."""
+    def find_waiting(self, evidence: dict[str, dict], desktop, recorded=None, frame=None,
+                     timeout_s: float = FIND_TIMEOUT_S, prefetched: int | None = None) -> Look:
+        """Find each named evidence on the live screen (first on `frame` when given: the screen as it
+        is now), looking again while a target may still appear, up to timeout_s. For the first
+        A11Y_PATIENCE_S an element the app's tree should hold is waited for there rather than searched
+        by pixels (the tree follows the screen). `prefetched`: a tree walk started for this frame."""
+        from agent.targets.evidence import find
+
         deadline = time.monotonic() + timeout_s
+        patience = time.monotonic() + A11Y_PATIENCE_S
         while True:
             frame = desktop.capture() if frame is None else frame
-            found = self.find(evidence, frame, recorded)
-            if found.pixel is not None or time.monotonic() >= deadline:
-                return found, frame
+            windows = _once(self.windows)
+            nodes = _once(lambda ticket=prefetched: self.nodes(ticket))  # read only when the screen changed
+            patient = time.monotonic() < patience
+            found = {k: find(ev, frame, windows, nodes, recorded, pixels=not patient) for k, ev in evidence.items()}
+            prefetched = None  # a later look reads the tree again
+            if all(d.pixel is not None or d.ambiguous for d in found.values()) or time.monotonic() >= deadline:
+                return Look(found, frame, windows, nodes)
             time.sleep(FIND_POLL_S)
-            desktop.wait_stable(1.0)
+            desktop.wait_stable(LOOK_SETTLE_S)
             frame = None
 
     def close(self) -> None:
-        if self._tree is not None:
+        if self._tree is not None and self._own:
             try:
                 self._tree.close()
             except Exception:
@@ -107,10 +134,15 @@ class Finder:
             self._tree = None
 
 
-def _found(d, alike: bool) -> Found:
-    if d.pixel is None:
-        return Found(None, d.reason or "not found", float(d.score), d.method, alike)
-    return Found(tuple(int(v) for v in d.pixel), "", float(d.score), d.method, alike)
+def _once(read):
+    """read(), called at most once, on first use."""
+    got: list = []
+
+    def value():
+        if not got:
+            got.append(read())
+        return got[0]
+    return value
 
 
 def label(evidence: dict | None) -> str:
