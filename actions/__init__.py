@@ -8,9 +8,16 @@ __all__ = ["ACTION_ADAPTER", "ACTION_NAMES", "POINTER_ACTIONS", "Action", "Allow
            "Focus", "Policy", "PolicyError", "parse_action", "to_json", "to_pixels", "check_reply"]
 
 
-def check_reply(reply: str, policy: Policy, focus=None) -> Action:
-    """Parse a raw reply and pass it through the policy (`focus`: see Policy.check).
-    Raises ParseError or PolicyError, and nothing else: whatever a model sends is a rejected reply."""
+def check_reply(reply: str, policy: Policy, focus=None, frame=None) -> Action:
+    """Parse a raw reply and pass it through the gate (actions.gate.check) when `focus` is a desktop
+    that can probe its windows (the loop passes its desktop and the frame's size); a callable
+    `focus` is the older focus-only probe (see Policy.check). Raises ParseError or PolicyError, and
+    nothing else: whatever a model sends is a rejected reply."""
+    from actions import gate
+
+    probe = gate.probe_of(focus)
+    if probe is not None or (focus is not None and not callable(focus)):
+        return gate.check_reply(reply, probe, policy, frame)
     try:
         return policy.check(parse_action(reply), focus)
     except (ParseError, PolicyError):

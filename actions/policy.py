@@ -15,6 +15,7 @@ Every pattern runs on RE2 (actions.patterns): no text or pattern can make a chec
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -61,6 +62,14 @@ SHELLS = frozenset({
     "sh", "bash", "dash", "zsh", "fish", "ksh", "mksh", "pdksh", "tcsh", "csh", "ash", "busybox",
     "nu", "elvish", "xonsh", "pwsh", "ion", "yash", "rc", "es", "screen", "tmux", "login",
 })
+# Interpreters that read commands from a terminal (a REPL): python3 in an xterm, irb, node, psql.
+# Counted only when the process reads a terminal (the probe says so); a GUI app written in Python is not one.
+INTERPRETERS = re.compile(
+    r"(?:python|pypy|ipython|perl|ruby|irb|node|nodejs|deno|bun|php|lua(?:jit)?|tclsh|wish|R|julia|ghci|"
+    r"ocaml|guile|racket|sbcl|clisp|scala|jshell|gdb|lldb|psql|mysql|sqlite3|redis-cli|mongo|mongosh|"
+    r"osqueryi|bc|dc|ed|ex|vi|vim|nvim|emacs|nano)[0-9.]*")
+# Windows of interpreter consoles that are GUI apps (no terminal involved): IDLE's shell, Jupyter's console.
+CONSOLE_CLASSES = frozenset({"idle", "idle3", "jupyter-qtconsole", "qtconsole", "ipython", "octave", "spyder"})
 DEFAULT_DENY_TEXT = (
     # rm with a recursive or force option, in any argument position: rm -rf /, rm ~ -rf, rm --force
     r"(?:^|[^\w.-])rm\s(?:[^;&|\n]*\s)?-(?:-(?:recursive|force|no-preserve-root|dir)\b|[a-zA-Z]*[rRf])",
@@ -92,8 +101,10 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Focus:
-    """The window that would receive typed text: its WM_CLASS (instance, class) and the process
-    names of its owner and the owner's children. The desktop reports it (agent.desktop.x11)."""
+    """A window that would receive input (the gate's probe reports it: agent.desktop.x11): its
+    WM_CLASS (instance, class), the process names of its owner and the owner's descendants, whether
+    one of those holds a terminal's master side (`pty`: a terminal emulator, an editor's terminal
+    pane), and the shell or interpreter among them that reads a terminal (`repl`)."""
 
     wm_class: tuple[str, ...] = ()
     processes: tuple[str, ...] = ()
@@ -101,10 +112,25 @@ class Focus:
     # No window would get keys: the focus follows the pointer (no window manager) and the pointer is
     # over the bare desktop. Typed text would be lost without a trace.
     nowhere: bool = False
+    pty: bool = False
+    repl: str = ""
+
+    def why_terminal(self) -> str:
+        """Why this window counts as a terminal, shell or interpreter; "" when it does not."""
+        classes = {c.lower() for c in self.wm_class}
+        if classes & TERMINAL_CLASSES:
+            return "a terminal emulator"
+        if classes & CONSOLE_CLASSES:
+            return "an interpreter console"
+        if self.pty:
+            return "its program holds a terminal"
+        if self.repl:
+            return f"{self.repl[:32]} reads a terminal there"
+        shell = next((p for p in self.processes if p.lower() in SHELLS), None)
+        return f"it runs the shell {shell[:32]}" if shell else ""
 
     def is_terminal(self) -> bool:
-        classes = {c.lower() for c in self.wm_class}
-        return bool(classes & TERMINAL_CLASSES) or any(p.lower() in SHELLS for p in self.processes)
+        return bool(self.why_terminal())
 
     def describe(self) -> str:
         return self.title or ".".join(self.wm_class) or "?"
@@ -155,6 +181,27 @@ class TextPattern(BaseModel):
         return p
 
 
+class SecretPlace(BaseModel):
+    """Where a secret may be typed (`allow.secrets: {PASSWORD: {field: Password, role: password text}}`):
+    the focused element's accessible name or label holds `field` (case-insensitive), its role is `role`."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: str | None = Field(None, min_length=1, max_length=200)
+    role: str | None = Field(None, min_length=1, max_length=64)
+
+    def matches(self, element: dict) -> bool:
+        if self.role and (element.get("role") or "").lower() != self.role.lower():
+            return False
+        if self.field:
+            words = " ".join(str(element.get(k) or "") for k in ("name", "label")).casefold()
+            return self.field.casefold() in words
+        return True
+
+    def describe(self) -> str:
+        parts = [f"the field {self.field!r}" if self.field else "", f"role {self.role!r}" if self.role else ""]
+        return " with ".join(p for p in parts if p) or "any field"
+
+
 class Allow(BaseModel):
     """A task's `allow:` block."""
 
@@ -164,7 +211,8 @@ class Allow(BaseModel):
     max_text_len: int = Field(500, ge=0, le=100_000)
     deny_text: list[str] = []  # more tripwire patterns (RE2), on top of the defaults
     text: list[str | TextPattern] | None = None  # None: any text; else only these (literal or {pattern})
-    terminal: bool = False  # allow type/key while a terminal or shell window has the focus
+    terminal: bool = False  # allow input into a terminal, shell or interpreter window
+    secrets: dict[str, SecretPlace] | None = None  # where each secret may be typed (actions.gate)
 
     @field_validator("keys")
     @classmethod
@@ -275,4 +323,4 @@ class Policy:
                     raise PolicyError(f"text matches the deny pattern {rx.pattern!r}")
 
 
-__all__ = ["Allow", "Focus", "Policy", "PolicyError", "PatternError", "TextPattern", "normalize_chord", "parse_chord"]
+__all__ = ["Allow", "Focus", "SecretPlace", "Policy", "PolicyError", "PatternError", "TextPattern", "normalize_chord", "parse_chord"]

@@ -57,7 +57,10 @@ def register(name: str, value: str) -> None:
 def declare(task) -> None:
     """Register the values of a task's secrets (those set in the environment) and its masking choice."""
     global mask_screens
+    from actions.gate import declare_secret
+
     for name, var in task.secrets.items():
+        declare_secret(name)  # the gate lets `type` use only declared secrets (and only where allow.secrets says)
         _vars[name] = var
         value = os.environ.get(var, os.environ.get(ENV_PREFIX + name))
         if value is not None:
@@ -88,6 +91,18 @@ def value(name: str) -> str:
 def fill(text: str) -> str:
     """'{secret:NAME}' placeholders -> their values (only at the executor, just before typing)."""
     return PLACEHOLDER.sub(lambda m: value(m.group(1)), text)
+
+
+class PlaceholderInValue(KeyError):
+    """A value from the screen carries a secret's placeholder (flows treat it as a missing value)."""
+
+
+def inert(value: str) -> str:
+    """A value read off the screen (a flow's query) on its way into typed text: it may not carry a
+    `{secret:NAME}` placeholder, or a page could make a secret typed wherever it likes."""
+    if PLACEHOLDER.search(value):
+        raise PlaceholderInValue("a value read off the screen holds a {secret:...} placeholder: not used")
+    return value
 
 
 def redact(text: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actions.policy import parse_chord
+from agent import secrets
 
 IDENT = r"[A-Za-z_]\w*"
 # {name} or {name.field.0}; {secret:NAME} and other braces are left alone.
@@ -147,5 +148,5 @@ def fill(text: str, values: dict[str, Any]) -> str:
                 value = value[int(part)] if isinstance(value, list) else value[part]
             except (KeyError, IndexError, TypeError, ValueError):
                 raise KeyError(f"{m.group(0)}: the query result has no {part!r}") from None
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return secrets.inert(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     return VAR_RE.sub(sub, text)

@@ -42,6 +42,28 @@ class FileContains(_Strict):
     text: str
 
 
+class A11y(_Strict):
+    """An element of the accessibility tree (GTK, Qt, Chromium) that must be showing: every field
+    given must hold. `a11y: {role: label, name: Saved}`, `{role: check box, name: Gift wrap,
+    states: {checked: true}}`, `{role: entry, name: Name, text: Ada}`."""
+
+    role: str | None = Field(None, min_length=1)  # as AT-SPI names it: label, push button, entry, ...
+    name: str | None = None  # its accessible name, equal ignoring case and runs of spaces
+    text: str | None = None  # its text (a field's content; else its name) contains this, ignoring case
+    states: dict[str, bool] = {}  # focused, checked, selected, pressed, expanded, sensitive, editable, ...
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.role is None and self.name is None and self.text is None:
+            raise ValueError("an a11y check needs role, name or text")
+        from agent.replay.atspi import STATES
+
+        unknown = [s for s in self.states if s not in STATES]
+        if unknown:
+            raise ValueError(f"unknown state {unknown[0]!r}: one of {', '.join(STATES)}")
+        return self
+
+
 class Check(_Strict):
     """A success check: exactly one of the fields."""
 
@@ -50,6 +72,7 @@ class Check(_Strict):
     screen_text: str | None = None  # OCR of the final screen contains the text (case-insensitive)
     window_title: str | None = None  # a visible window's title matches this regex
     command: list[str] | str | None = None  # exits 0 (a list runs directly, a string in a shell)
+    a11y: A11y | None = None  # an element of the accessibility tree with this role/name/text/states
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -80,6 +103,7 @@ class Task(_Strict):
     # file's folder; a trace's copy of the task names the original folder here.
     taskdir: str | None = None
     mask_screenshots: bool = False  # paint over secrets OCR finds in saved screenshots (agent.secrets)
+    env: list[str] = []  # variables of vlagent's environment its apps, setup and checks receive (sandbox.session.clean_env)
     # Not part of the file: the resolved taskdir.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_serializer
 
 from actions.schema import Action, to_json
-from agent import secrets
+from agent import secrets, trust
 from agent.errors import VlagentError
 
 Status = Literal["success", "failed", "invalid_output", "timeout", "aborted", "error"]
@@ -45,6 +45,7 @@ class Step(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)  # *_ms: capture, model, exec, settle, step
     source: Literal["model", "human", "replay"] = "model"
     flow_step: int | None = None  # in a flow (task with steps:), the index of the step this action served
+    decision: dict[str, Any] | None = None  # attended runs: the person's verdict on this step (agent/ui/attend.py)
     t: float = Field(default_factory=time.time)  # wall clock when the step was recorded
 
     @field_serializer("action")
@@ -222,6 +223,7 @@ class Trace:
     def write_task(self, text: str) -> None:
         try:
             (self.folder / "task.yaml").write_text(secrets.redact(text), encoding="utf-8")
+            trust.sign(self.folder)  # written here: trusted here (agent.trust)
         except OSError as e:
             raise TraceError(f"cannot write the trace in {self.folder}: {_os_reason(e)}") from None
 
@@ -281,8 +283,8 @@ def load_steps(folder: str | Path, *, lenient: bool = False) -> list[Step]:
     line) and a folder without steps.jsonl has no steps."""
     path = Path(folder) / "steps.jsonl"
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+        lines = trust.read_bytes(folder, "steps.jsonl", trust.MAX_JSON_BYTES).decode("utf-8", "replace").splitlines()
+    except (OSError, trust.TrustError):
         if lenient:
             return []
         raise VlagentError(f"{folder}: not a trace folder (no steps.jsonl)") from None

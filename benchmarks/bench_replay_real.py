@@ -4,7 +4,8 @@ and perturbed, every click checked against the widget it should land on.
     python benchmarks/bench_replay_real.py [--apps galculator,zenity] [--conditions unchanged,moved]
                                            [--kinds human,agent] [--json benchmarks/results/replay_real.json]
 
-Apps: galculator, mousepad, zenity --forms (GTK 3, Debian packages), Chromium with a local form page,
+Apps: galculator, mousepad, zenity --forms, yad --form (GTK 3, Debian packages), featherpad (Qt 5), Chromium
+with a local form page,
 and two Tk apps of the project (sandbox/apps/access.py: a sign-in dialog with a menu and a Settings
 dialog; sandbox/apps/form.py). Each workflow has 5-9 steps.
 
@@ -78,6 +79,24 @@ class Zenity(App):
                                  "--combo-values=low|high"]
 
 
+class Yad(App):
+    def argv(self, cond):
+        return _gtk_env(cond) + ["yad", "--form", "--title=Contact", "--text=Contact details", "--field=Name",
+                                 "--field=Email", "--field=Subscribe:CHK", "--field=Plan:CB", "", "", "FALSE", "Basic!Pro"]
+
+
+class FeatherPad(App):
+    """A Qt 5 text editor: it publishes its tree with QT_LINUX_ACCESSIBILITY_ALWAYS_ON; dark is its own
+    dark colour scheme (the text area), large its QT_SCALE_FACTOR."""
+
+    def argv(self, cond):
+        conf = "[text]\\ndarkColorScheme=true\\n" if cond == "dark" else ""
+        env = {"font": "QT_SCALE_FACTOR=1.5"}.get(cond, "")
+        return ["sh", "-c", "mkdir -p {workdir}/xdg-config/featherpad && "
+                f"printf '{conf}' > {{workdir}}/xdg-config/featherpad/fp.conf && "
+                f"exec env QT_LINUX_ACCESSIBILITY_ALWAYS_ON=1 XDG_CONFIG_HOME={{workdir}}/xdg-config {env} featherpad"]
+
+
 class Chromium(App):
     def argv(self, cond):
         flags = {"dark": ["--force-dark-mode", "--enable-features=WebContentsForceDark"],
@@ -115,6 +134,13 @@ APPS = {a.name: a for a in [
         ("click", ("text", "Name")), ("type", "Ada"), ("click", ("text", "City")), ("type", "Paris"),
         ("click", ("combo box", "Speed")), ("click", ("menu item", "high")), ("click", ("push button", "OK")),
     ], moved_to=(120, 90)),
+    Yad("yad", "GTK", "^Contact$", [
+        ("click", ("text", "Name")), ("type", "Ada"), ("click", ("text", "Email")), ("type", "ada@example.com"),
+        ("click", ("check box", "Subscribe")), ("click", ("push button", "OK")),
+    ], moved_to=(120, 90)),
+    FeatherPad("featherpad", "Qt", "Untitled$", [
+        ("type", "hello qt"), ("click", ("menu item", "Options")), ("key", "Escape"),
+    ], moved_to=(260, 140)),
     Chromium("chromium", "Chromium", "^Order", [
         ("click", ("entry", "Name")), ("type", "Ada"), ("click", ("radio button", "Express")),
         ("click", ("check box", "Gift wrap")), ("click", ("push button", "Place order")),
@@ -153,7 +179,7 @@ def task_for(app: App, cond: str) -> dict:
     w, h = (1024, 768) if cond == "screen" else (1280, 800)
     return {"name": f"{app.name}-{cond}", "goal": f"The {app.name} workflow.", "screen": {"width": w, "height": h},
             "setup": setup, "max_steps": 30, "timeout_s": 240,
-            "allow": {"actions": ["left_click", "type", "key", "terminate"], "keys": ["enter", "tab"],
+            "allow": {"actions": ["left_click", "type", "key", "terminate"], "keys": ["enter", "tab", "escape"],
                       "max_text_len": 100}}
 
 
@@ -294,7 +320,7 @@ def replay_case(app: App, trace: Path, cond: str, kind: str, out: Path) -> Case:
             case.methods.append(found["method"])
         if s.pixel is None or i >= len(expected):
             continue
-        if app.toolkit in ("GTK", "Chromium"):
+        if app.toolkit in ("GTK", "Chromium", "Qt"):
             role, name = expected[i]
             element = (found.get("detail") or {}).get("element", "")
             # "combo box 'Speed'" is right as "combo box 'Speed'" or, unnamed, "combo box '' by 'Speed'".

@@ -189,7 +189,7 @@ big = shot(next(fr2))
 eng = Engine(model, max_context=4096)
 times = []
 for i in range(5):
-    eng._vision.clear()
+    eng.vision.clear()
     torch.cuda.synchronize(); t = time.perf_counter()
     with torch.inference_mode():
         eng.encode(big)

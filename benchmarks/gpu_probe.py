@@ -45,7 +45,7 @@ for step in range(4):
 R["gqa_native"] = eng._gqa_native
 R["steps"] = steps
 # Vision alone: memory and time of one 1080p encode.
-eng._vision.clear()
+eng.vision.clear()
 torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = gib(); t = time.perf_counter()
 with torch.inference_mode():
     eng.encode(ims[0])

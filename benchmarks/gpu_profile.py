@@ -89,7 +89,7 @@ def kinds(prof, reps):
         agg[kind] = agg.get(kind, 0) + t
     return {k: round(v, 2) for k, v in agg.items()}
 for name, fn in (("vision", lambda: eng.encode(img)), ("prefill", lambda: eng.generate(base + turn, [img], max_new_tokens=1))):
-    fn(); eng._vision.pop("p", None); eng.reset(); eng.generate(base, [], max_new_tokens=1)
+    fn(); eng.vision.pop("p"); eng.reset(); eng.generate(base, [], max_new_tokens=1)
     if name == "prefill":
         eng.encode(img)
     torch.cuda.synchronize()
@@ -100,7 +100,7 @@ for name, fn in (("vision", lambda: eng.encode(img)), ("prefill", lambda: eng.ge
     out[f"{name}_wall_ms"] = (time.perf_counter() - t) * 1e3
     out[f"{name}_kernel_ms"] = kinds(prof, 1)
     if name == "vision":
-        eng._vision.pop("p", None)
+        eng.vision.pop("p")
 print(json.dumps(out, indent=1))
 if os.environ.get("OUT"):
     with open(os.path.join(os.environ["OUT"], f"profile_{'compile' if compile_ else 'eager'}.json"), "w") as f:

@@ -37,8 +37,9 @@ def available() -> bool:
 class A11yBus:
     """A session bus and the AT-SPI launcher for one display; stop() ends both."""
 
-    def __init__(self, display: str):
+    def __init__(self, display: str, env: dict[str, str] | None = None):
         self.display = display
+        self.base_env = env  # what the bus and the launcher run with (the sandbox's clean environment)
         self.procs: list[subprocess.Popen] = []
         self.address: str | None = None
 
@@ -47,7 +48,7 @@ class A11yBus:
         bus did not come up: apps then run without a tree, as on a plain X server)."""
         if not available():
             return {}
-        env = {**os.environ, "DISPLAY": self.display}
+        env = {**(self.base_env if self.base_env is not None else os.environ), "DISPLAY": self.display}
         rfd, wfd = os.pipe()
         try:
             bus = spawn(["dbus-daemon", "--session", "--nofork", "--nopidfile", f"--print-address={wfd}"],

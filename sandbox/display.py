@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sandbox import xauth
 from sandbox.errors import SandboxError
 from sandbox.procs import kill_group, spawn
 
@@ -61,6 +62,9 @@ class Xvfb:
         self.proc: subprocess.Popen | None = None
         self.display: str | None = None
         self._log = None
+        self._auth_dir: tempfile.TemporaryDirectory | None = None
+        self.xauthority: str | None = None  # the file with this display's cookie alone (for its apps)
+        self._number: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -73,10 +77,14 @@ class Xvfb:
         rfd, wfd = os.pipe()
         # A file, not a pipe: Xvfb would die of SIGPIPE writing a warning to a closed pipe.
         self._log = tempfile.TemporaryFile()
+        # A cookie: only clients holding it may connect (no other local user reads the screen or types).
+        self._auth_dir = tempfile.TemporaryDirectory(prefix="vlagent-x-")
+        cookie = xauth.new_cookie()
+        server_auth = xauth.server_file(Path(self._auth_dir.name), cookie)
         try:
             self.proc = spawn(
                 ["Xvfb", "-displayfd", str(wfd), "-screen", "0", f"{w}x{h}x{DEPTH}",
-                 "-nolisten", "tcp", "-noreset"],
+                 "-nolisten", "tcp", "-noreset", "-auth", str(server_auth)],
                 pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=self._log,
             )
@@ -91,6 +99,9 @@ class Xvfb:
             err = self._stderr_tail()
             self.stop()
             raise SandboxError(f"Xvfb did not start a {w}x{h} display: {err or 'no output'}")
+        self.xauthority = str(xauth.client_file(Path(self._auth_dir.name), number, cookie))
+        xauth.share_with_this_process(number, cookie)
+        self._number = number
         self.display = f":{number}"
         return self.display
 
@@ -103,6 +114,12 @@ class Xvfb:
         if self.proc is not None:
             kill_group(self.proc)
             self._log.close()
+        if self._number is not None:
+            xauth.forget(self._number)
+            self._number = None
+        if self._auth_dir is not None:
+            self._auth_dir.cleanup()
+            self._auth_dir = None
 
     def __enter__(self) -> "Xvfb":
         self.start()

@@ -28,6 +28,18 @@ from sandbox.windows import display_size, list_windows
 WINDOW_POLL_S = 0.1
 PROGRESS_EVERY_S = 5.0  # a long setup wait says what it is waiting for this often
 STDERR_TAIL_CHARS = 300  # how much of a failed command's stderr goes into the one-line error
+# What apps, setup and check commands receive of vlagent's environment: what a program needs to run
+# and find its files, never the rest (secrets, API keys, tokens). A task names more (Sandbox pass_env).
+PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+            "PYTHONPATH", "VIRTUAL_ENV", "XDG_RUNTIME_DIR", "XDG_DATA_DIRS", "XDG_CONFIG_DIRS", "NO_AT_BRIDGE")
+
+
+def clean_env(display: str, xauthority: str | None = None, pass_env=(), **extra: str) -> dict[str, str]:
+    """The environment of what runs in a sandbox: PASS_ENV, the LC_* locale, `pass_env`, the display
+    and its cookie, and `extra`."""
+    env = {k: v for k, v in os.environ.items() if k in PASS_ENV or k.startswith("LC_") or k in pass_env}
+    auth = xauthority or os.environ.get("XAUTHORITY")
+    return {**env, **({"XAUTHORITY": auth} if auth else {}), "DISPLAY": display, **extra}
 
 
 @dataclass
@@ -69,7 +81,7 @@ def _stderr(line: str) -> None:
 class Sandbox:
     def __init__(self, screen: tuple[int, int] = (1280, 800), display: str | None = None,
                  workdir: Path | None = None, cwd: Path | None = None,
-                 progress: Callable[[str], None] | None = _stderr):
+                 progress: Callable[[str], None] | None = _stderr, pass_env=()):
         self.progress = progress or (lambda line: None)  # setup's progress lines ("setup: ...")
         self.screen = screen
         self.display = display  # None: start our own Xvfb in __enter__
@@ -79,6 +91,8 @@ class Sandbox:
         self.a11y: A11yBus | None = None  # our display's accessibility bus (apps publish their widgets)
         self.a11y_env: dict[str, str] = {}
         self.apps: list[App] = []
+        self.pass_env = tuple(pass_env)  # more variables the task passes to its apps (clean_env)
+        self._watchdog: tuple[subprocess.Popen, int] | None = None  # (process, our end of its pipe)
 
     # -- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "Sandbox":
@@ -87,7 +101,8 @@ class Sandbox:
             if self.display is None:
                 self.xvfb = Xvfb(self.screen)
                 self.display = self.xvfb.start()
-                self.a11y = A11yBus(self.display)
+                self._start_watchdog()
+                self.a11y = A11yBus(self.display, clean_env(self.display, self.xvfb.xauthority, **{TAG_VAR: self.tag}))
                 self.a11y_env = self.a11y.start()
             else:
                 self.screen = display_size(self.display)  # also fails early if it is unreachable
@@ -111,6 +126,25 @@ class Sandbox:
                 self.a11y.stop()
             if self.xvfb is not None:
                 self.xvfb.stop()
+            if self._watchdog is not None:
+                os.close(self._watchdog[1])  # EOF: it looks once more, finds nothing, and exits
+                kill_group(self._watchdog[0])
+                self._watchdog = None
+
+    def _start_watchdog(self) -> None:
+        """A process that outlives a kill -9 of ours just long enough to end this sandbox's processes
+        (sandbox.watchdog); it is not spawned to die with us, which is its point."""
+        rfd, wfd = os.pipe()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "sandbox.watchdog", self.tag], stdin=rfd,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                    env=clean_env("", None), cwd=Path(__file__).resolve().parent.parent)
+        except OSError:
+            os.close(wfd)
+            return
+        finally:
+            os.close(rfd)
+        self._watchdog = (proc, wfd)
 
     @property
     def tag(self) -> str:
@@ -118,8 +152,10 @@ class Sandbox:
 
     @property
     def env(self) -> dict[str, str]:
-        """What everything the sandbox starts gets: its display, and its tag (procs.TAG_VAR)."""
-        return {**os.environ, **self.a11y_env, "DISPLAY": self.display or "", TAG_VAR: self.tag}
+        """What everything the sandbox starts gets: a clean environment (clean_env), its display and
+        cookie, its accessibility bus, and its tag (procs.TAG_VAR)."""
+        auth = self.xvfb.xauthority if self.xvfb is not None else None
+        return clean_env(self.display or "", auth, self.pass_env, **self.a11y_env, **{TAG_VAR: self.tag})
 
     # -- setup ------------------------------------------------------------------------------
     def run_setup(self, steps: list[SetupStep]) -> None:

@@ -1,6 +1,7 @@
 """A sandbox's setup steps (the `setup:` list of a task file) and the placeholders they may use."""
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,7 +30,10 @@ class SetupStep(BaseModel):
         return self
 
 
-def expand(value: str, workdir: Path, taskdir: Path | None = None) -> str:
-    """Fill the placeholders a task may use: {python}, {workdir}, {taskdir} (the task file's folder)."""
-    value = value.replace("{python}", sys.executable).replace("{workdir}", str(workdir))
-    return value.replace("{taskdir}", str(taskdir)) if taskdir is not None else value
+def expand(value: str, workdir: Path, taskdir: Path | None = None, shell: bool = False) -> str:
+    """Fill the placeholders a task may use: {python}, {workdir}, {taskdir} (the task file's folder).
+    `shell`: the value is a shell command line, so each filled-in path is quoted (a folder named
+    `x; rm -rf ~` stays one word)."""
+    q = shlex.quote if shell else str
+    value = value.replace("{python}", q(sys.executable)).replace("{workdir}", q(str(workdir)))
+    return value.replace("{taskdir}", q(str(taskdir))) if taskdir is not None else value

@@ -368,7 +368,7 @@ def test_warm_up_leaves_no_trace():
     model = small_model()
     eng = Engine(model, max_context=2048)
     eng.warm_up()
-    assert eng._ids == [] and "warm-up" not in eng._vision
+    assert eng.state.ids == [] and "warm-up" not in eng.vision
     a = image(7)
     ids = text(0, 10) + with_image(a) + text(1, 4)
     assert eng.generate(ids, [a], max_new_tokens=6).tokens == Engine(model, max_context=2048).generate(ids, [a], max_new_tokens=6).tokens

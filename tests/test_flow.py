@@ -312,7 +312,8 @@ def test_native_steps_type_secrets_without_writing_them_down(tmp_path, monkeypat
     steps = [{"left_click": {"coordinate": at("name")}}, {"type": "{secret:WHO}"},
              {"left_click": {"coordinate": at("email")}}, {"type": "grace@example.com"}, {"key": "enter"}]
     success = [{"file_json": {"path": "{workdir}/form.json", "equals": {"name": "Grace Hopper"}}}]
-    result, folder, backend = run(form_task(tmp_path, steps, success=success), script(tmp_path, []), tmp_path)
+    result, folder, backend = run(form_task(tmp_path, steps, success=success, secrets={"WHO": "VLAGENT_SECRET_WHO"}),
+                                  script(tmp_path, []), tmp_path)  # a secret is typed only when the task declares it
     assert result.status == "success", result.reason
     assert backend.calls == 0 and all(f.cache is None for f in result.flow)
     assert "Grace" not in (folder / "steps.jsonl").read_text() and "Grace" not in (folder / "result.json").read_text()

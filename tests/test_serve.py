@@ -78,9 +78,12 @@ def test_replies_are_the_same_alone_concurrent_and_local(server):
         assert reply.startswith("<tool_call>\n") and reply.endswith("\n</tool_call>")
 
 
-def post(srv, body: dict) -> tuple[int, dict]:
+def post(srv, body: dict, conversation: str | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    """One request on a new connection; `conversation`: the X-Vlagent-Conversation id that ties
+    requests of one agent together (without it a conversation is the connection)."""
+    extra = {"X-Vlagent-Conversation": conversation} if conversation else {}
     req = urllib.request.Request(f"{srv.base_url}/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **extra, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.load(r)
@@ -99,16 +102,34 @@ def test_the_next_step_reuses_its_conversations_prefix(server):
     """Step 2 of an episode prefills only what step 1 did not have, even with other agents in between."""
     schema = {"type": "json_schema", "json_schema": {"name": "computer_use", "schema": reply_schema(Policy(FILL_FORM))}}
     first = conversation(7, 0)
-    status, r1 = post(server, {"model": "tiny-random", "messages": wire(first), "response_format": schema})
+    status, r1 = post(server, {"model": "tiny-random", "messages": wire(first), "response_format": schema}, "agent-7")
     assert status == 200, r1
     for seed in (8, 9):  # other agents take the other regions
-        assert post(server, {"model": "tiny-random", "messages": wire(conversation(seed, 0))})[0] == 200
+        assert post(server, {"model": "tiny-random", "messages": wire(conversation(seed, 0))}, f"agent-{seed}")[0] == 200
     second = conversation(7, 1)
-    status, r2 = post(server, {"model": "tiny-random", "messages": wire(second), "response_format": schema})
+    status, r2 = post(server, {"model": "tiny-random", "messages": wire(second), "response_format": schema}, "agent-7")
     assert status == 200, r2
     cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached > r1["usage"]["prompt_tokens"] - 20, (cached, r1["usage"])  # all but the turn's boundary
     assert cached < r2["usage"]["prompt_tokens"]
+
+
+def test_a_client_learns_nothing_of_another_conversations_prompt(server):
+    """A second client that sends exactly what agent 11 will send next (its prompt continued) gets
+    no region of agent 11's and no cached tokens: `cached_tokens` cannot be used to guess another
+    agent's prompt. Agent 11 itself still reuses its own prefix afterwards."""
+    schema = {"type": "json_schema", "json_schema": {"name": "computer_use", "schema": reply_schema(Policy(FILL_FORM))}}
+    status, mine = post(server, {"model": "tiny-random", "messages": wire(conversation(11, 0)), "response_format": schema},
+                        "agent-11-secret-id")
+    assert status == 200, mine
+    guess = {"model": "tiny-random", "messages": wire(conversation(11, 1)), "response_format": schema}
+    for other in (None, "another-id"):  # its own connection, or its own id
+        status, theirs = post(server, guess, other)
+        assert status == 200, theirs
+        assert theirs["usage"]["prompt_tokens_details"]["cached_tokens"] == 0, theirs["usage"]
+    status, again = post(server, guess, "agent-11-secret-id")
+    assert status == 200 and again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0, again["usage"]
+    assert again["choices"] == theirs["choices"]  # the same reply either way
 
 
 def test_a_prompt_that_would_outgrow_its_region_is_refused_with_the_reason(server):
@@ -127,8 +148,6 @@ def test_requests_it_cannot_serve_get_a_clear_status(server):
     status, body = post(server, {"model": "tiny-random", "messages": chat,
                                  "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}})
     assert status == 400 and "computer_use" in body["error"]["message"]
-    status, body = post(server, {"model": "tiny-random", "messages": chat, "stream": True})
-    assert status == 400 and "stream" in body["error"]["message"]
     with urllib.request.urlopen(f"{server.base_url}/models", timeout=10) as r:
         assert [m["id"] for m in json.load(r)["data"]] == ["tiny-random"]
 
@@ -178,7 +197,8 @@ def test_a_content_length_not_a_byte_count_or_too_large_is_refused_and_the_conne
         while chunk := sock.recv(4096):  # the server closes the connection after the reply
             reply += chunk
     reply = reply.decode(errors="replace")
-    expected = "Content-Length must be a byte count" if status == "400" else "request body over 256 MiB"
+    # (a malformed length is refused by the HTTP parser, before the app sees the request)
+    expected = "Invalid HTTP request" if status == "400" else "request body over 256 MiB"
     assert reply.startswith(f"HTTP/1.1 {status}") and expected in reply, reply
     status, body = post(server, {"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert status == 200, body

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from agent.backends import tiny
-from agent.backends.tiny import TINY_NAME, tiny_checkpoint
+from agent.backends.tiny import tiny_checkpoint, tiny_name
 from agent.backends.transformers import load_processor
 
 QWEN3VL_TEMPLATE_SHA256 = "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
@@ -27,12 +27,12 @@ def processor(built):
 
 
 def test_build_writes_a_complete_versioned_checkpoint(built):
-    assert built.name == TINY_NAME and "-v" in TINY_NAME
+    assert built.name == tiny_name() and "-v" in built.name
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                  "chat_template.jinja"):
         assert (built / name).is_file(), name
-    leftovers = [p.name for p in built.parent.iterdir() if p.name != TINY_NAME]
+    leftovers = [p.name for p in built.parent.iterdir() if p.name != tiny_name()]
     assert leftovers == []  # the temp build folder was renamed, not copied
 
 
@@ -136,13 +136,32 @@ def test_parallel_builders_never_expose_a_half_checkpoint(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert results == [tmp_path / TINY_NAME] * 2
-    assert [p.name for p in tmp_path.iterdir()] == [TINY_NAME]
-    assert (tmp_path / TINY_NAME / "model.safetensors").is_file()
+    assert results == [tmp_path / tiny_name()] * 2
+    assert [p.name for p in tmp_path.iterdir()] == [tiny_name()]
+    assert (tmp_path / tiny_name() / "model.safetensors").is_file()
 
 
-def test_cache_location_follows_vlagent_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("VLAGENT_CACHE", str(tmp_path))
+def test_cache_location_follows_vlagent_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("VLAGENT_CACHE", raising=False)
+    monkeypatch.setenv("VLAGENT_CACHE_DIR", str(tmp_path))
     assert tiny.cache_root() == tmp_path
-    monkeypatch.delenv("VLAGENT_CACHE")
+    monkeypatch.delenv("VLAGENT_CACHE_DIR")
     assert tiny.cache_root().parts[-2:] == (".cache", "vlagent")
+    monkeypatch.setenv("VLAGENT_CACHE", "read-only")  # the flow cache's mode is not a folder
+    assert tiny.cache_root().parts[-2:] == (".cache", "vlagent")
+    monkeypatch.setenv("VLAGENT_CACHE", str(tmp_path))  # the old name still names the folder
+    assert tiny.cache_root() == tmp_path
+
+
+def test_the_folder_name_pins_what_the_build_depends_on(monkeypatch):
+    """A cache built by other library versions or from other prompts is never reused (issue 19 item 8)."""
+    from importlib import metadata
+
+    name = tiny_name()
+    assert name.startswith(f"tiny-qwen3-vl-v{tiny.TINY_VERSION}-") and tiny_name() == name
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda lib: "0.0" if lib == "tokenizers" else real(lib))
+    assert tiny_name() != name
+    monkeypatch.setattr(metadata, "version", real)
+    monkeypatch.setattr(tiny, "_corpus", lambda: ["other prompts"])
+    assert tiny_name() != name

@@ -153,15 +153,15 @@ class Prompter:
 
 
 def make_grammar(tokenizer, vocab: int, ebnf: str = GRAMMAR_EBNF):
-    """A compiled native tool-call grammar (xgrammar is a hard dependency)."""
-    import xgrammar as xgr
+    """A compiled native tool-call grammar (xgrammar is a hard dependency), by the backends' one
+    compiler (agent/backends/grammar.py)."""
+    from agent.backends.grammar import make_constrainer
 
     if tokenizer is None:  # the 2B shapes have no tokenizer offline: the tiny one stands in (same bitmask size)
         from transformers import AutoTokenizer
         from agent.backends.tiny import tiny_checkpoint
         tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint())
-    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
-    return xgr.GrammarCompiler(info).compile_grammar(ebnf)
+    return make_constrainer(tokenizer, vocab).compile_ebnf(ebnf)
 
 
 def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, screen=(1920, 1080),
@@ -314,7 +314,7 @@ def long_context_peak(eng, m, context, text_vocab, gen_frames, preprocess, merge
     if eng.max_context < context:
         return {"peak_context": "skipped: engine context smaller"}
     eng.reset()
-    eng._vision.clear()  # a fresh single-shot conversation: no cached screenshots from the episode
+    eng.vision.clear()  # a fresh single-shot conversation: no cached screenshots from the episode
     im, _ = preprocess(next(gen_frames))
     n = im.grid_thw[0] * im.grid_thw[1] * im.grid_thw[2] // merge ** 2
     rng = random.Random(1)

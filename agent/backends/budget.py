@@ -151,11 +151,12 @@ class Plan:
 
 def plan(config, device_bytes: float, screen: tuple[int, int] = (1920, 1080), *, model: str = DEFAULT_MODEL,
          device: str = "", dtype_bytes: int = 2, history: int = 4, context: int | None = None,
-         params: int | None = None, prefill_chunk: int | None = None, vision_cache: int | None = None) -> Plan:
-
+         params: int | None = None, prefill_chunk: int | None = None, vision_cache: int | None = None,
+         weight_bytes: int | None = None) -> Plan:
+    """weight_bytes: what the weights take when not params x dtype_bytes (FP8 linears: agent/backends/fp8.py)."""
     tcfg, vcfg = config.text_config, config.vision_config
     params = params if params is not None else param_count(config)
-    weights = params * dtype_bytes
+    weights = weight_bytes if weight_bytes is not None else params * dtype_bytes
     kv = kv_bytes_per_token(tcfg, dtype_bytes)
     chunk = (prefill_chunk or PREFILL_CHUNK) * 3 // 2  # balanced passes run up to 1.5 chunks
     reserve = max(vision_activation_bytes(vcfg, *screen, dtype_bytes),
@@ -238,11 +239,11 @@ class AgentsPlan:
 
 def plan_agents(config, device_bytes: float, agents: int, screen: tuple[int, int] = (1920, 1080), *,
                 history: int = 4, context: int | None = None, model: str = DEFAULT_MODEL, device: str = "",
-                dtype_bytes: int = 2, params: int | None = None) -> AgentsPlan:
+                dtype_bytes: int = 2, params: int | None = None, weight_bytes: int | None = None) -> AgentsPlan:
     """Memory for `agents` conversations served at once: weights once, a KV region and a share of
     the vision cache per agent, one step's transient (steps run one prefill at a time)."""
     one = plan(config, device_bytes, screen, model=model, device=device, dtype_bytes=dtype_bytes,
-               history=history, params=params, context=0)
+               history=history, params=params, context=0, weight_bytes=weight_bytes)
     ctx = context or agent_context(screen, history)
     kv_agent = one.kv_bytes_per_token * ctx
     vision_agent = vision_cache_bytes(config, *screen, vision_per_agent(history), dtype_bytes)

@@ -17,8 +17,21 @@ What makes a step fast, and why each piece exists:
   so prefill and decode share one code path and the cache layout is ours; `tests/test_engine.py`
   checks it against transformers' own forward.
 
+- After an eviction (older screenshots leave the prompt, the task text above them changes) the KV of
+  the turns that stay can be moved to their new slots instead of recomputed (`kv_shift`, off by
+  default): keys are stored rotated, and a block of tokens that moves keeps its relative M-RoPE
+  positions (text and images shift by the same amount in all three sections), so one rotation by
+  the position delta gives the keys a prefill at the new positions would write from the same
+  hidden states. Those hidden states saw the old context (the evicted screenshots), so the moved
+  KV is not what a fresh prefill computes: see docs/performance.md for how far the logits move.
+
 Use: `Engine(model, max_context)` then `generate(ids, images, max_new_tokens, matcher=...)`,
 where `images` are `EngineImage`s in the order their placeholders appear in `ids`.
+
+Public surface for a server that keeps one KV region per conversation (agent/serve/batch.py):
+`KVState` (what a region's KV holds), `Engine.attach` (use a region's cache and record),
+`Engine.prefix_len` (tokens of a prompt a record already holds), `Engine.take_forced` (tokens the
+grammar forces), `Engine.rope_delta`, and `VisionCache` (encoded screenshots, shareable).
 """
 from __future__ import annotations
 
@@ -39,14 +52,16 @@ WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy 
 WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
 FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
 FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
+SHIFT_MIN = 64  # tokens: a shorter block of kept KV is recomputed rather than moved
+SHIFT_CHUNK = 4096  # tokens moved per pass (bounds the temporaries)
 
 
-def sdpa_backends():
-    """Attention kernels for prefill and the vision tower, in order of preference. VLAGENT_SDPA=flash
-    skips cuDNN's (the default tries it first: on Hopper it is the faster one where it applies)."""
+def sdpa_backends(choice: str = "cudnn"):
+    """Attention kernels for prefill and the vision tower, in order of preference. "flash" skips
+    cuDNN's (the default tries it first: on Hopper it is the faster one where it applies)."""
     from torch.nn.attention import SDPBackend
     order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
-    if os.environ.get("VLAGENT_SDPA", "cudnn") != "flash":
+    if choice != "flash":
         order.insert(0, SDPBackend.CUDNN_ATTENTION)
     return order
 
@@ -74,6 +89,56 @@ class EngineImage:
             self.key = tensor_key(self.pixel_values)
 
 
+class VisionCache:
+    """Encoded images by content key; the least recently used goes past `size` entries."""
+
+    def __init__(self, size: int = VISION_CACHE_SIZE):
+        self.size = size
+        self._items: OrderedDict[str, tuple] = OrderedDict()
+
+    def get(self, key: str):
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+        return hit
+
+    def put(self, key: str, value) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(eq=False)
+class KVState:
+    """What a KV cache (or a server's region of one) holds: the tokens whose KV is in slots 0..n-1,
+    and the content key and grid of each image among them, in order."""
+    ids: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    grids: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.ids, self.keys, self.grids = [], [], []
+
+    def cut(self, m: int, image_token: int) -> None:
+        """Keep the first m tokens (and the images wholly inside them)."""
+        self.ids = self.ids[:m]
+        n = sum(1 for _, e in image_spans(self.ids, image_token) if e <= m)
+        self.keys, self.grids = self.keys[:n], self.grids[:n]
+
+
 @dataclass
 class Timings:
     vision_ms: float = 0.0  # preprocessing included
@@ -84,6 +149,7 @@ class Timings:
     total_ms: float = 0.0
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens whose KV came from the previous call
+    shifted_tokens: int = 0  # prompt tokens whose KV was moved to new slots (kv_shift), not recomputed
     new_tokens: int = 0
     decode_steps: int = 0  # passes after the first token (one replay per chosen token or forced run)
     images_encoded: int = 0
@@ -102,7 +168,9 @@ class Engine:
     """Owns the KV cache and the decode graphs of one model; serves one conversation at a time."""
 
     def __init__(self, model, max_context: int = 32768, *, graphs: bool | None = None,
-                 compile: bool | str = False, attention: str = "bmm"):
+                 compile: bool | str = False, attention: str = "bmm", kv_shift: bool = False,
+                 vision_cache: VisionCache | None = None, compile_vision: bool = True,
+                 sdpa: str = "cudnn"):
         import torch
 
         self.torch = torch
@@ -153,15 +221,16 @@ class Engine:
             # Prefill: the same math over n tokens; fusing the float32 norms and rotary matters there.
             self._pre_n = torch.compile(pre_attention, dynamic=True, fullgraph=True)
             self._post_n = torch.compile(post_attention, dynamic=True, fullgraph=True)
-            if os.environ.get("VLAGENT_COMPILE_VISION", "1") != "0":
+            if compile_vision:
                 for blk in getattr(self.visual, "blocks", []):  # one compile shared by the blocks
                     blk.compile(dynamic=False)
         self._gqa_native: bool | None = None  # learnt on the first prefill
         self.jump_forward = True  # feed grammar-forced tokens in one pass instead of one by one
         self.tokenize = None  # text -> token ids: lets jump-forward take forced strings, not only lone tokens
-        self._vision: OrderedDict[str, tuple] = OrderedDict()
-        self._ids: list[int] = []  # tokens whose KV is in the cache, in order
-        self._keys: list[str] = []  # keys of the images among them, in order
+        self.kv_shift = kv_shift  # move kept KV after an eviction instead of recomputing it (see the module doc)
+        self.sdpa = sdpa
+        self.vision = vision_cache if vision_cache is not None else VisionCache()
+        self.state = KVState()  # what the cache holds
         # One call at a time: a second caller (another thread, or the loop's next step while a call
         # abandoned at its deadline still runs) waits here until the first is done.
         self._lock = threading.Lock()
@@ -197,7 +266,32 @@ class Engine:
     def reset(self):
         """Forget the cached prefix (the next call prefills everything)."""
         with self._lock:
-            self._ids, self._keys = [], []
+            self.state.clear()
+
+    # ---- the public surface a server uses (agent/serve/batch.py)
+
+    def attach(self, k_cache, v_cache, state: KVState, context: int) -> None:
+        """Work on another KV cache (a server's region): its tensors (layers, kv_heads, slots, head_dim),
+        its record, and how many of its slots a conversation may use."""
+        self.k_cache, self.v_cache, self.state, self.max_context = k_cache, v_cache, state, context
+
+    def prefix_len(self, ids: list[int], keys: list[str]) -> int:
+        """Tokens of `ids` (with these image keys) whose KV the current record already holds."""
+        if not self.state.ids:
+            return 0
+        return self._common_prefix(ids, image_spans(ids, self.image_token), keys)
+
+    def take_forced(self, matcher, out: list[int], done, stops=None, pending: list[int] | None = None) -> None:
+        """Accept the tokens the grammar forces from here (lone tokens, forced strings, a stop when
+        nothing else is allowed), appending them to out (and pending); see _take_forced."""
+        if stops is not None:
+            self._stops = stops
+        self._take_forced(matcher, out, done, pending)
+
+    @property
+    def rope_delta(self) -> int:
+        """Rope position minus cache slot of the next token of the last call (images make them differ)."""
+        return int(self._delta)
 
     def cancel(self):
         """Ask the call in progress (if any) to stop at its next token or prefill pass; it raises
@@ -212,9 +306,8 @@ class Engine:
 
     def encode(self, image: EngineImage):
         """(embeds, [deepstack...]) of one image, from the cache when seen before."""
-        hit = self._vision.get(image.key)
+        hit = self.vision.get(image.key)
         if hit is not None:
-            self._vision.move_to_end(image.key)
             return hit, False
         torch = self.torch
         px = image.pixel_values
@@ -227,7 +320,7 @@ class Engine:
         grid = torch.tensor([image.grid_thw], device=self.device)
         if self.device.type == "cuda":  # the tower's own attention calls go through the same kernel choice
             from torch.nn.attention import SDPBackend, sdpa_kernel
-            with sdpa_kernel(sdpa_backends() + [SDPBackend.MATH], set_priority=True):
+            with sdpa_kernel(sdpa_backends(self.sdpa) + [SDPBackend.MATH], set_priority=True):
                 out = self.visual(px, grid_thw=grid)
         else:
             out = self.visual(px, grid_thw=grid)
@@ -236,9 +329,7 @@ class Engine:
         else:
             embeds, deep = out.pooler_output, out.deepstack_features
         hit = (embeds.to(self.dtype), [d.to(self.dtype) for d in deep])
-        self._vision[image.key] = hit
-        while len(self._vision) > VISION_CACHE_SIZE:
-            self._vision.popitem(last=False)
+        self.vision.put(image.key, hit)
         return hit, True
 
     # ---- the language model
@@ -274,7 +365,7 @@ class Engine:
         mask = {"is_causal": True} if start == 0 else {"attn_mask": causal_lower_right(n, end)}
         if self._gqa_native is not False and self.device.type == "cuda":
             try:
-                with sdpa_kernel(sdpa_backends(), set_priority=True):
+                with sdpa_kernel(sdpa_backends(self.sdpa), set_priority=True):
                     out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
                 self._gqa_native = True
                 return out
@@ -393,9 +484,9 @@ class Engine:
         text = [100 + i for i in range(64)]
         ids = text + [cfg.vision_start_token_id] + [self.image_token] * 64 + [cfg.vision_end_token_id] + text
         self.generate(ids, [im], max_new_tokens=4, min_new_tokens=4)
-        self._vision.pop("warm-up", None)
+        self.vision.pop("warm-up")
         self.reset()
-        tokens = tokens or int(os.environ.get("VLAGENT_WARM_TOKENS", WARM_TOKENS))
+        tokens = tokens or WARM_TOKENS
         self.warmup(list(range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET)))
 
     # ---- one call
@@ -415,13 +506,13 @@ class Engine:
 
     def _common_prefix(self, ids: list[int], spans, keys: list[str]) -> int:
         m = 0
-        for a, b in zip(self._ids, ids):
+        for a, b in zip(self.state.ids, ids):
             if a != b:
                 break
             m += 1
         # The first image whose content changed cuts the prefix at its first placeholder.
-        old_spans = image_spans(self._ids, self.image_token)
-        for (s, e), key, old_key, old in zip(spans, keys, self._keys, old_spans):
+        old_spans = image_spans(self.state.ids, self.image_token)
+        for (s, e), key, old_key, old in zip(spans, keys, self.state.keys, old_spans):
             if s >= m:
                 break
             if key != old_key or old != (s, e):
@@ -431,6 +522,82 @@ class Engine:
             if s < m < e:
                 m = s
         return min(m, len(ids) - 1)  # at least one token runs, to get logits
+
+    def _shift_plan(self, ids: list[int], spans, keys: list[str], grids, m: int):
+        """After an eviction: the longest block of the new prompt past the reused prefix that the cache
+        holds at other slots (same tokens, same images), as (start, end, slot delta, position delta),
+        or None. The block is found around the first image past the prefix that the cache holds."""
+        import numpy as np
+        old = self.state
+        if not old.keys or len(ids) - m < SHIFT_MIN:
+            return None
+        old_spans = image_spans(old.ids, self.image_token)
+        where = {k: i for i, k in enumerate(old.keys)}
+        found = None
+        for (s, e), key in zip(spans, keys):
+            i = where.get(key)
+            if s >= m and i is not None and old_spans[i][0] >= m and old_spans[i][1] - old_spans[i][0] == e - s:
+                found = (s, e, s - old_spans[i][0])
+                break
+        if found is None:
+            return None
+        s, e, d = found
+        table = {k: n for n, k in enumerate(dict.fromkeys(list(keys) + list(old.keys)))}
+
+        def tags(seq, sp, ks):  # token ids, with image placeholders told apart by image and place
+            t = np.asarray(seq, dtype=np.int64)
+            for (a, b), k in zip(sp, ks):
+                t[a:b] = -1 - (table[k] << 24) - np.arange(b - a)
+            return t
+        new, prev = tags(ids, spans, keys), tags(old.ids, old_spans, old.keys)
+        # Backwards from the image (its turn's opening), not into the reused prefix.
+        lo = max(m, d)
+        a = s
+        if s > lo:
+            back = new[lo:s][::-1] != prev[lo - d:s - d][::-1]
+            a = s - (int(np.argmax(back)) if back.any() else s - lo)
+        # Forwards, up to the last token (it runs, for the logits) and the end of the record.
+        hi = min(len(ids) - 1, len(old.ids) + d)
+        b = e
+        if hi > e:
+            fwd = new[e:hi] != prev[e - d:hi - d]
+            b = e + (int(np.argmax(fwd)) if fwd.any() else hi - e)
+        for sa, sb in spans:  # whole images only
+            if sa < a < sb:
+                a = sb
+            if sa < b < sb:
+                b = sa
+        if b - a < SHIFT_MIN:
+            return None
+        pos_new, _ = mrope_positions(ids[:b], self.image_token, grids[:sum(1 for _, y in spans if y <= b)], self.merge)
+        n_old = sum(1 for _, y in old_spans if y <= b - d)
+        pos_old, _ = mrope_positions(old.ids[:b - d], self.image_token, old.grids[:n_old], self.merge)
+        dp = pos_new[:, a:b] - pos_old[:, a - d:b - d]
+        if not bool((dp == dp[0, 0]).all()):
+            return None  # not a rigid move (cannot happen for whole turns; refuse rather than guess)
+        return a, b, d, int(dp[0, 0])
+
+    def _move(self, a: int, b: int, d: int, dpos: int):
+        """Move the KV of slots [a-d, b-d) to [a, b), keys rotated by dpos positions in every M-RoPE section."""
+        torch = self.torch
+        n = b - a
+        probe = torch.zeros((1, 1, self.head_dim), dtype=torch.float32, device=self.device)
+        cos, sin = self.lm.rotary_emb(probe, torch.full((3, 1, 1), dpos, dtype=torch.long, device=self.device))
+        cos, sin = cos.view(1, 1, -1).float(), sin.view(1, 1, -1).float()
+        half = self.head_dim // 2
+        # Passes of bounded size; moving left, front first (a pass never reads what an earlier pass
+        # wrote), moving right, back first. Each pass copies its source before writing.
+        order = list(range(0, n, SHIFT_CHUNK))
+        if d > 0:
+            order.reverse()
+        for i in range(len(self.layers)):
+            for j in order:
+                lo, hi = a + j, min(b, a + j + SHIFT_CHUNK)
+                k = self.k_cache[i, :, lo - d:hi - d].float()
+                rot = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
+                v = self.v_cache[i, :, lo - d:hi - d].clone()
+                self.k_cache[i, :, lo:hi] = (k * cos + rot * sin).to(self.dtype)
+                self.v_cache[i, :, lo:hi] = v
 
     def _take_forced(self, matcher, out: list[int], done, pending: list[int] | None = None):
         """Accept the tokens the grammar allows alone (appending them to out and pending); leaves the
@@ -533,19 +700,22 @@ class Engine:
         self._stops = stop_ids
         self._bitmask.fill_(-1)  # unconstrained unless a matcher fills it
         self._peak()
+        grids = [im.grid_thw for im in images]
         t0 = time.perf_counter()
         m = self._common_prefix(ids, spans, keys)
         t.reused_tokens = m
+        shift = self._shift_plan(ids, spans, keys, grids, m) if self.kv_shift else None
         # Cut the record to the reused prefix before any slot past it is written: if this call fails
         # or is cancelled midway, the next one sees only KV that is still what the record says.
-        self._ids = self._ids[:m]
-        self._keys = self._keys[:sum(1 for _, e in image_spans(self._ids, self.image_token) if e <= m)]
+        self.state.cut(m, self.image_token)
+        # What runs through the model: everything past the prefix, less a block whose KV is moved.
+        todo = [(m, shift[0]), (shift[1], None)] if shift else [(m, None)]
 
-        # Vision: only images that are (partly) in the new part.
+        # Vision: only images that are (partly) in what runs.
         self._preprocess_s = 0.0
         feats = {}
         for idx, ((s, e), im) in enumerate(zip(spans, images)):
-            if e > m:
+            if any(e > a and (b is None or s < b) for a, b in todo):
                 feats[idx], fresh = self.encode(im)
                 t.images_encoded += fresh
         self._sync()
@@ -564,10 +734,15 @@ class Engine:
         if matcher is not None:
             self._take_forced(matcher, out, done)
         seq = ids + out
-        pos3, next_pos = mrope_positions(seq, self.image_token, [im.grid_thw for im in images], self.merge)
+        pos3, next_pos = mrope_positions(seq, self.image_token, grids, self.merge)
         pos3 = pos3.to(self.device)
         h = None
-        for c0, c1 in chunks(m, len(seq), PREFILL_CHUNK):
+        if shift:
+            a, b, d, dpos = shift
+            self._move(a, b, d, dpos)
+            t.shifted_tokens = b - a
+        passes = [c for a, b in todo for c in chunks(a, len(seq) if b is None else b, PREFILL_CHUNK)]
+        for c0, c1 in passes:
             self._check_cancel()
             x = self.lm.embed_tokens(torch.tensor([seq[c0:c1]], device=self.device))
             vis_mask, deep = None, None
@@ -582,13 +757,14 @@ class Engine:
                 deep = [torch.cat([feats[idx][1][j][a - s:b - s] for idx, a, b, s in parts]) for j in range(n_deep)]
             cos, sin = self._rope(x, pos3[:, c0:c1])
             h = self._layers(x, cos, sin, c0, vis_mask, deep)
-        self._ids, self._keys = list(seq), keys
+        self.state.ids, self.state.keys, self.state.grids = list(seq), list(keys), list(grids)
         self._delta.fill_(next_pos - len(seq))
         fed = len(seq)  # tokens whose KV is in the cache
         moved = True  # _tok/_pos must be loaded before the first replay
+        self.last_logits = logits = self._logits(h)  # the prompt's last position (diagnostics, tests)
         if not done():
             self._load_bitmask(matcher)
-            self._choose(int(self._mask_logits(self._logits(h)).argmax(-1)), matcher, out)
+            self._choose(int(self._mask_logits(logits).argmax(-1)), matcher, out)
         t2 = time.perf_counter()
         t.prefill_ms = (t2 - t1) * 1e3
         t.ttft_ms = (t2 - t0) * 1e3
@@ -622,7 +798,7 @@ class Engine:
                 nxt = self._feed_many(pending, fed)
             moved = k > 1  # only a plain replay leaves _tok/_pos at the next token
             t.decode_steps += 1
-            self._ids.extend(pending)
+            self.state.ids.extend(pending)
             fed += k
             self._choose(nxt, matcher, out)
         t3 = time.perf_counter()
@@ -637,25 +813,63 @@ class Engine:
 ENGINE_CONTEXT = 32768  # tokens of static KV cache by default (3.5 GiB for the 2B in bf16)
 
 
-def make_engine(model, context: int | None = None) -> "Engine":
-    """An engine for a loaded model: the KV cache sized by the budget planner (capped at
-    ENGINE_CONTEXT or VLAGENT_CONTEXT), compiled pieces when VLAGENT_COMPILE=1."""
+def model_weight_bytes(model) -> tuple[int, int]:
+    """(parameters, bytes) of a model's weights, FP8 linears (agent/backends/fp8.py) counted as theirs."""
+    n = b = 0
+    seen = set()
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n, b = n + p.numel(), b + p.numel() * p.element_size()
+    for mod in model.modules():
+        w = getattr(mod, "fp8", None)
+        if w is not None:
+            n += w.q.numel()
+            b += w.q.numel() + w.scale.numel() * w.scale.element_size()
+    return n, b
+
+
+def make_engine(model, context: int | None = None, options=None) -> "Engine":
+    """An engine for a loaded model, configured by `options` (agent/backends/options.py's engine
+    switches; None: from the environment): the KV cache sized by the budget planner (capped at the
+    options' context), compiled pieces, attention kernels, decode graphs captured at load."""
     import torch
-    ctx = context or int(os.environ.get("VLAGENT_CONTEXT", ENGINE_CONTEXT))
+    opts = options if options is not None else engine_options()
+    ctx = context or getattr(opts, "context", None) or ENGINE_CONTEXT
     device = next(model.parameters()).device
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         # Free memory now (weights already loaded) plus the weights the planner subtracts again.
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        budget = plan(model.config, free + weights, params=sum(p.numel() for p in model.parameters()),
-                      dtype_bytes=next(model.parameters()).element_size()).token_budget
+        params, weights = model_weight_bytes(model)
+        budget = plan(model.config, free + weights, params=params, weight_bytes=weights).token_budget
         if budget < 4096:
             raise VlagentError(f"not enough free device memory for a KV cache: {budget} tokens fit")
         ctx = min(ctx, budget)
-    eng = Engine(model, max_context=ctx, compile=os.environ.get("VLAGENT_COMPILE") == "1")
+    eng = Engine(model, max_context=ctx, compile=bool(getattr(opts, "compile", False)),
+                 kv_shift=bool(getattr(opts, "kv_shift", False)), sdpa=getattr(opts, "sdpa", "cudnn") or "cudnn",
+                 compile_vision=bool(getattr(opts, "compile_vision", True)))
     if device.type == "cuda":
-        eng.warm_up()
+        eng.warm_up(getattr(opts, "warm_tokens", 0) or 0)
     return eng
+
+
+def engine_options():
+    """The engine switches from the environment, read here only (until agent/backends/options.py
+    carries them): VLAGENT_CONTEXT, VLAGENT_COMPILE, VLAGENT_SDPA, VLAGENT_WARM_TOKENS,
+    VLAGENT_COMPILE_VISION, VLAGENT_KV_SHIFT."""
+    try:
+        from agent.backends.options import EngineOptions  # noqa: F401
+        from agent.backends import options as mod
+        return mod.from_env() if hasattr(mod, "from_env") else EngineOptions()
+    except ImportError:
+        pass
+    from types import SimpleNamespace
+    env = os.environ
+    return SimpleNamespace(context=int(env.get("VLAGENT_CONTEXT", ENGINE_CONTEXT)),
+                           compile=env.get("VLAGENT_COMPILE") == "1", sdpa=env.get("VLAGENT_SDPA", "cudnn"),
+                           warm_tokens=int(env.get("VLAGENT_WARM_TOKENS", WARM_TOKENS)),
+                           compile_vision=env.get("VLAGENT_COMPILE_VISION", "1") != "0",
+                           kv_shift=env.get("VLAGENT_KV_SHIFT", "0") == "1")
 
 
 def _split_images(inputs, messages) -> list:

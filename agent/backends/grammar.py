@@ -358,8 +358,9 @@ class ReplyLogitsProcessor:
 
 
 class Constrainer:
-    """Compiles reply grammars for one tokenizer, once per (action kinds, chords), and hands out a
-    fresh matcher or logits processor per generate call (they hold the state of one reply)."""
+    """The one xgrammar compiler of a tokenizer. Compiles reply grammars once per (action kinds,
+    chords) and JSON-schema grammars once per (schema, token budget), and hands out a fresh matcher
+    or logits processor per generate call (they hold the state of one reply)."""
 
     def __init__(self, tokenizer, vocab_size: int):
         import xgrammar as xgr
@@ -369,13 +370,50 @@ class Constrainer:
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._compiler = xgr.GrammarCompiler(info)
         self._limit = TextLimit(info.decoded_vocab, vocab_size)
-        self._compiled: dict[Spec, object] = {}
+        self._compiled: dict[object, object] = {}
+
+    @property
+    def token_bytes(self) -> list[bytes]:
+        """Each token id's bytes (the decoded vocabulary; stop tokens are empty)."""
+        return self._limit.token_bytes
 
     def compiled(self, policy: Policy | None = None):
         spec = Spec.of(policy)
         if spec not in self._compiled:
             self._compiled[spec] = self._compiler.compile_grammar(_grammar(spec))
         return self._compiled[spec]
+
+    def compiled_json(self, schema: dict, max_tokens: int):
+        """xgrammar's grammar of `schema`, bounded so that every reply closes within `max_tokens`
+        (agent/backends/json_bounds.py). No free whitespace: weak weights cannot pad forever."""
+        from agent.backends.json_bounds import bounded_schema, schema_key
+
+        key = ("json", schema_key(schema, max_tokens))
+        if key not in self._compiled:
+            try:
+                grammar_schema = bounded_schema(schema, max_tokens)
+            except ValueError as e:
+                raise VlagentError(f"the JSON schema cannot be answered in {max_tokens} tokens: {e}") from None
+            self._compiled[key] = self._compiler.compile_json_schema(
+                json.dumps(grammar_schema), any_whitespace=False, strict_mode=True)
+        return self._compiled[key]
+
+    def json_matcher(self, schema: dict, max_tokens: int):
+        """A fresh matcher for one reply under `schema` (the engine and the logits processor take it)."""
+        return self._xgr.GrammarMatcher(self.compiled_json(schema, max_tokens))
+
+    def compile_ebnf(self, ebnf: str):
+        """Any other grammar over this tokenizer (the model families' reply formats, benchmarks)."""
+        key = ("ebnf", ebnf)
+        if key not in self._compiled:
+            self._compiled[key] = self._compiler.compile_grammar(ebnf)
+        return self._compiled[key]
+
+    def ebnf_matcher(self, ebnf: str, max_text_len: int | None = None):
+        """A fresh matcher of `ebnf`; with `max_text_len`, the text after `"text": "` is bounded as in
+        native replies (ReplyMatcher)."""
+        m = self._xgr.GrammarMatcher(self.compile_ebnf(ebnf))
+        return m if max_text_len is None else ReplyMatcher(m, max_text_len, self._limit)
 
     def matcher(self, policy: Policy | None = None) -> ReplyMatcher:
         """For engines that apply the token bitmask themselves."""

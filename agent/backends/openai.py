@@ -25,7 +25,10 @@ from actions.policy import MAX_SCROLL_PX, MAX_WAIT_S, Policy
 from actions.schema import POINTER_ACTIONS
 from agent.errors import BackendError
 from agent.backends.qwen_images import image_config, image_tokens, resized_size
+from agent.backends.base import BackendBase, Constraint, JsonSchema
+from agent.backends.families import NATIVE, detect, family
 from agent.backends.grammar import Spec
+from agent.backends.json_bounds import bounded_schema
 from agent.backends.image_cache import PerImage
 
 TIMEOUT_S = 120.0  # one reply; a 2B model answers in seconds, a loaded server may queue
@@ -47,10 +50,22 @@ class ImagePreprocessingWarning(UserWarning):
     """The server turns a screenshot into a different number of tokens than the local processor."""
 
 
-class OpenAIBackend:
+def _bounded(constraint: JsonSchema) -> dict:
+    """The schema with every number, string and array bounded for the token budget (the server's
+    grammar then closes every reply in time); a schema too large for it goes as it is."""
+    try:
+        return bounded_schema(constraint.schema, constraint.max_tokens)
+    except ValueError:
+        return constraint.schema
+
+
+class OpenAIBackend(BackendBase):
     def __init__(self, model: str, base_url: str, api_key: str | None = None, timeout_s: float = TIMEOUT_S,
                  max_retries: int = MAX_RETRIES, processor: Any = None, max_tokens: int = MAX_TOKENS,
-                 structured: bool = True, check_image_tokens: bool = True, backoff_s: float = BACKOFF_S):
+                 structured: bool = True, check_image_tokens: bool = True, backoff_s: float = BACKOFF_S,
+                 format: str | None = None, options=None):
+        """`format`: the served model's family (agent/backends/families.py; None: from its name);
+        `options` (EngineOptions) is for in-process engines and ignored here."""
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key or os.environ.get("VLAGENT_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
@@ -61,6 +76,8 @@ class OpenAIBackend:
         self.structured = structured  # set to False when the server refuses response_format
         self.check_image_tokens = check_image_tokens
         self.name = f"openai:{model}@{self.base_url}"
+        self.reply_format = family(format) if format else detect(model)
+        self.format = self.reply_format.name
         self.image_config = image_config(processor, model)
         self.image_tokens: tuple[int, int] | None = None  # (server, local) for one screenshot
         self._lock = threading.Lock()  # guards the one-time checks; requests run concurrently
@@ -70,13 +87,26 @@ class OpenAIBackend:
         self._encoded = PerImage()  # the PNG part of each screenshot while the history holds it
 
     # -- the Backend interface ------------------------------------------------------------------
-    def generate(self, messages: list[dict], policy: Policy | None = None) -> str:
+    def generate(self, messages: list[dict], constraint: Constraint = None) -> str:
+        """The server's reply. A Policy (or None) asks for one native tool call, a JsonSchema for one
+        JSON value of that schema (bounded to close within its max_tokens); both go out as
+        response_format where the server takes one."""
+        other = not isinstance(constraint, JsonSchema) and self.reply_format is not NATIVE
+        if other:  # another family's prompt; its format is not JSON, so no response_format
+            messages = self.reply_format.adapt(messages, constraint)
         wire = to_openai_messages(messages, self.image_config, self._image_part)
         images = [p for m in wire if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"]
         self._check_once(messages if images else None)
-        policy = policy or Policy()
         kwargs: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": 0.0}
-        if self.structured:
+        if other:
+            kwargs["max_tokens"] = max(self.max_tokens, self.reply_format.max_reply_tokens(constraint))
+        elif isinstance(constraint, JsonSchema):
+            kwargs["max_tokens"] = constraint.max_tokens
+            if self.structured:
+                kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": "answer", "strict": True, "schema": _bounded(constraint)}}
+        elif self.structured:
+            policy = constraint or Policy()
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "computer_use", "strict": True, "schema": reply_schema(policy)}}
             kwargs["max_tokens"] = max(self.max_tokens, reply_max_tokens(policy))
@@ -89,7 +119,9 @@ class OpenAIBackend:
                 reply = self._chat(wire, **kwargs)
             else:
                 raise self._refusal(e, bool(images)) from None
-        return _reply_text(reply, self.base_url)
+        text = _reply_text(reply, self.base_url)
+        self.last_reply = text
+        return self.reply_format.to_native(text) if other else text
 
     def _image_part(self, image: Image.Image) -> dict:
         """image_part, encoded once per image object: the loop hands the same objects for the

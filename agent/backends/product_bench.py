@@ -232,7 +232,7 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
                        **{k: v for k, v in bt.items()})
             if et is not None:
                 row.update(preprocess_ms=et.preprocess_ms, vision_ms=et.vision_ms - et.preprocess_ms, prefill_ms=et.prefill_ms, decode_ms=et.decode_ms,
-                           prompt_tokens=et.prompt_tokens, reused_tokens=et.reused_tokens,
+                           prompt_tokens=et.prompt_tokens, reused_tokens=et.reused_tokens, shifted_tokens=et.shifted_tokens,
                            new_tokens=et.new_tokens, decode_steps=et.decode_steps, images_encoded=et.images_encoded,
                            peak_gib=max(et.peak_vision_gib, et.peak_prefill_gib, et.peak_decode_gib))
             rows.append(row)
@@ -306,7 +306,7 @@ def context_peak(backend, context: int, screen) -> dict:
 
     eng = backend.engine
     eng.reset()
-    eng._vision.clear()
+    eng.vision.clear()
     img = next(frames(*screen))
     pv, grid = backend._pixels(img)
     im = EngineImage(pv, tuple(int(v) for v in grid[0]), key=image_key(img))

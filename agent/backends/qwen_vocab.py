@@ -109,8 +109,9 @@ def token_ids() -> dict[str, int]:
 
 
 def cache_root() -> Path:
-    env = os.environ.get("VLAGENT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "vlagent"
+    from agent.backends.options import cache_dir
+
+    return cache_dir()
 
 
 def tokenizer_folder(cache_dir: str | Path | None = None) -> Path:

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import yaml
 
+from agent.backends.base import BackendBase
 from agent.errors import ModelExhausted, VlagentError
 
 
-class ScriptBackend:
-    def __init__(self, replies: list[str] | dict[str, list[str]], name: str = "script"):
+class ScriptBackend(BackendBase):
+    def __init__(self, replies: list[str] | dict[str, list[str]], name: str = "script", format: str | None = None):
+        """`format`: the replies are written in that model family's format (agent/backends/families.py)
+        and are returned as native tool calls, as a real model of that family would be."""
+        from agent.backends.families import NATIVE, family
+
+        self.reply_format = family(format) if format else NATIVE
+        self.format = self.reply_format.name
         self.keyed = {k: list(v) for k, v in replies.items()} if isinstance(replies, dict) else None
         self.replies = [] if self.keyed is not None else list(replies)
         self.used: dict[str, int] = {k: 0 for k in self.keyed or {}}
@@ -23,7 +30,7 @@ class ScriptBackend:
         self.calls = 0
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ScriptBackend":
+    def from_file(cls, path: str | Path, format: str | None = None) -> "ScriptBackend":
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -36,15 +43,21 @@ class ScriptBackend:
         if not keyed and not (isinstance(data, list) and all(isinstance(r, str) for r in data)):
             raise VlagentError(f"script {path} must be a YAML list of reply strings, or a mapping from "
                                "prompt text to a list of reply strings")
-        return cls(data, name=f"script:{path}")
+        return cls(data, name=f"script:{path}", format=format)
 
-    def generate(self, messages, policy=None) -> str:
+    def generate(self, messages, constraint=None) -> str:
+        """The next scripted reply, whatever the constraint (the caller validates it as any reply)."""
+        from agent.backends.base import JsonSchema
+
         if self.keyed is not None:
-            return self._keyed(messages)
-        if self.calls >= len(self.replies):
-            raise ModelExhausted(f"the script ran out of replies after {len(self.replies)}")
-        self.calls += 1
-        return self.replies[self.calls - 1]
+            reply = self._keyed(messages)
+        else:
+            if self.calls >= len(self.replies):
+                raise ModelExhausted(f"the script ran out of replies after {len(self.replies)}")
+            self.calls += 1
+            reply = self.replies[self.calls - 1]
+        self.last_reply = reply
+        return reply if isinstance(constraint, JsonSchema) else self.reply_format.to_native(reply)
 
     def _keyed(self, messages) -> str:
         text = "\n".join(p.get("text", "") for m in messages if m.get("role") == "user"

@@ -11,15 +11,22 @@ The chat template is Qwen3-VL Instruct's own (qwen3vl_chat_template.jinja: 5292 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
+from agent.backends.options import cache_dir
+
 # Bump when anything below changes what is built: old caches are then simply not used.
-TINY_VERSION = 1
-TINY_NAME = f"tiny-qwen3-vl-v{TINY_VERSION}"
+TINY_VERSION = 2
+# What the build depends on besides this file: the tokenizer is trained and the weights initialised
+# by these libraries, so a checkpoint built by other versions may answer differently (issue 19
+# item 8: a cache built by older versions made a test pass on CI and fail on a fresh machine).
+BUILD_LIBRARIES = ("torch", "transformers", "tokenizers")
 SEED = 1234
 BPE_VOCAB = 1024  # byte-level BPE base vocabulary (256 bytes + merges), before the special tokens
 VOCAB_MULTIPLE = 64  # the embedding is padded past the tokenizer like Qwen's (151936 > 151669)
@@ -51,21 +58,63 @@ VIDEO_PROCESSOR = dict(
 
 
 def cache_root() -> Path:
-    env = os.environ.get("VLAGENT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "vlagent"
+    return cache_dir()
 
 
-def tiny_checkpoint(cache_dir: str | Path | None = None) -> Path:
+def fingerprint() -> str:
+    """A short hash of everything the build depends on: this module's settings, the tokenizer's
+    training text (the prompts, the chat template) and the library versions. It is part of the
+    folder name, so a cache never serves a checkpoint that this code and these libraries would not
+    build; the same inputs build the same checkpoint (seeded weights, deterministic BPE training)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([TINY_VERSION, SEED, BPE_VOCAB, VOCAB_MULTIPLE, TEXT, VISION, IMAGE_PROCESSOR,
+                         VIDEO_PROCESSOR, ADDED_TOKENS], sort_keys=True).encode())
+    for text in _corpus():
+        h.update(text.encode())
+    for lib in BUILD_LIBRARIES:
+        try:
+            h.update(f"{lib}={metadata.version(lib)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{lib}=none".encode())
+    return h.hexdigest()[:12]
+
+
+def tiny_name() -> str:
+    return f"tiny-qwen3-vl-v{TINY_VERSION}-{fingerprint()}"
+
+
+def tiny_checkpoint(folder: str | Path | None = None, family: str | None = None) -> Path:
     """The folder of the tiny checkpoint, built on first use. Safe with parallel processes: each
-    builds into its own temp folder and renames it into place; the first rename wins."""
-    root = Path(cache_dir) if cache_dir else cache_root()
-    final = root / TINY_NAME
+    builds into its own temp folder and renames it into place; the first rename wins.
+    `family` (a format name of agent/backends/families.py): the same weights saved as that model
+    family's checkpoint (its hub id as `_name_or_path`, its name in the folder), as a user's copy of
+    MAI-UI-2B or UI-Venus-1.5-2B would be recognised."""
+    root = Path(folder) if folder else cache_root()
+    base = _built(root, tiny_name(), build)
+    if family is None or family == "qwen3-vl":
+        return base
+    from agent.backends.families import family as lookup
+
+    fam = lookup(family)
+    return _built(root, f"{base.name}-{fam.name}", lambda tmp: _as_family(base, tmp, fam))
+
+
+def _as_family(base: Path, tmp: Path, fam) -> None:
+    for item in base.iterdir():
+        shutil.copy2(item, tmp / item.name)
+    config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    config["_name_or_path"] = fam.hub_ids[0]
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def _built(root: Path, name: str, make) -> Path:
+    final = root / name
     if (final / "config.json").exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_NAME}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
-        build(tmp)
+        make(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -78,8 +127,8 @@ def tiny_checkpoint(cache_dir: str | Path | None = None) -> Path:
 
 
 def _corpus() -> list[str]:
-    """Text the tokenizer's merges are learned from: native replies, key names, prompt words (the
-    prompts as they were at build time; the built checkpoint is cached, so later edits do not matter)."""
+    """Text the tokenizer's merges are learned from: native replies, key names, prompt words (an
+    edit to a prompt changes the fingerprint, so a new checkpoint is built)."""
     from actions.keys import NAMED_KEYS
 
     prompts = Path(__file__).resolve().parents[2] / "prompts"

@@ -7,12 +7,12 @@ Decoding is greedy and, by default, constrained to a native reply the policy can
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
-from agent.backends import DEFAULT_MODEL
-
-from agent.backends.base import Message
+from agent.backends.base import BackendBase, JsonSchema, Message
+from agent.backends.families import NATIVE, detect, family
+from agent.backends.grammar import ReplyLogitsProcessor
+from agent.backends.options import EngineOptions
 from agent.backends.image_cache import PerImage
 from agent.errors import BackendError, VlagentError
 
@@ -130,14 +130,19 @@ def _chat_template(model: str) -> str | None:
     return None
 
 
-class TransformersBackend:
-    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str | None = None, dtype=None,
-                 max_new_tokens: int | None = None, constrained: bool = True, engine: bool | None = None):
+class TransformersBackend(BackendBase):
+    def __init__(self, model: str | Path = "Qwen/Qwen3-VL-2B-Instruct", device: str | None = None, dtype=None,
+                 max_new_tokens: int | None = None, constrained: bool = True, engine: bool | None = None,
+                 options: EngineOptions | None = None, format: str | None = None):
         """`max_new_tokens` None: with a grammar, the grammar's own bound (a reply always completes);
         without, UNCONSTRAINED_MAX_NEW_TOKENS. `engine`: decode with agent/backends/engine.py (static KV
-        cache, prefix reuse across steps, CUDA graphs); None = on CUDA unless VLAGENT_ENGINE=0 (=1: on the CPU too)."""
+        cache, prefix reuse across steps, CUDA graphs); None = options.engine (on CUDA by default).
+        `options`: the engine switches (agent/backends/options.py; the CLI reads them from the
+        environment). `format`: the model family's reply format (agent/backends/families.py); None =
+        recognised from the checkpoint."""
         model = str(model)
         self.name = f"transformers:{model}"
+        self.options = options or EngineOptions.from_env()  # until every caller passes the CLI's
         self.max_new_tokens = max_new_tokens
         try:
             import torch  # noqa: F401
@@ -147,6 +152,8 @@ class TransformersBackend:
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
         folder = resolve_model(model)
+        self.reply_format = family(format) if format else detect(model, folder)
+        self.format = self.reply_format.name
         self._constrainer = None
         import time
         t0 = time.perf_counter()
@@ -185,8 +192,8 @@ class TransformersBackend:
         # abandoned may still run when the next step asks; that step waits for it (see cancel()).
         self._lock = threading.Lock()
         self.engine = None
-        if engine is None:  # VLAGENT_ENGINE=0 turns it off on CUDA, =1 turns it on elsewhere (profiling on a CPU)
-            engine = os.environ.get("VLAGENT_ENGINE", "1" if self.device == "cuda" else "0") != "0"
+        if engine is None:
+            engine = self.options.engine_on(self.device)
         if engine:
             from agent.backends.engine import make_engine
 
@@ -319,23 +326,27 @@ class TransformersBackend:
         pieces, images = self._render(messages)
         return sum(len(p) for p in pieces) + sum(self._placeholders(im) for im in images)
 
-    def context_budget(self, policy=None) -> int:
+    def context_budget(self, constraint=None) -> int:
         """Prompt tokens that fit: the engine's static KV cache on the GPU, else the model's context,
         less room for the reply."""
         limit = self.engine.max_context if self.engine is not None else self.model.config.text_config.max_position_embeddings
-        return int(limit) - self.token_budget(policy)
+        return int(limit) - self.token_budget(constraint)
 
-    def fits(self, messages: list[Message], policy=None) -> bool:
-        return self.prompt_tokens(messages) <= self.context_budget(policy)
+    def fits(self, messages: list[Message], constraint=None) -> bool:
+        if not isinstance(constraint, JsonSchema) and self.reply_format is not NATIVE:
+            messages = self.reply_format.adapt(messages, constraint)
+        return self.prompt_tokens(messages) <= self.context_budget(constraint)
 
-    def token_budget(self, policy=None) -> int:
+    def token_budget(self, constraint=None) -> int:
+        """New tokens a reply may take: a JSON schema's own budget, else max_new_tokens, else the
+        grammar's bound (a reply always completes), else UNCONSTRAINED_MAX_NEW_TOKENS."""
+        if isinstance(constraint, JsonSchema):
+            return constraint.max_tokens
         if self.max_new_tokens is not None:
             return self.max_new_tokens
         if self.constrainer is None:
             return UNCONSTRAINED_MAX_NEW_TOKENS
-        from agent.backends.grammar import max_reply_bytes
-
-        return max_reply_bytes(policy) + 1  # + the stop token
+        return self.reply_format.max_reply_tokens(constraint)
 
     def cancel(self) -> None:
         """Stop the engine call in progress at its next token (the caller gave up on it), so the
@@ -343,32 +354,49 @@ class TransformersBackend:
         if self.engine is not None:
             self.engine.cancel()
 
-    def generate(self, messages: list[Message], policy=None) -> str:
+    def generate(self, messages: list[Message], constraint=None) -> str:
+        """The reply under `constraint`. An action reply of another family is asked for in that
+        family's prompt and format and returned as a native tool call (self.last_reply keeps what
+        the model wrote)."""
         with self._lock:
-            return self._generate(messages, policy)
+            if isinstance(constraint, JsonSchema) or self.reply_format is NATIVE:
+                self.last_reply = self._generate(messages, constraint)
+                return self.last_reply
+            self.last_reply = self._generate(self.reply_format.adapt(messages, constraint), constraint)
+            return self.reply_format.to_native(self.last_reply)
 
-    def _generate(self, messages: list[Message], policy=None) -> str:
+    def _matcher(self, constraint):
+        """A fresh grammar matcher for one reply, or None (no xgrammar: decode free, validate after)."""
+        if self.constrainer is None:
+            return None
+        if isinstance(constraint, JsonSchema):
+            return self.constrainer.json_matcher(constraint.schema, constraint.max_tokens)
+        return self.reply_format.matcher(self.constrainer, constraint)
+
+    def _generate(self, messages: list[Message], constraint=None) -> str:
         import time
 
         t0 = time.perf_counter()
+        budget = self.token_budget(constraint)
         try:
             if self.engine is not None:
                 ids, images = self.engine_inputs(messages)
                 self.last_timings = {"encode_ms": (time.perf_counter() - t0) * 1e3}  # template, tokens
-                matcher = self.constrainer.matcher(policy) if self.constrainer else None
+                matcher = self._matcher(constraint)
                 eos = self.model.generation_config.eos_token_id
                 stops = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
                 room = self.engine.max_context - len(ids)
                 if room < 1:
                     raise VlagentError(f"prompt of {len(ids)} tokens exceeds the engine's context of "
                                        f"{self.engine.max_context} tokens")
-                new_ids = self.engine.generate(ids, images, min(self.token_budget(policy), room),
-                                               stop_ids=stops, matcher=matcher).tokens
+                new_ids = self.engine.generate(ids, images, min(budget, room), stop_ids=stops, matcher=matcher).tokens
             else:
                 inputs = self.encode(messages)
                 self.last_timings = {"encode_ms": (time.perf_counter() - t0) * 1e3}  # template, tokens, pixels, copies
-                processors = [self.constrainer.logits_processor(policy)] if self.constrainer else []
-                new_ids = self._decode(inputs, processors, self.token_budget(policy))
+                matcher = self._matcher(constraint)
+                vocab = self.model.config.text_config.vocab_size
+                processors = [ReplyLogitsProcessor(matcher, vocab)] if matcher is not None else []
+                new_ids = self._decode(inputs, processors, budget)
         except (RuntimeError, MemoryError) as e:  # out of device memory, kernel failures
             raise BackendError(f"generation failed: {_one_line(e)}") from None
         # skip_special_tokens drops <|im_end|> but keeps <tool_call> (not special in Qwen's tokenizer)

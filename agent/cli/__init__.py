@@ -23,6 +23,8 @@ COMMANDS = {
     "suite": "agent.cli.suite:suite",
     "report": "agent.cli.report:report",
     "serve": "agent.cli.serve:serve",
+    "trust": "agent.cli.trust:trust",
+    "ui": "agent.cli.console:ui",
 }
 HELP = {
     "run": "Run a task file with a model in a sandboxed display.",
@@ -35,6 +37,8 @@ HELP = {
     "suite": "Run many tasks and traces in parallel sandboxes, with JUnit and HTML reports.",
     "report": "Build an HTML report from traces.",
     "serve": "Serve the model to many agents at once (OpenAI-compatible API, batched decoding).",
+    "trust": "Trust a trace folder from elsewhere: its task's setup and command checks may run.",
+    "ui": "A local web console: watch, steer and start runs; a playground.",
 }
 
 
@@ -82,10 +86,38 @@ def cli():
 
 
 def main():
+    interrupted = _interrupts()
     try:
         cli()
     except KeyboardInterrupt:  # Ctrl-C outside a run (loading a model, a second Ctrl-C): 130, no traceback
         raise SystemExit(130) from None
+    except SystemExit as e:
+        if interrupted() and e.code != 130:  # a Ctrl-C that met cleanup code (click's own "Aborted!" too)
+            raise SystemExit(130) from None
+        raise
+
+
+def _interrupts():
+    """Ctrl-C: the first raises KeyboardInterrupt (the run is torn down, its trace completed); a second
+    one while that cleanup runs is noted and ignored, a third quits at once (the sandbox's watchdog
+    ends what is left). Whatever the code was doing, the exit status is then 130."""
+    import os
+    import signal
+    import sys
+
+    count = [0]
+
+    def handler(signum, frame):
+        count[0] += 1
+        if count[0] == 1:
+            raise KeyboardInterrupt
+        if count[0] >= 3:
+            os._exit(130)
+        print("still cleaning up (Ctrl-C once more to quit at once)", file=sys.stderr, flush=True)
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+    return lambda: count[0] > 0
 
 
 if __name__ == "__main__":

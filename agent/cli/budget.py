@@ -27,7 +27,9 @@ def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def render(p: Plan) -> None:
     _print_table(f"KV budget: {p.model} on {p.device} ({p.device_gib:g} GiB)", [
-        ("weights", f"{p.weights_gib:.2f} GiB ({p.params / 1e9:.3f} B params x {p.dtype_bytes} B)"),
+        ("weights", f"{p.weights_gib:.2f} GiB ({p.params / 1e9:.3f} B params x {p.dtype_bytes} B)"
+         if abs(p.weights_gib * 2 ** 30 - p.params * p.dtype_bytes) < 2 ** 24 else
+         f"{p.weights_gib:.2f} GiB ({p.params / 1e9:.3f} B params, linears in FP8)"),
         ("KV bytes per token", f"{p.kv_bytes_per_token:,} B ({p.kv_bytes_per_token / 1024:.0f} KiB)"),
         ("activation reserve", f"{p.reserve_gib:.2f} GiB"),
         ("vision cache", f"{p.vision_cache_gib:.2f} GiB"),
@@ -60,8 +62,10 @@ def render_agents(p: AgentsPlan) -> None:
 @click.option("--context", type=int, default=None, help="Predict the peak at this many tokens (default: the budget).")
 @click.option("--agents", type=click.IntRange(min=1), default=None,
               help="Plan for N agents served at once by `vlagent serve` (--context: tokens per agent).")
+@click.option("--weights", type=click.Choice(["bf16", "fp8"]), default="bf16", show_default=True,
+              help="fp8: 8-bit linear weights (an FP8 checkpoint, or VLAGENT_FP8 quantising at load).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def budget(model, device_gib, screen, history, context, agents, as_json):
+def budget(model, device_gib, screen, history, context, agents, weights, as_json):
     """Print the KV-cache token budget and how many screenshots fit."""
     with usage_errors():
         size = parse_screen(screen)
@@ -70,13 +74,19 @@ def budget(model, device_gib, screen, history, context, agents, as_json):
         name, total = f"{device_gib:g} GiB card", device_gib * GIB
     else:
         name, total = current_device() or (f"{DEFAULT_CARD_GIB:g} GiB card (no GPU here)", DEFAULT_CARD_GIB * GIB)
+    wb = None
+    if weights == "fp8":
+        from agent.backends.budget import param_count
+        from agent.backends.fp8 import fp8_weight_bytes
+        wb = fp8_weight_bytes(cfg, param_count(cfg))
     if agents:
-        a = plan_agents(cfg, total, agents, size, history=history, context=context, model=model, device=name)
+        a = plan_agents(cfg, total, agents, size, history=history, context=context, model=model, device=name,
+                        weight_bytes=wb)
         click.echo(json.dumps(asdict(a), indent=1)) if as_json else render_agents(a)
         if not a.fits:
             _does_not_fit(f"{agents} agents do not fit {name}: {a.agents_fit} do")
         return
-    p = plan(cfg, total, size, model=model, device=name, history=history, context=context)
+    p = plan(cfg, total, size, model=model, device=name, history=history, context=context, weight_bytes=wb)
     if as_json:
         click.echo(json.dumps(asdict(p), indent=1))
     else:

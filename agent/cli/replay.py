@@ -27,7 +27,8 @@ from agent.trace import check_new_trace, new_trace_dir
 @click.option("--trace", "trace_out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Trace folder of this replay (default: runs/<time>-replay-<task>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json):
+@click.option("--trust", is_flag=True, help="Run the trace's own setup and command checks although it was not written here.")
+def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json, trust):
     """Replay TRACE (a recorded or agent-run trace folder) without a model.
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
@@ -38,6 +39,7 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
     from agent.run.runner import use_display
 
     with usage_errors():
+        __import__("agent.trust").trust.trust_all(trust)
         steps = load_trace_steps(trace_dir)
         task = load_trace_task(trace_dir, task_file)
         check_secrets(steps, task)

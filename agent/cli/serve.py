@@ -20,27 +20,27 @@ from agent.cli.common import UsageError, sigterm_as_interrupt
 @click.option("--screen", default="1920x1080", show_default=True, help="Screenshot size the plan is made for.")
 @click.option("--history", default=4, show_default=True, type=click.IntRange(1, 64), help="Screenshots per prompt.")
 @click.option("--device", default=None, help="cuda, cuda:1 or cpu [default: cuda when there is one].")
-def serve(model, name, host, port, agents, context, screen, history, device):
+@click.option("--api-key", envvar="VLAGENT_SERVE_API_KEY", default=None,
+              help="Require `Authorization: Bearer KEY` on /v1 (clients set VLAGENT_API_KEY) [env: VLAGENT_SERVE_API_KEY].")
+@click.option("--max-in-flight", type=click.IntRange(1), default=None,
+              help="Chat requests at once, queued ones included; more get HTTP 429 [default: 4 x --agents].")
+def serve(model, name, host, port, agents, context, screen, history, device, api_key, max_in_flight):
     from agent.backends.budget import parse_screen
     from agent.errors import VlagentError
-    from agent.serve.server import ServedModel, Server, check_listen
+    from agent.serve.app import Limits
+    from agent.serve.server import ServedModel, Server, listen
 
-    sigterm_as_interrupt()
+    sigterm_as_interrupt()  # while the model loads; uvicorn handles SIGTERM itself once serving
     try:
-        check_listen(host, port)
+        sock = listen(host, port)  # before the model loads: an address in use fails in a second
         served = ServedModel(model, agents, context, screen=parse_screen(screen), history=history,
                              name=name, device=device)
-        server = Server(served, host, port)
+        server = Server(served, sock=sock, limits=Limits(in_flight=max_in_flight, api_key=api_key or None))
     except (VlagentError, OSError) as e:
         raise UsageError(str(e)) from None
     plan = served.plan
     click.echo(f"serving {served.name} at {server.base_url}: {agents} agents, {served.batcher.context:,} KV tokens "
                f"each, on {served.batcher.device}"
-               + (f" (planned peak {plan.predicted_peak_gib:.1f} GiB)" if plan else ""), err=True)
-    try:
-        server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.httpd.server_close()
-        served.close()
+               + (f" (planned peak {plan.predicted_peak_gib:.1f} GiB)" if plan else "")
+               + (", API key required" if api_key else ""), err=True)
+    server.serve()  # until Ctrl-C or SIGTERM (uvicorn stops gracefully on either)

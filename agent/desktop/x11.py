@@ -225,34 +225,114 @@ class X11Desktop:
         """Call `check` (it raises when something died, e.g. Sandbox.check_apps) at every abort check."""
         self._watchers.append(check)
 
-    def focus(self):
-        """The window that would receive keys now (actions.Focus): the input focus, or the window
-        under the pointer when the focus follows it (no window manager); Focus(nowhere=True) when
-        that is the bare desktop; None when it cannot be told (an unmanaged popup, a window gone)."""
-        from Xlib import X
+    # --- the gate's probe (actions.gate.Probe): which window will receive input ---
+    def window_at(self, x: int, y: int):
+        """The window a pointer event at (x, y) reaches (actions.Focus), judged over every window
+        from the top-level one down to the deepest (an embedded terminal counts); Focus(nowhere=True)
+        over the bare desktop; None when it cannot be told."""
         from Xlib.error import XError
 
-        from actions.policy import Focus
+        with self._on_display():
+            root = self._x.screen().root
+            try:
+                path = _path_at(root, root, x, y)
+                return self._judge(path) if path else _nowhere()
+            except XError:  # a window went away while we looked
+                return None
+
+    def focused_window(self):
+        """The window that would receive keys now (actions.Focus): the input focus (with the
+        window under the pointer inside it, which X gives the keys to), or the window under the
+        pointer when the focus follows it (no window manager); Focus(nowhere=True) when that is the
+        bare desktop; None when it cannot be told."""
+        from Xlib import X
+        from Xlib.error import XError
 
         with self._on_display():
             root = self._x.screen().root
             try:
                 win = self._x.get_input_focus().focus
+                p = root.query_pointer()
+                under = _path_at(root, root, p.root_x, p.root_y)
                 if isinstance(win, int) or win.id in (X.NONE, X.PointerRoot) or win == root:
-                    win = root.query_pointer().child
-                    if isinstance(win, int) or win.id == X.NONE:  # over the bare desktop: keys reach no one
-                        return Focus(nowhere=True)
-                client = _client_window(win, root)
-                if client is None:
-                    return None
-                cls = tuple(client.get_wm_class() or ())
-                name = client.get_wm_name()
-                title = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "")
-                pid_prop = client.get_full_property(self._x.intern_atom("_NET_WM_PID"), X.AnyPropertyType)
-            except XError:  # the window went away while we looked
+                    return self._judge(under) if under else _nowhere()
+                path = _ancestors(win, root)
+                ids = [w.id for w in under]
+                if win.id in ids:  # keys go to the focus window's descendant under the pointer
+                    path += under[ids.index(win.id) + 1:]
+                return self._judge(path)
+            except XError:
                 return None
-        pid = int(pid_prop.value[0]) if pid_prop is not None and len(pid_prop.value) else None
-        return Focus(wm_class=cls, processes=_process_names(pid), title=title)
+
+    focus = focused_window  # the name the loop used before the gate
+
+    def focused_field(self) -> dict | None:
+        """The focused element of the accessibility tree ({"role", "name", "label"}), or None."""
+        from agent.replay.atspi import Tree
+
+        if getattr(self, "_tree", None) is None:
+            self._tree = Tree(self.display)
+        nodes = self._tree.nodes()
+        hit = next((n for n in nodes if "focused" in n.states and n.role not in ("frame", "window", "dialog")), None)
+        if hit is None:
+            return None
+        labels = [n.name for n in nodes if n.role == "label" and n.name and abs(n.box[1] - hit.box[1]) < max(hit.box[3], 20)
+                  and n.box[0] < hit.box[0]]
+        return {"role": hit.role, "name": hit.name, "label": labels[-1] if labels else ""}
+
+    def _judge(self, path: list):
+        """actions.Focus for the windows on a path: WM_CLASS and title of the client windows, the
+        owners' process trees. None when an owner cannot be known or read."""
+        from Xlib import X
+
+        from actions.policy import Focus
+        from agent.desktop.probe import Unreadable, inspect
+
+        classes, title, pids = [], "", []
+        for w in path:
+            cls = w.get_wm_class()
+            if cls:
+                classes.extend(cls)
+                if not title:
+                    name = w.get_wm_name()
+                    title = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "")
+            pid = self._owner_pid(w)
+            if pid is None and cls:
+                prop = w.get_full_property(self._x.intern_atom("_NET_WM_PID"), X.AnyPropertyType)
+                pid = int(prop.value[0]) if prop is not None and len(prop.value) else None
+            if pid is not None and pid not in pids:
+                pids.append(pid)
+        if not pids:
+            return None  # nobody we can name owns these windows: cannot tell
+        names, pty, repl = [], False, ""
+        for pid in pids:
+            try:
+                seen = inspect(pid)
+            except Unreadable:
+                return None
+            names.extend(seen["processes"])
+            pty = pty or seen["pty"]
+            repl = repl or seen["repl"]
+        return Focus(wm_class=tuple(classes), processes=tuple(names), title=title, pty=pty, repl=repl)
+
+    def _owner_pid(self, win) -> int | None:
+        """The process id of the X client that created `win`, as the X server knows it (X-Resource)."""
+        if getattr(self, "_res", None) is False:
+            return None
+        try:
+            from Xlib.ext import res
+
+            if not self._x.has_extension(res.extname):
+                self._res = False
+                return None
+            reply = self._x.res_query_client_ids([{"client": win.id, "mask": res.LocalClientPIDMask}])
+        except Exception:  # an old python-xlib or server: fall back to _NET_WM_PID
+            self._res = False
+            return None
+        for value in reply.ids:
+            if value.spec.mask & res.LocalClientPIDMask and value.value:
+                return int(value.value[0])
+        return None
 
     # --- input ---
     def move(self, x: int, y: int) -> None:
@@ -330,38 +410,33 @@ class X11Desktop:
                     self._typer.type(chunk)
 
 
-def _client_window(win, root, depth: int = 0):
-    """The window with a WM_CLASS at or around `win`: its ancestors (Tk focuses an inner window),
-    else its children (a window manager's frame)."""
-    w = win
-    for _ in range(16):
-        if w.get_wm_class():
-            return w
+def _nowhere():
+    from actions.policy import Focus
+
+    return Focus(nowhere=True)
+
+
+def _path_at(top, root, x: int, y: int, depth: int = 32) -> list:
+    """The windows containing root point (x, y), from `top`'s child down to the deepest one."""
+    path, w = [], top
+    for _ in range(depth):
+        child = w.translate_coords(root, x, y).child
+        if not child or isinstance(child, int) or child.id == 0:
+            break
+        path.append(child)
+        w = child
+    return path
+
+
+def _ancestors(win, root, depth: int = 32) -> list:
+    """`win` and its ancestors below the root, top-level first."""
+    chain, w = [], win
+    for _ in range(depth):
+        if w == root or isinstance(w, int):
+            break
+        chain.append(w)
         parent = w.query_tree().parent
-        if not parent or parent == root or isinstance(parent, int):
+        if not parent or isinstance(parent, int):
             break
         w = parent
-    for child in w.query_tree().children[:64]:
-        if child.get_wm_class():
-            return child
-    return None
-
-
-def _process_names(pid: int | None) -> tuple[str, ...]:
-    """The names of process `pid` and of its children (a terminal's shell is its child)."""
-    if not pid:
-        return ()
-    names = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"{entry.path}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.find(b"(") + 1:stat.rfind(b")")].decode(errors="replace")
-        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        if int(entry.name) == pid or ppid == pid:
-            names.append(comm)
-    return tuple(names)
+    return chain[::-1]

@@ -1,23 +1,24 @@
 """Questions about the screen that are not actions: assert / wait_for (`{"pass": bool, "reason": str}`)
 and query (JSON under the step's own schema). The reply is decoded under a grammar built from the
-JSON schema where the backend can (xgrammar for the transformers backend, response_format for an
-OpenAI-compatible server), then parsed and validated here either way: a reply that does not parse or
+JSON schema where the backend can (the backend's JsonSchema constraint: xgrammar in-process, with
+every number and string bounded so that the reply closes within its token budget; response_format
+on an OpenAI-compatible server), then parsed and validated here either way: a reply that does not parse or
 fit the schema is sent back with the reason, MAX_TRIES times, then the step fails as invalid output.
 """
 from __future__ import annotations
 
 import json
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
+from agent.backends.base import JsonSchema
 from agent.errors import VlagentError
 from agent.run.history import prompt
 
 MAX_TRIES = 3
-VERDICT_TOKENS = 256  # a verdict with a short reason; a longer reply is cut and rejected
+VERDICT_TOKENS = 512  # a verdict with a short reason: the grammar closes the reason by ~120 characters
 QUERY_TOKENS = 1024
 REASON_CHARS = 500
 
@@ -73,7 +74,8 @@ def parse_json(raw: str, schema: dict) -> Any:
     if text.startswith("```"):  # models like fences even when told not to
         text = text.strip("`").removeprefix("json").strip()
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        # strict=False: a bounded string's grammar lets raw control characters through (xgrammar)
+        value = json.loads(text, parse_constant=_no_constant, strict=False)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e.msg} at character {e.pos})") from None
     why = validate(value, schema)
@@ -121,74 +123,9 @@ def query(backend, image: Image.Image, question: str, schema: dict) -> Answer:
 # ------------------------------------------------------------------------ constrained decoding
 
 def generate_json(backend, messages: list[dict], schema: dict, max_tokens: int) -> str:
-    """One reply, constrained to `schema` where the backend allows it: a backend's own
-    `generate_json(messages, schema, max_tokens)`, else constrained_json."""
-    if hasattr(backend, "generate_json"):
-        return backend.generate_json(messages, schema, max_tokens)
-    return constrained_json(backend, messages, schema, max_tokens)
+    """One reply, constrained to `schema` where the backend can (the model interface's JsonSchema
+    constraint: xgrammar in-process, response_format on a server, nothing for scripted replies)."""
+    return backend.generate(messages, JsonSchema(schema, max_tokens))
 
 
-def constrained_json(backend, messages: list[dict], schema: dict, max_tokens: int) -> str:
-    """The transformers backend decodes under xgrammar's grammar of the schema, an OpenAI-compatible
-    server gets it as response_format; other backends (scripted replies) answer as they are."""
-    if hasattr(backend, "constrainer") and hasattr(backend, "encode"):
-        return _transformers_json(backend, messages, schema, max_tokens)
-    if type(backend).__name__ == "OpenAIBackend":
-        return _openai_json(backend, messages, schema, max_tokens)
-    return backend.generate(messages, None)
-
-
-_compilers: "weakref.WeakKeyDictionary[object, tuple[object, dict]]" = weakref.WeakKeyDictionary()
-
-
-def json_grammar(backend, schema: dict):
-    """xgrammar's compiled grammar of `schema` for this backend's tokenizer (compiled once per schema).
-    No free whitespace: a model with weak weights cannot pad a reply forever."""
-    import xgrammar as xgr
-
-    if backend not in _compilers:
-        vocab = backend.model.config.text_config.vocab_size
-        info = xgr.TokenizerInfo.from_huggingface(backend.tokenizer, vocab_size=vocab)
-        _compilers[backend] = (xgr.GrammarCompiler(info), {})
-    compiler, compiled = _compilers[backend]
-    key = json.dumps(schema, sort_keys=True)
-    if key not in compiled:
-        compiled[key] = compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
-    return compiled[key]
-
-
-def _transformers_json(backend, messages: list[dict], schema: dict, max_tokens: int) -> str:
-    from agent.errors import BackendError
-
-    matcher = None
-    if backend.constrainer is not None:  # None: xgrammar missing, decode free and validate after
-        import xgrammar as xgr
-
-        matcher = xgr.GrammarMatcher(json_grammar(backend, schema))
-    with backend._lock:  # one call at a time, as TransformersBackend.generate
-        inputs = backend.encode(messages)
-        try:
-            if backend.engine is not None:
-                ids = backend.engine.generate_inputs(inputs, messages, max_tokens, matcher,
-                                                     backend.model.generation_config.eos_token_id)
-            else:
-                from agent.backends.grammar import ReplyLogitsProcessor
-
-                vocab = backend.model.config.text_config.vocab_size
-                procs = [ReplyLogitsProcessor(matcher, vocab)] if matcher is not None else []
-                ids = backend._decode(inputs, procs, max_tokens)
-        except (RuntimeError, MemoryError) as e:
-            raise BackendError(f"generation failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return backend.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _openai_json(backend, messages: list[dict], schema: dict, max_tokens: int) -> str:
-    from agent.backends.openai import to_openai_messages
-
-    wire = to_openai_messages(messages, backend.image_config, backend._image_part)
-    kwargs: dict[str, Any] = {"max_tokens": max_tokens, "temperature": 0.0}
-    if backend.structured:
-        kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "answer", "strict": True, "schema": schema}}
-    reply = backend._chat(wire, **kwargs)
-    return reply.choices[0].message.content or ""
+constrained_json = generate_json  # the name flow/runner.py's Counted used

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent import trust
 from agent.errors import VlagentError
 
 CACHE_VERSION = 1
@@ -69,9 +70,7 @@ class CacheFile(_Strict):
 
 
 def _decode_png(path: Path):
-    from PIL import Image
-
-    return Image.open(path).convert("RGB")
+    return trust.open_image(path.parent, path.name)  # bounded bytes and pixels, no symlink (agent.trust)
 
 
 def _readable(data: dict) -> str:
@@ -119,7 +118,9 @@ class ActionCache:
         """The file's entries, their images inlined; CacheError (one line) when it cannot be used."""
         fix = "delete it or refresh it with --cache write-only"
         try:
-            data = CacheFile.model_validate(json.loads(self.path.read_text(encoding="utf-8")))
+            data = CacheFile.model_validate(json.loads(trust.read_bytes(self.path.parent, self.path.name, trust.MAX_JSON_BYTES)))
+        except trust.TrustError as e:  # a symlink, a file too large (agent.trust)
+            raise CacheError(f"{e}; {fix}") from None
         except OSError as e:
             raise CacheError(f"{self.path}: cannot read the action cache: {e.strerror}") from None
         except json.JSONDecodeError as e:
@@ -220,8 +221,11 @@ class ActionCache:
         return self.entries[keys[k]] if k < len(keys) else None
 
     def _open(self, rel: str, load) -> None:
-        path = self.path.parent / rel
-        if ".." in Path(rel).parts or not path.is_file():
+        try:
+            path = trust.contained(self.path.parent, rel)
+        except trust.TrustError:
+            path = None
+        if path is None or not path.is_file():
             self._opened[rel] = None
             return
         if len(self._opened) >= OPENED_IMAGES:  # consecutive actions share screens: keep a few
@@ -231,6 +235,7 @@ class ActionCache:
     # -- images: base64 PNGs in the evidence <-> content-addressed files ---------------------------
     def _write_bytes(self, data: bytes) -> str:
         name = hashlib.sha256(data).hexdigest()[:20] + ".png"
+        trust.contained(self.path.parent, self.images.name)  # never write through a symlinked folder
         self.images.mkdir(parents=True, exist_ok=True)
         if not (self.images / name).exists():
             (self.images / name).write_bytes(data)
@@ -255,10 +260,10 @@ class ActionCache:
             out = {}
             for k, v in value.items():
                 if k == "png_file" and isinstance(v, str):
-                    path = self.path.parent / v
-                    if ".." in Path(v).parts or Path(v).is_absolute() or not path.is_file():
-                        raise CacheError(f"{self.path}: refers to a missing image {v}; {fix}")
-                    out["png"] = base64.b64encode(path.read_bytes()).decode("ascii")
+                    try:  # contained in the cache's folder, no symlink, bounded (agent.trust)
+                        out["png"] = base64.b64encode(trust.read_bytes(self.path.parent, v, trust.MAX_IMAGE_BYTES)).decode("ascii")
+                    except trust.TrustError as e:
+                        raise CacheError(f"{self.path}: refers to an image it cannot use ({e}); {fix}") from None
                 else:
                     out[k] = self._inline(v, fix)
             return out

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, to_json
+from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, gate, to_json
 from actions.coords import to_relative
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask
@@ -301,7 +301,7 @@ class Flow:
 
             typed = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            checked = self.policy.check(typed)
+            checked = gate.check(action, gate.probe_of(self.desktop), self.policy, frame and frame.size)  # actions.gate
         except PolicyError as e:
             raise StepFailed(f"the task's policy refuses {to_json(action)}: {e}") from None
         self.desktop.check_abort()

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, to_json
+from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, gate, to_json
 from actions.coords import to_pixels, to_relative
+from agent import trust
 from agent.errors import VlagentError
 from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps
@@ -47,7 +48,7 @@ class _Original:
     steps: list[Step]
 
     def image(self, step: Step) -> Image.Image | None:
-        return _read_screen(self.folder / step.screenshot) if step.screenshot else None
+        return _read_screen(self.folder, step.screenshot) if step.screenshot else None
 
     def next_image(self, index: int) -> Image.Image | None:
         """The screen after step `index`: the next step's screenshot, or the final one."""
@@ -55,13 +56,13 @@ class _Original:
             img = self.image(later)
             if img is not None:
                 return img
-        final = self.folder / "screens" / "final.png"
-        return Image.open(final).convert("RGB") if final.is_file() else None
+        return _read_screen(self.folder, "screens/final.png")
 
 
 @functools.lru_cache(maxsize=4)  # a step's screen is read to find, to copy and to check the effect
-def _read_screen(path: Path) -> Image.Image | None:
-    return Image.open(path).convert("RGB") if path.is_file() else None
+def _read_screen(folder: Path, rel: str) -> Image.Image | None:
+    """Contained in the trace, bounded in bytes and pixels (agent.trust); None when missing."""
+    return trust.open_image(folder, rel) if trust.contained(folder, rel).is_file() else None
 
 
 def load_trace_task(trace_dir: Path, task=None):
@@ -73,7 +74,7 @@ def load_trace_task(trace_dir: Path, task=None):
     path = Path(task) if task is not None else Path(trace_dir) / "task.yaml"
     if not path.is_file():
         raise VlagentError(f"{path}: no such task file" + ("" if task else " (give one with --task)"))
-    return load_task(path)
+    return load_task(path) if task is not None else trust.trace_task(load_task(path), trace_dir)  # agent.trust
 
 
 def check_secrets(steps: list[Step], task) -> None:
@@ -327,12 +328,13 @@ class _Player:
 
     def _checked(self, action: Action, n: int) -> Action:
         """The task's policy sees the action as it will run (secrets filled in)."""
+        orig_action = action
         if action.action == "type" and "{secret:" in action.text:
             from agent import secrets
 
             action = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            return self.policy.check(action)
+            return gate.check(orig_action, gate.probe_of(self.desktop), self.policy)  # the one gate (actions.gate)
         except PolicyError as e:
             raise ReplayFailed(f"step {n}: the task's policy refuses it: {e}") from None
 

@@ -1,6 +1,8 @@
 """Success checks: the real end state decides a run, never the model's own `terminate`.
 
 `evaluate` never raises: any error becomes a failed CheckResult whose detail says why.
+What is on the screen is read from the accessibility tree where the app publishes one (GTK, Qt,
+Chromium), else by OCR of each window, in any theme (agent.desktop.ocr).
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any, Callable
 from actions.patterns import PatternError, compile_pattern
 from agent.task import Check, Task, expand, resolve_path
 from agent.trace import CheckResult
+from agent.trust import inside
 from sandbox.procs import TAG_VAR, kill_group, sandbox_tag, spawn
+from sandbox.session import clean_env
 
 COMMAND_TIMEOUT_S = 30.0
 GRACE_S = 2.0  # how long the checks at the end of a run give a late app (see evaluate)
@@ -30,26 +34,83 @@ def evaluate(task: Task, workdir: Path, desktop, grace_s: float = 0.0) -> list[C
     title or write its file a moment after the last action, as Chromium does). Commands run once:
     running one again may not be harmless."""
     checks = task.success
-    results = [_run_one(check, _Context(task, Path(workdir), desktop)) for check in checks]
-    deadline = time.monotonic() + grace_s
-    while any(not r.passed and c.kind != "command" for r, c in zip(results, checks)) and time.monotonic() < deadline:
-        time.sleep(GRACE_POLL_S)
-        ctx = _Context(task, Path(workdir), desktop)  # (a fresh screen for the OCR)
-        results = [r if r.passed or c.kind == "command" else _run_one(c, ctx) for r, c in zip(results, checks)]
+    reader = _TreeReader(getattr(desktop, "display", None))
+    try:
+        results = [_run_one(check, _Context(task, Path(workdir), desktop, reader)) for check in checks]
+        deadline = time.monotonic() + grace_s
+        while any(not r.passed and c.kind != "command" for r, c in zip(results, checks)) and time.monotonic() < deadline:
+            time.sleep(GRACE_POLL_S)
+            ctx = _Context(task, Path(workdir), desktop, reader)  # (a fresh screen and tree)
+            results = [r if r.passed or c.kind == "command" else _run_one(c, ctx) for r, c in zip(results, checks)]
+    finally:
+        reader.close()
     return results
 
 
+class _TreeReader:
+    """The display's accessibility tree, its reader started on first use and kept for the grace polls."""
+
+    def __init__(self, display: str | None):
+        self.display, self.tree = display, None
+
+    def nodes(self) -> list:
+        if not self.display:
+            return []
+        if self.tree is None:
+            from agent.replay.atspi import Tree
+            self.tree = Tree(self.display)
+        return self.tree.nodes()
+
+    def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()
+
+
 class _Context:
-    def __init__(self, task: Task, workdir: Path, desktop):
+    def __init__(self, task: Task, workdir: Path, desktop, reader: _TreeReader | None = None):
         self.task, self.workdir, self.desktop = task, workdir, desktop
+        self.reader = reader or _TreeReader(None)
         self._screen_text: str | None = None
+        self._nodes: list | None = None
+
+    def nodes(self) -> list:
+        """The accessibility tree now, once for all checks of this look ([] where there is none)."""
+        if self._nodes is None:
+            self._nodes = self.reader.nodes()
+        return self._nodes
+
+    def tree_text(self) -> list[tuple[str, str]]:
+        """(normalised text, where) of every showing element that displays text."""
+        out = []
+        for n in self.nodes():
+            if n.role in SHOWN_TEXT_ROLES and n.box[2] > 0 and n.box[3] > 0:
+                for t in {n.name, n.text} - {""}:
+                    out.append((_normalise(t), f"{n.role} {n.name!r}"))
+        return out
 
     def screen_text(self) -> str:
-        """OCR of the current screen, once for all screen_text checks."""
+        """OCR of the current screen's windows (the whole screen without any), once for all
+        screen_text checks."""
         if self._screen_text is None:
-            from agent.desktop.ocr import ocr_text
-            self._screen_text = _normalise(ocr_text(self.desktop.capture()))
+            from agent.desktop.ocr import read_text
+
+            image = self.desktop.capture()
+            self._screen_text = _normalise(read_text(image, _windows(self.desktop, image)))
         return self._screen_text
+
+
+def _windows(desktop, image) -> list:
+    """The visible windows as regions to read; none (the whole screen) when they cannot be listed or
+    cover less than the screen's text could be on (a desktop without windows)."""
+    display = getattr(desktop, "display", None)
+    if not display:
+        return []
+    from sandbox.windows import list_windows
+
+    try:
+        return [w for w in list_windows(display) if w.w * w.h < image.width * image.height * 0.98] or []
+    except Exception:  # no X server behind a fake desktop: the whole image
+        return []
 
 
 def _run_one(check: Check, ctx: _Context) -> CheckResult:
@@ -66,6 +127,8 @@ def _run_one(check: Check, ctx: _Context) -> CheckResult:
 def _describe(value: Any) -> str:
     if hasattr(value, "path"):
         return value.path
+    if hasattr(value, "states"):  # an a11y element
+        return " ".join(f"{k}={v!r}" for k, v in value.model_dump(exclude_defaults=True).items())
     return value if isinstance(value, str) else " ".join(map(str, value))
 
 
@@ -84,6 +147,8 @@ def _file_json(spec, ctx: _Context) -> tuple[bool, str]:
     except (RecursionError, ValueError) as e:  # nested too deeply, a number of 5,000 digits
         return False, f"{path} is not usable JSON: {type(e).__name__}"
     diff = _subset_diff(spec.equals, data, "")
+    if diff and not inside(path, ctx.workdir):  # quote nothing of a file outside the run's folder
+        diff = f"{diff.split(':')[0]}: differs (not quoted: outside the run's folder)"
     return (diff is None), (diff or "all keys match")
 
 
@@ -115,14 +180,51 @@ def _file_contains(spec, ctx: _Context) -> tuple[bool, str]:
         text = f.read(MAX_FILE_BYTES).decode("utf-8", errors="replace")
     if spec.text in text:
         return True, f"found in {path}"
-    return False, f"{path} does not contain {spec.text!r}; it starts {text[:DETAIL_CHARS]!r}"
+    shown = f"; it starts {text[:DETAIL_CHARS]!r}" if inside(path, ctx.workdir) else " (not quoted: outside the run's folder)"
+    return False, f"{path} does not contain {spec.text!r}{shown}"
 
 
 def _screen_text(wanted: str, ctx: _Context) -> tuple[bool, str]:
+    want = _normalise(wanted)
+    shown = ctx.tree_text()
+    hit = next((where for text, where in shown if want in text), None)
+    if hit is None and want in " ".join(text for text, _ in shown):
+        hit = "the elements' text"
+    if hit is not None:
+        return True, f"found in the accessibility tree: {hit}"
     seen = ctx.screen_text()
-    if _normalise(wanted) in seen:
+    if want in seen:
         return True, "found on screen"
     return False, f"not on screen; OCR read: {seen[:DETAIL_CHARS]!r}"
+
+
+def _a11y(spec, ctx: _Context) -> tuple[bool, str]:
+    nodes = ctx.nodes()
+    if not nodes:
+        return False, (f"no accessibility tree on display {ctx.desktop.display}: the app publishes none "
+                       "(Tk, plain X11) or the sandbox's accessibility bus is not running")
+    def label(n) -> str:
+        states = ",".join(s for s in n.states if s in spec.states) if spec.states else ""
+        return f"{n.role} {n.name!r}" + (f" text {n.text[:40]!r}" if n.text else "") + (f" [{states}]" if states else "")
+
+    checks = [
+        ("role", lambda n: spec.role is None or n.role == spec.role),
+        ("name", lambda n: spec.name is None or _normalise(n.name) == _normalise(spec.name)),
+        ("text", lambda n: spec.text is None or _normalise(spec.text) in _normalise(n.text or n.name)),
+        ("states", lambda n: all((s in n.states) == want for s, want in spec.states.items())),
+    ]
+    showing = [n for n in nodes if n.box[2] > 0 and n.box[3] > 0]
+    for n in showing:
+        if all(ok(n) for _, ok in checks):
+            return True, f"{label(n)} at {n.box[:2]}"
+    # the nearest misses: all but the last failing condition hold
+    for i in range(len(checks) - 1, 0, -1):
+        near = [n for n in showing if all(ok(n) for _, ok in checks[:i])]
+        if near:
+            return False, f"no element with that {checks[i][0]}; {checks[i - 1][0]} matches: " + \
+                "; ".join(label(n) for n in near[:5])
+    roles = sorted({n.role for n in showing})
+    return False, f"no {spec.role!r} element; roles showing: {', '.join(roles)}"
 
 
 def _window_title(regex: str, ctx: _Context) -> tuple[bool, str]:
@@ -141,9 +243,9 @@ def _window_title(regex: str, ctx: _Context) -> tuple[bool, str]:
 def _command(cmd: list[str] | str, ctx: _Context) -> tuple[bool, str]:
     shell = isinstance(cmd, str)
     base = ctx.task.base_dir
-    argv = expand(cmd, ctx.workdir, base) if shell else [expand(a, ctx.workdir, base) for a in cmd]
-    # The sandbox's tag: what the command leaves behind (setsid, a daemon) is ended at teardown.
-    env = {**os.environ, "DISPLAY": ctx.desktop.display or "", TAG_VAR: sandbox_tag(ctx.desktop.display or "", ctx.workdir)}
+    argv = expand(cmd, ctx.workdir, base, shell=True) if shell else [expand(a, ctx.workdir, base) for a in cmd]
+    # A clean environment (no secrets, no keys) and the sandbox's tag: what it leaves behind is ended at teardown.
+    env = clean_env(ctx.desktop.display or "", None, ctx.task.env, **{TAG_VAR: sandbox_tag(ctx.desktop.display or "", ctx.workdir)})
     try:  # own process group: a timeout kills the shell's children too
         proc = spawn(argv, shell=shell, cwd=ctx.task.base_dir, env=env, stdin=subprocess.DEVNULL,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
@@ -168,7 +270,14 @@ CHECKS: dict[str, Callable[[Any, _Context], tuple[bool, str]]] = {
     "screen_text": _screen_text,
     "window_title": _window_title,
     "command": _command,
+    "a11y": _a11y,
 }
+# Roles whose name or text is shown as text on the screen (a window's or a document's name is its
+# title: not on the screen without a window manager; a password field's text is not shown).
+SHOWN_TEXT_ROLES = {"label", "static", "heading", "paragraph", "caption", "text", "entry", "push button",
+                    "toggle button", "radio button", "check box", "menu", "menu item", "check menu item",
+                    "radio menu item", "link", "list item", "table cell", "status bar", "spin button",
+                    "combo box", "page tab", "tool tip", "notification", "row header", "column header"}
 
 
 def _normalise(text: str) -> str:

@@ -34,7 +34,7 @@ def task_environment(task: Task, display: str | None = None, workdir: Path | Non
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"vlagent-{task.name}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     with Sandbox(screen=(task.screen.width, task.screen.height), display=display,
-                 workdir=workdir, cwd=task.base_dir) as sandbox:
+                 workdir=workdir, cwd=task.base_dir, pass_env=task.env) as sandbox:
         with X11Desktop(sandbox.display) as desktop:
             desktop.watch(sandbox.check_apps)  # a dead app ends the run at the next step, not at its end
             sandbox.run_setup(task.setup)

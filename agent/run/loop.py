@@ -131,7 +131,7 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
                 return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
             step.raw = raw
             try:
-                action = check_reply(raw, policy, getattr(desktop, "focus", None))  # focus: no typing into terminals
+                action = check_reply(raw, policy, desktop, frame.size)  # actions.gate: policy + the window that receives it
             except (ParseError, PolicyError) as e:
                 step.error = str(e)
                 run.publish(ev.ActionRefused, step=n, reason=step.error)

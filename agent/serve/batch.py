@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from agent.backends.engine import FEED_WIDTH, KV_BUCKET, WARMUP_REPLAYS, Engine
+from agent.backends.engine import FEED_WIDTH, KV_BUCKET, WARMUP_REPLAYS, Engine, KVState, VisionCache
 from agent.backends.engine_ops import attend, image_spans, post_attention, pre_attention
 from agent.errors import VlagentError
 
@@ -31,8 +30,7 @@ from agent.errors import VlagentError
 @dataclass(eq=False)
 class Region:
     index: int
-    ids: list[int] = field(default_factory=list)  # tokens whose KV is in the region, in order
-    keys: list[str] = field(default_factory=list)  # content keys of the images among them
+    state: KVState = field(default_factory=KVState)  # what the region's KV holds (tokens, images)
     used: float = 0.0  # last use (least recently used goes first)
     busy: bool = False
     client: str | None = None  # the connection that used it last (an agent keeps its connection)
@@ -53,15 +51,17 @@ class Row:
 
 class Batcher:
     def __init__(self, model, agents: int, context: int, *, vision_cache: int | None = None,
-                 graphs: bool | None = None):
+                 graphs: bool | None = None, kv_shift: bool = False):
         import torch
 
         self.torch = torch
         if agents < 1 or context < KV_BUCKET or context % KV_BUCKET:
             raise VlagentError(f"need at least one agent and a context of whole {KV_BUCKET}-token blocks, got {context}")
         # The engine gives the model code (fused weights, prefill, vision); its own cache is replaced
-        # by one region at a time, so it is made with the smallest one.
-        self.engine = eng = Engine(model, max_context=1, graphs=False)
+        # by one region at a time, so it is made with the smallest one. Its vision cache is the
+        # server's, sized for every agent's history.
+        self.vision = VisionCache(vision_cache or agents * 6)
+        self.engine = eng = Engine(model, max_context=1, graphs=False, vision_cache=self.vision, kv_shift=kv_shift)
         eng.k_cache = eng.v_cache = None
         self.agents, self.context = agents, context
         self.device, self.dtype = eng.device, eng.dtype
@@ -95,26 +95,26 @@ class Batcher:
         self.use_graphs = graphs
         self._graphs: dict[tuple[int, int], object] = {}  # (span, width) -> graph
         self._pool = self._stream = None
-        self.vision: OrderedDict[str, tuple] = OrderedDict()  # the server's vision cache (the engine keeps 6)
-        self.vision_size = vision_cache or agents * 6
         self.rows: dict[int, Row] = {}  # region index -> the request decoding there
         self.peak_bytes = 0
+
+    @property
+    def vision_size(self) -> int:
+        """Encoded screenshots the server keeps (all agents' histories)."""
+        return self.vision.size
 
     # ---- regions
 
     def _point(self, r: Region):
-        """Point the engine at a region: its slice of the cache and its token record."""
-        eng = self.engine
-        eng.k_cache, eng.v_cache = self.k[:, r.index], self.v[:, r.index]
-        eng._ids, eng._keys = r.ids, r.keys
-        eng.max_context = self.scratch
+        """Point the engine at a region: its slice of the cache and its record."""
+        self.engine.attach(self.k[:, r.index], self.v[:, r.index], r.state, self.scratch)
 
     def prefix(self, r: Region, ids: list[int], keys: list[str]) -> int:
         """Tokens of `ids` whose KV region r already holds (the engine's own rule)."""
-        if not r.ids:
+        if not r.state.ids:
             return 0
         self._point(r)
-        return self.engine._common_prefix(ids, image_spans(ids, self.engine.image_token), keys)
+        return self.engine.prefix_len(ids, keys)
 
     def pick(self, ids: list[int], keys: list[str], client: str | None = None) -> Region | None:
         """The region a request takes, among the free ones: the one its connection used last (the
@@ -128,17 +128,17 @@ class Batcher:
         own = [r for r in free if client is not None and r.client == client]
         if own:
             return own[0]
-        scored = [(self.prefix(r, ids, keys), r) for r in free if r.ids]
+        scored = [(self.prefix(r, ids, keys), r) for r in free if r.state.ids]
         continued = [(m, r) for m, r in scored if m > self._anchor(r)]
         if continued:
             return max(continued, key=lambda mr: mr[0])[1]
-        empty = [r for r in free if not r.ids]
+        empty = [r for r in free if not r.state.ids]
         return empty[0] if empty else min(free, key=lambda r: r.used)
 
     def _anchor(self, r: Region) -> int:
         """Where a region's own conversation starts to differ from others': its first image."""
-        spans = image_spans(r.ids, self.engine.image_token)
-        return spans[0][0] if spans else len(r.ids) // 2
+        spans = image_spans(r.state.ids, self.engine.image_token)
+        return spans[0][0] if spans else len(r.state.ids) // 2
 
     # ---- prefill: the engine's, in the request's region
 
@@ -150,36 +150,23 @@ class Batcher:
         out: list[int] = []
         if matcher is not None:  # what the grammar forces before any choice (the reply's opening)
             self._force(matcher, out, lambda: len(out) >= max_new, stops)
-        for im in images:  # hand the engine the encodings it may need (it keeps only a few itself)
-            hit = self.vision.get(im.key)
-            if hit is not None and im.key not in eng._vision:
-                eng._vision[im.key] = hit
         if len(out) < max_new and not (matcher is not None and matcher.is_terminated()):
             self._note_peak()  # the engine resets the high-water mark per call
             try:
                 gen = eng.generate(ids + out, images, 1, stop_ids=stops, matcher=matcher)
             except BaseException:
-                r.ids, r.keys = [], []  # a prefill cut short leaves the region's record unreliable
+                r.state.clear()  # a prefill cut short leaves the region's record unreliable
                 raise
             out += gen.tokens
-            r.ids, r.keys = eng._ids, eng._keys
             self._note_peak(gen.timings)
-        for im in images:
-            hit = eng._vision.get(im.key)
-            if hit is not None:
-                self.vision[im.key] = hit
-                self.vision.move_to_end(im.key)
-        while len(self.vision) > self.vision_size:
-            self.vision.popitem(last=False)
-        row = Row(r, out, int(eng._delta), matcher, max_new, stops)
+        row = Row(r, out, eng.rope_delta, matcher, max_new, stops)
         row.done = self._done(row)
         return row
 
     def _force(self, matcher, out: list[int], done, stops: set, pending: list[int] | None = None):
         """Accept the tokens the grammar forces from here (the engine's rule: lone tokens, forced
         strings, a stop when nothing else is allowed), appending them to out (and pending)."""
-        self.engine._stops = stops
-        self.engine._take_forced(matcher, out, done, pending)
+        self.engine.take_forced(matcher, out, done, stops, pending)
 
     @staticmethod
     def _done(row: Row) -> bool:
@@ -213,7 +200,7 @@ class Batcher:
         span = KV_BUCKET
         fed = {}
         for row in rows:
-            i, start = row.region.index, len(row.region.ids)
+            i, start = row.region.index, len(row.region.state.ids)
             fed[i] = feed = row.feed[:width]
             toks[i, :len(feed)] = feed
             host[0, i], host[1, i], host[2, i] = start, row.delta, len(feed) - 1
@@ -231,7 +218,7 @@ class Batcher:
         self._note_peak()
         for row in rows:
             r = row.region
-            r.ids.extend(fed[r.index])
+            r.state.ids.extend(fed[r.index])
             del row.feed[:width]
             if row.feed:  # a forced run longer than one pass: the rest goes next step
                 continue

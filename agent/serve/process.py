@@ -36,7 +36,9 @@ def _last_line(log: Path) -> str:
 class ServeProcess:
     def __init__(self, model: str, agents: int, log: Path, *, context: int | None = None,
                  screen: str | None = None, history: int | None = None, port: int | None = None,
-                 ready_timeout_s: float = READY_TIMEOUT_S, env: dict | None = None):
+                 ready_timeout_s: float = READY_TIMEOUT_S, env: dict | None = None, api_key: str | None = None):
+        """`api_key`: the server requires it (passed in its environment, not on its command line,
+        where `ps` shows it); its clients send it as VLAGENT_API_KEY."""
         from agent.backends.vllm_server import free_port
 
         self.name, self.agents, self.log = model, agents, Path(log)
@@ -48,6 +50,9 @@ class ServeProcess:
                 self.args += [flag, str(value)]
         self.ready_timeout_s = ready_timeout_s
         self.env = {**os.environ, **(env or {})}
+        self.env.pop("VLAGENT_SERVE_API_KEY", None)  # only the key given here, never one inherited by accident
+        if api_key:
+            self.env["VLAGENT_SERVE_API_KEY"] = api_key
         self.proc: subprocess.Popen | None = None
         self.error: str | None = None  # why it did not start
 

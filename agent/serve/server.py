@@ -1,8 +1,7 @@
-"""The HTTP side of `vlagent serve`: OpenAI-compatible chat completions for many agents.
-
-    GET  /health               200 while the scheduler runs, 503 with the reason after it failed
-    GET  /v1/models            the one served model
-    POST /v1/chat/completions  greedy, non-streaming, one choice
+"""The model side of `vlagent serve`: a chat request into token ids, images and a grammar, handed
+to the scheduler; the reply back as OpenAI's chat completion (or its stream of chunks). The HTTP
+routes, authentication and limits are agent/serve/app.py (Starlette on uvicorn); `Server` here runs
+them on a thread (tests, benchmarks) or in the foreground (`vlagent serve`).
 
 A request carries what `--backend openai` sends: the rendered chat with screenshots as data URLs
 (already resized the way the processor resizes them) and a JSON schema of the replies the task's
@@ -12,27 +11,32 @@ text bound) and decoding is constrained by the same native-reply grammar as `vla
 (agent/backends/grammar.py), so the reply is the same `<tool_call>` text a local run would get.
 
 Refusals say what to change, in a 4xx the client shows: a prompt plus its reply budget larger than
-an agent's KV region (400), a schema other than vlagent's (400), another model name (404).
+an agent's KV region (400), a schema other than vlagent's (400), another model name (404), an image
+over the pixel bound (413).
+
+Conversations are private: a request reuses KV only from the region its own conversation filled
+(`PrivateBatcher`), so its `cached_tokens` and its time say nothing about another client's prompt.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import errno
 import functools
 import hashlib
 import io
-import json
+import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agent.errors import BackendError, VlagentError
+from agent.serve.batch import Batcher
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none (a native reply is ~40 tokens)
-MAX_BODY_BYTES = 256 * 2 ** 20  # a request with a few full-HD PNGs is ~10-30 MB
+MAX_IMAGE_PIXELS = 7680 * 4320  # one decoded image (8K); a 1080p screenshot is 2.1M
+MAX_IMAGES = 64  # per request (the loop sends --history-images, 4 by default)
 
 
 class Refused(Exception):
@@ -85,17 +89,37 @@ def check_fits(model, agents: int, context: int, screen, history: int):
     return p
 
 
+class PrivateBatcher(Batcher):
+    """The engine's batcher with one rule changed: a region is reused only by the conversation that
+    filled it. Batcher.pick also hands a request the region of another conversation its prompt
+    continues, and the prefill then reuses that conversation's KV: `cached_tokens` (and the time
+    saved) would tell a client how much of another agent's prompt it guessed. Here a request takes
+    its own conversation's region, else an empty one, else the least recently used, and a region
+    taken from another conversation is emptied first (its KV is overwritten, never read)."""
+
+    def pick(self, ids, keys, client=None):
+        free = [r for r in self.regions if not r.busy]
+        if not free:
+            return None
+        own = [r for r in free if client is not None and r.client == client]
+        if own:
+            return own[0]
+        empty = [r for r in free if not r.ids]
+        region = empty[0] if empty else min(free, key=lambda r: r.used)
+        region.ids, region.keys = [], []
+        return region
+
+
 class ServedModel:
     """The model, its processor and grammar, the batcher and the scheduler: what the handler calls."""
 
     def __init__(self, model: str, agents: int, context: int | None = None, *, screen=(1920, 1080),
                  history: int = 4, name: str | None = None, device: str | None = None, dtype=None,
-                 graphs: bool | None = None):
+                 graphs: bool | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS):
         """`context`: KV tokens per agent (default: what `screen` and `history` need, see
         agent.backends.budget.agent_context). Refuses to start when the agents would not fit."""
         from agent.backends import load_backend
         from agent.backends.budget import agent_context, vision_per_agent
-        from agent.serve.batch import Batcher
         from agent.serve.scheduler import Scheduler
 
         self.name = name or model
@@ -105,7 +129,8 @@ class ServedModel:
         if self.backend.constrainer is None:
             raise VlagentError("vlagent serve needs xgrammar: replies must follow the policy's grammar")
         self.plan = check_fits(self.backend.model, agents, context, screen, history)
-        self.batcher = Batcher(self.backend.model, agents, context, vision_cache=agents * vision_per_agent(history),
+        self.max_image_pixels = max_image_pixels
+        self.batcher = PrivateBatcher(self.backend.model, agents, context, vision_cache=agents * vision_per_agent(history),
                                graphs=graphs)
         self.batcher.warmup()
         if self.plan is not None:  # the plan is for serving: loading and fusing the weights peak higher, once
@@ -142,8 +167,6 @@ class ServedModel:
     # ---- a request into token ids, images and a grammar
 
     def _image(self, url: str):
-        from PIL import Image
-
         if not url.startswith("data:"):
             raise Refused(400, "images must be data: URLs (the server fetches nothing)")
         digest = hashlib.blake2b(url.encode(), digest_size=16).hexdigest()
@@ -153,18 +176,40 @@ class ServedModel:
                 self._images.move_to_end(digest)
                 return hit
         try:
-            image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
-        except Exception as e:
-            raise Refused(400, f"cannot read an image: {e}") from None
+            data = base64.b64decode(url.split(",", 1)[1], validate=True)
+        except (IndexError, binascii.Error, ValueError) as e:
+            raise Refused(400, f"cannot read an image: not base64: {e}") from None
+        image = self.decode(data)
         with self._lock:  # the same objects next step: their pixels and encodings are cached by identity
             self._images[digest] = image
             while len(self._images) > self.batcher.vision_size:
                 self._images.popitem(last=False)
         return image
 
+    def decode(self, data: bytes):
+        """Image bytes -> RGB, its size checked before its pixels are decoded (a small PNG can
+        hold a huge image)."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > self.max_image_pixels:
+                    raise Refused(413, f"an image of {w}x{h} pixels is over this server's bound of "
+                                       f"{self.max_image_pixels:,} pixels")
+                return im.convert("RGB")
+        except Refused:
+            raise
+        except Exception as e:  # PIL raises many kinds on bad bytes (and DecompressionBombError)
+            raise Refused(400, f"cannot read an image: {e}") from None
+
     def messages(self, wire: list) -> list[dict]:
         """OpenAI chat messages -> the HF messages the chat template takes (PIL images)."""
         out = []
+        images = sum(1 for m in wire if isinstance(m.get("content"), list)
+                     for p in m["content"] if isinstance(p, dict) and p.get("type") == "image_url")
+        if images > MAX_IMAGES:
+            raise Refused(413, f"{images} images in one request; this server takes at most {MAX_IMAGES}")
         for m in wire:
             content = m.get("content")
             if isinstance(content, str):
@@ -204,13 +249,13 @@ class ServedModel:
             matcher = self.backend.constrainer.matcher(policy)
         return matcher, max_reply_bytes(policy) + 1  # + the stop token
 
-    def chat(self, body: dict, client: str | None = None) -> dict:
+    def prepare(self, body: dict, client: str | None = None):
+        """Check a chat request and make it the scheduler's Request (blocking: images, template,
+        tokenizer). `client` is the conversation's identity: only its own region is reused."""
         from agent.serve.scheduler import Request
 
         if body.get("model") not in (None, self.name):
             raise Refused(404, f"model {body.get('model')!r} not found; this server serves {self.name!r}")
-        if body.get("stream"):
-            raise Refused(400, "streaming is not supported")
         if int(body.get("n") or 1) != 1:
             raise Refused(400, "only one choice per request (n=1)")
         if not isinstance(body.get("messages"), list) or not body["messages"]:
@@ -225,93 +270,57 @@ class ServedModel:
             raise Refused(400, f"the prompt ({len(ids)} tokens) plus its reply budget ({max_new}) exceeds the "
                                f"{self.context} tokens of KV an agent has on this server; start `vlagent serve` "
                                "with a larger --context (see `vlagent budget --agents N`), or send fewer screenshots")
-        reply = self.scheduler.submit(Request(ids, images, max_new, self.stops, matcher, client)).result()
+        return Request(ids, images, max_new, self.stops, matcher, client)
+
+    def submit(self, request):
+        """The request's Future (its Reply), from the scheduler's device thread."""
+        return self.scheduler.submit(request)
+
+    def text(self, tokens: list[int]) -> str:
         with self._lock:
-            text = self.tokenizer.decode(reply.tokens, skip_special_tokens=True)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def completion(self, reply, cid: str | None = None) -> dict:
+        """The Reply as OpenAI's chat.completion object."""
+        return {"id": cid or f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text(reply.tokens)},
                              "finish_reason": reply.finish}],
-                "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": len(reply.tokens),
-                          "total_tokens": reply.prompt_tokens + len(reply.tokens),
-                          "prompt_tokens_details": {"cached_tokens": reply.reused_tokens}},
-                "timings": {"total_ms": round(reply.total_ms, 2)}}
+                "usage": usage(reply), "timings": {"total_ms": round(reply.total_ms, 2)}}
+
+    def chat(self, body: dict, client: str | None = None) -> dict:
+        """One request, start to end, blocking (what the HTTP route does, without the HTTP)."""
+        return self.completion(self.submit(self.prepare(body, client)).result())
 
 
-class Handler(BaseHTTPRequestHandler):
-    served: ServedModel  # set on the subclass made per server
-    protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses its connections
-    timeout = 300  # s of socket silence: a client that stops sending mid-request gives its thread back
+def usage(reply) -> dict:
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": len(reply.tokens),
+            "total_tokens": reply.prompt_tokens + len(reply.tokens),
+            "prompt_tokens_details": {"cached_tokens": reply.reused_tokens}}
 
-    def log_message(self, fmt, *args):  # quiet: one line per request is noise for an agent suite
-        pass
 
-    def _send(self, status: int, body: dict):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, message: str):
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        self._send(status, {"error": {"message": message, "type": kind, "code": status}})
-
-    def do_GET(self):
-        s = self.served
-        if self.path.rstrip("/") == "/health":
-            if s.scheduler.error:
-                self._error(503, s.scheduler.error)
-            else:
-                self._send(200, {"status": "ok", "model": s.name, **s.memory(),
-                                 "stats": {k: round(v, 1) for k, v in s.scheduler.stats.items()}})
-        elif self.path.rstrip("/") == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": s.name, "object": "model", "owned_by": "vlagent"}]})
-        else:
-            self._error(404, f"no route {self.path}")
-
-    def do_POST(self):
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, made before the model loads: an address in use fails in a second."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY_BYTES:  # (a negative one would read until the client hangs up)
-            self.close_connection = True  # its body is not read: no next request on this connection
-            if length < 0:
-                self._error(400, "malformed request: Content-Length must be a byte count")
-            else:
-                self._error(413, f"request body over {MAX_BODY_BYTES // 2 ** 20} MiB")
-            return
-        raw = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._error(404, f"no route {self.path}")
-            return
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as e:  # (nesting deep enough to exhaust the parser's stack)
-            self._error(400, f"malformed request: not JSON: {type(e).__name__}: {str(e)[:200]}")
-            return
-        try:
-            self._send(200, self.served.chat(body, "%s:%s" % self.client_address[:2]))
-        except Refused as e:
-            self._error(e.status, e.message)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-            self._error(400, f"malformed request: {type(e).__name__}: {e}")
-        except VlagentError as e:  # the device failed (503: the client retries), or the engine refused (400)
-            from agent.serve.scheduler import DeviceError
-            self._error(503 if isinstance(e, DeviceError) else 400, str(e))
-        except Exception as e:  # keep serving the others; the client sees the reason
-            self._error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            sock.bind(addr)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as e:
+        raise VlagentError(_listen_error(host, port, e)) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def check_listen(host: str, port: int) -> None:
     """Fail in a second, not after loading the model, when the address cannot be listened on."""
-    try:
-        probe = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)  # (the same reuse rules)
-    except OSError as e:
-        raise VlagentError(_listen_error(host, port, e)) from None
-    probe.server_close()
+    listen(host, port).close()
 
 
 def _listen_error(host: str, port: int, e: OSError) -> str:
@@ -320,27 +329,53 @@ def _listen_error(host: str, port: int, e: OSError) -> str:
 
 
 class Server:
-    """A ServedModel behind an HTTP server on a thread (`vlagent serve` runs serve_forever)."""
+    """A ServedModel behind the Starlette app on uvicorn: `start()` on a thread (tests, benchmarks),
+    `serve()` in the foreground until Ctrl-C (`vlagent serve`)."""
 
-    def __init__(self, served: ServedModel, host: str = "127.0.0.1", port: int = 8000):
-        handler = type("BoundHandler", (Handler,), {"served": served})
+    def __init__(self, served: ServedModel, host: str = "127.0.0.1", port: int = 8000, *, sock=None,
+                 limits=None, log_level: str = "warning"):
+        import uvicorn
+
+        from agent.serve.app import Limits, create_app
+
         self.served = served
-        try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
-        except OSError as e:
-            raise VlagentError(_listen_error(host, port, e)) from None
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://{host}:{self.httpd.server_address[1]}/v1"
+        self.sock = sock or listen(host, port)
+        self.app = create_app(served, limits or Limits())
+        lim = self.app.state.limits
+        # h11: the pure-Python HTTP/1.1 parser (no optional C parser to differ between machines);
+        # connections past the bound get a 503 from uvicorn before any work.
+        self.config = uvicorn.Config(self.app, http="h11", ws="none", lifespan="off", log_level=log_level,
+                                     limit_concurrency=lim.connections, timeout_keep_alive=lim.keep_alive_s,
+                                     timeout_graceful_shutdown=5, access_log=False)
+        self.uvicorn = uvicorn.Server(self.config)
+        bound = self.sock.getsockname()
+        self.base_url = f"http://{_url_host(bound[0])}:{bound[1]}/v1"
         self._thread: threading.Thread | None = None
 
+    def serve(self):
+        """In the foreground; uvicorn turns Ctrl-C and SIGTERM into a graceful stop."""
+        try:
+            self.uvicorn.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+            self.served.close()
+
     def start(self) -> "Server":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="vlagent-serve-http", daemon=True)
+        self._thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.sock]},
+                                        name="vlagent-serve-http", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise VlagentError("the HTTP server did not start")
+            time.sleep(0.01)
         return self
 
     def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.sock.close()
         self.served.close()
 
     def __enter__(self) -> "Server":
@@ -348,3 +383,7 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

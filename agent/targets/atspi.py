@@ -440,10 +440,11 @@ def _walk() -> list[dict]:
             ext = acc.get_extents(Atspi.CoordType.SCREEN) if depth > 0 else None
             box = (ext.x, ext.y, ext.width, ext.height) if ext is not None else (0, 0, 0, 0)
             text = ""
-            if states.contains(Atspi.StateType.EDITABLE):
+            if states.contains(Atspi.StateType.EDITABLE) or role == "text":  # (a read-only view: a display)
                 iface = acc.get_text_iface()
                 if iface is not None:
-                    text = Atspi.Text.get_text(iface, 0, 200) or ""
+                    # (Qt answers "" for an end past the text's length)
+                    text = Atspi.Text.get_text(iface, 0, min(Atspi.Text.get_character_count(iface), 200)) or ""
             n = acc.get_child_count()
         except Exception:  # the element went away while we looked (a closing popup)
             return

@@ -1,0 +1,186 @@
+"""The HTTP routes of `vlagent serve` (Starlette on uvicorn): OpenAI's chat completions API.
+
+    GET  /health               200 while the scheduler runs, 503 with the reason after it failed
+    GET  /v1/models            the one served model
+    POST /v1/chat/completions  greedy, one choice; `stream: true` answers with server-sent chunks
+
+With an API key (`vlagent serve --api-key`, or VLAGENT_SERVE_API_KEY) every /v1 route needs
+`Authorization: Bearer KEY` (401 otherwise); /health stays open for process supervisors.
+
+Bounds, each refused with a clear status before any work: the body (413), images per request and
+pixels per image (413, agent/serve/server.py), requests in flight (429 with Retry-After: the
+client's retry waits), open connections (uvicorn's 503).
+
+A conversation is `X-Vlagent-Conversation` (a random id the client keeps for one agent's run),
+else the connection it comes on (an agent keeps its connection); with a key it is also bound to the
+key. Only a conversation's own earlier requests are reused (server.PrivateBatcher).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from agent.errors import VlagentError
+from agent.serve.server import Refused
+
+CONVERSATION_HEADER = "x-vlagent-conversation"
+MAX_CONVERSATION_ID = 200  # characters
+
+
+@dataclass
+class Limits:
+    body_bytes: int = 256 * 2 ** 20  # a request with a few full-HD PNGs is ~10-30 MB
+    in_flight: int | None = None  # chat requests being prepared, queued or decoded (default: 4 x agents)
+    connections: int = 1024  # open connections (uvicorn answers 503 past it)
+    keep_alive_s: int = 300  # an agent's connection waits this long between its steps
+    api_key: str | None = None
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
+
+
+def create_app(served, limits: Limits) -> Starlette:
+    limits.in_flight = limits.in_flight or 4 * served.batcher.agents
+    state = {"busy": 0}  # chat requests in flight (the event loop's thread alone counts them)
+    key = limits.api_key.encode() if limits.api_key else None
+
+    def authorized(request: Request) -> bool:
+        if key is None:
+            return True
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key)
+
+    def conversation(request: Request) -> str:
+        own = request.headers.get(CONVERSATION_HEADER, "")[:MAX_CONVERSATION_ID]
+        peer = request.client
+        who = f"id:{own}" if own else f"peer:{peer.host}:{peer.port}" if peer else "peer:?"
+        salt = limits.api_key or ""
+        return hashlib.sha256(f"{salt}\0{who}".encode()).hexdigest()[:32]
+
+    async def health(request: Request):
+        s = served
+        if s.scheduler.error:
+            return error(503, s.scheduler.error)
+        return JSONResponse({"status": "ok", "model": s.name, **s.memory(),
+                             "stats": {k: round(v, 1) for k, v in s.scheduler.stats.items()}})
+
+    async def models(request: Request):
+        if not authorized(request):
+            return unauthorized()
+        return JSONResponse({"object": "list", "data": [{"id": served.name, "object": "model", "owned_by": "vlagent"}]})
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.body_bytes:
+            raise Refused(413, f"request body over {limits.body_bytes // 2 ** 20} MiB")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.body_bytes:
+                raise Refused(413, f"request body over {limits.body_bytes // 2 ** 20} MiB")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def chat(request: Request):
+        if not authorized(request):
+            return unauthorized()
+        try:
+            raw = await read_body(request)
+        except Refused as e:  # its body is not read: no next request on this connection
+            return error(e.status, e.message, {"Connection": "close"})
+        except ClientDisconnect:
+            return error(400, "the client went away")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # (nesting deep enough to exhaust the parser's stack)
+            return error(400, f"malformed request: not JSON: {type(e).__name__}: {str(e)[:200]}")
+        if not isinstance(body, dict):
+            return error(400, "malformed request: the body must be a JSON object")
+        if state["busy"] >= limits.in_flight:
+            return error(429, f"the server has {limits.in_flight} requests in flight; retry shortly", {"Retry-After": "1"})
+        state["busy"] += 1
+        handed_over = False
+        try:
+            req = await run_in_threadpool(served.prepare, body, conversation(request))
+            future = asyncio.wrap_future(served.submit(req))
+            if body.get("stream"):
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                handed_over = True
+                return StreamingResponse(stream(future, include_usage), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            reply = await future
+            return JSONResponse(await run_in_threadpool(served.completion, reply))
+        except Refused as e:
+            return error(e.status, e.message)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return error(400, f"malformed request: {type(e).__name__}: {e}")
+        except VlagentError as e:  # the device failed (503: the client retries), or the engine refused (400)
+            from agent.serve.scheduler import DeviceError
+            return error(503 if isinstance(e, DeviceError) else 400, str(e))
+        except Exception as e:  # keep serving the others; the client sees the reason
+            return error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        finally:
+            if not handed_over:
+                state["busy"] -= 1
+
+    async def stream(future, include_usage: bool):
+        """OpenAI's chunks: the role, the content, the finish reason, usage if asked, [DONE]. The
+        scheduler hands back a whole reply (a native reply is ~40 tokens and decodes in one batch
+        of passes), so the content comes as one chunk."""
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta: dict, finish=None, **extra) -> str:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(data)}\n\n"
+
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                reply = await future
+            except Exception as e:  # the stream has begun: the error is an event (as OpenAI sends it)
+                yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'code': 503}})}\n\n"
+                return
+            text = await run_in_threadpool(served.text, reply.tokens)
+            if text:
+                yield chunk({"content": text})
+            yield chunk({}, reply.finish)
+            if include_usage:
+                from agent.serve.server import usage
+                data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                        "choices": [], "usage": usage(reply)}
+                yield f"data: {json.dumps(data)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            state["busy"] -= 1
+
+    def unauthorized():
+        return error(401, "missing or wrong API key: send `Authorization: Bearer KEY` (vlagent's client reads "
+                          "VLAGENT_API_KEY)", {"WWW-Authenticate": "Bearer"})
+
+    async def not_found(request: Request, exc):
+        return error(404, f"no route {request.url.path}")
+
+    async def not_allowed(request: Request, exc):
+        return error(405, f"{request.method} is not allowed on {request.url.path}")
+
+    app = Starlette(routes=[Route("/health", health), Route("/v1/models", models),
+                            Route("/v1/chat/completions", chat, methods=["POST"])],
+                    exception_handlers={404: not_found, 405: not_allowed})
+    app.state.limits = limits
+    return app

@@ -1,0 +1,366 @@
+"""The console's routes (Starlette) and the Console that holds its state: the runs folder, the live
+runs, the playground's backends, the token.
+
+    GET  /                    runs: live and past, and a form to start one
+    GET  /run?id=ID           a run: live view (display, controls, proposals) and its step timeline
+    GET  /playground          one screenshot + an instruction -> the proposed action drawn
+    GET  /files?id=ID&f=PATH  a file of a run's trace folder (screenshots)
+    GET  /api/runs            runs as JSON;  POST /api/runs  start one {task, model, backend, ...}
+    GET  /api/events?id=ID&after=N   the run's page updates (server-sent events)
+    GET  /api/frames?id=ID    the live display (multipart JPEG frames, for an <img>)
+    POST /api/control?id=ID   {op: pause | resume | step | stop}
+    POST /api/decide?id=ID    {step, verdict: approve | correct | reject, note, action}
+    POST /api/lease?id=ID     {take: true | false}
+    POST /api/input?id=ID     {action}: the person's own action while they hold the display
+    POST /api/playground      {instruction, display | image (data URL), model, backend, base_url}
+
+Every route is behind agent.ui.auth.Guard (token, Host, Origin).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from agent.errors import VlagentError
+from agent.ui import views
+from agent.ui.attend import Attendant, Lease, decision_from, rules_of
+from agent.ui.auth import Guard, new_token
+from agent.ui.frames import mjpeg_part
+from agent.ui.playground import Playground, from_data_url, grab, to_data_url
+from agent.ui.runs import TraceIndex, run_page_data, trace_file
+
+MAX_JSON_BYTES = 48 * 2 ** 20  # an uploaded screenshot as a data URL
+EVENT_POLL_S = 0.05
+SSE_PING_S = 15.0
+
+
+class Console:
+    def __init__(self, runs_dir: Path, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
+                 model: str = "", backend: str = "auto", base_url: str | None = None):
+        from agent.backends import DEFAULT_MODEL
+
+        self.runs_dir = Path(runs_dir)
+        self.host, self.port = host, port
+        self.token = token or new_token()
+        self.index = TraceIndex(self.runs_dir)
+        self.live: dict = {}  # url id -> agent.ui.live.LiveRun
+        self.defaults = {"model": model or DEFAULT_MODEL, "backend": backend, "base_url": base_url, "task": ""}
+        self.playground = Playground(self.defaults["model"], backend, base_url)
+        self._lock = threading.Lock()
+        self.launcher = None  # agent.ui.start.Launcher, made on the first start from the page
+        self.app = Guard(build_routes(self), self.token, host, port)
+
+    def url(self, path: str = "/") -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}{path}{'&' if '?' in path else '?'}token={self.token}"
+
+    # ---- live runs
+
+    def attach(self, session, *, attended: bool = False, terminal=None, element=None):
+        """Watch a RunSession (before it is entered, so that its first event is seen): its events,
+        its display, its control, and an Attendant as `session.attendant` (the loop's hook)."""
+        from agent.ui.live import LiveRun
+
+        rules = rules_of(session.task.allow)
+        attendant = Attendant(rules, every=attended, lease=Lease())
+        attendant.terminal, attendant.element = terminal, element
+        url_id = self.index.id_of(session.folder) or f"live/{session.id}"
+        live = LiveRun(session.id, session, url_id=url_id, attendant=attendant)
+        session.attendant = attendant
+        with self._lock:
+            self.live[url_id] = live
+        self.index.forget()
+        return live
+
+    def find_live(self, run_id: str):
+        return self.live.get(run_id)
+
+    def live_run(self):
+        return next((r for r in self.live.values() if not r.ended), None)
+
+    def summaries(self) -> list[dict]:
+        live = [r.summary() for r in self.live.values()]
+        ids = {r["id"] for r in live}
+        past = [s for s in self.index.summaries() if s["id"] not in ids]
+        return sorted(live, key=lambda r: (not r["live"], -r["started"])) + past
+
+    # ---- serving (uvicorn on a socket bound before anything loads)
+
+    def bind(self):
+        import socket
+
+        from agent.ui.auth import is_loopback
+
+        try:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError as e:
+            raise VlagentError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+        if self.port == 0:
+            self.port = sock.getsockname()[1]
+            self.app = Guard(self.app.app, self.token, self.host, self.port)
+        self._sock, self.loopback = sock, is_loopback(self.host)
+        return self
+
+    def _server(self):
+        import uvicorn
+
+        config = uvicorn.Config(self.app, http="h11", ws="none", lifespan="off", log_level="warning",
+                                access_log=False, timeout_graceful_shutdown=2, limit_concurrency=256)
+        self._uvicorn = uvicorn.Server(config)
+        return self._uvicorn
+
+    def serve(self):
+        """In the foreground until Ctrl-C or SIGTERM."""
+        try:
+            self._server().run(sockets=[self._sock])
+        finally:
+            self.close()
+
+    def start(self) -> "Console":
+        """On a thread (`vlagent run --watch`, tests)."""
+        server = self._server()
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self._sock]}, daemon=True,
+                                        name="vlagent-ui")
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise VlagentError("the console did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self):
+        if getattr(self, "_uvicorn", None) is not None:
+            self._uvicorn.should_exit = True
+            self._thread.join(timeout=10)
+        self.close()
+
+    def close(self):
+        for r in self.live.values():
+            r.close()
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            sock.close()
+
+
+# ---------------------------------------------------------------- routes
+
+
+def build_routes(console: Console) -> Starlette:
+    def need_live(request: Request):
+        run = console.find_live(request.query_params.get("id", ""))
+        if run is None or run.ended:
+            raise LookupError("no live run with that id")
+        return run
+
+    async def body(request: Request) -> dict:
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_JSON_BYTES:
+                raise VlagentError("request too large")
+        data = json.loads(raw or b"{}")
+        if not isinstance(data, dict):
+            raise VlagentError("a JSON object is expected")
+        return data
+
+    def fail(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status)
+
+    def api(handler):
+        async def wrapped(request: Request):
+            try:
+                return await handler(request)
+            except LookupError as e:
+                return fail(404, str(e))
+            except PermissionError as e:
+                return fail(409, str(e))
+            except (VlagentError, ValueError, TypeError) as e:
+                return fail(400, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return wrapped
+
+    async def runs_page(request: Request):
+        return HTMLResponse(views.render("runs.html.j2", title="runs", page="runs", runs=console.summaries(),
+                                         root=str(console.runs_dir), defaults=console.defaults))
+
+    async def run_page(request: Request):
+        run_id = request.query_params.get("id", "")
+        live = console.find_live(run_id)
+        if live is not None and not live.ended:
+            seq = len(live.log)  # before the steps are read: a step written meanwhile comes again, not never
+            cards = await run_in_threadpool(_live_cards, live)
+            pending = live.attendant.pending
+            data = {"id": run_id, "live": True, "seq": seq, "lease": live.lease.held,
+                    "pending": views.proposal_view(pending) if pending else None}
+            html = views.render("run.html.j2", title=live.task, page="run", task=live.task, goal=live.goal,
+                                status=live.state(), reason=live.reason, live=True, state=live.state(),
+                                model_state=live.model_state, last_raw="", cards_html=cards, id=run_id,
+                                checks_html="", data_json=views.dumps(data), final=None, answer=None, trace="")
+            return HTMLResponse(html)
+        folder = console.index.get(run_id)
+        if folder is None:
+            return HTMLResponse("no such run", 404)
+        d = await run_in_threadpool(run_page_data, folder, run_id)
+        cards = [views.render("step.html.j2", c=c) for c in d["cards"]]
+        html = views.render("run.html.j2", title=d["task"], page="run", task=d["task"], goal="", status=d["status"],
+                            reason=d["reason"], live=False, state=d["status"], model_state="", last_raw="",
+                            cards_html=cards, id=run_id, checks_html=views.checks_html(d["checks"]),
+                            data_json=views.dumps({"id": run_id, "live": False}), final=d["final"],
+                            answer=d["answer"], trace=d["trace"])
+        return HTMLResponse(html)
+
+    async def files(request: Request):
+        run_id, rel = request.query_params.get("id", ""), request.query_params.get("f", "")
+        live = console.find_live(run_id)
+        folder = live.folder if live is not None else console.index.get(run_id)
+        path = trace_file(folder, rel) if folder is not None and rel else None
+        if path is None:
+            return Response("not found", 404)
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+    async def api_runs(request: Request):
+        if request.method == "GET":
+            return JSONResponse(console.summaries())
+        data = await body(request)
+        from agent.ui.start import launcher_of
+
+        live = await run_in_threadpool(launcher_of(console).start, data)
+        return JSONResponse({"id": live.url_id})
+
+    async def events(request: Request):
+        run_id = request.query_params.get("id", "")
+        live = console.find_live(run_id)
+        if live is None:
+            return fail(404, "no live run with that id")
+        try:
+            seq = max(int(request.query_params.get("after", "0")), 0)
+        except ValueError:
+            seq = 0
+
+        async def stream():
+            nonlocal seq
+            live.viewers += 1
+            last = time.monotonic()
+            try:
+                while True:
+                    items = live.since(seq)
+                    for item in items:
+                        seq = item["seq"]
+                        yield f"id: {seq}\ndata: {json.dumps(item)}\n\n"
+                    if live.ended and not live.since(seq):
+                        yield "event: end\ndata: {}\n\n"
+                        return
+                    if time.monotonic() - last > SSE_PING_S:
+                        yield ": ping\n\n"
+                        last = time.monotonic()
+                    if items:
+                        last = time.monotonic()
+                    if await request.is_disconnected():
+                        return
+                    await asyncio.sleep(EVENT_POLL_S)
+            finally:
+                live.viewers -= 1
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    async def frames(request: Request):
+        live = console.find_live(request.query_params.get("id", ""))
+        source = live.frame_source() if live is not None else None
+        if source is None:
+            return Response("no live display", 404)
+
+        async def stream():
+            source.watch()
+            seq = 0
+            try:
+                while not live.ended:
+                    frame = await run_in_threadpool(source.next, seq, 1.0)
+                    if frame is not None:
+                        seq = frame.seq
+                        yield mjpeg_part(frame)
+                    elif source.error:
+                        return
+            finally:
+                source.leave()
+
+        return StreamingResponse(stream(), media_type="multipart/x-mixed-replace; boundary=frame",
+                                 headers={"Cache-Control": "no-store"})
+
+    async def control(request: Request):
+        live = need_live(request)
+        live.control_op(str((await body(request)).get("op")))
+        return JSONResponse({"state": live.state()})
+
+    async def decide(request: Request):
+        live = need_live(request)
+        data = await body(request)
+        step = data.get("step")
+        if not live.decide(decision_from(data, "page"), int(step) if step is not None else None):
+            raise LookupError("no proposal of that step waits for a decision")
+        return JSONResponse({"ok": True})
+
+    async def lease(request: Request):
+        live = need_live(request)
+        if (await body(request)).get("take"):
+            live.take_over()
+        else:
+            live.hand_back()
+        return JSONResponse({"state": live.state()})
+
+    async def human(request: Request):
+        live = need_live(request)
+        action = (await body(request)).get("action")
+        if not isinstance(action, dict):
+            raise VlagentError("an action is expected")
+        return JSONResponse(await run_in_threadpool(live.human_input, action))
+
+    async def playground_page(request: Request):
+        live = console.live_run()
+        return HTMLResponse(views.render("playground.html.j2", title="playground", page="playground",
+                                         display=live.display if live else "", defaults=console.defaults))
+
+    async def playground_api(request: Request):
+        data = await body(request)
+        if data.get("image"):
+            image = await run_in_threadpool(from_data_url, str(data["image"]))
+        elif data.get("display"):
+            image = await run_in_threadpool(grab, str(data["display"]))
+        else:
+            raise VlagentError("give a display (like :99) or a screenshot")
+        out = await run_in_threadpool(console.playground.ask, image, str(data.get("instruction") or ""),
+                                      data.get("model") or None, data.get("backend") or None, data.get("base_url") or None)
+        out["image"] = await run_in_threadpool(to_data_url, image)
+        return JSONResponse(out)
+
+    routes = [
+        Route("/", runs_page), Route("/run", run_page), Route("/playground", playground_page), Route("/files", files),
+        Route("/api/runs", api(api_runs), methods=["GET", "POST"]), Route("/api/events", events),
+        Route("/api/frames", frames), Route("/api/control", api(control), methods=["POST"]),
+        Route("/api/decide", api(decide), methods=["POST"]), Route("/api/lease", api(lease), methods=["POST"]),
+        Route("/api/input", api(human), methods=["POST"]), Route("/api/playground", api(playground_api), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=views.STATIC)), Mount("/assets", StaticFiles(directory=views.REPORT_ASSETS)),
+    ]
+    return Starlette(routes=routes)
+
+
+def _live_cards(live) -> list[str]:
+    """The steps a live run has written so far (a page opened mid-run)."""
+    from agent.trace import load_steps
+
+    steps = load_steps(live.folder, lenient=True) if (live.folder / "steps.jsonl").exists() else []
+    return [views.step_html(s.model_dump(mode="json"), live.url_id) for s in steps]

@@ -1,0 +1,86 @@
+"""The playground: one screenshot (grabbed from a display or uploaded) and one instruction in, the
+model's proposed action out, drawn on the screenshot with its raw reply and timing. The same
+backends as `vlagent run` (a local model in this process, `--backend openai`, `script:FILE`); a
+backend is loaded once and kept for the next question. Nothing is executed."""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+from actions import ParseError, Policy, PolicyError, check_reply, to_json
+from agent.errors import VlagentError
+
+MAX_UPLOAD_PIXELS = 7680 * 4320
+
+
+class Playground:
+    def __init__(self, model: str, backend: str = "auto", base_url: str | None = None):
+        self.default = (model, backend, base_url)
+        self._backends: dict[tuple, object] = {}
+        self._lock = threading.Lock()  # one question at a time: a local model is one device
+
+    def backend(self, model: str | None, backend: str | None, base_url: str | None):
+        from agent.cli.common import make_backend
+
+        key = (model or self.default[0], backend or self.default[1], base_url or self.default[2])
+        if key not in self._backends:
+            self._backends[key] = make_backend(*key)
+        return self._backends[key]
+
+    def ask(self, image, instruction: str, model: str | None = None, backend: str | None = None,
+            base_url: str | None = None) -> dict:
+        from agent.report.draw import action_label
+        from agent.run.history import build_messages
+        from agent.ui.views import overlay_html
+
+        if not instruction.strip():
+            raise VlagentError("type an instruction")
+        policy = Policy()
+        with self._lock:
+            b = self.backend(model, backend, base_url)
+            messages = build_messages(instruction, [], image, policy, load_image=None)
+            t0 = time.perf_counter()
+            raw = b.generate(messages, policy)
+            ms = (time.perf_counter() - t0) * 1e3
+        out = {"raw": raw, "ms": round(ms, 1), "model": getattr(b, "name", ""), "size": list(image.size)}
+        try:
+            action = check_reply(raw, policy)
+        except (ParseError, PolicyError) as e:
+            return {**out, "error": str(e)}
+        return {**out, "action": to_json(action), "label": action_label(action),
+                "overlay": overlay_html(action, image.size)}
+
+
+def grab(display: str):
+    import mss
+    from PIL import Image
+
+    try:
+        with mss.MSS(display=display) as m:
+            shot = m.grab(m.monitors[0])
+    except Exception as e:
+        raise VlagentError(f"cannot grab display {display}: {e}") from None
+    return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+
+
+def from_data_url(url: str):
+    from PIL import Image
+
+    try:
+        data = base64.b64decode(url.split(",", 1)[1], validate=True)
+        with Image.open(io.BytesIO(data)) as im:
+            if im.size[0] * im.size[1] > MAX_UPLOAD_PIXELS:
+                raise VlagentError(f"the image is {im.size[0]}x{im.size[1]}: too large")
+            return im.convert("RGB")
+    except VlagentError:
+        raise
+    except Exception as e:
+        raise VlagentError(f"cannot read the uploaded image: {e}") from None
+
+
+def to_data_url(image, quality: int = 80) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,152 @@
+// vlagent console: live updates over server-sent events, controls, approvals, take over. No network
+// besides this console; every change is a same-origin POST (the cookie holds the token).
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+
+  async function post(url, body) {
+    const r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) });
+    const text = await r.text();
+    let data = {};
+    try { data = JSON.parse(text); } catch (e) { data = { error: text }; }
+    if (!r.ok) throw new Error(data.error || r.statusText);
+    return data;
+  }
+
+  // ---- runs page: start a run
+  const start = $("start");
+  if (start) start.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(start);
+    const body = Object.fromEntries(f.entries());
+    body.attended = f.get("attended") === "on";
+    body.max_steps = body.max_steps ? Number(body.max_steps) : null;
+    try { const r = await post("/api/runs", body); location.href = "/run?id=" + encodeURIComponent(r.id); }
+    catch (err) { $("start-msg").textContent = err.message; }
+  });
+
+  // ---- playground
+  const play = $("play");
+  if (play) play.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(play);
+    const body = { instruction: f.get("instruction"), display: f.get("display"), model: f.get("model"),
+                   backend: f.get("backend"), base_url: f.get("base_url") };
+    const file = f.get("file");
+    if (file && file.size) body.image = await new Promise((ok) => { const r = new FileReader(); r.onload = () => ok(r.result); r.readAsDataURL(file); });
+    $("play-msg").textContent = "asking…";
+    try {
+      const a = await post("/api/playground", body);
+      $("play-msg").textContent = "";
+      $("answer").hidden = false;
+      $("a-img").src = a.image;
+      $("a-overlay").innerHTML = a.overlay || "";
+      $("a-label").textContent = a.label || ("rejected: " + a.error);
+      $("a-time").textContent = a.ms.toFixed(0) + " ms · " + a.model;
+      $("a-raw").textContent = a.raw;
+    } catch (err) { $("play-msg").textContent = err.message; }
+  });
+
+  // ---- a run
+  const dataEl = $("run-data");
+  if (!dataEl) return;
+  const run = JSON.parse(dataEl.textContent);
+  if (!run.live) return;
+  const q = "?id=" + encodeURIComponent(run.id);
+  let proposal = null, correction = null;
+
+  document.querySelectorAll("[data-op]").forEach((b) => b.addEventListener("click", () => post("/api/control" + q, { op: b.dataset.op }).catch(alert)));
+  $("take").addEventListener("click", () => post("/api/lease" + q, { take: true }).catch(alert));
+  $("give").addEventListener("click", () => post("/api/lease" + q, { take: false }).catch(alert));
+
+  function setLease(held) {
+    document.body.classList.toggle("taken", held);
+    $("take").hidden = held; $("give").hidden = !held; $("typebar").hidden = !held;
+  }
+
+  function point(e) {  // a click on the live screen, as the model's 0..1000 coordinates
+    const r = $("frames").getBoundingClientRect();
+    return [Math.round(Math.min(Math.max((e.clientX - r.left) / r.width, 0), 1) * 1000),
+            Math.round(Math.min(Math.max((e.clientY - r.top) / r.height, 0), 1) * 1000)];
+  }
+  $("screen").addEventListener("click", (e) => {
+    if (document.body.classList.contains("taken")) {
+      post("/api/input" + q, { action: { action: "left_click", coordinate: point(e) } }).catch(alert);
+    } else if (proposal && "coordinate" in proposal.action) {
+      correction = Object.assign({}, proposal.action, { coordinate: point(e) });
+      $("p-label").textContent = "correction: " + correction.action + " at (" + correction.coordinate.join(", ") + ")";
+    }
+  });
+  $("human-text").addEventListener("keydown", (e) => {
+    if (e.key !== "Enter") return;
+    const text = e.target.value; e.target.value = "";
+    if (text) post("/api/input" + q, { action: { action: "type", text } }).catch(alert);
+  });
+  $("human-enter").addEventListener("click", () => post("/api/input" + q, { action: { action: "key", keys: ["enter"] } }).catch(alert));
+  $("human-tab").addEventListener("click", () => post("/api/input" + q, { action: { action: "key", keys: ["tab"] } }).catch(alert));
+
+  function decide(verdict) {
+    if (!proposal) return;
+    const body = { step: proposal.step, verdict, note: $("p-note").value };
+    if (verdict === "correct") {
+      const a = correction || Object.assign({}, proposal.action);
+      if (proposal.action.action === "type") a.text = $("p-text").value;
+      body.action = a;
+    }
+    post("/api/decide" + q, body).catch(alert);
+  }
+  $("approve").addEventListener("click", () => decide("approve"));
+  $("correct").addEventListener("click", () => decide("correct"));
+  $("reject").addEventListener("click", () => decide("reject"));
+
+  function showProposal(p) {
+    proposal = p; correction = null;
+    document.body.classList.toggle("asking", !!p);
+    $("proposal").hidden = !p;
+    $("proposal-overlay").innerHTML = p ? p.overlay : "";
+    if (!p) return;
+    $("p-step").textContent = p.step; $("p-why").textContent = p.why; $("p-label").textContent = p.label;
+    $("p-note").value = "";
+    const typing = p.action.action === "type";
+    $("p-text-row").hidden = !typing;
+    if (typing) $("p-text").value = p.action.text;
+  }
+
+  function badge(status) {
+    const s = document.createElement("span");
+    s.className = "badge s-" + status.replace(/ /g, "_"); s.textContent = status;
+    $("status").replaceChildren(s);
+  }
+
+  const timeline = $("timeline");
+  const seen = new Set(Array.from(timeline.querySelectorAll("section.step")).map((s) => s.id));
+  function apply(m) {
+    if (m.state) { $("state").textContent = m.state; }
+    switch (m.type) {
+      case "step": {
+        const box = document.createElement("div"); box.innerHTML = m.html;
+        const sec = box.querySelector("section.step");
+        if (sec && seen.has(sec.id)) break;
+        if (sec) seen.add(sec.id);
+        while (box.firstChild) timeline.appendChild(box.firstChild);
+        break;
+      }
+      case "model": $("model-state").textContent = m.text; if (m.raw) $("raw").textContent = m.raw; break;
+      case "proposal": showProposal(m); break;
+      case "decided": showProposal(null); break;
+      case "lease": setLease(!!m.holder); break;
+      case "ended":
+        showProposal(null); setLease(false); badge(m.status);
+        $("reason").textContent = m.reason; $("checks").innerHTML = m.html; $("state").textContent = m.status;
+        document.body.classList.add("ended");
+        $("frames").removeAttribute("src");
+        break;
+    }
+    if (m.type !== "proposal" && m.state !== "waiting for you" && proposal && m.type !== "model") showProposal(null);
+  }
+  const events = new EventSource("/api/events" + q + "&after=" + run.seq);
+  events.onmessage = (e) => apply(JSON.parse(e.data));
+  events.addEventListener("end", () => events.close());
+  if (run.pending) showProposal(run.pending);
+  setLease(run.lease);
+})();

@@ -1,0 +1,39 @@
+#!/bin/bash
+# One device call for issue 23's figures (run from the repo root on the GPU machine; wheels in .whl/
+# or ../.whl/). Stages, in the order given:
+#   probe      benchmarks/gpu_fp8_probe.py: the FP8 kernel against bf16 on the 2B's decode shapes
+#   imports    python -X importtime of what `vlagent run` imports before the model loads
+#   base       vlagent bench (product path, mixed replies, eager) with transformers' baselines
+#   shift      the same without the baselines, KV shift on eviction (the default now)
+#   noshift    ... with the shift off (re-prefill after an eviction: the old behaviour)
+#   fp8        ... with FP8 weights (the bf16 checkpoint quantised at load), decode at 10K, peak at 32K
+#   fp8ckpt    FP8 checkpoints in both layouts saved, loaded, layer errors against bf16
+#   kvcheck    benchmarks/gpu_kv_shift.py: shifted KV against a fresh prefill on the 2B
+#   serve      benchmarks/bench_serve.py on the GPU (1 and 8 agents, native click replies)
+set -o pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
+W=.whl; [ -d $W ] || W=../.whl
+if [ -d $W ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1; else export PYTHONPATH=$PWD; fi
+export VLAGENT_CACHE=${VLAGENT_CACHE:-/tmp/vlc}; mkdir -p $VLAGENT_CACHE
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers, xgrammar; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cc', torch.cuda.get_device_capability())"
+VL='from agent.cli import main; main()'
+M=/tmp/r2b
+ckpt() { [ -f $M/config.json ] || { t=$(date +%s); timeout 200 python3 benchmarks/save_random_2b.py $M > /tmp/save.log 2>&1 || tail -5 /tmp/save.log; echo "saved in $(( $(date +%s) - t )) s"; }
+         cat $M/*.safetensors > /dev/null; }
+b() { name=$1; shift; echo "== $name: vlagent bench $*"
+      timeout ${BT:-240} python3 -c "$VL" bench "$@" --json $OUT/$name.json > /tmp/$name.log 2>&1; echo "rc=$?"
+      python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -8 /tmp/$name.log
+      python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r.get('load_timings')); print('evict steps', [(s['step'], round(s['step_ms'],1), s.get('reused_tokens'), s.get('shifted_tokens')) for s in r['steps_detail']])" $OUT/$name.json 2>/dev/null; }
+for what in "$@"; do case $what in
+  probe) timeout 150 python3 benchmarks/gpu_fp8_probe.py $OUT/fp8_probe.json 2>&1 | tail -25 ;;
+  imports) ckpt; python3 -X importtime -c "import agent.cli, agent.backends.transformers, transformers; from transformers import Qwen3VLForConditionalGeneration" 2> /tmp/imp.log; sort -t'|' -k2 -n -r /tmp/imp.log | head -25 > $OUT/importtime_top.txt; head -25 $OUT/importtime_top.txt ;;
+  base) ckpt; BT=300 b base --model $M --steps 12 --decode-context 10240 ;;
+  shift) ckpt; VLAGENT_KV_SHIFT=1 b shift --model $M --steps 12 --no-baselines --decode-context 10240 --peak-context 32768 ;;
+  noshift) ckpt; VLAGENT_KV_SHIFT=0 b noshift --model $M --steps 12 --no-baselines ;;
+  fp8) ckpt; VLAGENT_FP8=block b fp8 --model $M --steps 12 --no-baselines --decode-context 10240 --peak-context 32768 ;;
+  fp8ckpt) ckpt; timeout 200 python3 benchmarks/gpu_fp8_check.py $M $OUT/fp8_layers.json 2>&1 | tail -20 ;;
+  kvcheck) ckpt; timeout 150 python3 benchmarks/gpu_kv_shift.py $M $OUT/kv_shift_2b.json 2>&1 | tail -12 ;;
+  serve) ckpt; timeout 300 python3 benchmarks/bench_serve.py --model $M --agents 1,8 --json $OUT/serve.json 2>&1 | tail -15 ;;
+esac; done
