@@ -268,7 +268,7 @@ class X11Desktop:
 
     def focused_field(self) -> dict | None:
         """The focused element of the accessibility tree ({"role", "name", "label"}), or None."""
-        from agent.replay.atspi import Tree
+        from agent.targets.atspi import Tree
 
         if getattr(self, "_tree", None) is None:
             self._tree = Tree(self.display)

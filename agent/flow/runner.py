@@ -27,10 +27,10 @@ from typing import Any
 
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, gate, to_json
-from actions.coords import to_relative
+from actions import ACTION_ADAPTER, Policy, PolicyError, to_json
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask
+from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
 from agent.targets.finder import EFFECT_WAIT_S, SETTLE_MAX_S
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
@@ -39,7 +39,6 @@ from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
 DEFAULT_ACT_STEPS = 10
-GROUND_TRIES = 3  # a grounding reply that does not parse is asked again, this many times in all
 # A replayed action is over when the screen is still and shows its recorded effect. The recorded
 # effect says the app got there, so "still" needs two alike grabs this far apart, not the
 # SETTLE_POLL_S of a run that has nothing to check against.
@@ -131,6 +130,7 @@ class Flow:
     def __post_init__(self):
         self.policy = Policy(self.task.allow)
         self.finder = finder.Finder(self.display)
+        self.actor = Actor(self.desktop, self.finder, self.policy)
 
     def close(self) -> None:
         self.finder.close()
@@ -292,16 +292,9 @@ class Flow:
                  extra: dict | None = None, settle=None) -> Step:
         """Check the action against the task's policy, run it, record it in the trace. `settle()`
         waits after it (default: until the screen is still)."""
-        from agent.run.executor import execute
-
         t0 = time.perf_counter()
-        typed = action
-        if action.action == "type" and "{secret:" in action.text:
-            from agent import secrets
-
-            typed = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            checked = gate.check(action, gate.probe_of(self.desktop), self.policy, frame and frame.size)  # actions.gate
+            checked = self.actor.check(action, frame and frame.size)
         except PolicyError as e:
             raise StepFailed(f"the task's policy refuses {to_json(action)}: {e}") from None
         self.desktop.check_abort()
@@ -313,7 +306,7 @@ class Flow:
             self._before_action(n)
         step = Step(step=n, raw=raw, action=to_json(action), frame=frame.size, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
                     source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
-        outcome = execute(checked, self.desktop, frame.size)
+        outcome = self.actor.act(checked, frame.size)
         step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
         t1 = time.perf_counter()
         if action.action not in ("terminate", "answer"):
@@ -376,28 +369,15 @@ class Flow:
         step's click that the cache replayed already, whose effect did not show: when the model
         points at the same target, that click was the right one and is not made twice."""
         from agent.run.executor import screen_point
-        from agent.run.history import build_messages
 
         kind = step.kind
         value = step._value(kind)
-        only = Policy(Allow(actions=[kind]))
         self.desktop.wait_stable(SETTLE_MAX_S)
         frame = self.desktop.capture()
-        goal = f"Do exactly this one action: {kind} on {res.text}."
-        error, raw = "", ""
-        for _ in range(GROUND_TRIES):
-            messages = build_messages(goal + (f"\nYour previous reply was rejected: {error}" if error else ""),
-                                      [], frame, only, lambda s: frame)
-            raw = self.backend.generate(messages, only)
-            try:
-                action = check_reply(raw, only)
-                if getattr(action, "coordinate", None) is None:
-                    raise PolicyError("the action needs a coordinate on the target")
-                break
-            except (ParseError, PolicyError) as e:
-                error = str(e)
-        else:
-            raise StepFailed(f"invalid model output: {GROUND_TRIES} groundings rejected; last: {error}", "invalid_output")
+        try:
+            action, raw = ask_point(self.backend, f"Do exactly this one action: {kind} on {res.text}.", frame, kind)
+        except Ungrounded as e:
+            raise StepFailed(f"invalid model output: {e}", "invalid_output") from None
         if kind == "scroll":
             action = action.model_copy(update={"pixels": value.pixels})
         if made is not None and made.pixel is not None and _action(made).action == kind and \
@@ -471,21 +451,18 @@ class Flow:
             if frame is None:  # (the step before ended on a still screen)
                 frame = self.desktop.capture()
             recorded = self.cache.open_image(ca.screen)
-            update = {}
-            for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
-                if ev is None:
-                    continue
-                look = self.finder.find_waiting({name: ev}, self.desktop, recorded, frame=frame)
-                found, frame = look.found[name], look.frame
-                if found.pixel is None:
+            evidence = {name: ev for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)) if ev}
+            if evidence:
+                moved, look = self.actor.retarget(action, evidence, recorded, frame)
+                frame = look.frame
+                if moved is None:
+                    found = look.found[look.missing]
                     n = len(self.trace.steps) + 1
                     now = self.trace.save_screen(frame, f"{n:04d}")
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
                                    screenshot=now, error=f"cache: {found.reason or 'not found'}"))
                     return False, f"{what}: target not found: {found.reason or 'no evidence agrees'}" + self._screens(now, recorded, n)
-                update[name] = list(to_relative(found.pixel, frame.size))
-            if update:
-                action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
+                action = moved
             # The screen recorded after this action: its effect's, else the next action's or the step's.
             expected = ((ca.effect or {}).get("screen") or
                         (entry.actions[i + 1].screen if i + 1 < len(entry.actions) else entry.screen))
@@ -554,8 +531,6 @@ class Flow:
     def _tree_judges(self, ca: CachedAction, action, why: str) -> str:
         """The pixels' doubt `why`, settled by the app's tree where the recording kept the effect's
         element: "" when the tree shows the effect, else `why` with what the tree says."""
-        from agent.targets.evidence import effect_in_tree
-
         if not (ca.effect.get("after") or {}).get("a11y"):
             return why
         pixel = None
@@ -563,7 +538,7 @@ class Flow:
             from actions.coords import to_pixels
 
             pixel = to_pixels(tuple(action.coordinate), self.desktop.size())
-        shows, how = effect_in_tree(ca.target, action, self.finder.nodes(), pixel)
+        shows, how = self.actor.tree_effect(ca.target, action, pixel, wait_s=0.0)  # (the caller polls)
         if shows:
             return ""
         return f"{why}; the accessibility tree: {how}" if how else why

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, gate, to_json
-from actions.coords import to_pixels, to_relative
+from actions import ACTION_ADAPTER, Action, Policy, PolicyError, to_json
+from actions.coords import to_pixels
 from agent import trust
 from agent.errors import VlagentError
 from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps
 
 from agent.targets.change import differs
+from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
 from agent.targets.finder import EFFECT_WAIT_S, FIND_POLL_S, SETTLE_MAX_S
 from agent.targets.locate import label
@@ -156,6 +155,7 @@ class _Player:
         if locate:
             self.tree.start()
         self.finder = finder.Finder(desktop.display, self.tree)
+        self.actor = Actor(desktop, self.finder, policy)
         self.prefetched: int | None = None
 
     def close(self) -> None:
@@ -189,9 +189,7 @@ class _Player:
             raise
         before = frame
         t1 = time.perf_counter()
-        from agent.run.executor import execute
-
-        outcome = execute(action, self.desktop, frame.size)
+        outcome = self.actor.act(action, frame.size)
         step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, self.desktop.size()
         step.action = _shown(action, orig)
         t2 = time.perf_counter()
@@ -211,16 +209,10 @@ class _Player:
     def _missing_effect(self, orig: Step, step: Step) -> str | None:
         """What the accessibility tree says the click should have done (a field focused, a box
         checked) and did not; the tree may take a moment to follow the screen."""
-        from agent.targets.evidence import missing_effect
-
         if not self.locate or orig.kind != "left_click" or not (orig.target or {}).get("a11y"):
             return None
-        deadline = time.monotonic() + EFFECT_WAIT_S
-        while True:
-            missing = missing_effect(orig.target, self.tree.nodes(), step.pixel)
-            if missing is None or time.monotonic() >= deadline:
-                return missing
-            time.sleep(FIND_POLL_S)
+        shows, how = self.actor.tree_effect(orig.target, orig.action, step.pixel)
+        return how if shows is False else None
 
     def _record(self, step: Step, t0: float, timings: dict) -> None:
         step.timings = {**timings, "step_ms": (time.perf_counter() - t0) * 1e3}
@@ -240,7 +232,7 @@ class _Player:
         t0 = time.perf_counter()
         evidence = {k: self._evidence(orig, k) for k in coords}
         recorded = self.original.image(orig)
-        look = self.finder.find_waiting(evidence, self.desktop, recorded, frame, prefetched=self.prefetched)
+        moved, look = self.actor.retarget(action, evidence, recorded, frame, prefetched=self.prefetched)
         self.prefetched = None
         found, frame, windows, nodes = look.found, look.frame, look.windows, look.nodes
         timings["find_ms"] = (time.perf_counter() - t0) * 1e3
@@ -260,8 +252,6 @@ class _Player:
                 raise ReplayFailed(f"step {orig.step} ({orig.kind} {label(evidence[k])}): {why}; "
                                    f"see {step.screenshot} (now) and {step.target['recorded_screenshot']} (recorded)")
             return grounded, frame, {"coordinate": {"method": "model", "reason": why, "score": 0.0}}
-        update = {k: list(to_relative(d.pixel, frame.size)) for k, d in found.items()}
-        moved = ACTION_ADAPTER.validate_python({**to_json(action), **update})
         recorded_px = {"coordinate": orig.pixel, "start_coordinate": orig.start_pixel}
         info = {k: d.as_json(recorded_px.get(k) or evidence[k].get("pixel")) for k, d in found.items()}
         return moved, frame, info
@@ -299,42 +289,30 @@ class _Player:
     def _ground(self, action: Action, evidence: dict, frame: Image.Image, why: str, step: Step,
                 windows=(), nodes=()) -> Action | None:
         """Ask the fallback model where the target is now; None when its answer does not fit."""
-        from actions.policy import Allow
-        from agent.run.history import build_messages
-        from agent.targets.locate import label
-
-        only = Policy(Allow(actions=[action.action]))
         goal = (f"{self.task.goal}\nReplaying a recorded step whose target could not be found ({why}). "
                 f"Do exactly this one step: {action.action} on {label(evidence)}.")
-        messages = build_messages(goal, [], frame, only, lambda s: frame)
         try:
-            reply = self.fallback.generate(messages, only)
-            grounded = check_reply(reply, only)
-        except (ParseError, PolicyError, VlagentError) as e:
-            step.raw = None
-            step.error = f"fallback model: {e}"
+            grounded, reply = ask_point(self.fallback, goal, frame, action.action, tries=1)
+        except Ungrounded as e:
+            step.raw, step.error = None, f"fallback model: {e}"
+            return None
+        except VlagentError as e:
+            step.raw, step.error = None, f"fallback model: {e}"
             return None
         step.raw = reply
-        if getattr(grounded, "coordinate", None) is None:
-            return None
         from agent.targets.evidence import agrees
 
         point = to_pixels(tuple(grounded.coordinate), frame.size)
-        agrees, how = agrees(evidence, frame, point, nodes)  # the model is checked like any candidate
-        if not agrees:
+        ok, how = agrees(evidence, frame, point, nodes)  # the model is checked like any candidate
+        if not ok:
             step.error = f"fallback model: its point {point} does not look like the target ({how})"
             return None
         return ACTION_ADAPTER.validate_python({**to_json(action), "coordinate": list(grounded.coordinate)})
 
     def _checked(self, action: Action, n: int) -> Action:
         """The task's policy sees the action as it will run (secrets filled in)."""
-        orig_action = action
-        if action.action == "type" and "{secret:" in action.text:
-            from agent import secrets
-
-            action = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            return gate.check(orig_action, gate.probe_of(self.desktop), self.policy)  # the one gate (actions.gate)
+            return self.actor.check(action)
         except PolicyError as e:
             raise ReplayFailed(f"step {n}: the task's policy refuses it: {e}") from None
 

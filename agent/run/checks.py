@@ -57,7 +57,7 @@ class _TreeReader:
         if not self.display:
             return []
         if self.tree is None:
-            from agent.replay.atspi import Tree
+            from agent.targets.atspi import Tree
             self.tree = Tree(self.display)
         return self.tree.nodes()
 
