@@ -32,9 +32,9 @@ from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask
 from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
-from agent.targets.finder import EFFECT_WAIT_S, SETTLE_MAX_S
+from agent.targets.finder import SETTLE_MAX_S
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
-from agent.targets.change import as_after, change_point, changed
+from agent.targets.change import change_point, changed
 from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
@@ -42,9 +42,6 @@ DEFAULT_ACT_STEPS = 10
 # A replayed action is over when the screen is still and shows its recorded effect. The recorded
 # effect says the app got there, so "still" needs two alike grabs this far apart, not the
 # SETTLE_POLL_S of a run that has nothing to check against.
-REPLAY_POLL_S = 0.015
-EFFECT_SHARE = 0.75  # of the pixels a recorded action changed, at least this share must look as after it
-SAME_PLACE_PX = 4  # a recorded effect found this close to where it was is in its place
 SAME_TARGET_PX = 12  # a model's point this close to a click already made is on the same target
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
@@ -486,80 +483,18 @@ class Flow:
         rec = self.trace.save_screen(recorded, f"{n:04d}{suffix}-recorded") if recorded is not None else "(none)"
         return f"; screens: {now} (now), {rec} (recorded)"
 
-    def _effect_shows(self, ca: CachedAction, before: Image.Image, action,
-                      expected: str | None) -> tuple[bool, str, Image.Image]:
-        """After a replayed action, wait for a still screen that shows its recorded effect: when the
-        recorded action changed the screen, the replayed one must too, and what the changed place
-        looked like afterwards must be on the screen now. (ok, why not, the still frame.)
-        `expected`: the (still) screen recorded after the action; a screen just like it is judged
-        at once. A screen that never stops changing (an animation) is judged at the deadline as it is.
-        Where the recording kept the changed place's accessibility element, the app's tree judges a
-        screen the pixels doubt (a hover or a focus ring elsewhere than recorded): a field that took
-        the focus or holds the typed text, a check box that changed, a radio button checked."""
-        effect, recorded = ca.effect, self.cache.open_image(expected)
-        if not effect or not effect.get("changed"):
-            now = self.desktop.capture()
-            if recorded is not None and changed(recorded, now) is None:
-                return True, "", now
-            self.desktop.wait_stable(SETTLE_MAX_S)  # nothing else to recognise the end by: a plain settle
-            return True, "", self.desktop.capture()
-        deadline = time.monotonic() + SETTLE_MAX_S + EFFECT_WAIT_S
-        why, last, judged = f"{action.action}: the screen did not change as recorded", None, None
-        while True:
-            now = self.desktop.capture()
-            pixels = now.tobytes()
-            still = pixels == last
-            late = time.monotonic() >= deadline
-            # Just like the screen recorded after it: as still as that one was. It needs no change from
-            # `before` when it is also still: the app may have got there by itself (a focus that came late).
-            as_recorded = recorded is not None and changed(recorded, now) is None
-            settled = as_recorded and still
-            if (as_recorded or still or late) and (pixels, settled) != judged:  # each picture judged once
-                judged, why = (pixels, settled), self._effect_why(ca, None if settled else before,
-                                                                  now, recorded, action)
-                if why and (still or late):
-                    why = self._tree_judges(ca, action, why)
-                if not why:
-                    return True, "", now
-                # A still screen without the effect: it gets EFFECT_WAIT_S more to show (a slow app).
-                deadline = min(deadline, time.monotonic() + EFFECT_WAIT_S)
-            if late:
-                return False, why, now
-            last = pixels
-            time.sleep(REPLAY_POLL_S)
-
-    def _tree_judges(self, ca: CachedAction, action, why: str) -> str:
-        """The pixels' doubt `why`, settled by the app's tree where the recording kept the effect's
-        element: "" when the tree shows the effect, else `why` with what the tree says."""
-        if not (ca.effect.get("after") or {}).get("a11y"):
-            return why
+    def _effect_shows(self, ca: CachedAction, before: Image.Image, action, expected: str | None):
+        """After a replayed action, a still screen that shows its recorded effect (Actor.wait_effect):
+        (ok, why not, the still frame). `expected`: the screen recorded after the action."""
+        effect = ca.effect or {}
         pixel = None
         if getattr(action, "coordinate", None) is not None:
             from actions.coords import to_pixels
 
             pixel = to_pixels(tuple(action.coordinate), self.desktop.size())
-        shows, how = self.actor.tree_effect(ca.target, action, pixel, wait_s=0.0)  # (the caller polls)
-        if shows:
-            return ""
-        return f"{why}; the accessibility tree: {how}" if how else why
-
-    def _effect_why(self, ca: CachedAction, before: Image.Image | None, now: Image.Image, recorded, action) -> str:
-        """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does;
-        before=None: no change from it needed)."""
-        if before is not None and changed(before, now) is None:
-            return f"{action.action}: the screen did not change as recorded"
-        if ca.effect.get("after"):
-            found = self.finder.find(ca.effect["after"], now, recorded, target=False)
-            if found.pixel is None:
-                return f"{action.action}: its recorded effect is not on screen ({found.reason})"
-            # Found where it was, on a screen alike within the finder's tolerance (a hover, a caret; the
-            # same theme): the few pixels a radio button or a checkbox changes must have changed too.
-            here = found.alike and math.dist(found.pixel, ca.effect["after"]["pixel"]) <= SAME_PLACE_PX
-            share = as_after(self.cache.open_image(ca.screen), recorded, now) if here else None
-            if share is not None and share < EFFECT_SHARE:
-                return (f"{action.action}: its recorded effect is not on screen (of the pixels it changed, "
-                        f"{share:.0%} look as after it)")
-        return ""
+        return self.actor.wait_effect(before, action, changed_then=bool(effect.get("changed")),
+                                      after=effect.get("after"), rec_before=self.cache.open_image(ca.screen),
+                                      rec_after=self.cache.open_image(expected), target=ca.target, pixel=pixel)
 
 
 # ------------------------------------------------------------------------------------------ a whole run

@@ -29,7 +29,7 @@ from agent.trace import Result, Step, Trace, load_steps
 from agent.targets.change import differs
 from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
-from agent.targets.finder import EFFECT_WAIT_S, FIND_POLL_S, SETTLE_MAX_S
+from agent.targets.finder import SETTLE_MAX_S
 from agent.targets.locate import label
 
 COORD_KEYS = ("coordinate", "start_coordinate")
@@ -193,9 +193,8 @@ class _Player:
         step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, self.desktop.size()
         step.action = _shown(action, orig)
         t2 = time.perf_counter()
-        settle = self.desktop.wait_stable(SETTLE_MAX_S) if action.action not in ("terminate", "answer") else 0.0
-        timings.update(exec_ms=(t2 - t1) * 1e3, settle_ms=settle * 1e3)
-        note = self._effect(index, orig, before)
+        note = self._effect(index, orig, action, before)
+        timings.update(exec_ms=(t2 - t1) * 1e3, settle_ms=(time.perf_counter() - t2) * 1e3)
         if note:
             step.error = note
         missing = self._missing_effect(orig, step)
@@ -317,19 +316,19 @@ class _Player:
             raise ReplayFailed(f"step {n}: the task's policy refuses it: {e}") from None
 
     # -- the effect --------------------------------------------------------------------------------
-    def _effect(self, index: int, orig: Step, before: Image.Image) -> str | None:
-        """When the recorded step changed the screen, the replayed one should too."""
-        if orig.kind in ("wait", "terminate", "answer", "mouse_move"):
+    def _effect(self, index: int, orig: Step, action: Action, before: Image.Image) -> str | None:
+        """Settle, and when the recorded step changed the screen, the replayed one should have too
+        (Actor.wait_effect; a warning when it did not: the tree's verdict, _missing_effect, stops)."""
+        if orig.kind in ("terminate", "answer"):
+            return None
+        if orig.kind in ("wait", "mouse_move"):
+            self.desktop.wait_stable(SETTLE_MAX_S)
             return None
         rec_before, rec_after = self.original.image(orig), self.original.next_image(index)
-        if rec_before is None or rec_after is None or not differs(rec_before, rec_after):
-            return None
-        deadline = time.monotonic() + EFFECT_WAIT_S
-        while not differs(before, self.desktop.capture()):
-            if time.monotonic() >= deadline:
-                return "warning: the recorded step changed the screen; replayed, it did not"
-            time.sleep(FIND_POLL_S)
-        return None
+        then = rec_before is not None and rec_after is not None and differs(rec_before, rec_after)
+        ok, why, _ = self.actor.wait_effect(before, action, changed_then=then, rec_before=rec_before,
+                                            rec_after=rec_after)
+        return None if ok else f"warning: {why}"
 
 
 def _shown(action: Action, orig: Step) -> Action:
