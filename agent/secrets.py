@@ -119,7 +119,7 @@ def label_secret(label: str, declared=()) -> str | None:
 
 
 def focused_secret(nodes, declared=()) -> str | None:
-    """The secret the focused field of an accessibility tree (agent.replay.atspi nodes) holds: a
+    """The secret the focused field of an accessibility tree (sandbox.atspi nodes) holds: a
     password field by its role, whatever label it has or lacks; else by its name or the label left of
     or above it. Focus that came by Tab, or on its own, is seen here, not only a clicked field."""
     node = next((n for n in nodes if "focused" in n.states and "editable" in n.states), None) or \

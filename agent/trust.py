@@ -187,7 +187,7 @@ def check_version(path: Path, found: Any, known: tuple) -> None:
                          f"({', '.join(map(str, known))}); refused")
 
 
-EVIDENCE_VERSIONS = (1,)  # agent.replay.locate.EVIDENCE_VERSION: what a step's target evidence may say
+EVIDENCE_VERSIONS = (1,)  # agent.targets.locate.EVIDENCE_VERSION: what a step's target evidence may say
 
 
 def known_versions(steps: list, folder: Path) -> list:

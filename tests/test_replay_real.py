@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import atspi
-from agent.replay.evidence import describe, find, own_text
+from agent.targets.evidence import describe, find, own_text
 from sandbox.session import Sandbox
 from sandbox.windows import list_windows
 
@@ -338,7 +338,7 @@ def test_a_click_whose_effect_is_missing_on_the_tree_is_named():
 
 
 def evidence_missing(ev, nodes):
-    from agent.replay.evidence import missing_effect
+    from agent.targets.evidence import missing_effect
 
     return missing_effect(ev, nodes, (150, 60))
 

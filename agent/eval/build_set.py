@@ -52,7 +52,7 @@ def shoot(app: str, out: Path) -> list[dict]:
     import tempfile
 
     from agent.desktop.x11 import X11Desktop
-    from agent.replay.atspi import Tree
+    from sandbox.atspi import Tree
     from sandbox.a11y import A11yBus
     from sandbox.display import Xvfb
     from sandbox.procs import kill_group, spawn

@@ -2,7 +2,7 @@
 
 The trace has the same format as an agent run (agent.trace), with `source="human"`: each step
 holds the native action (0..1000 coordinates), the screenshot from just before it, the pixel it
-hit and, for pointer actions, the evidence that finds its target again (agent.replay.locate).
+hit and, for pointer actions, the evidence that finds its target again (agent.targets.locate).
 
 Events come from pynput (X RECORD) on the task's display. They are grouped into actions:
 press+release in one place is a click (two or three quick ones a double or triple click), a
@@ -393,7 +393,7 @@ class Recorder:
 
     def _write(self, pending: Pending) -> None:
         """One finished action -> one Step with its frame, pixel and target evidence."""
-        from agent.replay.evidence import describe
+        from agent.targets.evidence import describe
 
         t0 = time.perf_counter()
         frame = self.frames.before(pending.t)
