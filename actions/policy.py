@@ -244,7 +244,6 @@ def default_chord_ok(chord: tuple[str, ...]) -> bool:
     return len(rest) == 1 and (rest[0] in EDITING_KEYS or (len(rest[0]) == 1 and rest[0].isprintable()))
 
 
-_default_chord_ok = default_chord_ok  # the old private name (agent.backends.grammar imports it)
 
 
 FocusProbe = Callable[[], "Focus | None"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from actions.keys import PRINTABLE
-from actions.policy import (ALLOWED_FORMAT, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAIT_S, Policy, _default_chord_ok,
+from actions.policy import (ALLOWED_FORMAT, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAIT_S, Policy, default_chord_ok,
                             denied_combo, normalize_key)
 from actions.schema import ACTION_NAMES
 from agent.errors import VlagentError
@@ -116,7 +116,7 @@ def default_chords() -> tuple[tuple[str, ...], ...]:
     for mods in SAFE_MODIFIER_SETS:
         for r in rest:
             chord = mods + r
-            if chord and _default_chord_ok(chord) and denied_combo(chord) is None:
+            if chord and default_chord_ok(chord) and denied_combo(chord) is None:
                 chords.append(chord)
     return tuple(chords)
 
