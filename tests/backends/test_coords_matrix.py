@@ -3,7 +3,6 @@
 that point is on the screen."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 from PIL import Image

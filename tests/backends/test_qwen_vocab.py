@@ -66,7 +66,7 @@ def test_same_ids_as_tiktoken_over_the_same_ranks(tok):
 
     enc = tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=load_ranks(), special_tokens={})
     root = Path(__file__).resolve().parents[2]
-    texts = [p.read_text(encoding="utf-8") for p in sorted(root.glob("prompts/*")) + sorted(root.glob("tasks/*.yaml"))]
+    texts = [p.read_text(encoding="utf-8") for p in sorted(p for p in root.glob("prompts/**/*") if p.is_file()) + sorted(root.glob("tasks/*.yaml"))]
     rng = random.Random(0)
     texts += ["".join(chr(rng.randrange(32, 0x3000)) for _ in range(300)) for _ in range(100)]
     texts += ['<tool_call>\n{"name": "computer_use", "arguments": {"action": "type", "text": "Ada  Lovelace\\t42"}}']
