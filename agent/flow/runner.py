@@ -62,15 +62,17 @@ class Counted:
         self.calls = 0
         self.name = getattr(inner, "name", "")
 
-    def generate(self, messages, policy=None) -> str:
+    def generate(self, messages, constraint=None) -> str:
         self.calls += 1
-        return self.inner.generate(messages, policy)
+        return self.inner.generate(messages, constraint)
 
-    def generate_json(self, messages, schema: dict, max_tokens: int) -> str:
-        self.calls += 1
-        return ask.constrained_json(self.inner, messages, schema, max_tokens)
+    def fits(self, messages, constraint=None) -> bool:
+        return self.inner.fits(messages, constraint)
 
-    def __getattr__(self, name):  # fits, cancel, ... of the backend itself
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+    def __getattr__(self, name):  # format, last_reply, ... of the backend itself
         return getattr(self.inner, name)
 
 

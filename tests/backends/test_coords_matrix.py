@@ -23,14 +23,7 @@ REPLY = {  # a click at (x, y) in each family's own words and range
 }
 
 
-# agent/run/executor.py's screen_point maps the frame pixel's centre to the screen with to_pixels,
-# which rounds: at a 1.25 HiDPI factor that lands up to 1.17 px off (measured over 3000 points);
-# taking the screen pixel that contains the centre (int(), not round()) keeps it within 0.96 px.
-HIDPI_ROUNDING = pytest.mark.xfail(reason="executor.screen_point rounds the mapped pixel centre (1.17 px at 1.25x)",
-                                   strict=False)
-
-
-@pytest.mark.parametrize("hidpi", [pytest.param(h, marks=HIDPI_ROUNDING) if h == 1.25 else h for h in HIDPI])
+@pytest.mark.parametrize("hidpi", HIDPI)
 @pytest.mark.parametrize("name", list(REPLY))
 @pytest.mark.parametrize("screen", SCREENS)
 def test_a_proposed_point_lands_within_one_pixel(name, screen, hidpi):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from actions import Policy, check_reply
+from agent.backends.base import BackendBase
 from agent.trace import Trace
 
 FULL_HD = (1920, 1080)
@@ -110,7 +111,7 @@ class InstantDesktop:
         return 0.0
 
 
-class InstantModel:
+class InstantModel(BackendBase):
     """Replies at once: clicks that move around (so the loop detector stays quiet), then terminate."""
 
     name = "instant"

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNNER = textwrap.dedent("""
     import signal, sys, time
     from pathlib import Path
+    from agent.backends.base import BackendBase
     from agent.backends.script import ScriptBackend
     from agent.errors import BackendError
     from agent.run.runner import run_task
@@ -35,7 +36,7 @@ RUNNER = textwrap.dedent("""
 
     WAIT = '<tool_call>{"name": "computer_use", "arguments": {"action": "wait", "time": 0.5}}</tool_call>'
 
-    class Raising:
+    class Raising(BackendBase):
         name, calls = "raising", 0
         def generate(self, messages, policy=None):
             self.calls += 1
@@ -43,7 +44,7 @@ RUNNER = textwrap.dedent("""
                 raise BackendError("the model server went away")
             return WAIT
 
-    class Hanging:
+    class Hanging(BackendBase):
         name = "hanging"
         def generate(self, messages, policy=None):
             time.sleep(600)
