@@ -68,7 +68,7 @@ def check_input_and_capture() -> str:
 def check_ocr() -> str:
     from PIL import Image, ImageDraw, ImageFont
 
-    from agent.desktop.ocr import ocr_text
+    from agent.ocr import ocr_text
 
     if shutil.which("tesseract") is None:
         raise Problem("tesseract is not installed", "apt-get install tesseract-ocr")

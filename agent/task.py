@@ -56,7 +56,7 @@ class A11y(_Strict):
     def _something(self):
         if self.role is None and self.name is None and self.text is None:
             raise ValueError("an a11y check needs role, name or text")
-        from agent.targets.atspi import STATES
+        from sandbox.atspi import STATES
 
         unknown = [s for s in self.states if s not in STATES]
         if unknown:

@@ -195,7 +195,7 @@ def target_point(app: App, target, display: str, workdir: Path) -> tuple[int, in
         if key.startswith(("radio", "check")) and app.name == "tk-access":
             return x + 10, y + h // 2  # the indicator, not the label
         return x + w // 2, y + h // 2
-    from agent.targets.atspi import Tree, _labels, _window_of
+    from sandbox.atspi import Tree, _labels, _window_of
 
     role, name = target
     with Tree(display) as tree:
@@ -227,6 +227,7 @@ def record_human(app: App, out: Path, taskfile: Path) -> Path:
         m = re.search(r"recording on display (:\d+)", line or "")
         if m:
             display = m.group(1)
+            os.environ["XAUTHORITY"] = re.search(r"XAUTHORITY=(\S*?)\)", line).group(1)  # the sandbox's cookie
             break
         if not line:
             break

@@ -2,7 +2,7 @@
 GTK, Qt and Chromium apps on the sandbox's display publish their widgets (role, name, states, box).
 
 The launcher writes the AT-SPI bus address on the display's root window (AT_SPI_BUS), which is where
-both the apps and a reader (agent/targets/atspi.py) look for it. Without at-spi2-core installed the
+both the apps and a reader (sandbox/atspi.py) look for it. Without at-spi2-core installed the
 sandbox runs as before, without a tree (replay then finds targets by pixels and text alone).
 
     bus = A11yBus(":7"); env = bus.start()   # env for the apps: DBUS_SESSION_BUS_ADDRESS, switches

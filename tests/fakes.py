@@ -115,7 +115,10 @@ class QueueModel:
         self.cancelled += 1
         self._released.set()
 
-    def generate(self, messages, policy=None) -> str:
+    def fits(self, messages, constraint=None) -> bool:
+        return True  # no context limit
+
+    def generate(self, messages, constraint=None) -> str:
         self.seen.append(messages)
         if not self.replies:
             raise ModelExhausted(f"the queue ran out of replies after {len(self.seen) - 1}")

@@ -216,7 +216,7 @@ def text_image(lines: list[str], size=(600, 200), px=28) -> Image.Image:
 
 
 def test_ocr_words_boxes_and_lines():
-    from agent.desktop.ocr import ocr_text, ocr_words
+    from agent.ocr import ocr_text, ocr_words
     img = text_image(["Name Ada", "Submit"])
     words = ocr_words(img)
     assert [(w.text, w.line) for w in words] == [("Name", 0), ("Ada", 0), ("Submit", 1)]
@@ -226,7 +226,7 @@ def test_ocr_words_boxes_and_lines():
 
 
 def test_ocr_upscales_small_images():
-    from agent.desktop.ocr import ocr_words
+    from agent.ocr import ocr_words
     small = text_image(["Saved"], size=(120, 40), px=11)  # crops like replay's are this small
     words = ocr_words(small)
     assert [w.text for w in words] == ["Saved"]
@@ -235,11 +235,11 @@ def test_ocr_upscales_small_images():
 
 
 def test_missing_tesseract_is_one_clear_line(monkeypatch):
-    import agent.desktop.ocr
+    import agent.ocr
     from agent.errors import VlagentError
-    monkeypatch.setattr(agent.desktop.ocr.shutil, "which", lambda name: None)
+    monkeypatch.setattr(agent.ocr.shutil, "which", lambda name: None)
     with pytest.raises(VlagentError, match=r"^tesseract not found: install it \(apt-get install tesseract-ocr\)$"):
-        agent.desktop.ocr.ocr_words(text_image(["x"]))
+        agent.ocr.ocr_words(text_image(["x"]))
 
 
 def test_taskdir_and_a_trace_copy_of_the_task_resolve_paths_against_the_task_folder(tmp_path):

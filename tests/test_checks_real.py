@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from agent.desktop.ocr import read_text
+from agent.ocr import read_text
 from agent.run.checks import evaluate
 from agent.task import Task
 from sandbox.session import Sandbox

@@ -12,7 +12,7 @@ import mss
 import pytest
 from PIL import Image
 
-from agent.desktop.ocr import ocr_text, ocr_words
+from agent.ocr import ocr_text, ocr_words
 from agent.task import SetupStep
 from sandbox.apps.form import MAX_SEED_H, MAX_SEED_W, seeded_layout
 from sandbox.display import Xvfb

@@ -143,11 +143,13 @@ def test_the_checks_see_the_layout():
 # module may import modules of its own layer or below, never above (function-level imports too).
 LAYERS: list[tuple[str, ...]] = [
     ("actions", "prompts", "sandbox"),  # the action schema and policy; the display sandbox
-    ("agent.errors", "agent.task", "agent.trace", "agent.secrets", "agent.steps"),  # core: what a run is and keeps
+    # core: what a run is and keeps; text read off images; what is trusted
+    ("agent.errors", "agent.task", "agent.steps", "agent.trace", "agent.secrets", "agent.ocr", "agent.trust"),
     ("agent.desktop", "agent.backends"),  # the screen and input; the models
     ("agent.targets",),  # what a step aimed at, and finding it again
     ("agent.run",),  # one run: session, events, the agent loop, checks
-    ("agent.flow", "agent.replay"),  # drivers built on a run
+    # drivers built on a run; run_task, the one place that picks a flow or the loop for a task
+    ("agent.flow", "agent.replay", "agent.run.runner"),
     ("agent.suite", "agent.serve", "agent.report", "agent.eval", "agent.ui", "agent.doctor"),
     ("agent.cli",),
 ]

@@ -101,7 +101,7 @@ def test_vlagent_run_types_a_secret_the_model_never_sees_and_writes_it_nowhere(t
 def test_masking_paints_over_a_secret_in_saved_screenshots(registered, monkeypatch):
     from PIL import Image, ImageDraw, ImageFont
 
-    from agent.desktop.ocr import ocr_text
+    from agent.ocr import ocr_text
 
     img = Image.new("RGB", (700, 120), "white")
     ImageDraw.Draw(img).text((10, 30), f"Password {VALUE} ok", fill="black", font=ImageFont.load_default(size=40))

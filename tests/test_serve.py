@@ -33,7 +33,7 @@ REPLY = '<tool_call>\n{"name": "computer_use", "arguments": {"action": "left_cli
 
 @pytest.fixture(scope="module")
 def server():
-    from agent.serve.server import ServedModel, Server
+    from agent.serve.app import ServedModel, Server
 
     with Server(ServedModel("tiny-random", AGENTS, CONTEXT, device="cpu"), port=0) as srv:
         yield srv

@@ -24,7 +24,7 @@ KEY = "sk-test-0123456789"
 @pytest.fixture(scope="module")
 def server():
     from agent.serve.app import Limits
-    from agent.serve.server import ServedModel, Server
+    from agent.serve.app import ServedModel, Server
 
     served = ServedModel("tiny-random", 2, CONTEXT, device="cpu", max_image_pixels=2000 * 1500)
     with Server(served, port=0, limits=Limits(api_key=KEY, in_flight=2, body_bytes=8 * 2 ** 20)) as srv:
@@ -112,3 +112,16 @@ def test_requests_past_the_in_flight_bound_get_429_and_the_others_are_served(ser
         t.join(timeout=300)
     assert sorted(set(codes)) == [200, 429], codes
     assert codes.count(200) >= 2
+
+
+def test_vlagents_client_keeps_its_conversation_across_connections(server):
+    """The client sends its conversation id: its next step reuses its KV even on a new connection
+    (a client's pool closes idle connections after a few seconds)."""
+    policy = Policy(FILL_FORM)
+    backend = OpenAIBackend("tiny-random", server.base_url, api_key=KEY, processor=server.served.processor)
+    backend.generate(conversation(21, 0), policy)
+    before = server.served.scheduler.stats["reused_tokens"]
+    backend._client.close()  # (the next request opens a new connection)
+    backend._client = None
+    backend.generate(conversation(21, 1), policy)
+    assert server.served.scheduler.stats["reused_tokens"] - before > 1000

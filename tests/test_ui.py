@@ -116,7 +116,8 @@ def test_past_runs_are_listed_and_shown_with_the_reports_step_cards(console):
     assert "/files?id=20260101-demo&amp;f=screens%2F0001.png" in page
     status, headers, png = call(console, "/files?id=20260101-demo&f=screens/0001.png")
     assert status == 200 and png[:4] == b"\x89PNG"
-    for rel in ("../../outside.txt", "/etc/passwd", "screens/../../../outside.txt"):
+    assert headers["x-frame-options"] == "DENY" and "script-src 'self'" in headers["content-security-policy"]
+    for rel in ("../../outside.txt", "/etc/passwd", "screens/../../../outside.txt", "task.yaml", "steps.jsonl"):
         assert call(console, f"/files?id=20260101-demo&f={rel}")[0] == 404
     assert call(console, "/run?id=../outside.txt")[0] == 404
 
@@ -156,6 +157,23 @@ def test_the_playground_draws_the_proposed_click(console):
     assert status == 400 and b"display" in body
 
 
+def test_the_playground_answers_a_query_under_its_schema(tmp_path):
+    from agent.ui.app import Console
+
+    (tmp_path / "q.yaml").write_text(json.dumps(['{"total": 42.5, "currency": "EUR"}']))
+    c = Console(tmp_path / "runs", port=0, token=TOKEN, model=f"script:{tmp_path / 'q.yaml'}").bind().start()
+    try:
+        schema = {"type": "object", "properties": {"total": {"type": "number"}, "currency": {"type": "string"}},
+                  "required": ["total", "currency"], "additionalProperties": False}
+        status, _, body = call(c, "/api/playground", data={"image": png_data_url(), "instruction": "What is the total?",
+                                                            "schema": json.dumps(schema)},
+                               headers={"Origin": f"http://127.0.0.1:{c.port}"})
+        out = json.loads(body)
+        assert status == 200 and out["value"] == {"total": 42.5, "currency": "EUR"}, out
+    finally:
+        c.stop()
+
+
 def test_another_host_needs_a_token():
     from agent.cli.console import ui
 
@@ -175,3 +193,60 @@ def test_confirm_rules_pick_the_actions_that_wait_for_a_person():
     assert why(a({"action": "type", "text": "please DELETE all"})) and why(a({"action": "type", "text": "hello"})) is None
     click = a({"action": "left_click", "coordinate": [10, 10]})
     assert why(click, lambda: "Place order now") and why(click, lambda: "Cancel") is None and why(click) is None
+
+
+def attended_step(action: dict):
+    from actions.schema import ACTION_ADAPTER
+
+    return Step(step=3, frame=(640, 400)), ACTION_ADAPTER.validate_python(action), Image.new("RGB", (640, 400))
+
+
+def gate(raw: str):
+    from actions import Policy, check_reply
+
+    return check_reply(raw, Policy())
+
+
+@pytest.mark.parametrize("on_timeout, runs", [("reject", False), ("approve", True)])
+def test_an_unanswered_approval_times_out_as_the_task_says(on_timeout, runs):
+    from agent.ui.attend import Attendant, ConfirmRules
+
+    att = Attendant(ConfirmRules(actions=["left_click"], timeout_s=0.3, on_timeout=on_timeout))
+    step, action, frame = attended_step({"action": "left_click", "coordinate": [10, 20]})
+    out = att.review(step, action, frame, gate)
+    assert (out is not None) == runs
+    assert step.decision["by"] == "timeout" and step.decision["verdict"] == on_timeout
+    assert step.decision["proposed"] == {"action": "left_click", "coordinate": [10, 20]}
+    if not runs:
+        assert "no answer within 0.3 s" in step.error
+
+
+def test_a_correction_passes_the_gate_and_a_rejection_carries_its_note():
+    import threading
+
+    from agent.ui.attend import Attendant, Decision
+
+    att = Attendant(every=True)
+
+    def answer(decision):
+        threading.Thread(target=lambda: (time_wait(att), att.answer(decision)), daemon=True).start()
+
+    step, action, frame = attended_step({"action": "type", "text": "helo"})
+    answer(Decision("correct", "page", action={"action": "type", "text": "hello"}))
+    out = att.review(step, action, frame, gate)
+    assert out.text == "hello" and step.decision["action"] == {"action": "type", "text": "hello"}
+    step, action, frame = attended_step({"action": "type", "text": "x"})
+    answer(Decision("correct", "page", action={"action": "key", "keys": ["ctrl", "alt", "delete"]}))
+    assert att.review(step, action, frame, gate) is None and "the correction was refused" in step.error
+    step, action, frame = attended_step({"action": "left_click", "coordinate": [1, 2]})
+    answer(Decision("reject", "page", note="the other button"))
+    assert att.review(step, action, frame, gate) is None
+    assert step.error == "rejected by a person (page): the other button"
+
+
+def time_wait(att, timeout_s: float = 5.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while att.pending is None and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -148,7 +148,8 @@ class X11Desktop:
             raise VlagentError(f"cannot open display {display}: {e}") from None
 
     def close(self) -> None:
-        for close in (self._typer.close, self._mss.close, self._x.close):
+        tree = getattr(self, "_tree", None)  # the accessibility reader focused_field() started
+        for close in (self._typer.close, self._mss.close, self._x.close, *([tree.close] if tree else [])):
             try:
                 close()
             except Exception:  # the display may be gone already; there is nothing left to free
@@ -268,7 +269,7 @@ class X11Desktop:
 
     def focused_field(self) -> dict | None:
         """The focused element of the accessibility tree ({"role", "name", "label"}), or None."""
-        from agent.targets.atspi import Tree
+        from sandbox.atspi import Tree
 
         if getattr(self, "_tree", None) is None:
             self._tree = Tree(self.display)

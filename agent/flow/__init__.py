@@ -8,7 +8,7 @@ Python, a verified action cache that replays them without the model, and a pytes
 """
 
 
-def __getattr__(name):  # lazy: importing agent.flow.cache should not pull in the runner
+def __getattr__(name):  # lazy: agent.task imports agent.steps, which must stay light
     if name in ("Session", "FlowAssertionError", "FlowStepError"):
         import importlib
 

@@ -263,7 +263,8 @@ class ActionCache:
                     try:  # contained in the cache's folder, no symlink, bounded (agent.trust)
                         out["png"] = base64.b64encode(trust.read_bytes(self.path.parent, v, trust.MAX_IMAGE_BYTES)).decode("ascii")
                     except trust.TrustError as e:
-                        raise CacheError(f"{self.path}: refers to an image it cannot use ({e}); {fix}") from None
+                        what = f"a missing image {v}" if "No such file" in str(e) else f"an image it cannot use ({e})"
+                        raise CacheError(f"{self.path}: refers to {what}; {fix}") from None
                 else:
                     out[k] = self._inline(v, fix)
             return out

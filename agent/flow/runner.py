@@ -387,7 +387,7 @@ class Flow:
         """Two screen points on one target: close, or inside one element of the app's tree."""
         if math.dist(a, b) <= SAME_TARGET_PX:
             return True
-        from agent.targets.atspi import element_at
+        from sandbox.atspi import element_at
 
         nodes = self.finder.nodes()
         ea, eb = element_at(nodes, a), element_at(nodes, b)

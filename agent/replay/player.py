@@ -90,7 +90,7 @@ def load_trace_steps(trace_dir: Path) -> list[Step]:
     if not (Path(trace_dir) / "steps.jsonl").is_file():
         raise VlagentError(f"{trace_dir}: not a trace folder (no steps.jsonl)")
     try:
-        return load_steps(trace_dir)
+        return trust.known_versions(load_steps(trace_dir), trace_dir)  # unknown evidence versions: one line
     except ValueError as e:
         raise VlagentError(f"{trace_dir}/steps.jsonl: not a valid trace: {str(e).splitlines()[0]}") from None
 
@@ -149,7 +149,7 @@ class _Player:
                  fallback, locate: bool):
         self.original, self.task, self.policy, self.desktop = original, task, policy, desktop
         self.trace, self.speed, self.fallback, self.locate = trace, speed, fallback, locate
-        from agent.targets.atspi import Tree
+        from sandbox.atspi import Tree
 
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
         if locate:

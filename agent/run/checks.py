@@ -2,7 +2,7 @@
 
 `evaluate` never raises: any error becomes a failed CheckResult whose detail says why.
 What is on the screen is read from the accessibility tree where the app publishes one (GTK, Qt,
-Chromium), else by OCR of each window, in any theme (agent.desktop.ocr).
+Chromium), else by OCR of each window, in any theme (agent.ocr).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class _TreeReader:
         if not self.display:
             return []
         if self.tree is None:
-            from agent.targets.atspi import Tree
+            from sandbox.atspi import Tree
             self.tree = Tree(self.display)
         return self.tree.nodes()
 
@@ -92,7 +92,7 @@ class _Context:
         """OCR of the current screen's windows (the whole screen without any), once for all
         screen_text checks."""
         if self._screen_text is None:
-            from agent.desktop.ocr import read_text
+            from agent.ocr import read_text
 
             image = self.desktop.capture()
             self._screen_text = _normalise(read_text(image, _windows(self.desktop, image)))

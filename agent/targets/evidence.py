@@ -3,7 +3,7 @@ recorded at record time (a person's recording and an agent's trace alike), and a
 which one decided and how strongly.
 
 Evidence of a target (Step.target), from agent.targets.locate plus:
-  a11y      the accessibility element under the point (agent.targets.atspi): role, name, app, window,
+  a11y      the accessibility element under the point (sandbox.atspi): role, name, app, window,
             labels around it, place, which of its look-alikes
   own_text  the target's own text, read by OCR on a magnified crop of it (a button's "OK", a key's "5")
 The recorded screenshot itself (Step.screenshot) says whether the screen changed.
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from agent.targets import atspi
+from sandbox import atspi
 from agent.targets.locate import as_windows, describe_target, label, search, window_at
 from agent.targets.change import alike_around, moved_window, same_screen
 
@@ -79,7 +79,7 @@ class Decision:
 def own_text(image: Image.Image, pixel, box=None) -> str:
     """The text of the thing at pixel: the line of words over it (or inside its element's box), read
     on a magnified crop. "" for a target without text (an empty field, an icon)."""
-    from agent.desktop.ocr import ocr_words as read
+    from agent.ocr import ocr_words as read
 
     x, y = int(pixel[0]), int(pixel[1])
     if box is not None and 4 < box[2] <= 2 * OWN_HALF[0] * 2 and 4 < box[3] <= 3 * OWN_HALF[1]:
@@ -424,7 +424,7 @@ def _read(want: str, frame: Image.Image, windows) -> list[tuple[int, int, int, i
 
 def ocr_words_scaled(image: Image.Image) -> list:
     """Words on a crop magnified 2x (small GUI text), in the crop's pixels."""
-    from agent.desktop.ocr import ocr_words as read
+    from agent.ocr import ocr_words as read
 
     return [(w.text, w.box) for w in read(readable(image), scale=2) if w.conf >= 50 and w.text.strip()]
 

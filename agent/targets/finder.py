@@ -67,7 +67,7 @@ class Finder:
     def tree(self):
         """The display's tree reader (started on first use), None without a display."""
         if self._tree is None and self.display:
-            from agent.targets.atspi import Tree
+            from sandbox.atspi import Tree
 
             self._tree = Tree(self.display)
         return self._tree

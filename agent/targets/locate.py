@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from agent import trust
 from sandbox.windows import Window, list_windows  # noqa: F401  (the one window lister)
 
 EVIDENCE_VERSION = 1
@@ -102,7 +103,7 @@ def _encode(a: np.ndarray) -> str:
 
 
 def decode_patch(s: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(s))).convert("L"))
+    return np.asarray(trust.decode_image(base64.b64decode(s)).convert("L"))  # bounded pixels (agent.trust)
 
 
 def _crop(gray: np.ndarray, pixel: tuple[int, int], half: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
@@ -154,8 +155,8 @@ def window_at(windows, pixel: tuple[int, int]) -> Window | None:
 # ---------------------------------------------------------------- OCR
 
 def ocr_words(image) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """(text, (x, y, w, h)) of each word tesseract reads with confidence (agent.desktop.ocr)."""
-    from agent.desktop.ocr import ocr_words as read
+    """(text, (x, y, w, h)) of each word tesseract reads with confidence (agent.ocr)."""
+    from agent.ocr import ocr_words as read
 
     return [(w.text, tuple(w.box)) for w in read(image) if re.search(r"\w", w.text) and w.conf >= MIN_OCR_CONF]
 

@@ -63,7 +63,7 @@ class Window(_Part):
 
 
 class Element(_Part):
-    """The accessibility element under the point (agent.targets.atspi.describe)."""
+    """The accessibility element under the point (sandbox.atspi.describe)."""
 
     role: str
     name: str = ""

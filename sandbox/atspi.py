@@ -1,6 +1,6 @@
 """The accessibility tree of a display (AT-SPI): what GTK, Qt and Chromium apps say their widgets are.
 
-A reader process per display (`python -m agent.targets.atspi`, started on first use) walks the tree on
+A reader process per display (`python -m sandbox.atspi`, started on first use) walks the tree on
 request and answers one JSON line: the showing elements with role, name, states, screen box, parent
 and app. It runs apart from us because libatspi binds a process to one display's bus for its life,
 and a run, a test session or the benchmark meet many displays. Reading costs ~10 ms for a dialog,
@@ -127,7 +127,7 @@ class Tree:
     def _start(self) -> None:
         env = {**os.environ, "DISPLAY": self.display}
         env.pop("AT_SPI_BUS_ADDRESS", None)  # the display's own bus, from its root window
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.targets.atspi"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "sandbox.atspi"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         if _readline(self.proc.stdout, START_TIMEOUT_S).strip() != b"ready":
