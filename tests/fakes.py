@@ -1,6 +1,6 @@
 """Fakes that implement the real interfaces (agent.desktop.base.Desktop, agent.backends.base.Backend),
 passed in where a test is about something else than the screen or the model. No patching.
-tests/test_loop.py checks that their methods have the interfaces' signatures."""
+tests/run/test_loop.py checks that their methods have the interfaces' signatures."""
 from __future__ import annotations
 
 import json
@@ -115,7 +115,10 @@ class QueueModel:
         self.cancelled += 1
         self._released.set()
 
-    def generate(self, messages, policy=None) -> str:
+    def fits(self, messages, constraint=None) -> bool:
+        return True  # no context limit
+
+    def generate(self, messages, constraint=None) -> str:
         self.seen.append(messages)
         if not self.replies:
             raise ModelExhausted(f"the queue ran out of replies after {len(self.seen) - 1}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import uuid
 import random
 import threading
 import time
@@ -54,7 +55,7 @@ def _bounded(constraint: JsonSchema) -> dict:
     """The schema with every number, string and array bounded for the token budget (the server's
     grammar then closes every reply in time); a schema too large for it goes as it is."""
     try:
-        return bounded_schema(constraint.schema, constraint.max_tokens)
+        return bounded_schema(constraint.schema, constraint.max_tokens, lengths=True)
     except ValueError:
         return constraint.schema
 
@@ -76,6 +77,7 @@ class OpenAIBackend(BackendBase):
         self.structured = structured  # set to False when the server refuses response_format
         self.check_image_tokens = check_image_tokens
         self.name = f"openai:{model}@{self.base_url}"
+        self.conversation = uuid.uuid4().hex  # this agent's conversation, for the server's KV reuse
         self.reply_format = family(format) if format else detect(model)
         self.format = self.reply_format.name
         self.image_config = image_config(processor, model)
@@ -188,6 +190,9 @@ class OpenAIBackend(BackendBase):
 
             self._client = openai.OpenAI(
                 base_url=self.base_url, api_key=self.api_key, max_retries=0,  # retries are ours
+                # `vlagent serve` reuses a conversation's KV only for requests that carry its id
+                # (agent/serve/app.py); other servers ignore the header
+                default_headers={"X-Vlagent-Conversation": self.conversation},
                 timeout=openai.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)))
             self._client_pid = os.getpid()
         return self._client

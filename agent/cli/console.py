@@ -39,4 +39,7 @@ def ui(port, host, token, runs_dir, model, backend, base_url):
         raise UsageError(str(e)) from None
     click.echo(f"vlagent console: {console.url()}", err=True)
     click.echo("  open that URL (it holds the token); Ctrl-C stops the console", err=True)
-    console.serve()
+    try:
+        console.serve()  # until Ctrl-C or SIGTERM
+    except KeyboardInterrupt:
+        pass

@@ -25,8 +25,12 @@ from agent.cli.common import (EXIT_NOT_ACHIEVED, Seconds, UsageError, exit_for, 
 @click.option("--cache", "cache_mode", type=click.Choice(["read-write", "read-only", "write-only", "off"]),
               default="read-write", show_default=True,
               help="Flows (tasks with steps:): the action cache next to the task. read-only for CI, write-only to refresh.")
+@click.option("--watch", is_flag=True, help="Serve a web console for this run and print its URL: watch it live, pause, "
+                                             "stop, approve, take over (agent/ui).")
+@click.option("--attended", is_flag=True, help="Every action waits for a person's approval: on the --watch page, else in "
+                                                "the terminal.")
 def run(task_file, model, backend, base_url, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json,
-        cache_mode):
+        cache_mode, watch, attended):
     """Run TASK_FILE with a model, in a sandboxed display by default.
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
@@ -50,17 +54,23 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
             from agent.flow.runner import open_cache
 
             store = open_cache(task, cache_mode)
+        if task.steps and attended:  # a flow's cached and native steps are not asked about: say so
+            raise UsageError("--attended is for goal tasks; a flow (steps:) can be watched (--watch), not attended")
         model_backend = make_backend(model, backend, base_url)
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
                       history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
     sigterm_as_interrupt()
     bus = EventBus()
     watch_terminal(bus, as_json)
+    from agent.ui.watch import SessionHook
+    hook = SessionHook(watch=watch, attended=attended, echo=lambda line: click.echo(line, err=True))
     try:
         result, folder = run_task(task, model_backend, display=display, trace_dir=trace_dir, loop=loop,
-                                  cache=store, bus=bus)
+                                  cache=store, bus=bus, on_session=hook)
     except KeyboardInterrupt:
         exit_interrupted()
+    finally:
+        hook.close()
     if as_json:
         click.echo(json.dumps({**result.model_dump(mode="json"), "trace": str(folder)}, indent=2))
     else:

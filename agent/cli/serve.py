@@ -28,7 +28,7 @@ def serve(model, name, host, port, agents, context, screen, history, device, api
     from agent.backends.budget import parse_screen
     from agent.errors import VlagentError
     from agent.serve.app import Limits
-    from agent.serve.server import ServedModel, Server, listen
+    from agent.serve.app import ServedModel, Server, listen
 
     sigterm_as_interrupt()  # while the model loads; uvicorn handles SIGTERM itself once serving
     try:
@@ -43,4 +43,7 @@ def serve(model, name, host, port, agents, context, screen, history, device, api
                f"each, on {served.batcher.device}"
                + (f" (planned peak {plan.predicted_peak_gib:.1f} GiB)" if plan else "")
                + (", API key required" if api_key else ""), err=True)
-    server.serve()  # until Ctrl-C or SIGTERM (uvicorn stops gracefully on either)
+    try:
+        server.serve()  # until Ctrl-C or SIGTERM: uvicorn stops gracefully, then raises the signal again
+    except KeyboardInterrupt:
+        pass  # the way to stop a server, not a failure

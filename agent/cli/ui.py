@@ -90,36 +90,3 @@ def flow_printer():
         console.print(f"{FLOW_MARK[f.status]} [bold]{text(f.kind)}[/] {text(f.text)}{value}{cache} "
                       f"[dim]({f.model_calls} model calls, {f.duration_s:.1f} s)[/]{reason}")
     return show
-
-
-def ask_in_terminal(proposal, attendant) -> None:
-    """An attended run's question, in the terminal (no page watches): approve, or reject with a note.
-    Reads the terminal itself, so a run whose stdin is not a terminal is left to its timeout."""
-    import sys
-    import threading
-
-    from agent.ui.attend import Decision
-
-    if not sys.stdin or not sys.stdin.isatty():
-        return
-    console.print(f"[bold yellow]step {proposal.step} waits for you[/]: {text(proposal.why)}\n"
-                  f"  proposed: {text(json.dumps(proposal.action, ensure_ascii=False))}\n"
-                  "  [bold]a[/] approve · [bold]r[/] reject (a note may follow: r wrong field) > ", end="")
-    result: dict = {}
-
-    def read():
-        try:
-            result["line"] = sys.stdin.readline()
-        except (OSError, ValueError):
-            pass
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    while reader.is_alive() and attendant.pending is proposal:
-        reader.join(0.25)
-    line = result.get("line", "").strip()
-    if attendant.pending is not proposal or not line:
-        return
-    verdict = "approve" if line.lower() in ("a", "y", "yes", "approve") else "reject"
-    note = line[1:].strip() if verdict == "reject" and line[:1].lower() == "r" else ("" if verdict == "approve" else line)
-    attendant.answer(Decision(verdict, "terminal", note=note), proposal.step)

@@ -11,7 +11,7 @@ Per step kind:
   wait_for    verdicts every interval_s until one passes or timeout_s passes
 
 The cache (agent.flow.cache): an act or grounded step with an entry is replayed without the model, each
-target found again by agent.replay.evidence and each action's recorded effect checked. A target not found
+target found again by agent.targets.evidence and each action's recorded effect checked. A target not found
 or an effect that does not show sends the step to the model (healed); a step without entry goes to the
 model too (miss). A healed step goes on from what the replay did: an act's model sees the replayed
 actions as its history; a grounded click is not made again when the model points at the target the
@@ -27,25 +27,21 @@ from typing import Any
 
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, gate, to_json
-from actions.coords import to_relative
+from actions import ACTION_ADAPTER, Policy, PolicyError, to_json
 from agent.errors import ModelExhausted, VlagentError
-from agent.flow import ask, finder
+from agent.flow import ask
+from agent.replay.actor import Actor, Ungrounded, ask_point
+from agent.targets import finder
+from agent.targets.finder import SETTLE_MAX_S
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
-from agent.replay.pixels import as_after, change_point, changed
+from agent.targets.change import change_point, changed
 from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
 DEFAULT_ACT_STEPS = 10
-GROUND_TRIES = 3  # a grounding reply that does not parse is asked again, this many times in all
-SETTLE_MAX_S = 2.0
-EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
 # A replayed action is over when the screen is still and shows its recorded effect. The recorded
 # effect says the app got there, so "still" needs two alike grabs this far apart, not the
 # SETTLE_POLL_S of a run that has nothing to check against.
-REPLAY_POLL_S = 0.015
-EFFECT_SHARE = 0.75  # of the pixels a recorded action changed, at least this share must look as after it
-SAME_PLACE_PX = 4  # a recorded effect found this close to where it was is in its place
 SAME_TARGET_PX = 12  # a model's point this close to a click already made is on the same target
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
@@ -123,6 +119,7 @@ class Flow:
     loop_history: Any = None  # agent.run.history.HistoryConfig for act steps
     on_step: Any = None  # called with each trace Step
     on_flow: Any = None  # called with each FlowStepResult
+    session: Any = None  # the RunSession it runs in: its events, its pause and stop (agent.run.session)
     values: dict[str, Any] = field(default_factory=dict)  # query results by name
     results: list[FlowStepResult] = field(default_factory=list)
     contexts: dict[int, Any] = field(default_factory=dict)  # trace step -> windows and tree before it acted
@@ -131,6 +128,7 @@ class Flow:
     def __post_init__(self):
         self.policy = Policy(self.task.allow)
         self.finder = finder.Finder(self.display)
+        self.actor = Actor(self.desktop, self.finder, self.policy)
 
     def close(self) -> None:
         self.finder.close()
@@ -162,6 +160,8 @@ class Flow:
         return first
 
     def one(self, phase: str, index: int, step: FlowStep) -> StepFailed | None:
+        if self.session is not None:
+            self.session.control.wait_turn()  # paused or stopped from the console: here, between steps
         res = FlowStepResult(index=index, phase=phase, kind=step.kind, text=step.text)
         t0, calls0, n0 = time.monotonic(), self.backend.calls, len(self.trace.steps)
         failure = None
@@ -292,16 +292,9 @@ class Flow:
                  extra: dict | None = None, settle=None) -> Step:
         """Check the action against the task's policy, run it, record it in the trace. `settle()`
         waits after it (default: until the screen is still)."""
-        from agent.run.executor import execute
-
         t0 = time.perf_counter()
-        typed = action
-        if action.action == "type" and "{secret:" in action.text:
-            from agent import secrets
-
-            typed = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            checked = gate.check(action, gate.probe_of(self.desktop), self.policy, frame and frame.size)  # actions.gate
+            checked = self.actor.check(action, frame and frame.size)
         except PolicyError as e:
             raise StepFailed(f"the task's policy refuses {to_json(action)}: {e}") from None
         self.desktop.check_abort()
@@ -313,7 +306,7 @@ class Flow:
             self._before_action(n)
         step = Step(step=n, raw=raw, action=to_json(action), frame=frame.size, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
                     source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
-        outcome = execute(checked, self.desktop, frame.size)
+        outcome = self.actor.act(checked, frame.size)
         step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
         t1 = time.perf_counter()
         if action.action not in ("terminate", "answer"):
@@ -366,7 +359,7 @@ class Flow:
         if self.loop_history is not None:
             cfg.history = self.loop_history
         end = run_loop(res.text, self.backend, self.desktop, self.policy, view, cfg,
-                       (lambda s: self.on_step(view.added[-1])) if self.on_step else None)
+                       (lambda s: self.on_step(view.added[-1])) if self.on_step else None, run=self.session)
         if end.claimed != "success":
             kind = end.kind if end.kind in ("invalid_output", "timeout") else "failed"
             raise StepFailed(f"not done: {end.reason}", kind)
@@ -376,28 +369,15 @@ class Flow:
         step's click that the cache replayed already, whose effect did not show: when the model
         points at the same target, that click was the right one and is not made twice."""
         from agent.run.executor import screen_point
-        from agent.run.history import build_messages
 
         kind = step.kind
         value = step._value(kind)
-        only = Policy(Allow(actions=[kind]))
         self.desktop.wait_stable(SETTLE_MAX_S)
         frame = self.desktop.capture()
-        goal = f"Do exactly this one action: {kind} on {res.text}."
-        error, raw = "", ""
-        for _ in range(GROUND_TRIES):
-            messages = build_messages(goal + (f"\nYour previous reply was rejected: {error}" if error else ""),
-                                      [], frame, only, lambda s: frame)
-            raw = self.backend.generate(messages, only)
-            try:
-                action = check_reply(raw, only)
-                if getattr(action, "coordinate", None) is None:
-                    raise PolicyError("the action needs a coordinate on the target")
-                break
-            except (ParseError, PolicyError) as e:
-                error = str(e)
-        else:
-            raise StepFailed(f"invalid model output: {GROUND_TRIES} groundings rejected; last: {error}", "invalid_output")
+        try:
+            action, raw = ask_point(self.backend, f"Do exactly this one action: {kind} on {res.text}.", frame, kind)
+        except Ungrounded as e:
+            raise StepFailed(f"invalid model output: {e}", "invalid_output") from None
         if kind == "scroll":
             action = action.model_copy(update={"pixels": value.pixels})
         if made is not None and made.pixel is not None and _action(made).action == kind and \
@@ -471,20 +451,18 @@ class Flow:
             if frame is None:  # (the step before ended on a still screen)
                 frame = self.desktop.capture()
             recorded = self.cache.open_image(ca.screen)
-            update = {}
-            for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
-                if ev is None:
-                    continue
-                found, frame = self.finder.find_waiting(ev, self.desktop, recorded, frame=frame)
-                if found.pixel is None:
+            evidence = {name: ev for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)) if ev}
+            if evidence:
+                moved, look = self.actor.retarget(action, evidence, recorded, frame)
+                frame = look.frame
+                if moved is None:
+                    found = look.found[look.missing]
                     n = len(self.trace.steps) + 1
                     now = self.trace.save_screen(frame, f"{n:04d}")
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
-                                   screenshot=now, error=f"cache: {found.reason}"))
-                    return False, f"{what}: target not found: {found.reason}" + self._screens(now, recorded, n)
-                update[name] = list(to_relative(found.pixel, frame.size))
-            if update:
-                action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
+                                   screenshot=now, error=f"cache: {found.reason or 'not found'}"))
+                    return False, f"{what}: target not found: {found.reason or 'no evidence agrees'}" + self._screens(now, recorded, n)
+                action = moved
             # The screen recorded after this action: its effect's, else the next action's or the step's.
             expected = ((ca.effect or {}).get("screen") or
                         (entry.actions[i + 1].screen if i + 1 < len(entry.actions) else entry.screen))
@@ -508,82 +486,18 @@ class Flow:
         rec = self.trace.save_screen(recorded, f"{n:04d}{suffix}-recorded") if recorded is not None else "(none)"
         return f"; screens: {now} (now), {rec} (recorded)"
 
-    def _effect_shows(self, ca: CachedAction, before: Image.Image, action,
-                      expected: str | None) -> tuple[bool, str, Image.Image]:
-        """After a replayed action, wait for a still screen that shows its recorded effect: when the
-        recorded action changed the screen, the replayed one must too, and what the changed place
-        looked like afterwards must be on the screen now. (ok, why not, the still frame.)
-        `expected`: the (still) screen recorded after the action; a screen just like it is judged
-        at once. A screen that never stops changing (an animation) is judged at the deadline as it is.
-        Where the recording kept the changed place's accessibility element, the app's tree judges a
-        screen the pixels doubt (a hover or a focus ring elsewhere than recorded): a field that took
-        the focus or holds the typed text, a check box that changed, a radio button checked."""
-        effect, recorded = ca.effect, self.cache.open_image(expected)
-        if not effect or not effect.get("changed"):
-            now = self.desktop.capture()
-            if recorded is not None and changed(recorded, now) is None:
-                return True, "", now
-            self.desktop.wait_stable(SETTLE_MAX_S)  # nothing else to recognise the end by: a plain settle
-            return True, "", self.desktop.capture()
-        deadline = time.monotonic() + SETTLE_MAX_S + EFFECT_WAIT_S
-        why, last, judged = f"{action.action}: the screen did not change as recorded", None, None
-        while True:
-            now = self.desktop.capture()
-            pixels = now.tobytes()
-            still = pixels == last
-            late = time.monotonic() >= deadline
-            # Just like the screen recorded after it: as still as that one was. It needs no change from
-            # `before` when it is also still: the app may have got there by itself (a focus that came late).
-            as_recorded = recorded is not None and changed(recorded, now) is None
-            settled = as_recorded and still
-            if (as_recorded or still or late) and (pixels, settled) != judged:  # each picture judged once
-                judged, why = (pixels, settled), self._effect_why(ca, None if settled else before,
-                                                                  now, recorded, action)
-                if why and (still or late):
-                    why = self._tree_judges(ca, action, why)
-                if not why:
-                    return True, "", now
-                # A still screen without the effect: it gets EFFECT_WAIT_S more to show (a slow app).
-                deadline = min(deadline, time.monotonic() + EFFECT_WAIT_S)
-            if late:
-                return False, why, now
-            last = pixels
-            time.sleep(REPLAY_POLL_S)
-
-    def _tree_judges(self, ca: CachedAction, action, why: str) -> str:
-        """The pixels' doubt `why`, settled by the app's tree where the recording kept the effect's
-        element: "" when the tree shows the effect, else `why` with what the tree says."""
-        from agent.replay.evidence import effect_in_tree
-
-        if not (ca.effect.get("after") or {}).get("a11y"):
-            return why
+    def _effect_shows(self, ca: CachedAction, before: Image.Image, action, expected: str | None):
+        """After a replayed action, a still screen that shows its recorded effect (Actor.wait_effect):
+        (ok, why not, the still frame). `expected`: the screen recorded after the action."""
+        effect = ca.effect or {}
         pixel = None
         if getattr(action, "coordinate", None) is not None:
             from actions.coords import to_pixels
 
             pixel = to_pixels(tuple(action.coordinate), self.desktop.size())
-        shows, how = effect_in_tree(ca.target, action, self.finder.nodes(), pixel)
-        if shows:
-            return ""
-        return f"{why}; the accessibility tree: {how}" if how else why
-
-    def _effect_why(self, ca: CachedAction, before: Image.Image | None, now: Image.Image, recorded, action) -> str:
-        """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does;
-        before=None: no change from it needed)."""
-        if before is not None and changed(before, now) is None:
-            return f"{action.action}: the screen did not change as recorded"
-        if ca.effect.get("after"):
-            found = self.finder.find(ca.effect["after"], now, recorded, target=False)
-            if found.pixel is None:
-                return f"{action.action}: its recorded effect is not on screen ({found.reason})"
-            # Found where it was, on a screen alike within the finder's tolerance (a hover, a caret; the
-            # same theme): the few pixels a radio button or a checkbox changes must have changed too.
-            here = found.alike and math.dist(found.pixel, ca.effect["after"]["pixel"]) <= SAME_PLACE_PX
-            share = as_after(self.cache.open_image(ca.screen), recorded, now) if here else None
-            if share is not None and share < EFFECT_SHARE:
-                return (f"{action.action}: its recorded effect is not on screen (of the pixels it changed, "
-                        f"{share:.0%} look as after it)")
-        return ""
+        return self.actor.wait_effect(before, action, changed_then=bool(effect.get("changed")),
+                                      after=effect.get("after"), rec_before=self.cache.open_image(ca.screen),
+                                      rec_after=self.cache.open_image(expected), target=ca.target, pixel=pixel)
 
 
 # ------------------------------------------------------------------------------------------ a whole run
@@ -605,7 +519,7 @@ def flow_end(failure: StepFailed | None):
 
 def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | None = None,
              cache: str | ActionCache | None = "read-write",
-             loop=None, on_step=None, bus=None, control=None) -> tuple[Result, Path]:
+             loop=None, on_step=None, bus=None, control=None, on_session=None) -> tuple[Result, Path]:
     """Run a task with steps inside one RunSession. Always returns a Result and a complete trace
     folder; a corrupt cache raises CacheError before anything starts; Ctrl-C is recorded as
     `aborted` (after the `after:` hooks ran) and re-raised."""
@@ -615,12 +529,15 @@ def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | Non
     store = cache if cache is None or isinstance(cache, ActionCache) else open_cache(task, cache)
     counted = Counted(backend)
     deadline = time.monotonic() + (loop.timeout_s if loop is not None else task.timeout_s)
-    with RunSession(task, mode="flow", model=counted.name, trace_dir=trace_dir, display=display,
-                    bus=bus, control=control) as run:
+    session = RunSession(task, mode="flow", model=counted.name, trace_dir=trace_dir, display=display,
+                         bus=bus, control=control)
+    if on_session is not None:  # the console watches it (agent/ui)
+        on_session(session)
+    with session as run:
         env = run.start()
         flow = Flow(task, counted, env.desktop, env.sandbox.display, run.trace, store, deadline,
                     loop.history if loop is not None else None, on_step,
-                    lambda res: run.publish(ev.FlowStepDone, result=res.model_dump(mode="json")))
+                    on_flow=lambda res: run.publish(ev.FlowStepDone, result=res.model_dump(mode="json")), session=run)
         try:
             failure = flow.run()
         finally:  # also when Ctrl-C ends it: result.json says which steps ran

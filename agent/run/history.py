@@ -94,6 +94,8 @@ def _text(text: str) -> dict:
 
 def _observation(step_no: int, rejected: Step | None) -> str:
     feedback = prompt("rejected.md").strip().replace("{reason}", rejected.error) + "\n" if rejected and rejected.error else ""
+    if rejected is not None and rejected.source == "human" and rejected.action is not None:  # the model is told
+        feedback = prompt("human.md").strip().replace("{action}", json.dumps(to_json(rejected.action), ensure_ascii=False)) + "\n"
     return prompt("observation.md").strip().replace("{feedback}", feedback).replace("{step}", str(step_no))
 
 

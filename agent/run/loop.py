@@ -20,7 +20,7 @@ from agent.run.control import RunControl
 from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
 from agent.run.status import End as LoopEnd
-from agent.replay.evidence import pointer_pixels
+from agent.targets.evidence import pointer_pixels
 from agent.trace import Step, Trace
 
 MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output
@@ -98,11 +98,14 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
         return images[step.step]
 
     try:
-        for n in range(len(trace.steps) + 1, len(trace.steps) + cfg.max_steps + 1):
+        for _ in range(cfg.max_steps):
             if time.monotonic() >= deadline:
                 return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s")
             desktop.check_abort()
+            if run.control.paused:
+                write_held()  # while it waits a person may add steps of their own (agent/ui/human.py)
             run.control.wait_turn()  # paused from the console: wait here, between steps
+            n = max([s.step for s in trace.steps] + [s.step for s, _ in held], default=0) + 1
             t0 = time.perf_counter()
             frame = desktop.capture()
             run.publish(ev.FrameCaptured, step=n, image=frame)
@@ -143,6 +146,17 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             rejections = 0
             step.action = action
             run.publish(ev.ActionChecked, step=n, action=to_json(action))
+            attendant = getattr(run, "attendant", None)  # attended runs, take over (agent/ui/attend.py)
+            if attendant is not None:
+                action = attendant.review(step, action, frame, lambda raw: check_reply(raw, policy, desktop, frame.size))
+                if step.decision:  # a person was asked: their time is not the action's
+                    step.timings["person_ms"] = (time.perf_counter() - t2) * 1e3
+                    t2 = time.perf_counter()
+                if action is None:  # a person rejected it or holds the display: step.error tells the model
+                    step.action = None
+                    _record(trace, step, t0, on_step)
+                    continue
+                step.action = action
             target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
             outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
             step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
@@ -179,7 +193,7 @@ class _Unwatched:
 
 def _step_targets(desktop):
     """Target evidence for a desktop on an X display (a fake desktop in tests has none)."""
-    from agent.replay.evidence import StepTargets
+    from agent.targets.evidence import StepTargets
 
     return StepTargets(desktop.display) if isinstance(getattr(desktop, "display", None), str) else None
 

@@ -18,9 +18,12 @@ key. Only a conversation's own earlier requests are reused (server.PrivateBatche
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from agent.errors import VlagentError
-from agent.serve.server import Refused
+from agent.serve.server import Refused, ServedModel, usage  # noqa: F401 (ServedModel: API)
 
 CONVERSATION_HEADER = "x-vlagent-conversation"
 MAX_CONVERSATION_ID = 200  # characters
@@ -161,7 +164,6 @@ def create_app(served, limits: Limits) -> Starlette:
                 yield chunk({"content": text})
             yield chunk({}, reply.finish)
             if include_usage:
-                from agent.serve.server import usage
                 data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
                         "choices": [], "usage": usage(reply)}
                 yield f"data: {json.dumps(data)}\n\n"
@@ -184,3 +186,90 @@ def create_app(served, limits: Limits) -> Starlette:
                     exception_handlers={404: not_found, 405: not_allowed})
     app.state.limits = limits
     return app
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, made before the model loads: an address in use fails in a second."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as e:
+        raise VlagentError(_listen_error(host, port, e)) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail in a second, not after loading the model, when the address cannot be listened on."""
+    listen(host, port).close()
+
+
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    why = "in use (another server? pick another --port)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+    return f"cannot listen on {host}:{port}: {why}"
+
+
+class Server:
+    """A ServedModel behind the Starlette app on uvicorn: `start()` on a thread (tests, benchmarks),
+    `serve()` in the foreground until Ctrl-C (`vlagent serve`)."""
+
+    def __init__(self, served: ServedModel, host: str = "127.0.0.1", port: int = 8000, *, sock=None,
+                 limits=None, log_level: str = "warning"):
+        import uvicorn
+
+        self.served = served
+        self.sock = sock or listen(host, port)
+        self.app = create_app(served, limits or Limits())
+        lim = self.app.state.limits
+        # h11: the pure-Python HTTP/1.1 parser (no optional C parser to differ between machines);
+        # connections past the bound get a 503 from uvicorn before any work.
+        self.config = uvicorn.Config(self.app, http="h11", ws="none", lifespan="off", log_level=log_level,
+                                     limit_concurrency=lim.connections, timeout_keep_alive=lim.keep_alive_s,
+                                     timeout_graceful_shutdown=5, access_log=False)
+        self.uvicorn = uvicorn.Server(self.config)
+        bound = self.sock.getsockname()
+        self.base_url = f"http://{_url_host(bound[0])}:{bound[1]}/v1"
+        self._thread: threading.Thread | None = None
+
+    def serve(self):
+        """In the foreground; uvicorn turns Ctrl-C and SIGTERM into a graceful stop."""
+        try:
+            self.uvicorn.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+            self.served.close()
+
+    def start(self) -> "Server":
+        self._thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.sock]},
+                                        name="vlagent-serve-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise VlagentError("the HTTP server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self):
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.sock.close()
+        self.served.close()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -21,8 +21,24 @@ from agent.errors import VlagentError
 
 READY_TIMEOUT_S = 600.0  # a cold GPU start (weights, graphs) takes ~30 s; a loaded CI machine longer
 POLL_S = 0.25
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 STOP_TIMEOUT_S = 10.0
 VLAGENT = [sys.executable, "-c", "import sys; sys.argv[0] = 'vlagent'; from agent.cli import main; main()"]
+
+
+def _stop_with(parent_pid: int):
+    """preexec_fn: the server gets SIGTERM (a graceful stop) when its parent dies, even by SIGKILL."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setup() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # an inherited mask would block the SIGTERM
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died between fork and prctl
+            os._exit(1)
+
+    return setup
 
 
 def _last_line(log: Path) -> str:
@@ -57,13 +73,11 @@ class ServeProcess:
         self.error: str | None = None  # why it did not start
 
     def start(self) -> "ServeProcess":
-        from agent.suite.child import _child_setup
-
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([*VLAGENT, *self.args], stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
-                                         preexec_fn=_child_setup(os.getpid()))
+                                         preexec_fn=_stop_with(os.getpid()))
         deadline = time.monotonic() + self.ready_timeout_s
         try:
             while not self._healthy():

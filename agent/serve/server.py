@@ -1,6 +1,6 @@
 """The model side of `vlagent serve`: a chat request into token ids, images and a grammar, handed
 to the scheduler; the reply back as OpenAI's chat completion (or its stream of chunks). The HTTP
-routes, authentication and limits are agent/serve/app.py (Starlette on uvicorn); `Server` here runs
+routes, authentication and limits are agent/serve/app.py (Starlette on uvicorn), whose `Server` runs
 them on a thread (tests, benchmarks) or in the foreground (`vlagent serve`).
 
 A request carries what `--backend openai` sends: the rendered chat with screenshots as data URLs
@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import functools
 import hashlib
 import io
-import socket
 import threading
 import time
 import uuid
@@ -104,9 +102,9 @@ class PrivateBatcher(Batcher):
         own = [r for r in free if client is not None and r.client == client]
         if own:
             return own[0]
-        empty = [r for r in free if not r.ids]
+        empty = [r for r in free if r.empty]
         region = empty[0] if empty else min(free, key=lambda r: r.used)
-        region.ids, region.keys = [], []
+        region.clear()
         return region
 
 
@@ -297,93 +295,3 @@ def usage(reply) -> dict:
     return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": len(reply.tokens),
             "total_tokens": reply.prompt_tokens + len(reply.tokens),
             "prompt_tokens_details": {"cached_tokens": reply.reused_tokens}}
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket, made before the model loads: an address in use fails in a second."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr)
-            sock.listen(2048)
-        except OSError:
-            sock.close()
-            raise
-    except OSError as e:
-        raise VlagentError(_listen_error(host, port, e)) from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def check_listen(host: str, port: int) -> None:
-    """Fail in a second, not after loading the model, when the address cannot be listened on."""
-    listen(host, port).close()
-
-
-def _listen_error(host: str, port: int, e: OSError) -> str:
-    why = "in use (another server? pick another --port)" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-    return f"cannot listen on {host}:{port}: {why}"
-
-
-class Server:
-    """A ServedModel behind the Starlette app on uvicorn: `start()` on a thread (tests, benchmarks),
-    `serve()` in the foreground until Ctrl-C (`vlagent serve`)."""
-
-    def __init__(self, served: ServedModel, host: str = "127.0.0.1", port: int = 8000, *, sock=None,
-                 limits=None, log_level: str = "warning"):
-        import uvicorn
-
-        from agent.serve.app import Limits, create_app
-
-        self.served = served
-        self.sock = sock or listen(host, port)
-        self.app = create_app(served, limits or Limits())
-        lim = self.app.state.limits
-        # h11: the pure-Python HTTP/1.1 parser (no optional C parser to differ between machines);
-        # connections past the bound get a 503 from uvicorn before any work.
-        self.config = uvicorn.Config(self.app, http="h11", ws="none", lifespan="off", log_level=log_level,
-                                     limit_concurrency=lim.connections, timeout_keep_alive=lim.keep_alive_s,
-                                     timeout_graceful_shutdown=5, access_log=False)
-        self.uvicorn = uvicorn.Server(self.config)
-        bound = self.sock.getsockname()
-        self.base_url = f"http://{_url_host(bound[0])}:{bound[1]}/v1"
-        self._thread: threading.Thread | None = None
-
-    def serve(self):
-        """In the foreground; uvicorn turns Ctrl-C and SIGTERM into a graceful stop."""
-        try:
-            self.uvicorn.run(sockets=[self.sock])
-        finally:
-            self.sock.close()
-            self.served.close()
-
-    def start(self) -> "Server":
-        self._thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.sock]},
-                                        name="vlagent-serve-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self.uvicorn.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise VlagentError("the HTTP server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self):
-        self.uvicorn.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.sock.close()
-        self.served.close()
-
-    def __enter__(self) -> "Server":
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

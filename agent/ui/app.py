@@ -40,7 +40,6 @@ from agent.ui.playground import Playground, from_data_url, grab, to_data_url
 from agent.ui.runs import TraceIndex, run_page_data, trace_file
 
 MAX_JSON_BYTES = 48 * 2 ** 20  # an uploaded screenshot as a data URL
-EVENT_POLL_S = 0.05
 SSE_PING_S = 15.0
 
 
@@ -150,7 +149,16 @@ class Console:
             self._thread.join(timeout=10)
         self.close()
 
-    def close(self):
+    def close(self, grace_s: float = 30.0):
+        """Stop the runs this console started (each ends `aborted` with its trace complete), then
+        let go of every live run."""
+        started = self.launcher.threads if self.launcher is not None else []
+        for r in self.live.values():
+            if not r.ended and any(t.is_alive() for t in started):
+                r.control_op("stop")
+        deadline = time.monotonic() + grace_s
+        for t in started:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         for r in self.live.values():
             r.close()
         sock = getattr(self, "_sock", None)
@@ -195,8 +203,10 @@ def build_routes(console: Console) -> Starlette:
         return wrapped
 
     async def runs_page(request: Request):
-        return HTMLResponse(views.render("runs.html.j2", title="runs", page="runs", runs=console.summaries(),
-                                         root=str(console.runs_dir), defaults=console.defaults))
+        runs = console.summaries()
+        return HTMLResponse(views.render("runs.html.j2", title="runs", page="runs", runs=runs,
+                                         root=str(console.runs_dir), defaults=console.defaults,
+                                         refresh=5 if any(r["live"] for r in runs) else 0))
 
     async def run_page(request: Request):
         run_id = request.query_params.get("id", "")
@@ -254,48 +264,50 @@ def build_routes(console: Console) -> Starlette:
 
         async def stream():
             nonlocal seq
+            wake = _waker()
+            live.listeners.append(wake.notify)
             live.viewers += 1
-            last = time.monotonic()
-            try:
+            try:  # (a client that leaves cancels this generator: Starlette listens for the disconnect)
                 while True:
-                    items = live.since(seq)
-                    for item in items:
+                    for item in live.since(seq):
                         seq = item["seq"]
                         yield f"id: {seq}\ndata: {json.dumps(item)}\n\n"
                     if live.ended and not live.since(seq):
                         yield "event: end\ndata: {}\n\n"
                         return
-                    if time.monotonic() - last > SSE_PING_S:
+                    if not await wake.wait(SSE_PING_S):
                         yield ": ping\n\n"
-                        last = time.monotonic()
-                    if items:
-                        last = time.monotonic()
-                    if await request.is_disconnected():
-                        return
-                    await asyncio.sleep(EVENT_POLL_S)
             finally:
                 live.viewers -= 1
+                live.listeners.remove(wake.notify)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     async def frames(request: Request):
         live = console.find_live(request.query_params.get("id", ""))
-        source = live.frame_source() if live is not None else None
-        if source is None:
+        if live is None or live.ended:
             return Response("no live display", 404)
 
         async def stream():
+            source = live.frame_source()
+            while source is None:  # the run is still starting its display
+                if live.ended or await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+                source = live.frame_source()
             source.watch()
+            wake = _waker()
+            source.listeners.append(wake.notify)
             seq = 0
             try:
-                while not live.ended:
-                    frame = await run_in_threadpool(source.next, seq, 1.0)
-                    if frame is not None:
+                while not live.ended and not source.error:
+                    frame = source.latest
+                    if frame is not None and frame.seq > seq:
                         seq = frame.seq
                         yield mjpeg_part(frame)
-                    elif source.error:
-                        return
+                    await wake.wait(1.0)
             finally:
+                source.listeners.remove(wake.notify)
                 source.leave()
 
         return StreamingResponse(stream(), media_type="multipart/x-mixed-replace; boundary=frame",
@@ -342,8 +354,18 @@ def build_routes(console: Console) -> Starlette:
             image = await run_in_threadpool(grab, str(data["display"]))
         else:
             raise VlagentError("give a display (like :99) or a screenshot")
-        out = await run_in_threadpool(console.playground.ask, image, str(data.get("instruction") or ""),
-                                      data.get("model") or None, data.get("backend") or None, data.get("base_url") or None)
+        chosen = (data.get("model") or None, data.get("backend") or None, data.get("base_url") or None)
+        schema = data.get("schema")
+        if isinstance(schema, str) and schema.strip():
+            try:
+                schema = json.loads(schema)
+            except ValueError as e:
+                raise VlagentError(f"schema: not JSON: {e}") from None
+        if isinstance(schema, dict):
+            out = await run_in_threadpool(console.playground.query, image, str(data.get("instruction") or ""), schema,
+                                          *chosen)
+        else:
+            out = await run_in_threadpool(console.playground.ask, image, str(data.get("instruction") or ""), *chosen)
         out["image"] = await run_in_threadpool(to_data_url, image)
         return JSONResponse(out)
 
@@ -356,6 +378,28 @@ def build_routes(console: Console) -> Starlette:
         Mount("/static", StaticFiles(directory=views.STATIC)), Mount("/assets", StaticFiles(directory=views.REPORT_ASSETS)),
     ]
     return Starlette(routes=routes)
+
+
+class _waker:
+    """Wakes a coroutine from another thread (the run's event subscriber, the frame reader)."""
+
+    def __init__(self):
+        self.loop, self.event = asyncio.get_running_loop(), asyncio.Event()
+
+    def notify(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # the console's loop is closed: nobody waits any more
+            pass
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self.event.clear()
 
 
 def _live_cards(live) -> list[str]:

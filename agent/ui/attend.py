@@ -33,7 +33,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actions import ParseError, PolicyError, check_reply, to_json
+from actions import ParseError, PolicyError, to_json
 from actions.patterns import compile_pattern
 from actions.policy import parse_chord
 from agent.errors import VlagentError
@@ -154,9 +154,10 @@ class Attendant:
 
     # ---- the loop's side
 
-    def review(self, step, action, frame, policy, focus=None):
+    def review(self, step, action, frame, check):
         """The action to run (the proposal, or a person's correction), or None when it must not run
-        (rejected, or the display was taken over meanwhile): then step.error says why, for the model."""
+        (rejected, or the display was taken over meanwhile): then step.error says why, for the model.
+        `check(raw reply) -> Action`: the gate the loop checks replies with (a correction passes it too)."""
         if self.lease.held:  # the screen the model answered for is gone: look again after hand-back
             self.lease.wait_free(self.stopped)
             return self._refuse(step, action, Decision("reject", "lease", note="a person took over the display "
@@ -177,7 +178,7 @@ class Attendant:
         if decision.verdict == "correct" and decision.action:
             raw = "<tool_call>\n" + json.dumps({"name": "computer_use", "arguments": decision.action}) + "\n</tool_call>"
             try:
-                action = check_reply(raw, policy, focus)
+                action = check(raw)
             except (ParseError, PolicyError) as e:  # a correction passes the same policy
                 return self._refuse(step, action, Decision("reject", decision.by, note=f"the correction was refused: {e}",
                                                            proposed=proposal.action, why=why, asked=proposal.asked))

@@ -15,6 +15,12 @@ from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# No page of another site may frame the console; no script but the console's own file runs (model
+# output is escaped text, and even markup slipping through could not run); nothing leaks by Referer.
+SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; script-src 'self'; "
+                                                 b"style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -84,7 +90,12 @@ class Guard:
                         "headers": [(b"location", location.encode()), (b"set-cookie", value.encode()),
                                     (b"content-length", b"0")]})
             return await send({"type": "http.response.body", "body": b""})
-        return await self.app(scope, receive, send)
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
 
     def _ok(self, given: str) -> bool:
         return hmac.compare_digest(given.encode(), self.token)

@@ -1,18 +1,24 @@
-"""The live display as a stream of JPEG frames: one capture thread per display, running only while
-someone watches, shared by every viewer.
+"""The live display as a stream of JPEG frames: one grabber per display, running only while someone
+watches, shared by every viewer.
 
-The thread grabs the screen with its own mss connection (the run's desktop is never touched),
-skips a frame identical to the last one (a memcmp: a still screen costs a grab a tick and no
-encoding), and encodes the rest as JPEG. Viewers read the newest frame (a slow viewer skips frames,
-never delays the capture or the run). A frame carries its capture time, so the page and the
-benchmark can tell how far behind the display it is.
+The grabber is a process of its own (agent/ui/grab.py: its own X connection, the run's desktop is
+never touched), so that encoding frames never holds the run's interpreter lock; it skips a frame
+identical to the last one (a memcmp: a still screen costs a grab a tick and no encoding). A thread
+here reads its frames; viewers take the newest (a slow viewer skips frames, never delays the
+capture or the run). A frame carries its capture time, so the page and the benchmark can tell how
+far behind the display it is. Where the task masks secrets in screenshots, frames are grabbed and
+masked on a thread here instead (the mask needs this process's secrets).
 """
 from __future__ import annotations
 
 import io
+import os
+import select
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 FPS = 8  # capture rate; the target is >= 5 frames/s at 1280x800
 JPEG_QUALITY = 70
@@ -36,6 +42,7 @@ class FrameSource:
         self._cv = threading.Condition()
         self._viewers = 0
         self._last_viewer = 0.0
+        self.listeners: list = []  # called after each new frame (the frame streams' wake-ups)
         self._thread: threading.Thread | None = None
         self._stop = False
         self.error: str | None = None
@@ -73,6 +80,64 @@ class FrameSource:
     # ---- the capture thread
 
     def _loop(self):
+        if self.mask is None:
+            self._read_grabber()
+        else:
+            self._capture_here()
+
+    def _idle(self) -> bool:
+        with self._cv:
+            return self._stop or (self._viewers == 0 and time.monotonic() - self._last_viewer > IDLE_STOP_S)
+
+    def _read_grabber(self):
+        import subprocess
+
+        from agent.ui.grab import HEADER
+        from sandbox.procs import spawn
+
+        # spawned from this thread, which lives as long as the grabber: it dies with it (PDEATHSIG)
+        proc = spawn([sys.executable, "-m", "agent.ui.grab", self.display, f"{1 / self.period:g}", str(JPEG_QUALITY)],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        fd, seq = proc.stdout.fileno(), 0
+
+        def read(n: int) -> bytes | None:
+            chunks, left = [], n
+            while left:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    return None
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+
+        try:
+            while not self._idle():
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if not ready:
+                    continue
+                head = read(HEADER.size)
+                body = read(HEADER.unpack(head)[3]) if head else None
+                if body is None:
+                    err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+                    self.error = f"display {self.display}: {err[-1] if err else 'the grabber ended'}"
+                    return
+                t, w, h, _ = HEADER.unpack(head)
+                seq += 1
+                self.stats["encoded"] += 1
+                with self._cv:
+                    self.latest = Frame(seq, t, body, (w, h))
+                    self._cv.notify_all()
+                    wake = list(self.listeners)
+                for notify in wake:
+                    notify()
+        finally:
+            self.stats["grabber_cpu_s"] = self.stats.get("grabber_cpu_s", 0.0) + _cpu_s(proc.pid)
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+
+    def _capture_here(self):
         import mss
         from PIL import Image
 
@@ -111,9 +176,24 @@ class FrameSource:
                     with self._cv:
                         self.latest = Frame(seq, t, buf.getvalue(), shot.size)
                         self._cv.notify_all()
+                        wake = list(self.listeners)
+                    for notify in wake:
+                        notify()
                 time.sleep(max(0.0, self.period - (time.perf_counter() - t0)))
         finally:
-            grabber.close()
+            try:
+                grabber.close()
+            except Exception:  # the display went first (the run's sandbox is gone)
+                pass
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used, from /proc (0 when it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def mjpeg_part(frame: Frame) -> bytes:

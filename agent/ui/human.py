@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from actions import Policy
+from actions import Policy, gate
 from actions.schema import ACTION_ADAPTER
 from agent.run.executor import execute
 from agent.trace import Step
@@ -22,9 +22,9 @@ def perform(session, data: dict) -> dict:
     if action.action not in HUMAN_ACTIONS:
         raise ValueError(f"a person's action is one of {', '.join(sorted(HUMAN_ACTIONS))}")
     desktop = env.desktop
-    Policy(session.task.allow).check(action, getattr(desktop, "focus", None))  # the one gate, for people too
     t0 = time.perf_counter()
     frame = desktop.capture()
+    action = gate.check(action, gate.probe_of(desktop), Policy(session.task.allow), frame=frame.size)  # people too
     trace = session.trace
     n = max((s.step for s in trace.steps), default=0) + 1
     step = Step(step=n, action=action, source="human", screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)

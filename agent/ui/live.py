@@ -7,6 +7,7 @@ leaves: step cards are the report's own (agent/report templates), escaped by Jin
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict
@@ -16,8 +17,9 @@ from agent import secrets
 from agent.run import events as ev
 from agent.ui.attend import Attendant, Decision, Lease, Proposal
 from agent.ui.frames import FrameSource
-from agent.ui.views import checks_html, proposal_view, step_html
+from agent.ui.views import checks_html, files_url, proposal_view, step_html
 
+log = logging.getLogger(__name__)
 MAX_LOG = 5000  # page updates kept per run (a step is one or two)
 
 
@@ -36,6 +38,7 @@ class LiveRun:
         self.log: list[dict] = []
         self._lock = threading.Lock()
         self.viewers = 0  # open event streams: a page is watching
+        self.listeners: list = []  # called after each page update (thread-safe wake-ups of event streams)
         self.frames: FrameSource | None = None
         self.model_state = ""
         self.steps = 0
@@ -79,6 +82,9 @@ class LiveRun:
                              "state": self.state()})
             if len(self.log) > MAX_LOG:  # (seq stays the position: older entries become placeholders)
                 self.log[len(self.log) - MAX_LOG - 1] = {"seq": len(self.log) - MAX_LOG, "type": "dropped"}
+            wake = list(self.listeners)
+        for notify in wake:  # the pages' event streams (each wakes on its own event loop)
+            notify()
 
     def since(self, seq: int) -> list[dict]:
         with self._lock:
@@ -95,6 +101,16 @@ class LiveRun:
     # ---- events (the bus's subscriber thread)
 
     def _on_event(self, e: ev.Event) -> None:
+        try:
+            self._show(e)
+        except Exception as exc:  # a bug in showing one event must not end the live view (the run goes on anyway)
+            log.exception("console: cannot show %s", type(e).__name__)
+            self.push("model", text=f"(the console could not show a {type(e).__name__}: {exc})")
+            if isinstance(e, ev.RunEnded):
+                self.status, self.reason, self.ended = e.status, e.reason, True
+                self.push("ended", status=e.status, reason=e.reason, html="")
+
+    def _show(self, e: ev.Event) -> None:
         if isinstance(e, ev.RunStarted):
             self.status = "running"
             self.push("status", text=f"started ({e.mode})")
@@ -115,7 +131,9 @@ class LiveRun:
             self.checks.append({"name": e.name, "ok": e.ok, "detail": e.detail})
         elif isinstance(e, ev.RunEnded):
             self.status, self.reason, self.ended = e.status, e.reason, True
-            self.push("ended", status=e.status, reason=e.reason, html=checks_html(self.checks))
+            result = getattr(self.session, "result", None)
+            final = files_url(self.url_id, result.final_screenshot) if result and result.final_screenshot else None
+            self.push("ended", status=e.status, reason=e.reason, html=checks_html(self.checks), final=final)
             if self.frames is not None:
                 self.frames.close()
         elif isinstance(e, getattr(ev, "FlowStepDone", ())):
@@ -138,6 +156,9 @@ class LiveRun:
         elif op == "stop":
             c.stop("stopped from the console")
             self.lease.give_back()
+            pending = self.attendant.pending
+            if pending is not None:  # a run waiting for a person stops now, not at its timeout
+                self.attendant.answer(Decision("reject", "stop", note="the run was stopped"), pending.step)
         else:
             raise ValueError(f"unknown control {op!r}")
         self.push("status", text={"pause": "paused", "resume": "resumed", "step": "one step",
@@ -153,6 +174,10 @@ class LiveRun:
         self._was_paused = self.control.paused
         self.lease.take()
         self.control.pause()
+        pending = self.attendant.pending
+        if pending is not None:  # the proposal was for a screen the person is about to change
+            self.attendant.answer(Decision("reject", "lease", note="a person took over the display; "
+                                           "look at the screen again"), pending.step)
         self.push("lease", holder="person")
 
     def hand_back(self) -> None:

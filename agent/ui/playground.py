@@ -1,5 +1,7 @@
 """The playground: one screenshot (grabbed from a display or uploaded) and one instruction in, the
-model's proposed action out, drawn on the screenshot with its raw reply and timing. The same
+model's proposed action out, drawn on the screenshot with its raw reply and timing; or, with a JSON
+schema, a `query`: the model's answer as JSON under that schema (agent.flow.ask, as a flow's query
+step asks it). The same
 backends as `vlagent run` (a local model in this process, `--backend openai`, `script:FILE`); a
 backend is loaded once and kept for the next question. Nothing is executed."""
 from __future__ import annotations
@@ -22,12 +24,33 @@ class Playground:
         self._lock = threading.Lock()  # one question at a time: a local model is one device
 
     def backend(self, model: str | None, backend: str | None, base_url: str | None):
-        from agent.cli.common import make_backend
+        from agent.ui.views import make_backend
 
         key = (model or self.default[0], backend or self.default[1], base_url or self.default[2])
         if key not in self._backends:
             self._backends[key] = make_backend(*key)
         return self._backends[key]
+
+    def query(self, image, question: str, schema: dict, model: str | None = None, backend: str | None = None,
+              base_url: str | None = None) -> dict:
+        from agent.flow.ask import InvalidOutput, check_schema, query
+
+        if not question.strip():
+            raise VlagentError("type a question")
+        bad = check_schema(schema)
+        if bad:
+            raise VlagentError(f"schema: {bad}")
+        with self._lock:
+            b = self.backend(model, backend, base_url)
+            t0 = time.perf_counter()
+            try:
+                answer = query(b, image, question, schema)
+            except InvalidOutput as e:
+                return {"error": str(e), "raw": "", "ms": round((time.perf_counter() - t0) * 1e3, 1),
+                        "model": getattr(b, "name", ""), "size": list(image.size)}
+            ms = (time.perf_counter() - t0) * 1e3
+        return {"value": answer.value, "raw": answer.raw, "ms": round(ms, 1), "model": getattr(b, "name", ""),
+                "size": list(image.size), "label": "query answered"}
 
     def ask(self, image, instruction: str, model: str | None = None, backend: str | None = None,
             base_url: str | None = None) -> dict:

@@ -81,9 +81,10 @@ def run_page_data(folder: Path, run_id: str) -> dict:
 
 
 def trace_file(folder: Path, rel: str) -> Path | None:
-    """A file of a trace folder, never one outside it (no `..`, no symlink out)."""
-    base = folder.resolve()
-    path = (base / rel).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
+    """A screenshot of a trace folder (what the pages show), never another file: not the app's own
+    output in workdir/, nothing outside the folder (no `..`, no symlink out)."""
+    base = (folder / "screens").resolve()
+    path = (folder / rel).resolve()
+    if not path.is_relative_to(base) or path.suffix.lower() not in (".png", ".jpg", ".jpeg") or not path.is_file():
         return None
     return path

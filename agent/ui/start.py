@@ -20,9 +20,7 @@ class Launcher:
 
     def start(self, data: dict):
         """Check the request, prepare the run (task, backend, trace folder) and start it; return its LiveRun."""
-        from actions import Policy  # noqa: F401 (fail here, not on the thread, if the install is broken)
-        from agent.cli.common import make_backend
-        from agent.run.session import RunSession
+        from agent.ui.views import make_backend
         from agent.task import load_task
         from agent.trace import check_trace_dir, new_trace_dir
 
@@ -34,6 +32,8 @@ class Launcher:
             if busy is not None:
                 raise VlagentError(f"a run is live ({busy.task}); stop it or wait for its end first")
             task = load_task(Path(task_file).expanduser())
+            if task.steps:
+                raise VlagentError("the page starts goal tasks; a flow (steps:) is not watched yet")
             max_steps = data.get("max_steps")
             if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
                 raise VlagentError("max_steps must be a whole number of at least 1")
@@ -41,34 +41,37 @@ class Launcher:
                                    str(data.get("backend") or "auto"), data.get("base_url") or None)
             folder = new_trace_dir(self.console.runs_dir, task.name)
             check_trace_dir(folder)
-            session = RunSession(task, mode="flow" if task.steps else "loop", model=getattr(backend, "name", ""),
-                                 trace_dir=folder)
-            live = self.console.attach(session, attended=bool(data.get("attended")))
-            t = threading.Thread(target=run_session, args=(session, task, backend, max_steps), daemon=True,
-                                 name=f"run-{session.id}")
-            self.threads.append(t)
-            t.start()
+            live, thread = start_watched(self.console, task, backend, folder, attended=bool(data.get("attended")),
+                                         max_steps=max_steps)
+            self.threads.append(thread)
         return live
 
 
-def run_session(session, task, backend, max_steps: int | None = None) -> None:
-    """The run on this thread, as `vlagent run` runs a goal task (the session decides its status,
-    whatever happens; its trace is always complete)."""
-    from actions import Policy
-    from agent.errors import ModelExhausted
-    from agent.run.loop import LoopConfig, run_loop
-    from agent.run.status import End
+def start_watched(console, task, backend, folder: Path, *, attended: bool = False, max_steps: int | None = None):
+    """Run a goal task on a new thread as `vlagent run` runs it (agent.run.runner.run_task), watched by
+    the console from its first event; (its LiveRun, the thread)."""
+    from agent.run.loop import LoopConfig
+    from agent.run.runner import run_task
 
-    cfg = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=task.timeout_s)
-    with session as run:
-        env = run.start()
-        if task.steps:
-            raise VlagentError("flows (steps:) are started with `vlagent run --watch`; the page starts goal tasks")
+    ready, box = threading.Event(), {}
+
+    def hook(session):
+        box["live"] = console.attach(session, attended=attended)
+        ready.set()
+
+    def target():
         try:
-            end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), run.trace, cfg, run=run)
-        except ModelExhausted as e:
-            end = End("exhausted", str(e))
-        run.finish(end)
+            run_task(task, backend, trace_dir=folder, on_session=hook,
+                     loop=LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=task.timeout_s))
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=target, daemon=True, name=f"run-{task.name}")
+    thread.start()
+    ready.wait()
+    if "live" not in box:
+        raise VlagentError("the run ended before it started")
+    return box["live"], thread
 
 
 def launcher_of(console) -> Launcher:

@@ -34,9 +34,9 @@ def files_url(url_id: str, rel: str | None) -> str | None:
 
 def step_card(step, url_id: str) -> dict:
     """A trace Step as the report's card, its screenshot served from the run's folder."""
-    from agent.report.page import _card
+    from agent.report.page import card as report_card
 
-    card = _card(step, files_url(url_id, step.screenshot), None)
+    card = report_card(step, files_url(url_id, step.screenshot), None)
     card["decision"] = step.decision
     card["replayed"] = None  # (the report shows a replayed step beside its recording; live, the step alone)
     card["source"] = card["source"] or ""
@@ -87,3 +87,13 @@ def dumps(data) -> str:
 
 
 ENV.filters["when"] = when
+
+
+def make_backend(model: str, backend: str = "auto", base_url: str | None = None):
+    """A backend as `vlagent run --model --backend --base-url` makes it."""
+    from agent.backends import load_backend
+    from agent.errors import VlagentError
+
+    if backend == "openai" and not base_url:
+        raise VlagentError("--backend openai needs a base URL")
+    return load_backend(model, backend=backend, **({"base_url": base_url} if backend == "openai" else {}))

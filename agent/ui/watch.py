@@ -8,6 +8,34 @@ from pathlib import Path
 from agent.ui.attend import Attendant, Lease, rules_of
 
 
+class SessionHook:
+    """`vlagent run`'s on_session: a console for the run with --watch; else, when the run has
+    anything to ask (--attended, the task's `allow.confirm:`), the terminal asks."""
+
+    def __init__(self, *, watch: bool = False, attended: bool = False, echo=print):
+        self.watch, self.attended, self.echo = watch, attended, echo
+        self.console = None
+
+    def __call__(self, session) -> None:
+        from agent.ui.terminal import ask_in_terminal
+
+        if self.watch:
+            self.console = watch(session, attended=self.attended, terminal=ask_in_terminal,
+                                 print_url=lambda url: self.echo(f"watch this run: {url}"))
+        else:
+            attend(session, attended=self.attended, terminal=ask_in_terminal)
+
+    def close(self) -> None:
+        if self.console is None:
+            return
+        import time
+
+        deadline = time.monotonic() + 2.0  # let open pages hear the end of the run
+        while any(r.viewers for r in self.console.live.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.console.stop()
+
+
 def watch(session, *, port: int = 0, attended: bool = False, terminal=None, print_url=print):
     """Serve a console for `session` (not entered yet) on 127.0.0.1; return it (stop() it after the run)."""
     from agent.ui.app import Console

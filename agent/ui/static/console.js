@@ -31,7 +31,7 @@
     e.preventDefault();
     const f = new FormData(play);
     const body = { instruction: f.get("instruction"), display: f.get("display"), model: f.get("model"),
-                   backend: f.get("backend"), base_url: f.get("base_url") };
+                   backend: f.get("backend"), base_url: f.get("base_url"), schema: f.get("schema") };
     const file = f.get("file");
     if (file && file.size) body.image = await new Promise((ok) => { const r = new FileReader(); r.onload = () => ok(r.result); r.readAsDataURL(file); });
     $("play-msg").textContent = "asking…";
@@ -44,6 +44,8 @@
       $("a-label").textContent = a.label || ("rejected: " + a.error);
       $("a-time").textContent = a.ms.toFixed(0) + " ms · " + a.model;
       $("a-raw").textContent = a.raw;
+      $("a-value").hidden = !("value" in a);
+      if ("value" in a) $("a-value").textContent = JSON.stringify(a.value, null, 2);
     } catch (err) { $("play-msg").textContent = err.message; }
   });
 
@@ -118,6 +120,12 @@
     $("status").replaceChildren(s);
   }
 
+  // The frame stream ends when the connection drops (a restart, a long pause): open it again.
+  $("frames").addEventListener("error", () => {
+    if (document.body.classList.contains("ended")) return;
+    setTimeout(() => { $("frames").src = "/api/frames" + q + "&t=" + Date.now(); }, 1000);
+  });
+
   const timeline = $("timeline");
   const seen = new Set(Array.from(timeline.querySelectorAll("section.step")).map((s) => s.id));
   function apply(m) {
@@ -139,7 +147,7 @@
         showProposal(null); setLease(false); badge(m.status);
         $("reason").textContent = m.reason; $("checks").innerHTML = m.html; $("state").textContent = m.status;
         document.body.classList.add("ended");
-        $("frames").removeAttribute("src");
+        if (m.final) $("frames").src = m.final; else $("frames").removeAttribute("src");
         break;
     }
     if (m.type !== "proposal" && m.state !== "waiting for you" && proposal && m.type !== "model") showProposal(null);

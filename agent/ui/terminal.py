@@ -1,0 +1,46 @@
+"""An attended run's question in the terminal, when no page watches: approve, or reject with a note."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+from rich.console import Console
+from rich.markup import escape
+
+from agent.secrets import redact
+from agent.ui.attend import Decision
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def text(value) -> str:
+    return escape(redact(str(value)))
+
+
+def ask_in_terminal(proposal, attendant) -> None:
+    """An attended run's question, in the terminal (no page watches): approve, or reject with a note.
+    Reads the terminal itself, so a run whose stdin is not a terminal is left to its timeout."""
+    if not sys.stdin or not sys.stdin.isatty():
+        return
+    console.print(f"[bold yellow]step {proposal.step} waits for you[/]: {text(proposal.why)}\n"
+                  f"  proposed: {text(json.dumps(proposal.action, ensure_ascii=False))}\n"
+                  "  [bold]a[/] approve · [bold]r[/] reject (a note may follow: r wrong field) > ", end="")
+    result: dict = {}
+
+    def read():
+        try:
+            result["line"] = sys.stdin.readline()
+        except (OSError, ValueError):
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while reader.is_alive() and attendant.pending is proposal:
+        reader.join(0.25)
+    line = result.get("line", "").strip()
+    if attendant.pending is not proposal or not line:
+        return
+    verdict = "approve" if line.lower() in ("a", "y", "yes", "approve") else "reject"
+    note = line[1:].strip() if verdict == "reject" and line[:1].lower() == "r" else ("" if verdict == "approve" else line)
+    attendant.answer(Decision(verdict, "terminal", note=note), proposal.step)
