@@ -239,3 +239,28 @@ def test_vlagent_run_watch_prints_the_url_of_its_own_console(tmp_path):
     rest = proc.communicate(timeout=180)[1]
     assert url and proc.returncode == 0, "".join(lines) + rest
     assert load_result(tmp_path / "run").status == "success"
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_frames_of_a_display_only_while_watched(xvfb, masked):
+    """The frame source grabs only while someone watches (a process of its own; in this process when
+    the task masks secrets), skips unchanged screens, and stops after the last viewer left."""
+    from agent.ui import frames as fr
+
+    source = fr.FrameSource(xvfb, fps=10, mask=(lambda im: im) if masked else None)
+    source.watch()
+    try:
+        first = source.next(0, timeout=20)
+        assert first is not None and first.size == (1280, 800) and first.jpeg[:2] == b"\xff\xd8"
+        time_ = time.monotonic()
+        assert source.next(first.seq, timeout=1.0) is None  # a still screen: nothing new to send
+        assert time.monotonic() - time_ >= 0.9
+    finally:
+        source.leave()
+    deadline = time.monotonic() + fr.IDLE_STOP_S + 5
+    while source._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not source._thread.is_alive()
+    if not masked:
+        assert source.stats["grabber_cpu_s"] >= 0
+    source.close()
