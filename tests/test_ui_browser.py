@@ -214,19 +214,27 @@ def test_the_playground_draws_a_proposed_click(console, browser, tmp_path):
         page.screenshot(path=str(SHOTS / "console-playground.png"))
 
 
-def test_vlagent_run_watch_prints_the_url_of_its_own_console(tmp_path):
-    """`vlagent run --watch`: the URL is printed, it opens the live run (with the token), and the
-    run ends as it would unwatched."""
+def test_vlagent_run_and_replay_watch_print_the_url_of_their_own_console(tmp_path):
+    """`vlagent run --watch` and `vlagent replay --watch`: the URL is printed, it opens the live
+    run (with the token), and the run ends as it would unwatched."""
+    watched(["run", str(ROOT / "tasks" / "fill_form.yaml"), "--model",
+             f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_solution.yaml'}", "--trace", str(tmp_path / "run")],
+            "fill_form")
+    assert load_result(tmp_path / "run").status == "success"
+    page = watched(["replay", str(tmp_path / "run"), "--trace", str(tmp_path / "replay")], "fill_form")
+    assert 'id="take"' not in page  # a replay is paused or stopped, not taken over
+    assert load_result(tmp_path / "replay").status == "success"
+
+
+def watched(args: list[str], name: str) -> str:
     import subprocess
     import urllib.request
 
     from agent.suite.runner import VLAGENT
 
-    proc = subprocess.Popen([*VLAGENT, "run", str(ROOT / "tasks" / "fill_form.yaml"), "--model",
-                             f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_solution.yaml'}", "--trace",
-                             str(tmp_path / "run"), "--watch"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*VLAGENT, *args, "--watch"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, cwd=ROOT)
-    url, lines = None, []
+    url, lines, page = None, [], ""
     for line in proc.stderr:
         lines.append(line)
         if line.startswith("watch this run: "):
@@ -234,11 +242,11 @@ def test_vlagent_run_watch_prints_the_url_of_its_own_console(tmp_path):
             browserish = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
             with browserish.open(url, timeout=30) as r:  # the token in the URL: a cookie, then the page
                 page = r.read().decode()
-            assert r.status == 200 and "fill_form" in page
+            assert r.status == 200 and name in page
             break
     rest = proc.communicate(timeout=180)[1]
     assert url and proc.returncode == 0, "".join(lines) + rest
-    assert load_result(tmp_path / "run").status == "success"
+    return page
 
 
 @pytest.mark.parametrize("masked", [False, True])

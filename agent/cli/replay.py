@@ -28,7 +28,9 @@ from agent.trace import check_new_trace, new_trace_dir
               help="Trace folder of this replay (default: runs/<time>-replay-<task>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--trust", is_flag=True, help="Run the trace's own setup and command checks although it was not written here.")
-def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json, trust):
+@click.option("--watch", is_flag=True, help="Serve a web console for this replay and print its URL: watch it live, "
+                                             "pause, one step, stop (agent/ui).")
+def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json, trust, watch):
     """Replay TRACE (a recorded or agent-run trace folder) without a model.
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
@@ -56,11 +58,16 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
     sigterm_as_interrupt()
     bus = EventBus()
     watch_terminal(bus, as_json)
+    from agent.ui.watch import SessionHook
+    hook = SessionHook(watch=watch, echo=lambda line: click.echo(line, err=True)) if watch else None
     try:
         result = replay_trace(trace_dir, task, display=display, speed=speed, fallback=backend, trace_out=out,
-                              locate=not raw, bus=bus)
+                              locate=not raw, bus=bus, on_session=hook)
     except KeyboardInterrupt:
         exit_interrupted()
+    finally:
+        if hook is not None:
+            hook.close()
     if as_json:
         click.echo(json.dumps({**result.model_dump(mode="json"), "trace": str(out)}, indent=2))
     else:

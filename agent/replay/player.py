@@ -100,22 +100,26 @@ def load_trace_steps(trace_dir: Path) -> list[Step]:
 
 
 def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0, fallback=None,
-           trace_out=None, *, locate: bool = True, on_step=None, bus=None, control=None) -> Result:
+           trace_out=None, *, locate: bool = True, on_step=None, bus=None, control=None, on_session=None) -> Result:
     """Replay the trace in `trace_dir` and return the Result (its trace goes to `trace_out`).
 
     task: a Task or a task file (default: the trace's task.yaml). display: an existing display
     (default: a fresh sandbox). speed: `wait` steps take 1/speed of their recorded time.
     fallback: a model backend that grounds a step whose target cannot be found (default: fail).
-    locate=False replays the recorded coordinates as they are (the naive way, for comparison)."""
+    locate=False replays the recorded coordinates as they are (the naive way, for comparison).
+    on_session: called with the RunSession before it starts (`vlagent replay --watch`: agent/ui/watch.py)."""
     trace_dir = Path(trace_dir)
     original = _Original(trace_dir, load_trace_steps(trace_dir))
     task = load_trace_task(trace_dir, task)
     check_secrets(original.steps, task)  # fail before starting anything when one is missing
     from agent.run.session import RunSession
 
-    with RunSession(task, mode="replay", model="replay" if locate else "replay-raw", display=display,
-                    trace_dir=Path(trace_out) if trace_out else None, trace_name=f"replay-{task.name}",
-                    bus=bus, control=control) as run:
+    session = RunSession(task, mode="replay", model="replay" if locate else "replay-raw", display=display,
+                         trace_dir=Path(trace_out) if trace_out else None, trace_name=f"replay-{task.name}",
+                         bus=bus, control=control)
+    if on_session is not None:
+        on_session(session)
+    with session as run:
         env = run.start()
         with contextlib.closing(_Player(original, task, Policy(task.allow), env.desktop, run.trace, speed,
                                         fallback, locate)) as player:

@@ -75,7 +75,7 @@ class Console:
         attendant = Attendant(rules, every=attended, lease=Lease())
         attendant.terminal, attendant.element = terminal, element
         url_id = self.index.id_of(session.folder) or f"live/{session.id}"
-        live = LiveRun(session.id, session, url_id=url_id, attendant=attendant)
+        live = LiveRun(session.id, session, url_id=url_id, attendant=attendant, mode=session.mode)
         session.attendant = attendant
         with self._lock:
             self.live[url_id] = live
@@ -220,6 +220,7 @@ def build_routes(console: Console) -> Starlette:
             html = views.render("run.html.j2", title=live.task, page="run", task=live.task, goal=live.goal,
                                 status=live.state(), reason=live.reason, live=True, state=live.state(),
                                 model_state=live.model_state, last_raw="", cards_html=cards, id=run_id,
+                                takeover=live.mode == "loop",
                                 checks_html="", data_json=views.dumps(data), final=None, answer=None, trace="")
             return HTMLResponse(html)
         folder = console.index.get(run_id)
@@ -228,7 +229,7 @@ def build_routes(console: Console) -> Starlette:
         d = await run_in_threadpool(run_page_data, folder, run_id)
         cards = [views.render("step.html.j2", c=c) for c in d["cards"]]
         html = views.render("run.html.j2", title=d["task"], page="run", task=d["task"], goal="", status=d["status"],
-                            reason=d["reason"], live=False, state=d["status"], model_state="", last_raw="",
+                            reason=d["reason"], live=False, state=d["status"], model_state="", last_raw="", takeover=False,
                             cards_html=cards, id=run_id, checks_html=views.checks_html(d["checks"]),
                             data_json=views.dumps({"id": run_id, "live": False}), final=d["final"],
                             answer=d["answer"], trace=d["trace"])

@@ -58,12 +58,15 @@
   let proposal = null, correction = null;
 
   document.querySelectorAll("[data-op]").forEach((b) => b.addEventListener("click", () => post("/api/control" + q, { op: b.dataset.op }).catch(alert)));
-  $("take").addEventListener("click", () => post("/api/lease" + q, { take: true }).catch(alert));
-  $("give").addEventListener("click", () => post("/api/lease" + q, { take: false }).catch(alert));
+  if ($("take")) {
+    $("take").addEventListener("click", () => post("/api/lease" + q, { take: true }).catch(alert));
+    $("give").addEventListener("click", () => post("/api/lease" + q, { take: false }).catch(alert));
+  }
 
   function setLease(held) {
     document.body.classList.toggle("taken", held);
-    $("take").hidden = held; $("give").hidden = !held; $("typebar").hidden = !held;
+    if ($("take")) { $("take").hidden = held; $("give").hidden = !held; }
+    $("typebar").hidden = !held;
   }
 
   function point(e) {  // a click on the live screen, as the model's 0..1000 coordinates
