@@ -29,6 +29,8 @@ from actions.policy import Focus, Policy, PolicyError, SecretPlace
 from actions.schema import Action, Coordinate
 
 PLACEHOLDER = re.compile(r"\{secret:([A-Za-z_]\w{0,63})\}")
+# Fields whose content is shown as typed: a secret with no declared place is not typed into one.
+CLEAR_TEXT_ROLES = frozenset({"text", "entry", "document text", "terminal", "editbar", "combo box", "spin button"})
 _declared: set[str] = set()  # secret names some loaded task declared (agent.secrets.declare)
 
 
@@ -55,6 +57,11 @@ def probe_of(desktop) -> Probe | None:
 
 def declare_secret(name: str) -> None:
     _declared.add(name)
+
+
+def forget_secret(name: str) -> None:
+    """An untrusted file declared it (agent.trust.trace_task): it may not be typed after all."""
+    _declared.discard(name)
 
 
 def screen_point(coord: Coordinate, frame: tuple[int, int], screen: tuple[int, int]) -> tuple[int, int]:
@@ -155,10 +162,15 @@ def _secret_place(text: str, probe: Probe, policy: Policy) -> None:
     """The focused field must be the place the task names for this secret (allow.secrets)."""
     name = PLACEHOLDER.fullmatch(text).group(1)
     place: SecretPlace | None = (policy.allow.secrets or {}).get(name)
-    if place is None:
-        return
     ask = getattr(probe, "focused_field", None)
     field = ask() if ask is not None else None
+    if place is None:  # no place named: never into a field an accessibility tree shows as plain text
+        role = (field or {}).get("role") or ""
+        if role in CLEAR_TEXT_ROLES:
+            raise PolicyError(f"the secret {name!r} would show in clear in a {role} field "
+                              f"({(field.get('name') or field.get('label') or '')[:40]!r}); name its place in the "
+                              "task's allow.secrets to type it there")
+        return
     if field is None:
         raise PolicyError(f"cannot tell which field has the focus, so the secret {name!r} is not typed "
                           f"(the task allows it only into {place.describe()})")
@@ -167,4 +179,4 @@ def _secret_place(text: str, probe: Probe, policy: Policy) -> None:
                           f"{field.get('role') or '?'} {field.get('name') or field.get('label') or ''!r}")
 
 
-__all__ = ["Probe", "check", "check_reply", "declare_secret", "probe_of", "screen_point"]
+__all__ = ["Probe", "check", "check_reply", "declare_secret", "forget_secret", "probe_of", "screen_point"]

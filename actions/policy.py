@@ -232,7 +232,9 @@ class Allow(BaseModel):
         return patterns
 
 
-def _default_chord_ok(chord: tuple[str, ...]) -> bool:
+def default_chord_ok(chord: tuple[str, ...]) -> bool:
+    """Whether a chord passes the default key set (no allow.keys): safe modifiers with one editing,
+    navigation or printable key."""
     mods = [k for k in chord if k in MODIFIERS]
     rest = [k for k in chord if k not in MODIFIERS]
     if not set(mods) <= SAFE_MODIFIERS:
@@ -240,6 +242,8 @@ def _default_chord_ok(chord: tuple[str, ...]) -> bool:
     if not rest:
         return True  # a lone modifier press is harmless
     return len(rest) == 1 and (rest[0] in EDITING_KEYS or (len(rest[0]) == 1 and rest[0].isprintable()))
+
+
 
 
 FocusProbe = Callable[[], "Focus | None"]
@@ -304,7 +308,7 @@ class Policy:
             held = "+".join(normalize_chord(sorted(combo)))
             raise PolicyError(f"key {shown} is denied: it holds {held}, which acts outside the app "
                               "(list it in the task's allow.keys)")
-        if not _default_chord_ok(chord):
+        if not default_chord_ok(chord):
             raise PolicyError(f"key {shown} is not in the default key set (allow it in the task's allow.keys)")
 
     def _check_text(self, text: str) -> None:

@@ -30,8 +30,11 @@ PSM_LINE = 7  # one line of text (a button's own text, one character included)
 SMALL_SIDE_PX = 400  # images whose shorter side is below this (crops) are upscaled ...
 SMALL_SCALE = 2  # ... by this factor: tesseract misses text under ~10 px x-height
 INK_KERNEL_PX = 25  # strokes narrower than this are ink (a 1.5x bold font's are ~10 px); panels are not
-INK_GAIN = 2.5  # ink contrast stretch: grey-on-grey text of a disabled key reaches black
-BORDER_LINE_PX = 40  # a straight ink run this long is a border or a rule, not a letter: painted out
+INK_GAIN = 2.5  # ink contrast stretch, at most: grey-on-grey text of a disabled key reaches black ...
+INK_TARGET = 160  # ... a stroke's mean contrast (of 255) is stretched to this
+BORDER_LINE_PX = 40  # a straight ink run this long is a border or a rule, not a letter: painted out ...
+BORDER_UPRIGHT_PX = 22  # ... and a thin upright one this long (an "l" of GUI text is shorter) ...
+THICK_PX = 3  # ... of pixels in no run this wide across (a large font's stroke, even a curved one)
 MIN_REGION_PX = 8
 INK_MIN = 80  # (of 255, after INK_GAIN) a stroke's pixels: what decides which ground it stands on
 GROUND_DOWN, GROUND_MEDIAN = 4, 9  # the ground: a 9-pixel median on a 4x smaller image (~36 px)
@@ -136,15 +139,22 @@ def ink_image(image: Image.Image) -> Image.Image:
     k = cv2.getStructuringElement(cv2.MORPH_RECT, (INK_KERNEL_PX, INK_KERNEL_PX))
     out = np.zeros((h, w), np.uint8)
     for op, on_light in ((cv2.MORPH_BLACKHAT, True), (cv2.MORPH_TOPHAT, False)):
-        ink = _without_lines(cv2.convertScaleAbs(cv2.morphologyEx(rgb, op, k).max(axis=2), alpha=INK_GAIN))
+        raw = cv2.morphologyEx(rgb, op, k).max(axis=2)
+        ink = _without_lines(cv2.convertScaleAbs(raw, alpha=INK_GAIN))
         n, labels, stats, _ = cv2.connectedComponentsWithStats((ink >= INK_MIN).astype(np.uint8), connectivity=8)
         if n <= 1:
             continue
-        share = np.bincount(labels.ravel(), weights=light.ravel(), minlength=n) / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
+        area = np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
+        share = np.bincount(labels.ravel(), weights=light.ravel(), minlength=n) / area
         keep = share > 0.5 if on_light else share < 0.5
         keep[0] = False
-        mask = cv2.dilate(keep[labels].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # (the antialiased rim)
-        out[mask] = np.maximum(out[mask], ink[mask])
+        # Each stroke's contrast stretched on its own: grey on grey (a disabled key) as black as black
+        # on white, which stays as it is (a gain there thickens it: "ri" read as "n").
+        mean = np.bincount(labels.ravel(), weights=raw.ravel(), minlength=n) / area
+        gain = np.clip(INK_TARGET / np.maximum(mean, 1), 1.0, INK_GAIN)
+        grown = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)  # (the antialiased rim)
+        mask = keep[grown] & (ink > 0)
+        out[mask] = np.maximum(out[mask], np.clip(raw[mask] * gain[grown[mask]], 0, 255).astype(np.uint8))
     return Image.fromarray(255 - out)
 
 
@@ -161,13 +171,19 @@ def _light_ground(gray: np.ndarray) -> np.ndarray:
 
 
 def _without_lines(ink: np.ndarray) -> np.ndarray:
+    """Borders painted out: straight runs BORDER_LINE_PX long, and thin upright ones BORDER_UPRIGHT_PX
+    long (a field's sides; a large font's upright strokes are thicker and stay)."""
     import cv2
 
     strong = (ink > 100).astype(np.uint8)
-    if min(strong.shape) < BORDER_LINE_PX:
-        return ink
-    lines = cv2.morphologyEx(strong, cv2.MORPH_OPEN, np.ones((1, BORDER_LINE_PX), np.uint8)) | \
-        cv2.morphologyEx(strong, cv2.MORPH_OPEN, np.ones((BORDER_LINE_PX, 1), np.uint8))
+    lines = np.zeros_like(strong)
+    if strong.shape[1] >= BORDER_LINE_PX:
+        lines |= cv2.morphologyEx(strong, cv2.MORPH_OPEN, np.ones((1, BORDER_LINE_PX), np.uint8))
+    if strong.shape[0] >= BORDER_LINE_PX:
+        lines |= cv2.morphologyEx(strong, cv2.MORPH_OPEN, np.ones((BORDER_LINE_PX, 1), np.uint8))
+    if strong.shape[0] >= BORDER_UPRIGHT_PX:
+        thin = strong & ~cv2.morphologyEx(strong, cv2.MORPH_OPEN, np.ones((1, THICK_PX), np.uint8))
+        lines |= cv2.morphologyEx(thin, cv2.MORPH_OPEN, np.ones((BORDER_UPRIGHT_PX, 1), np.uint8))
     if lines.any():
         ink = ink.copy()
         ink[cv2.dilate(lines, np.ones((3, 3), np.uint8)) > 0] = 0

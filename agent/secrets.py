@@ -93,6 +93,49 @@ def fill(text: str) -> str:
     return PLACEHOLDER.sub(lambda m: value(m.group(1)), text)
 
 
+# Labels of fields that hold a secret, in the languages a desktop is most often set to. English words
+# name the secret (PIN code -> PIN); any other language's word for a password names it PASSWORD.
+SECRET_LABEL_RE = compile_pattern(
+    r"(?i)\b(pass(?:word|code|phrase)?|secret|pin|token|otp|2fa|passwd)\b|"
+    r"(?i)(passwort|kennwort|geheimzahl|mot de passe|code secret|contrase\x{00f1}a|clave|senha|palavra-passe|"
+    r"parola d'ordine|wachtwoord|has\x{0142}o|heslo|jelsz\x{00f3}|salasana|l\x{00f6}senord|adgangskode|passord|"
+    r"\x{015f}ifre|\x{043f}\x{0430}\x{0440}\x{043e}\x{043b}\x{044c}|\x{5bc6}\x{7801}|\x{5bc6}\x{78bc}|"
+    r"\x{30d1}\x{30b9}\x{30ef}\x{30fc}\x{30c9}|\x{6697}\x{8a3c}\x{756a}\x{53f7}|\x{be44}\x{bc00}\x{bc88}\x{d638}|"
+    r"\x{0643}\x{0644}\x{0645}\x{0629} \x{0627}\x{0644}\x{0645}\x{0631}\x{0648}\x{0631}|\x{05e1}\x{05d9}\x{05e1}\x{05de}\x{05d4}|"
+    r"\x{092a}\x{093e}\x{0938}\x{0935}\x{0930}\x{094d}\x{0921}|m\x{1ead}t kh\x{1ea9}u|kata sandi)")
+PASSWORD_ROLES = frozenset({"password text"})  # AT-SPI's role of a field that hides what is typed
+
+
+def label_secret(label: str, declared=()) -> str | None:
+    """The secret a field with this label holds: a declared name the label names, the English word
+    (PASSWORD, PIN, TOKEN), PASSWORD for another language's word; None when it looks like no secret."""
+    for name in declared:
+        if re.search(rf"(?i)\b{re.escape(name)}\b", label):
+            return name
+    m = SECRET_LABEL_RE.search(label)
+    if m is None:
+        return None
+    return re.sub(r"\W", "_", m.group(1).upper()) if m.group(1) else "PASSWORD"
+
+
+def focused_secret(nodes, declared=()) -> str | None:
+    """The secret the focused field of an accessibility tree (sandbox.atspi nodes) holds: a
+    password field by its role, whatever label it has or lacks; else by its name or the label left of
+    or above it. Focus that came by Tab, or on its own, is seen here, not only a clicked field."""
+    node = next((n for n in nodes if "focused" in n.states and "editable" in n.states), None) or \
+        next((n for n in nodes if "focused" in n.states and n.role in PASSWORD_ROLES), None)
+    if node is None:
+        return None
+    x, y, w, h = node.box
+    near = [n.name for n in nodes if n.role == "label" and n.name and n.app == node.app
+            and abs(n.box[1] - y) < max(h, 24) * 2 and n.box[0] < x + w]
+    for label in [node.name, *near[-2:]]:
+        found = label_secret(label or "", declared)
+        if found:
+            return found
+    return "PASSWORD" if node.role in PASSWORD_ROLES else None
+
+
 class PlaceholderInValue(KeyError):
     """A value from the screen carries a secret's placeholder (flows treat it as a missing value)."""
 

@@ -109,17 +109,25 @@ def trace_task(task, folder: Path, say=None):
     folder = Path(folder)
     if trusted(folder):
         return task
+    from actions.gate import forget_secret
+
     here = folder.resolve()
     setup, commands = len(task.setup), sum(1 for c in task.success if c.kind == "command")
-    update = {"setup": [], "success": [c for c in task.success if c.kind != "command"], "taskdir": str(here)}
+    # Nor may it name what it receives: secrets it could type (on a live display, into any window)
+    # or environment variables its programs would get.
+    for name in task.secrets:
+        forget_secret(name)
+    update = {"setup": [], "success": [c for c in task.success if c.kind != "command"], "taskdir": str(here),
+              "secrets": {}, "env": []}
     for name in ("before", "after"):  # a flow's hooks may run steps too
         if getattr(task, name, None):
             update[name] = []
     safe = task.model_copy(update=update)
     safe.base_dir = here
-    if setup or commands or task.base_dir != here:
-        (say or _stderr)(f"{folder}: not trusted (not written on this machine): its task's {setup} setup step(s) and "
-                         f"{commands} command check(s) are not run; read it, then `vlagent trust {folder}` or --trust")
+    if setup or commands or task.secrets or task.env or task.base_dir != here:
+        (say or _stderr)(f"{folder}: not trusted (not written on this machine): its task's {setup} setup step(s), "
+                         f"{commands} command check(s) and {len(task.secrets)} secret(s) are not used; read it, then "
+                         f"`vlagent trust {folder}` or --trust")
     return safe
 
 
@@ -141,9 +149,9 @@ def contained(base: Path, rel: str) -> Path:
         try:
             if stat.S_ISLNK(os.lstat(here).st_mode):
                 raise TrustError(f"{base}: {rel[:120]!r} goes through a symbolic link; not followed")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             break  # what does not exist is no link (the caller finds it missing)
-    return here
+    return Path(base) / p
 
 
 def read_bytes(base: Path, rel: str, limit: int) -> bytes:
@@ -179,23 +187,42 @@ def check_version(path: Path, found: Any, known: tuple) -> None:
                          f"({', '.join(map(str, known))}); refused")
 
 
+EVIDENCE_VERSIONS = (1,)  # agent.targets.locate.EVIDENCE_VERSION: what a step's target evidence may say
+
+
+def known_versions(steps: list, folder: Path) -> list:
+    """The steps of a trace, when the evidence of each names a version this vlagent reads."""
+    for step in steps:
+        for ev in (step.target, (step.target or {}).get("start")):
+            if isinstance(ev, dict) and "version" in ev:
+                check_version(Path(folder) / "steps.jsonl", ev["version"], EVIDENCE_VERSIONS)
+    return steps
+
+
 def open_image(base: Path, rel: str, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_PIXELS):
     """A PNG/JPEG of a cache or trace as an RGB PIL image, bounded in bytes and decoded pixels."""
+    return decode_image(read_bytes(base, rel, max_bytes), max_pixels, str(Path(base) / rel)).convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, what: str = "an embedded image"):
+    """A PIL image from bytes (a trace's or a cache's evidence), its size checked before decoding."""
     import io
 
     from PIL import Image
 
-    data = read_bytes(base, rel, max_bytes)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise TrustError(f"{what}: {len(data):,} bytes, over the {MAX_IMAGE_BYTES:,} byte limit")
     try:
         image = Image.open(io.BytesIO(data))
         w, h = image.size
         if w * h > max_pixels or w <= 0 or h <= 0:
-            raise TrustError(f"{Path(base) / rel}: {w}x{h} pixels, over the {max_pixels:,} pixel limit")
-        return image.convert("RGB")
+            raise TrustError(f"{what}: {w}x{h} pixels, over the {max_pixels:,} pixel limit")
+        image.load()
+        return image
     except TrustError:
         raise
     except Exception as e:  # a truncated or hostile file: PIL raises many kinds
-        raise TrustError(f"{Path(base) / rel}: not a usable image ({type(e).__name__})") from None
+        raise TrustError(f"{what}: not a usable image ({type(e).__name__})") from None
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -206,5 +233,5 @@ def inside(path: Path, folder: Path) -> bool:
         return False
 
 
-__all__ = ["TrustError", "check_version", "contained", "inside", "open_image", "read_bytes", "read_json",
+__all__ = ["TrustError", "check_version", "contained", "decode_image", "inside", "open_image", "read_bytes", "read_json",
            "sign", "signed", "trace_task", "trust_all", "trusted"]

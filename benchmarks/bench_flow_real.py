@@ -9,7 +9,7 @@ Apps and flows (tests/scripts/flows/): Chromium showing a local order page (an a
 clicks; the page's title says what was ordered and how often), zenity --forms (two acts, a drop-down
 and its item, OK; zenity prints the values), galculator (the keys 7 * 6 =; its display is read by
 OCR on a crop). Variants, all with `--cache read-only` on the cache the cold run recorded:
-cached (unchanged), moved (xdotool windowmove), dark (Adwaita:dark, --force-dark-mode), font
+cached (unchanged), moved (xdotool windowmove), stretched (moved, 30% larger), screen (1024x768), dark (Adwaita:dark, --force-dark-mode), font
 (GDK_DPI_SCALE=1.3), and changed apps: the order page's button relabelled "Buy now", its shipping
 options swapped; zenity's Name and City fields swapped, its drop-down values reversed.
 The scripted model answers right for the variant (coordinates moved with the window, swapped with
@@ -86,6 +86,9 @@ def variant(app: str, name: str, task: dict, folder: Path):
         task["setup"] += [{"run": ["sh", "-c", f"w=$(xdotool search --onlyvisible --name '{APPS[app]['title']}' | head -1); "
                                    "eval $(xdotool getwindowgeometry --shell $w); "
                                    "xdotool windowsize $w $((WIDTH * 13 / 10)) $((HEIGHT * 13 / 10))"]}, {"sleep": 0.8}]
+        return task, None, expected  # (layout unknown: the model's clicks are not moved)
+    if name == "screen":  # a 1024x768 screen: windows where they were (zenity centred anew)
+        task["screen"] = {"width": 1024, "height": 768}
         return task, None, expected  # (layout unknown: the model's clicks are not moved)
     if name == "dark":
         return _launch_env(task, ["GTK_THEME=Adwaita:dark"], ["--force-dark-mode", "--enable-features=WebContentsForceDark"]), same, expected
@@ -194,7 +197,7 @@ def run_case(app: str, name: str, folder: Path, out: Path) -> dict:
             "reasons": [s.get("reason") for s in steps if s.get("reason")]}
 
 
-VARIANTS = ("cached", "moved", "stretched", "dark", "font", "relabelled", "swapped", "inserted", "reordered")
+VARIANTS = ("cached", "moved", "stretched", "screen", "dark", "font", "relabelled", "swapped", "inserted", "reordered")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Cost and accuracy of re-finding a target (agent.replay.locate.search) on this machine.
+"""Cost and accuracy of re-finding a target (agent.targets.locate.search) on this machine.
 
     python benchmarks/bench_locate.py [--trace examples/fill_form_demo] [--seeds 10] [--repeat 5]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.replay.locate import list_windows, search  # noqa: E402
+from agent.targets.locate import list_windows, search  # noqa: E402
 from agent.trace import load_steps  # noqa: E402
 
 TARGET_MS = 150.0

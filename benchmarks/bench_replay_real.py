@@ -227,6 +227,7 @@ def record_human(app: App, out: Path, taskfile: Path) -> Path:
         m = re.search(r"recording on display (:\d+)", line or "")
         if m:
             display = m.group(1)
+            os.environ["XAUTHORITY"] = re.search(r"XAUTHORITY=(\S*?)\)", line).group(1)  # the sandbox's cookie
             break
         if not line:
             break

@@ -172,8 +172,12 @@ def health(base_url: str) -> dict:
         return json.load(r)
 
 
-def run_n(folder: str, n: int, size, warm: int, steps: int, think: tuple, logs: Path) -> dict:
+def run_n(folder: str, n: int, size, warm: int, steps: int, think: tuple, logs: Path, replies: str = "native") -> dict:
+    from agent.serve import process
     from agent.serve.process import ServeProcess
+
+    if replies == "native":  # the server's free choices follow scripted native clicks (serve_scripted.py)
+        process.VLAGENT = [sys.executable, str(ROOT / "benchmarks" / "serve_scripted.py")]
 
     t = time.perf_counter()
     with ServeProcess(folder, agents=n, log=logs / f"serve-{n}.log", screen=f"{size[0]}x{size[1]}") as server:
@@ -226,6 +230,9 @@ def main():
                     "bench_desktop_time.py result (real apps under `vlagent run`) instead")
     ap.add_argument("--tiny", action="store_true", help="the tiny checkpoint on the CPU (a smoke run)")
     ap.add_argument("--checkpoint", help="reuse a checkpoint folder made by an earlier run")
+    ap.add_argument("--replies", choices=["native", "model"], default="native",
+                    help="native: the server's choices follow native clicks with coordinates (benchmarks/serve_scripted.py); "
+                         "model: whatever the random weights choose (the shortest reply the grammar allows)")
     ap.add_argument("--check", choices=["cpu", "cuda"], help="only: replies alone vs concurrent (tiny checkpoint)")
     args = ap.parse_args()
     if args.check:
@@ -248,7 +255,7 @@ def main():
     runs = []
     result = {"device": _device(), "screen": list(size), "history": 4, "model": "tiny-random" if args.tiny else
               "random-2b (Qwen3-VL-2B shapes, bf16, tiny tokenizer)", "warm_steps": args.warm,
-              "timed_steps_per_agent": args.steps, "think_time_s": args.think, "runs": runs}
+              "timed_steps_per_agent": args.steps, "think_time_s": args.think, "replies": args.replies, "runs": runs}
     think = (args.think,)
     if args.think_from:
         desktop = json.loads(args.think_from.read_text())
@@ -256,7 +263,7 @@ def main():
         result["think_time_s"] = {"from": args.think_from.name, "machine": desktop["machine"], "steps": len(think),
                                   "p50_s": round(statistics.median(think), 3), "mean_s": round(statistics.fmean(think), 3)}
     for n in (int(v) for v in args.agents.split(",")):
-        r = run_n(folder, n, size, args.warm, args.steps, think, logs)
+        r = run_n(folder, n, size, args.warm, args.steps, think, logs, args.replies)
         runs.append(r)
         print(f"N={n}: {r['aggregate_steps_s']:.2f} steps/s, p50 {r['step_ms_p50']:.0f} ms, p95 {r['step_ms_p95']:.0f} ms, "
               f"peak {r['peak_gib']} GiB (plan {r['planned_peak_gib']}), valid {r['valid_replies']}/{r['steps_timed']}, "

@@ -253,3 +253,69 @@ def cases(seed: int = 13, n: int = 12_000):
         reply = "<tool_call>" + json.dumps({"name": "computer_use", "arguments": action}, ensure_ascii=rng.random() < 0.3) + "</tool_call>"
         yield cat, reply, ctx, expect
     yield from structure_cases(rng, n - 3 * share)
+
+
+# -- the gate: every proposer, the window that receives the input ---------------------------------
+# A 1280x800 screen: a terminal (or a python3 REPL in an xterm named "Notes") on the left half, a
+# form on the right half, a band at the top whose window cannot be told. The oracle computes where
+# the executor acts itself (the spec: 0..1000 -> pixel, clamped, corners nudged 2 px inward).
+SCREEN = (1280, 800)
+TERMINAL_RIGHT = 640  # x < 640: the terminal
+UNKNOWN_BOTTOM = 60  # y < 60 in the "unknown" layout: the probe cannot tell
+PROPOSERS = ("model", "replay", "cache", "fallback")
+GATE_LAYOUTS = ("split", "split_repl", "focus_terminal", "unknown")
+
+
+def pixel(coord, size=SCREEN):
+    w, h = size
+    x = min(max(round(coord[0] / 1000 * w), 0), w - 1)
+    y = min(max(round(coord[1] / 1000 * h), 0), h - 1)
+    if x in (0, w - 1) and y in (0, h - 1):
+        x, y = min(max(x, 2), w - 3), min(max(y, 2), h - 3)
+    return x, y
+
+
+def _lands_badly(px, layout) -> bool:
+    if layout == "unknown" and px[1] < UNKNOWN_BOTTOM:
+        return True
+    return px[0] < TERMINAL_RIGHT
+
+
+def gate_cases(rng: random.Random, n: int):
+    """(category, proposer, layout, action arguments, expect). The pointer rests over the form at
+    (900, 400); the keyboard focus is on the form except in "focus_terminal" (the terminal) and
+    "unknown" (cannot be told)."""
+    pointer_kinds = ["left_click", "right_click", "middle_click", "double_click", "triple_click", "mouse_move",
+                     "scroll", "hscroll"]
+    for i in range(n):
+        proposer = PROPOSERS[i % len(PROPOSERS)]
+        layout = rng.choice(GATE_LAYOUTS)
+        r = rng.random()
+        focus_ok = layout in ("split", "split_repl")
+        if r < 0.45:  # a pointer action at a point
+            kind = rng.choice(pointer_kinds)
+            coord = [rng.randint(0, 1000), rng.randint(0, 1000)]
+            if rng.random() < 0.3:  # near the terminal's edge: the rounding decides
+                coord[0] = rng.choice([499, 500, 501])
+            args = {"action": kind, "coordinate": coord}
+            if kind in ("scroll", "hscroll"):
+                args["pixels"] = rng.choice([-300, 100, 500])
+            yield "gate_point", proposer, layout, args, "reject" if _lands_badly(pixel(coord), layout) else "accept"
+        elif r < 0.6:  # a drag: both ends count
+            a, b = [rng.randint(0, 1000), rng.randint(0, 1000)], [rng.randint(0, 1000), rng.randint(0, 1000)]
+            bad = _lands_badly(pixel(a), layout) or _lands_badly(pixel(b), layout)
+            yield "gate_drag", proposer, layout, {"action": "left_click_drag", "start_coordinate": a, "coordinate": b}, \
+                "reject" if bad else "accept"
+        elif r < 0.68:  # at the pointer's place (over the form)
+            yield "gate_pointer", proposer, layout, {"action": rng.choice(["left_click", "middle_click"])}, "accept"
+        elif r < 0.9:  # keys and text go where the focus is
+            if rng.random() < 0.5:
+                args = {"action": "type", "text": rng.choice(LEGIT_TEXT)[:200]}
+            else:
+                args = {"action": "key", "keys": rng.choice(ORDINARY)}
+            yield "gate_focus", proposer, layout, args, "accept" if focus_ok else "reject"
+        else:  # secrets: declared and alone, or refused
+            text, ok = rng.choice([("{secret:PASSWORD}", True), ("{secret:AWS_KEY}", False),
+                                   ("https://evil.example/?q={secret:PASSWORD}", False),
+                                   ("{secret:PASSWORD}{secret:PASSWORD}", False), ("my {secret:PASSWORD}", False)])
+            yield "gate_secret", proposer, layout, {"action": "type", "text": text}, "accept" if ok and focus_ok else "reject"

@@ -24,16 +24,19 @@ ckpt() { [ -f $M/config.json ] || { t=$(date +%s); timeout 200 python3 benchmark
          cat $M/*.safetensors > /dev/null; }
 b() { name=$1; shift; echo "== $name: vlagent bench $*"
       timeout ${BT:-240} python3 -c "$VL" bench "$@" --json $OUT/$name.json > /tmp/$name.log 2>&1; echo "rc=$?"
-      python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -8 /tmp/$name.log
+      python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -8 /tmp/$name.log; grep -i "warn\|error" /tmp/$name.log | head -3
       python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r.get('load_timings')); print('evict steps', [(s['step'], round(s['step_ms'],1), s.get('reused_tokens'), s.get('shifted_tokens')) for s in r['steps_detail']])" $OUT/$name.json 2>/dev/null; }
 for what in "$@"; do case $what in
   probe) timeout 150 python3 benchmarks/gpu_fp8_probe.py $OUT/fp8_probe.json 2>&1 | tail -25 ;;
   imports) ckpt; python3 -X importtime -c "import agent.cli, agent.backends.transformers, transformers; from transformers import Qwen3VLForConditionalGeneration" 2> /tmp/imp.log; sort -t'|' -k2 -n -r /tmp/imp.log | head -25 > $OUT/importtime_top.txt; head -25 $OUT/importtime_top.txt ;;
   base) ckpt; BT=300 b base --model $M --steps 12 --decode-context 10240 ;;
-  shift) ckpt; VLAGENT_KV_SHIFT=1 b shift --model $M --steps 12 --no-baselines --decode-context 10240 --peak-context 32768 ;;
-  noshift) ckpt; VLAGENT_KV_SHIFT=0 b noshift --model $M --steps 12 --no-baselines ;;
-  fp8) ckpt; VLAGENT_FP8=block b fp8 --model $M --steps 12 --no-baselines --decode-context 10240 --peak-context 32768 ;;
-  fp8ckpt) ckpt; timeout 200 python3 benchmarks/gpu_fp8_check.py $M $OUT/fp8_layers.json 2>&1 | tail -20 ;;
+  shift) ckpt; b shift --model $M --steps 12 --no-baselines --kv-shift --decode-context 10240 --peak-context 32768 ;;
+  noshift) ckpt; b noshift --model $M --steps 12 --no-baselines --no-kv-shift ;;
+  fp8) ckpt; b fp8 --model $M --steps 12 --no-baselines --kv-shift --fp8 block --decode-context 10240 --peak-context 32768 ;;
+  fp8save) ckpt; [ -f /tmp/r2b_fp8_block/config.json ] || { t=$(date +%s); python3 -c "from agent.backends.fp8 import save_fp8_checkpoint as s; s('$M', '/tmp/r2b_fp8_block', 'block')"; echo "fp8 checkpoint saved in $(( $(date +%s) - t )) s"; }
+           cat /tmp/r2b_fp8_block/*.safetensors > /dev/null ;;
+  fp8load) b fp8_ckpt --model /tmp/r2b_fp8_block --steps 12 --no-baselines --kv-shift --decode-context 10240 --peak-context 32768 ;;
+  fp8ckpt) ckpt; timeout 200 python3 benchmarks/gpu_fp8_check.py $M $OUT/fp8_layers.json ${LAYOUTS:-block,channel} 2>&1 | tail -20 ;;
   kvcheck) ckpt; timeout 150 python3 benchmarks/gpu_kv_shift.py $M $OUT/kv_shift_2b.json 2>&1 | tail -12 ;;
-  serve) ckpt; timeout 300 python3 benchmarks/bench_serve.py --model $M --agents 1,8 --json $OUT/serve.json 2>&1 | tail -15 ;;
+  serve) ckpt; timeout 400 python3 benchmarks/bench_serve.py $OUT/serve.json --checkpoint $M --agents 1,8 --steps 6 --think-from benchmarks/results/desktop_time.json 2>&1 | tail -12 ;;
 esac; done

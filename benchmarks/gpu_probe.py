@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from agent.backends.bench import build_model, frames
+from engine_bench import build_model, frames
 from agent.backends.engine import Engine, EngineImage, image_key
 
 out = sys.argv[1] if len(sys.argv) > 1 else "."

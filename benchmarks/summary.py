@@ -5,7 +5,7 @@ import sys
 KEYS = ["step_ms_p50", "step_ms_p95", "ttft_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms",
         "decode_tok_s", "cold_start_s", "build_s", "peak_gib", "predicted_peak_gib", "peak_context_gib",
         "grammar_overhead_pct",
-        # product mode (agent/backends/product_bench.py)
+        # product mode (benchmarks/product_bench.py)
         "steady_step_ms_p50", "steady_step_ms_p95", "click_step_ms_p50", "click_step_ms_p95", "prompt_ms",
         "encode_ms", "decode_steps", "new_tokens", "grammar_pct_of_decode", "decode_tok_s_at_context",
         "planned_peak_gib", "first_step_ms", "load_s", "process_to_load_s", "generate_defaults_step_ms_p50",

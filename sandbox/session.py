@@ -31,7 +31,8 @@ STDERR_TAIL_CHARS = 300  # how much of a failed command's stderr goes into the o
 # What apps, setup and check commands receive of vlagent's environment: what a program needs to run
 # and find its files, never the rest (secrets, API keys, tokens). A task names more (Sandbox pass_env).
 PASS_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-            "PYTHONPATH", "VIRTUAL_ENV", "XDG_RUNTIME_DIR", "XDG_DATA_DIRS", "XDG_CONFIG_DIRS", "NO_AT_BRIDGE")
+            "PYTHONPATH", "VIRTUAL_ENV", "XDG_RUNTIME_DIR", "XDG_DATA_DIRS", "XDG_CONFIG_DIRS", "NO_AT_BRIDGE",
+            "VLAGENT_SUITE_ITEM")  # the suite's mark on an item's processes: it ends what they leave
 
 
 def clean_env(display: str, xauthority: str | None = None, pass_env=(), **extra: str) -> dict[str, str]:

@@ -7,7 +7,9 @@ strings: address, display number, auth name, auth data.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import secrets
 import socket
 import struct
@@ -61,13 +63,15 @@ def share_with_this_process(number: int, cookie: bytes) -> None:
     with _lock:
         if _process_file is None:
             folder = Path(tempfile.mkdtemp(prefix="vlagent-xauth-"))
+            atexit.register(shutil.rmtree, folder, True)
             _process_file = folder / "Xauthority"
             user = os.environ.get("XAUTHORITY") or str(Path.home() / ".Xauthority")
             try:
                 _user = Path(user).read_bytes()[:1 << 20]
             except OSError:
                 _user = b""
-            os.environ["XAUTHORITY"] = str(_process_file)
+        # Set each time: someone (a test driving another vlagent's display) may have pointed it elsewhere.
+        os.environ["XAUTHORITY"] = str(_process_file)
         _ours[number] = cookie
         _write(_process_file, b"".join(entries(n, c) for n, c in _ours.items()) + _user)
 

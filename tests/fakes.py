@@ -116,7 +116,7 @@ class QueueModel:
         self._released.set()
 
     def fits(self, messages, constraint=None) -> bool:
-        return True
+        return True  # no context limit
 
     def generate(self, messages, constraint=None) -> str:
         self.seen.append(messages)

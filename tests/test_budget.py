@@ -62,7 +62,7 @@ def test_prediction_within_10_percent_of_the_measured_h100_peak():
 
 
 def test_prediction_within_10_percent_of_the_measured_h200_peak_at_32k():
-    """The product-path bench's one-shot + text to 32K peak, against the planner (agent/backends/product_bench.py)."""
+    """The product-path bench's one-shot + text to 32K peak, against the planner (benchmarks/product_bench.py)."""
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("h200_*product*.json"))]
     runs = [r for r in runs if r.get("peak_context_gib") and r.get("planned_peak_gib")]
     if not runs:

@@ -193,7 +193,10 @@ def test_jump_forward_gives_the_same_reply():
     """Tokens the grammar forces are fed in batches; the reply equals token-by-token decoding."""
     xgr = pytest.importorskip("xgrammar")
     from agent.backends.tiny import tiny_checkpoint
-    from agent.backends.bench import GRAMMAR_EBNF
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from engine_bench import GRAMMAR_EBNF
     from transformers import AutoTokenizer
 
     folder = tiny_checkpoint()

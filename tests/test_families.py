@@ -33,11 +33,11 @@ GOLDEN = {
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "click", "coordinate": [999, 0]}}\n</tool_call>',
          {"action": "left_click", "coordinate": [1000, 0]}),
         ('<thinking>\nThe Name field is empty.\n</thinking>\n<tool_call>\n{"name": "mobile_use", "arguments": {"action": "click", "coordinate": [333, 666]}}\n</tool_call>',
-         {"action": "left_click", "coordinate": [333, 667]}),
+         {"action": "left_click", "coordinate": [333.333, 666.667]}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "type", "text": "ada@example.com"}}\n</tool_call>',
          {"action": "type", "text": "ada@example.com"}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "swipe", "direction": "up", "coordinate": [499, 499]}}\n</tool_call>',
-         {"action": "scroll", "pixels": -500, "coordinate": [499, 499]}),
+         {"action": "scroll", "pixels": -500, "coordinate": [499.499, 499.499]}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "drag", "start_coordinate": [0, 0], "end_coordinate": [999, 999]}}\n</tool_call>',
          {"action": "left_click_drag", "start_coordinate": [0, 0], "coordinate": [1000, 1000]}),
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "system_button", "button": "enter"}}\n</tool_call>',
@@ -47,7 +47,7 @@ GOLDEN = {
         ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "answer", "text": "42"}}\n</tool_call>',
          {"action": "answer", "text": "42"}),
         ('<grounding_think>The OK button.</grounding_think>\n<answer>\n{"coordinate": [999,499]}\n</answer>',
-         {"action": "left_click", "coordinate": [1000, 499]}),  # 499 * 1000 / 999 = 499.5 - 0.0005
+         {"action": "left_click", "coordinate": [1000, 499.499]}),
     ],
     "ui-venus-1.5": [
         ("<think>The name field is at the top.</think>\n<action>Click(box=(120,340))</action>\n<conclusion>Click the name field.</conclusion>",
@@ -108,7 +108,7 @@ def test_recognised_from_hub_ids_folder_names_and_configs(tmp_path):
     assert detect("Qwen/Qwen3-VL-2B-Instruct") is NATIVE
     assert detect("Tongyi-MAI/MAI-UI-2B").name == "mai-ui"
     assert detect("inclusionAI/UI-Venus-1.5-2B").name == "ui-venus-1.5"
-    assert detect("mPLUG/GUI-Owl-1.5-2B").name == "gui-owl-1.5"
+    assert detect("mPLUG/GUI-Owl-1.5-2B-Instruct").name == "gui-owl-1.5"
     assert detect("/hf/models--Tongyi-MAI--MAI-UI-2B/snapshots/abc").name == "mai-ui"
     folder = tmp_path / "weights"
     folder.mkdir()
@@ -176,6 +176,7 @@ def test_a_familys_grammar_only_offers_what_the_policy_allows(constrainer, name)
     assert fam.matcher(constrainer, only_clicks).accept_string(click)
 
 
+@pytest.mark.slow  # loads the tiny model
 @pytest.mark.parametrize("name", ["gui-owl-1.5", "mai-ui", "ui-venus-1.5"])
 def test_a_random_weight_checkpoint_saved_as_the_family_answers_in_its_format(name):
     """The tiny checkpoint saved with the family's name is recognised and, decoded under the
@@ -195,4 +196,67 @@ def test_a_random_weight_checkpoint_saved_as_the_family_answers_in_its_format(na
         action = check_reply(reply, policy)  # parses and passes the policy
         messages += [{"role": "assistant", "content": [{"type": "text", "text": reply}]},
                      {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Step"}]}]
+        assert action.action in policy.actions
+
+
+def test_a_served_family_model_gets_its_prompt_and_its_reply_is_translated():
+    """--backend openai with a MAI-UI model: MAI's prompt goes out (no JSON schema: its format is
+    its own), the 0..999 reply comes back as a native tool call."""
+    import threading
+
+    from test_openai_backend import MODEL, FakeServer
+
+    from agent.backends.openai import OpenAIBackend
+
+    srv = FakeServer()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    mai = GOLDEN["mai-ui"][0][0]
+    completion = {"id": "c", "object": "chat.completion", "created": 0, "model": MODEL,
+                  "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": mai}}]}
+    try:
+        backend = OpenAIBackend(MODEL, srv.base_url, backoff_s=0.01, format="mai-ui", check_image_tokens=False)
+        srv.plan = [(200, completion, {}, 0.0)]
+        reply = backend.generate([{"role": "system", "content": [{"type": "text", "text": "tools"}]},
+                                  {"role": "user", "content": [{"type": "text", "text": "Task: click"}]}], POLICY)
+        assert to_json(check_reply(reply, POLICY)) == {"action": "left_click", "coordinate": [1000, 0]}
+        assert backend.last_reply == mai
+        sent = srv.requests[-1]
+        assert "response_format" not in sent and "mobile_use" in sent["messages"][0]["content"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("name", ["gui-owl-1.5", "mai-ui", "ui-venus-1.5"])
+def test_random_token_walks_end_in_an_action_within_the_reply_budget(constrainer, name):
+    """Whatever the weights pick among the tokens the family's grammar allows (long tokens first: the
+    worst case for length), the reply ends within max_reply_tokens and means an allowed action.
+    Free text is `x*` in the grammar and bounded while decoding (a `x{0,n}` compiled for 20 s)."""
+    import random
+
+    import torch
+    import xgrammar as xgr
+
+    fam = family(name)
+    policy = Policy(allow=Allow(max_text_len=40))
+    budget = fam.max_reply_tokens(policy)
+    rng = random.Random(3)
+    mask = xgr.allocate_token_bitmask(1, constrainer.vocab_size)
+    tb = constrainer.token_bytes
+    for _ in range(6):
+        m = fam.matcher(constrainer, policy)
+        out, steps = b"", 0
+        while True:
+            m.fill_next_token_bitmask(mask)
+            bits = ((mask[0].view(-1, 1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten()[:constrainer.vocab_size]
+            allowed = [t for t in torch.nonzero(bits).flatten().tolist() if tb[t]]
+            if not allowed:
+                break
+            tid = max(rng.sample(allowed, min(6, len(allowed))), key=lambda t: len(tb[t]))
+            assert m.accept_token(tid)
+            if m.is_terminated():
+                break
+            out, steps = out + tb[tid], steps + 1
+            assert steps < budget
+        action = check_reply(fam.to_native(out.decode()), policy)
         assert action.action in policy.actions

@@ -515,15 +515,16 @@ def test_typing_into_a_terminal_is_refused_and_allowed_only_when_the_task_says_s
     if shutil.which("xterm") is None:
         pytest.skip("xterm is not installed (.ci/install installs it)")
     marker = tmp_path / "pwned"
-    term = {"launch": ["xterm", "-geometry", "80x20+0+0", "-T", "term", "-e", "sh"], "wait_for_window": "term"}
+    # large enough to lie under the pointer (the screen's centre): without a window manager it has the keys
+    term = {"launch": ["xterm", "-geometry", "120x40+0+0", "-T", "term", "-e", "sh"], "wait_for_window": "term"}
     replies = [call("left_click", coordinate=[300, 200]), call("type", text=f"touch {marker}"),
                call("key", keys=["enter"]), call("wait", time=1), call("terminate", status="success")]
     check = [{"command": ["test", "-e", str(marker)]}]
     refused = vlagent_run(tmp_path, {"setup": [term], "success": check}, replies)
-    assert refused.returncode == 1 and result_of(tmp_path)["status"] == "failed"
-    steps = load_steps(tmp_path / "trace")
-    assert [s.error.split(" into")[0] for s in steps[1:3]] == ["typing", "key presses"]
-    assert all("terminal or shell window ('term')" in s.error for s in steps[1:3]) and not marker.exists()
+    assert refused.returncode == 1 and result_of(tmp_path)["status"] == "invalid_output"  # three refused in a row
+    steps = load_steps(tmp_path / "trace")  # the gate judges the window each input reaches: the click too
+    assert [s.error.split(" would go")[0].split(" at ")[0] for s in steps[:3]] == ["a left_click", "typing", "key presses"]
+    assert all("terminal or shell window ('term'" in s.error for s in steps[:3]) and not marker.exists()
 
     allowed = tmp_path / "allowed"
     allowed.mkdir()

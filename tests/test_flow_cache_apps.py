@@ -216,6 +216,9 @@ def test_chromium_targets_keep_their_element_and_the_tree_judges_an_effect_the_p
     targets = [a["target"] for s in data["steps"] for a in s["actions"] if a.get("target")]
     assert len(targets) == 2 and all(t.get("a11y") for t in targets), [t.get("a11y") for t in targets]
     assert targets[1]["a11y"]["role"] == "radio button", targets[1]["a11y"]
+    from agent.targets.model import Evidence
+
+    assert all(Evidence.parse(t).dump() == t for t in targets)  # typed evidence reads it unchanged
     express = data["steps"][1]["actions"][0]
     after = express["effect"]["after"]
     assert after.get("a11y"), after.keys()

@@ -1,4 +1,4 @@
-"""agent.replay.locate on real screenshots of the form app under Xvfb: evidence, re-finding after the
+"""agent.targets.locate on real screenshots of the form app under Xvfb: evidence, re-finding after the
 window and widgets moved, another screen size and another DPI, ambiguity and absence."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.replay.locate import Window, describe_target, find_target, list_windows, search
+from agent.targets.locate import Window, describe_target, find_target, list_windows, search
 from sandbox.session import Sandbox
 
 pytestmark = pytest.mark.timeout(240)  # a hang fails the test instead of stalling CI
@@ -137,7 +137,7 @@ def test_when_no_image_matches_the_text_at_the_target_is_found_by_ocr(screens):
     """A restyled button (here: its images replaced by noise) is still found by its text."""
     import numpy as np
 
-    from agent.replay.locate import _encode
+    from agent.targets.locate import _encode
 
     image0, windows0, boxes0 = screens["fixed"]
     image, windows, boxes = screens["seed3"]
@@ -154,7 +154,7 @@ def test_the_window_under_a_point_is_estimated_from_a_screenshot_alone(screens):
     """Agent traces keep no window list; replay guesses it so templates keep off the desktop."""
     import numpy as np
 
-    from agent.replay.locate import estimate_window
+    from agent.targets.locate import estimate_window
 
     for key in ("fixed", "seed7", "small"):
         image, windows, boxes = screens[key]

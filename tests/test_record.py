@@ -148,6 +148,7 @@ def _start_recording(trace: Path, task: Path, *extra: str):
             break
         m = re.search(r"recording on display (:\d+)", line)
         if m:
+            os.environ["XAUTHORITY"] = re.search(r"XAUTHORITY=(\S*?)\)", line).group(1)  # the sandbox's cookie
             return proc, m.group(1)
     proc.kill()
     raise AssertionError(f"vlagent record never said it was recording: {proc.communicate()}")

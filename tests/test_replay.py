@@ -115,7 +115,7 @@ def _rewrite(trace: Path, change) -> None:
 
 
 def test_a_target_that_is_gone_fails_naming_the_step_and_keeps_both_screenshots(tmp_path):
-    from agent.replay.locate import describe_target
+    from agent.targets.locate import describe_target
     from PIL import Image
 
     trace = _copy_demo(tmp_path)
@@ -191,7 +191,7 @@ def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
     from PIL import Image
 
     from agent.backends.script import ScriptBackend
-    from agent.replay.locate import describe_target
+    from agent.targets.locate import describe_target
 
     trace = _copy_demo(tmp_path)
     odd = Image.new("RGB", (1280, 800), (30, 30, 30))
@@ -214,7 +214,7 @@ def test_the_fallback_models_answer_is_checked_by_the_same_evidence(tmp_path):
     from PIL import Image
 
     from agent.backends.script import ScriptBackend
-    from agent.replay.locate import describe_target
+    from agent.targets.locate import describe_target
 
     trace = _copy_demo(tmp_path)
     odd = Image.new("RGB", (1280, 800), (30, 30, 30))

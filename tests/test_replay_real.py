@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import atspi
-from agent.replay.evidence import describe, find, own_text
+from agent.targets.evidence import describe, find, own_text
 from sandbox.session import Sandbox
 from sandbox.windows import list_windows
 
@@ -287,6 +287,7 @@ def test_a_recording_with_real_input_replays_under_a_dark_theme_clicking_the_sam
         assert line, proc.communicate()
         m = re.search(r"recording on display (:\d+)", line)
         display = m.group(1) if m else None
+        os.environ["XAUTHORITY"] = re.search(r"XAUTHORITY=(\S*?)\)", line).group(1) if m else os.environ.get("XAUTHORITY", "")
     env = {**os.environ, "DISPLAY": display}
     time.sleep(1.0)
     with atspi.Tree(display) as tree:
@@ -337,7 +338,7 @@ def test_a_click_whose_effect_is_missing_on_the_tree_is_named():
 
 
 def evidence_missing(ev, nodes):
-    from agent.replay.evidence import missing_effect
+    from agent.targets.evidence import missing_effect
 
     return missing_effect(ev, nodes, (150, 60))
 

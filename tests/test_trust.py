@@ -157,3 +157,28 @@ def test_apps_setup_and_checks_get_a_clean_environment_and_a_cookie(tmp_path):
         assert "sk-do-not-leak" not in text and "PASSED_ON=yes" in text and "DISPLAY=:" in text, text
     assert "Authorization required" in (work / "nocookie.txt").read_text()
     assert (work / "cookie.txt").read_text().strip() == "640 400"
+
+
+def test_an_untrusted_trace_declares_no_secret_and_passes_no_variable(tmp_path, home, monkeypatch):
+    """On a live display a trace could type a secret it declared into any window: from elsewhere, its
+    `secrets:` and `env:` are dropped, and the gate refuses the placeholder."""
+    import shutil
+
+    from actions import Policy, PolicyError, gate
+    from actions.schema import ACTION_ADAPTER
+    from agent.replay.player import load_trace_task
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-type-me")
+    trace = tmp_path / "t"
+    shutil.copytree(DEMO, trace)
+    task = yaml.safe_load((trace / "task.yaml").read_text())
+    task.update(secrets={"AWS": "AWS_SECRET_ACCESS_KEY"}, env=["AWS_SECRET_ACCESS_KEY"])
+    (trace / "task.yaml").write_text(yaml.safe_dump(task))
+    lines = []
+    from agent import trust
+
+    monkeypatch.setattr(trust, "_stderr", lines.append)
+    safe = load_trace_task(trace)
+    assert safe.secrets == {} and safe.env == [] and safe.setup == [] and "1 secret(s)" in lines[0]
+    with pytest.raises(PolicyError, match="not one the task declares"):
+        gate.check(ACTION_ADAPTER.validate_python({"action": "type", "text": "{secret:AWS}"}), None, Policy())

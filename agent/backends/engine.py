@@ -50,6 +50,7 @@ from agent.errors import VlagentError
 
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
 WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
+EARLY_TOKENS = 4096  # decode graphs captured before the load returns; longer spans in the background
 FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
 FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
 SHIFT_MIN = 64  # tokens: a shorter block of kept KV is recomputed rather than moved
@@ -67,9 +68,8 @@ def sdpa_backends(choice: str = "cudnn"):
 
 
 def compile_cache_dir():
-    from pathlib import Path
-    root = Path(os.environ["VLAGENT_CACHE"]) if os.environ.get("VLAGENT_CACHE") else Path.home() / ".cache" / "vlagent"
-    return root / "inductor"
+    from agent.backends.options import cache_dir
+    return cache_dir() / "inductor"
 
 
 class Cancelled(VlagentError):
@@ -212,6 +212,10 @@ class Engine:
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
         self._pre_n, self._post_n = pre_attention, post_attention
+        if compile and self.fp8:
+            import logging
+            logging.getLogger(__name__).warning("engine: FP8 weights run eager (torch.compile is not used with them)")
+            compile = False
         if compile:  # one compile each, shared by all layers (weights are arguments); artefacts cached on disk
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
             mode = compile if isinstance(compile, str) else None  # e.g. "max-autotune-no-cudagraphs"
@@ -245,6 +249,10 @@ class Engine:
         so one GEMM replaces three (and two) without holding the weights twice."""
         torch = self.torch
         self.layers = []
+        self.fp8 = any(getattr(mod, "fp8", None) is not None for mod in self.lm.modules())
+        if self.fp8:
+            self._fuse_fp8()
+            return
         with torch.no_grad():
             for layer in self.lm.layers:
                 a, m = layer.self_attn, layer.mlp
@@ -262,6 +270,31 @@ class Engine:
                                         kn=a.k_norm.weight, o=a.o_proj.weight,
                                         post=layer.post_attention_layernorm.weight, gu=gu,
                                         down=m.down_proj.weight))
+
+    def _fuse_fp8(self):
+        """The same fusion for FP8 linears (agent/backends/fp8.py): q/k/v and gate/up concatenated in
+        e4m3 with their scales, the modules pointed at row views of the fused weights."""
+        from agent.backends.fp8 import FP8Linear, FP8Weight
+        for layer in self.lm.layers:
+            a, m = layer.self_attn, layer.mlp
+            mods = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+            if any(getattr(x, "fp8", None) is None for x in mods) or a.q_proj.bias is not None:
+                raise VlagentError("engine: FP8 weights on some linears of a layer only")
+            qkv = FP8Weight.cat([a.q_proj.fp8, a.k_proj.fp8, a.v_proj.fp8])
+            gu = FP8Weight.cat([m.gate_proj.fp8, m.up_proj.fp8])
+            if qkv is None or gu is None:
+                raise VlagentError("engine: FP8 blocks do not line up with the q/k/v or gate/up split")
+            cuts = [0]
+            for x in (a.q_proj, a.k_proj, a.v_proj):
+                cuts.append(cuts[-1] + x.fp8.q.shape[0])
+            for x, lo, hi in zip((a.q_proj, a.k_proj, a.v_proj), cuts, cuts[1:]):
+                x.fp8 = qkv.rows(lo, hi)
+                x.forward = FP8Linear(x.fp8, x)
+            m.gate_proj.fp8, m.up_proj.fp8 = gu.rows(0, self.inter), gu.rows(self.inter, 2 * self.inter)
+            m.gate_proj.forward, m.up_proj.forward = FP8Linear(m.gate_proj.fp8, m.gate_proj), FP8Linear(m.up_proj.fp8, m.up_proj)
+            self.layers.append(dict(ln=layer.input_layernorm.weight, qkv=qkv, qn=a.q_norm.weight,
+                                    kn=a.k_norm.weight, o=a.o_proj.fp8,
+                                    post=layer.post_attention_layernorm.weight, gu=gu, down=m.down_proj.fp8))
 
     def reset(self):
         """Forget the cached prefix (the next call prefills everything)."""
@@ -469,9 +502,9 @@ class Engine:
                     if (s, n) not in self._graphs and s - n >= 0:
                         self._pos.fill_(s - n)
                         self._capture(s, n)
-        self._pos.zero_()
+            self._pos.zero_()
 
-    def warm_up(self, tokens: int = 0):
+    def warm_up(self, tokens: int = 0, background: bool = True):
         """At load: run the vision tower, a prefill and a few decode steps on a small dummy prompt
         (library handles, kernel choices, compiled pieces), then capture the decode graphs of every
         bucket up to `tokens` (default WARM_TOKENS), so that no step of a run pays for them."""
@@ -487,7 +520,28 @@ class Engine:
         self.vision.pop("warm-up")
         self.reset()
         tokens = tokens or WARM_TOKENS
-        self.warmup(list(range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET)))
+        spans = list(range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET))
+        early = [s for s in spans if s <= EARLY_TOKENS]
+        self.warmup(early)
+        rest = [s for s in spans if s > EARLY_TOKENS]
+        if rest and background:  # the longer spans in the background, one at a time under the call lock
+            self._warm_thread = threading.Thread(target=self._warm_rest, args=(rest,), daemon=True,
+                                                 name="vlagent-graph-capture")
+            self._warm_thread.start()
+        elif rest:
+            self.warmup(rest)
+
+    def _warm_rest(self, spans: list[int]):
+        """Capture the decode graphs of longer spans after the load (cold start): each span takes the
+        engine's lock, so a call waits for at most one capture (~40 ms a width); a span a call needs
+        first is captured by that call and skipped here."""
+        import logging
+        for s in spans:
+            try:
+                self.warmup([s])
+            except Exception as e:  # a failed capture here is not fatal: the call that needs it captures it
+                logging.getLogger(__name__).warning("background graph capture stopped: %s", e)
+                return
 
     # ---- one call
 
@@ -854,22 +908,23 @@ def make_engine(model, context: int | None = None, options=None) -> "Engine":
 
 
 def engine_options():
-    """The engine switches from the environment, read here only (until agent/backends/options.py
-    carries them): VLAGENT_CONTEXT, VLAGENT_COMPILE, VLAGENT_SDPA, VLAGENT_WARM_TOKENS,
-    VLAGENT_COMPILE_VISION, VLAGENT_KV_SHIFT."""
-    try:
-        from agent.backends.options import EngineOptions  # noqa: F401
-        from agent.backends import options as mod
-        return mod.from_env() if hasattr(mod, "from_env") else EngineOptions()
-    except ImportError:
-        pass
+    """The engine switches from the environment (agent/backends/options.py reads them, in one place)."""
+    from agent.backends.options import EngineOptions
+    return EngineOptions.from_env()
+
+
+def with_options(opts, **changes):
+    """A copy of an options object with some switches changed (a dataclass or a namespace)."""
+    import dataclasses
     from types import SimpleNamespace
-    env = os.environ
-    return SimpleNamespace(context=int(env.get("VLAGENT_CONTEXT", ENGINE_CONTEXT)),
-                           compile=env.get("VLAGENT_COMPILE") == "1", sdpa=env.get("VLAGENT_SDPA", "cudnn"),
-                           warm_tokens=int(env.get("VLAGENT_WARM_TOKENS", WARM_TOKENS)),
-                           compile_vision=env.get("VLAGENT_COMPILE_VISION", "1") != "0",
-                           kv_shift=env.get("VLAGENT_KV_SHIFT", "0") == "1")
+    if dataclasses.is_dataclass(opts):
+        known = {f.name for f in dataclasses.fields(opts)}
+        out = dataclasses.replace(opts, **{k: v for k, v in changes.items() if k in known})
+        for k, v in changes.items():
+            if k not in known:
+                object.__setattr__(out, k, v)
+        return out
+    return SimpleNamespace(**{**vars(opts), **changes})
 
 
 def _split_images(inputs, messages) -> list:

@@ -13,7 +13,7 @@ with coordinates on 0..1000. A family translates at the backend's edge:
 | format | model | reply | coordinates | prompt |
 |---|---|---|---|---|
 | qwen3-vl | Qwen/Qwen3-VL-2B-Instruct | `<tool_call>{"name": "computer_use", ...}</tool_call>` | 0..1000 | tools in the system turn, image then text |
-| gui-owl-1.5 | mPLUG/GUI-Owl-1.5-2B | `Action: ...` line, then the same tool call | 0..1000 | GUI-Owl's PC system prompt; instruction text then image |
+| gui-owl-1.5 | mPLUG/GUI-Owl-1.5-2B-Instruct | `Action: ...` line, then the same tool call | 0..1000 | GUI-Owl's PC system prompt; instruction text then image |
 | mai-ui | Tongyi-MAI/MAI-UI-2B | `<tool_call>{"name": "mobile_use", ...}</tool_call>` (click, drag, swipe, system_button, ...) | 0..999 | MAI-UI's system prompt (no-thinking variant); text then image |
 | ui-venus-1.5 | inclusionAI/UI-Venus-1.5-2B | `<think>..</think><action>Click(box=(x,y))</action><conclusion>..</conclusion>` | 0..1000 | Venus' user-turn template; text then image |
 
@@ -30,14 +30,19 @@ from functools import cache
 from pathlib import Path
 
 from actions.policy import Policy
-from agent.backends.grammar import (CLOSE, MAX_REL, OPEN, UTF8_MAX_BYTES, Spec, lit, max_reply_bytes, reply_grammar,
-                                    text_bound, uint_le)
+from agent.backends.grammar import (CLOSE, MAX_REL, OPEN, SPAN_TOKEN_CHARS, UTF8_MAX_BYTES, Span, Spec, lit,
+                                    max_reply_bytes, reply_grammar, text_bound, uint_le)
 from agent.errors import VlagentError
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "families"
 SCROLL_PX = 500  # a swipe or a Scroll(direction) without an amount: about a screenful
 THOUGHT_CHARS = 160  # free text a family writes before its action (Action: line, <think>)
 CONCLUSION_CHARS = 80
+
+
+def span_bytes(max_chars: int) -> int:
+    """The longest a bounded free-text span can get (its last token may pass the bound)."""
+    return UTF8_MAX_BYTES * (max_chars + SPAN_TOKEN_CHARS)
 
 
 @cache
@@ -63,9 +68,14 @@ def _refuse(why: str) -> str:
     return f"(no native action) {why}"
 
 
-def _rescale(point, scale: int) -> list[int]:
-    """A family's point -> native 0..1000 (a 0..999 family's 999 is the far edge, as its authors map it)."""
-    return [min(MAX_REL, max(0, round(float(v) * MAX_REL / scale))) for v in point]
+def _rescale(point, scale: int) -> list[float]:
+    """A family's point -> native 0..1000 (a 0..999 family's 999 is the far edge, as its authors map
+    it). Kept to 3 decimals, not rounded to whole units: on a 2560 px screen a unit is 2.56 px."""
+    out = []
+    for v in point:
+        r = min(float(MAX_REL), max(0.0, round(float(v) * MAX_REL / scale, 3)))
+        out.append(int(r) if r.is_integer() else r)
+    return out
 
 
 def _unscale(point, scale: int) -> list[int]:
@@ -167,6 +177,9 @@ class Qwen3VL(Family):
 ACTION_LINE = "Action: "
 
 
+OWL_SPANS = (Span(ACTION_LINE.encode(), ord("\n"), THOUGHT_CHARS),)
+
+
 class GuiOwl(Family):
     """Qwen's tool call after a one-line `Action:` summary; GUI-Owl's own PC system prompt."""
 
@@ -182,10 +195,16 @@ class GuiOwl(Family):
     def grammar(self, policy):
         native = reply_grammar(policy).replace("root ::= ", "native ::= ", 1)
         return (f'root ::= {lit(ACTION_LINE)} summary "\\n" native\n'
-                f'summary ::= [^\\n<"\\\\]{{0,{THOUGHT_CHARS}}}\n' + native)
+                f'summary ::= [^\\n<"\\\\]*\n' + native)  # bounded while decoding (SPANS)
 
     def max_reply_tokens(self, policy):
-        return max_reply_bytes(policy) + len(ACTION_LINE) + 1 + UTF8_MAX_BYTES * THOUGHT_CHARS + 1
+        text = UTF8_MAX_BYTES * SPAN_TOKEN_CHARS  # the tool call's text may pass its bound by a token
+        return max_reply_bytes(policy) + text + len(ACTION_LINE) + 1 + span_bytes(THOUGHT_CHARS) + 1
+
+    def matcher(self, constrainer, policy):
+        """The summary line bounded while decoding; the tool call's text as in native replies."""
+        text = Span(b'"text": "', ord('"'), text_bound(policy), escape=ord("\\"))
+        return constrainer.span_matcher(self.grammar(policy), (*OWL_SPANS, text))
 
 
 # ---------------------------------------------------------------------------------------- MAI-UI
@@ -310,7 +329,7 @@ class MaiUi(Family):
 
 # ---------------------------------------------------------------------------------- UI-Venus 1.5
 VENUS_SCROLL = {"down": -SCROLL_PX, "up": SCROLL_PX}
-VENUS_TEXT_CHARS = 200  # Type(content='...') characters (the grammar's repetition bound)
+VENUS_SPANS = (Span(b"<think>", ord("<"), THOUGHT_CHARS), Span(b"<conclusion>", ord("<"), CONCLUSION_CHARS))
 
 
 def _py_str(text: str) -> str:
@@ -338,7 +357,7 @@ class UiVenus(Family):
 
     def from_native(self, args):
         a = args.get("action")
-        pt = lambda p: f"({p[0]},{p[1]})"  # noqa: E731
+        pt = lambda p: f"({round(p[0])},{round(p[1])})"  # noqa: E731
         if a == "left_click" and "coordinate" in args:
             act = f"Click(box={pt(args['coordinate'])})"
         elif a == "double_click" and "coordinate" in args:
@@ -408,8 +427,7 @@ class UiVenus(Family):
         spec = Spec.of(policy)
         allowed, acts = set(spec.actions), []
         pt = '"(" rel "," rel ")"'
-        n_text = 0 if spec.empty_text else min(text_bound(policy), VENUS_TEXT_CHARS)
-        text = f"\"'\" vchar{{0,{n_text}}} \"'\""
+        text = "\"''\"" if spec.empty_text else "\"'\" vchar* \"'\""  # bounded while decoding
         if "left_click" in allowed:
             acts.append(f'"Click(box=" {pt} ")"')
         if "double_click" in allowed:
@@ -438,8 +456,8 @@ class UiVenus(Family):
             raise VlagentError("the task's policy leaves no action UI-Venus' format can express")
         rules = [
             'root ::= "<think>" thought "</think>\\n<action>" action "</action>\\n<conclusion>" conclusion "</conclusion>"',
-            f"thought ::= [^<\\\\\"]{{0,{THOUGHT_CHARS}}}",
-            f"conclusion ::= [^<\\\\\"]{{0,{CONCLUSION_CHARS}}}",
+            "thought ::= [^<\\\\\"]*",  # bounded while decoding (VENUS_SPANS)
+            "conclusion ::= [^<\\\\\"]*",
             "action ::= " + " | ".join(f"({a})" for a in acts),
             f"rel ::= {uint_le(self.scale)}",
             "vchar ::= [^'\\\\\\n\\r\\u0000-\\u001f] | \"\\\\'\" | \"\\\\\\\\\"",
@@ -452,17 +470,21 @@ class UiVenus(Family):
 
     def max_reply_tokens(self, policy):
         spec = Spec.of(policy)
-        text = 2 * min(text_bound(policy), VENUS_TEXT_CHARS) + 2  # an escape is 2 bytes; a char up to 4
         longest_chord = max((len(", ".join(_py_str(k) for k in c)) for c in spec.chords), default=0)
-        action = max(len("Drag(start=(1000,1000), end=(1000,1000))"), len("CallUser(content=)") + UTF8_MAX_BYTES * text,
+        action = max(len("Drag(start=(1000,1000), end=(1000,1000))"), len("CallUser(content='')") + span_bytes(text_bound(policy)),
                      len("Hotkey(keys=[])") + longest_chord)
         tags = len("<think></think>\n<action></action>\n<conclusion></conclusion>")
-        return tags + UTF8_MAX_BYTES * (THOUGHT_CHARS + CONCLUSION_CHARS) + action + 1
+        return tags + span_bytes(THOUGHT_CHARS) + span_bytes(CONCLUSION_CHARS) + action + 1
+
+    def matcher(self, constrainer, policy):
+        """The thought, the conclusion and typed text bounded while decoding."""
+        text = Span(b"content='", ord("'"), text_bound(policy), escape=ord("\\"))
+        return constrainer.span_matcher(self.grammar(policy), (*VENUS_SPANS, text))
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Qwen3VL("qwen3-vl", "Qwen3-VL (native computer_use)", ("Qwen/Qwen3-VL-2B-Instruct",)),
-    GuiOwl("gui-owl-1.5", "GUI-Owl 1.5", ("mPLUG/GUI-Owl-1.5-2B",), text_first=True),
+    GuiOwl("gui-owl-1.5", "GUI-Owl 1.5", ("mPLUG/GUI-Owl-1.5-2B-Instruct",), text_first=True),
     MaiUi("mai-ui", "MAI-UI", ("Tongyi-MAI/MAI-UI-2B",), scale=999, text_first=True),
     UiVenus("ui-venus-1.5", "UI-Venus 1.5", ("inclusionAI/UI-Venus-1.5-2B",), text_first=True),
 )}

@@ -98,6 +98,11 @@ class FP8Weight:
     def dequantized(self):
         return dequantize(self.q, self.scale, self.block, self.dtype)
 
+    def rows(self, a: int, b: int) -> "FP8Weight":
+        """Output rows [a, b) as a view (a and b on block boundaries)."""
+        bn = self.block[0]
+        return FP8Weight(self.q[a:b], self.scale[a // bn:-(-b // bn)], self.block, self.dtype)
+
     @staticmethod
     def cat(parts: list["FP8Weight"]) -> "FP8Weight | None":
         """Concatenate along the output rows (fused q/k/v, gate/up); None when the blocks do not line up."""
@@ -114,9 +119,9 @@ def linear(x, w):
     if not isinstance(w, FP8Weight):
         return x @ w.t()
     rows = x.numel() // x.shape[-1]
-    if rows <= SMALL_M:
+    if rows <= SMALL_M and x.is_cuda:
         return fp8_matmul(x, w)
-    return x @ w.dequantized().t()
+    return x @ w.dequantized().to(x.dtype).t()  # long inputs (and the CPU, in tests): widened once per call
 
 
 # ---- the Triton kernel: y = x @ (q * scale).T, e4m3 weights read once, bf16 tensor-core dots
@@ -181,14 +186,16 @@ def fp8_matmul(x, w: FP8Weight):
 # ---- modules and checkpoints
 
 class FP8Linear:
-    """Stand-in for nn.Linear.forward with an FP8Weight (set as the module's forward)."""
+    """Stand-in for nn.Linear.forward with an FP8Weight (set as the module's forward). The bias is
+    read from the module at each call (a checkpoint's load assigns it after this is set up)."""
 
-    def __init__(self, w: FP8Weight, bias):
-        self.w, self.bias = w, bias
+    def __init__(self, w: FP8Weight, module=None):
+        self.w, self.module = w, module
 
     def __call__(self, x):
         y = linear(x, self.w)
-        return y + self.bias if self.bias is not None else y
+        bias = getattr(self.module, "bias", None) if self.module is not None else None
+        return y + bias if bias is not None else y
 
 
 def _linear_names(model, skip=("lm_head", "embed")):
@@ -205,13 +212,12 @@ def attach(mod, w: FP8Weight, kernels: bool):
     if kernels:
         mod.fp8 = w
         mod.weight = None
-        bias = mod.bias
-        mod.forward = FP8Linear(w, bias)
+        mod.forward = FP8Linear(w, mod)
     else:
         mod.weight = torch.nn.Parameter(w.dequantized(), requires_grad=False)
 
 
-def quantize_model(model, layout: str = "block", kernels: bool | None = None) -> int:
+def quantize_model(model, layout: str = "block", kernels: bool | None = None, block: int = BLOCK) -> int:
     """Quantise every linear of the language model and the vision tower (not the embedding/lm_head)
     to e4m3 in place; returns how many. kernels None: where the device has FP8 kernels."""
     dev = next(model.parameters()).device
@@ -221,8 +227,8 @@ def quantize_model(model, layout: str = "block", kernels: bool | None = None) ->
     n = 0
     for _, mod in list(_linear_names(model)):
         if layout == "block":
-            q, s = quantize_blockwise(mod.weight.data)
-            w = FP8Weight(q, s, (BLOCK, BLOCK), mod.weight.dtype)
+            q, s = quantize_blockwise(mod.weight.data, block)
+            w = FP8Weight(q, s, (block, block), mod.weight.dtype)
         else:
             q, s = quantize_channelwise(mod.weight.data)
             w = FP8Weight(q, s, (1, mod.weight.shape[1]), mod.weight.dtype)
@@ -290,14 +296,20 @@ def save_fp8_checkpoint(src, dst, layout: str = "block") -> None:
     for f in sorted(src.glob("*.safetensors")):
         tensors.update(load_file(f))
     out = {}
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     for name, t in tensors.items():
         if _quantizable(name, t):
+            t = t.to(dev)
             if layout == "block":
                 q, s = quantize_blockwise(t)
                 out[name], out[name[:-len("weight")] + "weight_scale_inv"] = q, s
             else:
                 q, s = quantize_channelwise(t)
                 out[name], out[name[:-len("weight")] + "weight_scale"] = q, s.to(torch.bfloat16)
+            out[name] = out[name].cpu()
+            for k in (name[:-len("weight")] + "weight_scale_inv", name[:-len("weight")] + "weight_scale"):
+                if k in out:
+                    out[k] = out[k].cpu()
         else:
             out[name] = t.contiguous()
     save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
@@ -311,7 +323,7 @@ def _quantizable(name: str, t) -> bool:
             and "pos_embed" not in name and ("proj" in name or "qkv" in name or "linear_fc" in name or "fc" in name))
 
 
-def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa"):
+def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: bool | None = None):
     """A Qwen3VLForConditionalGeneration from an FP8 checkpoint folder (either layout): the model is
     built from its config without the quantisation section, the non-quantised tensors load as they
     are, and each quantised linear gets its FP8Weight (kernels where the card has them, else
@@ -330,7 +342,7 @@ def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa"):
     cfg._attn_implementation = attn_implementation
     block = tuple(qc.get("weight_block_size", (BLOCK, BLOCK))) if layout == "block" else None
     dev = torch.device(device)
-    kernels = fp8_supported(dev)
+    kernels = fp8_supported(dev) if kernels is None else kernels  # kernels=True on the CPU: e4m3 kept, widened per call (tests)
     if not kernels:
         warn_no_kernels(dev)
     old = torch.get_default_dtype()
@@ -405,24 +417,20 @@ def _model_key(name: str, modules: dict) -> str:
 
 
 def _materialize_buffers(model, cfg, device):
-    """Buffers made in __init__ (rotary inverse frequencies) are on the meta device: rebuild them."""
+    """Buffers made in __init__ (the rotary embeddings' inverse frequencies) are on the meta device:
+    take them from a fresh module of the same class built on the CPU from its own config."""
     import torch
     for name, mod in model.named_modules():
-        for bname, buf in list(mod.named_buffers(recurse=False)):
-            if buf is not None and buf.is_meta:
-                fresh = None
-                if "inv_freq" in bname and hasattr(mod, "rope_init_fn"):
-                    inv, _ = mod.rope_init_fn(mod.config, device)
-                    fresh = inv
-                elif "inv_freq" in bname:  # the vision tower's rotary: 1 / theta^(2i/dim)
-                    dim = buf.shape[0] * 2
-                    theta = getattr(mod, "theta", 10000.0)
-                    fresh = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
-                if fresh is None:
-                    raise ValueError(f"cannot rebuild buffer {name}.{bname}")
-                mod.register_buffer(bname, fresh.to(buf.dtype), persistent=False)
-                if bname == "inv_freq" and hasattr(mod, "original_inv_freq"):
-                    mod.original_inv_freq = fresh
+        metas = [b for b, buf in mod.named_buffers(recurse=False) if buf is not None and buf.is_meta]
+        if not metas:
+            continue
+        with torch.device("cpu"):
+            fresh = type(mod)(mod.config)
+        for bname in metas:
+            val = getattr(fresh, bname)
+            mod.register_buffer(bname, val.to(device), persistent=False)
+        if hasattr(fresh, "attention_scaling"):
+            mod.attention_scaling = fresh.attention_scaling
 
 
 def layer_errors(ref_model, fp8_model, ids, pixel_values=None, grid=None) -> list[dict]:
@@ -445,7 +453,8 @@ def layer_errors(ref_model, fp8_model, ids, pixel_values=None, grid=None) -> lis
         with torch.inference_mode():
             kw = dict(input_ids=ids)
             if pixel_values is not None:
-                kw.update(pixel_values=pixel_values, image_grid_thw=grid)
+                kw.update(pixel_values=pixel_values, image_grid_thw=grid,
+                          mm_token_type_ids=(ids == ref_model.config.image_token_id).int())
             lr = ref_model(**kw).logits.float()
             lf = fp8_model(**kw).logits.float()
     finally:
@@ -457,12 +466,6 @@ def layer_errors(ref_model, fp8_model, ids, pixel_values=None, grid=None) -> lis
     res.append({"layer": "logits", "rel_err": float((lf - lr).norm() / lr.norm()),
                 "top1_agree": float((lf.argmax(-1) == lr.argmax(-1)).float().mean())})
     return res
-
-
-def env_quantize() -> str | None:
-    """VLAGENT_FP8=block|channel quantises a bf16 checkpoint at load (until the options object carries it)."""
-    v = os.environ.get("VLAGENT_FP8", "")
-    return v if v in ("block", "channel") else None
 
 
 def linear_params(config) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from actions.keys import PRINTABLE
-from actions.policy import (ALLOWED_FORMAT, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAIT_S, Policy, _default_chord_ok,
+from actions.policy import (ALLOWED_FORMAT, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAIT_S, Policy, default_chord_ok,
                             denied_combo, normalize_key)
 from actions.schema import ACTION_NAMES
 from agent.errors import VlagentError
@@ -116,7 +116,7 @@ def default_chords() -> tuple[tuple[str, ...], ...]:
     for mods in SAFE_MODIFIER_SETS:
         for r in rest:
             chord = mods + r
-            if chord and _default_chord_ok(chord) and denied_combo(chord) is None:
+            if chord and default_chord_ok(chord) and denied_combo(chord) is None:
                 chords.append(chord)
     return tuple(chords)
 
@@ -253,6 +253,9 @@ class TextLimit:
         plain = total[ends] - total[ends - lens]
         first = np.where(lens > 0, total[np.minimum(ends - lens + 1, len(starts))] - total[ends - lens], 0)
         self.counts = np.stack([plain, plain - first]).astype(np.int32)
+        self.total = plain.astype(np.int32)  # characters of the whole token (free-text spans)
+        self.first = np.array([b[0] if b else -1 for b in tb], dtype=np.int16)
+        self._span_masks: dict[object, object] = {}
         for i, b in enumerate(tb):
             if b'"' in b or b"\\" in b:
                 self.counts[0, i], self.counts[1, i] = text_chars(b, False)[0], text_chars(b, True)[0]
@@ -272,6 +275,107 @@ class TextLimit:
             fits[: len(self.tags)] = (self.counts[int(escaped)] <= key[1]) & ~self.tags
             self._masks[key] = torch.from_numpy(np.packbits(fits, bitorder="little").view(np.int32).copy())
         return self._masks[key]
+
+    def _packed(self, fits):
+        import numpy as np
+        import torch
+
+        bits = np.zeros(self.words * 32, dtype=bool)
+        bits[: len(fits)] = fits
+        return torch.from_numpy(np.packbits(bits, bitorder="little").view(np.int32).copy())
+
+    def short(self, chars: int):
+        """A bitmask of the tokens of at most `chars` characters (free text inside a span)."""
+        key = ("short", chars)
+        if key not in self._span_masks:
+            self._span_masks[key] = self._packed((self.total <= chars) & ~self.tags)
+        return self._span_masks[key]
+
+    def starting_with(self, byte: int):
+        """A bitmask of the tokens whose first byte is `byte` (a span's closing byte)."""
+        key = ("first", byte)
+        if key not in self._span_masks:
+            self._span_masks[key] = self._packed(self.first == byte)
+        return self._span_masks[key]
+
+
+SPAN_TOKEN_CHARS = 16  # inside a free-text span, tokens of at most this many characters
+
+
+@dataclass(frozen=True)
+class Span:
+    """Free text in a reply format: it starts right after `opens`, ends at the first `closes` byte
+    (not after an `escape` byte), and holds at most `max_chars` characters (give or take the last
+    token: at most SPAN_TOKEN_CHARS - 1 more)."""
+
+    opens: bytes
+    closes: int
+    max_chars: int
+    escape: int | None = None
+
+
+class SpanMatcher:
+    """xgrammar's GrammarMatcher for a grammar whose free text is `x*`, plus the spans' length
+    bounds: a repetition range `x{0,n}` over Qwen's vocabulary compiles for 20 s; this bounds it
+    while decoding. Inside a span only short tokens are offered; at the bound, only tokens that
+    begin with the span's closing byte (the grammar then decides what follows)."""
+
+    def __init__(self, matcher, spans: tuple[Span, ...], limit: TextLimit):
+        self._m = matcher
+        self.spans = spans
+        self._limit = limit
+        self._tail = b""
+        self.span: Span | None = None
+        self.chars = 0
+        self.escaped = False
+        self._longest_open = max((len(sp.opens) for sp in spans), default=1)
+
+    def _advance(self, data: bytes) -> None:
+        for b in data:
+            sp = self.span
+            if sp is not None:
+                if self.escaped:
+                    self.escaped = False
+                elif sp.escape is not None and b == sp.escape:
+                    self.escaped = True
+                elif b == sp.closes:
+                    self.span, self._tail = None, bytes([b])
+                    continue
+                if _is_char_start(b):
+                    self.chars += 1
+                continue
+            self._tail = (self._tail + bytes([b]))[-self._longest_open:]
+            for cand in self.spans:
+                if self._tail.endswith(cand.opens):
+                    self.span, self.chars, self.escaped, self._tail = cand, 0, False, b""
+                    break
+
+    def accept_token(self, token_id: int) -> bool:
+        ok = self._m.accept_token(token_id)
+        if ok:
+            self._advance(self._limit.token_bytes[token_id])
+        return ok
+
+    def accept_string(self, text: str) -> bool:
+        ok = self._m.accept_string(text)
+        if ok:
+            self._advance(text.encode())
+        return ok
+
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
+        need = self._m.fill_next_token_bitmask(bitmask, index)
+        sp = self.span
+        if sp is not None:
+            at_bound = self.chars >= sp.max_chars and not self.escaped
+            bitmask[index] &= self._limit.starting_with(sp.closes) if at_bound else self._limit.short(SPAN_TOKEN_CHARS)
+            need = True
+        return need
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+    def find_jump_forward_string(self) -> str:
+        return "" if self.span is not None else self._m.find_jump_forward_string()
 
 
 class ReplyMatcher:
@@ -331,6 +435,87 @@ class ReplyMatcher:
         return "" if self.in_text else self._m.find_jump_forward_string()
 
 
+class JsonMatcher:
+    """xgrammar's GrammarMatcher of a JSON schema, plus one length bound for every string value
+    (keys are the schema's own): inside a value, the tokens that would carry it past `max_chars`
+    characters are masked (TextLimit's tables), so the grammar compiles in milliseconds instead of
+    the seconds a maxLength costs. Follows the reply's bytes: containers, keys, strings, escapes."""
+
+    def __init__(self, matcher, max_chars: int, limit: TextLimit):
+        self._m = matcher
+        self.max_chars = max_chars
+        self._limit = limit
+        self._stack: list[int] = []  # "{" or "[" bytes
+        self._expect_key = False
+        self.in_string = self.is_key = self.escaped = False
+        self.chars = 0
+
+    def _advance(self, data: bytes) -> None:
+        i = 0
+        while i < len(data):
+            if self.in_string:
+                was_escaped = self.escaped
+                n, closed, self.escaped = text_chars(data[i:], was_escaped)
+                self.chars += n
+                if not closed:
+                    return
+                i += _closing_quote(data[i:], was_escaped) + 1
+                self.in_string = self.escaped = False
+                continue
+            b = data[i]
+            if b in b"{[":
+                self._stack.append(b)
+                self._expect_key = b == ord("{")
+            elif b in b"}]":
+                if self._stack:
+                    self._stack.pop()
+            elif b == ord(","):
+                self._expect_key = bool(self._stack) and self._stack[-1] == ord("{")
+            elif b == ord(":"):
+                self._expect_key = False
+            elif b == QUOTE:
+                self.in_string, self.escaped, self.chars = True, False, 0
+                self.is_key = self._expect_key
+            i += 1
+
+    def accept_token(self, token_id: int) -> bool:
+        ok = self._m.accept_token(token_id)
+        if ok:
+            self._advance(self._limit.token_bytes[token_id])
+        return ok and (not self.in_string or self.is_key or self.chars <= self.max_chars)
+
+    def accept_string(self, text: str) -> bool:
+        ok = self._m.accept_string(text)
+        if ok:
+            self._advance(text.encode())
+        return ok
+
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
+        need = self._m.fill_next_token_bitmask(bitmask, index)
+        if self.in_string and not self.is_key:
+            bitmask[index] &= self._limit.allowed(self.escaped, self.max_chars - self.chars)
+            need = True
+        return need
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+    def find_jump_forward_string(self) -> str:
+        return "" if self.in_string and not self.is_key else self._m.find_jump_forward_string()
+
+
+def _closing_quote(data: bytes, escaped: bool) -> int:
+    """Index of the unescaped quote that closes the string `data` continues (text_chars found one)."""
+    for j, b in enumerate(data):
+        if escaped:
+            escaped = False
+        elif b == BACKSLASH:
+            escaped = True
+        elif b == QUOTE:
+            return j
+    return len(data)
+
+
 class ReplyLogitsProcessor:
     """For transformers' generate (batch of one): like xgrammar.contrib.hf.LogitsProcessor, with the
     text bound. Single use: make a new one per generate call."""
@@ -384,23 +569,26 @@ class Constrainer:
         return self._compiled[spec]
 
     def compiled_json(self, schema: dict, max_tokens: int):
-        """xgrammar's grammar of `schema`, bounded so that every reply closes within `max_tokens`
-        (agent/backends/json_bounds.py). No free whitespace: weak weights cannot pad forever."""
-        from agent.backends.json_bounds import bounded_schema, schema_key
+        """(xgrammar's grammar of `schema` with its numbers and arrays bounded, the characters every
+        string may hold) so that every reply closes within `max_tokens` (agent/backends/json_bounds.py).
+        No free whitespace: weak weights cannot pad forever."""
+        from agent.backends.json_bounds import MAX_STRING, bounded, plan, schema_key
 
         key = ("json", schema_key(schema, max_tokens))
         if key not in self._compiled:
             try:
-                grammar_schema = bounded_schema(schema, max_tokens)
+                bounds = plan(schema, max_tokens)
             except ValueError as e:
                 raise VlagentError(f"the JSON schema cannot be answered in {max_tokens} tokens: {e}") from None
-            self._compiled[key] = self._compiler.compile_json_schema(
-                json.dumps(grammar_schema), any_whitespace=False, strict_mode=True)
+            grammar = self._compiler.compile_json_schema(json.dumps(bounded(schema, bounds, lengths=False)),
+                                                         any_whitespace=False, strict_mode=True)
+            self._compiled[key] = (grammar, min(bounds.chars, MAX_STRING))
         return self._compiled[key]
 
-    def json_matcher(self, schema: dict, max_tokens: int):
+    def json_matcher(self, schema: dict, max_tokens: int) -> "JsonMatcher":
         """A fresh matcher for one reply under `schema` (the engine and the logits processor take it)."""
-        return self._xgr.GrammarMatcher(self.compiled_json(schema, max_tokens))
+        grammar, chars = self.compiled_json(schema, max_tokens)
+        return JsonMatcher(self._xgr.GrammarMatcher(grammar), chars, self._limit)
 
     def compile_ebnf(self, ebnf: str):
         """Any other grammar over this tokenizer (the model families' reply formats, benchmarks)."""
@@ -408,6 +596,10 @@ class Constrainer:
         if key not in self._compiled:
             self._compiled[key] = self._compiler.compile_grammar(ebnf)
         return self._compiled[key]
+
+    def span_matcher(self, ebnf: str, spans: tuple[Span, ...]) -> SpanMatcher:
+        """A fresh matcher of `ebnf` (free text written `x*`) with the spans' lengths bounded."""
+        return SpanMatcher(self._xgr.GrammarMatcher(self.compile_ebnf(ebnf)), spans, self._limit)
 
     def ebnf_matcher(self, ebnf: str, max_text_len: int | None = None):
         """A fresh matcher of `ebnf`; with `max_text_len`, the text after `"text": "` is bounded as in

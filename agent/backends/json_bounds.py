@@ -3,17 +3,22 @@
 A query step's schema says `{"type": "integer"}` or `{"type": "string"}`; xgrammar's grammar of
 that lets a number or a string grow without end, and a model with weak weights fills its token
 budget with digits and is cut mid-number (issue 19 item 8). Before a schema is compiled (or sent as
-`response_format`), `bounded_schema` gives every integer, number, string and array a bound, derived
-from the budget, so that the longest reply the grammar accepts is at most `max_tokens - 1` bytes
-(a token holds at least one byte; the last token is the stop token).
+`response_format`), `plan` picks bounds from the budget (digits of numbers, items of arrays, one
+length for every string) so that the longest reply is at most `max_tokens - 1` bytes (a token holds
+at least one byte; the last token is the stop token), and `bounded` writes them into the schema.
 
-What xgrammar 0.2.8 makes of the bounds (checked on its EBNF):
+What xgrammar 0.2.8 makes of the bounds (checked on its EBNF, timed over Qwen's 151k vocabulary):
 - integer minimum/maximum: exact digit ranges; number minimum/maximum: ranges with at most
-  NUMBER_DECIMALS decimals and no exponent;
-- string maxLength: `"` char{0,n} `"` with char = [^"\\\r\n] (no escapes), so a character is at
-  most UTF8_MAX_BYTES bytes; it ignores maxLength beside a `pattern` or a `format`, so those are
-  left out of the grammar's schema (the reply is validated against the full schema afterwards and
-  sent back with the reason when it does not fit).
+  NUMBER_DECIMALS decimals and no exponent; both compile in milliseconds.
+- string maxLength: `"` char{0,n} `"`, exact, but it compiles for seconds (maxLength 30: 2 s,
+  120: 11 s, 500: 21 s on the 2-core machine, against 0.03 s without). So in-process decoding
+  leaves string lengths out of the grammar (`lengths=False`) and bounds them while decoding
+  (grammar.JsonMatcher masks the tokens that would carry a string value past the bound, as the
+  native reply's text is bounded); servers get maxLength in their response_format. A string
+  character costs at most JSON_CHAR_BYTES bytes (a \\uXXXX escape).
+- It ignores maxLength beside a `pattern` or a `format`, so those are left out of the grammar's
+  schema: the reply is validated against the full schema afterwards and sent back with the reason
+  when it does not fit (as it is when it breaks a string's own, smaller maxLength).
 An untyped part (`{}`, `$ref`) cannot be bounded: `worst_case_bytes` is None for it and the
 schema is compiled unbounded (a cut reply is then rejected and asked again, as before).
 """
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 
-UTF8_MAX_BYTES = 4
+JSON_CHAR_BYTES = 6  # a string character written as \\uXXXX
 NUMBER_DECIMALS = 6  # what xgrammar's bounded number grammar allows after the point
 MAX_DIGITS = 15  # integers and numbers never need more (doubles hold 15-17 significant digits)
 MIN_DIGITS = 1
@@ -81,7 +86,7 @@ def worst_case_bytes(schema, b: Bounds) -> int | None:
         elif t == "number":
             sizes.append(_int_bytes(schema, b) + 1 + NUMBER_DECIMALS)
         elif t == "string":
-            sizes.append(2 + UTF8_MAX_BYTES * _string_len(schema, b))
+            sizes.append(2 + JSON_CHAR_BYTES * _string_len(schema, b))
         elif t == "array":
             item = worst_case_bytes(schema.get("items", {}), b) if schema.get("items", {}) != {} else None
             n = _items(schema, b)
@@ -126,14 +131,15 @@ def _items(schema: dict, b: Bounds) -> int:
     return max(n, schema.get("minItems", 0) if isinstance(schema.get("minItems"), int) else 0)
 
 
-def bounded(schema, b: Bounds):
-    """A copy of `schema` with every number, string and array bounded by `b` (see the module doc)."""
+def bounded(schema, b: Bounds, lengths: bool = True):
+    """A copy of `schema` with every number and array bounded by `b`, and every string too when
+    `lengths` (else its maxLength and minLength are left out: the decoder bounds strings)."""
     if not isinstance(schema, dict):
         return schema
     out = {k: v for k, v in schema.items() if k not in DROPPED or "string" not in _types(schema)}
     for key in ("anyOf", "oneOf", "allOf"):
         if isinstance(out.get(key), list):
-            out[key] = [bounded(_merged(schema, key, p) if key != "allOf" else p, b) for p in out[key]]
+            out[key] = [bounded(_merged(schema, key, p) if key != "allOf" else p, b, lengths) for p in out[key]]
             if key != "allOf":  # the parts carry the shared keywords now
                 out = {k: v for k, v in out.items() if k in (key, "$defs", "definitions", "title", "description")}
             return out
@@ -147,31 +153,38 @@ def bounded(schema, b: Bounds):
         if "integer" in types and (out["maximum"] > top or out["minimum"] < -top):
             out["minimum"], out["maximum"] = max(out["minimum"], -top), min(out["maximum"], top)
     if "string" in types:
-        out["maxLength"] = _string_len(out, b)
+        if lengths:
+            out["maxLength"] = _string_len(out, b)
+        else:
+            out.pop("maxLength", None)
+            out.pop("minLength", None)
     if "array" in types:
         out["maxItems"] = _items(out, b)
         if isinstance(out.get("items"), dict):
-            out["items"] = bounded(out["items"], b)
+            out["items"] = bounded(out["items"], b, lengths)
     if "object" in types and isinstance(out.get("properties"), dict):
-        out["properties"] = {k: bounded(v, b) for k, v in out["properties"].items()}
+        out["properties"] = {k: bounded(v, b, lengths) for k, v in out["properties"].items()}
     return out
 
 
-def bounded_schema(schema: dict, max_tokens: int) -> dict:
-    """`schema` bounded so that its longest reply plus the stop token fits `max_tokens` tokens.
-    Strings shrink first (down to 8 characters), then arrays (down to 1 item), then digits (down to
-    1), then strings and arrays to nothing; each knob is set to the largest value that fits. Unboundable schemas (untyped parts) get the default
-    bounds where they apply. Raises ValueError when even the smallest bounds do not fit."""
+def plan(schema: dict, max_tokens: int) -> Bounds:
+    """The largest bounds with which the longest reply of `schema` plus the stop token fits
+    `max_tokens` tokens. Strings shrink first (down to 8 characters), then arrays (down to 1 item),
+    then digits (down to 1), then strings and arrays to nothing; each knob is set to the largest
+    value that fits. A string never gets fewer characters than the longest enum or const string
+    (the grammar forces those whole). Raises ValueError when even the smallest bounds do not fit."""
     b = Bounds()
+    schema = _without_lengths(schema)  # the decoder bounds every string alike, whatever its own maxLength
+    floor = _longest_literal(schema)
     budget = max_tokens - 1
     size = worst_case_bytes(bounded(schema, b), b)
     if size is None:
-        return bounded(schema, b)
-    steps = (("chars", 8), ("items", 1), ("digits", MIN_DIGITS), ("chars", 0), ("items", 0))
-    for knob, floor in steps:
+        return b
+    steps = (("chars", max(8, floor)), ("items", 1), ("digits", MIN_DIGITS), ("chars", floor), ("items", 0))
+    for knob, low in steps:
         if size <= budget:
             break
-        lo, hi = floor, getattr(b, knob)  # the largest value in [lo, hi] that fits, else lo
+        lo, hi = min(low, getattr(b, knob)), getattr(b, knob)  # the largest value in [lo, hi] that fits, else lo
         while lo < hi:
             mid = (lo + hi + 1) // 2
             setattr(b, knob, mid)
@@ -183,7 +196,46 @@ def bounded_schema(schema: dict, max_tokens: int) -> dict:
         size = worst_case_bytes(bounded(schema, b), b)
     if size > budget:
         raise ValueError(f"no reply of this schema fits {max_tokens} tokens (the shortest bound needs {size + 1})")
-    return bounded(schema, b)
+    return b
+
+
+def bounded_schema(schema: dict, max_tokens: int, lengths: bool = True) -> dict:
+    """`schema` with the bounds of `plan` written in (string lengths too when `lengths`)."""
+    return bounded(schema, plan(schema, max_tokens), lengths)
+
+
+def _without_lengths(schema):
+    if isinstance(schema, list):
+        return [_without_lengths(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for k, v in schema.items():
+        if k in ("maxLength", "minLength"):
+            continue
+        if k in ("properties", "$defs", "definitions") and isinstance(v, dict):  # names, not keywords
+            out[k] = {name: _without_lengths(sub) for name, sub in v.items()}
+        else:
+            out[k] = v if k in ("enum", "const") else _without_lengths(v)
+    return out
+
+
+def _longest_literal(schema) -> int:
+    """Characters of the longest string an enum or const forces (the decoder must let it through)."""
+    if isinstance(schema, list):
+        return max((_longest_literal(s) for s in schema), default=0)
+    if not isinstance(schema, dict):
+        return 0
+    n = 0
+    for v in [schema.get("const")] + list(schema.get("enum") or []):
+        if isinstance(v, str):
+            n = max(n, len(v))
+    for key, v in schema.items():
+        if key in ("properties", "$defs", "definitions") and isinstance(v, dict):
+            n = max(n, _longest_literal(list(v.values())))
+        elif key in ("items", "anyOf", "oneOf", "allOf"):
+            n = max(n, _longest_literal(v))
+    return n
 
 
 def schema_key(schema: dict, max_tokens: int) -> str:

@@ -55,7 +55,7 @@ def _bounded(constraint: JsonSchema) -> dict:
     """The schema with every number, string and array bounded for the token budget (the server's
     grammar then closes every reply in time); a schema too large for it goes as it is."""
     try:
-        return bounded_schema(constraint.schema, constraint.max_tokens)
+        return bounded_schema(constraint.schema, constraint.max_tokens, lengths=True)
     except ValueError:
         return constraint.schema
 

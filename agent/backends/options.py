@@ -12,6 +12,8 @@ which passes it to the engine; nothing below the CLI reads these variables itsel
 | VLAGENT_WARM_TOKENS | warm_tokens | 16384 (decode graphs captured at load up to this context) |
 | VLAGENT_CONTEXT | context | None (the engine's default static KV cache) |
 | VLAGENT_SERVE_GRAPHS | serve_graphs | on (0: eager decode steps in `vlagent serve`) |
+| VLAGENT_KV_SHIFT | kv_shift | off (1: after an eviction, move the kept KV instead of prefilling it again) |
+| VLAGENT_FP8 | fp8 | None ("block" or "channel": quantise a bf16 checkpoint's linears to FP8 at load) |
 | VLAGENT_CACHE_DIR | cache_dir() | ~/.cache/vlagent (built checkpoints, tokenizers, compiled kernels) |
 
 `VLAGENT_CACHE_DIR` names a folder; the flow cache's *mode* (read-write, read-only, ...) has its
@@ -66,8 +68,12 @@ class EngineOptions:
     warm_tokens: int = WARM_TOKENS
     context: int | None = None
     serve_graphs: bool = True
+    kv_shift: bool = False  # agent/backends/engine.py: KV moved after an eviction (not what a fresh prefill computes)
+    fp8: str | None = None  # agent/backends/fp8.py: "block" (128x128, Qwen's layout) or "channel"
 
     def __post_init__(self):
+        if self.fp8 not in (None, "block", "channel"):
+            raise VlagentError(f"unknown FP8 layout {self.fp8!r}; choose block or channel")
         if self.sdpa not in SDPA_KERNELS:
             raise VlagentError(f"unknown attention kernel {self.sdpa!r}; choose one of {', '.join(SDPA_KERNELS)}")
 
@@ -83,6 +89,8 @@ class EngineOptions:
             warm_tokens=_int(env, "VLAGENT_WARM_TOKENS", WARM_TOKENS),
             context=_int(env, "VLAGENT_CONTEXT", None),
             serve_graphs=bool(_flag(env, "VLAGENT_SERVE_GRAPHS", True)),
+            kv_shift=bool(_flag(env, "VLAGENT_KV_SHIFT", False)),
+            fp8=env.get("VLAGENT_FP8") or None,
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

@@ -198,15 +198,22 @@ class TransformersBackend(BackendBase):
             from agent.backends.engine import make_engine
 
             t1 = time.perf_counter()
-            self.engine = make_engine(self.model)
+            self.engine = make_engine(self.model, options=self.options)
             self.load_timings["engine_s"] = time.perf_counter() - t1  # KV cache, warm-up, graph captures
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _load(self, folder: str):
         from transformers import Qwen3VLForConditionalGeneration
 
-        return Qwen3VLForConditionalGeneration.from_pretrained(
+        from agent.backends import fp8
+        if fp8.checkpoint_layout(folder):  # an FP8 checkpoint (Qwen's fine-grained or compressed-tensors)
+            return fp8.load_fp8(folder, self.dtype, self.device, _attention(self.device))
+        model = Qwen3VLForConditionalGeneration.from_pretrained(
             folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
+        layout = getattr(self.options, "fp8", None)  # block|channel: 8-bit weights from a bf16 checkpoint
+        if layout:
+            fp8.quantize_model(model, layout)
+        return model
 
     def _render(self, messages: list[Message]):
         """(token ids of the text between images, the images): the chat template rendered once per

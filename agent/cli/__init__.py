@@ -25,6 +25,7 @@ COMMANDS = {
     "serve": "agent.cli.serve:serve",
     "trust": "agent.cli.trust:trust",
     "ui": "agent.cli.console:ui",
+    "eval": "agent.cli.eval:eval_group",
 }
 HELP = {
     "run": "Run a task file with a model in a sandboxed display.",
@@ -39,6 +40,7 @@ HELP = {
     "serve": "Serve the model to many agents at once (OpenAI-compatible API, batched decoding).",
     "trust": "Trust a trace folder from elsewhere: its task's setup and command checks may run.",
     "ui": "A local web console: watch, steer and start runs; a playground.",
+    "eval": "Measure a model (grounding accuracy on ScreenSpot-style sets) through vlagent's own path.",
 }
 
 
@@ -92,7 +94,7 @@ def main():
     except KeyboardInterrupt:  # Ctrl-C outside a run (loading a model, a second Ctrl-C): 130, no traceback
         raise SystemExit(130) from None
     except SystemExit as e:
-        if interrupted() and e.code != 130:  # a Ctrl-C that met cleanup code (click's own "Aborted!" too)
+        if interrupted() and e.code != 130:  # a second Ctrl-C that met cleanup code (click's "Aborted!" too)
             raise SystemExit(130) from None
         raise
 
@@ -100,7 +102,8 @@ def main():
 def _interrupts():
     """Ctrl-C: the first raises KeyboardInterrupt (the run is torn down, its trace completed); a second
     one while that cleanup runs is noted and ignored, a third quits at once (the sandbox's watchdog
-    ends what is left). Whatever the code was doing, the exit status is then 130."""
+    ends what is left). After a second Ctrl-C the exit status is 130, whatever the code was doing (one
+    Ctrl-C is the command's to interpret: it ends a recording normally)."""
     import os
     import signal
     import sys
@@ -117,7 +120,7 @@ def _interrupts():
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, handler)
-    return lambda: count[0] > 0
+    return lambda: count[0] > 1
 
 
 if __name__ == "__main__":

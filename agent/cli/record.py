@@ -1,6 +1,7 @@
 """`vlagent record`: a person's mouse and keyboard on the task's display, as a replayable trace."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,8 +36,9 @@ def record(trace_dir, task_file, display, max_seconds, keep_going):
         check_new_trace(trace_dir)
 
     def ready(d: str) -> None:
-        click.echo(f"recording on display {d}: attach a viewer (e.g. x11vnc -display {d}) and work; "
-                   f"Ctrl-C stops", err=False)
+        auth = os.environ.get("XAUTHORITY", "")  # the display's cookie (sandbox.xauth): a viewer needs it
+        click.echo(f"recording on display {d} (XAUTHORITY={auth}): attach a viewer (e.g. XAUTHORITY={auth} "
+                   f"x11vnc -display {d}) and work; Ctrl-C stops", err=False)
         sys.stdout.flush()
 
     sigterm_as_interrupt()

@@ -41,7 +41,9 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
     from agent.run.runner import use_display
 
     with usage_errors():
-        __import__("agent.trust").trust.trust_all(trust)
+        from agent.trust import trust_all
+
+        trust_all(trust)
         steps = load_trace_steps(trace_dir)
         task = load_trace_task(trace_dir, task_file)
         check_secrets(steps, task)

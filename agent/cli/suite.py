@@ -32,7 +32,11 @@ from agent.trace import new_trace_dir
 @click.option("--list", "list_only", is_flag=True, help="Print the items (of this shard) and exit without running them.")
 @click.option("--serve/--no-serve", "serve", default=None, help="Load the local model once in a `vlagent serve` "
               "shared by the workers [default: on with --workers > 1, a local model and a GPU].")
-def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only, serve):
+@click.option("--trust", is_flag=True, help="Run the setup and command checks of trace items not written here (agent.trust).")
+def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only, serve, trust):
+    from agent.trust import trust_all
+
+    trust_all(trust)  # the items' child processes inherit it (VLAGENT_TRUST)
     with usage_errors():
         root, items = discover(list(paths))
         if shard:

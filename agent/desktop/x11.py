@@ -148,7 +148,8 @@ class X11Desktop:
             raise VlagentError(f"cannot open display {display}: {e}") from None
 
     def close(self) -> None:
-        for close in (self._typer.close, self._mss.close, self._x.close):
+        tree = getattr(self, "_tree", None)  # the accessibility reader focused_field() started
+        for close in (self._typer.close, self._mss.close, self._x.close, *([tree.close] if tree else [])):
             try:
                 close()
             except Exception:  # the display may be gone already; there is nothing left to free

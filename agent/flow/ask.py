@@ -18,7 +18,7 @@ from agent.errors import VlagentError
 from agent.run.history import prompt
 
 MAX_TRIES = 3
-VERDICT_TOKENS = 512  # a verdict with a short reason: the grammar closes the reason by ~120 characters
+VERDICT_TOKENS = 768  # a verdict with a short reason: decoding closes the reason by ~120 characters
 QUERY_TOKENS = 1024
 REASON_CHARS = 500
 
@@ -74,8 +74,7 @@ def parse_json(raw: str, schema: dict) -> Any:
     if text.startswith("```"):  # models like fences even when told not to
         text = text.strip("`").removeprefix("json").strip()
     try:
-        # strict=False: a bounded string's grammar lets raw control characters through (xgrammar)
-        value = json.loads(text, parse_constant=_no_constant, strict=False)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e.msg} at character {e.pos})") from None
     why = validate(value, schema)

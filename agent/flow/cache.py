@@ -6,7 +6,7 @@ written once and the pair can be committed and used on another machine).
      "steps": [{"key": "3f9a...", "kind": "act", "text": "Type Ada Lovelace into the Name field",
                 "screen": "fill_form_flow.cache/8c1e....png",          # the screen after the step
                 "actions": [{"action": {"action": "left_click", "coordinate": [352, 205]},
-                             "target": {... evidence of agent.replay.locate, images as png_file ...},
+                             "target": {... evidence of agent.targets.locate, images as png_file ...},
                              "effect": {"changed": true, "after": {... evidence of what changed ...}}},
                             ...]}]}
 
@@ -49,7 +49,7 @@ class _Strict(BaseModel):
 class CachedAction(_Strict):
     action: dict[str, Any]  # native arguments; validated against the schema when replayed
     screen: str | None = None  # the screen the action was taken on (an image file of this cache)
-    target: dict[str, Any] | None = None  # evidence of the pointer target (agent.replay.evidence)
+    target: dict[str, Any] | None = None  # evidence of the pointer target (agent.targets.evidence)
     start: dict[str, Any] | None = None  # a drag's start
     effect: dict[str, Any] | None = None  # {"changed": bool, "after": evidence | None, "screen": file | None}
 
@@ -130,8 +130,15 @@ class ActionCache:
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             raise CacheError(f"{self.path}: not an action cache of version {CACHE_VERSION} "
                              f"({where}: {err['msg']}); {fix}") from None
+        from agent.targets.model import EvidenceError, check
+
         for step in data.steps:
-            for a in step.actions:
+            for i, a in enumerate(step.actions):
+                try:
+                    for name, ev in (("target", a.target), ("start", a.start), ("effect.after", (a.effect or {}).get("after"))):
+                        check(ev, f"{step.kind} {step.text!r}, action {i + 1}, {name}")
+                except EvidenceError as e:
+                    raise CacheError(f"{self.path}: {e}; {fix}") from None
                 for name in ("target", "start", "effect"):
                     setattr(a, name, self._inline(getattr(a, name), fix))
         return {step.key: step for step in data.steps}
@@ -256,7 +263,8 @@ class ActionCache:
                     try:  # contained in the cache's folder, no symlink, bounded (agent.trust)
                         out["png"] = base64.b64encode(trust.read_bytes(self.path.parent, v, trust.MAX_IMAGE_BYTES)).decode("ascii")
                     except trust.TrustError as e:
-                        raise CacheError(f"{self.path}: refers to an image it cannot use ({e}); {fix}") from None
+                        what = f"a missing image {v}" if "No such file" in str(e) else f"an image it cannot use ({e})"
+                        raise CacheError(f"{self.path}: refers to {what}; {fix}") from None
                 else:
                     out[k] = self._inline(v, fix)
             return out

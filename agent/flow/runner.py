@@ -11,7 +11,7 @@ Per step kind:
   wait_for    verdicts every interval_s until one passes or timeout_s passes
 
 The cache (agent.flow.cache): an act or grounded step with an entry is replayed without the model, each
-target found again by agent.replay.evidence and each action's recorded effect checked. A target not found
+target found again by agent.targets.evidence and each action's recorded effect checked. A target not found
 or an effect that does not show sends the step to the model (healed); a step without entry goes to the
 model too (miss). A healed step goes on from what the replay did: an act's model sees the replayed
 actions as its history; a grounded click is not made again when the model points at the target the
@@ -27,25 +27,21 @@ from typing import Any
 
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, gate, to_json
-from actions.coords import to_relative
+from actions import ACTION_ADAPTER, Policy, PolicyError, to_json
 from agent.errors import ModelExhausted, VlagentError
-from agent.flow import ask, finder
+from agent.flow import ask
+from agent.replay.actor import Actor, Ungrounded, ask_point
+from agent.targets import finder
+from agent.targets.finder import SETTLE_MAX_S
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
-from agent.replay.pixels import as_after, change_point, changed
+from agent.targets.change import change_point, changed
 from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 
 DEFAULT_ACT_STEPS = 10
-GROUND_TRIES = 3  # a grounding reply that does not parse is asked again, this many times in all
-SETTLE_MAX_S = 2.0
-EFFECT_WAIT_S = 1.0  # how long a replayed action's effect may take to show
 # A replayed action is over when the screen is still and shows its recorded effect. The recorded
 # effect says the app got there, so "still" needs two alike grabs this far apart, not the
 # SETTLE_POLL_S of a run that has nothing to check against.
-REPLAY_POLL_S = 0.015
-EFFECT_SHARE = 0.75  # of the pixels a recorded action changed, at least this share must look as after it
-SAME_PLACE_PX = 4  # a recorded effect found this close to where it was is in its place
 SAME_TARGET_PX = 12  # a model's point this close to a click already made is on the same target
 DEFAULT_WAIT_TIMEOUT_S, DEFAULT_WAIT_INTERVAL_S = 30.0, 1.0
 
@@ -131,6 +127,7 @@ class Flow:
     def __post_init__(self):
         self.policy = Policy(self.task.allow)
         self.finder = finder.Finder(self.display)
+        self.actor = Actor(self.desktop, self.finder, self.policy)
 
     def close(self) -> None:
         self.finder.close()
@@ -292,16 +289,9 @@ class Flow:
                  extra: dict | None = None, settle=None) -> Step:
         """Check the action against the task's policy, run it, record it in the trace. `settle()`
         waits after it (default: until the screen is still)."""
-        from agent.run.executor import execute
-
         t0 = time.perf_counter()
-        typed = action
-        if action.action == "type" and "{secret:" in action.text:
-            from agent import secrets
-
-            typed = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            checked = gate.check(action, gate.probe_of(self.desktop), self.policy, frame and frame.size)  # actions.gate
+            checked = self.actor.check(action, frame and frame.size)
         except PolicyError as e:
             raise StepFailed(f"the task's policy refuses {to_json(action)}: {e}") from None
         self.desktop.check_abort()
@@ -313,7 +303,7 @@ class Flow:
             self._before_action(n)
         step = Step(step=n, raw=raw, action=to_json(action), frame=frame.size, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
                     source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
-        outcome = execute(checked, self.desktop, frame.size)
+        outcome = self.actor.act(checked, frame.size)
         step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
         t1 = time.perf_counter()
         if action.action not in ("terminate", "answer"):
@@ -376,28 +366,15 @@ class Flow:
         step's click that the cache replayed already, whose effect did not show: when the model
         points at the same target, that click was the right one and is not made twice."""
         from agent.run.executor import screen_point
-        from agent.run.history import build_messages
 
         kind = step.kind
         value = step._value(kind)
-        only = Policy(Allow(actions=[kind]))
         self.desktop.wait_stable(SETTLE_MAX_S)
         frame = self.desktop.capture()
-        goal = f"Do exactly this one action: {kind} on {res.text}."
-        error, raw = "", ""
-        for _ in range(GROUND_TRIES):
-            messages = build_messages(goal + (f"\nYour previous reply was rejected: {error}" if error else ""),
-                                      [], frame, only, lambda s: frame)
-            raw = self.backend.generate(messages, only)
-            try:
-                action = check_reply(raw, only)
-                if getattr(action, "coordinate", None) is None:
-                    raise PolicyError("the action needs a coordinate on the target")
-                break
-            except (ParseError, PolicyError) as e:
-                error = str(e)
-        else:
-            raise StepFailed(f"invalid model output: {GROUND_TRIES} groundings rejected; last: {error}", "invalid_output")
+        try:
+            action, raw = ask_point(self.backend, f"Do exactly this one action: {kind} on {res.text}.", frame, kind)
+        except Ungrounded as e:
+            raise StepFailed(f"invalid model output: {e}", "invalid_output") from None
         if kind == "scroll":
             action = action.model_copy(update={"pixels": value.pixels})
         if made is not None and made.pixel is not None and _action(made).action == kind and \
@@ -471,20 +448,18 @@ class Flow:
             if frame is None:  # (the step before ended on a still screen)
                 frame = self.desktop.capture()
             recorded = self.cache.open_image(ca.screen)
-            update = {}
-            for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)):
-                if ev is None:
-                    continue
-                found, frame = self.finder.find_waiting(ev, self.desktop, recorded, frame=frame)
-                if found.pixel is None:
+            evidence = {name: ev for name, ev in (("coordinate", ca.target), ("start_coordinate", ca.start)) if ev}
+            if evidence:
+                moved, look = self.actor.retarget(action, evidence, recorded, frame)
+                frame = look.frame
+                if moved is None:
+                    found = look.found[look.missing]
                     n = len(self.trace.steps) + 1
                     now = self.trace.save_screen(frame, f"{n:04d}")
                     self._add(Step(step=n, action=to_json(action), frame=frame.size, source="replay", flow_step=res.index,
-                                   screenshot=now, error=f"cache: {found.reason}"))
-                    return False, f"{what}: target not found: {found.reason}" + self._screens(now, recorded, n)
-                update[name] = list(to_relative(found.pixel, frame.size))
-            if update:
-                action = ACTION_ADAPTER.validate_python({**to_json(action), **update})
+                                   screenshot=now, error=f"cache: {found.reason or 'not found'}"))
+                    return False, f"{what}: target not found: {found.reason or 'no evidence agrees'}" + self._screens(now, recorded, n)
+                action = moved
             # The screen recorded after this action: its effect's, else the next action's or the step's.
             expected = ((ca.effect or {}).get("screen") or
                         (entry.actions[i + 1].screen if i + 1 < len(entry.actions) else entry.screen))
@@ -508,82 +483,18 @@ class Flow:
         rec = self.trace.save_screen(recorded, f"{n:04d}{suffix}-recorded") if recorded is not None else "(none)"
         return f"; screens: {now} (now), {rec} (recorded)"
 
-    def _effect_shows(self, ca: CachedAction, before: Image.Image, action,
-                      expected: str | None) -> tuple[bool, str, Image.Image]:
-        """After a replayed action, wait for a still screen that shows its recorded effect: when the
-        recorded action changed the screen, the replayed one must too, and what the changed place
-        looked like afterwards must be on the screen now. (ok, why not, the still frame.)
-        `expected`: the (still) screen recorded after the action; a screen just like it is judged
-        at once. A screen that never stops changing (an animation) is judged at the deadline as it is.
-        Where the recording kept the changed place's accessibility element, the app's tree judges a
-        screen the pixels doubt (a hover or a focus ring elsewhere than recorded): a field that took
-        the focus or holds the typed text, a check box that changed, a radio button checked."""
-        effect, recorded = ca.effect, self.cache.open_image(expected)
-        if not effect or not effect.get("changed"):
-            now = self.desktop.capture()
-            if recorded is not None and changed(recorded, now) is None:
-                return True, "", now
-            self.desktop.wait_stable(SETTLE_MAX_S)  # nothing else to recognise the end by: a plain settle
-            return True, "", self.desktop.capture()
-        deadline = time.monotonic() + SETTLE_MAX_S + EFFECT_WAIT_S
-        why, last, judged = f"{action.action}: the screen did not change as recorded", None, None
-        while True:
-            now = self.desktop.capture()
-            pixels = now.tobytes()
-            still = pixels == last
-            late = time.monotonic() >= deadline
-            # Just like the screen recorded after it: as still as that one was. It needs no change from
-            # `before` when it is also still: the app may have got there by itself (a focus that came late).
-            as_recorded = recorded is not None and changed(recorded, now) is None
-            settled = as_recorded and still
-            if (as_recorded or still or late) and (pixels, settled) != judged:  # each picture judged once
-                judged, why = (pixels, settled), self._effect_why(ca, None if settled else before,
-                                                                  now, recorded, action)
-                if why and (still or late):
-                    why = self._tree_judges(ca, action, why)
-                if not why:
-                    return True, "", now
-                # A still screen without the effect: it gets EFFECT_WAIT_S more to show (a slow app).
-                deadline = min(deadline, time.monotonic() + EFFECT_WAIT_S)
-            if late:
-                return False, why, now
-            last = pixels
-            time.sleep(REPLAY_POLL_S)
-
-    def _tree_judges(self, ca: CachedAction, action, why: str) -> str:
-        """The pixels' doubt `why`, settled by the app's tree where the recording kept the effect's
-        element: "" when the tree shows the effect, else `why` with what the tree says."""
-        from agent.replay.evidence import effect_in_tree
-
-        if not (ca.effect.get("after") or {}).get("a11y"):
-            return why
+    def _effect_shows(self, ca: CachedAction, before: Image.Image, action, expected: str | None):
+        """After a replayed action, a still screen that shows its recorded effect (Actor.wait_effect):
+        (ok, why not, the still frame). `expected`: the screen recorded after the action."""
+        effect = ca.effect or {}
         pixel = None
         if getattr(action, "coordinate", None) is not None:
             from actions.coords import to_pixels
 
             pixel = to_pixels(tuple(action.coordinate), self.desktop.size())
-        shows, how = effect_in_tree(ca.target, action, self.finder.nodes(), pixel)
-        if shows:
-            return ""
-        return f"{why}; the accessibility tree: {how}" if how else why
-
-    def _effect_why(self, ca: CachedAction, before: Image.Image | None, now: Image.Image, recorded, action) -> str:
-        """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does;
-        before=None: no change from it needed)."""
-        if before is not None and changed(before, now) is None:
-            return f"{action.action}: the screen did not change as recorded"
-        if ca.effect.get("after"):
-            found = self.finder.find(ca.effect["after"], now, recorded, target=False)
-            if found.pixel is None:
-                return f"{action.action}: its recorded effect is not on screen ({found.reason})"
-            # Found where it was, on a screen alike within the finder's tolerance (a hover, a caret; the
-            # same theme): the few pixels a radio button or a checkbox changes must have changed too.
-            here = found.alike and math.dist(found.pixel, ca.effect["after"]["pixel"]) <= SAME_PLACE_PX
-            share = as_after(self.cache.open_image(ca.screen), recorded, now) if here else None
-            if share is not None and share < EFFECT_SHARE:
-                return (f"{action.action}: its recorded effect is not on screen (of the pixels it changed, "
-                        f"{share:.0%} look as after it)")
-        return ""
+        return self.actor.wait_effect(before, action, changed_then=bool(effect.get("changed")),
+                                      after=effect.get("after"), rec_before=self.cache.open_image(ca.screen),
+                                      rec_after=self.cache.open_image(expected), target=ca.target, pixel=pixel)
 
 
 # ------------------------------------------------------------------------------------------ a whole run

@@ -5,7 +5,7 @@
 """
 
 
-def __getattr__(name):  # lazy: importing agent.replay.locate should not pull in the player
+def __getattr__(name):  # lazy: importing agent.targets.locate should not pull in the player
     if name == "replay":
         from agent.replay.player import replay
         return replay

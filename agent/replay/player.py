@@ -1,6 +1,6 @@
 """Replay a trace (recorded by a person or written by an agent run) without a model.
 
-Before each pointer action the target is found again on the current screen (agent.replay.locate), so a
+Before each pointer action the target is found again on the current screen (agent.targets.locate), so a
 moved window, moved widgets or another screen size do not break the replay; the task's success
 checks decide the outcome, as for `vlagent run`.
 
@@ -13,29 +13,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from actions import ACTION_ADAPTER, Action, ParseError, Policy, PolicyError, check_reply, gate, to_json
-from actions.coords import to_pixels, to_relative
+from actions import ACTION_ADAPTER, Action, Policy, PolicyError, to_json
+from actions.coords import to_pixels
 from agent import trust
 from agent.errors import VlagentError
 from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps
 
-FIND_TIMEOUT_S = 5.0  # how long a target may take to appear (a window still opening, a redraw)
-FIND_POLL_S = 0.2
-A11Y_PATIENCE_S = 1.0  # an element missing from the tree this long is searched by pixels instead
-SETTLE_MAX_S = 2.0  # bounded wait for the screen to stop changing, before and after each action
-EFFECT_WAIT_S = 1.0  # extra time for an effect the original step showed to appear
-CHANGED_PX = 20  # pixels that must differ (by more than CHANGED_LEVEL) for "the screen changed"
-CHANGED_LEVEL = 24
+from agent.targets.change import differs
+from agent.replay.actor import Actor, Ungrounded, ask_point
+from agent.targets import finder
+from agent.targets.finder import SETTLE_MAX_S
+from agent.targets.locate import label
+
 COORD_KEYS = ("coordinate", "start_coordinate")
 
 
@@ -94,7 +90,7 @@ def load_trace_steps(trace_dir: Path) -> list[Step]:
     if not (Path(trace_dir) / "steps.jsonl").is_file():
         raise VlagentError(f"{trace_dir}: not a trace folder (no steps.jsonl)")
     try:
-        return load_steps(trace_dir)
+        return trust.known_versions(load_steps(trace_dir), trace_dir)  # unknown evidence versions: one line
     except ValueError as e:
         raise VlagentError(f"{trace_dir}/steps.jsonl: not a valid trace: {str(e).splitlines()[0]}") from None
 
@@ -162,9 +158,12 @@ class _Player:
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
         if locate:
             self.tree.start()
+        self.finder = finder.Finder(desktop.display, self.tree)
+        self.actor = Actor(desktop, self.finder, policy)
         self.prefetched: int | None = None
 
     def close(self) -> None:
+        self.finder.close()
         self.tree.close()
 
     def play(self, index: int, orig: Step) -> Step:
@@ -194,15 +193,12 @@ class _Player:
             raise
         before = frame
         t1 = time.perf_counter()
-        from agent.run.executor import execute
-
-        outcome = execute(action, self.desktop, frame.size)
+        outcome = self.actor.act(action, frame.size)
         step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, self.desktop.size()
         step.action = _shown(action, orig)
         t2 = time.perf_counter()
-        settle = self.desktop.wait_stable(SETTLE_MAX_S) if action.action not in ("terminate", "answer") else 0.0
-        timings.update(exec_ms=(t2 - t1) * 1e3, settle_ms=settle * 1e3)
-        note = self._effect(index, orig, before)
+        note = self._effect(index, orig, action, before)
+        timings.update(exec_ms=(t2 - t1) * 1e3, settle_ms=(time.perf_counter() - t2) * 1e3)
         if note:
             step.error = note
         missing = self._missing_effect(orig, step)
@@ -216,16 +212,10 @@ class _Player:
     def _missing_effect(self, orig: Step, step: Step) -> str | None:
         """What the accessibility tree says the click should have done (a field focused, a box
         checked) and did not; the tree may take a moment to follow the screen."""
-        from agent.replay.evidence import missing_effect
-
         if not self.locate or orig.kind != "left_click" or not (orig.target or {}).get("a11y"):
             return None
-        deadline = time.monotonic() + EFFECT_WAIT_S
-        while True:
-            missing = missing_effect(orig.target, self.tree.nodes(), step.pixel)
-            if missing is None or time.monotonic() >= deadline:
-                return missing
-            time.sleep(FIND_POLL_S)
+        shows, how = self.actor.tree_effect(orig.target, orig.action, step.pixel)
+        return how if shows is False else None
 
     def _record(self, step: Step, t0: float, timings: dict) -> None:
         step.timings = {**timings, "step_ms": (time.perf_counter() - t0) * 1e3}
@@ -242,27 +232,12 @@ class _Player:
             return action, frame, None
         if not self.locate:  # raw replay: the same relative point of the new screen
             return action, frame, None
-        from agent.replay.evidence import Decision, find
-        from agent.replay.locate import label
-        from sandbox.windows import list_windows
-
         t0 = time.perf_counter()
         evidence = {k: self._evidence(orig, k) for k in coords}
         recorded = self.original.image(orig)
-        deadline = time.monotonic() + FIND_TIMEOUT_S
-        while True:
-            windows = _once(lambda: list_windows(self.desktop.display))
-            nodes = _once(lambda: self.tree.take(self.prefetched))  # used only when the screen changed
-            patient = time.monotonic() < deadline - FIND_TIMEOUT_S + A11Y_PATIENCE_S  # the tree may lag
-            found: dict[str, Decision] = {k: find(ev, frame, windows, nodes, recorded, pixels=not patient)
-                                          for k, ev in evidence.items()}
-            self.prefetched = None  # a later look reads the tree again
-            done = all(d.pixel is not None or d.ambiguous for d in found.values())
-            if done or time.monotonic() >= deadline:
-                break
-            time.sleep(FIND_POLL_S)  # the target may still be appearing
-            self.desktop.wait_stable(SETTLE_MAX_S)
-            frame = self.desktop.capture()
+        moved, look = self.actor.retarget(action, evidence, recorded, frame, prefetched=self.prefetched)
+        self.prefetched = None
+        found, frame, windows, nodes = look.found, look.frame, look.windows, look.nodes
         timings["find_ms"] = (time.perf_counter() - t0) * 1e3
         self._keep_original(orig, step)  # the recorded screen next to the current one, for the report
         missing = [k for k, d in found.items() if d.pixel is None]
@@ -280,16 +255,14 @@ class _Player:
                 raise ReplayFailed(f"step {orig.step} ({orig.kind} {label(evidence[k])}): {why}; "
                                    f"see {step.screenshot} (now) and {step.target['recorded_screenshot']} (recorded)")
             return grounded, frame, {"coordinate": {"method": "model", "reason": why, "score": 0.0}}
-        update = {k: list(to_relative(d.pixel, frame.size)) for k, d in found.items()}
-        moved = ACTION_ADAPTER.validate_python({**to_json(action), **update})
         recorded_px = {"coordinate": orig.pixel, "start_coordinate": orig.start_pixel}
         info = {k: d.as_json(recorded_px.get(k) or evidence[k].get("pixel")) for k, d in found.items()}
         return moved, frame, info
 
     def _evidence(self, orig: Step, key: str) -> dict:
         """The step's recorded evidence, or evidence derived from its screenshot and pixel."""
-        from agent.replay.evidence import describe
-        from agent.replay.locate import estimate_window
+        from agent.targets.evidence import describe
+        from agent.targets.locate import estimate_window
 
         target = orig.target or {}
         if key == "start_coordinate":
@@ -319,78 +292,47 @@ class _Player:
     def _ground(self, action: Action, evidence: dict, frame: Image.Image, why: str, step: Step,
                 windows=(), nodes=()) -> Action | None:
         """Ask the fallback model where the target is now; None when its answer does not fit."""
-        from actions.policy import Allow
-        from agent.run.history import build_messages
-        from agent.replay.locate import label
-
-        only = Policy(Allow(actions=[action.action]))
         goal = (f"{self.task.goal}\nReplaying a recorded step whose target could not be found ({why}). "
                 f"Do exactly this one step: {action.action} on {label(evidence)}.")
-        messages = build_messages(goal, [], frame, only, lambda s: frame)
         try:
-            reply = self.fallback.generate(messages, only)
-            grounded = check_reply(reply, only)
-        except (ParseError, PolicyError, VlagentError) as e:
-            step.raw = None
-            step.error = f"fallback model: {e}"
+            grounded, reply = ask_point(self.fallback, goal, frame, action.action, tries=1)
+        except Ungrounded as e:
+            step.raw, step.error = None, f"fallback model: {e}"
+            return None
+        except VlagentError as e:
+            step.raw, step.error = None, f"fallback model: {e}"
             return None
         step.raw = reply
-        if getattr(grounded, "coordinate", None) is None:
-            return None
-        from agent.replay.evidence import _agrees
+        from agent.targets.evidence import agrees
 
         point = to_pixels(tuple(grounded.coordinate), frame.size)
-        agrees, how = _agrees(evidence, frame, point, nodes)  # the model is checked like any candidate
-        if not agrees:
+        ok, how = agrees(evidence, frame, point, nodes)  # the model is checked like any candidate
+        if not ok:
             step.error = f"fallback model: its point {point} does not look like the target ({how})"
             return None
         return ACTION_ADAPTER.validate_python({**to_json(action), "coordinate": list(grounded.coordinate)})
 
     def _checked(self, action: Action, n: int) -> Action:
         """The task's policy sees the action as it will run (secrets filled in)."""
-        orig_action = action
-        if action.action == "type" and "{secret:" in action.text:
-            from agent import secrets
-
-            action = action.model_copy(update={"text": secrets.fill(action.text)})
         try:
-            return gate.check(orig_action, gate.probe_of(self.desktop), self.policy)  # the one gate (actions.gate)
+            return self.actor.check(action)
         except PolicyError as e:
             raise ReplayFailed(f"step {n}: the task's policy refuses it: {e}") from None
 
     # -- the effect --------------------------------------------------------------------------------
-    def _effect(self, index: int, orig: Step, before: Image.Image) -> str | None:
-        """When the recorded step changed the screen, the replayed one should too."""
-        if orig.kind in ("wait", "terminate", "answer", "mouse_move"):
+    def _effect(self, index: int, orig: Step, action: Action, before: Image.Image) -> str | None:
+        """Settle, and when the recorded step changed the screen, the replayed one should have too
+        (Actor.wait_effect; a warning when it did not: the tree's verdict, _missing_effect, stops)."""
+        if orig.kind in ("terminate", "answer"):
+            return None
+        if orig.kind in ("wait", "mouse_move"):
+            self.desktop.wait_stable(SETTLE_MAX_S)
             return None
         rec_before, rec_after = self.original.image(orig), self.original.next_image(index)
-        if rec_before is None or rec_after is None or not _changed(rec_before, rec_after):
-            return None
-        deadline = time.monotonic() + EFFECT_WAIT_S
-        while not _changed(before, self.desktop.capture()):
-            if time.monotonic() >= deadline:
-                return "warning: the recorded step changed the screen; replayed, it did not"
-            time.sleep(FIND_POLL_S)
-        return None
-
-
-def _once(read):
-    """read(), called at most once, on first use."""
-    got: list = []
-
-    def value():
-        if not got:
-            got.append(read())
-        return got[0]
-    return value
-
-
-def _changed(a: Image.Image, b: Image.Image) -> bool:
-    if a.size != b.size:
-        return True
-    da = np.asarray(a.convert("L"), dtype=np.int16)
-    db = np.asarray(b.convert("L"), dtype=np.int16)
-    return int((np.abs(da - db) > CHANGED_LEVEL).sum()) >= CHANGED_PX
+        then = rec_before is not None and rec_after is not None and differs(rec_before, rec_after)
+        ok, why, _ = self.actor.wait_effect(before, action, changed_then=then, rec_before=rec_before,
+                                            rec_after=rec_after)
+        return None if ok else f"warning: {why}"
 
 
 def _shown(action: Action, orig: Step) -> Action:

@@ -2,7 +2,7 @@
 
 The trace has the same format as an agent run (agent.trace), with `source="human"`: each step
 holds the native action (0..1000 coordinates), the screenshot from just before it, the pixel it
-hit and, for pointer actions, the evidence that finds its target again (agent.replay.locate).
+hit and, for pointer actions, the evidence that finds its target again (agent.targets.locate).
 
 Events come from pynput (X RECORD) on the task's display. They are grouped into actions:
 press+release in one place is a click (two or three quick ones a double or triple click), a
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actions.coords import to_relative
+from agent import secrets
 from agent.errors import SandboxError
 from agent.trace import Result, Step, Trace
 
@@ -392,7 +393,7 @@ class Recorder:
 
     def _write(self, pending: Pending) -> None:
         """One finished action -> one Step with its frame, pixel and target evidence."""
-        from agent.replay.evidence import describe
+        from agent.targets.evidence import describe
 
         t0 = time.perf_counter()
         frame = self.frames.before(pending.t)
@@ -430,7 +431,7 @@ class Recorder:
 
     def _redacted(self, text: str) -> str:
         """Text for a password-like or task-marked field becomes a "{secret:NAME}" placeholder."""
-        name = secret_name(self.focus, self.task)
+        name = secret_name(self.focus, self.task) or secrets.focused_secret(self.trees.before(time.monotonic()), self.task.secrets)
         return text if name is None else f"{{secret:{name}}}"
 
     def _checks_pass(self) -> bool:
@@ -462,11 +463,7 @@ def secret_name(focus: dict | None, task) -> str | None:
         return None
     words = [a.get("text", "") for a in focus.get("anchors", [])] + [(focus.get("text") or {}).get("at", "")]
     label = " ".join(w for w in words if w)
-    for name in task.secrets:
-        if re.search(rf"(?i)\b{re.escape(name)}\b", label):
-            return name
-    m = SECRET_LABEL_RE.search(label)
-    return m.group(0).upper() if m else None
+    return secrets.label_secret(label, task.secrets)  # labels in common languages (agent.secrets)
 
 
 def record_trace(trace_dir, task, display: str | None = None, max_seconds: float | None = None,

@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from agent import trust
 from agent.errors import VlagentError
 from agent.report.page import ASSETS, Entry, render, render_trace  # noqa: F401 (API)
 
@@ -58,7 +59,8 @@ def _copy_assets(out: Path) -> None:
 
 
 def _slugify(text: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "trace"
+    """A file name of letters, digits, _ . -, never starting with a dot (no "..", no hidden file)."""
+    return re.sub(r"_+", "_", re.sub(r"[^\w.-]+|\.{2,}", "_", text)).strip("_.")[:120] or "trace"
 
 
 def _unique(slug: str, taken: set[str]) -> str:
@@ -89,38 +91,104 @@ def build_report(traces: list[Path], out: str | Path, names: dict | None = None,
 
 
 def merge_reports(inputs: list[Path], out: str | Path, title: str = "vlagent report (merged)") -> Path:
-    """Join shards' reports (folders with report.json) and JUnit files (*.xml) into one folder."""
+    """Join shards' reports (folders with report.json) and JUnit files (*.xml) into one folder.
+
+    A shard is someone else's input: its pages are rebuilt here from the records each page keeps
+    (tasks/<slug>/data/: steps, result, task; and its screenshots), never copied, so no markup or
+    script a shard holds reaches the merged report; its slugs are made safe again; no symlink is
+    followed; report.json is read bounded. An entry without records keeps its row, not a page."""
     from agent.suite.junit import merge_junit
 
     out = Path(out)
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     _copy_assets(out)
-    reports = [r for p in inputs for r in ([p / "report.json"] if (p / "report.json").is_file() else sorted(p.rglob("report.json")))]
-    junits = [x for p in inputs for x in sorted(p.rglob("*.xml")) if _is_junit(x)]
+    reports = [r for p in inputs for r in ([p / "report.json"] if (p / "report.json").is_file() else _files(p, "report.json"))]
+    junits = [x for p in inputs for x in _files(p, "*.xml") if _is_junit(x)]
     if not reports and not junits:
         raise VlagentError(f"no reports (report.json) or JUnit files (*.xml) under {', '.join(map(str, inputs))}")
     taken: set[str] = set()
     entries = []
     for r in reports:
-        data = json.loads(r.read_text(encoding="utf-8"))
-        for e in data.get("entries", []):
-            entry = Entry(**e)
-            old = _slugify(entry.slug)  # a shard's report.json is input too: no paths out of the folder
-            slug = _unique(old, taken)
-            src = r.parent / "tasks"
-            if (src / old).is_dir():
-                shutil.copytree(src / old, out / "tasks" / slug, dirs_exist_ok=True)
-            page = (src / f"{old}.html").read_text(encoding="utf-8")
-            if slug != old:  # screenshots are addressed as "<slug>/NNNN.png" (src, data-before, data-after)
-                page = page.replace(f'="{old}/', f'="{slug}/')
-            (out / "tasks" / f"{slug}.html").write_text(page, encoding="utf-8")
-            entry.slug, entry.page = slug, f"tasks/{slug}.html"
-            if entry.thumb:
-                entry.thumb = f"tasks/{slug}/{Path(entry.thumb).name}"
-            entries.append(entry)
+        try:
+            data = trust.read_json(r.parent, r.name)
+        except trust.TrustError as e:
+            raise VlagentError(f"{e}") from None
+        for e in (data.get("entries") or [] if isinstance(data, dict) else [])[:100_000]:
+            if isinstance(e, dict):
+                entries.append(_rebuild(e, r.parent / "tasks", out, taken))
     if junits:
         merge_junit(junits, out / "junit.xml")
     return _write_index(out, entries, title)
+
+
+def _files(folder: Path, pattern: str) -> list[Path]:
+    """Files matching `pattern` under `folder`, none reached through a symlink."""
+    found = []
+    for path in sorted(Path(folder).rglob(pattern)):
+        parts = path.relative_to(folder).parts
+        if not any((Path(folder).joinpath(*parts[:i + 1])).is_symlink() for i in range(len(parts))):
+            found.append(path)
+    return found
+
+
+def _rebuild(e: dict, src: Path, out: Path, taken: set[str]) -> Entry:
+    """One shard entry: its page rendered again from its kept records, under a fresh safe slug."""
+    import tempfile
+
+    text = lambda k, n=2000: str(e.get(k) if e.get(k) is not None else "")[:n]  # noqa: E731
+    old = _slugify(text("slug", 200))
+    slug = _unique(old, taken)
+    name = text("name", 300) or slug
+    try:
+        kept = trust.contained(src, f"{old}/data")
+    except trust.TrustError:
+        kept = None
+    if kept is not None and kept.is_dir():
+        with tempfile.TemporaryDirectory(prefix="vlagent-merge-") as tmp:
+            trace = Path(tmp)
+            for f in ("steps.jsonl", "result.json", "task.yaml"):
+                try:
+                    (trace / f).write_bytes(trust.read_bytes(kept, f, 64 << 20))
+                except trust.TrustError:
+                    pass
+            _screens(trace, src / old)
+            entry = render_trace(trace, out, slug, name)
+        entry.trace = text("trace", 500)
+        return entry
+    try:
+        duration = float(e.get("duration_s") or 0.0)
+        steps = int(e.get("steps") or 0)
+    except (TypeError, ValueError, OverflowError):
+        duration, steps = 0.0, 0
+    return Entry(name, slug, text("status", 40) or "no result", text("reason"), steps, duration, text("model", 200),
+                 "", None, text("trace", 500))
+
+
+def _screens(trace: Path, shard_dir: Path) -> None:
+    """The screenshots the kept records name, from the shard's copies (by file name), into `trace`."""
+    from agent.trace import load_steps
+
+    names = [s.screenshot for s in load_steps(trace, lenient=True) if s.screenshot]
+    try:
+        result = json.loads((trace / "result.json").read_text(encoding="utf-8"))
+        names += [result.get("final_screenshot") or "screens/final.png"]
+        names += [f.get("screenshot") for f in result.get("flow") or [] if isinstance(f, dict) and f.get("screenshot")]
+    except (OSError, ValueError, AttributeError):
+        names.append("screens/final.png")
+    for s in load_steps(trace, lenient=True):
+        if isinstance(s.target, dict) and s.target.get("recorded_screenshot"):
+            names.append(s.target["recorded_screenshot"])
+    for rel in dict.fromkeys(n for n in names if isinstance(n, str)):
+        try:
+            data = trust.read_bytes(shard_dir, Path(rel).name, trust.MAX_IMAGE_BYTES)
+            dest = trust.contained(trace, rel)
+        except trust.TrustError:
+            continue
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        except OSError:  # a name that clashes with another (a file where a folder is wanted)
+            continue
 
 
 def _is_junit(path: Path) -> bool:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from agent import secrets
+from agent import secrets, trust
 from agent.report.draw import action_label, overlay
-from agent.trace import Result, Step, load_result, load_steps
+from agent.trace import Result, Step, load_steps
 
 ASSETS = Path(__file__).with_name("assets")
 TEMPLATES = Path(__file__).with_name("templates")
@@ -83,13 +81,33 @@ def _timings(step: Step) -> dict:
 def _copy_screen(trace: Path, rel: str | None, dest: Path, slug: str) -> str | None:
     """Copy a screenshot into the report; its path relative to the tasks/ folder. Only files inside
     the trace folder: a trace is input, and "../../" must not copy other files into a report."""
-    src = (trace / rel).resolve() if rel else None
-    if src is None or not src.is_relative_to(trace.resolve()) or not src.is_file():
+    if not rel:
         return None
-    target = dest / slug / src.name
+    try:  # contained, no symlink followed, bounded (agent.trust)
+        data = trust.read_bytes(trace, rel, trust.MAX_IMAGE_BYTES)
+    except trust.TrustError:
+        return None
+    name = Path(rel).name
+    target = dest / slug / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, target)
-    return f"{slug}/{src.name}"
+    target.write_bytes(data)
+    return f"{slug}/{name}"
+
+
+DATA_FILES = ("steps.jsonl", "result.json", "task.yaml")  # what `--merge` rebuilds a page from
+MAX_DATA_BYTES = 64 << 20
+
+
+def _keep_data(trace: Path, dest: Path) -> None:
+    """The trace's own records (redacted) next to its page: a merge rebuilds pages from these and the
+    copied screenshots, never from a shard's HTML."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in DATA_FILES:
+        try:
+            text = trust.read_bytes(trace, name, MAX_DATA_BYTES).decode("utf-8", "replace")
+        except trust.TrustError:
+            continue
+        (dest / name).write_text(secrets.redact(text), encoding="utf-8")
 
 
 def _intended(step: Step):
@@ -143,7 +161,7 @@ def _replayed(step: Step, trace: Path, dest: Path, slug: str) -> dict | None:
             "element": (found.get("detail") or {}).get("element", ""), "runner_up": found.get("runner_up")}
 
 
-def _card(step: Step, img: str | None, after: str | None) -> dict:
+def card(step: Step, img: str | None, after: str | None) -> dict:
     """One step; `after` is the next screen (the next step's, or the final one), for before/after."""
     intended = _intended(step)
     shown = intended if intended is not None else step.action
@@ -153,8 +171,6 @@ def _card(step: Step, img: str | None, after: str | None) -> dict:
             "overlay": overlay(step, intended, rejected=intended is not None),
             "target": _evidence(step.target) if step.target else None, "timings": _timings(step)}
 
-
-card = _card  # public: the console (agent/ui/views.py) shows live steps with the report's own cards
 
 
 def _log(log: Path | None) -> dict | None:
@@ -171,15 +187,20 @@ def _log(log: Path | None) -> dict | None:
 
 
 def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log: Path | None = None) -> Entry:
-    task_text = (trace / "task.yaml").read_text(encoding="utf-8", errors="replace") if (trace / "task.yaml").is_file() else ""
+    from agent.task import parse_yaml
+
     try:
-        result: Result | None = load_result(trace)
-    except (OSError, ValueError):
+        task_text = trust.read_bytes(trace, "task.yaml", MAX_DATA_BYTES).decode("utf-8", "replace")
+    except trust.TrustError:
+        task_text = ""
+    try:
+        result: Result | None = Result.model_validate_json(trust.read_bytes(trace, "result.json", MAX_DATA_BYTES))
+    except (trust.TrustError, ValueError):
         result = None
-    try:
-        task = yaml.safe_load(task_text) or {}
+    try:  # bounded: size, nesting, what aliases expand to (agent.task.parse_yaml)
+        task = parse_yaml(task_text, trace / "task.yaml") or {}
         task = task if isinstance(task, dict) else {}
-    except yaml.YAMLError:
+    except Exception:  # noqa: BLE001  (any fault of an input file: the page shows no task)
         task = {}
     declare_secrets(task)
     name = str(name or (result.task if result and result.task else None) or task.get("name") or trace.name)
@@ -187,9 +208,9 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
     tasks_dir = out / "tasks"
     imgs = [_copy_screen(trace, st.screenshot, tasks_dir, slug) for st in steps]
     final = _copy_screen(trace, (result.final_screenshot if result else None) or "screens/final.png", tasks_dir, slug)
-    cards = [_card(st, img, imgs[i + 1] if i + 1 < len(imgs) else final) for i, (st, img) in enumerate(zip(steps, imgs))]
-    for st, card in zip(steps, cards):
-        card["replayed"] = _replayed(st, trace, tasks_dir, slug)
+    cards = [card(st, img, imgs[i + 1] if i + 1 < len(imgs) else final) for i, (st, img) in enumerate(zip(steps, imgs))]
+    for st, shown in zip(steps, cards):
+        shown["replayed"] = _replayed(st, trace, tasks_dir, slug)
     status = result.status if result else "no result"
     page = secrets.redact_data({
         "title": f"{name} · vlagent", "root": "../", "name": name, "status": status,
@@ -208,6 +229,7 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
         "model_calls": result.model_calls if result and result.flow else None,
     })
     (tasks_dir / f"{slug}.html").write_text(render("trace.html.j2", **page), encoding="utf-8")
+    _keep_data(trace, tasks_dir / slug / "data")
     last = Path(steps[-1].screenshot).name if steps and steps[-1].screenshot else None
     thumb = f"tasks/{final}" if final else (f"tasks/{slug}/{last}" if last and (tasks_dir / slug / last).exists() else None)
     return Entry(page["name"], slug, status, page["reason"], len(steps), result.duration_s if result else 0.0,

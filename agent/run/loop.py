@@ -20,7 +20,7 @@ from agent.run.control import RunControl
 from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
 from agent.run.status import End as LoopEnd
-from agent.replay.evidence import pointer_pixels
+from agent.targets.evidence import pointer_pixels
 from agent.trace import Step, Trace
 
 MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output
@@ -193,7 +193,7 @@ class _Unwatched:
 
 def _step_targets(desktop):
     """Target evidence for a desktop on an X display (a fake desktop in tests has none)."""
-    from agent.replay.evidence import StepTargets
+    from agent.targets.evidence import StepTargets
 
     return StepTargets(desktop.display) if isinstance(getattr(desktop, "display", None), str) else None
 

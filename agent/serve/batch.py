@@ -18,7 +18,6 @@ gets the same reply (tests/test_serve.py holds this on the CPU in float32).
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -41,7 +40,7 @@ class Region:
 
     def clear(self) -> None:
         """Forget what the region holds: its KV is overwritten, never read."""
-        self.state = KVState()
+        self.state.clear()
 
 
 @dataclass(eq=False)
@@ -59,7 +58,7 @@ class Row:
 
 class Batcher:
     def __init__(self, model, agents: int, context: int, *, vision_cache: int | None = None,
-                 graphs: bool | None = None, kv_shift: bool = False):
+                 graphs: bool | None = None, options=None):
         import torch
 
         self.torch = torch
@@ -69,7 +68,11 @@ class Batcher:
         # by one region at a time, so it is made with the smallest one. Its vision cache is the
         # server's, sized for every agent's history.
         self.vision = VisionCache(vision_cache or agents * 6)
-        self.engine = eng = Engine(model, max_context=1, graphs=False, vision_cache=self.vision, kv_shift=kv_shift)
+        if options is None:
+            from agent.backends.options import EngineOptions
+            options = EngineOptions.from_env()
+        self.engine = eng = Engine(model, max_context=1, graphs=False, vision_cache=self.vision,
+                                   kv_shift=options.kv_shift, sdpa=options.sdpa)
         eng.k_cache = eng.v_cache = None
         self.agents, self.context = agents, context
         self.device, self.dtype = eng.device, eng.dtype
@@ -98,8 +101,8 @@ class Batcher:
         self._host = torch.zeros((3, agents), dtype=torch.long, pin_memory=pin)  # pos, delta, last
         self._host_toks = torch.zeros((agents, FEED_WIDTH), dtype=torch.long, pin_memory=pin)
         self.bitmask_host = torch.full((agents, self.words), -1, dtype=torch.int32, pin_memory=pin)
-        if graphs is None:  # VLAGENT_SERVE_GRAPHS=0: eager decode steps (to rule graphs out when debugging)
-            graphs = self.device.type == "cuda" and os.environ.get("VLAGENT_SERVE_GRAPHS", "1") != "0"
+        if graphs is None:  # serve_graphs off (VLAGENT_SERVE_GRAPHS=0): eager decode steps, to rule graphs out when debugging
+            graphs = self.device.type == "cuda" and options.serve_graphs
         self.use_graphs = graphs
         self._graphs: dict[tuple[int, int], object] = {}  # (span, width) -> graph
         self._pool = self._stream = None

@@ -10,7 +10,7 @@ Evidence (a JSON-able dict, stored as Step.target):
   window   the title of the window under the point and the point's place in it
   screen   the point relative to the screen
 
-Finding (agent.replay.locate.search): the patch is matched on a 1/3-size screen across a few scales
+Finding (agent.targets.locate.search): the patch is matched on a 1/3-size screen across a few scales
 (another DPI); the context and the anchors, matched at the winning scale, propose more places;
 each place is refined at full resolution, then scored: patch similarity, plus its neighbourhood
 (anchors where they were, or the whole context when it is intact), plus, weakly, its place in the
@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from agent import trust
 from sandbox.windows import Window, list_windows  # noqa: F401  (the one window lister)
 
 EVIDENCE_VERSION = 1
@@ -101,8 +102,8 @@ def _encode(a: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _decode(s: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(s))).convert("L"))
+def decode_patch(s: str) -> np.ndarray:
+    return np.asarray(trust.decode_image(base64.b64decode(s)).convert("L"))  # bounded pixels (agent.trust)
 
 
 def _crop(gray: np.ndarray, pixel: tuple[int, int], half: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
@@ -115,7 +116,7 @@ def _crop(gray: np.ndarray, pixel: tuple[int, int], half: tuple[int, int]) -> tu
 
 # ---------------------------------------------------------------- windows
 
-def _as_windows(windows) -> list[Window]:
+def as_windows(windows) -> list[Window]:
     out = []
     for w in windows or []:
         out.append(w if isinstance(w, Window) else
@@ -147,7 +148,7 @@ def estimate_window(image, pixel: Sequence[int]) -> Window | None:
 
 def window_at(windows, pixel: tuple[int, int]) -> Window | None:
     """The topmost window under pixel (the list is bottom first)."""
-    hits = [w for w in _as_windows(windows) if w.contains(*pixel)]
+    hits = [w for w in as_windows(windows) if w.contains(*pixel)]
     return hits[-1] if hits else None
 
 
@@ -379,7 +380,7 @@ def _window_prior(ev: dict, windows: list[Window], pixel: tuple[int, int]) -> fl
     rec = ev.get("window")
     if not rec:
         return None
-    same = [w for w in windows if same_window(rec, w)]
+    same = [w for w in windows if window_matches(rec, w)]
     if not same:
         return None
     best = 0.0
@@ -393,15 +394,15 @@ def _window_prior(ev: dict, windows: list[Window], pixel: tuple[int, int]) -> fl
     return best
 
 
-def same_window(rec: dict, w: Window) -> bool:
+def window_matches(rec: dict, w: Window) -> bool:
     """The recorded window (a dict) is `w`: by its class where both have one, else by its title
     without per-run parts (paths, numbers, an unsaved-changes '*')."""
     if rec.get("cls") and w.cls and rec["cls"] != w.cls:
         return False
-    return _title_words(rec["title"]) == _title_words(w.title)
+    return title_words(rec["title"]) == title_words(w.title)
 
 
-def _title_words(title: str) -> str:
+def title_words(title: str) -> str:
     title = re.sub(r"(/[^\s/]+)+/?", " ", title or "")  # a document's path
     return " ".join(re.sub(r"[\W\d_]+", " ", title.lower()).split())
 
@@ -429,15 +430,15 @@ class _Finder:
         import cv2
 
         self.ev = evidence
-        self.windows = _as_windows(windows)
+        self.windows = as_windows(windows)
         prep = edge_map if edges else (lambda a: a)  # edges: the same structure in any colours
         self.gray = prep(_desktop_hidden(_gray(image), self.windows))
         self.small = cv2.resize(self.gray, (self.gray.shape[1] // COARSE, self.gray.shape[0] // COARSE),
                                 interpolation=cv2.INTER_AREA)
-        self.patch, self.patch_at = prep(_decode(evidence["patch"]["png"])), evidence["patch"]["at"]
-        self.context, self.context_at = prep(_decode(evidence["context"]["png"])), evidence["context"]["at"]
+        self.patch, self.patch_at = prep(decode_patch(evidence["patch"]["png"])), evidence["patch"]["at"]
+        self.context, self.context_at = prep(decode_patch(evidence["context"]["png"])), evidence["context"]["at"]
         self.flat = self.patch.std() < MIN_TEMPLATE_STD  # a patch inside a plain area says little
-        self.anchors = [(prep(_decode(a["png"])), a) for a in evidence.get("anchors", [])]
+        self.anchors = [(prep(decode_patch(a["png"])), a) for a in evidence.get("anchors", [])]
         self.maps: dict[tuple[str, float], np.ndarray | None] = {}
         self.refined: set[tuple[float, int, int]] = set()  # coarse cells refined already
 
@@ -570,7 +571,7 @@ def edge_map(gray: np.ndarray) -> np.ndarray:
 def search(evidence: dict, image, windows=(), edges: bool = False, ocr: bool = True) -> Search:
     """Find the evidence's target on `image`; the Search says why when it cannot. edges=True
     matches edge maps instead of gray levels (for another theme); ocr=False skips the slow
-    whole-screen OCR fallback (agent.replay.evidence reads text on magnified crops instead)."""
+    whole-screen OCR fallback (agent.targets.evidence reads text on magnified crops instead)."""
     f = _Finder(evidence, image, windows, edges)
     cands: list[Match] = []
     places: list[tuple[float, float, tuple[int, int]]] = []  # (patch score, scale, pixel)

@@ -2,7 +2,7 @@
 recorded at record time (a person's recording and an agent's trace alike), and a finder that says
 which one decided and how strongly.
 
-Evidence of a target (Step.target), from agent.replay.locate plus:
+Evidence of a target (Step.target), from agent.targets.locate plus:
   a11y      the accessibility element under the point (sandbox.atspi): role, name, app, window,
             labels around it, place, which of its look-alikes
   own_text  the target's own text, read by OCR on a magnified crop of it (a button's "OK", a key's "5")
@@ -34,12 +34,9 @@ import numpy as np
 from PIL import Image
 
 from sandbox import atspi
-from agent.replay.locate import _as_windows, _decode, describe_target, label, search, window_at
-from agent.replay.pixels import alike_around
+from agent.targets.locate import as_windows, describe_target, label, search, window_at
+from agent.targets.change import alike_around, moved_window, same_screen
 
-SAME_LEVEL = 24  # gray levels: a pixel that differs less is unchanged
-SAME_SCREEN_SHARE = 0.03  # a window with fewer changed pixels (a hover, a caret) is unchanged
-SAME_TARGET_SHARE = 0.25  # ... and so is the target's own neighbourhood (hover highlights it)
 OWN_HALF = (90, 18)  # px: where the target's own text is read around the point
 OWN_SCALE = 3  # magnification of that crop: small GUI text and single characters need it
 TEXT_AGREES = 0.75  # fuzzy similarity of two readings of one text
@@ -60,6 +57,11 @@ class Decision:
     ambiguous: bool = False
     runner_up: tuple[int, int] | None = None
     detail: dict = field(default_factory=dict)
+
+    @property
+    def alike(self) -> bool:
+        """The target's window looked as recorded (same screen, same window), as a whole."""
+        return self.method in ("same screen", "same window") or bool(self.detail.get("window_alike"))
 
     def as_json(self, recorded=None) -> dict:
         out = {"method": self.method, "score": round(self.score, 3), "detail": self.detail}
@@ -139,7 +141,7 @@ def _phrase_at(words: list, px, gray: np.ndarray) -> list:
 
 
 def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True, later=None) -> dict:
-    """Everything that identifies the thing at pixel: pixels and text (agent.replay.locate), the
+    """Everything that identifies the thing at pixel: pixels and text (agent.targets.locate), the
     accessibility element (when the app publishes one) and the target's own text. `later()`: the tree
     read again now, for when `nodes` (read before the input) did not hold the element yet (see
     late_element)."""
@@ -186,12 +188,12 @@ def late_element(later, windows, pixel) -> dict | None:
 def _same_top_window(element: dict, windows, pixel) -> bool:
     """The element's window is the topmost window on screen at the point (by title), as far as the
     window list tells: a dialog that opened a moment ago may not be in the tree yet."""
-    from agent.replay.locate import _title_words
+    from agent.targets.locate import title_words
 
     top = window_at(windows, tuple(pixel))
     if top is None or not element["window"]["name"] or element["role"] in atspi.MENU_ITEMS:
         return True  # an open menu's items: the tree had the popup already (its X window is untitled)
-    a, b = _title_words(top.title), _title_words(element["window"]["name"])
+    a, b = title_words(top.title), title_words(element["window"]["name"])
     return a == b or (bool(a) and bool(b) and (a in b or b in a)) or atspi.similar(a, b) >= 0.6
 
 
@@ -230,9 +232,9 @@ def find(ev: dict, frame: Image.Image, windows=(), nodes=(), recorded: Image.Ima
                 d.detail["element"] = says
             return d
         window_alike = True
-    windows = _as_windows(windows() if callable(windows) else windows)
+    windows = as_windows(windows() if callable(windows) else windows)
     if recorded is not None and not window_alike:
-        moved = same_window(ev, recorded, frame, windows)
+        moved = moved_window(ev, recorded, frame, windows)
         vouched = moved is not None and _vouched(ev, recorded, frame, moved, tree, pixels)
         if vouched is None:
             return Decision(None, "accessibility", 0.0, f"{ev['a11y']['app']!r} is not in the accessibility tree yet")
@@ -313,67 +315,6 @@ def _find(ev: dict, frame: Image.Image, windows, nodes, pixels: bool = True) -> 
     return Decision(None, d.method, d.score, "; ".join(r for r in (why, d.reason, t.reason) if r))
 
 
-def same_screen(ev: dict, recorded: Image.Image, frame: Image.Image) -> bool:
-    """The recorded target's window (or the whole screen) is unchanged where it was: the recorded
-    point is right by definition. A hover highlight or a caret changes a few pixels only."""
-    if recorded.size != frame.size:
-        return False
-    a = np.asarray(recorded.convert("L"), dtype=np.int16)
-    b = np.asarray(frame.convert("L"), dtype=np.int16)
-    h, w = a.shape
-    x, y = ev["pixel"]
-    win = ev.get("window")
-    if win:
-        wx, wy = x - win["offset"][0], y - win["offset"][1]
-        x0, y0, x1, y1 = max(wx, 0), max(wy, 0), min(wx + win["size"][0], w), min(wy + win["size"][1], h)
-    else:
-        x0, y0, x1, y1 = 0, 0, w, h
-    changed = np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]) > SAME_LEVEL
-    if changed.size == 0 or changed.mean() > SAME_SCREEN_SHARE:
-        return False
-    return _patch_agrees(ev, b, (x, y))
-
-
-def _patch_agrees(ev: dict, gray: np.ndarray, point) -> bool:
-    """The target's own patch (as the evidence holds it) is at point: a hover changes it a little."""
-    patch = _decode(ev["patch"]["png"]).astype(np.int16)
-    h, w = gray.shape
-    px0, py0 = point[0] - ev["patch"]["at"][0], point[1] - ev["patch"]["at"][1]
-    if px0 < 0 or py0 < 0 or px0 + patch.shape[1] > w or py0 + patch.shape[0] > h:
-        return False
-    here = gray[py0:py0 + patch.shape[0], px0:px0 + patch.shape[1]]
-    return (np.abs(here - patch) > SAME_LEVEL).mean() <= SAME_TARGET_SHARE
-
-
-def same_window(ev: dict, recorded: Image.Image, frame: Image.Image, windows) -> tuple[int, int] | None:
-    """The target's window moved but looks as recorded (same size, same content): the recorded point
-    moved with it. None when there is no such window."""
-    from agent.replay.locate import same_window as is_same
-
-    win = ev.get("window")
-    if not win:
-        return None
-    x, y = ev["pixel"]
-    rx, ry = x - win["offset"][0], y - win["offset"][1]
-    ww, wh = win["size"]
-    if rx < 0 or ry < 0 or rx + ww > recorded.width or ry + wh > recorded.height:
-        return None
-    a = None
-    for w in windows:
-        if (w.w, w.h) != (ww, wh) or (w.x, w.y) == (rx, ry) or not is_same(win, w):
-            continue
-        if w.x < 0 or w.y < 0 or w.x + ww > frame.width or w.y + wh > frame.height:
-            continue
-        if a is None:
-            a = np.asarray(recorded.convert("L").crop((rx, ry, rx + ww, ry + wh)), dtype=np.int16)
-        b = np.asarray(frame.convert("L").crop((w.x, w.y, w.x + ww, w.y + wh)), dtype=np.int16)
-        point = (x - rx + w.x, y - ry + w.y)
-        if (np.abs(a - b) > SAME_LEVEL).mean() <= SAME_SCREEN_SHARE and \
-                _patch_agrees(ev, np.asarray(frame.convert("L"), dtype=np.int16), point):
-            return point
-    return None
-
-
 def _by_pixels(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
     """The template finder, gray levels first and edge maps second; its best place is accepted only
     when everything else agrees and it clearly beats any different place."""
@@ -386,12 +327,12 @@ def _by_pixels(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
             continue
         method = "edges" if edges else "template"
         # Only the leading few are read (an OCR each): the rest cannot win anyway.
-        ok = [m for m in cands[:4] if m.score >= max(0.5, cands[0].score - 0.25) and _agrees(ev, frame, m.pixel, nodes)[0]]
+        ok = [m for m in cands[:4] if m.score >= max(0.5, cands[0].score - 0.25) and agrees(ev, frame, m.pixel, nodes)[0]]
         if not ok or (s.match is None and ok[0].score < _min_score(ev)):
             reasons.append(s.reason or f"{label(ev)}: no place where the evidence agrees")
             continue
         best = ok[0]
-        _, how = _agrees(ev, frame, best.pixel, nodes)
+        _, how = agrees(ev, frame, best.pixel, nodes)
         rivals = [m for m in ok[1:] if math.dist(m.pixel, best.pixel) > RUNNER_UP_PX and not s.same_place(best, m)]
         if rivals and best.score - rivals[0].score < PIXEL_MARGIN:
             return Decision(None, method, best.score, f"{label(ev)} is ambiguous: {best.pixel} and "
@@ -404,13 +345,13 @@ def _by_pixels(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
 
 
 def _min_score(ev: dict) -> float:
-    from agent.replay.locate import MIN_CONFIDENCE
+    from agent.targets.locate import MIN_CONFIDENCE
 
     # A candidate whose own text reads as recorded needs less visual likeness (theme, font changed).
     return 0.5 if ev.get("own_text") else MIN_CONFIDENCE
 
 
-def _agrees(ev: dict, frame: Image.Image, pixel, nodes) -> tuple[bool, dict]:
+def agrees(ev: dict, frame: Image.Image, pixel, nodes) -> tuple[bool, dict]:
     """Does the place look like the target to the other evidence: its element's role (where the app
     has a tree) and its own text (where it had one)?"""
     how: dict = {}
@@ -452,7 +393,7 @@ def _by_text(ev: dict, frame: Image.Image, windows, nodes) -> Decision:
         if all(math.dist(p, q) > RUNNER_UP_PX for q in distinct):
             distinct.append(p)
     places = [p for p in distinct if 0 <= p[0] < frame.width and 0 <= p[1] < frame.height
-              and _agrees({**ev, "own_text": ""}, frame, p, nodes)[0]]
+              and agrees({**ev, "own_text": ""}, frame, p, nodes)[0]]
     if not places:
         return Decision(None, method, 0.0, f"{want!r} not read on screen")
     if len(places) > 1:

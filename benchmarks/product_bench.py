@@ -1,4 +1,4 @@
-"""`vlagent bench` (the default mode): an agent episode on the path `vlagent run` takes.
+"""`vlagent bench` (the default mode; benchmarks/bench_steps.py): an agent episode on the path `vlagent run` takes.
 
 What is the same as a run: the backend (agent.backends.load_backend -> TransformersBackend, with the
 engine where `vlagent run` would use it), the messages (agent.run.history.build_messages with the
@@ -25,9 +25,9 @@ import statistics
 import time
 from pathlib import Path
 
-from agent.backends.bench import frames, percentile, process_age_s
+from engine_bench import frames, percentile, process_age_s
 
-TASK = Path(__file__).resolve().parents[2] / "tasks" / "fill_form.yaml"
+TASK = Path(__file__).resolve().parents[1] / "tasks" / "fill_form.yaml"
 # Native replies in turn: what a form-filling episode does (click a field, type, press a key).
 SCRIPT = (
     {"action": "left_click", "coordinate": [412, 305]},
@@ -132,7 +132,7 @@ def save_random_2b(folder, device: str = "cuda", small: bool = False) -> None:
     import torch
     from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from agent.backends.bench import build_model
+    from engine_bench import build_model
     from agent.backends.budget import QWEN3_VL_2B_IDS
     from agent.backends.qwen_vocab import CONFIG_VOCAB, qwen_tokenizer, token_ids
     from agent.backends.tiny import TEXT, VISION, write_processor
@@ -176,8 +176,10 @@ def _device_name() -> str:
 
 def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: str = "mix",
                       baselines: bool = True, peak_context: int = 0, decode_context: int = 0,
-                      progress: bool = True) -> dict:
-    """The episode (see the module doc); a dict of figures, with per-step rows in steps_detail."""
+                      progress: bool = True, **engine) -> dict:
+    """The episode (see the module doc); a dict of figures, with per-step rows in steps_detail.
+    engine: switches of the engine's options changed for this run (compile=True, kv_shift=True,
+    fp8="block", sdpa="flash", warm_tokens=4096)."""
     import torch
     from PIL import Image
 
@@ -190,7 +192,9 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
 
     t_load = time.perf_counter()
     before_load = process_age_s()
-    backend = load_backend(model)
+    from agent.backends.engine import engine_options, with_options
+    opts = with_options(engine_options(), **{k: v for k, v in engine.items() if v is not None})
+    backend = load_backend(model, options=opts)
     load_s = time.perf_counter() - t_load
     cuda = backend.device.startswith("cuda")
     task = load_task(TASK)
@@ -249,7 +253,10 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
     result = dict(
         mode="product", device=_device_name(), model=backend.name, torch=torch.__version__,
         transformers=__import__("transformers").__version__, engine=backend.engine is not None,
-        compile=os.environ.get("VLAGENT_COMPILE") == "1", screen=list(screen), steps=steps, reply=reply,
+        compile=bool(getattr(opts, "compile", False)), kv_shift=bool(getattr(opts, "kv_shift", False)),
+        fp8=getattr(backend.model, "fp8_layout", None) or getattr(opts, "fp8", None),
+        fp8_kernels=bool(getattr(backend.model, "fp8_kernels", False)),
+        screen=list(screen), steps=steps, reply=reply,
         history=dict(max_images=hcfg.max_images, evict_chunk=hcfg.evict_chunk),
         step_ms_p50=percentile([r["step_ms"] for r in warm], 0.5),
         step_ms_p95=percentile([r["step_ms"] for r in warm], 0.95),
@@ -320,7 +327,10 @@ def context_peak(backend, context: int, screen) -> dict:
     tm = g.timings
     peak = max(tm.peak_vision_gib, tm.peak_prefill_gib, tm.peak_decode_gib)
     total = float(torch.cuda.get_device_properties(0).total_memory)
-    budget = plan(cfg, total, screen, model="random-2b", device=_device_name(), context=eng.max_context, dtype_bytes=2)
+    from agent.backends.engine import model_weight_bytes
+    params, weights = model_weight_bytes(backend.model)  # FP8 linears counted as theirs
+    budget = plan(cfg, total, screen, model="random-2b", device=_device_name(), context=eng.max_context, dtype_bytes=2,
+                  params=params, weight_bytes=weights)
     eng.reset()
     return {"peak_context": len(ids) + 32, "peak_context_gib": peak, "planned_peak_gib": budget.predicted_peak_gib,
             "planner_error_pct": 100 * (budget.predicted_peak_gib / peak - 1), "engine_context": eng.max_context}

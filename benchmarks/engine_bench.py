@@ -1,4 +1,4 @@
-"""`vlagent bench`: an agent episode on the real Qwen3-VL-2B architecture, timed step by step.
+"""`vlagent bench --mode engine` (benchmarks/bench_steps.py): an agent episode on the real Qwen3-VL-2B architecture, timed step by step.
 
 Each step brings a new screenshot (synthetic, new content every step), the prompt is rendered
 with the same rolling-history rule as the agent (agent.run.history.first_image_step: the newest K
@@ -173,8 +173,9 @@ def run_bench(model: str | None = None, tiny: bool = False, steps: int = 12, scr
     from agent.backends.engine import KV_BUCKET, Engine, EngineImage, image_key
 
     if compile:
-        cache = Path(os.environ.get("VLAGENT_CACHE", Path.home() / ".cache" / "vlagent")) / "inductor"
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        from agent.backends.options import cache_dir
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
     process_at_build = process_age_s()  # interpreter start and imports before the model
     t_build = time.perf_counter()
