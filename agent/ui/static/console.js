@@ -87,6 +87,11 @@
     const text = e.target.value; e.target.value = "";
     if (text) post("/api/input" + q, { action: { action: "type", text } }).catch(alert);
   });
+  $("human-keys").addEventListener("keydown", (e) => {
+    if (e.key !== "Enter") return;
+    const keys = e.target.value.split("+").map((k) => k.trim()).filter(Boolean); e.target.value = "";
+    if (keys.length) post("/api/input" + q, { action: { action: "key", keys } }).catch(alert);
+  });
   $("human-enter").addEventListener("click", () => post("/api/input" + q, { action: { action: "key", keys: ["enter"] } }).catch(alert));
   $("human-tab").addEventListener("click", () => post("/api/input" + q, { action: { action: "key", keys: ["tab"] } }).catch(alert));
 
