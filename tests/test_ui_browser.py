@@ -1,6 +1,7 @@
 """`vlagent ui` end to end in a real headless browser (Playwright driving Debian's Chromium): a
 scripted run started from the page on the Tk form in its own sandbox, watched live; one action
-approved, one rejected with a note that reaches the model's next prompt, the display taken over
+corrected (clicked elsewhere on the live screen), one approved, one rejected with a note that
+reaches the model's next prompt, the display taken over
 and typed into (human steps), handed back, the run succeeds; a second run paused and stopped
 (`aborted`, its trace complete); the playground draws a proposed click; no token, no page."""
 from __future__ import annotations
@@ -116,13 +117,16 @@ def test_watch_approve_reject_take_over_and_hand_back(console, browser, tmp_path
     page.wait_for_function("document.getElementById('frames').naturalWidth === 1280", timeout=60_000)
     assert live.frames is not None and live.frames.stats["encoded"] >= 1
 
-    # step 1: the click on Name waits for a person (allow.confirm); approve it
+    # step 1: the click on Name waits for a person (allow.confirm); correct it: click a bit to the right
     assert proposal_of(page) == 1
     assert "left_click" in page.inner_text("#p-label")
     assert page.locator("#proposal-overlay svg.overlay").count() == 1  # the proposed click drawn on the live screen
     if SHOTS:
         page.screenshot(path=str(SHOTS / "console-approval.png"))
-    page.click("#approve")
+    box = page.locator("#frames").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (NAME[0] + 20) / 1000, box["y"] + box["height"] * NAME[1] / 1000)
+    assert "correction: left_click" in page.inner_text("#p-label")
+    page.click("#correct")
     # step 2 (type) runs on its own; step 3 clicks Submit too early: reject with a note
     wait_for(lambda: page.is_visible("#proposal") and page.inner_text("#p-step") == "3", what="step 3's proposal")
     page.fill("#p-note", "email first")
@@ -153,7 +157,10 @@ def test_watch_approve_reject_take_over_and_hand_back(console, browser, tmp_path
     assert result.status == "success", result.reason
     steps = load_steps(folder)
     by_no = {s.step: s for s in steps}
-    assert by_no[1].decision["verdict"] == "approve" and by_no[1].decision["by"] == "page"
+    assert by_no[1].decision["verdict"] == "correct" and by_no[1].decision["by"] == "page"
+    assert abs(by_no[1].action.coordinate[0] - (NAME[0] + 20)) <= 2 and abs(by_no[1].action.coordinate[1] - NAME[1]) <= 2
+    assert by_no[1].decision["proposed"]["coordinate"] == NAME
+    assert by_no[7].decision["verdict"] == "approve"
     assert by_no[3].action is None and by_no[3].decision["verdict"] == "reject" and "email first" in by_no[3].error
     assert by_no[4].decision["by"] == "lease" and by_no[4].action is None  # proposed, not run: the person held the display
     human = [s for s in steps if s.source == "human"]
