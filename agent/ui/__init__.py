@@ -5,7 +5,7 @@ sent events and a multipart JPEG stream; plain JS, no build step).
     routes.py      the pages, the run API, the event and frame streams
     auth.py        the token, Host and Origin checks in front of every route
     live.py        a live run as the page sees it, built from its RunSession's events
-    frames.py      the live display as JPEG frames (its own capture thread, only while watched)
+    frames.py      the live display as JPEG frames (read from grab.py, only while watched)
     attend.py      attended runs: approve / correct / reject, `allow.confirm:`, the take-over lease
     human.py       a person's own action on the display, written as a human step
     start.py       a run started from the page (a thread of the console's process)
