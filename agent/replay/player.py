@@ -102,8 +102,7 @@ def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0,
     task: a Task or a task file (default: the trace's task.yaml). display: an existing display
     (default: a fresh sandbox). speed: `wait` steps take 1/speed of their recorded time.
     fallback: a model backend that grounds a step whose target cannot be found (default: fail).
-    locate=False replays the recorded coordinates as they are (the naive way, for comparison).
-    on_session: called with the RunSession before it starts (`vlagent replay --watch`: agent/ui/watch.py)."""
+    locate=False replays the recorded coordinates as they are (the naive way, for comparison)."""
     trace_dir = Path(trace_dir)
     original = _Original(trace_dir, load_trace_steps(trace_dir))
     task = load_trace_task(trace_dir, task)
@@ -113,7 +112,7 @@ def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0,
     session = RunSession(task, mode="replay", model="replay" if locate else "replay-raw", display=display,
                          trace_dir=Path(trace_out) if trace_out else None, trace_name=f"replay-{task.name}",
                          bus=bus, control=control)
-    if on_session is not None:
+    if on_session is not None:  # the console watches it (agent/ui)
         on_session(session)
     with session as run:
         env = run.start()
