@@ -125,3 +125,26 @@ def test_vlagents_client_keeps_its_conversation_across_connections(server):
     backend._client = None
     backend.generate(conversation(21, 1), policy)
     assert server.served.scheduler.stats["reused_tokens"] - before > 1000
+
+
+def test_a_client_that_leaves_mid_stream_leaves_the_server_serving(server):
+    """The stream's reader goes away while the device works on its request: the request's slot is
+    given back when the device is done, and the scheduler goes on (a cancelled future it later
+    completes would have stopped it)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(server.base_url)
+    body = json.dumps({"model": "tiny-random", "messages": wire(conversation(6, 2)), "max_tokens": 30,
+                       "stream": True}).encode()
+    for _ in range(3):
+        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.recv(200)  # the first bytes of the stream, then hang up
+    patient = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=20, timeout=120)  # 429s wait
+    ok = patient.chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].message.content is not None and not server.served.scheduler.error
+    for _ in range(2):  # the slots were given back: no 429 any more
+        assert sdk(server).chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=2).choices

@@ -1,6 +1,7 @@
 """`vlagent ui` end to end in a real headless browser (Playwright driving Debian's Chromium): a
 scripted run started from the page on the Tk form in its own sandbox, watched live; one action
-approved, one rejected with a note that reaches the model's next prompt, the display taken over
+corrected (clicked elsewhere on the live screen), one approved, one rejected with a note that
+reaches the model's next prompt, the display taken over
 and typed into (human steps), handed back, the run succeeds; a second run paused and stopped
 (`aborted`, its trace complete); the playground draws a proposed click; no token, no page."""
 from __future__ import annotations
@@ -116,13 +117,16 @@ def test_watch_approve_reject_take_over_and_hand_back(console, browser, tmp_path
     page.wait_for_function("document.getElementById('frames').naturalWidth === 1280", timeout=60_000)
     assert live.frames is not None and live.frames.stats["encoded"] >= 1
 
-    # step 1: the click on Name waits for a person (allow.confirm); approve it
+    # step 1: the click on Name waits for a person (allow.confirm); correct it: click a bit to the right
     assert proposal_of(page) == 1
     assert "left_click" in page.inner_text("#p-label")
     assert page.locator("#proposal-overlay svg.overlay").count() == 1  # the proposed click drawn on the live screen
     if SHOTS:
         page.screenshot(path=str(SHOTS / "console-approval.png"))
-    page.click("#approve")
+    box = page.locator("#frames").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * (NAME[0] + 20) / 1000, box["y"] + box["height"] * NAME[1] / 1000)
+    assert "correction: left_click" in page.inner_text("#p-label")
+    page.click("#correct")
     # step 2 (type) runs on its own; step 3 clicks Submit too early: reject with a note
     wait_for(lambda: page.is_visible("#proposal") and page.inner_text("#p-step") == "3", what="step 3's proposal")
     page.fill("#p-note", "email first")
@@ -153,7 +157,10 @@ def test_watch_approve_reject_take_over_and_hand_back(console, browser, tmp_path
     assert result.status == "success", result.reason
     steps = load_steps(folder)
     by_no = {s.step: s for s in steps}
-    assert by_no[1].decision["verdict"] == "approve" and by_no[1].decision["by"] == "page"
+    assert by_no[1].decision["verdict"] == "correct" and by_no[1].decision["by"] == "page"
+    assert abs(by_no[1].action.coordinate[0] - (NAME[0] + 20)) <= 2 and abs(by_no[1].action.coordinate[1] - NAME[1]) <= 2
+    assert by_no[1].decision["proposed"]["coordinate"] == NAME
+    assert by_no[7].decision["verdict"] == "approve"
     assert by_no[3].action is None and by_no[3].decision["verdict"] == "reject" and "email first" in by_no[3].error
     assert by_no[4].decision["by"] == "lease" and by_no[4].action is None  # proposed, not run: the person held the display
     human = [s for s in steps if s.source == "human"]
@@ -214,19 +221,27 @@ def test_the_playground_draws_a_proposed_click(console, browser, tmp_path):
         page.screenshot(path=str(SHOTS / "console-playground.png"))
 
 
-def test_vlagent_run_watch_prints_the_url_of_its_own_console(tmp_path):
-    """`vlagent run --watch`: the URL is printed, it opens the live run (with the token), and the
-    run ends as it would unwatched."""
+def test_vlagent_run_and_replay_watch_print_the_url_of_their_own_console(tmp_path):
+    """`vlagent run --watch` and `vlagent replay --watch`: the URL is printed, it opens the live
+    run (with the token), and the run ends as it would unwatched."""
+    watched(["run", str(ROOT / "tasks" / "fill_form.yaml"), "--model",
+             f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_solution.yaml'}", "--trace", str(tmp_path / "run")],
+            "fill_form")
+    assert load_result(tmp_path / "run").status == "success"
+    page = watched(["replay", str(tmp_path / "run"), "--trace", str(tmp_path / "replay")], "fill_form")
+    assert 'id="take"' not in page  # a replay is paused or stopped, not taken over
+    assert load_result(tmp_path / "replay").status == "success"
+
+
+def watched(args: list[str], name: str) -> str:
     import subprocess
     import urllib.request
 
     from agent.suite.runner import VLAGENT
 
-    proc = subprocess.Popen([*VLAGENT, "run", str(ROOT / "tasks" / "fill_form.yaml"), "--model",
-                             f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_solution.yaml'}", "--trace",
-                             str(tmp_path / "run"), "--watch"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*VLAGENT, *args, "--watch"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, cwd=ROOT)
-    url, lines = None, []
+    url, lines, page = None, [], ""
     for line in proc.stderr:
         lines.append(line)
         if line.startswith("watch this run: "):
@@ -234,8 +249,33 @@ def test_vlagent_run_watch_prints_the_url_of_its_own_console(tmp_path):
             browserish = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
             with browserish.open(url, timeout=30) as r:  # the token in the URL: a cookie, then the page
                 page = r.read().decode()
-            assert r.status == 200 and "fill_form" in page
+            assert r.status == 200 and name in page
             break
     rest = proc.communicate(timeout=180)[1]
     assert url and proc.returncode == 0, "".join(lines) + rest
-    assert load_result(tmp_path / "run").status == "success"
+    return page
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_frames_of_a_display_only_while_watched(xvfb, masked):
+    """The frame source grabs only while someone watches (a process of its own; in this process when
+    the task masks secrets), skips unchanged screens, and stops after the last viewer left."""
+    from agent.ui import frames as fr
+
+    source = fr.FrameSource(xvfb, fps=10, mask=(lambda im: im) if masked else None)
+    source.watch()
+    try:
+        first = source.next(0, timeout=20)
+        assert first is not None and first.size == (1280, 800) and first.jpeg[:2] == b"\xff\xd8"
+        time_ = time.monotonic()
+        assert source.next(first.seq, timeout=1.0) is None  # a still screen: nothing new to send
+        assert time.monotonic() - time_ >= 0.9
+    finally:
+        source.leave()
+    deadline = time.monotonic() + fr.IDLE_STOP_S + 5
+    while source._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not source._thread.is_alive()
+    if not masked:
+        assert source.stats["grabber_cpu_s"] >= 0
+    source.close()
