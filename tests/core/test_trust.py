@@ -126,7 +126,7 @@ def test_a_malicious_cache_next_to_a_task_is_one_line_and_exit_2(tmp_path, home,
     cache = {"version": 7 if case == "version" else 1, "task": "c",
              "steps": [{"key": "k", "kind": "act", "text": "Do it",
                         "actions": [{"action": {"action": "left_click", "coordinate": [1, 1]},
-                                     "target": {"patch": {"png_file": png}}}]}]}
+                                     "target": {"pixel": [1, 1], "patch": {"png_file": png}}}]}]}
     (tmp_path / "c.cache.json").write_text(json.dumps(cache))
     (tmp_path / "replies.yaml").write_text("[]\n")
     done = vlagent("run", tmp_path / "c.yaml", "--model", f"script:{tmp_path / 'replies.yaml'}", "--trace", tmp_path / "t",
