@@ -1,5 +1,6 @@
-"""Starting a run from the console's page: a task file, a model, options; the run goes on a thread of
-the console's process, in its own sandbox, as `vlagent run` would run it, watched from the start.
+"""Starting a run from the console's page: a task file (a goal task or a flow), a model, options; the
+run goes on a thread of the console's process, in its own sandbox, as `vlagent run` would run it
+(agent.run.runner.run_task), watched from the start.
 
 One run at a time: input to X goes through pyautogui's process-wide state, which two runs of one
 process would share. (A second console, or `vlagent run --watch`, runs another.)
@@ -32,8 +33,8 @@ class Launcher:
             if busy is not None:
                 raise VlagentError(f"a run is live ({busy.task}); stop it or wait for its end first")
             task = load_task(Path(task_file).expanduser())
-            if task.steps:
-                raise VlagentError("the page starts goal tasks; a flow (steps:) is not watched yet")
+            if task.steps and data.get("attended"):  # (as `vlagent run --attended`)
+                raise VlagentError("attended is for goal tasks; a flow (steps:) can be watched, not attended")
             max_steps = data.get("max_steps")
             if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
                 raise VlagentError("max_steps must be a whole number of at least 1")
@@ -48,8 +49,8 @@ class Launcher:
 
 
 def start_watched(console, task, backend, folder: Path, *, attended: bool = False, max_steps: int | None = None):
-    """Run a goal task on a new thread as `vlagent run` runs it (agent.run.runner.run_task), watched by
-    the console from its first event; (its LiveRun, the thread)."""
+    """Run a task on a new thread as `vlagent run` runs it (agent.run.runner.run_task), watched by the
+    console from its first event; (its LiveRun, the thread)."""
     from agent.run.loop import LoopConfig
     from agent.run.runner import run_task
 

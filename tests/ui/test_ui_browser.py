@@ -279,3 +279,23 @@ def test_frames_of_a_display_only_while_watched(xvfb, masked):
     if not masked:
         assert source.stats["grabber_cpu_s"] >= 0
     source.close()
+
+
+def test_a_flow_started_from_the_page_is_watched_to_its_end(tmp_path, browser):
+    """A flow (steps:) from the page: its steps and flow verdicts arrive live, no take over is offered."""
+    from agent.ui.app import Console
+
+    c = Console(tmp_path / "runs", port=0,
+                model=f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_flow.replies.yaml'}").bind().start()
+    try:
+        page = browser.new_page()
+        run_id = start_run(page, c, ROOT / "tasks" / "fill_form_flow.yaml")
+        live = wait_for(lambda: c.live.get(run_id), what="the live run")
+        assert page.locator("#take").count() == 0
+        page.wait_for_selector("#status .s-success", timeout=120_000)
+        assert live.mode == "flow" and any("flow step" in e.get("text", "") for e in live.log)
+        assert page.locator("#timeline section.step").count() == live.steps >= 1
+    finally:
+        for t in (c.launcher.threads if c.launcher else []):
+            t.join(timeout=60)
+        c.stop()
