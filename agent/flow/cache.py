@@ -134,13 +134,13 @@ class ActionCache:
 
         for step in data.steps:
             for i, a in enumerate(step.actions):
+                for name in ("target", "start", "effect"):
+                    setattr(a, name, self._inline(getattr(a, name), fix))
                 try:
                     for name, ev in (("target", a.target), ("start", a.start), ("effect.after", (a.effect or {}).get("after"))):
                         check(ev, f"{step.kind} {step.text!r}, action {i + 1}, {name}")
                 except EvidenceError as e:
                     raise CacheError(f"{self.path}: {e}; {fix}") from None
-                for name in ("target", "start", "effect"):
-                    setattr(a, name, self._inline(getattr(a, name), fix))
         return {step.key: step for step in data.steps}
 
     def get(self, key: str) -> CachedStep | None:
