@@ -137,7 +137,8 @@ class Sandbox:
         (sandbox.watchdog); it is not spawned to die with us, which is its point."""
         rfd, wfd = os.pipe()
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "sandbox.watchdog", self.tag], stdin=rfd,
+            leftovers = [self.xvfb._auth_dir.name] if self.xvfb is not None and self.xvfb._auth_dir is not None else []
+            proc = subprocess.Popen([sys.executable, "-m", "sandbox.watchdog", self.tag, *leftovers], stdin=rfd,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                     env=clean_env("", None), cwd=Path(__file__).resolve().parent.parent)
         except OSError:

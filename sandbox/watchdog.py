@@ -1,10 +1,11 @@
-"""A sandbox's watchdog: `python -m sandbox.watchdog TAG` with its stdin the read end of a pipe whose
+"""A sandbox's watchdog: `python -m sandbox.watchdog TAG [FOLDER...]` with its stdin the read end of a pipe whose
 write end only vlagent holds. When vlagent ends in any way (kill -9 included) the pipe reads EOF and
 the watchdog ends every process of the sandbox (sandbox.procs.kill_tagged): the accessibility bus's
 own dbus-daemon, daemons that left their process group. PR_SET_PDEATHSIG reaches only direct children."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 
@@ -20,6 +21,8 @@ def main() -> None:
     except OSError:
         pass
     kill_tagged(tag, grace_s=0.5)
+    for folder in sys.argv[2:]:  # the display's cookie folder, when vlagent could not remove it
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def share_with_this_process(number: int, cookie: bytes) -> None:
     global _process_file, _user
     with _lock:
         if _process_file is None:
-            folder = Path(tempfile.mkdtemp(prefix="vlagent-xauth-"))
+            _sweep()
+            folder = Path(tempfile.mkdtemp(prefix=f"vlagent-xauth-{os.getpid()}-"))
             atexit.register(shutil.rmtree, folder, True)
             _process_file = folder / "Xauthority"
             user = os.environ.get("XAUTHORITY") or str(Path.home() / ".Xauthority")
@@ -81,6 +82,20 @@ def forget(number: int) -> None:
     with _lock:
         if _process_file is not None and _ours.pop(number, None) is not None:
             _write(_process_file, b"".join(entries(n, c) for n, c in _ours.items()) + _user)
+
+
+def _sweep() -> None:
+    """Remove the cookie folders of processes of ours that died without their atexit (kill -9)."""
+    for folder in Path(tempfile.gettempdir()).glob("vlagent-xauth-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            continue
 
 
 def _write(path: Path, data: bytes) -> None:
