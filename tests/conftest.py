@@ -1,9 +1,14 @@
 """Shared fixtures, kept small: a private Xvfb display."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# Test modules share helpers across folders (test_serve uses test_transformers_backend's form
+# screenshot): every tests/<package>/ is importable, also when one folder runs alone.
+sys.path[:0] = [str(p) for p in sorted(Path(__file__).parent.iterdir()) if p.is_dir() and p.name.isidentifier()]
 
 # pyautogui (and Xlib) refuse to start without this file, even on an auth-less Xvfb.
 Path.home().joinpath(".Xauthority").touch(exist_ok=True)
