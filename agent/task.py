@@ -194,6 +194,11 @@ def _read(path: Path) -> str:
         raise VlagentError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file (a task, a suite item) -> data, read and parsed within the task file's bounds."""
+    return parse_yaml(_read(Path(path)), Path(path))
+
+
 def parse_yaml(text: str, path: Path) -> Any:
     """YAML text -> data, bounded; a one-line VlagentError naming `path` for anything wrong."""
     try:

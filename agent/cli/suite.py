@@ -7,10 +7,12 @@ from pathlib import Path
 import click
 
 from agent.cli.common import EXIT_INTERRUPTED, EXIT_NOT_ACHIEVED, EXIT_OK, UsageError, usage_errors
+from agent.errors import VlagentError
 from agent.run.environment import DEFAULT_RUNS_DIR
 from agent.suite.child import TASK_GRACE_S, TRACE_TIMEOUT_S, Options
 from agent.suite.items import discover, parse_shard, take_shard
 from agent.suite.runner import run_suite, write_summary
+from agent.task import read_yaml
 from agent.trace import new_trace_dir
 
 
@@ -98,15 +100,13 @@ def _local_model(model: str | None, backend: str | None) -> bool:
 
 def _largest_screen(items) -> str:
     """The largest screen among the task items (the server's KV regions are planned for it)."""
-    import yaml
-
     sizes = [(1920, 1080)]
     for it in items:
         if it.kind == "task":
             try:
-                screen = (yaml.safe_load(it.path.read_text(encoding="utf-8")) or {}).get("screen") or {}
+                screen = (read_yaml(it.path) or {}).get("screen") or {}
                 sizes.append((int(screen.get("width", 1280)), int(screen.get("height", 800))))
-            except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+            except (VlagentError, AttributeError, TypeError, ValueError):
                 pass  # the item itself reports a broken task file
     w, h = max(sizes, key=lambda wh: wh[0] * wh[1])
     return f"{w}x{h}"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
+from agent.errors import VlagentError
+from agent.task import read_yaml
 from agent.run.status import ended_from_outside
 from agent.suite.items import Item, Outcome
 from agent.trace import count_steps, load_result
@@ -66,9 +66,9 @@ def item_timeout(item: Item, opts: Options) -> float:
     if item.kind == "trace":
         return TRACE_TIMEOUT_S
     try:
-        data = yaml.safe_load(item.path.read_text(encoding="utf-8"))
+        data = read_yaml(item.path)
         return float(data.get("timeout_s", 300)) + TASK_GRACE_S
-    except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
+    except (VlagentError, TypeError, ValueError, AttributeError):
         return 300 + TASK_GRACE_S
 
 

@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from agent.errors import VlagentError
+from agent.task import read_yaml
 
 
 OUTPUT_MARKERS = ("suite.json", "report.json")  # files that mark a folder vlagent wrote
@@ -53,8 +52,8 @@ def _is_task_file(path: Path) -> bool:
     if path.suffix not in (".yaml", ".yml"):
         return False
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        data = read_yaml(path)  # bounded: a YAML bomb is not a task
+    except VlagentError:
         return False
     return isinstance(data, dict) and ("goal" in data or "steps" in data)  # a task, or a flow
 

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
+from agent.errors import VlagentError
+from agent.task import read_yaml
 from agent.suite.child import (TASK_GRACE_S, TRACE_TIMEOUT_S, VLAGENT, Child, Options,  # noqa: F401 (API)
                                default_command, model_for)
 from agent.suite.items import Item, Outcome, discover, parse_shard, take_shard  # noqa: F401 (API)
@@ -33,8 +33,8 @@ def expected_steps(item: Item) -> int:
     try:
         if item.kind == "trace":
             return count_steps(item.path)
-        return int((yaml.safe_load(item.path.read_text(encoding="utf-8")) or {}).get("max_steps", 20))
-    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return int((read_yaml(item.path) or {}).get("max_steps", 20))
+    except (VlagentError, ValueError, TypeError, AttributeError):
         return 0
 
 
