@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or repair) the venv with vLLM's CPU build that tests/test_vllm.py serves the tiny
+# Create (or repair) the venv with vLLM's CPU build that tests/backends/test_vllm.py serves the tiny
 # Qwen3-VL checkpoint from. Idempotent: when the venv is complete it only checks a stamp.
 #
 #   .ci/vllm.sh [VENV]     default: $VLAGENT_VLLM_VENV, else .venv-vllm in the repo root

@@ -103,9 +103,10 @@ def check(action: Action, probe: Probe | None, policy: Policy, frame: tuple[int,
             case _:
                 screen = probe.size()
                 frame = tuple(frame or screen)
-                points = [getattr(action, "start_coordinate", None), getattr(action, "coordinate", None)]
-                if action.action != "left_click_drag" or points[0] is None:
-                    points = points[1:]
+                if action.action == "left_click_drag":  # both ends; no start: it starts where the pointer is
+                    points = [action.start_coordinate, action.coordinate]
+                else:
+                    points = [getattr(action, "coordinate", None)]
                 for coord in points:
                     pixel = probe.position() if coord is None else screen_point(tuple(coord), frame, screen)
                     window = probe.window_at(*pixel)

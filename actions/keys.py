@@ -1,6 +1,6 @@
 """Key names pyautogui accepts, without importing pyautogui (it needs a display at import).
 
-Copied from pyautogui 0.9.54's KEYBOARD_KEYS; tests/test_policy.py checks the copy against the real
+Copied from pyautogui 0.9.54's KEYBOARD_KEYS; tests/actions/test_policy.py checks the copy against the real
 list under Xvfb. Single printable ASCII characters are valid too.
 """
 import string

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from agent.backends.base import BackendBase  # noqa: E402
 from flow_support import DONE, click, form_task, reply  # noqa: E402
 
 NAME, EMAIL = 'Type "Ada" into the Name field', 'Type "ada@example.com" into the Email field'
@@ -51,7 +52,7 @@ def replies(seed, restyle=False):
     }
 
 
-class Slow:
+class Slow(BackendBase):
     """A scripted backend that takes `latency` seconds per call, like a real model would."""
 
     def __init__(self, inner, latency: float):

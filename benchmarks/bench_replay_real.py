@@ -47,6 +47,7 @@ PAGE = ROOT / "benchmarks" / "replay_real" / "order.html"
 CONDITIONS = ("unchanged", "moved", "stretched", "screen", "dark", "font")
 KINDS = ("human", "agent")
 PACE_S = 0.7  # a person's pause between seeing the target and clicking it
+VLAGENT = [sys.executable, "-m", "agent.cli"]  # this checkout's vlagent (the benchmark compares commits)
 
 
 @dataclass
@@ -217,9 +218,9 @@ def target_point(app: App, target, display: str, workdir: Path) -> tuple[int, in
 
 def record_human(app: App, out: Path, taskfile: Path) -> Path:
     trace = out / f"{app.name}-human"
-    proc = subprocess.Popen(["vlagent", "record", str(trace), "--task", str(taskfile), "--max-seconds", "150",
+    proc = subprocess.Popen([*VLAGENT, "record", str(trace), "--task", str(taskfile), "--max-seconds", "150",
                              "--keep-going"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+                            cwd=ROOT, preexec_fn=_ctrl_c_default)
     display = None
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -235,6 +236,11 @@ def record_human(app: App, out: Path, taskfile: Path) -> Path:
         proc.kill()
         raise RuntimeError(f"{app.name}: vlagent record did not start: {proc.communicate()}")
     workdir = trace / "workdir"
+    # The recording's Xvfb takes clients with its cookie only: the recorder's own XAUTHORITY, for the
+    # "person" (xdotool) and the tree reader that finds where the person clicks.
+    auth, saved_auth = _server_auth(proc.pid), os.environ.get("XAUTHORITY")
+    if auth:
+        os.environ["XAUTHORITY"] = auth
     env = {**os.environ, "DISPLAY": display}
     time.sleep(1.0)
     for kind, what in app.steps:
@@ -261,7 +267,38 @@ def record_human(app: App, out: Path, taskfile: Path) -> Path:
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
+    if auth:  # (the cookie went with the recording's display)
+        os.environ.pop("XAUTHORITY", None)
+        if saved_auth:
+            os.environ["XAUTHORITY"] = saved_auth
     return trace
+
+
+def _ctrl_c_default() -> None:
+    """The recorder stops on Ctrl-C: started from a background job, it would inherit SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _server_auth(pid: int) -> str | None:
+    """The cookie file the Xvfb that process `pid` started was given (-auth): its one entry admits
+    any client of that display."""
+    children: dict[int, list[int]] = {}
+    argv: dict[int, list[str]] = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv[int(d.name)] = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        args = argv.get(p, [])
+        if args and args[0].endswith("Xvfb") and "-auth" in args:
+            return args[args.index("-auth") + 1]
+        todo += children.get(p, [])
+    return None
 
 
 def agent_trace(app: App, human: Path, out: Path, taskfile: Path) -> Path:
@@ -278,7 +315,7 @@ def agent_trace(app: App, human: Path, out: Path, taskfile: Path) -> Path:
     script = out / f"{app.name}-agent.yaml"
     script.write_text(yaml.safe_dump(replies, allow_unicode=True))
     trace = out / f"{app.name}-agent"
-    subprocess.run(["vlagent", "run", str(taskfile), "--model", f"script:{script}", "--trace", str(trace)],
+    subprocess.run([*VLAGENT, "run", str(taskfile), "--model", f"script:{script}", "--trace", str(trace)],
                    capture_output=True, text=True, cwd=ROOT, timeout=300)
     return trace
 
@@ -325,8 +362,15 @@ def replay_case(app: App, trace: Path, cond: str, kind: str, out: Path) -> Case:
             role, name = expected[i]
             element = (found.get("detail") or {}).get("element", "")
             # "combo box 'Speed'" is right as "combo box 'Speed'" or, unnamed, "combo box '' by 'Speed'".
+            # An unnamed field is described by its nearest label, which may be another one (yad's Name
+            # field "by 'Contact details'", the heading above it): right when it is the recorded element's
+            # description and the recorded element has the expected label on its left.
+            rec = (s.target or {}).get("a11y") or {}
+            labels = rec.get("labels") or []
+            as_recorded = bool(labels) and rec.get("role") == role and element == f"{role} '' by {labels[0]['text']!r}" \
+                and any(l["text"] == name and l.get("side") == "left" for l in labels)
             if not (element.startswith(f"{role} {name!r}") or element == f"{role} ''" and not name
-                    or element.startswith(f"{role} '' by {name!r}")):
+                    or element.startswith(f"{role} '' by {name!r}") or as_recorded):
                 wrong = wrong or f"click {i + 1} landed on {element or 'no element'}, not {role} {name!r}"
     if app.name == "tk-access":
         log = run / "workdir" / "clicks.log"

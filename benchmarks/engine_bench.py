@@ -18,7 +18,6 @@ import platform
 import statistics
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 
 PROCESS_START = time.time()  # fallback for the cold start when psutil is missing

@@ -306,8 +306,13 @@ def gate_cases(rng: random.Random, n: int):
             bad = _lands_badly(pixel(a), layout) or _lands_badly(pixel(b), layout)
             yield "gate_drag", proposer, layout, {"action": "left_click_drag", "start_coordinate": a, "coordinate": b}, \
                 "reject" if bad else "accept"
-        elif r < 0.68:  # at the pointer's place (over the form)
-            yield "gate_pointer", proposer, layout, {"action": rng.choice(["left_click", "middle_click"])}, "accept"
+        elif r < 0.68:  # at the pointer's place (over the form); a drag from there
+            if rng.random() < 0.5:
+                yield "gate_pointer", proposer, layout, {"action": rng.choice(["left_click", "middle_click"])}, "accept"
+            else:
+                end = [rng.randint(0, 1000), rng.randint(0, 1000)]
+                yield "gate_pointer", proposer, layout, {"action": "left_click_drag", "coordinate": end}, \
+                    "reject" if _lands_badly(pixel(end), layout) else "accept"
         elif r < 0.9:  # keys and text go where the focus is
             if rng.random() < 0.5:
                 args = {"action": "type", "text": rng.choice(LEGIT_TEXT)[:200]}

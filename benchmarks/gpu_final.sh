@@ -10,7 +10,7 @@ VL='from agent.cli import main; main()'
 b() { name=$1; shift; echo "== $name: vlagent bench $*" >> $OUT/runs.log
       timeout 200 python3 -c "$VL" bench "$@" --json $OUT/$name.json >> $OUT/runs.log 2>&1; rc=$?
       echo "== $name rc=$rc"; python3 benchmarks/summary.py $OUT/$name.json; }
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py > $OUT/pytest_engine_gpu.log 2>&1; echo "== engine tests on the GPU rc=$?"; tail -3 $OUT/pytest_engine_gpu.log
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py > $OUT/pytest_engine_gpu.log 2>&1; echo "== engine tests on the GPU rc=$?"; tail -3 $OUT/pytest_engine_gpu.log
 timeout 120 python3 benchmarks/save_random_2b.py /tmp/r2b >> $OUT/runs.log 2>&1 || tail -5 $OUT/runs.log
 b h100_compile_coldcache --model /tmp/r2b --steps 12 --compile --no-grammar
 b h100_compile --model /tmp/r2b --steps 12 --compile --peak-context 32768

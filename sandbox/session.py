@@ -242,7 +242,25 @@ class Sandbox:
         """Raise SandboxError when a launched app has died (non-zero exit or a signal)."""
         for app in self.apps:
             if app.died():
+                if not self.display_alive():  # the app died of its display: the sandbox's fault, not the app's
+                    raise SandboxError(f"display {self.display} died ({app.death_message()})")
                 raise AppDied(app.death_message())
+
+    def display_alive(self) -> bool:
+        """Our Xvfb still runs, or (a display we were given) its socket still answers."""
+        if self.xvfb is not None:
+            return self.xvfb.proc is not None and self.xvfb.proc.poll() is None
+        number = (self.display or "").lstrip(":").split(".")[0]
+        if not number.isdigit():
+            return True  # not a local display: nothing to tell from here
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(f"/tmp/.X11-unix/X{number}")
+                return True
+            except OSError:
+                return False
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -1,6 +1,6 @@
 """Fakes that implement the real interfaces (agent.desktop.base.Desktop, agent.backends.base.Backend),
 passed in where a test is about something else than the screen or the model. No patching.
-tests/test_loop.py checks that their methods have the interfaces' signatures."""
+tests/run/test_loop.py checks that their methods have the interfaces' signatures."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Test helpers for tests/test_desktop.py and tests/test_executor.py: a private Xvfb and the
+"""Test helpers for tests/desktop/test_desktop.py and tests/run/test_executor.py: a private Xvfb and the
 Echo app (sandbox/apps/echo.py), which logs every input event it receives as JSON lines.
 
 Input is asynchronous (our process -> X server -> Tk), so a test collects the events an action

@@ -14,7 +14,7 @@ What makes a step fast, and why each piece exists:
 - Grammar: an xgrammar GrammarMatcher fills a token bitmask on the CPU; the mask is copied to the
   GPU and applied inside the graph, so constraining costs one small copy per token.
 - The language model's forward is written here (same math as transformers' Qwen3-VL text model)
-  so prefill and decode share one code path and the cache layout is ours; `tests/test_engine.py`
+  so prefill and decode share one code path and the cache layout is ours; `tests/backends/test_engine.py`
   checks it against transformers' own forward.
 
 - After an eviction (older screenshots leave the prompt, the task text above them changes) the KV of

@@ -3,7 +3,7 @@ layer math (pure functions of activations and weights, so one compiled version s
 layers), and the prompt bookkeeping (M-RoPE positions, image spans, prefill passes).
 
 The layer math follows transformers' Qwen3-VL text model op for op (same dtypes and order), so
-results match it bit for bit on the CPU in float32 (tests/test_engine.py).
+results match it bit for bit on the CPU in float32 (tests/backends/test_engine.py).
 """
 from __future__ import annotations
 

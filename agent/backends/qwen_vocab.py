@@ -4,7 +4,7 @@
 and Qwen3-VL share. Here they become a transformers (fast) tokenizer: one merge per token, the
 split that byte-pair encoding under the lower ranks produces (151,387 merges, as many as Qwen's
 merges.txt has), Qwen2's pre-tokenizer and NFC normalizer (transformers' Qwen2Tokenizer), then
-Qwen3-VL's added tokens from id 151643 and its chat template. tests/test_qwen_vocab.py checks it
+Qwen3-VL's added tokens from id 151643 and its chat template. tests/backends/test_qwen_vocab.py checks it
 against ids Qwen's tokenizer is published to produce and against tiktoken itself.
 
 Used by the random-weight 2B checkpoint (benchmarks/save_random_2b.py), so reply token counts,

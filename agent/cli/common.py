@@ -64,13 +64,22 @@ def model_options(f):
     f = click.option("--backend", type=click.Choice(["auto", "transformers", "openai"]), default="auto",
                      show_default=True, help="'openai' talks to an OpenAI-compatible server (vLLM, SGLang).")(f)
     f = click.option("--base-url", default=None, help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")(f)
+    f = click.option("--format", "model_format", default=None,
+                     help="The model family's prompt and reply format (qwen3-vl, gui-owl-1.5, mai-ui, ui-venus-1.5); "
+                          "default: recognised from the checkpoint.")(f)
     return f
 
 
-def make_backend(model: str, backend: str, base_url: str | None):
+def make_backend(model: str, backend: str, base_url: str | None, model_format: str | None = None):
+    """The backend the model options name; the engine's switches are read here, once (EngineOptions)."""
     from agent.backends import load_backend
+    from agent.backends.options import EngineOptions
 
     if backend == "openai" and not base_url:
         raise VlagentError("--backend openai needs --base-url")
-    opts = {"base_url": base_url} if backend == "openai" else {}
+    opts: dict = {"format": model_format} if model_format else {}
+    if backend == "openai":
+        opts["base_url"] = base_url
+    elif not model.startswith("script:"):
+        opts["options"] = EngineOptions.from_env()
     return load_backend(model, backend=backend, **opts)

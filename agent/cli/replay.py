@@ -27,8 +27,9 @@ from agent.trace import check_new_trace, new_trace_dir
 @click.option("--trace", "trace_out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Trace folder of this replay (default: runs/<time>-replay-<task>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--watch", is_flag=True, help="Serve a web console for this replay and print its URL (watch, pause, stop).")
 @click.option("--trust", is_flag=True, help="Run the trace's own setup and command checks although it was not written here.")
-def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json, trust):
+def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out, as_json, watch, trust):
     """Replay TRACE (a recorded or agent-run trace folder) without a model.
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
@@ -58,11 +59,16 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
     sigterm_as_interrupt()
     bus = EventBus()
     watch_terminal(bus, as_json)
+    from agent.ui.watch import SessionHook
+
+    hook = SessionHook(watch=watch, echo=lambda line: click.echo(line, err=True))
     try:
         result = replay_trace(trace_dir, task, display=display, speed=speed, fallback=backend, trace_out=out,
-                              locate=not raw, bus=bus)
+                              locate=not raw, bus=bus, on_session=hook)
     except KeyboardInterrupt:
         exit_interrupted()
+    finally:
+        hook.close()
     if as_json:
         click.echo(json.dumps({**result.model_dump(mode="json"), "trace": str(out)}, indent=2))
     else:

@@ -29,7 +29,7 @@ from agent.cli.common import (EXIT_NOT_ACHIEVED, Seconds, UsageError, exit_for, 
                                              "stop, approve, take over (agent/ui).")
 @click.option("--attended", is_flag=True, help="Every action waits for a person's approval: on the --watch page, else in "
                                                 "the terminal.")
-def run(task_file, model, backend, base_url, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json,
+def run(task_file, model, backend, base_url, model_format, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json,
         cache_mode, watch, attended):
     """Run TASK_FILE with a model, in a sandboxed display by default.
 
@@ -54,9 +54,9 @@ def run(task_file, model, backend, base_url, display, trace_dir, max_steps, time
             from agent.flow.runner import open_cache
 
             store = open_cache(task, cache_mode)
-        model_backend = make_backend(model, backend, base_url)
-        if task.steps and (watch or attended):
-            raise UsageError("--watch and --attended are for goal tasks; a flow (steps:) is not watched yet")
+        if task.steps and attended:  # a flow's cached and native steps are not asked about: say so
+            raise UsageError("--attended is for goal tasks; a flow (steps:) can be watched (--watch), not attended")
+        model_backend = make_backend(model, backend, base_url, model_format)
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
                       history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
     sigterm_as_interrupt()

@@ -127,4 +127,3 @@ def generate_json(backend, messages: list[dict], schema: dict, max_tokens: int) 
     return backend.generate(messages, JsonSchema(schema, max_tokens))
 
 
-constrained_json = generate_json  # the name flow/runner.py's Counted used

@@ -62,15 +62,17 @@ class Counted:
         self.calls = 0
         self.name = getattr(inner, "name", "")
 
-    def generate(self, messages, policy=None) -> str:
+    def generate(self, messages, constraint=None) -> str:
         self.calls += 1
-        return self.inner.generate(messages, policy)
+        return self.inner.generate(messages, constraint)
 
-    def generate_json(self, messages, schema: dict, max_tokens: int) -> str:
-        self.calls += 1
-        return ask.constrained_json(self.inner, messages, schema, max_tokens)
+    def fits(self, messages, constraint=None) -> bool:
+        return self.inner.fits(messages, constraint)
 
-    def __getattr__(self, name):  # fits, cancel, ... of the backend itself
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+    def __getattr__(self, name):  # format, last_reply, ... of the backend itself
         return getattr(self.inner, name)
 
 
@@ -119,6 +121,7 @@ class Flow:
     loop_history: Any = None  # agent.run.history.HistoryConfig for act steps
     on_step: Any = None  # called with each trace Step
     on_flow: Any = None  # called with each FlowStepResult
+    session: Any = None  # the RunSession it runs in: its events, its pause and stop (agent.run.session)
     values: dict[str, Any] = field(default_factory=dict)  # query results by name
     results: list[FlowStepResult] = field(default_factory=list)
     contexts: dict[int, Any] = field(default_factory=dict)  # trace step -> windows and tree before it acted
@@ -159,6 +162,8 @@ class Flow:
         return first
 
     def one(self, phase: str, index: int, step: FlowStep) -> StepFailed | None:
+        if self.session is not None:
+            self.session.control.wait_turn()  # paused or stopped from the console: here, between steps
         res = FlowStepResult(index=index, phase=phase, kind=step.kind, text=step.text)
         t0, calls0, n0 = time.monotonic(), self.backend.calls, len(self.trace.steps)
         failure = None
@@ -356,7 +361,7 @@ class Flow:
         if self.loop_history is not None:
             cfg.history = self.loop_history
         end = run_loop(res.text, self.backend, self.desktop, self.policy, view, cfg,
-                       (lambda s: self.on_step(view.added[-1])) if self.on_step else None)
+                       (lambda s: self.on_step(view.added[-1])) if self.on_step else None, run=self.session)
         if end.claimed != "success":
             kind = end.kind if end.kind in ("invalid_output", "timeout") else "failed"
             raise StepFailed(f"not done: {end.reason}", kind)
@@ -516,7 +521,7 @@ def flow_end(failure: StepFailed | None):
 
 def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | None = None,
              cache: str | ActionCache | None = "read-write",
-             loop=None, on_step=None, bus=None, control=None) -> tuple[Result, Path]:
+             loop=None, on_step=None, bus=None, control=None, on_session=None) -> tuple[Result, Path]:
     """Run a task with steps inside one RunSession. Always returns a Result and a complete trace
     folder; a corrupt cache raises CacheError before anything starts; Ctrl-C is recorded as
     `aborted` (after the `after:` hooks ran) and re-raised."""
@@ -526,12 +531,15 @@ def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | Non
     store = cache if cache is None or isinstance(cache, ActionCache) else open_cache(task, cache)
     counted = Counted(backend)
     deadline = time.monotonic() + (loop.timeout_s if loop is not None else task.timeout_s)
-    with RunSession(task, mode="flow", model=counted.name, trace_dir=trace_dir, display=display,
-                    bus=bus, control=control) as run:
+    session = RunSession(task, mode="flow", model=counted.name, trace_dir=trace_dir, display=display,
+                         bus=bus, control=control)
+    if on_session is not None:  # the console watches it (agent/ui)
+        on_session(session)
+    with session as run:
         env = run.start()
         flow = Flow(task, counted, env.desktop, env.sandbox.display, run.trace, store, deadline,
                     loop.history if loop is not None else None, on_step,
-                    lambda res: run.publish(ev.FlowStepDone, result=res.model_dump(mode="json")))
+                    on_flow=lambda res: run.publish(ev.FlowStepDone, result=res.model_dump(mode="json")), session=run)
         try:
             failure = flow.run()
         finally:  # also when Ctrl-C ends it: result.json says which steps ran

@@ -74,7 +74,7 @@ class Session:
         try:
             self.env = self.run.start()
             self.flow = Flow(self.task, self.backend, self.env.desktop, self.env.sandbox.display, self.trace,
-                             self.cache, time.monotonic() + self.task.timeout_s)
+                             self.cache, time.monotonic() + self.task.timeout_s, session=self.run)
             self._raise(self.flow.phase("before", self.task.before))
         except BaseException as e:
             self.__exit__(type(e), e, e.__traceback__)

@@ -96,7 +96,7 @@ def load_trace_steps(trace_dir: Path) -> list[Step]:
 
 
 def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0, fallback=None,
-           trace_out=None, *, locate: bool = True, on_step=None, bus=None, control=None) -> Result:
+           trace_out=None, *, locate: bool = True, on_step=None, bus=None, control=None, on_session=None) -> Result:
     """Replay the trace in `trace_dir` and return the Result (its trace goes to `trace_out`).
 
     task: a Task or a task file (default: the trace's task.yaml). display: an existing display
@@ -109,9 +109,12 @@ def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0,
     check_secrets(original.steps, task)  # fail before starting anything when one is missing
     from agent.run.session import RunSession
 
-    with RunSession(task, mode="replay", model="replay" if locate else "replay-raw", display=display,
-                    trace_dir=Path(trace_out) if trace_out else None, trace_name=f"replay-{task.name}",
-                    bus=bus, control=control) as run:
+    session = RunSession(task, mode="replay", model="replay" if locate else "replay-raw", display=display,
+                         trace_dir=Path(trace_out) if trace_out else None, trace_name=f"replay-{task.name}",
+                         bus=bus, control=control)
+    if on_session is not None:  # the console watches it (agent/ui)
+        on_session(session)
+    with session as run:
         env = run.start()
         with contextlib.closing(_Player(original, task, Policy(task.allow), env.desktop, run.trace, speed,
                                         fallback, locate)) as player:

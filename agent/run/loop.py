@@ -50,9 +50,7 @@ def _generate(backend: Backend, messages, policy: Policy, deadline: float):
     worker.start()
     worker.join(max(deadline - time.monotonic(), 0))
     if worker.is_alive():  # deadline passed: stop the abandoned call where the backend can
-        cancel = getattr(backend, "cancel", None)
-        if cancel is not None:
-            cancel()
+        backend.cancel()
         return None
     if "error" in box:
         raise box["error"]
@@ -75,7 +73,7 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
               cfg: LoopConfig, on_step, targets, run) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
     # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
-    fits = (lambda messages: backend.fits(messages, policy)) if hasattr(backend, "fits") else None
+    fits = lambda messages: backend.fits(messages, policy)  # noqa: E731 (the history shrinks until it fits)
     images: dict[int, object] = {}
     looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
     rejections = 0

@@ -116,17 +116,20 @@ def create_app(served, limits: Limits) -> Starlette:
             return error(400, "malformed request: the body must be a JSON object")
         if state["busy"] >= limits.in_flight:
             return error(429, f"the server has {limits.in_flight} requests in flight; retry shortly", {"Retry-After": "1"})
-        state["busy"] += 1
-        handed_over = False
+        state["busy"] += 1  # given back when the device is done with it, whatever the client does meanwhile
+        submitted = False
         try:
             req = await run_in_threadpool(served.prepare, body, conversation(request))
             future = asyncio.wrap_future(served.submit(req))
+            submitted = True
+            future.add_done_callback(lambda _: state.__setitem__("busy", state["busy"] - 1))  # (on this loop)
             if body.get("stream"):
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                handed_over = True
                 return StreamingResponse(stream(future, include_usage), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache"})
-            reply = await future
+            # shielded: cancelling this wait (a client gone, a shutdown) must not cancel the scheduler's
+            # future, whose later set_result would then fail on the device thread
+            reply = await asyncio.shield(future)
             return JSONResponse(await run_in_threadpool(served.completion, reply))
         except Refused as e:
             return error(e.status, e.message)
@@ -138,7 +141,7 @@ def create_app(served, limits: Limits) -> Starlette:
         except Exception as e:  # keep serving the others; the client sees the reason
             return error(500, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         finally:
-            if not handed_over:
+            if not submitted:
                 state["busy"] -= 1
 
     async def stream(future, include_usage: bool):
@@ -152,24 +155,21 @@ def create_app(served, limits: Limits) -> Starlette:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
             return f"data: {json.dumps(data)}\n\n"
 
+        yield chunk({"role": "assistant", "content": ""})
         try:
-            yield chunk({"role": "assistant", "content": ""})
-            try:
-                reply = await future
-            except Exception as e:  # the stream has begun: the error is an event (as OpenAI sends it)
-                yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'code': 503}})}\n\n"
-                return
-            text = await run_in_threadpool(served.text, reply.tokens)
-            if text:
-                yield chunk({"content": text})
-            yield chunk({}, reply.finish)
-            if include_usage:
-                data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
-                        "choices": [], "usage": usage(reply)}
-                yield f"data: {json.dumps(data)}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            state["busy"] -= 1
+            reply = await asyncio.shield(future)  # (a client gone mid-stream: see chat())
+        except Exception as e:  # the stream has begun: the error is an event (as OpenAI sends it)
+            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'code': 503}})}\n\n"
+            return
+        text = await run_in_threadpool(served.text, reply.tokens)
+        if text:
+            yield chunk({"content": text})
+        yield chunk({}, reply.finish)
+        if include_usage:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                    "choices": [], "usage": usage(reply)}
+            yield f"data: {json.dumps(data)}\n\n"
+        yield "data: [DONE]\n\n"
 
     def unauthorized():
         return error(401, "missing or wrong API key: send `Authorization: Bearer KEY` (vlagent's client reads "

@@ -14,7 +14,7 @@ compute on scratch slots (the last FEED_WIDTH of their region, never part of a c
 their result is dropped, so the step has one shape and, on CUDA, one graph per KV span and width.
 
 A row's result depends only on its own tokens and region: the same request alone or among others
-gets the same reply (tests/test_serve.py holds this on the CPU in float32).
+gets the same reply (tests/serve/test_serve.py holds this on the CPU in float32).
 """
 from __future__ import annotations
 

@@ -171,6 +171,8 @@ class LiveRun:
         return ok
 
     def take_over(self) -> None:
+        if self.mode != "loop":  # only the model loop refuses its own input while a person drives
+            raise PermissionError(f"a {self.mode} run cannot be taken over; pause it instead")
         self._was_paused = self.control.paused
         self.lease.take()
         self.control.pause()

@@ -58,12 +58,15 @@
   let proposal = null, correction = null;
 
   document.querySelectorAll("[data-op]").forEach((b) => b.addEventListener("click", () => post("/api/control" + q, { op: b.dataset.op }).catch(alert)));
-  $("take").addEventListener("click", () => post("/api/lease" + q, { take: true }).catch(alert));
-  $("give").addEventListener("click", () => post("/api/lease" + q, { take: false }).catch(alert));
+  if ($("take")) {
+    $("take").addEventListener("click", () => post("/api/lease" + q, { take: true }).catch(alert));
+    $("give").addEventListener("click", () => post("/api/lease" + q, { take: false }).catch(alert));
+  }
 
   function setLease(held) {
     document.body.classList.toggle("taken", held);
-    $("take").hidden = held; $("give").hidden = !held; $("typebar").hidden = !held;
+    if ($("take")) { $("take").hidden = held; $("give").hidden = !held; }
+    $("typebar").hidden = !held;
   }
 
   function point(e) {  // a click on the live screen, as the model's 0..1000 coordinates
@@ -83,6 +86,11 @@
     if (e.key !== "Enter") return;
     const text = e.target.value; e.target.value = "";
     if (text) post("/api/input" + q, { action: { action: "type", text } }).catch(alert);
+  });
+  $("human-keys").addEventListener("keydown", (e) => {
+    if (e.key !== "Enter") return;
+    const keys = e.target.value.split("+").map((k) => k.trim()).filter(Boolean); e.target.value = "";
+    if (keys.length) post("/api/input" + q, { action: { action: "key", keys } }).catch(alert);
   });
   $("human-enter").addEventListener("click", () => post("/api/input" + q, { action: { action: "key", keys: ["enter"] } }).catch(alert));
   $("human-tab").addEventListener("click", () => post("/api/input" + q, { action: { action: "key", keys: ["tab"] } }).catch(alert));
