@@ -286,6 +286,7 @@ class Recorder:
         self.trees = _Trees(self.display, self.frames)
         self.focus: dict | None = None  # evidence of the last clicked target: the focused field
         self.listeners = []
+        self.interrupted = threading.Event()  # Ctrl-C, taken at the next event boundary
 
     def start(self) -> None:
         # pynput's X backend reads DISPLAY at import and start; Xlib prints an xauth warning to
@@ -351,18 +352,45 @@ class Recorder:
             wrote[0] = True
 
         grouper = Grouper(emit=write)
+        with self._ctrl_c_between_events():
+            try:
+                return self._loop(grouper, wrote, deadline, stop_when_done)
+            except KeyboardInterrupt:
+                # Ctrl-C: what the person did before it counts; record the events queued, and those
+                # still on their way (a busy machine delivers them late).
+                time.sleep(LATE_EVENTS_S)
+                while not self.events.empty():
+                    kind, t, *args = self.events.get_nowait()
+                    getattr(grouper, kind)(t, *args)
+                grouper.flush()
+                raise
+
+    @contextlib.contextmanager
+    def _ctrl_c_between_events(self):
+        """Ctrl-C ends the recording between two events, never in the middle of taking one in or
+        writing a step (a KeyboardInterrupt there lost the action); a third Ctrl-C quits at once."""
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        presses = []
+
+        def on_sigint(signum, frame):
+            presses.append(time.monotonic())
+            self.interrupted.set()
+            if len(presses) >= 3:
+                raise KeyboardInterrupt
+        old = signal.signal(signal.SIGINT, on_sigint)
         try:
-            return self._loop(grouper, wrote, deadline, stop_when_done)
-        except KeyboardInterrupt:
-            # Ctrl-C: what the person did before it counts; record the events still queued.
-            while not self.events.empty():
-                kind, t, *args = self.events.get_nowait()
-                getattr(grouper, kind)(t, *args)
-            grouper.flush()
-            raise
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
 
     def _loop(self, grouper: Grouper, wrote: list, deadline: float | None, stop_when_done: bool) -> str:
         while True:
+            if self.interrupted.is_set():
+                raise KeyboardInterrupt
             try:
                 event = self.events.get(timeout=TICK_S)
             except queue.Empty:
