@@ -7,7 +7,7 @@ floor (the same prompt prefilled fresh vs. through prefix reuse in two parts: bo
 different rounding); layer 0's moved keys against the fresh ones; the eviction step's time with
 and without the move.
 
-Usage: python benchmarks/gpu_kv_shift.py MODEL_DIR [OUT.json]"""
+Usage: python benchmarks/gpu_kv_shift.py MODEL_DIR|random [OUT.json]"""
 import json
 import random
 import sys
@@ -19,7 +19,12 @@ from transformers import Qwen3VLForConditionalGeneration
 from agent.backends.engine import Engine, EngineImage
 
 folder = sys.argv[1]
-model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16, device_map="cuda").eval()
+if folder == "random":  # the 2B built in memory (no checkpoint on disk needed)
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from engine_bench import build_model
+    model = build_model(None, False, "cuda")[0]
+else:
+    model = Qwen3VLForConditionalGeneration.from_pretrained(folder, dtype=torch.bfloat16, device_map="cuda").eval()
 cfg = model.config
 IMG, VS, VE = cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id
 rng = random.Random(0)
