@@ -43,11 +43,11 @@ def replay(trace_dir, task_file, display, speed, fallback, model, raw, trace_out
         from agent.trust import trust_all
 
         trust_all(trust)
+        if trace_out is not None:  # a usage error says one thing: before the trace's trust line
+            check_new_trace(trace_out)
         steps = load_trace_steps(trace_dir)
         task = load_trace_task(trace_dir, task_file)
         check_secrets(steps, task)
-        if trace_out is not None:
-            check_new_trace(trace_out)
         display = use_display(display)
         backend = None
         if fallback == "model":

@@ -38,6 +38,11 @@ SETTLED_REUSE_S = 0.1  # a stable frame this fresh is the next observation (no s
 ABORT_MESSAGE = "mouse moved to a screen corner: run aborted by the user"
 
 
+def _image(raw: bytes, size) -> Image.Image:
+    """A raw BGRA grab as an image (for the change detector)."""
+    return Image.frombytes("RGB", tuple(size), raw, "raw", "BGRX")
+
+
 def wheel_clicks(pixels: int) -> int:
     """Scroll pixels -> wheel clicks, sign kept; any nonzero amount is at least one click."""
     if pixels == 0:
@@ -203,6 +208,8 @@ class X11Desktop:
         return p.root_x, p.root_y
 
     def wait_stable(self, max_s: float = SETTLE_MAX_S) -> float:
+        from agent.desktop.change import differs
+
         start = time.monotonic()
         shot = self._grab()
         previous = bytes(shot.raw)  # comparing raw grabs is a memcmp: cheaper than hashing
@@ -210,7 +217,8 @@ class X11Desktop:
             time.sleep(SETTLE_POLL_S)
             shot = self._grab()
             frame = bytes(shot.raw)
-            if frame == previous:
+            # still: the same bytes, or nothing the change detector counts (a blinking caret)
+            if frame == previous or not differs(_image(previous, shot.size), _image(frame, shot.size)):
                 self._settled = (shot, time.monotonic())  # the next capture() is this frame
                 break
             previous = frame

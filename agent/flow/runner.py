@@ -34,7 +34,7 @@ from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
 from agent.targets.finder import SETTLE_MAX_S
 from agent.flow.cache import ActionCache, CachedAction, CachedStep, Mode, step_key
-from agent.targets.change import change_point, changed
+from agent.desktop.change import change_point, changed
 from agent.steps import POINTER, FlowStep, fill
 from agent.trace import FlowStepResult, Result, Step, Trace
 

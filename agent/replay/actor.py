@@ -21,7 +21,7 @@ import time
 from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, gate, to_json
 from actions.coords import to_relative
 from agent.errors import VlagentError
-from agent.targets.change import as_after, changed
+from agent.desktop.change import as_after, changed
 from agent.targets.evidence import effect_in_tree
 from agent.targets.finder import EFFECT_WAIT_S, FIND_POLL_S, SETTLE_MAX_S, Finder, Look
 

@@ -26,7 +26,7 @@ from agent.errors import VlagentError
 from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps
 
-from agent.targets.change import differs
+from agent.desktop.change import differs
 from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
 from agent.targets.finder import SETTLE_MAX_S

@@ -15,6 +15,7 @@ from actions import ParseError, Policy, PolicyError, check_reply, to_json
 from agent.backends.base import Backend
 from agent.desktop.base import Desktop
 from agent.errors import BackendError
+from agent.desktop.change import differs
 from agent.run import events as ev
 from agent.run.control import RunControl
 from agent.run.executor import execute
@@ -75,7 +76,6 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
     # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
     fits = lambda messages: backend.fits(messages, policy)  # noqa: E731 (the history shrinks until it fits)
     images: dict[int, object] = {}
-    looks: dict[int, bytes] = {}  # a thumbnail per step: did the screen change?
     rejections = 0
     # A pointer step whose target evidence (OCR of the frame) is still being read: it is written after
     # the next model call, which that reading overlaps, instead of holding up the next capture.
@@ -114,7 +114,6 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             done = trace.steps + [step for step, _ in held]
             messages = build_messages(goal, done, frame, policy, load_image, cfg.history, fits)
             images[n] = frame
-            looks[n] = frame.resize((64, 40), Image.NEAREST).tobytes()  # a cheap fingerprint, not a picture
             for old in [k for k in images if k <= n - IMAGE_CACHE]:
                 del images[old]
             t_prompt = time.perf_counter()
@@ -172,7 +171,7 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
                 return LoopEnd("finished", f"the model called terminate({action.status})", claimed=action.status)
             if action.action == "answer":
                 return LoopEnd("finished", "the model answered", claimed="success", answer=action.text)
-            if _looping(trace.steps + [step for step, _ in held], looks):
+            if _looping(trace.steps + [step for step, _ in held], images):
                 return LoopEnd("looping", f"the same action {MAX_REPEATS} times in a row: {to_json(action)}")
         return LoopEnd("max_steps", f"reached max_steps ({cfg.max_steps})")
     finally:
@@ -215,11 +214,15 @@ def _write(trace: Trace, step: Step, on_step) -> None:
         on_step(step)
 
 
-def _looping(steps: list[Step], looks: dict[int, bytes]) -> bool:
+def _looping(steps: list[Step], images: dict[int, Image.Image]) -> bool:
+    """The same action MAX_REPEATS times in a row on a screen that did not change (the one change
+    detector: a blinking caret is no change)."""
     recent = steps[-MAX_REPEATS:]
-    return (len(recent) == MAX_REPEATS and recent[0].action is not None
-            and all(s.action == recent[0].action for s in recent)
-            and len({looks.get(s.step) for s in recent}) == 1)
+    if not (len(recent) == MAX_REPEATS and recent[0].action is not None
+            and all(s.action == recent[0].action for s in recent)):
+        return False
+    frames = [images.get(s.step) for s in recent]
+    return None not in frames and not any(differs(frames[0], f) for f in frames[1:])
 
 
 __all__ = ["LoopConfig", "LoopEnd", "run_loop", "BackendError"]

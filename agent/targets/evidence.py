@@ -35,7 +35,7 @@ from PIL import Image
 
 from sandbox import atspi
 from agent.targets.locate import as_windows, describe_target, label, search, window_at
-from agent.targets.change import alike_around, moved_window, same_screen
+from agent.targets.alike import alike_around, moved_window, same_screen
 
 OWN_HALF = (90, 18)  # px: where the target's own text is read around the point
 OWN_SCALE = 3  # magnification of that crop: small GUI text and single characters need it
