@@ -21,3 +21,15 @@ def xvfb():
 
     with Xvfb((1280, 800)) as server:
         yield server.display
+
+
+@pytest.fixture(autouse=True)
+def _the_quick_tier_starts_no_display(request, monkeypatch):
+    """`pytest -m "not slow"` is the quick tier: a test there that starts a display is unmarked."""
+    if "not slow" not in (request.config.getoption("markexpr") or ""):
+        return
+    from sandbox.display import Xvfb
+
+    def refuse(self):
+        pytest.fail("this test starts a display: mark it @pytest.mark.slow (the quick tier starts none)")
+    monkeypatch.setattr(Xvfb, "start", refuse)

@@ -4,12 +4,14 @@ sandbox/ imports nothing from agent/; click is imported only in agent/cli/; no i
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("agent", "actions", "sandbox", "prompts")
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the project's packages."""
     found = {}
@@ -54,6 +56,7 @@ def _imports(path: Path, module: str, is_package: bool) -> list[tuple[int, str]]
     return out
 
 
+@functools.cache  # every test reads the same sources: parse them once
 def _graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
     modules = _modules()
     edges: dict[str, set[str]] = {m: set() for m in modules}

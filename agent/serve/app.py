@@ -39,6 +39,7 @@ from agent.serve.server import Refused, ServedModel, usage  # noqa: F401 (Served
 
 CONVERSATION_HEADER = "x-vlagent-conversation"
 MAX_CONVERSATION_ID = 200  # characters
+DISCARD_S = 2.0  # how long a refused body is read on, so that its client reads the 413
 
 
 @dataclass
@@ -88,16 +89,32 @@ def create_app(served, limits: Limits) -> Starlette:
         return JSONResponse({"object": "list", "data": [{"id": served.name, "object": "model", "owned_by": "vlagent"}]})
 
     async def read_body(request: Request) -> bytes:
+        too_big = Refused(413, f"request body over {limits.body_bytes // 2 ** 20} MiB")
         declared = request.headers.get("content-length")
+        stream = request.stream()
         if declared is not None and declared.isdigit() and int(declared) > limits.body_bytes:
-            raise Refused(413, f"request body over {limits.body_bytes // 2 ** 20} MiB")
+            await discard(stream, int(declared))
+            raise too_big
         chunks, size = [], 0
-        async for chunk in request.stream():
+        async for chunk in stream:
             size += len(chunk)
             if size > limits.body_bytes:
-                raise Refused(413, f"request body over {limits.body_bytes // 2 ** 20} MiB")
+                await discard(stream, size)
+                raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def discard(stream, size: int) -> None:
+        """Read a refused body on for a moment when it is at most twice the bound, so that a client
+        still sending reads the 413 rather than a reset connection; a larger or slower one is cut off."""
+        async def drain():
+            async for _ in stream:
+                pass
+        if size <= 2 * limits.body_bytes:
+            try:
+                await asyncio.wait_for(drain(), DISCARD_S)
+            except (asyncio.TimeoutError, ClientDisconnect):
+                pass
 
     async def chat(request: Request):
         if not authorized(request):

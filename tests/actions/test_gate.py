@@ -67,6 +67,7 @@ def screen():
                 p.wait()
 
 
+@pytest.mark.slow
 def test_a_python_repl_in_an_xterm_of_another_name_is_a_terminal_and_the_form_is_not(screen):
     desktop, spawn = screen
     spawn(["xterm", "-class", "Notes", "-name", "notes", "-T", "notes", "-geometry", "30x10+0+0", "-e", "python3"], "notes")
@@ -85,6 +86,7 @@ def test_a_python_repl_in_an_xterm_of_another_name_is_a_terminal_and_the_form_is
     assert not Focus(wm_class=repl.wm_class, processes=("xterm", "python3")).is_terminal()
 
 
+@pytest.mark.slow
 def test_middle_click_over_a_terminal_is_refused_while_the_form_has_the_focus(screen):
     desktop, spawn = screen
     spawn(["xterm", "-T", "term", "-geometry", "30x10+0+0"], "term")
@@ -179,6 +181,7 @@ TERM_TASK = {"name": "term", "goal": "Use the notes app.", "screen": {"width": 8
              "success": [{"file_contains": {"path": "{workdir}/pwned", "text": "x"}}]}
 
 
+@pytest.mark.slow
 def test_a_replayed_trace_that_types_a_command_into_an_xterm_is_refused(tmp_path):
     """The pointer rests over a full-screen xterm (named "Notes"): without a window manager it has
     the keys. The trace types a command and presses Enter: the replay stops at the typing."""
@@ -194,6 +197,7 @@ def test_a_replayed_trace_that_types_a_command_into_an_xterm_is_refused(tmp_path
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["native", "cached"])
 def test_a_flow_step_and_a_cached_step_that_type_into_an_xterm_are_refused(tmp_path, how):
     """A flow's native `type:` step, and a cache committed next to a task whose `act` entry types a
@@ -224,6 +228,7 @@ def test_a_flow_step_and_a_cached_step_that_type_into_an_xterm_are_refused(tmp_p
         assert "type" not in (tmp_path / "out" / "steps.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_the_model_loop_cannot_paste_into_a_terminal_beside_the_form(tmp_path):
     task = {"name": "paste", "goal": "Fill the form.", "screen": {"width": 1280, "height": 800}, "max_steps": 4,
             "setup": [{"launch": ["xterm", "-T", "term", "-geometry", "40x10+0+0"], "wait_for_window": "term"},

@@ -114,6 +114,7 @@ def test_wait_and_scroll_bounds():
         check({"action": "hscroll", "pixels": 10001})
 
 
+@pytest.mark.slow
 def test_vendored_key_names_match_pyautogui(tmp_path):
     """actions/keys.py copies pyautogui's list so the policy works without a display."""
     from sandbox.display import Xvfb

@@ -2,6 +2,7 @@
 
 Nothing may crash (only ParseError / PolicyError), and nothing forbidden may pass. The oracle below
 is written independently of actions/policy.py, from the issue's rules."""
+import pytest
 import json
 import math
 import re
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 
 from actions import ACTION_NAMES, Allow, ParseError, Policy, PolicyError, check_reply, to_json
 from actions.keys import VALID_KEYS
+
+pytestmark = pytest.mark.slow  # starts displays, apps or models
 
 EXAMPLES = 6_000  # per test; two tests
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

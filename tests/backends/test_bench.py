@@ -19,6 +19,7 @@ KEYS = ("device", "step_ms_p50", "step_ms_p95", "ttft_ms", "decode_tok_s", "cold
         "vision_ms", "prefill_ms", "budget")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_tiny_bench_writes_the_json(tmp_path):
     out = tmp_path / "bench.json"
@@ -39,6 +40,7 @@ def test_tiny_bench_writes_the_json(tmp_path):
     assert "step_ms_p50" in res.output  # the table
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("engine", ["0", "1"])
 def test_product_bench_runs_the_run_path(tmp_path, monkeypatch, engine):

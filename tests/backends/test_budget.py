@@ -24,6 +24,7 @@ def test_tokens_per_image_follow_the_processor(size, tokens):
     assert tokens_per_image(*size) == tokens
 
 
+@pytest.mark.slow
 def test_tokens_per_image_match_the_image_processor():
     pytest.importorskip("transformers")
     from PIL import Image

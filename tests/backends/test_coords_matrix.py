@@ -12,6 +12,8 @@ from agent.backends.families import family
 from agent.run.executor import screen_point
 from agent.run.history import fit_pixels
 
+pytestmark = pytest.mark.slow  # starts displays, apps or models
+
 SCREENS = [(1280, 800), (1366, 768), (1920, 1080), (2560, 1440), (3840, 2160)]
 HIDPI = [1.0, 1.25, 1.5, 2.0]  # the captured frame is this many times the screen that input addresses
 MAX_PIXELS = [None, 1_000_000, 300_000]  # what the model sees; its coordinates are relative to that image

@@ -75,6 +75,7 @@ def test_positions_match_transformers():
     assert image_spans(ids, IMAGE) == [(6, 30), (39, 54)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["sdpa", "bmm"])
 def test_greedy_tokens_equal_transformers_forward(attention):
     model = small_model()
@@ -162,6 +163,7 @@ def test_reuse_prefills_only_the_new_part():
     assert g3.timings.reused_tokens == 11
 
 
+@pytest.mark.slow
 def test_grammar_constrains_every_token():
     xgr = pytest.importorskip("xgrammar")
     from agent.backends.tiny import tiny_checkpoint
@@ -189,6 +191,7 @@ def test_context_overflow_is_a_clear_error():
         eng.generate(text(0, 60), [], max_new_tokens=10)
 
 
+@pytest.mark.slow
 def test_jump_forward_gives_the_same_reply():
     """Tokens the grammar forces are fed in batches; the reply equals token-by-token decoding."""
     xgr = pytest.importorskip("xgrammar")
@@ -218,6 +221,7 @@ def test_jump_forward_gives_the_same_reply():
     assert tok.decode(replies[0]).startswith('<tool_call>\n{"name": "computer_use", "arguments": {"action": ')
 
 
+@pytest.mark.slow
 def test_transformers_backend_with_the_engine_replies_like_generate():
     """The backend's engine path (used on CUDA) gives the same constrained replies as
     transformers' generate on the tiny checkpoint, and reuses the prefix across steps. (With forced
@@ -311,6 +315,7 @@ def test_a_failure_mid_prefill_leaves_no_stale_prefix():
     assert torch.allclose(eng.v_cache[:, :, :n], clean.v_cache[:, :, :n], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_call_at_a_time_and_an_abandoned_call_cannot_corrupt_the_next():
     """The loop runs each model call in a thread with a deadline. A call it abandons keeps running;
     the next call waits for it (or cancels it) and replies exactly like a fresh engine."""

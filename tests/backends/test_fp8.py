@@ -28,6 +28,7 @@ def test_quantisation_round_trips_within_e4m3_precision():
         assert float((back - w).norm() / w.norm()) < 0.04  # 3 mantissa bits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["block", "channel"])
 def test_fp8_checkpoints_load_and_answer_like_the_original(tiny, tmp_path, layout):
     from safetensors import safe_open
@@ -59,6 +60,7 @@ def test_fp8_checkpoints_load_and_answer_like_the_original(tiny, tmp_path, layou
     assert errs[-1]["rel_err"] < 1e-4, errs[-1]
 
 
+@pytest.mark.slow
 def test_the_backend_loads_an_fp8_folder(tiny, tmp_path):
     from agent.backends.transformers import TransformersBackend
     dst = tmp_path / "fp8"
@@ -71,6 +73,7 @@ def test_the_backend_loads_an_fp8_folder(tiny, tmp_path):
     assert isinstance(backend.generate(msgs), str)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["block", "channel"])
 def test_the_engine_runs_fused_fp8_weights_like_the_dequantised_ones(tiny, layout):
     """kernels=True keeps e4m3 weights in the engine (fused, viewed per module); on the CPU each

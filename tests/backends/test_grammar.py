@@ -239,6 +239,7 @@ def test_every_default_chord_passes_the_default_policy():
         assert normalize_chord(chord) == chord
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(sorted(VALID_KEYS | {"control", "super", "Return", "A"})), min_size=1, max_size=3))
 def test_key_grammar_is_sound_and_complete_up_to_normalisation(keys):
@@ -251,6 +252,7 @@ def test_key_grammar_is_sound_and_complete_up_to_normalisation(keys):
             assert accepts(native({"action": "key", "keys": list(canonical)}))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=12))
 def test_text_grammar_agrees_with_the_policy(text):

@@ -15,6 +15,8 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa:
 
 from agent.backends.engine import Engine, EngineImage  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts displays, apps or models
+
 IMAGE, VSTART, VEND = 500, 501, 502
 PATCH, MERGE = 16, 2
 

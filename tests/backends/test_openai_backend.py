@@ -188,6 +188,7 @@ def test_prepared_image_gives_the_processor_identical_pixels():
     assert np.array_equal(np.asarray(direct), np.asarray(via_wire))
 
 
+@pytest.mark.slow
 def test_resent_screenshots_are_encoded_once(server):
     backend = OpenAIBackend(MODEL, server.base_url, check_image_tokens=False, **FAST)
     first, second = screenshot(), screenshot(640, 400)
@@ -199,6 +200,7 @@ def test_resent_screenshots_are_encoded_once(server):
     assert len(backend._encoded) == 2
 
 
+@pytest.mark.slow
 def test_image_tokens_match_and_no_warning(server):
     backend = OpenAIBackend(MODEL, server.base_url, **FAST)
     with warnings.catch_warnings():
@@ -207,6 +209,7 @@ def test_image_tokens_match_and_no_warning(server):
     assert backend.image_tokens == (1002, 1002)  # 40 x 25 merged patches + vision start/end
 
 
+@pytest.mark.slow
 def test_token_mismatch_warns_once():
     srv = FakeServer(patch_px=28)  # a server that preprocesses like Qwen2-VL
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -265,6 +268,7 @@ def test_wrong_model_name_lists_served_models(server):
     assert str(e.value) == f"server {server.base_url} has no model 'Qwen/Qwen3-VL-2B'; it serves: {MODEL}"
 
 
+@pytest.mark.slow
 def test_server_without_images():
     srv = FakeServer(images=False)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -301,6 +305,7 @@ def test_api_key_from_environment(server, monkeypatch):
     assert server.headers_seen[-1]["authorization"] == "Bearer sk-test-123"
 
 
+@pytest.mark.slow
 def test_concurrent_agents_share_one_backend(server):
     """Eight agent threads at once: every reply arrives, the one-time checks run once."""
     backend = OpenAIBackend(MODEL, server.base_url, **FAST)

@@ -41,6 +41,7 @@ def tok():
     return qwen_tokenizer()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, ids", PUBLISHED, ids=lambda x: str(x)[:20])
 def test_published_ids(tok, text, ids):
     assert tok(text, add_special_tokens=False)["input_ids"] == ids

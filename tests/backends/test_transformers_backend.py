@@ -58,6 +58,7 @@ def check(reply: str, policy: Policy):
     return policy.check(parse_action(reply))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("allow,image", [
     (Allow(actions=["left_click"]), lambda: form_screenshot()),
     (Allow(actions=["key"], keys=["ctrl+a", "enter"]), lambda: noise(SMALL, 1)),

@@ -1,7 +1,10 @@
 """`vlagent doctor` on this machine: every check passes, including the tiny-model smoke run."""
+import pytest
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # starts displays, apps or models
 
 ROOT = Path(__file__).resolve().parents[2]
 

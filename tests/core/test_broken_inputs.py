@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts displays, apps or models
+
 ROOT = Path(__file__).resolve().parents[2]
 REPLY = '<tool_call>{"name": "computer_use", "arguments": {"action": "wait", "time": 1}}</tool_call>'
 GOOD = "name: t\ngoal: g\n"

@@ -64,6 +64,7 @@ def test_the_trace_holds_no_secret(tmp_path, registered):
             assert VALUE.lower() not in path.read_text(errors="replace").lower(), path
 
 
+@pytest.mark.slow
 def test_vlagent_run_types_a_secret_the_model_never_sees_and_writes_it_nowhere(tmp_path):
     """The real CLI on the real form app: the secret is typed into the Name field; a passing check
     proves it was typed, failing checks quote it (file, OCR of the screen), and nothing written

@@ -31,6 +31,7 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_folder_holding_a_run_is_refused_by_run_replay_and_record(tmp_path):
     held = tmp_path / "run1"
     shutil.copytree(DEMO, held)  # a real earlier run

@@ -46,6 +46,7 @@ def evil_trace(folder: Path, marker: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_trace_from_elsewhere_runs_no_setup_and_no_command_until_trusted(tmp_path, home):
     marker = tmp_path / "pwned"
     trace = evil_trace(tmp_path / "evil", marker)
@@ -68,6 +69,7 @@ def test_a_trace_from_elsewhere_runs_no_setup_and_no_command_until_trusted(tmp_p
     assert "not trusted" in done.stderr and not marker.exists()  # an edit undoes the trust
 
 
+@pytest.mark.slow
 def test_what_this_machine_wrote_is_trusted(tmp_path, home):
     run = tmp_path / "run"
     done = vlagent("run", ROOT / "tasks" / "fill_form.yaml", "--model",
@@ -104,6 +106,7 @@ def _png(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["absolute", "dotdot", "symlink", "bomb", "version"])
 def test_a_malicious_cache_next_to_a_task_is_one_line_and_exit_2(tmp_path, home, case):
     from agent import trust
@@ -136,6 +139,7 @@ def test_a_malicious_cache_next_to_a_task_is_one_line_and_exit_2(tmp_path, home,
     assert {"absolute": "outside", "dotdot": "outside", "symlink": "symbolic link", "version": "version"}[case] in errors[0]
 
 
+@pytest.mark.slow
 def test_apps_setup_and_checks_get_a_clean_environment_and_a_cookie(tmp_path):
     task = {"name": "env", "goal": "Nothing.", "screen": {"width": 640, "height": 400}, "env": ["PASSED_ON"],
             "setup": [{"run": ["sh", "-c", "env > {workdir}/setup.env"]},

@@ -131,6 +131,7 @@ def test_every_printable_ascii_character_arrives_intact(desktop, echo):
     assert text_value(echo.collect(desktop, since)) == text
 
 
+@pytest.mark.slow
 def test_more_distinct_characters_than_spare_keycodes_arrive_intact(desktop, echo):
     text = "".join(map(chr, range(0x4E00, 0x4E00 + len(desktop._typer.spare) + 12)))  # forces rebinding
     echo.clear_text(desktop)
@@ -182,6 +183,7 @@ def test_pixels_next_to_a_corner_do_not_abort(desktop, echo):
     assert of(echo.collect(desktop, since), "press")[0]["x"] == 2
 
 
+@pytest.mark.slow
 def test_two_desktops_in_one_process_each_drive_their_own_display(desktop, echo, tmp_path):
     small = (800, 600)
     with xvfb(small) as other:
@@ -239,6 +241,7 @@ def test_display_dying_mid_run_is_a_vlagent_error(tmp_path):
     d.close()  # closing what is left of a dead display does not raise
 
 
+@pytest.mark.slow
 def test_two_desktops_on_one_display_share_spare_keycodes(display, desktop, echo):
     from Xlib.display import Display
 

@@ -35,6 +35,7 @@ def vlagent(*args: str) -> subprocess.CompletedProcess:
                           timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
 
+@pytest.mark.slow
 def test_eval_grounding_on_the_shipped_set_prints_a_table(tmp_path):
     """The CI check: a scripted oracle that misses every 7th sample, through the whole command."""
     r = vlagent("eval", "grounding", str(SHIPPED), "--model", "oracle", "--oracle-miss-every", "7", "--out", str(tmp_path))

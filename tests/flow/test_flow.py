@@ -85,6 +85,7 @@ def test_bad_verdicts_are_sent_back_then_given_up():
         ask.verdict(backend, image, "Saved is shown")
 
 
+@pytest.mark.slow
 def test_the_tiny_checkpoint_answers_under_the_schema_grammar():
     """The real transformers path: decoding constrained by xgrammar's grammar of the query's schema
     (random weights still write valid JSON of that schema)."""
@@ -106,6 +107,7 @@ def test_the_tiny_checkpoint_answers_under_the_schema_grammar():
 
 # ------------------------------------------------------------------------------------------ whole flows
 
+@pytest.mark.slow
 def test_every_step_kind_passes_on_the_real_form(tmp_path):
     steps = [{"wait_for": "The form is shown", "timeout_s": 10}, *STEPS[:3],
              {"query": {"prompt": "What does the Name field hold?", "schema": QUERY_SCHEMA, "as": "form"}},
@@ -131,6 +133,7 @@ def test_every_step_kind_passes_on_the_real_form(tmp_path):
     assert json.loads((folder / "workdir" / "form.json").read_text())["plan"] == "Pro"
 
 
+@pytest.mark.slow
 def test_a_false_assert_fails_the_run_with_statement_reason_and_screenshot_and_after_hooks_still_run(tmp_path):
     steps = [{"act": NAME_ACT}, {"assert": "A green Saved is shown", "message": "not saved yet"},
              {"left_click": {"target": SUBMIT}}]
@@ -146,6 +149,7 @@ def test_a_false_assert_fails_the_run_with_statement_reason_and_screenshot_and_a
         ("after", "left_click", "passed")]
 
 
+@pytest.mark.slow
 def test_act_failure_bad_output_and_step_bound(tmp_path):
     steps = [{"act": "Give up"}]
     model = script(tmp_path, {"Give up": [reply(action="terminate", status="failure")]})
@@ -161,6 +165,7 @@ def test_act_failure_bad_output_and_step_bound(tmp_path):
     assert result.status == "failed" and "max_steps (2)" in result.reason
 
 
+@pytest.mark.slow
 def test_query_bad_output_and_query_then_grounding_bad_output(tmp_path):
     steps = [{"query": {"prompt": "Read the name", "schema": QUERY_SCHEMA, "as": "form"}}]
     model = script(tmp_path, {"Read the name": ['{"name": 3}', "Ada", '{"nom": "Ada"}']})
@@ -173,6 +178,7 @@ def test_query_bad_output_and_query_then_grounding_bad_output(tmp_path):
     assert result.status == "invalid_output" and backend.calls == 3 and "groundings rejected" in result.reason
 
 
+@pytest.mark.slow
 def test_wait_for_polls_until_true_and_times_out(tmp_path):
     steps = [{"act": NAME_ACT}, {"wait_for": "The name is typed", "timeout_s": 5, "interval_s": 0.2}]
     model = script(tmp_path, {**replies(), "The name is typed": [verdict(False, "empty"), verdict(True, "Ada")]})
@@ -186,6 +192,7 @@ def test_wait_for_polls_until_true_and_times_out(tmp_path):
     assert 2 <= result.flow[0].model_calls <= 5
 
 
+@pytest.mark.slow
 def test_native_actions_pass_the_policy(tmp_path):
     steps = [{"left_click": {"coordinate": [352, 205]}}, {"type": "rm -rf / --no-preserve-root"}]
     result, _, backend = run(form_task(tmp_path, steps, success=[]), script(tmp_path, []), tmp_path)
@@ -193,6 +200,7 @@ def test_native_actions_pass_the_policy(tmp_path):
     assert [f.status for f in result.flow] == ["passed", "failed"]
 
 
+@pytest.mark.slow
 def test_python_session_and_its_assertion_error(tmp_path):
     from agent.flow import FlowAssertionError, Session
 
@@ -212,6 +220,7 @@ def test_python_session_and_its_assertion_error(tmp_path):
     assert load_result(tmp_path / "s1").flow[-1].status == "failed"
 
 
+@pytest.mark.slow
 def test_a_flow_in_a_suite_shows_its_steps_in_junit_and_the_report(tmp_path):
     """`vlagent suite` on a flow: JUnit carries the model calls and each step with the model's reason
     and screen; the HTML report has the flow table with the screen each assert was judged on."""
@@ -240,6 +249,7 @@ def test_a_flow_in_a_suite_shows_its_steps_in_junit_and_the_report(tmp_path):
     assert page.count('alt="screen of assert"') == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_still_runs_the_after_hooks(tmp_path):
     import signal
     import subprocess
@@ -269,6 +279,7 @@ def test_ctrl_c_still_runs_the_after_hooks(tmp_path):
     assert [s.kind for s in load_steps(trace)] == ["left_click", "type"]
 
 
+@pytest.mark.slow
 def test_a_flow_on_the_tiny_checkpoint_ends_with_a_clear_status(tmp_path):
     """The whole flow path on the real transformers code (random weights): an act bounded to 2 steps,
     then an assert under the verdict grammar. Whatever the noise says, the run ends with a status,
@@ -287,6 +298,7 @@ def test_a_flow_on_the_tiny_checkpoint_ends_with_a_clear_status(tmp_path):
         assert not (tmp_path / "flow.cache.json").exists()  # only a successful run writes the cache
 
 
+@pytest.mark.slow
 def test_a_session_without_a_task_file(tmp_path):
     from agent.flow import FlowStepError, Session
 
@@ -305,6 +317,7 @@ def test_a_session_without_a_task_file(tmp_path):
     assert vl.result.status == "invalid_output"
 
 
+@pytest.mark.slow
 def test_native_steps_type_secrets_without_writing_them_down(tmp_path, monkeypatch):
     from flow_support import at
 

@@ -3,6 +3,8 @@ corrupt cache file. Real Xvfb, the real form app, real input, the real target fi
 keyed by step, so a step served from the cache simply leaves its replies unused."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 import subprocess
@@ -40,6 +42,7 @@ def entry(folder, text: str) -> dict:
     return next(s for s in data["steps"] if s["text"] == text)
 
 
+@pytest.mark.slow
 def test_first_run_records_and_the_rerun_makes_no_model_call(tmp_path):
     task = form_task(tmp_path / "t", STEPS + [{"assert": "Saved is shown"}])
     mapping = {**replies(), "Saved is shown": [verdict(True)]}
@@ -64,6 +67,7 @@ def test_first_run_records_and_the_rerun_makes_no_model_call(tmp_path):
     assert (tmp_path / "moved" / CACHE).read_bytes() == before  # nothing to write
 
 
+@pytest.mark.slow
 def test_read_only_never_writes_and_write_only_never_reads(tmp_path):
     task = form_task(tmp_path / "t", STEPS)
     ro = run(task, tmp_path, "ro", cache="read-only")
@@ -77,6 +81,7 @@ def test_read_only_never_writes_and_write_only_never_reads(tmp_path):
     assert caches(off) == [None] * 4 and off.model_calls == 8
 
 
+@pytest.mark.slow
 def test_a_stale_target_heals_with_the_model_and_only_that_step_is_rewritten(tmp_path):
     task = form_task(tmp_path / "t", STEPS)
     run(task, tmp_path, "cold")
@@ -101,6 +106,7 @@ def test_a_stale_target_heals_with_the_model_and_only_that_step_is_rewritten(tmp
     assert caches(again) == ["hit"] * 4 and again.model_calls == 0
 
 
+@pytest.mark.slow
 def test_an_effect_that_does_not_show_falls_back_to_the_model(tmp_path):
     task = form_task(tmp_path / "t", STEPS)
     run(task, tmp_path, "cold")
@@ -125,6 +131,7 @@ def test_an_effect_that_does_not_show_falls_back_to_the_model(tmp_path):
     assert caches(again) == ["hit"] * 4 and again.model_calls == 0
 
 
+@pytest.mark.slow
 def test_a_wrong_click_is_caught_by_its_effect(tmp_path):
     """The Pro step's cached target is really the Submit button's (a cache that went wrong): the
     replayed click lands on Submit, the Pro option's recorded effect does not show, and the model
@@ -141,12 +148,14 @@ def test_a_wrong_click_is_caught_by_its_effect(tmp_path):
     assert "recorded effect is not on screen" in healed.flow[2].reason and healed.flow[2].model_calls == 1
 
 
+@pytest.mark.slow
 def test_a_failed_run_writes_nothing(tmp_path):
     task = form_task(tmp_path / "t", STEPS + [{"assert": "Saved is shown"}])
     failed = run(task, tmp_path, "failed", mapping={**replies(), "Saved is shown": [verdict(False, "no")]})
     assert failed.status == "failed" and not (tmp_path / "t" / CACHE).exists()
 
 
+@pytest.mark.slow
 def test_a_changed_layout_replays_or_heals_and_still_succeeds(tmp_path):
     """Recorded on the fixed layout, re-run with moved and reordered widgets (--layout-seed): steps
     whose targets the finder re-finds make no model call; the others heal from the model."""
@@ -161,6 +170,7 @@ def test_a_changed_layout_replays_or_heals_and_still_succeeds(tmp_path):
     assert json.loads((tmp_path / "moved" / "workdir" / "form.json").read_text())["email"] == "ada@example.com"
 
 
+@pytest.mark.slow
 def test_the_apps_next_version_heals_only_the_step_whose_widget_changed(tmp_path):
     """Recorded on the form, re-run on its next version (--restyle: Submit is now a blue "Register"
     button): the finder cannot vouch for the old Submit evidence, so that step alone asks the model;
@@ -180,6 +190,7 @@ def test_the_apps_next_version_heals_only_the_step_whose_widget_changed(tmp_path
     assert caches(again) == ["hit"] * 4 and again.model_calls == 0
 
 
+@pytest.mark.slow
 def test_a_corrupt_cache_file_is_one_clear_line(tmp_path):
     task = form_task(tmp_path, STEPS)
     model = script(tmp_path, replies())

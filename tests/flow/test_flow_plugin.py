@@ -7,6 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 from importlib.metadata import entry_points
 
+import pytest
 import yaml
 
 from flow_support import PRO, ROOT, STEPS, form_task, replies, verdict
@@ -34,6 +35,7 @@ def plugin_args() -> list[str]:
     return [] if registered else ["-p", "agent.flow.pytest_plugin"]
 
 
+@pytest.mark.slow
 def test_the_vl_fixture_in_a_real_pytest_run(pytester, tmp_path):
     form_task(pytester.path, STEPS, name="flow", success=[])
     replies_ = {**replies(), "The Pro plan is selected": [verdict(True)] * 2,

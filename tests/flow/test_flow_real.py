@@ -21,7 +21,7 @@ from agent.backends.script import ScriptBackend
 from agent.flow.runner import run_flow
 from agent.task import load_task
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 FLOWS = Path(__file__).resolve().parents[1] / "scripts" / "flows"
 SCREEN = (1280, 800)
 ORDERED = "Order placed - Ordered: Ada, Express, gift"

@@ -159,6 +159,7 @@ def _xdotool(display: str, *args: str) -> None:
     time.sleep(0.3)  # a person's pace: the recorder's frames see each step's screen
 
 
+@pytest.mark.slow
 def test_record_with_real_input_then_replay_on_a_moved_layout(tmp_path, monkeypatch):
     trace = tmp_path / "rec"
     task = _task_file(tmp_path, secrets={"Email": "VLAGENT_TEST_EMAIL"})
@@ -193,6 +194,7 @@ def test_record_with_real_input_then_replay_on_a_moved_layout(tmp_path, monkeypa
     assert json.loads((tmp_path / "replayed" / "workdir" / "form.json").read_text())["email"] == "ada@example.com"
 
 
+@pytest.mark.slow
 def test_recording_stops_after_max_seconds_with_nothing_done(tmp_path):
     trace = tmp_path / "rec"
     proc, _ = _start_recording(trace, _task_file(tmp_path), "--max-seconds", "1")
@@ -203,6 +205,7 @@ def test_recording_stops_after_max_seconds_with_nothing_done(tmp_path):
     assert result.status == "failed" and "--max-seconds reached" in result.reason
 
 
+@pytest.mark.slow
 def test_double_click_and_scroll_then_ctrl_c_ends_the_recording_with_a_trace_and_no_display_left(tmp_path):
     trace = tmp_path / "rec"
     proc, display = _start_recording(trace, _task_file(tmp_path))

@@ -38,6 +38,7 @@ def form_json(trace: Path) -> dict:
     return json.loads((trace / "workdir" / "form.json").read_text())
 
 
+@pytest.mark.slow
 def test_the_demo_replays_unchanged_through_the_cli(tmp_path):
     out = tmp_path / "r"
     done = subprocess.run(["vlagent", "replay", str(DEMO), "--trace", str(out), "--json"],
@@ -53,6 +54,7 @@ def test_the_demo_replays_unchanged_through_the_cli(tmp_path):
     assert form_json(out) == FULL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [3, 11])
 def test_moved_window_and_widgets_replay_and_raw_coordinates_do_not(tmp_path, seed):
     task = variant(seed)
@@ -63,6 +65,7 @@ def test_moved_window_and_widgets_replay_and_raw_coordinates_do_not(tmp_path, se
     assert raw.status == "failed"
 
 
+@pytest.mark.slow
 def test_another_screen_size_and_the_report_shows_each_click_side_by_side(tmp_path):
     from agent.report.build import build_report
 
@@ -82,6 +85,7 @@ def test_another_screen_size_and_the_report_shows_each_click_side_by_side(tmp_pa
     assert "found by <b>" in page and "0001-recorded.png" in page
 
 
+@pytest.mark.slow
 def test_an_agent_runs_trace_replays_on_a_moved_layout(tmp_path):
     """An agent run keeps each pointer step's target evidence as a recording does; a trace without it
     (older runs) has its evidence derived from each step's screenshot and pixel."""
@@ -114,6 +118,7 @@ def _rewrite(trace: Path, change) -> None:
     path.write_text("".join(json.dumps(s) + "\n" for s in steps))
 
 
+@pytest.mark.slow
 def test_a_target_that_is_gone_fails_naming_the_step_and_keeps_both_screenshots(tmp_path):
     from agent.targets.locate import describe_target
     from PIL import Image
@@ -141,6 +146,7 @@ def test_a_target_that_is_gone_fails_naming_the_step_and_keeps_both_screenshots(
     assert not (out / "workdir" / "form.json").exists()  # it stopped before Submit
 
 
+@pytest.mark.slow
 def test_secrets_come_from_the_environment_and_never_reach_the_trace(tmp_path, monkeypatch):
     trace = _copy_demo(tmp_path)
 
@@ -170,6 +176,7 @@ def test_a_missing_secret_is_a_usage_error_on_the_cli(tmp_path):
     assert "VLAGENT_SECRET_PIN" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_every_step_still_passes_the_tasks_policy(tmp_path):
     trace = tmp_path / "trace"
     trace.mkdir()
@@ -186,6 +193,7 @@ def test_a_folder_without_steps_is_refused(tmp_path):
         replay(tmp_path, variant())
 
 
+@pytest.mark.slow
 def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
     """--fallback model: a (scripted) model answers where the lost target is; the replay goes on."""
     from PIL import Image
@@ -209,6 +217,7 @@ def test_the_fallback_model_grounds_a_step_whose_target_is_gone(tmp_path):
     assert last.raw == submit and last.target["found"]["coordinate"]["method"] == "model"
 
 
+@pytest.mark.slow
 def test_the_fallback_models_answer_is_checked_by_the_same_evidence(tmp_path):
     """The model points at a button whose own text is not the recorded target's: refused, not clicked."""
     from PIL import Image
@@ -232,6 +241,7 @@ def test_the_fallback_models_answer_is_checked_by_the_same_evidence(tmp_path):
     assert not (out / "workdir" / "form.json").exists()  # Submit was not clicked
 
 
+@pytest.mark.slow
 def test_speed_shortens_recorded_waits(tmp_path):
     trace = tmp_path / "trace"
     trace.mkdir()
@@ -241,6 +251,7 @@ def test_speed_shortens_recorded_waits(tmp_path):
     assert to_json(load_steps(out)[0].action) == {"action": "wait", "time": 0.5}
 
 
+@pytest.mark.slow
 def test_replay_waits_for_a_target_that_is_not_there_yet(tmp_path):
     """No wait_for_window in the setup: the first click comes before the form is drawn, and
     replay waits (bounded) until its target shows instead of clicking the empty desktop."""

@@ -59,6 +59,7 @@ def _inside(px, box, margin=0) -> bool:
 
 # ------------------------------------------------------------------------------ the accessibility tree
 
+@pytest.mark.slow
 def test_the_sandbox_bus_publishes_gtk_widgets_and_an_unnamed_field_is_found_by_its_label(tmp_path):
     with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
         sb.launch(ZENITY)
@@ -105,6 +106,7 @@ def _loop_on_zenity(tmp_path, goal: str, field: str, actions: list, **cfg):
     return end, trace
 
 
+@pytest.mark.slow
 def test_the_agent_loop_records_the_element_from_the_tree_read_while_the_model_decided(tmp_path):
     """`vlagent run`'s loop walks the tree while the model looks at the frame (a web page's walk
     takes 0.2-0.5 s: it must not delay every click) and still records the clicked field and the
@@ -118,6 +120,7 @@ def test_the_agent_loop_records_the_element_from_the_tree_read_while_the_model_d
     assert click_ok.target["a11y"]["name"] == "OK"  # read on the frame the model saw, before the click closed it
 
 
+@pytest.mark.slow
 def test_a_click_whose_evidence_is_still_being_read_is_written_whole_when_the_run_ends_after_it(tmp_path):
     """The OCR of a clicked target overlaps the next model call; a run that ends right after a click
     (here at max_steps) still writes that step, with its evidence, in order, before it returns."""
@@ -135,6 +138,7 @@ def test_a_click_whose_evidence_is_still_being_read_is_written_whole_when_the_ru
     assert all(s["timings"]["step_ms"] >= s["timings"]["exec_ms"] for s in written)
 
 
+@pytest.mark.slow
 def test_look_alike_keys_are_told_apart_by_their_names_in_the_tree(tmp_path):
     with Sandbox(workdir=tmp_path) as sb, atspi.Tree(sb.display) as tree:
         sb.launch(["galculator"])
@@ -186,6 +190,7 @@ def _centre(box) -> tuple[int, int]:
     return box[0] + box[2] // 2, box[1] + box[3] // 2
 
 
+@pytest.mark.slow
 def test_an_unchanged_screen_gives_the_recorded_point_even_for_an_empty_field(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
         boxes = _access(sb, tmp_path)
@@ -197,6 +202,7 @@ def test_an_unchanged_screen_gives_the_recorded_point_even_for_an_empty_field(tm
         assert d.method == "same screen" and d.pixel == point
 
 
+@pytest.mark.slow
 def test_a_moved_window_that_looks_as_recorded_carries_the_point_with_it(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
         boxes = _access(sb, tmp_path)
@@ -210,6 +216,7 @@ def test_a_moved_window_that_looks_as_recorded_carries_the_point_with_it(tmp_pat
     assert d.pixel == (point[0] + win.x - 120, point[1] + win.y - 100)  # the dialog was at +120+100
 
 
+@pytest.mark.slow
 def test_a_button_is_read_by_its_own_text_and_found_by_edges_under_a_dark_theme_with_moved_widgets(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=ROOT) as sb:
         boxes = _access(sb, tmp_path)
@@ -223,6 +230,7 @@ def test_a_button_is_read_by_its_own_text_and_found_by_edges_under_a_dark_theme_
     assert d.detail["own_text"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_radio_buttons_circle_is_found_by_its_label_under_a_dark_theme_and_a_larger_font(tmp_path):
     """The indicator has no text of its own: its label 'South', read on a magnified window crop, and
     the recorded offset from it (scaled with the font) place it."""
@@ -237,6 +245,7 @@ def test_a_radio_buttons_circle_is_found_by_its_label_under_a_dark_theme_and_a_l
     assert d.pixel is not None and _inside(d.pixel, boxes["radio South"]), (d, boxes["radio South"])
 
 
+@pytest.mark.slow
 def test_look_alike_keys_without_a_tree_are_found_by_their_own_text_or_refused(tmp_path):
     """galculator's keys by pixels alone (as on a toolkit without a tree): a key is found on the
     moved window only where its own magnified text reads the same, never on a neighbour."""
@@ -263,6 +272,7 @@ def test_look_alike_keys_without_a_tree_are_found_by_their_own_text_or_refused(t
 
 # ------------------------------------------------------------------------------ record, then replay
 
+@pytest.mark.slow
 def test_a_recording_with_real_input_replays_under_a_dark_theme_clicking_the_same_widgets(tmp_path):
     import yaml
 
@@ -368,6 +378,7 @@ def _order_task(folder: Path, page: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed; .ci/install installs it")
 def test_replay_on_a_changed_page_clicks_what_was_clicked_or_stops(tmp_path):
     """The window looks as recorded but two options swapped places, or the button was relabelled:

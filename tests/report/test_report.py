@@ -145,6 +145,7 @@ def chromium(url: str, *args: str, profile: Path) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(traces, tmp_path):
     if CHROMIUM is None:
         reason = "needs Debian's chromium (apt-get install -y chromium)"
@@ -288,6 +289,7 @@ class _Dom:
         self.text = "".join(self.text)
 
 
+@pytest.mark.slow
 def test_markup_and_script_in_a_trace_stay_text_in_headless_chromium(tmp_path):
     if CHROMIUM is None:
         if os.environ.get("CI"):

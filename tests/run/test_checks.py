@@ -174,6 +174,7 @@ def form_screen(xvfb, tmp_path):
         yield ScreenDesktop(xvfb)
 
 
+@pytest.mark.slow
 def test_screen_and_window_checks(tmp_path, form_screen):
     results = run(tmp_path, [
         {"screen_text": "registration"},  # case-insensitive

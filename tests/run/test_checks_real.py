@@ -156,6 +156,7 @@ def _font(px: int):
         return ImageFont.load_default(size=px)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ground,ink", [
     ("#1e1e1e", "#f0f0f0"),  # light on dark
     ("#2050c0", "white"),  # white on a blue button

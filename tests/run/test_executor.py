@@ -58,6 +58,7 @@ def presses(events):
     ([1000, 1000], (1277, 797)),
     ([0, 1000], (2, 797)),
 ])
+@pytest.mark.slow
 def test_left_click_lands_on_the_mapped_pixel(desktop, echo, coord, pixel):
     outcome, events = run(echo, desktop, act(action="left_click", coordinate=coord))
     assert outcome == Outcome(pixel=pixel)
@@ -120,6 +121,7 @@ def test_key_chord_arrives(desktop, echo):
     assert keys[-1]["keysym"] == "a" and keys[-1]["ctrl"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", ["Zoë – 日本語 ✓", "x<y> (a) & b",
                                   "The quick brown fox jumps over the lazy dog, Zoë said; 0123456789 – done ✓."])
 def test_type_arrives_intact(desktop, echo, text):

@@ -64,6 +64,7 @@ def wait_steps(tmp_path: Path, run: subprocess.Popen) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_kill_9_of_vlagent_leaves_no_process_of_its_sandbox(tmp_path):
     run = start(tmp_path, {"setup": [NOTES]}, [call("wait", time=1)] * 30)
     wait_steps(tmp_path, run)
@@ -105,6 +106,7 @@ def _descends(pid: int, ancestor: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
 def test_a_second_ctrl_c_while_cleaning_up_exits_130(tmp_path, delay):
     run = start(tmp_path, {"setup": [NOTES]}, [call("wait", time=1)] * 30)
@@ -116,6 +118,7 @@ def test_a_second_ctrl_c_while_cleaning_up_exits_130(tmp_path, delay):
     assert run.returncode == 130 and "Traceback" not in err, err[-1500:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup", [[{**NOTES, "wait_for_window": "Never", "timeout_s": 30}], [NOTES, {"sleep": 20}]])
 def test_a_display_killed_during_setup_ends_error(tmp_path, setup):
     """The display dies while setup waits for a window, or sleeps after the app came up (the app then
@@ -177,6 +180,7 @@ class _Surrogate(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_lone_surrogate_from_a_server_ends_invalid_output(tmp_path):
     server = HTTPServer(("127.0.0.1", 0), _Surrogate)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -77,6 +77,7 @@ def test_pixel_budget_downscales_screenshots():
     assert img.width * img.height <= 1280 * 720 and abs(img.width / img.height - 16 / 9) < 0.01
 
 
+@pytest.mark.slow
 def test_backend_budget_count_is_exact_on_the_tiny_qwen3vl():
     """The cheap per-step count (template text + resize arithmetic) equals the processor's real count."""
     from agent.backends import load_backend
@@ -89,6 +90,7 @@ def test_backend_budget_count_is_exact_on_the_tiny_qwen3vl():
     assert backend.fits(msgs, Policy()) and backend.context_budget(Policy()) > backend.prompt_tokens(msgs)
 
 
+@pytest.mark.slow
 def test_backend_encode_with_cached_screenshots_equals_the_processor():
     """encode() preprocesses each screenshot once and reuses it while it stays in the history; its
     tensors must be exactly the processor's own, step after step."""

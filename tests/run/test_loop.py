@@ -96,6 +96,7 @@ def test_rejections_in_a_row_end_as_invalid_output(tmp_path):
     assert decide(end, PASSED) == ("invalid_output", end.reason)
 
 
+@pytest.mark.slow
 def test_a_model_that_outlives_the_deadline_ends_the_run_as_timeout(tmp_path):
     model = QueueModel(CLICK, QueueModel.HANG)
     t0 = time.monotonic()

@@ -47,6 +47,7 @@ def procs_mentioning(text: str) -> list[str]:
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 
+@pytest.mark.slow
 def test_scripted_solution_fills_the_real_form(tmp_path):
     trace = tmp_path / "trace"
     r = vlagent("run", TASK, "--model", f"script:{SCRIPTS / 'fill_form_solution.yaml'}", "--trace", trace)
@@ -64,6 +65,7 @@ def test_scripted_solution_fills_the_real_form(tmp_path):
     assert not display_alive(result.display), "the sandbox display outlived the run"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("galculator"), reason="galculator (GTK) is not installed; .ci/install installs it")
 def test_typing_with_no_window_to_receive_it_is_refused_and_typing_after_a_click_lands(tmp_path):
     """galculator (a Debian GTK app) sits in the top-left corner; with no window manager keys go to
@@ -87,6 +89,7 @@ def test_typing_with_no_window_to_receive_it_is_refused_and_typing_after_a_click
     assert load_result(trace).checks[0].passed
 
 
+@pytest.mark.slow
 def test_wrong_script_exits_1_with_a_complete_trace(tmp_path):
     trace = tmp_path / "trace"
     r = vlagent("run", TASK, "--model", f"script:{SCRIPTS / 'fill_form_wrong.yaml'}", "--trace", trace)
@@ -100,6 +103,7 @@ def test_wrong_script_exits_1_with_a_complete_trace(tmp_path):
     assert to_json(steps[5].action) == {"action": "terminate", "status": "success"}  # claimed, not trusted
 
 
+@pytest.mark.slow
 def test_three_rejected_replies_end_as_invalid_output(tmp_path):
     trace = tmp_path / "trace"
     model = script(tmp_path, ["I think I should click.", reply(action="type", text="sudo rm -rf /"),
@@ -111,6 +115,7 @@ def test_three_rejected_replies_end_as_invalid_output(tmp_path):
     assert [s.action for s in load_steps(trace)] == [None, None, None]
 
 
+@pytest.mark.slow
 def test_script_running_out_ends_as_failed(tmp_path):
     trace = tmp_path / "trace"
     r = vlagent("run", TASK, "--model", script(tmp_path, [reply(action="wait", time=0.1)]), "--trace", trace)
@@ -127,6 +132,7 @@ def test_script_running_out_ends_as_failed(tmp_path):
     ("name: x\ngoal: g\nsuccess: [{screen_text: a, command: b}]\n", "success.0: Value error, a check needs exactly one"),
     ("name: x\ngoal: g\nsetup: [{lanch: [a]}]\n", "setup.0.lanch: Extra inputs are not permitted"),
 ])
+@pytest.mark.slow
 def test_bad_task_file_exits_2_naming_the_field(tmp_path, body, message):
     task = tmp_path / "bad.yaml"
     task.write_text(body)
@@ -142,6 +148,7 @@ def test_usage_errors_exit_2(tmp_path):
     assert r.returncode == 2 and "cannot read script" in r.stderr
 
 
+@pytest.mark.slow
 def test_app_that_crashes_at_start_ends_with_error(tmp_path):
     task = tmp_path / "crash.yaml"
     task.write_text(yaml.safe_dump({
@@ -155,6 +162,7 @@ def test_app_that_crashes_at_start_ends_with_error(tmp_path):
     assert result.status == "error" and "exited with code" in result.reason and "before window" in result.reason
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_run_leaves_no_display_or_app_behind(tmp_path):
     trace = tmp_path / "trace"
     model = script(tmp_path, [reply(action="left_click", coordinate=[352, 205])] + [reply(action="wait", time=2)] * 10)
@@ -174,6 +182,7 @@ def test_ctrl_c_mid_run_leaves_no_display_or_app_behind(tmp_path):
     assert procs_mentioning(str(trace / "workdir")) == []
 
 
+@pytest.mark.slow
 def test_pointer_pushed_into_a_corner_aborts_the_run(tmp_path, xvfb):
     """A person moving the mouse into a corner stops the run (pyautogui's fail-safe, kept armed);
     this also runs on an existing display (--display), as on a live desktop."""
@@ -197,6 +206,7 @@ def test_pointer_pushed_into_a_corner_aborts_the_run(tmp_path, xvfb):
     assert procs_mentioning(str(trace / "workdir")) == [], "the task's app is torn down"
 
 
+@pytest.mark.slow
 def test_tiny_random_model_goes_through_the_real_qwen3vl_path(tmp_path):
     """The tiny random Qwen3-VL checkpoint, loaded by from_pretrained, prompted in the native format,
     decoding constrained by xgrammar: every step yields a schema-valid action; random weights fail."""
@@ -215,6 +225,7 @@ def test_tiny_random_model_goes_through_the_real_qwen3vl_path(tmp_path):
         assert "<tool_call>" in s.raw
 
 
+@pytest.mark.slow
 def test_relative_trace_path_from_another_folder(tmp_path):
     """{workdir} is absolute, so the app (running in the task's folder) writes where checks look."""
     r = subprocess.run([sys.executable, "-m", "agent.cli", "run", str(TASK), "--model",

@@ -153,6 +153,7 @@ ENDINGS = {  # name -> (checks, app crashes after S, status, the reason without 
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", ENDINGS)
 def test_the_same_ending_under_run_replay_and_record(tmp_path, ending):
     checks, crash_after, status, reason = ENDINGS[ending]
@@ -165,6 +166,7 @@ def test_the_same_ending_under_run_replay_and_record(tmp_path, ending):
         assert load_result(tmp_path / driver).status == status
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_aborted_under_run_replay_and_record(tmp_path):
     """(Under record, Ctrl-C *while recording* is how a person stops it; before that it aborts.)"""
     task = _task(tmp_path, [{"command": "true"}], None)

@@ -76,6 +76,7 @@ def form(xvfb, tmp_path):
         yield lambda *args: Form(sb, tmp_path, *args)
 
 
+@pytest.mark.slow
 def test_fixed_layout_never_moves(form):
     # Scripted solutions click fixed 0..1000 coordinates: these pixels are a contract.
     boxes = form().boxes
@@ -86,6 +87,7 @@ def test_fixed_layout_never_moves(form):
         [270, 274], [380, 274], [490, 274], [140, 338], [140, 400]]
 
 
+@pytest.mark.slow
 def test_fill_in_and_submit_writes_json_and_shows_saved(form):
     app = form()
     app.type_into("name", ADA["name"])
@@ -103,6 +105,7 @@ def test_fill_in_and_submit_writes_json_and_shows_saved(form):
     assert "Ada Lovelace" in seen and "ada@example.com" in seen
 
 
+@pytest.mark.slow
 def test_keyboard_only_enter_submits(form):
     app = form()
     app.xdotool("type", "--delay", "5", "Ada Lovelace")  # Name has the focus at start
@@ -112,6 +115,7 @@ def test_keyboard_only_enter_submits(form):
     assert json.loads(_wait_for(app.out).read_text()) == {**ADA, "plan": "Basic", "newsletter": False}
 
 
+@pytest.mark.slow
 def test_validation_shows_an_error_and_writes_nothing(form):
     app = form()
     app.click("submit")
@@ -146,6 +150,7 @@ def next_to(label, field) -> bool:
     return label[0] + label[2] <= field[0] and abs((label[1] + label[3] / 2) - (field[1] + field[3] / 2)) <= 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_layout_seed_moves_widgets_and_form_still_works(form, seed):
     fixed = form().boxes  # an unseeded instance for comparison
@@ -165,6 +170,7 @@ def test_layout_seed_moves_widgets_and_form_still_works(form, seed):
     assert json.loads(_wait_for(app.out).read_text()) == {**ADA, "plan": "Pro", "newsletter": False}
 
 
+@pytest.mark.slow
 def test_seeded_layouts_differ_between_seeds_and_fit_a_small_screen(tmp_path):
     with Xvfb((1024, 768)) as x, Sandbox(display=x.display, workdir=tmp_path, cwd=tmp_path) as sb:
         boxes = [Form(sb, tmp_path, "--layout-seed", str(s)).boxes for s in (3, 4)]

@@ -44,6 +44,7 @@ def launch_form(sb: Sandbox) -> None:
     sb.run_setup([SetupStep(launch=FORM, wait_for_window="Registration")])
 
 
+@pytest.mark.slow
 def test_xvfb_starts_on_a_free_display_and_stops(tmp_path):
     with Xvfb((1024, 768)) as a, Xvfb((640, 480)) as b:
         assert a.display != b.display
@@ -53,6 +54,7 @@ def test_xvfb_starts_on_a_free_display_and_stops(tmp_path):
     assert wait_gone(pids) == []
 
 
+@pytest.mark.slow
 def test_sandbox_teardown_leaves_no_process(tmp_path):
     with Sandbox(screen=(1280, 800), workdir=tmp_path, cwd=tmp_path) as sb:
         launch_form(sb)
@@ -64,6 +66,7 @@ def test_sandbox_teardown_leaves_no_process(tmp_path):
     assert (tmp_path / "app1-sandbox.apps.form.log").exists()
 
 
+@pytest.mark.slow
 def test_teardown_on_exception(tmp_path):
     with pytest.raises(RuntimeError):
         with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
@@ -73,6 +76,7 @@ def test_teardown_on_exception(tmp_path):
     assert wait_gone(pids) == []
 
 
+@pytest.mark.slow
 def test_two_sandboxes_at_once_get_their_own_displays(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     with Sandbox(workdir=tmp_path / "a", cwd=tmp_path) as a, Sandbox(screen=(1024, 768), workdir=tmp_path / "b", cwd=tmp_path) as b:
@@ -83,6 +87,7 @@ def test_two_sandboxes_at_once_get_their_own_displays(tmp_path):
         assert display_size(b.display) == (1024, 768)
 
 
+@pytest.mark.slow
 def test_existing_display_is_used_not_started_nor_stopped(xvfb, tmp_path):
     with Sandbox(display=xvfb, workdir=tmp_path, cwd=tmp_path) as sb:
         assert sb.xvfb is None and sb.display == xvfb
@@ -99,6 +104,7 @@ def test_unreachable_display_is_one_clear_error(tmp_path):
             pass
 
 
+@pytest.mark.slow
 def test_app_crashing_at_start_fails_fast_with_its_exit_code(tmp_path):
     # The window timeout is long: only the crash detection can end this test quickly.
     step = SetupStep(launch=[*CRASH, "--code", "7"], wait_for_window="Crash", timeout_s=600)
@@ -111,6 +117,7 @@ def test_app_crashing_at_start_fails_fast_with_its_exit_code(tmp_path):
     assert "\n" not in msg
 
 
+@pytest.mark.slow
 def test_check_apps_reports_an_app_that_dies_later(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
         sb.run_setup([SetupStep(launch=[*CRASH, "--after", "0.5"], wait_for_window="^Crash$")])
@@ -122,6 +129,7 @@ def test_check_apps_reports_an_app_that_dies_later(tmp_path):
                 time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_app_that_exits_cleanly_is_not_a_crash(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
         app = sb.launch([sys.executable, "-c", "pass"])
@@ -131,6 +139,7 @@ def test_app_that_exits_cleanly_is_not_a_crash(tmp_path):
             sb.wait_for_window("Nope", timeout_s=0.3)
 
 
+@pytest.mark.slow
 def test_run_step_failure_names_command_and_stderr(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
         sb.run_setup([SetupStep(run=["sh", "-c", "echo ok > done.txt"])])  # cwd: the task folder
@@ -143,6 +152,7 @@ def test_run_step_failure_names_command_and_stderr(tmp_path):
             sb.run_setup([SetupStep(launch=["no-such-program-xyz"])])
 
 
+@pytest.mark.slow
 def test_setup_placeholders_and_display(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
         sb.run_setup([SetupStep(run=["{python}", "-c",
@@ -167,6 +177,7 @@ with Sandbox(workdir=wd, cwd=wd) as sb:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "sigkill"])
 def test_interrupted_run_leaves_nothing_behind(tmp_path, sig):
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -184,6 +195,7 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path, sig):
     assert wait_gone([pids["xvfb"], pids["app"]]) == []
 
 
+@pytest.mark.slow
 def test_teardown_asks_apps_to_terminate_before_killing(tmp_path):
     # SIGTERM first (an app may save state), SIGKILL only after a grace period.
     trap = 'trap "echo term > term.txt; exit 0" TERM; touch ready; while :; do sleep 0.05; done'
@@ -204,6 +216,7 @@ def test_bench_sandbox_with_form_app(benchmark, tmp_path):
     assert benchmark.pedantic(cycle, rounds=5, iterations=1).startswith(":")
 
 
+@pytest.mark.slow
 def test_crash_on_click_is_reported(tmp_path):
     with Sandbox(workdir=tmp_path, cwd=tmp_path) as sb:
         sb.run_setup([SetupStep(launch=[*CRASH, "--on-click", "--code", "5"], wait_for_window="^Crash$")])

@@ -52,6 +52,7 @@ def conversation(seed: int, steps: int) -> list[dict]:
                           load_image=lambda s: shots[int(s.screenshot)])
 
 
+@pytest.mark.slow
 def test_replies_are_the_same_alone_concurrent_and_local(server):
     """Five agents (more than the three regions: some wait) at different points of their episodes:
     each gets, sent together, the reply it gets alone, which is also what `vlagent run` computes
@@ -98,6 +99,7 @@ def wire(chat: list[dict]) -> list[dict]:
     return to_openai_messages(chat, QWEN3_VL_IMAGE)
 
 
+@pytest.mark.slow
 def test_the_next_step_reuses_its_conversations_prefix(server):
     """Step 2 of an episode prefills only what step 1 did not have, even with other agents in between."""
     schema = {"type": "json_schema", "json_schema": {"name": "computer_use", "schema": reply_schema(Policy(FILL_FORM))}}

@@ -109,6 +109,7 @@ def test_parse_shard_accepts():
 
 # ---------------------------------------------------------------- the scheduler
 
+@pytest.mark.slow
 def test_suite_runs_items_and_fails_only_the_bad_ones(tmp_path):
     suite = tmp_path / "s"
     suite.mkdir()
@@ -130,6 +131,7 @@ def test_suite_runs_items_and_fails_only_the_bad_ones(tmp_path):
     assert alive_with(token) == []  # the SIGTERM-proof child and its setsid grandchild are gone
 
 
+@pytest.mark.slow
 def test_retries_rerun_failures_and_keep_the_last_attempt(tmp_path):
     suite = tmp_path / "s"
     suite.mkdir()

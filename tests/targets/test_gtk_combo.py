@@ -12,7 +12,7 @@ from agent.desktop.x11 import HOLD_S, X11Desktop
 from sandbox.session import Sandbox
 from sandbox.windows import list_windows
 
-pytestmark = pytest.mark.skipif(shutil.which("zenity") is None, reason="zenity (GTK) is not installed; .ci/install installs it")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("zenity") is None, reason="zenity (GTK) is not installed; .ci/install installs it")]
 
 
 def _mapped_popups(display: str) -> int:

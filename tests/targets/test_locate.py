@@ -59,6 +59,7 @@ def _click_point(boxes, widget):
 WIDGETS = ("name", "email", "plan_pro", "plan_team", "newsletter", "submit")
 
 
+@pytest.mark.slow
 def test_evidence_is_json_with_patch_context_anchors_text_and_window(screens):
     image, windows, boxes = screens["fixed"]
     ev = describe_target(image, _click_point(boxes, "email"), windows)
@@ -76,6 +77,7 @@ def test_windows_are_listed_with_their_geometry(screens):
     assert len(reg) == 1 and (reg[0].x, reg[0].y, reg[0].width, reg[0].height) == tuple(boxes["window"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("screen", ["fixed", "seed3", "seed7", "small"])
 def test_every_widget_is_found_again_where_it_moved(screens, screen):
     image0, windows0, boxes0 = screens["fixed"]
@@ -88,6 +90,7 @@ def test_every_widget_is_found_again_where_it_moved(screens, screen):
         assert match.score >= 0.62
 
 
+@pytest.mark.slow
 def test_a_different_dpi_is_matched_across_scales(screens):
     image0, windows0, boxes0 = screens["fixed"]
     ev = describe_target(image0, _centre(boxes0["submit"]), windows0)
@@ -124,6 +127,7 @@ def test_two_equally_good_places_are_reported_as_ambiguous(screens):
     assert _inside(find_target(ev, twice, windows).pixel, boxes["email"])
 
 
+@pytest.mark.slow
 def test_a_target_that_is_not_on_screen_is_not_found(screens):
     image, windows, boxes = screens["fixed"]
     ev = describe_target(image, _centre(boxes["submit"]), windows)
@@ -133,6 +137,7 @@ def test_a_target_that_is_not_on_screen_is_not_found(screens):
     assert "'Submit' not found" in found.reason
 
 
+@pytest.mark.slow
 def test_when_no_image_matches_the_text_at_the_target_is_found_by_ocr(screens):
     """A restyled button (here: its images replaced by noise) is still found by its text."""
     import numpy as np
