@@ -314,16 +314,65 @@ class Span:
     escape: int | None = None
 
 
-class SpanMatcher:
-    """xgrammar's GrammarMatcher for a grammar whose free text is `x*`, plus the spans' length
-    bounds: a repetition range `x{0,n}` over Qwen's vocabulary compiles for 20 s; this bounds it
-    while decoding. Inside a span only short tokens are offered; at the bound, only tokens that
-    begin with the span's closing byte (the grammar then decides what follows)."""
+class _Bounded:
+    """xgrammar's GrammarMatcher plus a length bound kept while decoding (a repetition or maxLength in
+    the grammar compiles for seconds over Qwen's vocabulary). Same methods as the GrammarMatcher an
+    engine uses. A subclass follows the reply's bytes (_advance), says which tokens its bound leaves
+    (_mask: a bitmask row, or None for the grammar's own), whether the text so far is within it, and
+    whether the grammar's forced text may be jumped over (not inside bounded text)."""
+
+    def __init__(self, matcher, limit: TextLimit | None):
+        self._m = matcher
+        self._limit = limit
+
+    def _advance(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _mask(self):
+        return None
+
+    def _within(self) -> bool:
+        return True
+
+    def _in_bounded_text(self) -> bool:
+        return False
+
+    def accept_token(self, token_id: int) -> bool:
+        ok = self._m.accept_token(token_id)
+        if ok and self._limit is not None:
+            self._advance(self._limit.token_bytes[token_id])
+        return ok and self._within()
+
+    def accept_string(self, text: str) -> bool:
+        ok = self._m.accept_string(text)
+        if ok:
+            self._advance(text.encode())
+        return ok and self._within()
+
+    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
+        need = self._m.fill_next_token_bitmask(bitmask, index)
+        mask = self._mask() if self._limit is not None else None
+        if mask is not None:
+            bitmask[index] &= mask
+            need = True
+        return need
+
+    def is_terminated(self) -> bool:
+        return self._m.is_terminated()
+
+    def find_jump_forward_string(self) -> str:
+        return "" if self._in_bounded_text() else self._m.find_jump_forward_string()
+
+
+class SpanMatcher(_Bounded):
+    """A grammar whose free text is `x*`, plus the spans' length bounds: a repetition range `x{0,n}`
+    over Qwen's vocabulary compiles for 20 s; this bounds it while decoding. Inside a span only short
+    tokens are offered; at the bound, only tokens that begin with the span's closing byte (the
+    grammar then decides what follows)."""
 
     def __init__(self, matcher, spans: tuple[Span, ...], limit: TextLimit):
-        self._m = matcher
+        super().__init__(matcher, limit)
         self.spans = spans
-        self._limit = limit
         self._tail = b""
         self.span: Span | None = None
         self.chars = 0
@@ -350,43 +399,23 @@ class SpanMatcher:
                     self.span, self.chars, self.escaped, self._tail = cand, 0, False, b""
                     break
 
-    def accept_token(self, token_id: int) -> bool:
-        ok = self._m.accept_token(token_id)
-        if ok:
-            self._advance(self._limit.token_bytes[token_id])
-        return ok
-
-    def accept_string(self, text: str) -> bool:
-        ok = self._m.accept_string(text)
-        if ok:
-            self._advance(text.encode())
-        return ok
-
-    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
-        need = self._m.fill_next_token_bitmask(bitmask, index)
+    def _mask(self):
         sp = self.span
-        if sp is not None:
-            at_bound = self.chars >= sp.max_chars and not self.escaped
-            bitmask[index] &= self._limit.starting_with(sp.closes) if at_bound else self._limit.short(SPAN_TOKEN_CHARS)
-            need = True
-        return need
+        if sp is None:
+            return None
+        at_bound = self.chars >= sp.max_chars and not self.escaped
+        return self._limit.starting_with(sp.closes) if at_bound else self._limit.short(SPAN_TOKEN_CHARS)
 
-    def is_terminated(self) -> bool:
-        return self._m.is_terminated()
-
-    def find_jump_forward_string(self) -> str:
-        return "" if self.span is not None else self._m.find_jump_forward_string()
+    def _in_bounded_text(self) -> bool:
+        return self.span is not None
 
 
-class ReplyMatcher:
-    """xgrammar's GrammarMatcher for one reply, plus the text length bound (see the module doc).
-    Same methods as the GrammarMatcher an engine uses: fill_next_token_bitmask, accept_token,
-    accept_string, is_terminated."""
+class ReplyMatcher(_Bounded):
+    """One action reply, plus the bound on its typed text (see the module doc)."""
 
     def __init__(self, matcher, max_text_len: int, limit: TextLimit | None = None):
-        self._m = matcher
+        super().__init__(matcher, limit)
         self.max_text_len = max_text_len
-        self._limit = limit
         self._tail = b""  # last bytes before the text starts, to spot TEXT_KEY
         self.in_text = self.text_done = False
         self.escaped = False
@@ -408,43 +437,25 @@ class ReplyMatcher:
         if closed:
             self.in_text, self.text_done = False, True  # one text per reply
 
-    def accept_token(self, token_id: int) -> bool:
-        ok = self._m.accept_token(token_id)
-        if ok and self._limit is not None:
-            self._advance(self._limit.token_bytes[token_id])
-        return ok and self.text_len <= self.max_text_len
+    def _within(self) -> bool:
+        return self.text_len <= self.max_text_len
 
-    def accept_string(self, text: str) -> bool:
-        ok = self._m.accept_string(text)
-        if ok:
-            self._advance(text.encode())
-        return ok and self.text_len <= self.max_text_len
+    def _mask(self):
+        return self._limit.allowed(self.escaped, self.max_text_len - self.text_len) if self.in_text else None
 
-    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
-        need = self._m.fill_next_token_bitmask(bitmask, index)
-        if self.in_text and self._limit is not None:
-            bitmask[index] &= self._limit.allowed(self.escaped, self.max_text_len - self.text_len)
-            need = True
-        return need
-
-    def is_terminated(self) -> bool:
-        return self._m.is_terminated()
-
-    def find_jump_forward_string(self) -> str:
-        """The text the grammar forces next ('' inside the text, where ReplyMatcher's bound applies)."""
-        return "" if self.in_text else self._m.find_jump_forward_string()
+    def _in_bounded_text(self) -> bool:
+        return self.in_text
 
 
-class JsonMatcher:
-    """xgrammar's GrammarMatcher of a JSON schema, plus one length bound for every string value
-    (keys are the schema's own): inside a value, the tokens that would carry it past `max_chars`
-    characters are masked (TextLimit's tables), so the grammar compiles in milliseconds instead of
-    the seconds a maxLength costs. Follows the reply's bytes: containers, keys, strings, escapes."""
+class JsonMatcher(_Bounded):
+    """A JSON schema's grammar, plus one length bound for every string value (keys are the schema's
+    own): inside a value, the tokens that would carry it past `max_chars` characters are masked
+    (TextLimit's tables), so the grammar compiles in milliseconds instead of the seconds a maxLength
+    costs. Follows the reply's bytes: containers, keys, strings, escapes."""
 
     def __init__(self, matcher, max_chars: int, limit: TextLimit):
-        self._m = matcher
+        super().__init__(matcher, limit)
         self.max_chars = max_chars
-        self._limit = limit
         self._stack: list[int] = []  # "{" or "[" bytes
         self._expect_key = False
         self.in_string = self.is_key = self.escaped = False
@@ -478,30 +489,14 @@ class JsonMatcher:
                 self.is_key = self._expect_key
             i += 1
 
-    def accept_token(self, token_id: int) -> bool:
-        ok = self._m.accept_token(token_id)
-        if ok:
-            self._advance(self._limit.token_bytes[token_id])
-        return ok and (not self.in_string or self.is_key or self.chars <= self.max_chars)
+    def _in_bounded_text(self) -> bool:
+        return self.in_string and not self.is_key
 
-    def accept_string(self, text: str) -> bool:
-        ok = self._m.accept_string(text)
-        if ok:
-            self._advance(text.encode())
-        return ok
+    def _within(self) -> bool:
+        return not self._in_bounded_text() or self.chars <= self.max_chars
 
-    def fill_next_token_bitmask(self, bitmask, index: int = 0) -> bool:
-        need = self._m.fill_next_token_bitmask(bitmask, index)
-        if self.in_string and not self.is_key:
-            bitmask[index] &= self._limit.allowed(self.escaped, self.max_chars - self.chars)
-            need = True
-        return need
-
-    def is_terminated(self) -> bool:
-        return self._m.is_terminated()
-
-    def find_jump_forward_string(self) -> str:
-        return "" if self.in_string and not self.is_key else self._m.find_jump_forward_string()
+    def _mask(self):
+        return self._limit.allowed(self.escaped, self.max_chars - self.chars) if self._in_bounded_text() else None
 
 
 def _closing_quote(data: bytes, escaped: bool) -> int:

@@ -13,7 +13,7 @@ client's retry waits), open connections (uvicorn's 503).
 
 A conversation is `X-Vlagent-Conversation` (a random id the client keeps for one agent's run),
 else the connection it comes on (an agent keeps its connection); with a key it is also bound to the
-key. Only a conversation's own earlier requests are reused (server.PrivateBatcher).
+key. Only a conversation's own earlier requests are reused (batch.Batcher's private rule).
 """
 from __future__ import annotations
 

@@ -58,9 +58,11 @@ class Row:
 
 class Batcher:
     def __init__(self, model, agents: int, context: int, *, vision_cache: int | None = None,
-                 graphs: bool | None = None, options=None):
+                 graphs: bool | None = None, options=None, private: bool = False):
+        """private: a region is reused only by the conversation (`client`) that filled it (pick)."""
         import torch
 
+        self.private = private
         self.torch = torch
         if agents < 1 or context < KV_BUCKET or context % KV_BUCKET:
             raise VlagentError(f"need at least one agent and a context of whole {KV_BUCKET}-token blocks, got {context}")
@@ -132,19 +134,28 @@ class Batcher:
         same agent, also after its history evicted screenshots and the prefix got short); else one
         whose conversation the prompt continues (the longest prefix reaching past the region's first
         image: agents share the system prompt, which alone must not take another agent's region);
-        else an empty one; else the least recently used."""
+        else an empty one; else the least recently used.
+
+        A private batcher skips the second rule and empties a region it takes from another
+        conversation (its KV overwritten, never read): reusing another conversation's prefix would
+        tell a client, through `cached_tokens` and the time saved, how much of another agent's prompt
+        it guessed."""
         free = [r for r in self.regions if not r.busy]
         if not free:
             return None
         own = [r for r in free if client is not None and r.client == client]
         if own:
             return own[0]
-        scored = [(self.prefix(r, ids, keys), r) for r in free if r.state.ids]
-        continued = [(m, r) for m, r in scored if m > self._anchor(r)]
-        if continued:
-            return max(continued, key=lambda mr: mr[0])[1]
-        empty = [r for r in free if not r.state.ids]
-        return empty[0] if empty else min(free, key=lambda r: r.used)
+        if not self.private:
+            scored = [(self.prefix(r, ids, keys), r) for r in free if r.state.ids]
+            continued = [(m, r) for m, r in scored if m > self._anchor(r)]
+            if continued:
+                return max(continued, key=lambda mr: mr[0])[1]
+        empty = [r for r in free if r.empty]
+        region = empty[0] if empty else min(free, key=lambda r: r.used)
+        if self.private:
+            region.clear()
+        return region
 
     def _anchor(self, r: Region) -> int:
         """Where a region's own conversation starts to differ from others': its first image."""

@@ -15,7 +15,7 @@ an agent's KV region (400), a schema other than vlagent's (400), another model n
 over the pixel bound (413).
 
 Conversations are private: a request reuses KV only from the region its own conversation filled
-(`PrivateBatcher`), so its `cached_tokens` and its time say nothing about another client's prompt.
+(`Batcher(private=True)`), so its `cached_tokens` and its time say nothing about another client's prompt.
 """
 from __future__ import annotations
 
@@ -87,27 +87,6 @@ def check_fits(model, agents: int, context: int, screen, history: int):
     return p
 
 
-class PrivateBatcher(Batcher):
-    """The engine's batcher with one rule changed: a region is reused only by the conversation that
-    filled it. Batcher.pick also hands a request the region of another conversation its prompt
-    continues, and the prefill then reuses that conversation's KV: `cached_tokens` (and the time
-    saved) would tell a client how much of another agent's prompt it guessed. Here a request takes
-    its own conversation's region, else an empty one, else the least recently used, and a region
-    taken from another conversation is emptied first (its KV is overwritten, never read)."""
-
-    def pick(self, ids, keys, client=None):
-        free = [r for r in self.regions if not r.busy]
-        if not free:
-            return None
-        own = [r for r in free if client is not None and r.client == client]
-        if own:
-            return own[0]
-        empty = [r for r in free if r.empty]
-        region = empty[0] if empty else min(free, key=lambda r: r.used)
-        region.clear()
-        return region
-
-
 class ServedModel:
     """The model, its processor and grammar, the batcher and the scheduler: what the handler calls."""
 
@@ -128,7 +107,7 @@ class ServedModel:
             raise VlagentError("vlagent serve needs xgrammar: replies must follow the policy's grammar")
         self.plan = check_fits(self.backend.model, agents, context, screen, history)
         self.max_image_pixels = max_image_pixels
-        self.batcher = PrivateBatcher(self.backend.model, agents, context, vision_cache=agents * vision_per_agent(history),
+        self.batcher = Batcher(self.backend.model, agents, context, private=True, vision_cache=agents * vision_per_agent(history),
                                graphs=graphs)
         self.batcher.warmup()
         if self.plan is not None:  # the plan is for serving: loading and fusing the weights peak higher, once
