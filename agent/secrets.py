@@ -54,6 +54,21 @@ def register(name: str, value: str) -> None:
         _rebuild()
 
 
+def snapshot() -> tuple:
+    """The registry as it is (it is process-wide: tests restore it after each test)."""
+    return dict(_values), dict(_vars), mask_screens
+
+
+def restore(state: tuple) -> None:
+    global mask_screens
+    values, variables, mask_screens = state
+    _values.clear()
+    _values.update(values)
+    _vars.clear()
+    _vars.update(variables)
+    _rebuild()
+
+
 def declare(task) -> None:
     """Register the values of a task's secrets (those set in the environment) and its masking choice."""
     global mask_screens

@@ -33,3 +33,13 @@ def _the_quick_tier_starts_no_display(request, monkeypatch):
     def refuse(self):
         pytest.fail("this test starts a display: mark it @pytest.mark.slow (the quick tier starts none)")
     monkeypatch.setattr(Xvfb, "start", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _secrets_are_per_test():
+    """The secrets registry is process-wide: a value one test registers must not redact another's."""
+    from agent import secrets
+
+    state = secrets.snapshot()
+    yield
+    secrets.restore(state)

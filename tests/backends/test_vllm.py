@@ -71,9 +71,22 @@ def servers(tmp_path_factory):
     holder.stop()
 
 
-def vlagent_run(server, trace: Path, *extra: str) -> list[str]:
-    return [*VLAGENT, "run", str(TASK), "--backend", "openai", "--base-url", server.base_url,
+def vlagent_run(server, trace: Path, *extra: str, task: Path = TASK) -> list[str]:
+    return [*VLAGENT, "run", str(task), "--backend", "openai", "--base-url", server.base_url,
             "--model", server.model, "--trace", str(trace), "--json", *extra]
+
+
+def endless_task(folder: Path, name: str = "fill_form") -> Path:
+    """The form task with no way to finish (no terminate, no answer), so that a random model is still
+    at work when the server dies, whatever its weights answer."""
+    import yaml
+
+    task = yaml.safe_load(TASK.read_text())
+    task.update(name=name, max_steps=200, timeout_s=600,
+                allow={"actions": ["left_click", "type", "key", "wait", "mouse_move", "scroll"]})
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(task))
+    return path
 
 
 def steps(trace: Path) -> list[dict]:
@@ -171,7 +184,7 @@ def test_killed_server_ends_the_run_with_error(servers, tmp_path):
     """SIGKILL the server while `vlagent run` is mid-task: status error, a clear reason, no hang."""
     server = servers.get()
     trace = tmp_path / "trace"
-    proc = subprocess.Popen(vlagent_run(server, trace, "--max-steps", "200", "--timeout", "600"),
+    proc = subprocess.Popen(vlagent_run(server, trace, task=endless_task(tmp_path)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         deadline = time.monotonic() + FIRST_STEP_LIMIT_S
@@ -198,15 +211,11 @@ def test_killed_server_ends_the_run_with_error(servers, tmp_path):
 def test_killed_server_ends_every_running_suite_task_with_error(servers, tmp_path):
     """`vlagent suite --workers 2` against the server, killed while both agents run: every task
     ends with status error and the reason, and the suite exits."""
-    import yaml
-
     server = servers.get()
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     for name in ("form_a", "form_b"):
-        task = yaml.safe_load(TASK.read_text())
-        task.update(name=name, max_steps=200, timeout_s=600)
-        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(task))
+        endless_task(tasks, name)
     out = tmp_path / "out"
     cmd = [*VLAGENT, "suite", str(tasks), "--workers", "2", "--backend", "openai", "--base-url", server.base_url,
            "--model", server.model, "--out", str(out)]

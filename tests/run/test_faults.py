@@ -198,7 +198,7 @@ def test_model_backend_never_answers(faults):
 DRIVER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[3])
+    sys.path[:0] = [sys.argv[3], str(Path(sys.argv[3]).parent)]  # this test's folder, and tests/ (processes.py)
     from test_faults import runner_command
     from agent.suite.runner import Options, discover, run_suite
     _, items = discover([sys.argv[1]])
@@ -221,7 +221,7 @@ def test_ctrl_c_on_the_whole_suite(tmp_path):
     token = uuid.uuid4().hex
     env = {**os.environ, "TEST_TOKEN": token, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(suite), str(tmp_path / "out"),
-                             str(Path(__file__).resolve().parents[1]), str(tmp_path / "runner.py")],
+                             str(Path(__file__).resolve().parent), str(tmp_path / "runner.py")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     traces = [tmp_path / "out" / "traces" / n / "steps.jsonl" for n in ("long_a", "long_b")]
     deadline = time.monotonic() + 60
@@ -255,7 +255,7 @@ def test_suite_killed_outright_takes_its_runs_down(tmp_path):
     token = uuid.uuid4().hex
     env = {**os.environ, "TEST_TOKEN": token, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(suite), str(tmp_path / "out"),
-                             str(Path(__file__).resolve().parents[1]), str(tmp_path / "runner.py")],
+                             str(Path(__file__).resolve().parent), str(tmp_path / "runner.py")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     traces = [tmp_path / "out" / "traces" / n for n in ("long_a", "long_b")]
     deadline = time.monotonic() + 60
