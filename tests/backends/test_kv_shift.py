@@ -13,12 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration  # noqa: E402
 
-from agent.backends.engine import Engine, EngineImage  # noqa: E402
+from agent.backends.engine import Engine  # noqa: E402
+from test_engine import IMAGE, MERGE, PATCH, VEND, VSTART, image, text  # noqa: E402,F401 (the small model's inputs)
 
 pytestmark = pytest.mark.slow  # starts displays, apps or models
-
-IMAGE, VSTART, VEND = 500, 501, 502
-PATCH, MERGE = 16, 2
 
 
 def model_of(layers: int, seed: int = 0):
@@ -38,17 +36,6 @@ def model_of(layers: int, seed: int = 0):
     with torch.no_grad():
         model.lm_head.weight.mul_(50)
     return model
-
-
-def image(seed: int, h: int = 4, w: int = 6) -> EngineImage:
-    g = torch.Generator().manual_seed(seed)
-    grid = (1, h * MERGE, w * MERGE)
-    return EngineImage(torch.randn(grid[1] * grid[2], 3 * 2 * PATCH * PATCH, generator=g), grid)
-
-
-def text(seed: int, n: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 400, (n,), generator=g).tolist()
 
 
 def prompt(first: int, last: int, history_lines: int, extra: int = 0):
