@@ -2,15 +2,17 @@
 (`vlagent run TASK --model script:REPLIES`): recorded cold, then re-run from the cache unchanged and
 perturbed, each run's result read from the app itself.
 
-    python benchmarks/bench_flow_real.py [--apps chromium,zenity,galculator] [--variants cached,moved]
+    python benchmarks/bench_flow_real.py [--apps chromium,zenity,galculator,yad,tk-form] [--variants cached,moved]
                                          [--json benchmarks/results/flow_real.json]
 
 Apps and flows (tests/scripts/flows/): Chromium showing a local order page (an act and three grounded
 clicks; the page's title says what was ordered and how often), zenity --forms (two acts, a drop-down
 and its item, OK; zenity prints the values), galculator (the keys 7 * 6 =; its display is read by
-OCR on a crop). Variants, all with `--cache read-only` on the cache the cold run recorded:
+OCR on a crop), yad --form (two acts, a checkbox, OK; yad prints the values), our Tk registration form
+(no accessibility tree: pixels only; two acts, a radio button, a checkbox, Submit; it writes form.json).
+Variants, all with `--cache read-only` on the cache the cold run recorded:
 cached (unchanged), moved (xdotool windowmove), stretched (moved, 30% larger), screen (1024x768), dark (Adwaita:dark, --force-dark-mode), font
-(GDK_DPI_SCALE=1.3), and changed apps: the order page's button relabelled "Buy now", its shipping
+(GDK_DPI_SCALE=1.3, Chromium's --force-device-scale-factor=1.3; the Tk form has neither), and changed apps: the order page's button relabelled "Buy now", its shipping
 options swapped; zenity's Name and City fields swapped, its drop-down values reversed.
 The scripted model answers right for the variant (coordinates moved with the window, swapped with
 the widgets), so a healed step shows what the flow does when it asks the model.
@@ -65,16 +67,22 @@ APPS = {
     "chromium": {"flow": "chromium_order_flow", "title": "^Order", "at": (60, 40)},
     "zenity": {"flow": "zenity_shipping_flow", "title": "^Shipping$", "at": (514, 299)},
     "galculator": {"flow": "galculator_flow", "title": "^galculator$", "at": (0, 0)},
+    "yad": {"flow": "yad_contact_flow", "title": "^Contact$", "at": (0, 0)},
+    "tk-form": {"flow": "tk_form_flow", "title": "^Registration$", "at": (100, 60)},
 }
-MOVED_TO = {"chromium": (400, 200), "zenity": (120, 90), "galculator": (300, 160)}
+MOVED_TO = {"chromium": (400, 200), "zenity": (120, 90), "galculator": (300, 160), "yad": (260, 140),
+            "tk-form": (400, 200)}
+EXPECTED = {"chromium": "Order placed - Ordered: Ada, Express, gift", "zenity": "Ada|Paris|high", "galculator": "42",
+            "yad": "Ada|ada@example.com|TRUE|Basic|",
+            "tk-form": '{"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": true}'}
+NO_THEMES = ("tk-form",)  # our Tk form has no dark theme or font option
 
 
 def variant(app: str, name: str, task: dict, folder: Path):
     """(the task edited for the variant, a function moving a recorded click's pixel, the expected
     result) or None when the variant does not apply to the app."""
     same = lambda p: p  # noqa: E731
-    expected = {"chromium": "Order placed - Ordered: Ada, Express, gift", "zenity": "Ada|Paris|high",
-                "galculator": "42"}[app]
+    expected = EXPECTED[app]
     if name in ("cold", "cached"):
         return task, same, expected
     if name == "moved":
@@ -90,10 +98,12 @@ def variant(app: str, name: str, task: dict, folder: Path):
     if name == "screen":  # a 1024x768 screen: windows where they were (zenity centred anew)
         task["screen"] = {"width": 1024, "height": 768}
         return task, None, expected  # (layout unknown: the model's clicks are not moved)
+    if name in ("dark", "font") and app in NO_THEMES:
+        return None
     if name == "dark":
         return _launch_env(task, ["GTK_THEME=Adwaita:dark"], ["--force-dark-mode", "--enable-features=WebContentsForceDark"]), same, expected
-    if name == "font" and app != "chromium":
-        return _launch_env(task, ["GDK_DPI_SCALE=1.3"], []), None, expected  # (layout unknown: no heal replies)
+    if name == "font":  # (layout unknown: no heal replies)
+        return _launch_env(task, ["GDK_DPI_SCALE=1.3"], ["--force-device-scale-factor=1.3"]), None, expected
     if app == "chromium" and name in ("relabelled", "swapped", "inserted"):
         page = (folder / "order.html").read_text()
         if name == "inserted":  # a new first row: every widget lower by the row's height (48 px)
@@ -139,8 +149,8 @@ def _replies(folder: Path, flow: str, move, out: Path) -> Path:
 
 def _app_result(app: str, trace: Path, result: dict) -> str:
     """What the app itself says it did."""
-    if app == "zenity":
-        out = trace / "workdir" / "zenity.out"
+    if app in ("zenity", "yad", "tk-form"):
+        out = trace / "workdir" / {"zenity": "zenity.out", "yad": "yad.out", "tk-form": "form.json"}[app]
         return out.read_text().strip() if out.exists() else ""
     if app == "chromium":
         detail = " ".join(c.get("detail", "") for c in result.get("checks", []))
@@ -210,7 +220,7 @@ def main() -> None:
     out = args.keep or Path(tempfile.mkdtemp(prefix="bench-flow-real-"))
     cases = []
     for app in args.apps.split(","):
-        if not shutil.which(app):
+        if app in APPS and not APPS[app]["flow"].startswith("tk_") and not shutil.which(app):
             print(f"{app}: not installed, skipped")
             continue
         folder = out / f"{app}-task"

@@ -1,5 +1,5 @@
 """QA flows and their action cache on real apps from Debian packages: Chromium showing a local order
-page, zenity's forms dialog (GTK 3), galculator (GTK 3). Real Xvfb, the apps' own accessibility bus,
+page, zenity's forms dialog (GTK 3), galculator (GTK 3), yad's form (GTK 3); and our Tk form (no tree). Real Xvfb, the apps' own accessibility bus,
 real input; the scripted model answers each step (tests/scripts/flows/). What the app itself did
 decides: the page's title says what was ordered and how many times, zenity prints the values, the
 galculator's display is read.
@@ -283,3 +283,41 @@ def test_galculator_look_alike_keys_replay_without_the_model_also_moved(recorded
     again = run(moved, script, tmp_path / "moved")
     assert again.status == "success", why(again)
     assert caches(again) == ["hit"] * 4 and again.model_calls == 0
+
+
+# ------------------------------------------------------------------------------------------ yad, our Tk form
+
+YAD = "yad_contact_flow"
+TK_FORM = "tk_form_flow"
+
+
+def workdir_text(trace: Path, name: str) -> str:
+    out = trace / "workdir" / name
+    return out.read_text().strip() if out.exists() else ""
+
+
+@needs("yad")
+def test_yad_cached_rerun_in_the_dark_theme_makes_no_model_call(recorded, tmp_path):
+    """A cache recorded in the light theme replays in Adwaita:dark: every target found, no model call."""
+    folder = copy(recorded(YAD), tmp_path)
+
+    def dark(task):
+        launch = task["setup"][0]["launch"]
+        launch[2] = launch[2].replace("exec env ", "exec env GTK_THEME=Adwaita:dark ", 1)
+    task, script = variant(folder, YAD, "dark", dark)
+    result = run(task, script, tmp_path / "dark")
+    assert result.status == "success", why(result)
+    assert caches(result) == ["hit"] * 4 and result.model_calls == 0, why(result)
+    assert workdir_text(tmp_path / "dark", "yad.out") == "Ada|ada@example.com|TRUE|Basic|"
+
+
+def test_tk_form_without_a_tree_replays_from_pixels_also_moved(recorded, tmp_path):
+    """Our Tk form publishes no accessibility tree: the cache re-finds its widgets by their pixels,
+    unchanged and with the window moved."""
+    folder = copy(recorded(TK_FORM), tmp_path)
+    saved = '{"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": true}'
+    moved, script = variant(folder, TK_FORM, "moved", lambda t: move(t, "^Registration$", 400, 200))
+    result = run(moved, script, tmp_path / "moved")
+    assert result.status == "success", why(result)
+    assert caches(result) == ["hit"] * 5 and result.model_calls == 0, why(result)
+    assert workdir_text(tmp_path / "moved", "form.json") == saved
