@@ -180,27 +180,33 @@ def test_bench_four_concurrent_step_requests(servers, benchmark):
     assert len(replies) == 4 and all(policy.check(parse_action(r)) for r in replies)
 
 
-def test_killed_server_ends_the_run_with_error(servers, tmp_path):
-    """SIGKILL the server while `vlagent run` is mid-task: status error, a clear reason, no hang."""
-    server = servers.get()
-    trace = tmp_path / "trace"
-    proc = subprocess.Popen(vlagent_run(server, trace, task=endless_task(tmp_path)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def kill_server_once(server, proc: subprocess.Popen, ready, why: str) -> tuple[str, str]:
+    """Kill the server once ready() holds, then wait for proc's (stdout, stderr). Whatever fails, proc
+    is stopped: SIGTERM first, so that vlagent tears its sandboxes down."""
     try:
         deadline = time.monotonic() + FIRST_STEP_LIMIT_S
-        while not steps(trace) and proc.poll() is None and time.monotonic() < deadline:
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert steps(trace), "the run made no step before the server was killed"
+        assert ready(), why
         server.kill()
-        out, err = proc.communicate(timeout=RUN_LIMIT_S)
+        return proc.communicate(timeout=RUN_LIMIT_S)
     finally:
-        if proc.poll() is None:  # SIGTERM first: vlagent then tears its sandbox down
+        if proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_killed_server_ends_the_run_with_error(servers, tmp_path):
+    """SIGKILL the server while `vlagent run` is mid-task: status error, a clear reason, no hang."""
+    server = servers.get()
+    trace = tmp_path / "trace"
+    proc = subprocess.Popen(vlagent_run(server, trace, task=endless_task(tmp_path)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    out, err = kill_server_once(server, proc, lambda: bool(steps(trace)), "the run made no step before the server was killed")
     assert proc.returncode == 1, err[-2000:]
     result = json.loads(out)
     assert result["status"] == "error"
@@ -224,21 +230,7 @@ def test_killed_server_ends_every_running_suite_task_with_error(servers, tmp_pat
     def started() -> int:
         return sum(1 for p in out.rglob("steps.jsonl") if "workdir" not in p.parts and p.read_text().strip())
 
-    try:
-        deadline = time.monotonic() + FIRST_STEP_LIMIT_S
-        while started() < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert started() == 2, "both agents should be running when the server dies"
-        server.kill()
-        output, _ = proc.communicate(timeout=RUN_LIMIT_S)
-    finally:
-        if proc.poll() is None:  # SIGTERM: the suite stops its children and their sandboxes
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    output, _ = kill_server_once(server, proc, lambda: started() == 2, "both agents should be running when the server dies")
     assert proc.returncode == 1, output[-2000:]
     results = [json.loads(p.read_text()) for p in out.rglob("result.json") if "workdir" not in p.parts]
     assert sorted(r["task"] for r in results) == ["form_a", "form_b"]

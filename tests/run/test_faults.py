@@ -209,20 +209,25 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_on_the_whole_suite(tmp_path):
+def start_suite(tmp_path: Path, names, token: str, output) -> subprocess.Popen:
+    """The suite driver on tasks that run long (the notes app, the model waiting), two workers."""
     suite = tmp_path / "suite"
     suite.mkdir()
     slow = dict(setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"],
                         "wait_for_window": "Notes"}], success=[{"screen_text": "Saved"}], replies=[WAIT, WAIT_09] * 30)
-    for name in ("long_a", "long_b", "long_c"):  # two run, the third waits for a worker
+    for name in names:
         write_task(suite, name, slow)
     (tmp_path / "runner.py").write_text(RUNNER)
     (tmp_path / "driver.py").write_text(DRIVER)
-    token = uuid.uuid4().hex
     env = {**os.environ, "TEST_TOKEN": token, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(suite), str(tmp_path / "out"),
+    return subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(suite), str(tmp_path / "out"),
                              str(Path(__file__).resolve().parent), str(tmp_path / "runner.py")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=output, stderr=output, text=True)
+
+
+def test_ctrl_c_on_the_whole_suite(tmp_path):
+    token = uuid.uuid4().hex
+    proc = start_suite(tmp_path, ("long_a", "long_b", "long_c"), token, subprocess.PIPE)  # the third waits for a worker
     traces = [tmp_path / "out" / "traces" / n / "steps.jsonl" for n in ("long_a", "long_b")]
     deadline = time.monotonic() + 60
     while not all(t.exists() and t.read_text().strip() for t in traces):  # both mid-run
@@ -244,19 +249,8 @@ def test_ctrl_c_on_the_whole_suite(tmp_path):
 def test_suite_killed_outright_takes_its_runs_down(tmp_path):
     """SIGKILL on the suite (OOM killer, a CI runner's hard stop): its children are told to stop
     (parent-death signal), tear their sandboxes down and complete their traces."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    slow = dict(setup=[{"launch": ["{python}", "-m", "sandbox.apps.notes", "--out", "{workdir}/n.json"],
-                        "wait_for_window": "Notes"}], success=[{"screen_text": "Saved"}], replies=[WAIT, WAIT_09] * 30)
-    for name in ("long_a", "long_b"):
-        write_task(suite, name, slow)
-    (tmp_path / "runner.py").write_text(RUNNER)
-    (tmp_path / "driver.py").write_text(DRIVER)
     token = uuid.uuid4().hex
-    env = {**os.environ, "TEST_TOKEN": token, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(suite), str(tmp_path / "out"),
-                             str(Path(__file__).resolve().parent), str(tmp_path / "runner.py")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_suite(tmp_path, ("long_a", "long_b"), token, subprocess.DEVNULL)
     traces = [tmp_path / "out" / "traces" / n for n in ("long_a", "long_b")]
     deadline = time.monotonic() + 60
     while not all((t / "steps.jsonl").exists() and (t / "steps.jsonl").read_text().strip() for t in traces):

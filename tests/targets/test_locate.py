@@ -4,42 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from agent.targets.locate import Window, describe_target, find_target, list_windows, search
-from sandbox.session import Sandbox
+from agent.targets.locate import Window, describe_target, find_target, search
 
 pytestmark = pytest.mark.timeout(240)  # a hang fails the test instead of stalling CI
 ROOT = Path(__file__).resolve().parents[2]
-SETTLE_S = 0.5  # the form's first paint after its window shows
-
-
-def _shot(tmp: Path, seed: int | None, size=(1280, 800)):
-    """(screenshot, windows, widget boxes) of the form app with this layout seed."""
-    from agent.desktop.x11 import X11Desktop
-
-    layout = tmp / f"layout-{seed}-{size[0]}.json"
-    argv = [sys.executable, "-m", "sandbox.apps.form", "--out", str(tmp / "f.json"), "--dump-layout", str(layout)]
-    if seed is not None:
-        argv += ["--layout-seed", str(seed)]
-    with Sandbox(screen=size, workdir=tmp, cwd=ROOT) as sb:
-        sb.launch(argv)
-        sb.wait_for_window("Registration")
-        time.sleep(SETTLE_S)
-        with X11Desktop(sb.display) as desktop:
-            image = desktop.capture()
-        return image, list_windows(sb.display), json.loads(layout.read_text())
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_locate import screenshot  # noqa: E402  (the form's screenshots: the benchmark's, the same code)
 
 
 @pytest.fixture(scope="module")
 def screens(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("locate")
-    return {"fixed": _shot(tmp, None), "seed3": _shot(tmp, 3), "seed7": _shot(tmp, 7),
-            "small": _shot(tmp, 5, (1024, 768))}
+    size = (1280, 800)
+    return {"fixed": screenshot(None, size, tmp), "seed3": screenshot(3, size, tmp), "seed7": screenshot(7, size, tmp),
+            "small": screenshot(5, (1024, 768), tmp)}
 
 
 def _centre(box):
