@@ -8,7 +8,8 @@ perturbed, each run's result read from the app itself.
 Apps and flows (tests/scripts/flows/): Chromium showing a local order page (an act and three grounded
 clicks; the page's title says what was ordered and how often), zenity --forms (two acts, a drop-down
 and its item, OK; zenity prints the values), galculator (the keys 7 * 6 =; its display is read by
-OCR on a crop), yad --form (two acts, a checkbox, OK; yad prints the values), our Tk registration form
+OCR on a crop), gnome-calculator (GTK 4: no accessibility tree here; the same keys, its display read
+by the task's screen_text check), yad --form (two acts, a checkbox, OK; yad prints the values), our Tk registration form
 (no accessibility tree: pixels only; two acts, a radio button, a checkbox, Submit; it writes form.json).
 Variants, all with `--cache read-only` on the cache the cold run recorded:
 cached (unchanged), moved (xdotool windowmove), stretched (moved, 30% larger), screen (1024x768), dark (Adwaita:dark, --force-dark-mode), font
@@ -69,12 +70,14 @@ APPS = {
     "galculator": {"flow": "galculator_flow", "title": "^galculator$", "at": (0, 0)},
     "yad": {"flow": "yad_contact_flow", "title": "^Contact$", "at": (0, 0)},
     "tk-form": {"flow": "tk_form_flow", "title": "^Registration$", "at": (100, 60)},
+    "gnome-calculator": {"flow": "gnome_calculator_flow", "title": "Calculator", "at": (0, 0)},
 }
 MOVED_TO = {"chromium": (400, 200), "zenity": (120, 90), "galculator": (300, 160), "yad": (260, 140),
-            "tk-form": (400, 200)}
+            "tk-form": (400, 200), "gnome-calculator": (300, 160)}
 EXPECTED = {"chromium": "Order placed - Ordered: Ada, Express, gift", "zenity": "Ada|Paris|high", "galculator": "42",
             "yad": "Ada|ada@example.com|TRUE|Basic|",
-            "tk-form": '{"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": true}'}
+            "tk-form": '{"name": "Ada Lovelace", "email": "ada@example.com", "plan": "Pro", "newsletter": true}',
+            "gnome-calculator": "42"}
 NO_THEMES = ("tk-form",)  # our Tk form has no dark theme or font option
 
 
@@ -100,8 +103,8 @@ def variant(app: str, name: str, task: dict, folder: Path):
         return task, None, expected  # (layout unknown: the model's clicks are not moved)
     if name in ("dark", "font") and app in NO_THEMES:
         return None
-    if name == "dark":
-        return _launch_env(task, ["GTK_THEME=Adwaita:dark"], ["--force-dark-mode", "--enable-features=WebContentsForceDark"]), same, expected
+    if name == "dark":  # (libadwaita apps take their colour scheme from ADW_DEBUG_COLOR_SCHEME)
+        return _launch_env(task, ["GTK_THEME=Adwaita:dark", "ADW_DEBUG_COLOR_SCHEME=prefer-dark"], ["--force-dark-mode", "--enable-features=WebContentsForceDark"]), same, expected
     if name == "font":  # (layout unknown: no heal replies)
         return _launch_env(task, ["GDK_DPI_SCALE=1.3"], ["--force-device-scale-factor=1.3"]), None, expected
     if app == "chromium" and name in ("relabelled", "swapped", "inserted"):
@@ -156,6 +159,8 @@ def _app_result(app: str, trace: Path, result: dict) -> str:
         detail = " ".join(c.get("detail", "") for c in result.get("checks", []))
         titles = re.findall(r"'(Order[^']*)'", detail)
         return titles[0] if titles else detail
+    if app == "gnome-calculator":  # its display, as the task's screen_text check read it (OCR)
+        return "42" if result.get("checks") and all(c.get("passed") for c in result["checks"]) else ""
     import cv2
     import numpy as np
     from PIL import Image
@@ -195,7 +200,7 @@ def run_case(app: str, name: str, folder: Path, out: Path) -> dict:
     right = got == expected
     steps = result.get("flow") or []
     all_passed = bool(steps) and all(s.get("status") == "passed" for s in steps)
-    produced = app != "galculator" and ("placed" in got if app == "chromium" else bool(got))
+    produced = app not in ("galculator", "gnome-calculator") and ("placed" in got if app == "chromium" else bool(got))
     outcome = "ok" if right else ("wrong" if all_passed or produced else "stopped")
     return {"app": app, "variant": name, "status": result["status"], "outcome": outcome,
             "unnoticed": outcome == "wrong" and all_passed, "app_result": got, "expected": expected,

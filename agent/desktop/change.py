@@ -16,6 +16,8 @@ from agent.backends.image_cache import PerImage
 
 CHANGED_PX, CHANGED_LEVEL = 20, 24  # pixels differing by more than the level: "the screen changed"
 CARET_W, CARETS_PX = 3, 400  # a change no wider than this is a caret; more changed pixels than that are not only carets
+SHIFT_PX = 2  # as_after: how far a recorded change may have moved and still be the same
+SHARE_SAMPLE = 50_000  # as_after: at most this many of the changed pixels are compared
 
 _GRAYS = PerImage()  # an image's gray levels while it lives: a replayed frame is compared several times
 
@@ -57,13 +59,28 @@ def changed(a: Image.Image, b: Image.Image) -> np.ndarray | None:
     return mask if n >= CHANGED_PX else None
 
 
-def as_after(before: Image.Image, after: Image.Image, now: Image.Image) -> float | None:
-    """Of the pixels that changed from `before` to `after`, the share that look in `now` as in `after`
-    (None when nothing changed or the sizes differ)."""
+def as_after(before: Image.Image, after: Image.Image, now: Image.Image, shift: int = SHIFT_PX) -> float | None:
+    """Of the pixels that changed from `before` to `after`, the share that look in `now` as in `after`,
+    at the best offset of up to `shift` pixels each way (None when nothing changed or the sizes differ).
+    The offset: the same window a pixel away, or an app laid out a pixel otherwise on another launch
+    (GTK 4 does at times), moves a checkbox's tick too; a tick that is not there is not found by it."""
     mask = changed(before, after)
     if mask is None or mask.shape != (now.height, now.width):
         return None
-    return 1.0 - float(_differs(now, after)[mask].mean())
+    ys, xs = np.nonzero(mask)
+    if len(ys) > SHARE_SAMPLE:  # a whole new screen: a sample of its pixels says as much
+        keep = np.linspace(0, len(ys) - 1, SHARE_SAMPLE).astype(np.intp)
+        ys, xs = ys[keep], xs[keep]
+    want, got = gray(after)[ys, xs].astype(np.int16), gray(now).astype(np.int16)
+    h, w = mask.shape
+    best = 0.0
+    for dy, dx in sorted(((dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)),
+                         key=lambda d: abs(d[0]) + abs(d[1])):  # in place first: most screens stop there
+        at = got[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)]
+        best = max(best, 1.0 - float((np.abs(at - want) > CHANGED_LEVEL).mean()))
+        if best >= 0.99:
+            break
+    return best
 
 
 def change_point(mask: np.ndarray, near: tuple[int, int] | None) -> tuple[int, int]:

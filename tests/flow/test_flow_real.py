@@ -279,10 +279,11 @@ def test_galculator_look_alike_keys_replay_without_the_model_also_moved(recorded
     same = run(folder / f"{GALCULATOR}.yaml", folder / f"{GALCULATOR}.replies.yaml", tmp_path / "cached")
     assert same.status == "success", why(same)  # screen_text 42
     assert caches(same) == ["hit"] * 4 and same.model_calls == 0
-    moved, script = variant(folder, GALCULATOR, "moved", lambda t: move(t, "^galculator$", 300, 160))
-    again = run(moved, script, tmp_path / "moved")
-    assert again.status == "success", why(again)
-    assert caches(again) == ["hit"] * 4 and again.model_calls == 0
+    for name, to in [("moved", (300, 160)), ("a pixel", (1, 1))]:  # a pixel: where each key's effect was compared
+        moved, script = variant(folder, GALCULATOR, name, lambda t: move(t, "^galculator$", *to))  # in place
+        again = run(moved, script, tmp_path / name)
+        assert again.status == "success", why(again)
+        assert caches(again) == ["hit"] * 4 and again.model_calls == 0, why(again)
 
 
 # ------------------------------------------------------------------------------------------ yad, our Tk form
@@ -321,3 +322,21 @@ def test_tk_form_without_a_tree_replays_from_pixels_also_moved(recorded, tmp_pat
     assert result.status == "success", why(result)
     assert caches(result) == ["hit"] * 5 and result.model_calls == 0, why(result)
     assert workdir_text(tmp_path / "moved", "form.json") == saved
+
+
+GNOME_CALCULATOR = "gnome_calculator_flow"
+
+
+@needs("gnome-calculator")
+def test_gnome_calculator_gtk4_replays_from_pixels_unchanged_and_dark(recorded, tmp_path):
+    """A GTK 4 (libadwaita) app with no tree here: its keys are found by their pixels. Launched again
+    it may lay itself out a pixel lower (seen here), which must not make a cached step ask the model."""
+    folder = copy(recorded(GNOME_CALCULATOR), tmp_path)
+
+    def dark(task):
+        task["setup"][0]["launch"][1:1] = ["ADW_DEBUG_COLOR_SCHEME=prefer-dark"]
+    for name, edit in [("cached", None), ("dark", dark)]:
+        task, script = variant(folder, GNOME_CALCULATOR, name, edit)
+        result = run(task, script, tmp_path / name)
+        assert result.status == "success", why(result)  # screen_text 42
+        assert caches(result) == ["hit"] * 4 and result.model_calls == 0, why(result)
