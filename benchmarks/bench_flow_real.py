@@ -12,7 +12,7 @@ OCR on a crop), gnome-calculator (GTK 4: no accessibility tree here; the same ke
 by the task's screen_text check), yad --form (two acts, a checkbox, OK; yad prints the values), our Tk registration form
 (no accessibility tree: pixels only; two acts, a radio button, a checkbox, Submit; it writes form.json).
 Variants, all with `--cache read-only` on the cache the cold run recorded:
-cached (unchanged), moved (xdotool windowmove), stretched (moved, 30% larger), screen (1024x768), dark (Adwaita:dark, --force-dark-mode), font
+cached (unchanged), nudged (the window 1 px right and down), moved (xdotool windowmove), stretched (moved, 30% larger), screen (1024x768), dark (Adwaita:dark, --force-dark-mode), font
 (GDK_DPI_SCALE=1.3, Chromium's --force-device-scale-factor=1.3; the Tk form has neither), and changed apps: the order page's button relabelled "Buy now", its shipping
 options swapped; zenity's Name and City fields swapped, its drop-down values reversed.
 The scripted model answers right for the variant (coordinates moved with the window, swapped with
@@ -88,8 +88,9 @@ def variant(app: str, name: str, task: dict, folder: Path):
     expected = EXPECTED[app]
     if name in ("cold", "cached"):
         return task, same, expected
-    if name == "moved":
-        (x0, y0), (x1, y1) = APPS[app]["at"], MOVED_TO[app]
+    if name in ("moved", "nudged"):  # nudged: one pixel right and down (effects are compared in place)
+        (x0, y0) = APPS[app]["at"]
+        (x1, y1) = MOVED_TO[app] if name == "moved" else (x0 + 1, y0 + 1)
         return _move(task, APPS[app]["title"], (x1, y1)), (lambda p: (p[0] + x1 - x0, p[1] + y1 - y0)), expected
     if name == "stretched":  # moved, then 30% wider and taller: widgets spread
         (x1, y1) = MOVED_TO[app]
@@ -212,7 +213,7 @@ def run_case(app: str, name: str, folder: Path, out: Path) -> dict:
             "reasons": [s.get("reason") for s in steps if s.get("reason")]}
 
 
-VARIANTS = ("cached", "moved", "stretched", "screen", "dark", "font", "relabelled", "swapped", "inserted", "reordered")
+VARIANTS = ("cached", "nudged", "moved", "stretched", "screen", "dark", "font", "relabelled", "swapped", "inserted", "reordered")
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ conditions, each verdict read from the app itself.
                                       [--conditions unchanged,dark] [--json benchmarks/results/matrix.json]
 
 Apps and conditions are bench_replay_real's (galculator, mousepad, zenity --forms, yad --form, featherpad
-(Qt), Chromium with a local order page, the Tk apps sandbox/apps/access.py and form.py; unchanged, moved,
+(Qt), Chromium with a local order page, the Tk apps sandbox/apps/access.py and form.py; unchanged, nudged (1 px), moved,
 stretched (moved and 30% larger), screen (1024x768), dark, font (1.5x)).
 
 checks: each app is driven through its workflow with real input (xdotool, where a person would click:
@@ -15,7 +15,7 @@ window_title, file_json) and checks that must fail (a text that is not there). A
 the same under every condition. Each screen_text check is also judged by OCR alone, by the module of
 now (each window read in both polarities) and by the code before (tesseract on the grey screen), with
 their times.
-flows: bench_flow_real's flows (Chromium, zenity, galculator): cold, then cached re-runs under every
+flows: bench_flow_real's flows (Chromium, zenity, galculator, gnome-calculator, yad, the Tk form): cold, then cached re-runs under every
 condition with `--cache read-only`; model calls counted.
 replay: bench_replay_real's recordings (real input and agent runs) replayed under every condition.
 """
@@ -164,7 +164,7 @@ def run_checks(apps: list[str], conds: list[str], out: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------ flows and replay
 
-FLOW_VARIANT = {"unchanged": "cached", "moved": "moved", "stretched": "stretched", "screen": "screen",
+FLOW_VARIANT = {"unchanged": "cached", "nudged": "nudged", "moved": "moved", "stretched": "stretched", "screen": "screen",
                 "dark": "dark", "font": "font"}
 
 
@@ -263,7 +263,7 @@ def _ocr_right(case: dict, which: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="checks,flows,replay")
-    ap.add_argument("--apps", default=",".join(replay_bench.APPS))
+    ap.add_argument("--apps", default=",".join([*replay_bench.APPS, "gnome-calculator"]))  # (a flow only)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "matrix.json")
     ap.add_argument("--keep", type=Path, help="keep workdirs, screenshots and traces in this folder")
@@ -272,12 +272,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     apps, conds, parts = args.apps.split(","), args.conditions.split(","), args.parts.split(",")
     cases = []
+    recorded = [a for a in apps if a in replay_bench.APPS]  # the apps bench_replay_real can drive
     if "checks" in parts:
-        cases += run_checks(apps, conds, out)
+        cases += run_checks(recorded, conds, out)
     if "flows" in parts:
         cases += run_flows(apps, conds, out)
     if "replay" in parts:
-        cases += run_replay(apps, conds, out)
+        cases += run_replay(recorded, conds, out)
     summary = summarise(cases)
     print(json.dumps(summary, indent=1))
     args.json.write_text(json.dumps({"summary": summary, "cases": cases}, indent=1) + "\n")

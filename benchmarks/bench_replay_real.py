@@ -13,7 +13,7 @@ Trace kinds: `human`, recorded by `vlagent record` while xdotool drives the mous
 person (pointer moved onto the target, a pause, then the click: the hover is in the recording), and
 `agent`, written by `vlagent run --model script:FILE` replying the same actions.
 
-Conditions: unchanged; moved (the window moved with xdotool, or the Tk dialog's widgets shifted
+Conditions: unchanged; nudged (the window 1 px right and down); moved (the window moved with xdotool, or the Tk dialog's widgets shifted
 150 px); stretched (moved, then 30% wider and taller); screen (1024x768 instead of 1280x800); dark (GTK_THEME=Adwaita:dark, Chromium
 --force-dark-mode, Tk dark palette); font (GDK_DPI_SCALE=1.5, --force-device-scale-factor=1.5,
 Tk fonts 1.5x). form.py has no theme or font setting: those cells are "n/a".
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PAGE = ROOT / "benchmarks" / "replay_real" / "order.html"
-CONDITIONS = ("unchanged", "moved", "stretched", "screen", "dark", "font")
+CONDITIONS = ("unchanged", "nudged", "moved", "stretched", "screen", "dark", "font")
 KINDS = ("human", "agent")
 PACE_S = 0.7  # a person's pause between seeing the target and clicking it
 VLAGENT = [sys.executable, "-m", "agent.cli"]  # this checkout's vlagent (the benchmark compares commits)
@@ -154,7 +154,7 @@ APPS = {a.name: a for a in [
     TkForm("tk-form", "Tk", "^Registration$", [
         ("click", "name"), ("type", "Ada Lovelace"), ("click", "email"), ("type", "ada@example.com"),
         ("click", "plan_pro"), ("click", "newsletter"), ("click", "submit"),
-    ], moved_to=None, conditions=("unchanged", "moved", "stretched", "screen")),
+    ], moved_to=None, conditions=("unchanged", "nudged", "moved", "stretched", "screen")),
 ]}
 
 
@@ -171,6 +171,10 @@ def task_for(app: App, cond: str) -> dict:
     if cond in ("moved", "stretched") and app.moved_to:
         setup.append({"run": ["xdotool", "search", "--onlyvisible", "--name", app.title, "windowmove",
                               str(app.moved_to[0]), str(app.moved_to[1])]})
+        setup.append({"sleep": 0.8})
+    if cond == "nudged":  # one pixel right and down: what was recorded is a pixel off, not elsewhere
+        setup.append({"run": ["sh", "-c", f"w=$(xdotool search --onlyvisible --name '{app.title}' | head -1); "
+                              "eval $(xdotool getwindowgeometry --shell $w); xdotool windowmove $w $((X + 1)) $((Y + 1))"]})
         setup.append({"sleep": 0.8})
     if cond == "stretched":  # and 30% larger: widgets spread, text areas grow
         setup.append({"run": ["sh", "-c", f"w=$(xdotool search --onlyvisible --name '{app.title}' | head -1); "
