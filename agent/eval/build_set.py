@@ -6,6 +6,8 @@ sample: the instruction names it ("the 7 button"), the target box is its accessi
 that occur twice in one screenshot are left out (the instruction would be ambiguous). Apps:
 galculator, mousepad, a `zenity --forms` and a `yad --form` dialog (GTK 3), Chromium on the flow
 tests' order page and on a settings page (examples/grounding_set/pages). Screenshots are saved as PNG with a reduced palette so the set stays small in the repo.
+Each screenshot's whole accessibility tree goes to `trees/<app>.json` (`vlagent eval grounding --marks`
+numbers its elements as `vlagent run --marks` would).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +63,9 @@ def shoot(app: str, out: Path) -> list[dict]:
     argv, platform = APPS[app]
     with Xvfb(SCREEN) as server, tempfile.TemporaryDirectory() as tmp:
         bus = A11yBus(server.display)
-        env = {**os.environ, "DISPLAY": server.display, **bus.start()}
+        # A fresh profile: an app killed in an earlier build must not greet us with a restore dialog.
+        env = {**os.environ, "DISPLAY": server.display, **bus.start(),
+               **{f"XDG_{d}_HOME": f"{tmp}/{d.lower()}" for d in ("CONFIG", "DATA", "CACHE", "STATE")}}
         proc = spawn([a.replace("{tmp}", tmp) for a in argv], env=env, stdout=open(os.devnull, "wb"),
                      stderr=open(os.devnull, "wb"))
         tree = Tree(server.display)
@@ -72,7 +77,8 @@ def shoot(app: str, out: Path) -> list[dict]:
                     break
                 time.sleep(0.5)
             time.sleep(SETTLE_S)
-            nodes = [n for n in tree.nodes() if n.role in ROLES and n.name.strip() and n.box[2] > 2 and n.box[3] > 2]
+            every = tree.nodes()
+            nodes = [n for n in every if n.role in ROLES and n.name.strip() and n.box[2] > 2 and n.box[3] > 2]
             image = X11Desktop(server.display).capture()
         finally:
             tree.close()
@@ -97,6 +103,9 @@ def shoot(app: str, out: Path) -> list[dict]:
                 picked.append(by_role[role].pop(0))
     (out / "images").mkdir(parents=True, exist_ok=True)
     image.quantize(colors=128).save(out / "images" / f"{app}.png", optimize=True)
+    (out / "trees").mkdir(exist_ok=True)
+    (out / "trees" / f"{app}.json").write_text(json.dumps([asdict(n) for n in every], separators=(",", ":")) + "\n",
+                                                encoding="utf-8")
     if app.startswith("chromium"):  # its "--no-sandbox" warning bar is not part of any app
         picked = [p for p in picked if p["instruction"] != "the Close button"]
     return picked

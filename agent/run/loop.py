@@ -35,6 +35,7 @@ class LoopConfig:
     timeout_s: float = 300.0
     history: HistoryConfig = field(default_factory=HistoryConfig)
     settle_max_s: float = 2.0
+    marks: bool = False  # number the tree's interactive elements on the frame; a click may name one
 
 
 def _generate(backend: Backend, messages, policy: Policy, deadline: float):
@@ -63,15 +64,21 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
     """run: the RunSession this loop drives (its events and its pause/stop control), if any."""
     # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
     targets = _step_targets(desktop)
+    if cfg.marks and targets is not None and getattr(backend, "format", "qwen3-vl") == "qwen3-vl":
+        from agent.targets.marks import Marker  # element marks: only the native format offers them
+
+        marker, policy = Marker(targets.tree), Policy(policy.allow, marks=True)
+    else:
+        marker = None
     try:
-        return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets, run or _Unwatched())
+        return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets, run or _Unwatched(), marker)
     finally:
         if targets is not None:
             targets.close()
 
 
 def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
-              cfg: LoopConfig, on_step, targets, run) -> LoopEnd:
+              cfg: LoopConfig, on_step, targets, run, marker=None) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
     # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
     fits = lambda messages: backend.fits(messages, policy)  # noqa: E731 (the history shrinks until it fits)
@@ -107,12 +114,16 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             t0 = time.perf_counter()
             frame = desktop.capture()
             run.publish(ev.FrameCaptured, step=n, image=frame)
+            marked = marker.look(frame, desktop.size()) if marker is not None else None  # the tree now, drawn
             if targets is not None:
-                targets.look()  # the accessibility tree of this frame, read while the model thinks
+                targets.look(marked.nodes if marked else None)  # the accessibility tree of this frame, read while the model thinks
             step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
+            if marked is not None and marked.marks:
+                step.marks = trace.save_screen(marked.image, f"{n:04d}-marks")
             t1 = time.perf_counter()
             done = trace.steps + [step for step, _ in held]
-            messages = build_messages(goal, done, frame, policy, load_image, cfg.history, fits)
+            messages = build_messages(goal, done, marked.image if marked else frame, policy, load_image, cfg.history,
+                                      fits, note=marked.note if marked else "")
             images[n] = frame
             for old in [k for k in images if k <= n - IMAGE_CACHE]:
                 del images[old]
@@ -125,13 +136,20 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             write_held()
             step.timings = {"capture_ms": (t1 - t0) * 1e3, "prompt_ms": (t_prompt - t1) * 1e3,
                             "model_ms": (t2 - t_prompt) * 1e3}
+            if marked is not None:
+                step.timings.update(marks_tree_ms=marked.tree_ms, marks_draw_ms=marked.draw_ms)
+
+            def resolve(action):  # --marks: the marked element's centre, read from the tree now
+                action, step.mark = marker.resolve(action, marked, desktop.size())
+                return action
             if raw is None:
                 step.error = "the model did not answer before the run's deadline"
                 _record(trace, step, t0, on_step)
                 return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
             step.raw = raw
             try:
-                action = check_reply(raw, policy, desktop, frame.size)  # actions.gate: policy + the window that receives it
+                action = check_reply(raw, policy, desktop, frame.size,  # actions.gate: policy + the window that receives it
+                                     resolve=resolve if marked is not None else None)
             except (ParseError, PolicyError) as e:
                 step.error = str(e)
                 run.publish(ev.ActionRefused, step=n, reason=step.error)
@@ -145,7 +163,8 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             run.publish(ev.ActionChecked, step=n, action=to_json(action))
             attendant = getattr(run, "attendant", None)  # attended runs, take over (agent/ui/attend.py)
             if attendant is not None:
-                action = attendant.review(step, action, frame, lambda raw: check_reply(raw, policy, desktop, frame.size))
+                action = attendant.review(step, action, frame, lambda raw: check_reply(
+                    raw, policy, desktop, frame.size, resolve=resolve if marked is not None else None))
                 if step.decision:  # a person was asked: their time is not the action's
                     step.timings["person_ms"] = (time.perf_counter() - t2) * 1e3
                     t2 = time.perf_counter()
