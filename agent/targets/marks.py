@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from actions.policy import PolicyError
 from actions.schema import MAX_MARKS
-from sandbox.atspi import WINDOW_ROLES, Node, describe, element_at
+from sandbox.atspi import NAME_AGREES, WINDOW_ROLES, Node, describe, element_at, similar
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 # Roles a person clicks (text-like roles only where editable: a calculator's display is not).
@@ -219,9 +219,12 @@ def look(nodes: list[Node], frame: Image.Image, screen: tuple[int, int], tree_ms
     return Marked(image, marks, listing(marks), nodes, tree_ms, (time.perf_counter() - t0) * 1e3)
 
 
-def resolve(mark: Mark, nodes: list[Node], screen: tuple[int, int]) -> Node:
+def resolve(mark: Mark, nodes: list[Node], screen: tuple[int, int], windows: list | None = None) -> Node:
     """The marked element in a tree read now, or PolicyError with the reason: gone, ambiguous (its
-    look-alikes changed in number or place), off the screen or covered by something else."""
+    look-alikes changed in number or place), off the screen or covered by something else.
+    `windows` (the X server's viewable top-level windows, bottom first): the topmost one at the
+    element's centre must be the element's own (the tree can lag: an unmapped window's widgets may
+    still say they are showing)."""
     what = f"mark {mark.n} ({mark.says()})"
     sig = (mark.role, mark.name, mark.app, mark.window, mark.path)
     alike = [n for n in nodes if _markable(n) and _signature(nodes, n) == sig]
@@ -242,7 +245,19 @@ def resolve(mark: Mark, nodes: list[Node], screen: tuple[int, int]) -> Node:
         over = hit if win is None or win is _window(nodes, node) else win  # the window over it, else the element
         over = f" by {over.role} {over.name[:40]!r}" if over is not None else ""
         raise PolicyError(f"{what} is covered{over}; look at the new screenshot")
+    if windows is not None:
+        _own_window(what, mark, node, windows)
     return node
+
+
+def _own_window(what: str, mark: Mark, node: Node, windows: list) -> None:
+    cx, cy = node.centre
+    top = next((w for w in reversed(windows) if w.x <= cx < w.x + w.w and w.y <= cy < w.y + w.h), None)
+    if top is None:
+        raise PolicyError(f"{what} is no longer on the screen (no window there); look at the new screenshot")
+    a, b = top.title.strip().lower(), mark.window.strip().lower()
+    if b and not (a == b or (a and (a in b or b in a)) or similar(top.title, mark.window) >= NAME_AGREES):
+        raise PolicyError(f"{what} is covered by the window {top.title[:40]!r}; look at the new screenshot")
 
 
 def record(mark: Mark, node: Node, pixel: tuple[int, int]) -> dict:
@@ -256,6 +271,18 @@ class Marker:
 
     def __init__(self, tree):
         self.tree = tree
+
+    def _windows(self) -> list | None:
+        """The display's windows now (None off X: a tree without a display, in tests)."""
+        from sandbox.errors import SandboxError
+        from sandbox.windows import list_windows
+
+        if not isinstance(getattr(self.tree, "display", None), str):
+            return None
+        try:
+            return list_windows(self.tree.display)
+        except SandboxError:
+            return []  # no window list: nothing can be confirmed, so nothing is clicked
 
     def look(self, frame: Image.Image, screen: tuple[int, int]) -> Marked:
         """The tree now (the frame was just captured), its marks, and the frame with them drawn."""
@@ -275,7 +302,7 @@ class Marker:
         if mark is None:
             have = f"its marks are 1..{len(marked.marks)}" if marked.marks else "it has no marks"
             raise PolicyError(f"mark {n} is not on this screenshot ({have}); answer with a coordinate or one of its marks")
-        node = resolve(mark, self.tree.nodes(), screen)
+        node = resolve(mark, self.tree.nodes(), screen, self._windows())
         return at_node(action, node, screen), record(mark, node, node.centre)
 
 

@@ -145,3 +145,17 @@ def test_the_marker_reads_the_tree_again_at_action_time():
         marker.resolve(LeftClick(action="left_click", mark=9), marked, SCREEN)
     unmarked = LeftClick(action="left_click", coordinate=(5, 5))
     assert marker.resolve(unmarked, marked, SCREEN) == (unmarked, None)
+
+
+def test_the_x_server_has_the_last_word_on_what_is_at_the_point():
+    """The tree can lag (an unmapped window's widgets may still say they are showing): the topmost
+    viewable window at the element's centre must be its own."""
+    from sandbox.windows import Window
+
+    ok = next(m for m in mk.pick(tree(), SCREEN) if m.name == "OK")
+    own = Window(1, "Orders", 100, 100, 500, 400)
+    assert mk.resolve(ok, tree(), SCREEN, [own]).name == "OK"
+    with pytest.raises(PolicyError, match="no longer on the screen \\(no window there\\)"):
+        mk.resolve(ok, tree(), SCREEN, [])
+    with pytest.raises(PolicyError, match="covered by the window 'Terminal'"):
+        mk.resolve(ok, tree(), SCREEN, [own, Window(2, "Terminal", 300, 400, 400, 300)])
