@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from actions.policy import PolicyError
 from actions.schema import MAX_MARKS
-from sandbox.atspi import NAME_AGREES, WINDOW_ROLES, Node, describe, element_at, similar
+from sandbox.atspi import LABELS, NAME_AGREES, WINDOW_ROLES, Node, describe, element_at, similar
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 # Roles a person clicks (text-like roles only where editable: a calculator's display is not).
@@ -168,13 +168,15 @@ def _overlaps(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def draw(frame: Image.Image, marks: tuple[Mark, ...], screen: tuple[int, int]) -> Image.Image:
+def draw(frame: Image.Image, marks: tuple[Mark, ...], screen: tuple[int, int], labels=()) -> Image.Image:
     """A copy of the frame with each mark's element outlined and its number in a tag beside it:
-    above its top-left corner where there is room, else left of it, below it, and only last inside
-    it, so that the element's own label stays readable."""
+    above its top-left corner where there is room, else left of it, below it, at its right-hand
+    corners, and only last inside it, so that the element's own label and the texts around it
+    (`labels`: boxes in screen pixels) stay readable."""
     img = frame.convert("RGB")
     d = ImageDraw.Draw(img)
     sx, sy = frame.width / screen[0], frame.height / screen[1]
+    texts = [(x * sx, y * sy, (x + w) * sx, (y + h) * sy) for x, y, w, h in labels]
     font = _font(max(9, round(FONT_PX_AT_800 * frame.height / 800)))
     placed: list[tuple[int, int, int, int]] = []
     boxes = [(m.box[0] * sx, m.box[1] * sy, (m.box[0] + m.box[2]) * sx, (m.box[1] + m.box[3]) * sy) for m in marks]
@@ -183,11 +185,11 @@ def draw(frame: Image.Image, marks: tuple[Mark, ...], screen: tuple[int, int]) -
         d.rectangle((x1, y1, x2 - 1, y2 - 1), outline=fill, width=OUTLINE_PX)
         left, top, right, bottom = d.textbbox((0, 0), str(m.n), font=font)
         tw, th = right - left + 6, bottom - top + 4
-        spots = [(x1, y1 - th), (x1 - tw, y1), (x1, y2), (x1 + 1, y1 + 1)]
+        spots = [(x1, y1 - th), (x1 - tw, y1), (x1, y2), (x2 - tw, y1 - th), (x2, y1), (x2 - tw, y2), (x1 + 1, y1 + 1)]
         fits = lambda r: r[0] >= 0 and r[1] >= 0 and r[2] <= img.width and r[3] <= img.height  # noqa: E731
         rects = [(round(x), round(y), round(x) + tw, round(y) + th) for x, y in spots]
         free = [r for r in rects[:-1] if fits(r) and not any(_overlaps(r, p) for p in placed)
-                and not any(_overlaps(r, b) for b in boxes)]
+                and not any(_overlaps(r, b) for b in boxes + texts)]
         r = free[0] if free else next((r for r in rects[:-1] if fits(r) and not any(_overlaps(r, p) for p in placed)),
                                       rects[-1])
         placed.append(r)
@@ -215,7 +217,8 @@ def look(nodes: list[Node], frame: Image.Image, screen: tuple[int, int], tree_ms
 
     t0 = time.perf_counter()
     marks = pick(nodes, screen)
-    image = draw(frame, marks, screen) if marks else frame
+    labels = [n.box for n in nodes if n.role in LABELS and n.name.strip()]
+    image = draw(frame, marks, screen, labels) if marks else frame
     return Marked(image, marks, listing(marks), nodes, tree_ms, (time.perf_counter() - t0) * 1e3)
 
 
