@@ -5,6 +5,7 @@ agent.run.runner turns that and the task's success checks into the run's status.
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
     if cfg.marks and targets is not None and getattr(backend, "format", "qwen3-vl") == "qwen3-vl":
         from agent.targets.marks import Marker  # element marks: only the native format offers them
 
-        marker, policy = Marker(targets.tree), Policy(policy.allow, marks=True)
+        marker, policy = Marker(targets.tree), copy.copy(policy)
+        policy.marks = True  # the grammar and the policy take a mark (the rest of the run's policy as it is)
     else:
         marker = None
     try:
