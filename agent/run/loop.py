@@ -122,6 +122,7 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
             if marked is not None and marked.marks:
                 step.marks = trace.save_screen(marked.image, f"{n:04d}-marks")
+            resolve = _mark_resolver(marker, marked, step, desktop) if marked is not None else None
             t1 = time.perf_counter()
             done = trace.steps + [step for step, _ in held]
             messages = build_messages(goal, done, marked.image if marked else frame, policy, load_image, cfg.history,
@@ -140,18 +141,13 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
                             "model_ms": (t2 - t_prompt) * 1e3}
             if marked is not None:
                 step.timings.update(marks_tree_ms=marked.tree_ms, marks_draw_ms=marked.draw_ms)
-
-            def resolve(action):  # --marks: the marked element's centre, read from the tree now
-                action, step.mark = marker.resolve(action, marked, desktop.size())
-                return action
             if raw is None:
                 step.error = "the model did not answer before the run's deadline"
                 _record(trace, step, t0, on_step)
                 return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
             step.raw = raw
             try:
-                action = check_reply(raw, policy, desktop, frame.size,  # actions.gate: policy + the window that receives it
-                                     resolve=resolve if marked is not None else None)
+                action = check_reply(raw, policy, desktop, frame.size, resolve)  # actions.gate: policy + the window that receives it
             except (ParseError, PolicyError) as e:
                 step.error = str(e)
                 run.publish(ev.ActionRefused, step=n, reason=step.error)
@@ -165,8 +161,7 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             run.publish(ev.ActionChecked, step=n, action=to_json(action))
             attendant = getattr(run, "attendant", None)  # attended runs, take over (agent/ui/attend.py)
             if attendant is not None:
-                action = attendant.review(step, action, frame, lambda raw: check_reply(
-                    raw, policy, desktop, frame.size, resolve=resolve if marked is not None else None))
+                action = attendant.review(step, action, frame, lambda raw: check_reply(raw, policy, desktop, frame.size, resolve))
                 if step.decision:  # a person was asked: their time is not the action's
                     step.timings["person_ms"] = (time.perf_counter() - t2) * 1e3
                     t2 = time.perf_counter()
@@ -207,6 +202,15 @@ class _Unwatched:
 
     def publish(self, kind, **fields) -> None:
         pass
+
+
+def _mark_resolver(marker, marked, step: Step, desktop: Desktop):
+    """--marks: a click at a mark -> at the marked element's centre, read from the tree at action time
+    (the step keeps the mark, the element and the point); refused when the element is gone."""
+    def resolve(action):
+        action, step.mark = marker.resolve(action, marked, desktop.size())
+        return action
+    return resolve
 
 
 def _step_targets(desktop):
