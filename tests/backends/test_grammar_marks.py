@@ -9,6 +9,7 @@ import pytest
 from actions.policy import Allow, Policy
 from actions.schema import MAX_MARKS
 from agent.backends.grammar import ReplyMatcher, reply_grammar, text_bound
+from test_grammar import allowed_ids, tiny_constrainer  # noqa: F401  (a fixture of that file, shared)
 
 xgr = pytest.importorskip("xgrammar")
 CLICKS = ("left_click", "right_click", "middle_click", "double_click", "triple_click")
@@ -54,3 +55,46 @@ def test_marks_follow_the_policys_actions():
     assert accepts(native(action="left_click", mark=3), only_type)
     assert not accepts(native(action="double_click", mark=3), only_type)
     assert "mark ::=" not in reply_grammar(Policy())
+
+
+def test_a_served_model_under_marks_may_answer_a_mark_in_its_response_format():
+    """--backend openai: the JSON schema sent as response_format takes a mark where the grammar does."""
+    from agent.backends.openai import reply_schema
+    from test_openai_backend import _bounded, _valid
+
+    schema = reply_schema(Policy(Allow(actions=["left_click", "type"]), marks=True))
+
+    def ok(args):
+        return _valid({"name": "computer_use", "arguments": args}, schema)
+
+    assert _bounded(schema) and ok({"action": "left_click", "mark": 7}) and ok({"action": "left_click", "coordinate": [1, 2]})
+    assert not ok({"action": "left_click", "mark": 0}) and not ok({"action": "left_click", "mark": MAX_MARKS + 1})
+    assert not ok({"action": "left_click", "mark": 7, "coordinate": [1, 2]})
+    assert not _valid({"name": "computer_use", "arguments": {"action": "left_click", "mark": 7}}, reply_schema(Policy()))
+
+
+@pytest.mark.slow  # builds the tiny checkpoint's tokenizer
+def test_random_token_walks_under_marks_end_in_a_reply_the_parser_takes(tiny_constrainer):
+    """Over a real tokenizer, any tokens the marks grammar allows end in a reply that parses: a
+    click at a point, at a mark 1..MAX_MARKS, or where the pointer is."""
+    import random
+
+    from actions.parse import parse_action
+
+    tok, c = tiny_constrainer
+    policy = Policy(Allow(actions=list(CLICKS)), marks=True)
+    bitmask = xgr.allocate_token_bitmask(1, c.vocab_size)
+    marks = set()
+    for seed in range(40):
+        rng = random.Random(seed)
+        m, out = c.matcher(policy), []
+        while not m.is_terminated():
+            m.fill_next_token_bitmask(bitmask)
+            ids = allowed_ids(bitmask, c.vocab_size)
+            t = rng.choice(ids)
+            assert m.accept_token(t)
+            out.append(t)
+        action = parse_action(tok.decode(out, skip_special_tokens=True))
+        assert action.action in CLICKS and (action.mark is None or 1 <= action.mark <= MAX_MARKS)
+        marks.add(action.mark is not None)
+    assert marks == {True, False}  # both kinds of answer were written
