@@ -58,11 +58,12 @@ def run(task_file, model, backend, base_url, model_format, display, trace_dir, m
             store = open_cache(task, cache_mode)
         if task.steps and attended:  # a flow's cached and native steps are not asked about: say so
             raise UsageError("--attended is for goal tasks; a flow (steps:) can be watched (--watch), not attended")
+        task = task.model_copy(update={"marks": True}) if marks else task  # as the task's `marks: true`
         model_backend = make_backend(model, backend, base_url, model_format)
-        if (marks or task.marks) and getattr(model_backend, "format", "qwen3-vl") != "qwen3-vl":
+        if task.marks and getattr(model_backend, "format", "qwen3-vl") != "qwen3-vl":
             raise UsageError(f"--marks: only the qwen3-vl format offers element marks, not {model_backend.format}")
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
-                      history=HistoryConfig(max_images=history_images, max_pixels=max_pixels), marks=marks)
+                      history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
     sigterm_as_interrupt()
     bus = EventBus()
     watch_terminal(bus, as_json)
