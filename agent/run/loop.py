@@ -23,6 +23,7 @@ from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
 from agent.run.status import End as LoopEnd
 from agent.targets.evidence import pointer_pixels
+from agent.targets.marks import Marker, marked_pixels
 from agent.trace import Step, Trace
 
 MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output
@@ -65,9 +66,7 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
     """run: the RunSession this loop drives (its events and its pause/stop control), if any."""
     # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
     targets = _step_targets(desktop)
-    if cfg.marks and targets is not None and getattr(backend, "format", "qwen3-vl") == "qwen3-vl":
-        from agent.targets.marks import Marker  # element marks: only the native format offers them
-
+    if cfg.marks and targets is not None and getattr(backend, "format", "qwen3-vl") == "qwen3-vl":  # native only
         marker, policy = Marker(targets.tree), copy.copy(policy)
         policy.marks = True  # the grammar and the policy take a mark (the rest of the run's policy as it is)
     else:
@@ -170,7 +169,8 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
                     _record(trace, step, t0, on_step)
                     continue
                 step.action = action
-            target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
+            aimed = marked_pixels(step.mark, frame.size, desktop.size()) if step.mark else pointer_pixels(action, frame.size)
+            target = targets.before(frame, aimed) if targets else None  # (a mark: where its element is on this frame)
             outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
             step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
             run.publish(ev.ActionExecuted, step=n, action=to_json(action), pixel=outcome.pixel)

@@ -309,6 +309,13 @@ class Marker:
         return at_node(action, node, screen), record(mark, node, node.centre)
 
 
+def marked_pixels(kept: dict, frame: tuple[int, int], screen: tuple[int, int]) -> list[tuple[int, int]]:
+    """The marked element's centre on the frame the model saw (its box then, in frame pixels): where
+    the step's target evidence is read, which is the element although it may have moved since."""
+    x, y, w, h = kept["box_marked"]
+    return [(min(int((x + w // 2) * frame[0] / screen[0]), frame[0] - 1), min(int((y + h // 2) * frame[1] / screen[1]), frame[1] - 1))]
+
+
 def at_node(action, node: Node, screen: tuple[int, int]):
     """The click aimed at the node's centre, as a 0..1000 coordinate of the screen (3 decimals: the
     executor's mapping lands on the centre pixel itself)."""

@@ -104,6 +104,8 @@ def test_a_mark_answer_clicks_its_element_after_the_window_moved(tmp_path):
     shown, plain = Image.open(folder / clicked.marks), Image.open(folder / clicked.screenshot)
     assert ImageChops.difference(shown.convert("RGB"), plain.convert("RGB")).getbbox() is not None
     assert {"marks_tree_ms", "marks_draw_ms"} <= set(clicked.timings)
+    # the step's target evidence (for replay and the flow cache) is the element, read where the frame shows it
+    assert clicked.target["a11y"]["role"] == "check box" and clicked.target["a11y"]["name"] == "Remember me"
 
 
 @pytest.mark.slow
