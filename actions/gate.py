@@ -21,7 +21,7 @@ sentence), and, where the task names a place (allow.secrets), the focused field 
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Callable, Protocol
 
 from actions.coords import SCALE, to_pixels
 from actions.parse import ParseError, parse_action
@@ -122,8 +122,10 @@ def check(action: Action, probe: Probe | None, policy: Policy, frame: tuple[int,
     return action
 
 
-def check_reply(reply: str, probe: Probe | None, policy: Policy, frame: tuple[int, int] | None = None) -> Action:
-    """Parse a raw reply and pass it through the gate. Raises ParseError or PolicyError only."""
+def check_reply(reply: str, probe: Probe | None, policy: Policy, frame: tuple[int, int] | None = None,
+                resolve: Callable[[Action], Action] | None = None) -> Action:
+    """Parse a raw reply and pass it through the gate. Raises ParseError or PolicyError only.
+    `resolve` turns an element mark into a point first (--marks), so that the gate judges the point."""
     if isinstance(reply, str) and _broken_unicode(reply):
         raise ParseError("the reply holds invalid Unicode (a lone surrogate, or U+FFFD where bytes did not decode)")
     try:
@@ -132,7 +134,7 @@ def check_reply(reply: str, probe: Probe | None, policy: Policy, frame: tuple[in
         raise
     except (ValueError, TypeError, RecursionError, MemoryError, OverflowError, UnicodeError) as e:
         raise ParseError(f"the reply could not be checked: {type(e).__name__}") from None
-    return check(action, probe, policy, frame)
+    return check(resolve(action) if resolve is not None else action, probe, policy, frame)
 
 
 def _broken_unicode(text: str) -> bool:

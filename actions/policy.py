@@ -250,8 +250,9 @@ FocusProbe = Callable[[], "Focus | None"]
 
 
 class Policy:
-    def __init__(self, allow: Allow | None = None):
+    def __init__(self, allow: Allow | None = None, marks: bool = False):
         self.allow = allow or Allow()
+        self.marks = marks  # a click may name an element mark (--marks); the grammar allows it
         self.actions = frozenset(self.allow.actions or ACTION_NAMES)
         self.chords = None if self.allow.keys is None else frozenset(parse_chord(c) for c in self.allow.keys)
         self.deny = [compile_pattern(p) for p in (*DEFAULT_DENY_TEXT, *self.allow.deny_text)]
@@ -264,6 +265,9 @@ class Policy:
         `key`) says which window would receive them; None where there is no desktop (check-action)."""
         if action.action not in self.actions:
             raise PolicyError(f"action {action.action!r} is not allowed here; allowed: {', '.join(sorted(self.actions))}")
+        if getattr(action, "mark", None) is not None:  # the run resolves a mark to a point before the gate
+            raise PolicyError(f"mark {action.mark} is not a point on the screen here; "
+                              + ("it names no marked element" if self.marks else "answer with a coordinate"))
         match action.action:
             case "key":
                 self._check_keys(action.keys)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 Rel = Annotated[float, Field(strict=True, ge=0, le=1000, allow_inf_nan=False)]
 Coordinate = tuple[Rel, Rel]
 StrictInt = Annotated[int, Field(strict=True)]
+MAX_MARKS = 99  # element marks on a frame (--marks: agent/targets/marks.py), numbered 1..MAX_MARKS
+MarkNo = Annotated[int, Field(strict=True, ge=1, le=MAX_MARKS)]
 
 
 class _Action(BaseModel):
@@ -33,29 +35,39 @@ class MouseMove(_Action):
     coordinate: Coordinate
 
 
-class LeftClick(_Action):
+class _Click(_Action):
+    """A click at `coordinate`, at a numbered element `mark` (--marks: the loop resolves it to the
+    element's centre, read from the accessibility tree at action time, before the gate), or where
+    the pointer is."""
+
+    coordinate: Coordinate | None = None
+    mark: MarkNo | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self):
+        if self.coordinate is not None and self.mark is not None:
+            raise ValueError("give a coordinate or a mark, not both")
+        return self
+
+
+class LeftClick(_Click):
     action: Literal["left_click"]
-    coordinate: Coordinate | None = None
 
 
-class RightClick(_Action):
+class RightClick(_Click):
     action: Literal["right_click"]
-    coordinate: Coordinate | None = None
 
 
-class MiddleClick(_Action):
+class MiddleClick(_Click):
     action: Literal["middle_click"]
-    coordinate: Coordinate | None = None
 
 
-class DoubleClick(_Action):
+class DoubleClick(_Click):
     action: Literal["double_click"]
-    coordinate: Coordinate | None = None
 
 
-class TripleClick(_Action):
+class TripleClick(_Click):
     action: Literal["triple_click"]
-    coordinate: Coordinate | None = None
 
 
 class LeftClickDrag(_Action):

@@ -104,6 +104,7 @@ class Task(_Strict):
     taskdir: str | None = None
     mask_screenshots: bool = False  # paint over secrets OCR finds in saved screenshots (agent.secrets)
     env: list[str] = []  # variables of vlagent's environment its apps, setup and checks receive (sandbox.session.clean_env)
+    marks: bool = False  # number the accessibility tree's interactive elements on each frame (as `run --marks`)
     # Not part of the file: the resolved taskdir.
     base_dir: Path = Field(default=Path("."), exclude=True)
 

@@ -42,6 +42,8 @@ class Step(BaseModel):
     start_pixel: tuple[int, int] | None = None  # drag start, in screen pixels
     screen: tuple[int, int] | None = None  # (w, h) of the screen the pixels are in
     target: dict[str, Any] | None = None  # evidence that re-finds the target (record/replay)
+    marks: str | None = None  # --marks: the frame with its element marks, as the model saw it (path like screenshot)
+    mark: dict[str, Any] | None = None  # --marks: the mark the reply named, its element, the point it resolved to
     timings: dict[str, float] = Field(default_factory=dict)  # *_ms: capture, model, exec, settle, step
     source: Literal["model", "human", "replay"] = "model"
     flow_step: int | None = None  # in a flow (task with steps:), the index of the step this action served

@@ -31,7 +31,7 @@ from functools import cache
 from actions.keys import PRINTABLE
 from actions.policy import (ALLOWED_FORMAT, EDITING_KEYS, MAX_SCROLL_PX, MAX_WAIT_S, Policy, default_chord_ok,
                             denied_combo, normalize_key)
-from actions.schema import ACTION_NAMES
+from actions.schema import ACTION_NAMES, MAX_MARKS
 from agent.errors import VlagentError
 
 
@@ -128,6 +128,7 @@ class Spec:
     actions: tuple[str, ...]  # allowed kinds, in ACTION_NAMES order
     chords: tuple[tuple[str, ...], ...]  # canonical chords the key action may send
     empty_text: bool  # no text at all (any other bound is ReplyMatcher's job)
+    marks: bool = False  # a click may name an element mark instead of a coordinate (--marks)
 
     @classmethod
     def of(cls, policy: Policy | None) -> "Spec":
@@ -135,7 +136,7 @@ class Spec:
         chords = default_chords() if policy.chords is None else \
             tuple(sorted(c for c in policy.chords if denied_combo(c) is None))  # the policy refuses the rest
         actions = tuple(a for a in ACTION_NAMES if a in policy.actions and (a != "key" or chords))
-        return cls(actions, chords, policy.allow.max_text_len == 0)
+        return cls(actions, chords, policy.allow.max_text_len == 0, policy.marks)
 
 
 def _either_order(first: str, second: str) -> str:
@@ -159,8 +160,9 @@ def _action_rules(spec: Spec) -> dict[str, str]:
         "terminate": '"\\"terminate\\", \\"status\\": " ("\\"success\\"" | "\\"failure\\"")',
         "answer": f'"\\"answer\\", \\"text\\": " {text}',
     }
+    place = f'({coord} | "\\"mark\\": " mark)' if spec.marks else coord
     for click in ("left_click", "right_click", "middle_click", "double_click", "triple_click"):
-        body[click] = f'"\\"{click}\\"" (", " {coord})?'
+        body[click] = f'"\\"{click}\\"" (", " {place})?'
     return {a: body[a] for a in spec.actions}
 
 
@@ -184,6 +186,8 @@ def _grammar(spec: Spec) -> str:
         f'time ::= ({uint_le(int(MAX_WAIT_S) - 1)}) ("." [0-9]{{1,{WAIT_DECIMALS}}})? | {lit(str(int(MAX_WAIT_S)))}',
         f'tchar ::= {text_char_class()} | "\\\\\\"" | "\\\\\\\\"',
     ]
+    if spec.marks:
+        rules.append(f"mark ::= [1-9] [0-9]{{0,{len(str(MAX_MARKS)) - 1}}}")
     if "key" in actions:
         rules.append("chord ::= " + " | ".join(lit(_json_list(c)) for c in spec.chords))
     return "\n".join(rules) + "\n"

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from actions.policy import MAX_SCROLL_PX, MAX_WAIT_S, Policy
-from actions.schema import POINTER_ACTIONS
+from actions.schema import MAX_MARKS, POINTER_ACTIONS
 from agent.errors import BackendError
 from agent.backends.qwen_images import image_config, image_tokens, resized_size
 from agent.backends.base import BackendBase, Constraint, JsonSchema
@@ -377,8 +377,10 @@ def reply_schema(policy: Policy) -> dict:
     for action in spec.actions:
         if action in builders:
             variants.append(builders[action](action))
-        elif action in POINTER_ACTIONS:  # the native format always gives the point
+        elif action in POINTER_ACTIONS:  # the native format always gives the point ...
             variants.append(_args(action, coordinate=COORD))
+            if spec.marks and action.endswith("_click") and action != "left_click_drag":  # ... or a mark (--marks)
+                variants.append(_args(action, mark={"type": "integer", "minimum": 1, "maximum": MAX_MARKS}))
     return {"type": "object", "properties": {"name": {"enum": ["computer_use"]}, "arguments": {"anyOf": variants}},
             "required": ["name", "arguments"], "additionalProperties": False}
 

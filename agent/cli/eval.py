@@ -31,8 +31,10 @@ def eval_group():
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.json, table.txt and the failures drawn on their screenshots here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of the table.")
+@click.option("--marks", is_flag=True, help="Number the elements of each screenshot's accessibility tree (trees/<image>.json, "
+                                             "as the shipped set has) as `vlagent run --marks` does; a mark answer clicks its element.")
 @click.option("--oracle-miss-every", type=click.IntRange(0), default=0, hidden=True)
-def grounding(dataset, model, backend, base_url, format_, limit, max_pixels, out, as_json, oracle_miss_every):
+def grounding(dataset, model, backend, base_url, format_, limit, max_pixels, out, as_json, marks, oracle_miss_every):
     """Click accuracy on DATASET (ScreenSpot-v2 / ScreenSpot-Pro layout, or vlagent's samples.json),
     by platform and element type, with the time per sample. Exit 0 when it ran."""
     from agent.backends import EngineOptions, load_backend
@@ -43,15 +45,19 @@ def grounding(dataset, model, backend, base_url, format_, limit, max_pixels, out
         samples = load(dataset, limit)
         if not samples:
             raise UsageError(f"{dataset}: no samples")
+        if marks:
+            samples[0].nodes()  # a set without trees: one line now, not after a model has loaded
         if model == ORACLE:
             from agent.eval.oracle import OracleBackend
 
-            model_ = OracleBackend(samples, miss_every=oracle_miss_every)
+            model_ = OracleBackend(samples, miss_every=oracle_miss_every, marks=marks)
         else:
             if backend == "openai" and not base_url:
                 raise UsageError("--backend openai needs --base-url")
             opts = {"base_url": base_url} if backend == "openai" else {"options": EngineOptions.from_env()}
             model_ = load_backend(model, backend=backend, format=format_, **opts)
+        if marks and getattr(model_, "format", "qwen3-vl") != "qwen3-vl":
+            raise UsageError(f"--marks: only the qwen3-vl format offers element marks, not {model_.format}")
     width = len(str(len(samples)))
 
     def progress(r):
@@ -59,7 +65,8 @@ def grounding(dataset, model, backend, base_url, format_, limit, max_pixels, out
             mark = "ok  " if r.hit else "MISS"
             click.echo(f"[{r.index + 1:>{width}}/{len(samples)}] {mark} {r.ms:7.0f} ms  {r.instruction[:70]}", err=True)
 
-    report = evaluate(samples, model_, dataset=str(dataset), out=out, max_pixels=max_pixels, on_result=progress)
+    report = evaluate(samples, model_, dataset=str(dataset), out=out, max_pixels=max_pixels, on_result=progress,
+                      marks=marks)
     if as_json:
         click.echo(json.dumps(report.summary(), indent=1))
     else:

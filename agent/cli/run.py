@@ -29,8 +29,10 @@ from agent.cli.common import (EXIT_NOT_ACHIEVED, Seconds, UsageError, exit_for, 
                                              "stop, approve, take over (agent/ui).")
 @click.option("--attended", is_flag=True, help="Every action waits for a person's approval: on the --watch page, else in "
                                                 "the terminal.")
+@click.option("--marks", is_flag=True, help="Number the interactive elements (from the accessibility tree) on each frame "
+                                             "and list them in the prompt; the model may click a mark instead of a point.")
 def run(task_file, model, backend, base_url, model_format, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json,
-        cache_mode, watch, attended):
+        cache_mode, watch, attended, marks):
     """Run TASK_FILE with a model, in a sandboxed display by default.
 
     Exit 0 when the task's success checks pass, 1 when not, 2 on usage or configuration errors,
@@ -56,7 +58,10 @@ def run(task_file, model, backend, base_url, model_format, display, trace_dir, m
             store = open_cache(task, cache_mode)
         if task.steps and attended:  # a flow's cached and native steps are not asked about: say so
             raise UsageError("--attended is for goal tasks; a flow (steps:) can be watched (--watch), not attended")
+        task = task.model_copy(update={"marks": True}) if marks else task  # as the task's `marks: true`
         model_backend = make_backend(model, backend, base_url, model_format)
+        if task.marks and getattr(model_backend, "format", "qwen3-vl") != "qwen3-vl":
+            raise UsageError(f"--marks: only the qwen3-vl format offers element marks, not {model_backend.format}")
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
                       history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))
     sigterm_as_interrupt()

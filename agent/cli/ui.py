@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from actions.schema import to_json
+from agent.report.draw import mark_label
 from agent.secrets import redact
 from agent.trace import FlowStepResult, Result, Step
 
@@ -33,7 +34,8 @@ def describe(step: Step) -> str:
     how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values() if isinstance(v, dict) and "score" in v)
     how = f" [dim]\\[{text(how)}][/]" if how else ""
     note = f" [yellow]{text(step.error)}[/]" if step.error else ""
-    return f"[cyan]{step.kind}[/] {text(json.dumps(args, ensure_ascii=False))}{where}{how}{note}"
+    mark = f"[dim]{text(mark_label(step))}[/]" if step.mark else ""  # --marks: the element the model named
+    return f"{mark}[cyan]{step.kind}[/] {text(json.dumps(args, ensure_ascii=False))}{where}{how}{note}"
 
 
 def step_printer():

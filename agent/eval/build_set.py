@@ -6,14 +6,22 @@ sample: the instruction names it ("the 7 button"), the target box is its accessi
 that occur twice in one screenshot are left out (the instruction would be ambiguous). Apps:
 galculator, mousepad, a `zenity --forms` and a `yad --form` dialog (GTK 3), Chromium on the flow
 tests' order page and on a settings page (examples/grounding_set/pages). Screenshots are saved as PNG with a reduced palette so the set stays small in the repo.
+Each screenshot's whole accessibility tree goes to `trees/<app>.json` (`vlagent eval grounding --marks`
+numbers its elements as `vlagent run --marks` would).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from sandbox.atspi import Tree
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "tests" / "scripts" / "flows" / "order.html"
@@ -48,36 +56,49 @@ def _instruction(name: str, role: str) -> str:
     return f"the {name.strip()} {ROLES[role]}"
 
 
-def shoot(app: str, out: Path) -> list[dict]:
+@contextlib.contextmanager
+def running(app: str) -> Iterator[tuple[str, "Tree"]]:
+    """The app alone in a fresh Xvfb with the accessibility bus, once its widgets are in the tree:
+    (display, tree). Everything is gone afterwards."""
     import tempfile
 
-    from agent.desktop.x11 import X11Desktop
     from sandbox.atspi import Tree
     from sandbox.a11y import A11yBus
     from sandbox.display import Xvfb
     from sandbox.procs import kill_group, spawn
 
-    argv, platform = APPS[app]
     with Xvfb(SCREEN) as server, tempfile.TemporaryDirectory() as tmp:
         bus = A11yBus(server.display)
-        env = {**os.environ, "DISPLAY": server.display, **bus.start()}
-        proc = spawn([a.replace("{tmp}", tmp) for a in argv], env=env, stdout=open(os.devnull, "wb"),
+        # A fresh profile: an app killed in an earlier build must not greet us with a restore dialog.
+        env = {**os.environ, "DISPLAY": server.display, **bus.start(),
+               **{f"XDG_{d}_HOME": f"{tmp}/{d.lower()}" for d in ("CONFIG", "DATA", "CACHE", "STATE")}}
+        proc = spawn([a.replace("{tmp}", tmp) for a in APPS[app][0]], env=env, stdout=open(os.devnull, "wb"),
                      stderr=open(os.devnull, "wb"))
         tree = Tree(server.display)
         try:
-            deadline, nodes = time.monotonic() + TREE_WAIT_S, []
-            while time.monotonic() < deadline:
-                nodes = [n for n in tree.nodes() if n.role in ROLES and n.name.strip() and n.box[2] > 2 and n.box[3] > 2]
-                if len(nodes) >= 3:
-                    break
+            deadline = time.monotonic() + TREE_WAIT_S
+            while time.monotonic() < deadline and len(_named(tree.nodes())) < 3:
                 time.sleep(0.5)
             time.sleep(SETTLE_S)
-            nodes = [n for n in tree.nodes() if n.role in ROLES and n.name.strip() and n.box[2] > 2 and n.box[3] > 2]
-            image = X11Desktop(server.display).capture()
+            yield server.display, tree
         finally:
             tree.close()
             kill_group(proc)
             bus.stop()
+
+
+def _named(nodes: list) -> list:
+    return [n for n in nodes if n.role in ROLES and n.name.strip() and n.box[2] > 2 and n.box[3] > 2]
+
+
+def shoot(app: str, out: Path) -> list[dict]:
+    from agent.desktop.x11 import X11Desktop
+
+    platform = APPS[app][1]
+    with running(app) as (display, tree):
+        every = tree.nodes()
+        nodes = _named(every)
+        image = X11Desktop(display).capture()
     w, h = image.size
     seen: dict[str, int] = {}
     for n in nodes:
@@ -97,6 +118,9 @@ def shoot(app: str, out: Path) -> list[dict]:
                 picked.append(by_role[role].pop(0))
     (out / "images").mkdir(parents=True, exist_ok=True)
     image.quantize(colors=128).save(out / "images" / f"{app}.png", optimize=True)
+    (out / "trees").mkdir(exist_ok=True)
+    (out / "trees" / f"{app}.json").write_text(json.dumps([asdict(n) for n in every], separators=(",", ":")) + "\n",
+                                                encoding="utf-8")
     if app.startswith("chromium"):  # its "--no-sandbox" warning bar is not part of any app
         picked = [p for p in picked if p["instruction"] != "the Close button"]
     return picked

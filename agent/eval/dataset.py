@@ -27,6 +27,23 @@ class Sample:
     kind: str = "unknown"  # the element type: text, icon, or the accessibility role
     source: str = ""  # the application or page
 
+    @property
+    def tree(self) -> Path:
+        """The screenshot's accessibility tree, where the set has one (`trees/<image>.json`, the
+        shipped set): what `vlagent eval grounding --marks` numbers."""
+        return self.image.parent.parent / "trees" / f"{self.image.stem}.json"
+
+    def nodes(self) -> list:
+        from sandbox.atspi import Node
+
+        if not self.tree.is_file():
+            raise VlagentError(f"--marks needs the screenshot's accessibility tree: no {self.tree}")
+        try:
+            data = json.loads(self.tree.read_text(encoding="utf-8"))
+            return [Node(**{**d, "states": tuple(d["states"]), "box": tuple(d["box"])}) for d in data]
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise VlagentError(f"{self.tree}: not an accessibility tree ({e})") from None
+
     def hit(self, px: tuple[float, float]) -> bool:
         x1, y1, x2, y2 = self.box
         return x1 <= px[0] <= x2 and y1 <= px[1] <= y2

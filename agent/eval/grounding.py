@@ -27,6 +27,7 @@ from agent.eval.dataset import Sample
 from agent.run.history import HistoryConfig, build_messages, prompt
 
 POLICY = Policy(allow=Allow(actions=["left_click"]))
+MARKS_POLICY = Policy(allow=Allow(actions=["left_click"]), marks=True)
 MARK_RADIUS_PX = 9
 
 
@@ -43,6 +44,7 @@ class Result:
     ms: float
     raw: str
     error: str = ""
+    mark: int | None = None  # --marks: the mark the reply named (the point is its element's centre)
 
 
 @dataclass
@@ -100,26 +102,47 @@ class Report:
         return "\n".join(lines)
 
 
-def messages_for(sample_image: Image.Image, instruction: str, backend, cfg: HistoryConfig) -> list[dict]:
-    """The prompt `vlagent run` would send for the task "Click <instruction>" on this screenshot."""
+def messages_for(sample_image: Image.Image, instruction: str, backend, cfg: HistoryConfig,
+                 policy: Policy = POLICY, note: str = "") -> list[dict]:
+    """The prompt `vlagent run` would send for the task "Click <instruction>" on this screenshot
+    (with `note`, the list of its element marks, under --marks)."""
     goal = prompt("grounding_goal.md").strip().replace("{instruction}", instruction)
-    fits = lambda m: backend.fits(m, POLICY)  # noqa: E731
-    return build_messages(goal, [], sample_image, POLICY, lambda step: None, cfg, fits)
+    fits = lambda m: backend.fits(m, policy)  # noqa: E731
+    return build_messages(goal, [], sample_image, policy, lambda step: None, cfg, fits, note=note)
 
 
 def evaluate(samples: list[Sample], backend, *, dataset: str = "", out: Path | None = None,
-             max_pixels: int | None = None, on_result: Callable[[Result], None] | None = None) -> Report:
-    report = Report(model=getattr(backend, "name", "model"), dataset=dataset)
+             max_pixels: int | None = None, on_result: Callable[[Result], None] | None = None,
+             marks: bool = False) -> Report:
+    """marks: each screenshot carries the element marks of its stored tree (as `vlagent run --marks`
+    draws them) and a mark answer clicks its element's centre in that tree."""
+    from agent.targets import marks as mk
+
+    report = Report(model=getattr(backend, "name", "model") + (" --marks" if marks else ""), dataset=dataset)
     cfg = HistoryConfig(max_images=1, max_pixels=max_pixels)
+    policy = MARKS_POLICY if marks else POLICY
     for i, s in enumerate(samples):
         image = Image.open(s.image).convert("RGB")
-        messages = messages_for(image, s.instruction, backend, cfg)
+        marked = mk.look(s.nodes(), image, image.size) if marks else None
+        messages = messages_for(marked.image if marked else image, s.instruction, backend, cfg, policy,
+                                marked.note if marked else "")
         t0 = time.perf_counter()
-        raw = backend.generate(messages, POLICY)
+        raw = backend.generate(messages, policy)
         ms = (time.perf_counter() - t0) * 1e3
-        point, error = None, ""
+        point, error, named = None, "", None
+
+        def resolve(action):
+            nonlocal named
+            named = action.mark
+            mark = marked.get(action.mark) if action.mark is not None else None
+            if action.mark is None:
+                return action
+            if mark is None:
+                raise PolicyError(f"mark {action.mark} is not on this screenshot")
+            return mk.at_node(action, mk.resolve(mark, marked.nodes, image.size), image.size)
+
         try:
-            action = check_reply(raw, POLICY)
+            action = check_reply(raw, policy, resolve=resolve if marked else None)
             if action.coordinate is None:
                 error = "left_click without a point"
             else:
@@ -127,7 +150,7 @@ def evaluate(samples: list[Sample], backend, *, dataset: str = "", out: Path | N
         except (ParseError, PolicyError) as e:
             error = str(e)
         r = Result(i, s.instruction, s.platform, s.kind, s.source, s.box, bool(point and s.hit(point)), point, ms,
-                   getattr(backend, "last_reply", raw), error)
+                   getattr(backend, "last_reply", raw), error, named)
         report.results.append(r)
         if out is not None and not r.hit:
             draw_failure(image, r, out / "failures" / f"{i:04d}.png")

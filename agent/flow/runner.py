@@ -357,7 +357,8 @@ class Flow:
 
         view = _ActTrace(self.trace, res.index)  # (the loop records each target's evidence as it acts)
         view.steps = [s.model_copy(update={"step": i + 1}) for i, s in enumerate(made)]  # its history so far
-        cfg = LoopConfig(max_steps=step.max_steps or DEFAULT_ACT_STEPS, timeout_s=max(self.deadline - time.monotonic(), 0.001))
+        cfg = LoopConfig(max_steps=step.max_steps or DEFAULT_ACT_STEPS, timeout_s=max(self.deadline - time.monotonic(), 0.001),
+                         marks=self.task.marks)
         if self.loop_history is not None:
             cfg.history = self.loop_history
         end = run_loop(res.text, self.backend, self.desktop, self.policy, view, cfg,

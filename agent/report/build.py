@@ -168,7 +168,7 @@ def _screens(trace: Path, shard_dir: Path) -> None:
     """The screenshots the kept records name, from the shard's copies (by file name), into `trace`."""
     from agent.trace import load_steps
 
-    names = [s.screenshot for s in load_steps(trace, lenient=True) if s.screenshot]
+    names = [n for s in load_steps(trace, lenient=True) for n in (s.screenshot, s.marks) if n]
     try:
         result = json.loads((trace / "result.json").read_text(encoding="utf-8"))
         names += [result.get("final_screenshot") or "screens/final.png"]

@@ -48,6 +48,12 @@ def action_label(action: Action) -> str:
     return f"{kind}{at}"
 
 
+def mark_label(step) -> str:
+    """`mark 7 (push button 'OK') -> ` for a click the model aimed by an element mark (--marks)."""
+    mark = getattr(step, "mark", None)
+    return f"mark {mark['n']} ({mark['role']} {mark['name'][:40]!r}) -> " if mark else ""
+
+
 def _n(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -89,7 +95,7 @@ def overlay(step, action: Action | None = None, rejected: bool = False) -> dict 
     color = COLOR.get(kind, OTHER_COLOR)
     r, fs = max(w, h) / 70, max(w, h) / 60  # marker radius and caption font size, in frame pixels
     sw = r / 4  # stroke width
-    label = action_label(action)
+    label = mark_label(step) + action_label(action)
     p = on_frame(step, None if rejected else step.pixel, getattr(action, "coordinate", None))
     shapes: list[dict] = []
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from agent import secrets, trust
-from agent.report.draw import action_label, overlay
+from agent.report.draw import action_label, mark_label, overlay
 from agent.trace import Result, Step, load_steps
 
 ASSETS = Path(__file__).with_name("assets")
@@ -166,6 +166,7 @@ def card(step: Step, img: str | None, after: str | None) -> dict:
     intended = _intended(step)
     shown = intended if intended is not None else step.action
     label = action_label(shown) + (" (rejected)" if intended is not None else "") if shown else "rejected reply"
+    label = mark_label(step) + label
     return {"step": step.step, "kind": step.kind, "source": SOURCE[step.source], "label": label,
             "img": img, "after": after, "error": step.error, "raw": step.raw, "pixel": step.pixel,
             "overlay": overlay(step, intended, rejected=intended is not None),
@@ -208,7 +209,8 @@ def render_trace(trace: Path, out: Path, slug: str, name: str | None = None, log
     tasks_dir = out / "tasks"
     imgs = [_copy_screen(trace, st.screenshot, tasks_dir, slug) for st in steps]
     final = _copy_screen(trace, (result.final_screenshot if result else None) or "screens/final.png", tasks_dir, slug)
-    cards = [card(st, img, imgs[i + 1] if i + 1 < len(imgs) else final) for i, (st, img) in enumerate(zip(steps, imgs))]
+    seen = [(_copy_screen(trace, st.marks, tasks_dir, slug) if st.marks else None) or img for st, img in zip(steps, imgs)]
+    cards = [card(st, shown, imgs[i + 1] if i + 1 < len(imgs) else final) for i, (st, shown) in enumerate(zip(steps, seen))]
     for st, shown in zip(steps, cards):
         shown["replayed"] = _replayed(st, trace, tasks_dir, slug)
     status = result.status if result else "no result"

@@ -101,33 +101,34 @@ def _observation(step_no: int, rejected: Step | None) -> str:
 
 def build_messages(goal: str, steps: list[Step], current: Image.Image, policy: Policy,
                    load_image: Callable[[Step], Image.Image], cfg: HistoryConfig = HistoryConfig(),
-                   fits: Callable[[list[Message]], bool] | None = None) -> list[Message]:
+                   fits: Callable[[list[Message]], bool] | None = None, note: str = "") -> list[Message]:
     """The chat for the next step: system (tools), the task with older steps as text, then the
-    recent steps as (screenshot, reply) turns, then the current screenshot.
+    recent steps as (screenshot, reply) turns, then the current screenshot (and `note` on it: the
+    list of its element marks under --marks).
 
     `fits` (the backend's exact token check against its KV budget) makes the window give up more
     screenshots, a chunk at a time, then the oldest text lines, until the prompt fits."""
     first = first_image_step(len(steps), cfg)
-    messages = _render(goal, steps, current, policy, load_image, cfg, first, 0)
+    messages = _render(goal, steps, current, policy, load_image, cfg, first, 0, note)
     if fits is None or fits(messages):
         return messages
     chunk = max(cfg.evict_chunk, 1)
     while first < len(steps):
         first = min(first + chunk, len(steps))
-        messages = _render(goal, steps, current, policy, load_image, cfg, first, 0)
+        messages = _render(goal, steps, current, policy, load_image, cfg, first, 0, note)
         if fits(messages):
             return messages
     dropped = 0
     while dropped < first:
         dropped = min(dropped + max(first // 4, 1), first)
-        messages = _render(goal, steps, current, policy, load_image, cfg, first, dropped)
+        messages = _render(goal, steps, current, policy, load_image, cfg, first, dropped, note)
         if fits(messages):
             return messages
     raise BackendError("the prompt does not fit the model's context even with one screenshot and no history; "
                        "lower --max-pixels")
 
 
-def _render(goal, steps, current, policy, load_image, cfg, first: int, dropped: int) -> list[Message]:
+def _render(goal, steps, current, policy, load_image, cfg, first: int, dropped: int, note: str = "") -> list[Message]:
     """`first`: the oldest step shown with its screenshot; `dropped`: oldest steps left out entirely."""
     lines = [step_line(s) for s in steps[dropped:first]]
     if dropped:
@@ -146,5 +147,6 @@ def _render(goal, steps, current, policy, load_image, cfg, first: int, dropped: 
         messages.append({"role": "assistant", "content": [_text(reply)]})
         prev = s
     next_no = steps[-1].step + 1 if steps else 1
-    messages.append({"role": "user", "content": [_image(current, cfg), _text(_observation(next_no, prev))]})
+    last = _observation(next_no, prev) + (f"\n{note}" if note else "")
+    messages.append({"role": "user", "content": [_image(current, cfg), _text(last)]})
     return messages

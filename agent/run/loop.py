@@ -5,6 +5,7 @@ agent.run.runner turns that and the task's success checks into the run's status.
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from agent.run.executor import execute
 from agent.run.history import HistoryConfig, build_messages
 from agent.run.status import End as LoopEnd
 from agent.targets.evidence import pointer_pixels
+from agent.targets.marks import Marker, marked_pixels
 from agent.trace import Step, Trace
 
 MAX_REJECTIONS = 3  # rejected replies in a row before the run ends as invalid_output
@@ -35,6 +37,7 @@ class LoopConfig:
     timeout_s: float = 300.0
     history: HistoryConfig = field(default_factory=HistoryConfig)
     settle_max_s: float = 2.0
+    marks: bool = False  # number the tree's interactive elements on the frame; a click may name one
 
 
 def _generate(backend: Backend, messages, policy: Policy, deadline: float):
@@ -63,15 +66,20 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
     """run: the RunSession this loop drives (its events and its pause/stop control), if any."""
     # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
     targets = _step_targets(desktop)
+    if cfg.marks and targets is not None and getattr(backend, "format", "qwen3-vl") == "qwen3-vl":  # native only
+        marker, policy = Marker(targets.tree), copy.copy(policy)
+        policy.marks = True  # the grammar and the policy take a mark (the rest of the run's policy as it is)
+    else:
+        marker = None
     try:
-        return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets, run or _Unwatched())
+        return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets, run or _Unwatched(), marker)
     finally:
         if targets is not None:
             targets.close()
 
 
 def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
-              cfg: LoopConfig, on_step, targets, run) -> LoopEnd:
+              cfg: LoopConfig, on_step, targets, run, marker=None) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
     # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
     fits = lambda messages: backend.fits(messages, policy)  # noqa: E731 (the history shrinks until it fits)
@@ -107,12 +115,17 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             t0 = time.perf_counter()
             frame = desktop.capture()
             run.publish(ev.FrameCaptured, step=n, image=frame)
+            marked = marker.look(frame, desktop.size()) if marker is not None else None  # the tree now, drawn
             if targets is not None:
-                targets.look()  # the accessibility tree of this frame, read while the model thinks
+                targets.look(marked.nodes if marked else None)  # the accessibility tree of this frame, read while the model thinks
             step = Step(step=n, screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)
+            if marked is not None and marked.marks:
+                step.marks = trace.save_screen(marked.image, f"{n:04d}-marks")
+            resolve = _mark_resolver(marker, marked, step, desktop) if marked is not None else None
             t1 = time.perf_counter()
             done = trace.steps + [step for step, _ in held]
-            messages = build_messages(goal, done, frame, policy, load_image, cfg.history, fits)
+            messages = build_messages(goal, done, marked.image if marked else frame, policy, load_image, cfg.history,
+                                      fits, note=marked.note if marked else "")
             images[n] = frame
             for old in [k for k in images if k <= n - IMAGE_CACHE]:
                 del images[old]
@@ -125,13 +138,15 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             write_held()
             step.timings = {"capture_ms": (t1 - t0) * 1e3, "prompt_ms": (t_prompt - t1) * 1e3,
                             "model_ms": (t2 - t_prompt) * 1e3}
+            if marked is not None:
+                step.timings.update(marks_tree_ms=marked.tree_ms, marks_draw_ms=marked.draw_ms)
             if raw is None:
                 step.error = "the model did not answer before the run's deadline"
                 _record(trace, step, t0, on_step)
                 return LoopEnd("timeout", f"timed out after {cfg.timeout_s:g} s waiting for the model")
             step.raw = raw
             try:
-                action = check_reply(raw, policy, desktop, frame.size)  # actions.gate: policy + the window that receives it
+                action = check_reply(raw, policy, desktop, frame.size, resolve)  # actions.gate: policy + the window that receives it
             except (ParseError, PolicyError) as e:
                 step.error = str(e)
                 run.publish(ev.ActionRefused, step=n, reason=step.error)
@@ -145,7 +160,7 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             run.publish(ev.ActionChecked, step=n, action=to_json(action))
             attendant = getattr(run, "attendant", None)  # attended runs, take over (agent/ui/attend.py)
             if attendant is not None:
-                action = attendant.review(step, action, frame, lambda raw: check_reply(raw, policy, desktop, frame.size))
+                action = attendant.review(step, action, frame, lambda raw: check_reply(raw, policy, desktop, frame.size, resolve))
                 if step.decision:  # a person was asked: their time is not the action's
                     step.timings["person_ms"] = (time.perf_counter() - t2) * 1e3
                     t2 = time.perf_counter()
@@ -154,7 +169,8 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
                     _record(trace, step, t0, on_step)
                     continue
                 step.action = action
-            target = targets.before(frame, pointer_pixels(action, frame.size)) if targets else None
+            aimed = marked_pixels(step.mark, frame.size, desktop.size()) if step.mark else pointer_pixels(action, frame.size)
+            target = targets.before(frame, aimed) if targets else None  # (a mark: where its element is on this frame)
             outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
             step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
             run.publish(ev.ActionExecuted, step=n, action=to_json(action), pixel=outcome.pixel)
@@ -186,6 +202,15 @@ class _Unwatched:
 
     def publish(self, kind, **fields) -> None:
         pass
+
+
+def _mark_resolver(marker, marked, step: Step, desktop: Desktop):
+    """--marks: a click at a mark -> at the marked element's centre, read from the tree at action time
+    (the step keeps the mark, the element and the point); refused when the element is gone."""
+    def resolve(action):
+        action, step.mark = marker.resolve(action, marked, desktop.size())
+        return action
+    return resolve
 
 
 def _step_targets(desktop):

@@ -2,6 +2,7 @@
 (agent.run.session: sandbox, setup, trace, checks, status, teardown)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
                         cache=cache, bus=bus, control=control,
                         on_session=on_session)
     loop = loop or LoopConfig(max_steps=task.max_steps, timeout_s=task.timeout_s)
+    if task.marks and not loop.marks:  # the task asks for element marks (agent/targets/marks.py)
+        loop = dataclasses.replace(loop, marks=True)
     session = RunSession(task, mode="loop", model=getattr(backend, "name", ""), trace_dir=trace_dir, display=display,
                          bus=bus, control=control)
     if on_session is not None:

@@ -488,11 +488,13 @@ class StepTargets:
         self.tree = atspi.Tree(display)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="targets")
         self._ticket: int | None = None
+        self._nodes: list | None = None
 
-    def look(self) -> None:
+    def look(self, nodes: list | None = None) -> None:
         """Start walking the tree of the frame just captured (the screen is still: the model is
-        deciding what to do with it)."""
-        self._ticket = self.tree.prefetch()
+        deciding what to do with it), or take `nodes`, that tree read already (--marks)."""
+        self._nodes = nodes
+        self._ticket = self.tree.prefetch() if nodes is None else None
 
     def before(self, frame: Image.Image, pixels: list[tuple[int, int]]):
         """A future of the evidence for `pixels` (the point, and a drag's start) or None."""
@@ -506,7 +508,9 @@ class StepTargets:
         except SandboxError:
             windows = []
         ticket, self._ticket = self._ticket, None
-        nodes = self.tree.take(ticket) if ticket is not None else self.tree.nodes()
+        nodes, self._nodes = self._nodes, None
+        if nodes is None:
+            nodes = self.tree.take(ticket) if ticket is not None else self.tree.nodes()
 
         def work() -> dict:
             ev = describe(frame, pixels[0], windows, nodes, later=self.tree.nodes)

@@ -36,7 +36,7 @@ def step_card(step, url_id: str) -> dict:
     """A trace Step as the report's card, its screenshot served from the run's folder."""
     from agent.report.page import card as report_card
 
-    card = report_card(step, files_url(url_id, step.screenshot), None)
+    card = report_card(step, files_url(url_id, step.marks or step.screenshot), None)  # what the model saw
     card["decision"] = step.decision
     card["replayed"] = None  # (the report shows a replayed step beside its recording; live, the step alone)
     card["source"] = card["source"] or ""
