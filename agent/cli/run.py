@@ -54,8 +54,6 @@ def run(task_file, model, backend, base_url, model_format, display, trace_dir, m
             from agent.flow.runner import open_cache
 
             store = open_cache(task, cache_mode)
-        if task.steps and attended:  # a flow's cached and native steps are not asked about: say so
-            raise UsageError("--attended is for goal tasks; a flow (steps:) can be watched (--watch), not attended")
         model_backend = make_backend(model, backend, base_url, model_format)
     loop = LoopConfig(max_steps=max_steps or task.max_steps, timeout_s=timeout_s or task.timeout_s,
                       history=HistoryConfig(max_images=history_images, max_pixels=max_pixels))

@@ -1,4 +1,5 @@
-"""An attended run's question in the terminal, when no page watches: approve, or reject with a note."""
+"""An attended run's questions in the terminal, when no page watches: approve, or reject with a note;
+and the model's own questions (ask_user): type the answer."""
 from __future__ import annotations
 
 import json
@@ -23,9 +24,27 @@ def ask_in_terminal(proposal, attendant) -> None:
     Reads the terminal itself, so a run whose stdin is not a terminal is left to its timeout."""
     if not sys.stdin or not sys.stdin.isatty():
         return
+    if proposal.question is not None:
+        console.print(f"[bold yellow]step {proposal.step}: the model asks you[/]: {text(proposal.question)}\n"
+                      "  your answer (an empty line: no answer) > ", end="")
+        line = _read_line(proposal, attendant)
+        if line is not None:
+            attendant.answer(Decision("answer", "terminal", note=line), proposal.step)
+        return
     console.print(f"[bold yellow]step {proposal.step} waits for you[/]: {text(proposal.why)}\n"
                   f"  proposed: {text(json.dumps(proposal.action, ensure_ascii=False))}\n"
                   "  [bold]a[/] approve · [bold]r[/] reject (a note may follow: r wrong field) > ", end="")
+    line = _read_line(proposal, attendant)
+    if not line:
+        return
+    verdict = "approve" if line.lower() in ("a", "y", "yes", "approve") else "reject"
+    note = line[1:].strip() if verdict == "reject" and line[:1].lower() == "r" else ("" if verdict == "approve" else line)
+    attendant.answer(Decision(verdict, "terminal", note=note), proposal.step)
+
+
+def _read_line(proposal, attendant) -> str | None:
+    """A line from the terminal, stripped; None when the proposal was decided elsewhere meanwhile (the
+    page, a timeout, a stop) or the terminal closed."""
     result: dict = {}
 
     def read():
@@ -38,9 +57,6 @@ def ask_in_terminal(proposal, attendant) -> None:
     reader.start()
     while reader.is_alive() and attendant.pending is proposal:
         reader.join(0.25)
-    line = result.get("line", "").strip()
-    if attendant.pending is not proposal or not line:
-        return
-    verdict = "approve" if line.lower() in ("a", "y", "yes", "approve") else "reject"
-    note = line[1:].strip() if verdict == "reject" and line[:1].lower() == "r" else ("" if verdict == "approve" else line)
-    attendant.answer(Decision(verdict, "terminal", note=note), proposal.step)
+    if attendant.pending is not proposal or "line" not in result:
+        return None
+    return result["line"].strip()
