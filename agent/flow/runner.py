@@ -316,7 +316,7 @@ class Flow:
             self._add(step)
             raise StepFailed(step.error)
         if step.decision:  # what ran (a correction) and the person's time, not the action's
-            step.action, step.timings["person_ms"] = to_json(checked), (time.perf_counter() - t0) * 1e3
+            step.action, step.timings["person_ms"] = checked, (time.perf_counter() - t0) * 1e3
         outcome = self.actor.act(checked, frame.size)
         step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
         t1 = time.perf_counter()
