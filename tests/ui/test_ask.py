@@ -124,3 +124,19 @@ def test_older_questions_stay_in_the_history_with_their_answers():
     assert step_line(step) == 'Step 2: {"action": "ask_user", "text": "Which one?"} -> answered: the left one'
     step.decision = {"verdict": "unanswered", "by": "timeout", "note": "no answer within 300 s"}
     assert step_line(step).endswith("-> not answered (no answer within 300 s)")
+
+
+def test_a_terminal_or_attended_run_can_be_asked_a_run_without_either_cannot():
+    from types import SimpleNamespace
+
+    from actions.policy import Allow
+    from agent.ui.watch import attend
+
+    def session(allow=None):
+        return SimpleNamespace(task=SimpleNamespace(allow=allow or Allow()), control=RunControl(), attendant=None)
+
+    assert attend(s := session(), tty=False) is None and s.attendant is None  # a pipe, CI, a suite item
+    assert attend(s := session(), tty=True).can_answer and s.attendant.can_answer
+    assert attend(session(), attended=True, tty=False).can_answer
+    confirm_only = attend(session(Allow(confirm={"actions": ["left_click"]})), tty=False)
+    assert confirm_only is not None and not confirm_only.can_answer  # approvals time out; no questions offered
