@@ -3,6 +3,7 @@ and the model's own questions (ask_user): type the answer."""
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import threading
 
@@ -43,20 +44,37 @@ def ask_in_terminal(proposal, attendant) -> None:
 
 
 def _read_line(proposal, attendant) -> str | None:
-    """A line from the terminal, stripped; None when the proposal was decided elsewhere meanwhile (the
-    page, a timeout, a stop) or the terminal closed."""
-    result: dict = {}
-
-    def read():
+    """The next line typed in the terminal, stripped; None when the proposal was decided elsewhere
+    meanwhile (the page, a timeout, a stop) or the terminal closed. One reader for the process: a
+    reader left waiting by a question the page answered would otherwise take the next one's line."""
+    global _reader
+    with _reader_lock:
+        while not _lines.empty():  # typed while nothing was asked: not an answer to this
+            _lines.get_nowait()
+        if _reader is None or not _reader.is_alive():
+            _reader = threading.Thread(target=_read_stdin, daemon=True, name="terminal-reader")
+            _reader.start()
+    while attendant.pending is proposal:
         try:
-            result["line"] = sys.stdin.readline()
-        except (OSError, ValueError):
-            pass
+            line = _lines.get(timeout=0.25)
+        except queue.Empty:
+            continue
+        return None if line is None else line.strip()
+    console.print()  # decided elsewhere or timed out: end the prompt's line
+    return None
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    while reader.is_alive() and attendant.pending is proposal:
-        reader.join(0.25)
-    if attendant.pending is not proposal or "line" not in result:
-        return None
-    return result["line"].strip()
+
+_lines: "queue.Queue[str | None]" = queue.Queue()  # None: the terminal closed
+_reader: threading.Thread | None = None
+_reader_lock = threading.Lock()
+
+
+def _read_stdin() -> None:
+    while True:
+        try:
+            line = sys.stdin.readline()
+        except (OSError, ValueError):
+            line = ""
+        _lines.put(line or None)
+        if not line:
+            return
