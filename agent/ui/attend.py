@@ -230,8 +230,10 @@ class Attendant:
                 notify(proposal)
             except Exception:
                 pass
+        asker = None
         if self.terminal is not None and not self.watched():
-            threading.Thread(target=self.terminal, args=(proposal, self), daemon=True, name="ask-terminal").start()
+            asker = threading.Thread(target=self.terminal, args=(proposal, self), daemon=True, name="ask-terminal")
+            asker.start()
         start = time.monotonic()
         wait_s = self.rules.timeout_s if until is None else max(min(self.rules.timeout_s, until - start), 0.0)
         deadline = start + wait_s
@@ -245,6 +247,8 @@ class Attendant:
                 self._cv.wait(min(left, 0.25))
             answer = self._answer or Decision("reject", "stop", note="the run was stopped")
             self.pending = None
+        if asker is not None:  # the terminal's prompt ends before the run prints on
+            asker.join(0.5)
         return answer
 
     # ---- the person's side
