@@ -27,8 +27,8 @@ from agent.cli.common import (EXIT_NOT_ACHIEVED, Seconds, UsageError, exit_for, 
               help="Flows (tasks with steps:): the action cache next to the task. read-only for CI, write-only to refresh.")
 @click.option("--watch", is_flag=True, help="Serve a web console for this run and print its URL: watch it live, pause, "
                                              "stop, approve, take over (agent/ui).")
-@click.option("--attended", is_flag=True, help="Every action waits for a person's approval: on the --watch page, else in "
-                                                "the terminal.")
+@click.option("--attended", is_flag=True, help="Every action waits for a person's approval (a flow's cached steps too): "
+                                                "on the --watch page, else in the terminal. The model may ask questions.")
 def run(task_file, model, backend, base_url, model_format, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json,
         cache_mode, watch, attended):
     """Run TASK_FILE with a model, in a sandboxed display by default.
