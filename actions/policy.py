@@ -249,11 +249,20 @@ def default_chord_ok(chord: tuple[str, ...]) -> bool:
 FocusProbe = Callable[[], "Focus | None"]
 
 
+NOBODY_TO_ASK = ("nobody can answer a question in this run (it is not attended, no console watches it and it has "
+                 "no terminal); go on without asking, or terminate")
+
+
 class Policy:
-    def __init__(self, allow: Allow | None = None, marks: bool = False):
+    def __init__(self, allow: Allow | None = None, marks: bool = False, can_ask: bool = False):
+        """marks: a click may name an element mark (--marks; the grammar allows it). can_ask: a person can
+        answer the model's `ask_user` now (a console, --attended, a terminal: agent/ui/watch.py); without
+        one the action is not offered, so an unattended run never waits."""
         self.allow = allow or Allow()
-        self.marks = marks  # a click may name an element mark (--marks); the grammar allows it
-        self.actions = frozenset(self.allow.actions or ACTION_NAMES)
+        self.marks = marks
+        listed = frozenset(self.allow.actions or ACTION_NAMES)
+        self.can_ask = can_ask and "ask_user" in listed
+        self.actions = listed if self.can_ask else listed - {"ask_user"}
         self.chords = None if self.allow.keys is None else frozenset(parse_chord(c) for c in self.allow.keys)
         self.deny = [compile_pattern(p) for p in (*DEFAULT_DENY_TEXT, *self.allow.deny_text)]
         texts = self.allow.text
@@ -263,6 +272,8 @@ class Policy:
     def check(self, action: Action, focus: FocusProbe | None = None) -> Action:
         """Return the action if allowed, else raise PolicyError. `focus` (called only for `type` and
         `key`) says which window would receive them; None where there is no desktop (check-action)."""
+        if action.action == "ask_user" and not self.can_ask and "ask_user" in (self.allow.actions or ACTION_NAMES):
+            raise PolicyError(NOBODY_TO_ASK)
         if action.action not in self.actions:
             raise PolicyError(f"action {action.action!r} is not allowed here; allowed: {', '.join(sorted(self.actions))}")
         if getattr(action, "mark", None) is not None:  # the run resolves a mark to a point before the gate
@@ -277,6 +288,8 @@ class Policy:
                 self._check_target(focus, "typing")
             case "middle_click":  # X11 pastes the primary selection with it: text by another door
                 self._check_target(focus, "a middle-click paste")
+            case "ask_user" if len(action.text) > self.allow.max_text_len:
+                raise PolicyError(f"a question of {len(action.text)} characters is over the {self.allow.max_text_len} character limit")
             case "wait" if action.time > MAX_WAIT_S:
                 raise PolicyError(f"wait of {action.time:g} s is over the {MAX_WAIT_S:g} s limit")
             case "scroll" | "hscroll" if abs(action.pixels) > MAX_SCROLL_PX:

@@ -109,8 +109,16 @@ class Answer(_Action):
     text: str
 
 
+class AskUser(_Action):
+    """A question for the person at the run (attended runs, a console, a terminal); their answer is the
+    next step's feedback. Nothing reaches the desktop."""
+
+    action: Literal["ask_user"]
+    text: str = Field(min_length=1)
+
+
 ACTION_MODELS = (Key, Type, MouseMove, LeftClick, RightClick, MiddleClick, DoubleClick, TripleClick,
-                 LeftClickDrag, Scroll, HScroll, Wait, Terminate, Answer)
+                 LeftClickDrag, Scroll, HScroll, Wait, Terminate, Answer, AskUser)
 Action = Annotated[Union[ACTION_MODELS], Field(discriminator="action")]
 ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)
 ACTION_NAMES: tuple[str, ...] = tuple(m.model_fields["action"].annotation.__args__[0] for m in ACTION_MODELS)

@@ -52,11 +52,25 @@ def _prompt(name: str) -> str:
 
 def tool_json(policy: Policy | None) -> str:
     """Qwen's computer_use tool (prompts/computer_use.json) with the policy's actions only."""
+    return _tool_json(tuple(sorted((policy or Policy()).actions)))
+
+
+@cache
+def _tool_json(allowed: tuple[str, ...]) -> str:
     tool = json.loads((PROMPTS.parent / "computer_use.json").read_text(encoding="utf-8"))
-    allowed = (policy or Policy()).actions
     params = tool["function"]["parameters"]["properties"]
     params["action"]["enum"] = [a for a in params["action"]["enum"] if a in allowed]
+    if "ask_user" not in allowed:  # nobody to answer: the question is not suggested either
+        params["action"]["description"] = "\n".join(
+            line for line in params["action"]["description"].split("\n") if not line.startswith("* `ask_user`"))
     return json.dumps(tool, ensure_ascii=False)
+
+
+def _without(prompt: str, marker: str, policy: Policy | None, action: str) -> str:
+    """A family's prompt without the lines that offer `action` (holding `marker`) when the policy does not allow it."""
+    if action in (policy or Policy()).actions:
+        return prompt
+    return "\n".join(line for line in prompt.split("\n") if marker not in line)
 
 
 def _native(args: dict) -> str:
@@ -175,6 +189,7 @@ class Qwen3VL(Family):
 
 # ---------------------------------------------------------------------------------- GUI-Owl 1.5
 ACTION_LINE = "Action: "
+OWL_ASK = "interact"  # GUI-Owl 1.5's PC tool: "Resolve the blocking window by interacting with the user" (its ask_user)
 
 
 OWL_SPANS = (Span(ACTION_LINE.encode(), ord("\n"), THOUGHT_CHARS),)
@@ -184,16 +199,20 @@ class GuiOwl(Family):
     """Qwen's tool call after a one-line `Action:` summary; GUI-Owl's own PC system prompt."""
 
     def system_prompt(self, policy):
-        return _prompt("gui_owl.md").replace("{tools}", f"<tools>\n{tool_json(policy)}\n</tools>")
+        tools = tool_json(policy).replace("ask_user", OWL_ASK)
+        return _prompt("gui_owl.md").replace("{tools}", f"<tools>\n{tools}\n</tools>")
 
     def from_native(self, args):
-        return f"{ACTION_LINE}{args.get('action', '').replace('_', ' ')}\n{_native(args)}"
+        reply = f"{ACTION_LINE}{args.get('action', '').replace('_', ' ')}\n{_native(args)}"
+        return reply.replace('"action": "ask_user"', f'"action": "{OWL_ASK}"') if args.get("action") == "ask_user" else reply
 
     def to_native(self, reply):
-        return reply  # the native parser takes text before the tool call
+        """The native parser takes text before the tool call; GUI-Owl's `interact` is ask_user."""
+        at = reply.find("<tool_call>")  # (a quote inside the JSON's strings is escaped: only the key matches)
+        return reply if at < 0 else reply[:at] + reply[at:].replace(f'"action": "{OWL_ASK}"', '"action": "ask_user"', 1)
 
     def grammar(self, policy):
-        native = reply_grammar(policy).replace("root ::= ", "native ::= ", 1)
+        native = reply_grammar(policy).replace("root ::= ", "native ::= ", 1).replace('\\"ask_user\\"', f'\\"{OWL_ASK}\\"')
         return (f'root ::= {lit(ACTION_LINE)} summary "\\n" native\n'
                 f'summary ::= [^\\n<"\\\\]*\n' + native)  # bounded while decoding (SPANS)
 
@@ -216,7 +235,7 @@ class MaiUi(Family):
     """MAI-UI's mobile_use tool call (its no-thinking prompt), coordinates on 0..999."""
 
     def system_prompt(self, policy):
-        return _prompt("mai_ui.md")
+        return _without(_prompt("mai_ui.md"), '"ask_user"', policy, "ask_user")
 
     def from_native(self, args):
         a, s = args.get("action"), self.scale
@@ -233,7 +252,7 @@ class MaiUi(Family):
                 out["coordinate"] = _unscale(args["coordinate"], s)
         elif a == "key" and args.get("keys") == ["enter"]:
             out = {"action": "system_button", "button": "enter"}
-        elif a in ("type", "answer"):
+        elif a in ("type", "answer", "ask_user"):
             out = {"action": a, "text": args["text"]}
         elif a == "wait":
             out = {"action": "wait"}
@@ -280,6 +299,8 @@ class MaiUi(Family):
                 native = {"action": "key", "keys": keys}
             elif a in ("type", "answer"):
                 native = {"action": a, "text": args["text"]}
+            elif a in ("ask_user", "INFO"):  # MAI-UI: INFO "asks the user for more info", as ask_user
+                native = {"action": "ask_user", "text": args["text"]}
             elif a == "wait":
                 native = {"action": "wait", "time": 1}
             elif a == "terminate":
@@ -312,6 +333,8 @@ class MaiUi(Family):
         for a in ("type", "answer"):
             if a in allowed:
                 acts.append(f'"\\"{a}\\", \\"text\\": " {text}')
+        if "ask_user" in allowed:
+            acts.append('"\\"ask_user\\", \\"text\\": \\"" tchar+ "\\""')
         if "wait" in allowed:
             acts.append('"\\"wait\\""')
         if "terminate" in allowed:
@@ -353,7 +376,7 @@ class UiVenus(Family):
         return out
 
     def system_prompt(self, policy):
-        return _prompt("ui_venus.md")
+        return _without(_prompt("ui_venus.md"), "CallUser(", policy, "ask_user")
 
     def from_native(self, args):
         a = args.get("action")
@@ -374,9 +397,11 @@ class UiVenus(Family):
             act = "PressEnter()" if args["keys"] == ["enter"] else f"Hotkey(keys=[{', '.join(_py_str(k) for k in args['keys'])}])"
         elif a == "wait":
             act = "Wait()"
-        elif a == "terminate":
+        elif a == "terminate" and args["status"] == "success":
             act = "Finished(content='')"
-        elif a == "answer":
+        elif a == "answer":  # Venus 1.5: Finished "optionally reports details in content"
+            act = f"Finished(content={_py_str(args['text'])})"
+        elif a == "ask_user":  # Venus 1.5: CallUser "requests additional information" from the user
             act = f"CallUser(content={_py_str(args['text'])})"
         else:
             return _native(args)
@@ -410,14 +435,16 @@ class UiVenus(Family):
         if g := re.fullmatch(rf"Type\(content={quoted}\)", act, re.S):
             return _native({"action": "type", "text": _py_unstr(g.group(1))})
         if g := re.fullmatch(rf"CallUser\(content={quoted}\)", act, re.S):
-            return _native({"action": "answer", "text": _py_unstr(g.group(1))})
+            return _native({"action": "ask_user", "text": _py_unstr(g.group(1))})
         if g := re.fullmatch(r"Hotkey\(keys=\[(.*)\]\)", act):
             return _native({"action": "key", "keys": [k.strip().strip("'\"") for k in g.group(1).split(",") if k.strip()]})
         if act == "PressEnter()":
             return _native({"action": "key", "keys": ["enter"]})
         if act == "Wait()":
             return _native({"action": "wait", "time": 1})
-        if re.fullmatch(rf"Finished\(content={quoted}\)", act, re.S) or act == "Finished()":
+        if (g := re.fullmatch(rf"Finished\(content={quoted}\)", act, re.S)) and g.group(1):
+            return _native({"action": "answer", "text": _py_unstr(g.group(1))})
+        if g or act == "Finished()":
             return _native({"action": "terminate", "status": "success"})
         if act in ("PressBack()", "PressHome()", "PressRecent()") or act.startswith("Launch("):
             return _refuse(f"{act} has no desktop equivalent")
@@ -440,8 +467,8 @@ class UiVenus(Family):
             acts.append("\"Scroll(direction='\" (\"up\" | \"down\") \"')\"")
         if "type" in allowed:
             acts.append(f'"Type(content=" {text} ")"')
-        if "answer" in allowed:
-            acts.append(f'"CallUser(content=" {text} ")"')
+        if "ask_user" in allowed and not spec.empty_text:
+            acts.append('"CallUser(content=\'" vchar+ "\')"')
         if "key" in allowed:
             if ("enter",) in spec.chords:
                 acts.append('"PressEnter()"')
@@ -450,7 +477,9 @@ class UiVenus(Family):
                 acts.append('"Hotkey(keys=[" chord "])"')
         if "wait" in allowed:
             acts.append('"Wait()"')
-        if "terminate" in allowed:
+        if "answer" in allowed and not spec.empty_text:  # an answer in Finished's content; empty: terminate
+            acts.append(f"\"Finished(content='\" vchar{'*' if 'terminate' in allowed else '+'} \"')\"")
+        elif "terminate" in allowed:
             acts.append("\"Finished(content='')\"")
         if not acts:
             raise VlagentError("the task's policy leaves no action UI-Venus' format can express")
@@ -471,7 +500,7 @@ class UiVenus(Family):
     def max_reply_tokens(self, policy):
         spec = Spec.of(policy)
         longest_chord = max((len(", ".join(_py_str(k) for k in c)) for c in spec.chords), default=0)
-        action = max(len("Drag(start=(1000,1000), end=(1000,1000))"), len("CallUser(content='')") + span_bytes(text_bound(policy)),
+        action = max(len("Drag(start=(1000,1000), end=(1000,1000))"), len("Finished(content='')") + span_bytes(text_bound(policy)),
                      len("Hotkey(keys=[])") + longest_chord)
         tags = len("<think></think>\n<action></action>\n<conclusion></conclusion>")
         return tags + span_bytes(THOUGHT_CHARS) + span_bytes(CONCLUSION_CHARS) + action + 1

@@ -135,8 +135,10 @@ class Spec:
         policy = policy or Policy()
         chords = default_chords() if policy.chords is None else \
             tuple(sorted(c for c in policy.chords if denied_combo(c) is None))  # the policy refuses the rest
-        actions = tuple(a for a in ACTION_NAMES if a in policy.actions and (a != "key" or chords))
-        return cls(actions, chords, policy.allow.max_text_len == 0, policy.marks)
+        empty = policy.allow.max_text_len == 0
+        actions = tuple(a for a in ACTION_NAMES if a in policy.actions and (a != "key" or chords)
+                        and (a != "ask_user" or not empty))
+        return cls(actions, chords, empty, policy.marks)
 
 
 def _either_order(first: str, second: str) -> str:
@@ -159,6 +161,7 @@ def _action_rules(spec: Spec) -> dict[str, str]:
         "wait": '"\\"wait\\", \\"time\\": " time',
         "terminate": '"\\"terminate\\", \\"status\\": " ("\\"success\\"" | "\\"failure\\"")',
         "answer": f'"\\"answer\\", \\"text\\": " {text}',
+        "ask_user": '"\\"ask_user\\", \\"text\\": \\"" tchar+ "\\""',  # a question is not empty
     }
     place = f'({coord} | "\\"mark\\": " mark)' if spec.marks else coord
     for click in ("left_click", "right_click", "middle_click", "double_click", "triple_click"):
@@ -205,8 +208,9 @@ def max_reply_bytes(policy: Policy | None = None) -> int:
     with one byte per token at worst, this many tokens (plus the stop token) always end a reply."""
     spec = Spec.of(policy)
     longest = [len('"left_click_drag", "coordinate": [1000, 1000], "start_coordinate": [1000, 1000]')]
-    if {"type", "answer"} & set(spec.actions):
-        longest.append(len('"answer", "text": ""') + UTF8_MAX_BYTES * text_bound(policy))
+    texts = [len(f'"{a}", "text": ""') for a in ("type", "answer", "ask_user") if a in spec.actions]
+    if texts:
+        longest.append(max(texts) + UTF8_MAX_BYTES * text_bound(policy))
     if "key" in spec.actions:
         longest.append(len('"key", "keys": ') + max(len(_json_list(c).encode()) for c in spec.chords))
     return len((OPEN + CLOSE).encode()) + max(longest)

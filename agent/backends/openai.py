@@ -349,7 +349,7 @@ def _args(action: str, **props) -> dict:
 def text_limit(policy: Policy) -> int:
     """The longest string the schema lets through for this policy."""
     actions = Spec.of(policy).actions
-    return min(policy.allow.max_text_len, MAX_SCHEMA_TEXT_CHARS) if {"type", "answer"} & set(actions) else 0
+    return min(policy.allow.max_text_len, MAX_SCHEMA_TEXT_CHARS) if {"type", "answer", "ask_user"} & set(actions) else 0
 
 
 def reply_max_tokens(policy: Policy) -> int:
@@ -367,6 +367,7 @@ def reply_schema(policy: Policy) -> dict:
         "key": lambda a: _args(a, keys={"enum": [list(chord) for chord in spec.chords]}),
         "type": lambda a: _args(a, text=text),
         "answer": lambda a: _args(a, text=text),
+        "ask_user": lambda a: _args(a, text={**text, "minLength": 1}),
         "wait": lambda a: _args(a, time={"type": "integer", "minimum": 0, "maximum": int(MAX_WAIT_S)}),
         "terminate": lambda a: _args(a, status={"enum": ["success", "failure"]}),
         "scroll": lambda a: _args(a, pixels={"type": "integer", "minimum": -MAX_SCROLL_PX, "maximum": MAX_SCROLL_PX},

@@ -27,8 +27,8 @@ from agent.cli.common import (EXIT_NOT_ACHIEVED, Seconds, UsageError, exit_for, 
               help="Flows (tasks with steps:): the action cache next to the task. read-only for CI, write-only to refresh.")
 @click.option("--watch", is_flag=True, help="Serve a web console for this run and print its URL: watch it live, pause, "
                                              "stop, approve, take over (agent/ui).")
-@click.option("--attended", is_flag=True, help="Every action waits for a person's approval: on the --watch page, else in "
-                                                "the terminal.")
+@click.option("--attended", is_flag=True, help="Every action waits for a person's approval (a flow's cached steps too): "
+                                                "on the --watch page, else in the terminal. The model may ask questions.")
 @click.option("--marks", is_flag=True, help="Number the interactive elements (from the accessibility tree) on each frame "
                                              "and list them in the prompt; the model may click a mark instead of a point.")
 def run(task_file, model, backend, base_url, model_format, display, trace_dir, max_steps, timeout_s, history_images, max_pixels, as_json,
@@ -56,8 +56,6 @@ def run(task_file, model, backend, base_url, model_format, display, trace_dir, m
             from agent.flow.runner import open_cache
 
             store = open_cache(task, cache_mode)
-        if task.steps and attended:  # a flow's cached and native steps are not asked about: say so
-            raise UsageError("--attended is for goal tasks; a flow (steps:) can be watched (--watch), not attended")
         task = task.model_copy(update={"marks": True}) if marks else task  # as the task's `marks: true`
         model_backend = make_backend(model, backend, base_url, model_format)
         if task.marks and getattr(model_backend, "format", "qwen3-vl") != "qwen3-vl":

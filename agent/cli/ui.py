@@ -34,6 +34,8 @@ def describe(step: Step) -> str:
     how = ", ".join(f"{v['method']} {v['score']:.2f}" for v in found.values() if isinstance(v, dict) and "score" in v)
     how = f" [dim]\\[{text(how)}][/]" if how else ""
     note = f" [yellow]{text(step.error)}[/]" if step.error else ""
+    if step.kind == "ask_user" and step.decision:  # the person's answer, or why none came
+        note = f" -> [yellow]{text(step.decision.get('verdict'))}[/]: {text(json.dumps(step.decision.get('note', ''), ensure_ascii=False))}"
     mark = f"[dim]{text(mark_label(step))}[/]" if step.mark else ""  # --marks: the element the model named
     return f"{mark}[cyan]{step.kind}[/] {text(json.dumps(args, ensure_ascii=False))}{where}{how}{note}"
 

@@ -128,9 +128,10 @@ class Flow:
     _seen: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.policy = Policy(self.task.allow)
+        person = self.session.attendant if self.session is not None else None  # attended (agent/ui/attend.py)
+        self.policy = Policy(self.task.allow, can_ask=person is not None and person.can_answer)
         self.finder = finder.Finder(self.display)
-        self.actor = Actor(self.desktop, self.finder, self.policy)
+        self.actor = Actor(self.desktop, self.finder, self.policy, person)
 
     def close(self) -> None:
         self.finder.close()
@@ -292,8 +293,9 @@ class Flow:
 
     def _perform(self, action, res: FlowStepResult, raw: str | None = None, frame: Image.Image | None = None,
                  extra: dict | None = None, settle=None) -> Step:
-        """Check the action against the task's policy, run it, record it in the trace. `settle()`
-        waits after it (default: until the screen is still)."""
+        """Check the action against the task's policy, let the person attending the run review it (if
+        any), run it, record it in the trace. `settle()` waits after it (default: until the screen is
+        still). A person's rejection is a StepFailed with their note (a cached step goes to the model)."""
         t0 = time.perf_counter()
         try:
             checked = self.actor.check(action, frame and frame.size)
@@ -308,6 +310,13 @@ class Flow:
             self._before_action(n)
         step = Step(step=n, raw=raw, action=to_json(action), frame=frame.size, screenshot=self.trace.save_screen(frame, f"{n:04d}"),
                     source="model" if raw is not None else "replay", flow_step=res.index, **(extra or {}))
+        checked = self.actor.review(step, checked, frame)
+        if checked is None:  # step.error: the person's note
+            step.action = None
+            self._add(step)
+            raise StepFailed(step.error)
+        if step.decision:  # what ran (a correction) and the person's time, not the action's
+            step.action, step.timings["person_ms"] = checked, (time.perf_counter() - t0) * 1e3
         outcome = self.actor.act(checked, frame.size)
         step.pixel, step.start_pixel = outcome.pixel, outcome.start_pixel
         t1 = time.perf_counter()
@@ -342,8 +351,8 @@ class Flow:
         # What the replay did before it gave up (an action whose effect did not show was performed):
         # the model goes on from there, it does not do the step over (a toggle would be undone).
         made = [s for s in self.trace.steps[n0:] if not s.error]
-        if step.kind == "act":
-            self._act(step, res, made)
+        if step.kind == "act":  # (with a person's rejection of a cached action: its note is the model's feedback)
+            self._act(step, res, [s for s in self.trace.steps[n0:] if not s.error or s.decision])
         else:
             self._ground(step, res, made[-1] if made else None)
         if self.cache is not None and self.cache.writes:
@@ -407,7 +416,7 @@ class Flow:
         out: list[CachedAction] = []
         for i, s in enumerate(steps):
             action = _action(s)
-            if action is None or action.action in ("terminate", "answer") or s.error:
+            if action is None or action.action in ("terminate", "answer", "ask_user") or s.error:
                 continue
             before = Image.open(self.trace.folder / s.screenshot).convert("RGB")
             nxt = next((x for x in steps[i + 1:] if x.screenshot), None)

@@ -7,6 +7,7 @@ for a target that cannot be found, or a flow step that names its target in words
     actor = Actor(desktop, finder, policy)
     moved, look = actor.retarget(action, {"coordinate": evidence}, recorded_frame, frame)
     checked = actor.check(moved, look.frame.size)           # PolicyError: refused
+    checked = actor.review(step, checked, look.frame)       # None: a person attending the run rejected it
     outcome = actor.act(checked, look.frame.size)
     ok, why, frame = actor.wait_effect(look.frame, checked, changed_then=True, rec_before=..., rec_after=...)
     shows, how = actor.tree_effect(evidence, checked, outcome.pixel)   # True / False / None (cannot tell)
@@ -21,6 +22,7 @@ import time
 from actions import ACTION_ADAPTER, Allow, ParseError, Policy, PolicyError, check_reply, gate, to_json
 from actions.coords import to_relative
 from agent.errors import VlagentError
+from agent.run.control import Attendant
 from agent.desktop.change import as_after, changed
 from agent.targets.evidence import effect_in_tree
 from agent.targets.finder import EFFECT_WAIT_S, FIND_POLL_S, SETTLE_MAX_S, Finder, Look
@@ -65,8 +67,9 @@ def ask_point(backend, goal: str, frame, kind: str, tries: int = GROUND_TRIES):
 
 
 class Actor:
-    def __init__(self, desktop, finder: Finder, policy: Policy):
-        self.desktop, self.finder, self.policy = desktop, finder, policy
+    def __init__(self, desktop, finder: Finder, policy: Policy, attendant: Attendant | None = None):
+        """attendant: the person who reviews each action before it runs (an attended flow), if any."""
+        self.desktop, self.finder, self.policy, self.attendant = desktop, finder, policy, attendant
 
     def retarget(self, action, evidence: dict[str, dict], recorded, frame=None, prefetched: int | None = None):
         """(the action with each named coordinate moved to where its evidence is found now, or None when
@@ -82,6 +85,14 @@ class Actor:
         receive it); PolicyError with the reason when refused. Secrets stay placeholders here: the
         executor fills them in."""
         return gate.check(action, gate.probe_of(self.desktop), self.policy, frame)
+
+    def review(self, step, action, frame):
+        """The checked action as a person lets it run on `frame` (their correction passes the gate too),
+        or None when they rejected it (step.decision and step.error say so). No attendant: the action."""
+        if self.attendant is None:
+            return action
+        return self.attendant.review(step, action, frame,
+                                     lambda raw: check_reply(raw, self.policy, self.desktop, frame.size))
 
     def act(self, action, frame: tuple[int, int]):
         """Perform a checked action (frame: the size its coordinates refer to): the executor's outcome."""

@@ -126,8 +126,8 @@ def _play(original, player, run, on_step) -> End:
     """Every recorded step in order; how the replay ended."""
     trace, failure, answer = run.trace, None, None
     for i, step in enumerate(original.steps):
-        if step.action is None:
-            continue  # a rejected model reply: nothing was done then
+        if step.action is None or step.kind == "ask_user":
+            continue  # a rejected model reply, or a question to the person: nothing was done on the desktop
         run.control.wait_turn()
         try:
             done = player.play(i, step)

@@ -31,7 +31,7 @@ def action_label(action: Action) -> str:
     coord = getattr(action, "coordinate", None)
     at = f" at ({_n(coord[0])}, {_n(coord[1])})" if coord is not None else ""
     match kind:
-        case "type" | "answer":
+        case "type" | "answer" | "ask_user":
             return f"{kind} {json.dumps(action.text, ensure_ascii=False)}"
         case "key":
             return "key " + " + ".join(action.keys)

@@ -1,10 +1,36 @@
 """Steering a run from outside (the console, a signal): pause, resume, one step, stop. The driver
-obeys at its next step boundary by calling wait_turn()."""
+obeys at its next step boundary by calling wait_turn(). And the person who attends a run, as the
+drivers see them (Attendant; agent/ui/attend.py is the one implementation)."""
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from agent.errors import Aborted
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from actions.schema import Action, AskUser
+    from agent.trace import Step
+
+
+class Attendant(Protocol):
+    """A person attending a run (the console's page, else the terminal). The drivers call it between
+    the gate and the desktop: the model loop for every action, a flow's actor for its cached, grounded
+    and native actions. What they decide is kept on the step (`Step.decision`)."""
+
+    can_answer: bool  # someone can answer a question now (a console, --attended, a terminal)
+
+    def review(self, step: "Step", action: "Action", frame: "Image.Image",
+               check: Callable[[str], "Action"]) -> "Action | None":
+        """The action to run (the proposal, or a person's correction passed through `check`, the gate),
+        or None when it must not run (then step.error says why, for the model)."""
+
+    def question(self, step: "Step", action: "AskUser", until: float | None = None) -> bool:
+        """Put the model's question to the person and wait (at most until the monotonic time `until`);
+        the answer, or why none came, goes on step.decision. False: the task says an unanswered
+        question ends the run."""
 
 
 class RunControl:

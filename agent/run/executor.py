@@ -71,8 +71,8 @@ def execute(action: Action, desktop: Desktop, frame_size: tuple[int, int], deadl
             return _scroll(desktop, action.pixels, point(action.coordinate), action.action == "hscroll")
         case "wait":
             return _wait(desktop, min(action.time, max(deadline - time.monotonic(), 0)) if deadline else action.time)
-        case "terminate" | "answer":
-            return Outcome()  # they end the run or report; nothing happens on the desktop
+        case "terminate" | "answer" | "ask_user":
+            return Outcome()  # they end the run, report or ask a person; nothing happens on the desktop
         case other:
             raise TypeError(f"the executor has no case for action {other!r}")
 

@@ -18,6 +18,7 @@ from PIL import Image
 from actions.policy import Policy
 from actions.schema import to_json
 from agent.backends.base import Message
+from agent.backends.families import tool_json
 from agent.errors import BackendError
 from agent.trace import Step
 
@@ -36,16 +37,8 @@ def prompt(name: str) -> str:
     return (PROMPTS / name).read_text(encoding="utf-8")
 
 
-@cache
-def _tool_json(allowed: tuple[str, ...]) -> str:
-    tool = json.loads(prompt("computer_use.json"))
-    params = tool["function"]["parameters"]["properties"]
-    params["action"]["enum"] = [a for a in params["action"]["enum"] if a in allowed]
-    return json.dumps(tool, ensure_ascii=False)
-
-
 def system_prompt(policy: Policy) -> str:
-    return prompt("system.md").replace("{tools}", _tool_json(tuple(sorted(policy.actions))))
+    return prompt("system.md").replace("{tools}", tool_json(policy))
 
 
 def tool_call_text(action: dict) -> str:
@@ -60,7 +53,24 @@ def step_line(step: Step) -> str:
     else:
         what = "(no valid action)"
     outcome = f" -> rejected: {step.error}" if step.error else ""
+    if step.kind == "ask_user":
+        answer, why = answer_of(step)
+        outcome = f" -> answered: {answer}" if answer is not None else f" -> not answered ({why})"
     return f"Step {step.step}: {what}{outcome}"
+
+
+def answer_of(step: Step) -> tuple[str | None, str]:
+    """An ask_user step's (answer, or None with why nobody answered), from what the person decided."""
+    d = step.decision or {}
+    if d.get("verdict") == "answer" and d.get("note"):
+        return d["note"], ""
+    return None, d.get("note") or "no answer"
+
+
+def _answer_feedback(step: Step) -> str:
+    answer, why = answer_of(step)
+    text = prompt("answered.md") if answer is not None else prompt("unanswered.md")
+    return text.strip().replace("{question}", step.action.text).replace("{answer}", answer or "").replace("{why}", why)
 
 
 def first_image_step(n_steps: int, cfg: HistoryConfig) -> int:
@@ -96,6 +106,8 @@ def _observation(step_no: int, rejected: Step | None) -> str:
     feedback = prompt("rejected.md").strip().replace("{reason}", rejected.error) + "\n" if rejected and rejected.error else ""
     if rejected is not None and rejected.source == "human" and rejected.action is not None:  # the model is told
         feedback = prompt("human.md").strip().replace("{action}", json.dumps(to_json(rejected.action), ensure_ascii=False)) + "\n"
+    if rejected is not None and rejected.kind == "ask_user":  # the person's answer to the model's question
+        feedback = _answer_feedback(rejected) + "\n"
     return prompt("observation.md").strip().replace("{feedback}", feedback).replace("{step}", str(step_no))
 
 

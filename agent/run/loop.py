@@ -158,7 +158,14 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             rejections = 0
             step.action = action
             run.publish(ev.ActionChecked, step=n, action=to_json(action))
-            attendant = getattr(run, "attendant", None)  # attended runs, take over (agent/ui/attend.py)
+            if action.action == "ask_user":  # the person's answer is the next step's feedback (history.py)
+                go_on = run.attendant.question(step, action, deadline)  # (the policy offers it only with one)
+                step.timings["person_ms"] = (time.perf_counter() - t2) * 1e3
+                _record(trace, step, t0, on_step)
+                if not go_on:
+                    return LoopEnd("finished", "nobody answered the model's question", claimed="failure")
+                continue
+            attendant = run.attendant  # attended runs, take over (agent/ui/attend.py)
             if attendant is not None:
                 action = attendant.review(step, action, frame, lambda raw: check_reply(raw, policy, desktop, frame.size, resolve))
                 if step.decision:  # a person was asked: their time is not the action's
@@ -199,6 +206,7 @@ class _Unwatched:
 
     def __init__(self):
         self.control = RunControl()
+        self.attendant = None
 
     def publish(self, kind, **fields) -> None:
         pass

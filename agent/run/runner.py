@@ -41,7 +41,8 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
     with session as run:
         env = run.start()
         try:
-            end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), run.trace, loop, on_step, run=run)
+            policy = Policy(task.allow, can_ask=run.attendant is not None and run.attendant.can_answer)
+            end = run_loop(task.goal, backend, env.desktop, policy, run.trace, loop, on_step, run=run)
         except ModelExhausted as e:
             end = End("exhausted", str(e))
         run.finish(end)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.errors import SandboxError
 from agent.run import events as ev
-from agent.run.control import RunControl
+from agent.run.control import Attendant, RunControl
 from agent.run.environment import (DEFAULT_RUNS_DIR, Env, evaluate, save_final_screen, start_trace,
                                    task_environment)
 from agent.run.status import End, decide, status_of
@@ -41,6 +41,7 @@ class RunSession:
         self.folder = Path(trace_dir) if trace_dir else new_trace_dir(DEFAULT_RUNS_DIR, trace_name or task.name)
         self.bus = bus or ev.EventBus()
         self.control = control or RunControl()
+        self.attendant: Attendant | None = None  # a person who reviews and answers (set by on_session: agent/ui)
         self.id = ev.new_run_id()
         self.reraise = reraise
         self.env: Env | None = None

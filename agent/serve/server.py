@@ -61,7 +61,7 @@ def policy_from_schema(schema: dict):
                 keys = None if set(chords) == set(default_chords()) else ["+".join(c) for c in chords]
             if "text" in props:
                 text = int(props["text"]["maxLength"])
-        return Policy(Allow(actions=actions, keys=keys, max_text_len=text))
+        return Policy(Allow(actions=actions, keys=keys, max_text_len=text), can_ask="ask_user" in actions)
     except (KeyError, IndexError, TypeError, ValueError):
         return None
 

@@ -12,12 +12,18 @@ Which actions wait for a person: every one with `--attended`, else those the tas
         targets: [Place order]         # by the accessible name of the element under the pointer
         timeout_s: 120                 # unanswered this long: on_timeout decides
         on_timeout: reject             # or approve
+        on_unanswered: continue        # a question of the model's nobody answered: tell it (or fail: end the run)
 
 The run waits with the proposed action shown; whoever answers first decides: the console's page,
 or the terminal when no page watches. A rejection's note reaches the model as its next step's
 feedback (the step's error, which the prompt quotes). A correction is checked by the task's policy
 like any action. Each decision is kept on the step (`Step.decision`): what was proposed, who
 decided, when, what ran.
+
+The model's questions (`ask_user`) wait the same way, wherever a person can answer (a console, a
+terminal, --attended); the answer (secrets redacted) is the next step's feedback, and the step keeps
+question, answer, who answered and when. Unanswered within timeout_s (or the run's deadline), the
+model is told nobody answered, or the run ends when `on_unanswered: fail`.
 
 The lease: while a person holds the display (take over), the agent's input is refused: the run
 waits at its next step boundary, and an action the model proposed meanwhile is not run (the screen
@@ -37,6 +43,7 @@ from actions import ParseError, PolicyError, to_json
 from actions.patterns import compile_pattern
 from actions.policy import parse_chord
 from agent.errors import VlagentError
+from agent.secrets import redact
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -51,6 +58,7 @@ class ConfirmRules(BaseModel):
     targets: list[str] = []
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=86_400)
     on_timeout: Literal["reject", "approve"] = "reject"
+    on_unanswered: Literal["continue", "fail"] = "continue"
 
     def matcher(self):
         chords = {tuple(sorted(parse_chord(c))) for c in self.keys}
@@ -86,17 +94,21 @@ def rules_of(policy_allow) -> ConfirmRules | None:
 @dataclass
 class Proposal:
     step: int
-    action: dict  # the model's action (native arguments)
+    action: dict  # the model's action (native arguments); an ask_user action is a question
     why: str
     frame_size: tuple[int, int]
     asked: float = field(default_factory=time.time)
 
+    @property
+    def question(self) -> str | None:
+        return self.action.get("text") if self.action.get("action") == "ask_user" else None
+
 
 @dataclass
 class Decision:
-    verdict: Literal["approve", "correct", "reject"]
-    by: str  # "page", "terminal", "timeout", "lease"
-    note: str = ""
+    verdict: Literal["approve", "correct", "reject", "answer", "unanswered"]
+    by: str  # "page", "terminal", "timeout", "lease", "stop"
+    note: str = ""  # a rejection's reason, or the answer to a question (what the model reads next)
     action: dict | None = None  # what ran (a correction's action, or the proposal approved)
     proposed: dict | None = None
     why: str = ""
@@ -138,9 +150,11 @@ class Attendant:
     """What the loop calls between the policy's check and the execution (agent.run.loop's hook:
     `run.attendant.review(...)`)."""
 
-    def __init__(self, rules: ConfirmRules | None = None, every: bool = False, lease: Lease | None = None):
+    def __init__(self, rules: ConfirmRules | None = None, every: bool = False, lease: Lease | None = None,
+                 can_answer: bool = True):
         self.rules = rules or ConfirmRules()
         self.every = every
+        self.can_answer = can_answer  # a person can answer the model's questions (agent.run.control.Attendant)
         self.lease = lease or Lease()
         self._why = self.rules.matcher()
         self._cv = threading.Condition()
@@ -186,6 +200,19 @@ class Attendant:
         step.decision = decision.record()
         return action
 
+    def question(self, step, action, until: float | None = None) -> bool:
+        """The model's question, put to the person (agent.run.control.Attendant.question)."""
+        proposal = Proposal(step.step, to_json(action), "the model asks you", tuple(step.frame or (0, 0)))
+        decision = self.ask(proposal, until)
+        if decision.verdict != "answer" or not decision.note.strip():
+            why = decision.note if decision.verdict != "answer" else "the person left the answer empty"
+            decision = Decision("unanswered", decision.by, note=why or decision.verdict, decided=decision.decided)
+        else:
+            decision.note = redact(decision.note)  # a secret typed as the answer reaches the model as its placeholder
+        decision.proposed, decision.why, decision.asked = proposal.action, proposal.why, proposal.asked
+        step.decision = decision.record()
+        return decision.verdict == "answer" or decision.by == "stop" or self.rules.on_unanswered == "continue"
+
     def _refuse(self, step, action, decision: Decision):
         decision.proposed = decision.proposed or to_json(action)
         step.decision = decision.record()
@@ -193,7 +220,9 @@ class Attendant:
         step.error = f"{who}: {decision.note}" if decision.note else who
         return None
 
-    def ask(self, proposal: Proposal) -> Decision:
+    def ask(self, proposal: Proposal, until: float | None = None) -> Decision:
+        """Wait for a person's decision on the proposal (or answer to the question): at most the rules'
+        timeout_s and until the monotonic time `until` (the run's deadline)."""
         with self._cv:
             self.pending, self._answer = proposal, None
         for notify in list(self.askers):
@@ -201,19 +230,25 @@ class Attendant:
                 notify(proposal)
             except Exception:
                 pass
+        asker = None
         if self.terminal is not None and not self.watched():
-            threading.Thread(target=self.terminal, args=(proposal, self), daemon=True, name="ask-terminal").start()
-        deadline = time.monotonic() + self.rules.timeout_s
+            asker = threading.Thread(target=self.terminal, args=(proposal, self), daemon=True, name="ask-terminal")
+            asker.start()
+        start = time.monotonic()
+        wait_s = self.rules.timeout_s if until is None else max(min(self.rules.timeout_s, until - start), 0.0)
+        deadline = start + wait_s
         with self._cv:
             while self._answer is None and not self.stopped():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    verdict = self.rules.on_timeout
-                    self._answer = Decision(verdict, "timeout", note=f"no answer within {self.rules.timeout_s:g} s")
+                    verdict = "unanswered" if proposal.question is not None else self.rules.on_timeout
+                    self._answer = Decision(verdict, "timeout", note=f"no answer within {wait_s:.3g} s")
                     break
                 self._cv.wait(min(left, 0.25))
             answer = self._answer or Decision("reject", "stop", note="the run was stopped")
             self.pending = None
+        if asker is not None:  # the terminal's prompt ends before the run prints on
+            asker.join(0.5)
         return answer
 
     # ---- the person's side
@@ -223,6 +258,9 @@ class Attendant:
         with self._cv:
             if self.pending is None or self._answer is not None or (step is not None and step != self.pending.step):
                 return False
+            if decision.verdict != "reject" and (decision.verdict == "answer") != (self.pending.question is not None):
+                return False  # a question is answered (or declined), a proposed action approved, corrected or rejected
+            decision.decided = time.time()
             self._answer = decision
             self._cv.notify_all()
             return True
@@ -231,8 +269,8 @@ class Attendant:
 def decision_from(data: dict[str, Any], by: str) -> Decision:
     """A decision as the page or the terminal sends it: {"verdict", "note", "action"}."""
     verdict = data.get("verdict")
-    if verdict not in ("approve", "correct", "reject"):
-        raise VlagentError("verdict must be approve, correct or reject")
+    if verdict not in ("approve", "correct", "reject", "answer"):
+        raise VlagentError("verdict must be approve, correct, reject or answer")
     action = data.get("action")
     if verdict == "correct" and not isinstance(action, dict):
         raise VlagentError("a correction needs the action to run instead")

@@ -33,8 +33,6 @@ class Launcher:
             if busy is not None:
                 raise VlagentError(f"a run is live ({busy.task}); stop it or wait for its end first")
             task = load_task(Path(task_file).expanduser())
-            if task.steps and data.get("attended"):  # (as `vlagent run --attended`)
-                raise VlagentError("attended is for goal tasks; a flow (steps:) can be watched, not attended")
             max_steps = data.get("max_steps")
             if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
                 raise VlagentError("max_steps must be a whole number of at least 1")

@@ -3,6 +3,7 @@ run's own process (it prints the URL) and ends with the run; `--attended` withou
 with no page open, asks in the terminal."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from agent.ui.attend import Attendant, Lease, rules_of
@@ -10,7 +11,8 @@ from agent.ui.attend import Attendant, Lease, rules_of
 
 class SessionHook:
     """`vlagent run`'s on_session: a console for the run with --watch; else, when the run has
-    anything to ask (--attended, the task's `allow.confirm:`), the terminal asks."""
+    anything to ask (--attended, the task's `allow.confirm:`, the model's questions at a terminal),
+    the terminal asks."""
 
     def __init__(self, *, watch: bool = False, attended: bool = False, echo=print):
         self.watch, self.attended, self.echo = watch, attended, echo
@@ -47,13 +49,16 @@ def watch(session, *, port: int = 0, attended: bool = False, terminal=None, prin
     return console
 
 
-def attend(session, *, attended: bool = False, terminal=None) -> Attendant | None:
-    """The run's Attendant when it has anything to ask (`--attended`, or the task's `allow.confirm:`),
-    with no console: the terminal asks."""
+def attend(session, *, attended: bool = False, terminal=None, tty: bool | None = None) -> Attendant | None:
+    """The run's Attendant when it has anything to ask (`--attended`, the task's `allow.confirm:`, or
+    the model's questions where a person can answer them: attended, or a terminal), with no console:
+    the terminal asks. `tty`: stdin is a terminal (default: look)."""
     rules = rules_of(session.task.allow)
-    if not attended and rules is None:
+    if tty is None:
+        tty = sys.stdin is not None and sys.stdin.isatty()
+    if not attended and rules is None and not tty:
         return None
-    attendant = Attendant(rules, every=attended, lease=Lease())
+    attendant = Attendant(rules, every=attended, lease=Lease(), can_answer=attended or tty)
     attendant.terminal = terminal
     attendant.stopped = lambda: session.control.stopped is not None
     session.attendant = attendant

@@ -67,6 +67,23 @@ GOLDEN = {
         ("[100,100,300,200]", {"action": "left_click", "coordinate": [200, 150]}),
     ],
 }
+ASKING = Policy(can_ask=True)
+# Each family's own way of asking the person (MAI-UI's ask_user and INFO, UI-Venus 1.5's CallUser,
+# GUI-Owl 1.5's interact) and of answering the task, with a person to ask.
+QUESTIONS = {
+    "qwen3-vl": [('<tool_call>\n{"name": "computer_use", "arguments": {"action": "ask_user", "text": "Which account?"}}\n</tool_call>',
+                  {"action": "ask_user", "text": "Which account?"})],
+    "gui-owl-1.5": [('Action: Ask which account.\n<tool_call>\n{"name": "computer_use", "arguments": {"action": "interact", "text": "Which account?"}}\n</tool_call>',
+                     {"action": "ask_user", "text": "Which account?"})],
+    "mai-ui": [('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "ask_user", "text": "Which account?"}}\n</tool_call>',
+                {"action": "ask_user", "text": "Which account?"}),
+               ('<tool_call>\n{"name": "mobile_use", "arguments": {"action": "INFO", "text": "Which account?"}}\n</tool_call>',
+                {"action": "ask_user", "text": "Which account?"})],
+    "ui-venus-1.5": [("<think>two accounts</think>\n<action>CallUser(content='Which account?')</action>\n<conclusion>ask</conclusion>",
+                      {"action": "ask_user", "text": "Which account?"}),
+                     ("<think>read it</think>\n<action>Finished(content='42 items')</action>\n<conclusion>done</conclusion>",
+                      {"action": "answer", "text": "42 items"})],
+}
 REFUSED = {
     "mai-ui": ['<tool_call>\n{"name": "mobile_use", "arguments": {"action": "system_button", "button": "home"}}\n</tool_call>',
                '<tool_call>\n{"name": "mobile_use", "arguments": {"action": "long_press", "coordinate": [1, 2]}}\n</tool_call>',
@@ -260,3 +277,21 @@ def test_random_token_walks_end_in_an_action_within_the_reply_budget(constrainer
             assert steps < budget
         action = check_reply(fam.to_native(out.decode()), policy)
         assert action.action in policy.actions
+
+
+@pytest.mark.parametrize("name,reply,expected", [(n, r, e) for n, cases in QUESTIONS.items() for r, e in cases])
+def test_each_familys_question_is_ask_user_and_goes_back_in_its_own_words(name, reply, expected):
+    fam = family(name)
+    assert to_json(check_reply(fam.to_native(reply), ASKING)) == expected
+    assert to_json(check_reply(fam.to_native(fam.from_native(expected)), ASKING)) == expected
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_a_family_is_offered_the_question_only_where_a_person_can_answer(name):
+    fam = family(name)
+    word = {"qwen3-vl": '"ask_user', "gui-owl-1.5": '"interact', "mai-ui": '"ask_user', "ui-venus-1.5": "CallUser("}[name]
+    from agent.run.history import system_prompt
+
+    prompt = (lambda p: system_prompt(p)) if fam is NATIVE else fam.system_prompt  # (the native one is the loop's)
+    assert word in prompt(ASKING) and word in fam.grammar(ASKING)
+    assert word not in prompt(POLICY) and word not in fam.grammar(POLICY)

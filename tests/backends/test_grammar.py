@@ -31,9 +31,9 @@ def compile_text(ebnf: str):
 _compiled: dict = {}
 
 
-def accepts(reply: str, allow: Allow | None = None) -> bool:
+def accepts(reply: str, allow: Allow | None = None, can_ask: bool = False) -> bool:
     """The grammar and the text bound (ReplyMatcher) accept the whole reply."""
-    policy = Policy(allow)
+    policy = Policy(allow, can_ask=can_ask)
     key = reply_grammar(policy)
     if key not in _compiled:
         _compiled[key] = compile_text(key)
@@ -417,3 +417,16 @@ def test_text_limit_counts_equal_the_byte_walk():
     ref = np.array([[grammar.text_chars(b, esc)[0] for b in limit.token_bytes] for esc in (False, True)])
     assert (limit.counts == ref).all()
     assert limit.tags.tolist() == [b == "<tool_call>".encode() for b in limit.token_bytes]
+
+
+def test_a_question_is_in_the_grammar_only_where_a_person_can_answer():
+    question = native({"action": "ask_user", "text": "Which of the two accounts?"})
+    assert not accepts(question) and not passes(question)  # unattended: never even decoded
+    assert accepts(question, can_ask=True)
+    assert not accepts(native({"action": "ask_user", "text": ""}), can_ask=True)  # the schema refuses it too
+    short = Allow(max_text_len=5)
+    assert accepts(native({"action": "ask_user", "text": "12345"}), short, can_ask=True)
+    assert not accepts(native({"action": "ask_user", "text": "123456"}), short, can_ask=True)
+    longest = native({"action": "ask_user", "text": "😀" * 500})
+    assert accepts(longest, can_ask=True) and len(longest.encode()) <= max_reply_bytes(Policy(can_ask=True))
+    assert reply_grammar(Policy()) == reply_grammar(Policy(Allow(), can_ask=False))  # unattended prompts unchanged

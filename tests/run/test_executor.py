@@ -177,7 +177,8 @@ def test_long_text_is_typed_in_chunks_with_abort_checks_between():
 def test_every_action_kind_is_dispatched():
     samples = {"key": dict(keys=["a"]), "type": dict(text="a"), "mouse_move": dict(coordinate=[1, 1]),
                "left_click_drag": dict(coordinate=[1, 1]), "scroll": dict(pixels=1), "hscroll": dict(pixels=1),
-               "wait": dict(time=0), "terminate": dict(status="failure"), "answer": dict(text="")}
+               "wait": dict(time=0), "terminate": dict(status="failure"), "answer": dict(text=""),
+               "ask_user": dict(text="?")}
     for name in ACTION_NAMES:
         outcome = execute(act(action=name, **samples.get(name, {})), RecordingDesktop(size=(100, 100)), (100, 100))
         assert isinstance(outcome, Outcome)

@@ -218,11 +218,12 @@ def test_unconstrained_request_stops_at_max_tokens(server):
     Allow(actions=["left_click", "terminate"]),
     Allow(actions=["type", "key"], keys=["ctrl+a", "ctrl++", "+"], max_text_len=0),
     Allow(actions=["answer", "scroll"], max_text_len=3000),
+    Allow(actions=["left_click", "ask_user"]),  # a client whose run a person can answer: the server asks too
 ])
 def test_the_request_schema_gives_back_the_policys_grammar(allow):
     from agent.serve.server import policy_from_schema
 
-    policy = Policy(allow)
+    policy = Policy(allow, can_ask=True)
     back = policy_from_schema(reply_schema(policy))
     assert reply_grammar(back) == reply_grammar(policy)
     if {"type", "answer"} & policy.actions:

@@ -299,3 +299,95 @@ def test_a_flow_started_from_the_page_is_watched_to_its_end(tmp_path, browser):
         for t in (c.launcher.threads if c.launcher else []):
             t.join(timeout=60)
         c.stop()
+
+
+ASK_TASK = """\
+name: ask_form
+goal: Fill in the registration form for Ada Lovelace and submit it.
+screen: {width: 1280, height: 800}
+setup:
+  - launch: ["{python}", "-m", "sandbox.apps.form", "--out", "{workdir}/form.json"]
+    wait_for_window: Registration
+max_steps: 8
+timeout_s: 240
+allow:
+  actions: [left_click, type, terminate, ask_user]
+  max_text_len: 100
+success:
+  - file_json: {path: "{workdir}/form.json", equals: {name: Ada Lovelace, email: ada@example.com}}
+"""
+# Keyed replies: the form is filled only once the person's answer is in the model's prompt.
+ASK_SCRIPT = {
+    "Ada Lovelace": [call({"action": "ask_user", "text": "Which email address should I use?"})],
+    # (in the prompt once the person answered: as the next step's feedback, then in the history)
+    "ada@example.com": [call({"action": "left_click", "coordinate": NAME}), call({"action": "type", "text": "Ada Lovelace"}),
+                        call({"action": "left_click", "coordinate": EMAIL}), call({"action": "type", "text": "ada@example.com"}),
+                        call({"action": "left_click", "coordinate": SUBMIT}), call({"action": "terminate", "status": "success"})],
+}
+
+
+def test_the_model_asks_the_page_shows_the_question_and_the_answer_reaches_its_next_prompt(console, browser, tmp_path):
+    (tmp_path / "ask.yaml").write_text(ASK_TASK)
+    (tmp_path / "script.yaml").write_text(json.dumps(ASK_SCRIPT))
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    run_id = start_run(page, console, tmp_path / "ask.yaml")
+    live = wait_for(lambda: console.live.get(run_id.replace("%2F", "/")), what="the live run")
+    page.wait_for_selector("#p-question:not([hidden])", timeout=60_000)
+    assert page.inner_text("#p-qtext") == "Which email address should I use?"
+    assert page.is_hidden("#p-action") and page.inner_text("#state") == "waiting for you"
+    if SHOTS:
+        page.screenshot(path=str(SHOTS / "console-question.png"))
+    page.fill("#p-answer", "ada@example.com")
+    page.click("#answer")
+    page.wait_for_selector("#status .s-success", timeout=60_000)
+    folder = Path(live.session.folder)
+    steps = load_steps(folder)
+    assert [s.kind for s in steps] == ["ask_user", "left_click", "type", "left_click", "type", "left_click", "terminate"]
+    d = steps[0].decision
+    assert (d["verdict"], d["by"], d["note"]) == ("answer", "page", "ada@example.com")
+    assert d["proposed"]["text"] == "Which email address should I use?" and d["asked"] <= d["decided"]
+    assert json.loads((folder / "workdir" / "form.json").read_text())["email"] == "ada@example.com"
+    assert "answer" in page.inner_text("#decision-1") and "ada@example.com" in page.inner_text("#decision-1")
+
+
+def test_an_attended_flow_asks_about_its_cached_steps_and_its_models_too(tmp_path, browser):
+    """A flow started attended from the page: every action that reaches the desktop (cached steps,
+    the model's fall-back, act loops) waits for the person; a rejected cached click goes to the model
+    with the person's note, whose own click is approved."""
+    import shutil
+
+    from agent.ui.app import Console
+
+    for name in ("fill_form_flow.yaml", "fill_form_flow.cache.json", "fill_form_flow.cache"):  # (a healed run writes its cache)
+        (shutil.copytree if (ROOT / "tasks" / name).is_dir() else shutil.copy)(ROOT / "tasks" / name, tmp_path / name)
+    c = Console(tmp_path / "runs", port=0,
+                model=f"script:{ROOT / 'tests' / 'scripts' / 'fill_form_flow.replies.yaml'}").bind().start()
+    try:
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        run_id = start_run(page, c, tmp_path / "fill_form_flow.yaml", attended=True)
+        live = wait_for(lambda: c.live.get(run_id), what="the live run")
+        asked = []
+        while not live.ended:
+            pending = live.attendant.pending
+            if pending is None or page.is_hidden("#proposal") or int(page.inner_text("#p-step")) != pending.step:
+                time.sleep(0.1)
+                continue
+            asked.append(pending.action)
+            rejecting = len(asked) == 5  # the cached click on the Pro plan (after Name's and Email's click and type)
+            if rejecting:
+                page.fill("#p-note", "not yet, check the plan")
+            page.click("#reject" if rejecting else "#approve")
+            wait_for(lambda: live.attendant.pending is not pending, what="the decision")
+        page.wait_for_selector("#status .s-success", timeout=60_000)
+        steps = load_steps(Path(live.session.folder))
+        assert all(s.decision and s.decision["by"] == "page" for s in steps)  # every action was asked
+        rejected = [s for s in steps if s.decision["verdict"] == "reject"]
+        assert len(rejected) == 1 and rejected[0].action is None and "check the plan" in rejected[0].error
+        assert rejected[0].source == "replay"  # a cached action
+        pro = [f for f in load_result(Path(live.session.folder)).flow if f.text == "the Pro plan option"][0]
+        assert pro.cache == "healed" and pro.model_calls == 1  # the model did the step the person refused
+        assert {s.source for s in steps} == {"replay", "model"} and len(asked) == len(steps)
+    finally:
+        for t in (c.launcher.threads if c.launcher else []):
+            t.join(timeout=60)
+        c.stop()

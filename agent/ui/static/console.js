@@ -105,6 +105,13 @@
     }
     post("/api/decide" + q, body).catch(alert);
   }
+  $("p-question").addEventListener("submit", (e) => {  // the model's question: the answer goes to its next step
+    e.preventDefault();
+    if (proposal) post("/api/decide" + q, { step: proposal.step, verdict: "answer", note: $("p-answer").value }).catch(alert);
+  });
+  $("decline").addEventListener("click", () => {
+    if (proposal) post("/api/decide" + q, { step: proposal.step, verdict: "reject", note: "the person declined to answer" }).catch(alert);
+  });
   $("approve").addEventListener("click", () => decide("approve"));
   $("correct").addEventListener("click", () => decide("correct"));
   $("reject").addEventListener("click", () => decide("reject"));
@@ -117,6 +124,9 @@
     if (!p) return;
     $("p-step").textContent = p.step; $("p-why").textContent = p.why; $("p-label").textContent = p.label;
     $("p-note").value = "";
+    const asking = p.action.action === "ask_user";
+    $("p-action").hidden = asking; $("p-question").hidden = !asking;
+    if (asking) { $("p-qtext").textContent = p.action.text; $("p-answer").value = ""; $("p-answer").focus(); }
     const typing = p.action.action === "type";
     $("p-text-row").hidden = !typing;
     if (typing) $("p-text").value = p.action.text;
