@@ -20,7 +20,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actions.keys import ALIASES, VALID_KEYS
 from actions.patterns import PatternError, compile_pattern
@@ -202,6 +202,17 @@ class SecretPlace(BaseModel):
         return " with ".join(p for p in parts if p) or "any field"
 
 
+class MaskPlace(SecretPlace):
+    """An element a run's frames hide (a task's `mask: [{field: Card number}, {role: password text}]`,
+    agent.desktop.mask): matched as a secret's place is."""
+
+    @model_validator(mode="after")
+    def _names_something(self):
+        if not (self.field or self.role):
+            raise ValueError("a mask entry names a field, a role or both")
+        return self
+
+
 class Allow(BaseModel):
     """A task's `allow:` block."""
 
@@ -213,6 +224,9 @@ class Allow(BaseModel):
     text: list[str | TextPattern] | None = None  # None: any text; else only these (literal or {pattern})
     terminal: bool = False  # allow input into a terminal, shell or interpreter window
     secrets: dict[str, SecretPlace] | None = None  # where each secret may be typed (actions.gate)
+    # Whether traces, flow caches and recordings may keep the text of editable fields (entries, text
+    # areas) as evidence; by default they keep that it was a field and its label, not its content.
+    store_field_text: bool = False
     confirm: dict | None = None  # attended runs: which actions wait for a person (agent/ui/attend.py ConfirmRules)
 
     @field_validator("keys")
@@ -250,8 +264,11 @@ FocusProbe = Callable[[], "Focus | None"]
 
 
 class Policy:
-    def __init__(self, allow: Allow | None = None):
+    def __init__(self, allow: Allow | None = None, secrets=()):
+        """`secrets`: the names of the secrets the run's task declares (its `secrets:`); the gate lets a
+        `type` use only those. Per policy, so per run: two runs in one process never share them."""
         self.allow = allow or Allow()
+        self.secrets = frozenset(secrets)
         self.actions = frozenset(self.allow.actions or ACTION_NAMES)
         self.chords = None if self.allow.keys is None else frozenset(parse_chord(c) for c in self.allow.keys)
         self.deny = [compile_pattern(p) for p in (*DEFAULT_DENY_TEXT, *self.allow.deny_text)]
@@ -328,4 +345,4 @@ class Policy:
                     raise PolicyError(f"text matches the deny pattern {rx.pattern!r}")
 
 
-__all__ = ["Allow", "Focus", "SecretPlace", "Policy", "PolicyError", "PatternError", "TextPattern", "normalize_chord", "parse_chord"]
+__all__ = ["Allow", "Focus", "MaskPlace", "SecretPlace", "Policy", "PolicyError", "PatternError", "TextPattern", "normalize_chord", "parse_chord"]

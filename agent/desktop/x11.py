@@ -144,6 +144,8 @@ class X11Desktop:
         self._gone = (xerror.ConnectionClosedError, xerror.XError, OSError, mss.ScreenShotError)
         self._watchers: list = []  # called at every abort check: a dead app is noticed at the next step
         self._settled = None  # (grab, time) of the frame wait_stable found stable
+        self._tree = None  # the accessibility tree reader, started on first use
+        self.masker = None  # paints over what frames must not show (agent.desktop.mask.mask_frames sets it)
         with self._on_display():
             self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
             self._typer = KeysymTyper(self._x, display)
@@ -153,7 +155,7 @@ class X11Desktop:
             raise VlagentError(f"cannot open display {display}: {e}") from None
 
     def close(self) -> None:
-        tree = getattr(self, "_tree", None)  # the accessibility reader focused_field() started
+        tree = self._tree  # the accessibility reader tree() started
         for close in (self._typer.close, self._mss.close, self._x.close, *([tree.close] if tree else [])):
             try:
                 close()
@@ -196,7 +198,8 @@ class X11Desktop:
         settled, self._settled = self._settled, None
         fresh = settled is not None and time.monotonic() - settled[1] <= SETTLED_REUSE_S
         shot = settled[0] if fresh else self._grab()
-        return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+        frame = Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+        return frame if self.masker is None else self.masker(frame)  # boxes from the tree as it is now
 
     def size(self) -> tuple[int, int]:
         screen = self._x.screen()
@@ -275,13 +278,17 @@ class X11Desktop:
 
     focus = focused_window  # the name the loop used before the gate
 
-    def focused_field(self) -> dict | None:
-        """The focused element of the accessibility tree ({"role", "name", "label"}), or None."""
+    def tree(self):
+        """This display's accessibility tree reader (sandbox.atspi.Tree), started on first use."""
         from sandbox.atspi import Tree
 
-        if getattr(self, "_tree", None) is None:
+        if self._tree is None:
             self._tree = Tree(self.display)
-        nodes = self._tree.nodes()
+        return self._tree
+
+    def focused_field(self) -> dict | None:
+        """The focused element of the accessibility tree ({"role", "name", "label"}), or None."""
+        nodes = self.tree().nodes()
         hit = next((n for n in nodes if "focused" in n.states and n.role not in ("frame", "window", "dialog")), None)
         if hit is None:
             return None

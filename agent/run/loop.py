@@ -62,7 +62,7 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
              cfg: LoopConfig, on_step=None, run=None) -> LoopEnd:
     """run: the RunSession this loop drives (its events and its pause/stop control), if any."""
     # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
-    targets = _step_targets(desktop)
+    targets = _step_targets(desktop, policy.allow.store_field_text)
     try:
         return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets, run or _Unwatched())
     finally:
@@ -188,11 +188,12 @@ class _Unwatched:
         pass
 
 
-def _step_targets(desktop):
-    """Target evidence for a desktop on an X display (a fake desktop in tests has none)."""
+def _step_targets(desktop, field_text: bool = False):
+    """Target evidence for a desktop on an X display (a fake desktop in tests has none); editable
+    fields' text kept only where the task allows it (allow.store_field_text)."""
     from agent.targets.evidence import StepTargets
 
-    return StepTargets(desktop.display) if isinstance(getattr(desktop, "display", None), str) else None
+    return StepTargets(desktop.display, field_text) if isinstance(getattr(desktop, "display", None), str) else None
 
 
 def _target(pending) -> dict | None:

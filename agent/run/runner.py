@@ -8,6 +8,7 @@ from pathlib import Path
 from actions import Policy
 from agent.backends.base import Backend
 from agent.errors import ModelExhausted, VlagentError
+from agent.desktop.mask import mask_frames
 from agent.run.events import EventBus
 from agent.run.loop import LoopConfig, run_loop
 from agent.run.session import RunControl, RunSession
@@ -38,7 +39,8 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
     with session as run:
         env = run.start()
         try:
-            end = run_loop(task.goal, backend, env.desktop, Policy(task.allow), run.trace, loop, on_step, run=run)
+            mask_frames(env.desktop, task, backend)  # agent.desktop.mask: frames hide what the task (or a remote model) says
+            end = run_loop(task.goal, backend, env.desktop, Policy(task.allow, task.secrets), run.trace, loop, on_step, run=run)
         except ModelExhausted as e:
             end = End("exhausted", str(e))
         run.finish(end)
