@@ -8,12 +8,15 @@ may be anywhere), every password field. `mask: []` masks nothing.
 
 The desktop masks the frame it captures (agent.desktop.x11.X11Desktop.capture), so the model, the
 trace, the flow cache and the console all get the masked frame: nothing downstream can send or keep
-the pixels under a box. When masking is asked for and the tree cannot be read, capture stops the
-run with MaskError (fail closed): an unmasked frame never goes out. An app that publishes no tree
-(Tk, xterm) shows no element to mask: its fields are not covered.
+the pixels under a box. Fail closed: when masking is asked for and the display has no
+accessibility bus, or its tree cannot be read, the run stops with MaskError before a frame goes
+out. A tree that knows none of the windows showing (apps that publish none: Tk, xterm) stops a run
+whose task lists `mask:`; with the remote default it is said once, and frames go (such apps'
+password fields show stars). Beside an app that publishes a tree, one that does not is not covered.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +29,7 @@ FILL = (0, 0, 0)
 
 
 class MaskError(VlagentError):
-    """A frame must be masked and cannot be (the accessibility tree cannot be read)."""
+    """A frame must be masked and cannot be (no accessibility tree to place the boxes)."""
 
 
 def places(task, backend) -> tuple[SecretPlace, ...]:
@@ -70,34 +73,65 @@ def paint(image, covered):
 
 @dataclass
 class Masker:
-    """Masks frames of one display: `masker(image) -> image`, reading `tree` (sandbox.atspi.Tree)."""
+    """Masks frames of one display: `masker(image) -> image`, reading `tree` (sandbox.atspi.Tree).
+    `listed`: the task named what to mask (a tree that knows no window then stops too)."""
 
     tree: object
     wanted: tuple[SecretPlace, ...]
     why: str  # for whom the frames are masked, for the stop's line
+    listed: bool = True
+    said: bool = False
 
     def __call__(self, image):
         nodes = self.tree.read()
         if nodes is None:
-            what = "; ".join(p.describe() for p in self.wanted)
-            raise MaskError(f"cannot read the accessibility tree of {self.tree.display}, so the elements to mask "
-                            f"({what}) cannot be found in frames {self.why}: stopped (an unmasked frame is not sent; `mask: []` in the task "
-                            "sends frames as they are)")
+            self.stop("cannot read the accessibility tree")
+        if not nodes and _windows_showing(self.tree.display):
+            why = "the accessibility tree knows none of the windows showing (apps that publish none: Tk, xterm)"
+            if self.listed:
+                self.stop(why)
+            if not self.said:
+                self.said = True
+                print(f"{self.tree.display}: {why}: their password fields cannot be masked in frames {self.why}",
+                      file=sys.stderr, flush=True)
         return paint(image, boxes(nodes, self.wanted))
+
+    def stop(self, why: str):
+        what = "; ".join(p.describe() for p in self.wanted)
+        raise MaskError(f"{self.tree.display}: {why}, so the elements to mask ({what}) cannot be found in frames "
+                        f"{self.why}: stopped, no frame sent (`mask: []` in the task sends frames unmasked)")
+
+
+def masker_for(display: str, tree, wanted, why: str, listed: bool) -> Masker:
+    """A Masker for `display`; MaskError at once when the display has no accessibility bus."""
+    from sandbox.a11y import announced
+
+    masker = Masker(tree, tuple(wanted), why, listed)
+    if not announced(display):
+        masker.stop("the display has no accessibility bus (is at-spi2-core installed?)")
+    return masker
+
+
+def _windows_showing(display: str) -> bool:
+    from sandbox.windows import list_windows
+
+    try:
+        return bool(list_windows(display))
+    except Exception:  # noqa: BLE001 (a display that cannot be asked cannot vouch: as if windows showed)
+        return True
 
 
 def mask_frames(desktop, task, backend) -> None:
-    """Make `desktop` mask every frame it captures for a run of `task` with `backend` (a desktop that
-    cannot, a test's fake, is left as it is only when nothing needs masking)."""
+    """Make `desktop` mask every frame it captures for a run of `task` with `backend`."""
     wanted = places(task, backend)
     if not wanted:
         return
     if not hasattr(desktop, "tree"):
-        raise MaskError(f"the frames must be masked ({', '.join(p.describe() for p in wanted)}), and this desktop "
+        raise MaskError(f"the frames must be masked ({'; '.join(p.describe() for p in wanted)}), and this desktop "
                         "has no accessibility tree to place the boxes: stopped")
     why = f"sent to {getattr(backend, 'base_url', '') or 'the model'}" if getattr(backend, "remote", False) \
         else "the model sees and the trace keeps"
-    desktop.masker = Masker(desktop.tree(), wanted, why)
+    desktop.masker = masker_for(desktop.display, desktop.tree(), wanted, why, getattr(task, "mask", None) is not None)
 
 
-__all__ = ["MaskError", "Masker", "PASSWORD_FIELDS", "boxes", "mask_frames", "paint", "places"]
+__all__ = ["MaskError", "Masker", "PASSWORD_FIELDS", "boxes", "mask_frames", "masker_for", "paint", "places"]

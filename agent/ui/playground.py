@@ -84,11 +84,12 @@ def outgoing(image, backend):
     display = image.info.get("display")
     if not display or not getattr(backend, "remote", False):
         return image
-    from agent.desktop.mask import PASSWORD_FIELDS, Masker
+    from agent.desktop.mask import PASSWORD_FIELDS, masker_for
     from sandbox.atspi import Tree
 
     with Tree(display) as tree:
-        return Masker(tree, PASSWORD_FIELDS, f"sent to {getattr(backend, 'base_url', '') or 'the model'}")(image)
+        why = f"sent to {getattr(backend, 'base_url', '') or 'the model'}"
+        return masker_for(display, tree, PASSWORD_FIELDS, why, listed=False)(image)
 
 
 def grab(display: str):
