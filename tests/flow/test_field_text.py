@@ -88,3 +88,59 @@ def test_a_gtk_fields_content_stays_out_of_the_flow_cache_and_the_trace_unless_a
             assert clicked["a11y"]["text"] == VALUE
             found = _found(folder)
             assert any(h.startswith("field_text.cache.json") for h in found) and any(h.startswith("trace/steps.jsonl") for h in found)
+
+
+def _record(folder: Path, allow: dict, monkeypatch) -> Path:
+    """`vlagent record` of a person clicking into the prefilled field: the recording's folder."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from sandbox import atspi
+
+    root = Path(__file__).resolve().parents[2]
+    task = {"name": "field_text", "goal": "Confirm the reference.", "env": ["REFVAL"],
+            "screen": {"width": SCREEN[0], "height": SCREEN[1]}, "allow": allow,
+            "setup": [{"launch": DIALOG, "wait_for_window": "^Reference$"}]}
+    (folder / "task.yaml").write_text(yaml.safe_dump(task))
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "record", str(folder / "rec"), "--task", str(folder / "task.yaml"),
+                             "--max-seconds", "90"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    display, deadline = None, time.monotonic() + 60
+    while display is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"recording on display (:\d+)", line)
+        if m:
+            display = m.group(1)
+            monkeypatch.setenv("XAUTHORITY", re.search(r"XAUTHORITY=(\S*?)\)", line).group(1))
+    assert display, proc.communicate()
+    try:
+        with atspi.Tree(display) as tree:
+            deadline, field = time.monotonic() + 20, None
+            while field is None:
+                assert time.monotonic() < deadline, "the dialog never reached the tree"
+                time.sleep(0.3)
+                field = next((n for n in tree.nodes() if "editable" in n.states), None)
+        time.sleep(1.0)  # the recorder takes input from here on
+        x, y = field.centre
+        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], env={**os.environ, "DISPLAY": display},
+                       check=True, timeout=30)
+        time.sleep(2.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    steps = [json.loads(line) for line in (folder / "rec" / "steps.jsonl").read_text().splitlines()]
+    clicks = [s for s in steps if s["action"] and s["action"]["action"] == "left_click"]
+    assert clicks and clicks[0]["target"]["a11y"]["role"] == "text", (steps, err[-800:])
+    return folder / "rec"
+
+
+def test_a_recording_keeps_that_a_field_was_clicked_not_what_it_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFVAL", VALUE)
+    for name, allow in (("kept_out", {}), ("allowed", {"store_field_text": True})):
+        (tmp_path / name).mkdir()
+        rec = _record(tmp_path / name, allow, monkeypatch)
+        found = _found(rec)
+        assert (found == []) if name == "kept_out" else any(h.startswith("steps.jsonl") for h in found), found
