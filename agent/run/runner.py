@@ -18,18 +18,18 @@ from agent.trace import Result
 
 
 def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_dir: Path | None = None,
-             loop: LoopConfig | None = None, on_step=None, cache=None, bus: EventBus | None = None,
+             loop: LoopConfig | None = None, on_step=None, cache="read-write", bus: EventBus | None = None,
              control: RunControl | None = None, on_session=None) -> tuple[Result, Path]:
     """Run one task: the one place that chooses between a flow (steps:) and the agent loop (goal:).
     Always returns a Result and a complete trace folder, whatever happens; KeyboardInterrupt is
     recorded as `aborted` and then re-raised for the caller to exit. cache: a flow's action cache
-    (a mode or an ActionCache; default read-write). on_session: called with the task's RunSession
+    (a mode, an ActionCache, or None for none: `--cache off`). on_session: called with the task's RunSession
     before it starts (the console watches it; an attended run gets its Attendant: agent/ui/watch.py)."""
     if task.steps:
         from agent.flow.runner import run_flow
 
         return run_flow(task, backend, display=display, trace_dir=trace_dir, loop=loop, on_step=on_step,
-                        cache="read-write" if cache is None else cache, bus=bus, control=control,
+                        cache=cache, bus=bus, control=control,
                         on_session=on_session)
     loop = loop or LoopConfig(max_steps=task.max_steps, timeout_s=task.timeout_s)
     session = RunSession(task, mode="loop", model=getattr(backend, "name", ""), trace_dir=trace_dir, display=display,

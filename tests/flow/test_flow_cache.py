@@ -72,6 +72,12 @@ def test_read_only_never_writes_and_write_only_never_reads(tmp_path):
     task = form_task(tmp_path / "t", STEPS)
     ro = run(task, tmp_path, "ro", cache="read-only")
     assert ro.status == "success" and caches(ro) == ["miss"] * 4 and not (tmp_path / "t" / CACHE).exists()
+    # as a user runs it: `vlagent run --cache off` neither reads nor writes
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "run", str(task), "--model", script(tmp_path, replies()),
+                        "--cache", "off", "--trace", str(tmp_path / "cli-off")], cwd=ROOT, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "t" / CACHE).exists() and not (tmp_path / "t" / "flow.cache").exists()
     run(task, tmp_path, "rw")
     wo = run(task, tmp_path, "wo", cache="write-only")
     assert caches(wo) == ["miss"] * 4 and wo.model_calls == 8 and (tmp_path / "t" / CACHE).exists()
