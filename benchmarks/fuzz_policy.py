@@ -13,6 +13,8 @@ of making an action (a model's raw reply; a replayed trace step and a flow cache
 validated by the schema; a fall-back model's grounding under a one-kind policy) over a fake desktop
 probe: a terminal or a python3 REPL beside a form, the focus on either, windows that cannot be told.
 The oracle computes where each pointer action lands (both ends of a drag) and which window gets it.
+Secrets: this run's policy declares PASSWORD; "gate_other_run" checks `{secret:PASSWORD}` against
+another run's policy in the same process (it declares only OTHER), which must refuse it.
 
 Targets: 0, 0, 0, 0.   python benchmarks/fuzz_policy.py [--n 12000] [--gate-n 8000] [--seed 13] [--json FILE]
 """
