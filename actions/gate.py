@@ -14,8 +14,8 @@ probe cannot tell (a window gone, an owner it cannot read) the action is refused
 the gate fails closed. `probe=None` means there is no desktop (`vlagent check-action`): nothing
 receives the input, and only the policy applies.
 
-Secrets: a `type` holding `{secret:NAME}` passes only when NAME is declared (declare_secret, done by
-agent.secrets when a task loads), the text is the placeholder alone (no secret inside a URL or a
+Secrets: a `type` holding `{secret:NAME}` passes only when NAME is declared by the run's task (the
+policy carries the names: Policy(task.allow, task.secrets)), the text is the placeholder alone (no secret inside a URL or a
 sentence), and, where the task names a place (allow.secrets), the focused field is that place.
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ from actions.schema import Action, Coordinate
 PLACEHOLDER = re.compile(r"\{secret:([A-Za-z_]\w{0,63})\}")
 # Fields whose content is shown as typed: a secret with no declared place is not typed into one.
 CLEAR_TEXT_ROLES = frozenset({"text", "entry", "document text", "terminal", "editbar", "combo box", "spin button"})
-_declared: set[str] = set()  # secret names some loaded task declared (agent.secrets.declare)
 
 
 class Probe(Protocol):
@@ -53,15 +52,6 @@ class Probe(Protocol):
 def probe_of(desktop) -> Probe | None:
     """The desktop itself when it can answer the gate's questions, else None (a test's fake)."""
     return desktop if all(hasattr(desktop, m) for m in ("window_at", "focused_window", "size", "position")) else None
-
-
-def declare_secret(name: str) -> None:
-    _declared.add(name)
-
-
-def forget_secret(name: str) -> None:
-    """An untrusted file declared it (agent.trust.trace_task): it may not be typed after all."""
-    _declared.discard(name)
 
 
 def screen_point(coord: Coordinate, frame: tuple[int, int], screen: tuple[int, int]) -> tuple[int, int]:
@@ -157,7 +147,7 @@ def _check_secrets(text: str, policy: Policy) -> None:
                           "(not inside other text)")
     name = names[0]
     places = policy.allow.secrets
-    if name not in _declared and (places is None or name not in places):
+    if name not in policy.secrets and (places is None or name not in places):
         raise PolicyError(f"the secret {name!r} is not one the task declares (secrets:)")
 
 
@@ -182,4 +172,4 @@ def _secret_place(text: str, probe: Probe, policy: Policy) -> None:
                           f"{field.get('role') or '?'} {field.get('name') or field.get('label') or ''!r}")
 
 
-__all__ = ["Probe", "check", "check_reply", "declare_secret", "forget_secret", "probe_of", "screen_point"]
+__all__ = ["Probe", "check", "check_reply", "probe_of", "screen_point"]

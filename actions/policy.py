@@ -20,7 +20,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actions.keys import ALIASES, VALID_KEYS
 from actions.patterns import PatternError, compile_pattern
@@ -202,6 +202,17 @@ class SecretPlace(BaseModel):
         return " with ".join(p for p in parts if p) or "any field"
 
 
+class MaskPlace(SecretPlace):
+    """An element a run's frames hide (a task's `mask: [{field: Card number}, {role: password text}]`,
+    agent.desktop.mask): matched as a secret's place is."""
+
+    @model_validator(mode="after")
+    def _names_something(self):
+        if not (self.field or self.role):
+            raise ValueError("a mask entry names a field, a role or both")
+        return self
+
+
 class Allow(BaseModel):
     """A task's `allow:` block."""
 
@@ -213,6 +224,9 @@ class Allow(BaseModel):
     text: list[str | TextPattern] | None = None  # None: any text; else only these (literal or {pattern})
     terminal: bool = False  # allow input into a terminal, shell or interpreter window
     secrets: dict[str, SecretPlace] | None = None  # where each secret may be typed (actions.gate)
+    # Whether traces, flow caches and recordings may keep the text of editable fields (entries, text
+    # areas) as evidence; by default they keep that it was a field and its label, not its content.
+    store_field_text: bool = False
     confirm: dict | None = None  # attended runs: which actions wait for a person (agent/ui/attend.py ConfirmRules)
 
     @field_validator("keys")
@@ -254,11 +268,14 @@ NOBODY_TO_ASK = ("nobody can answer a question in this run (it is not attended, 
 
 
 class Policy:
-    def __init__(self, allow: Allow | None = None, marks: bool = False, can_ask: bool = False):
-        """marks: a click may name an element mark (--marks; the grammar allows it). can_ask: a person can
+    def __init__(self, allow: Allow | None = None, secrets=(), marks: bool = False, can_ask: bool = False):
+        """`secrets`: the names of the secrets the run's task declares (its `secrets:`); the gate lets a
+        `type` use only those. Per policy, so per run: two runs in one process never share them.
+        marks: a click may name an element mark (--marks; the grammar allows it). can_ask: a person can
         answer the model's `ask_user` now (a console, --attended, a terminal: agent/ui/watch.py); without
         one the action is not offered, so an unattended run never waits."""
         self.allow = allow or Allow()
+        self.secrets = frozenset(secrets)
         self.marks = marks
         listed = frozenset(self.allow.actions or ACTION_NAMES)
         self.can_ask = can_ask and "ask_user" in listed
@@ -345,4 +362,4 @@ class Policy:
                     raise PolicyError(f"text matches the deny pattern {rx.pattern!r}")
 
 
-__all__ = ["Allow", "Focus", "SecretPlace", "Policy", "PolicyError", "PatternError", "TextPattern", "normalize_chord", "parse_chord"]
+__all__ = ["Allow", "Focus", "MaskPlace", "SecretPlace", "Policy", "PolicyError", "PatternError", "TextPattern", "normalize_chord", "parse_chord"]

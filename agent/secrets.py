@@ -26,6 +26,9 @@ MIN_FUZZY_CHARS = 6  # OCR-style variants only for values long enough not to mat
 CONFUSABLE = ("0oOQD", "1lIi|!", "5sS$", "8B", "2zZ", "6Gb", "9gq", "uUvV", "cCeE", "aA@")
 
 _values: dict[str, str] = {}  # name -> value
+# Values a name had before another task gave it a new one (two runs in one process, the console):
+# still redacted, as long as this process lives.
+_earlier: set[tuple[str, str]] = set()
 _vars: dict[str, str] = {}  # name -> the environment variable a task reads it from
 _patterns: list[tuple[str, Any]] = []  # (placeholder, compiled pattern), longest values first
 mask_screens = False  # set by a task's `mask_screenshots: true`
@@ -41,7 +44,7 @@ def _fuzzy(value: str) -> str:
 
 def _rebuild() -> None:
     _patterns.clear()
-    for name, value in sorted(_values.items(), key=lambda kv: -len(kv[1])):
+    for name, value in sorted({*_values.items(), *_earlier}, key=lambda kv: -len(kv[1])):
         if len(value) < MIN_CHARS:  # typed all the same, but not redactable
             continue
         body = _fuzzy(value) if len(value) >= MIN_FUZZY_CHARS else re.escape(value)
@@ -50,32 +53,34 @@ def _rebuild() -> None:
 
 def register(name: str, value: str) -> None:
     if value and _values.get(name) != value:
+        if name in _values:
+            _earlier.add((name, _values[name]))
         _values[name] = value
         _rebuild()
 
 
 def snapshot() -> tuple:
     """The registry as it is (it is process-wide: tests restore it after each test)."""
-    return dict(_values), dict(_vars), mask_screens
+    return dict(_values), dict(_vars), mask_screens, set(_earlier)
 
 
 def restore(state: tuple) -> None:
     global mask_screens
-    values, variables, mask_screens = state
+    values, variables, mask_screens, earlier = state
     _values.clear()
     _values.update(values)
+    _earlier.clear()
+    _earlier.update(earlier)
     _vars.clear()
     _vars.update(variables)
     _rebuild()
 
 
 def declare(task) -> None:
-    """Register the values of a task's secrets (those set in the environment) and its masking choice."""
+    """Register the values of a task's secrets (those set in the environment) for redaction and its
+    masking choice. Which secrets a run may type is its policy's (actions.Policy(allow, secrets))."""
     global mask_screens
-    from actions.gate import declare_secret
-
     for name, var in task.secrets.items():
-        declare_secret(name)  # the gate lets `type` use only declared secrets (and only where allow.secrets says)
         _vars[name] = var
         value = os.environ.get(var, os.environ.get(ENV_PREFIX + name))
         if value is not None:

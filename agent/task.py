@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from actions.patterns import PatternError, compile_pattern
-from actions.policy import Allow
+from actions.policy import Allow, MaskPlace
 from agent.errors import VlagentError
 from agent.secrets import declare as declare_secrets
 from agent.steps import FlowStep, check_names
@@ -103,6 +103,8 @@ class Task(_Strict):
     # file's folder; a trace's copy of the task names the original folder here.
     taskdir: str | None = None
     mask_screenshots: bool = False  # paint over secrets OCR finds in saved screenshots (agent.secrets)
+    # Elements every frame hides (agent.desktop.mask); None: password fields when the model is remote.
+    mask: list[MaskPlace] | None = None
     env: list[str] = []  # variables of vlagent's environment its apps, setup and checks receive (sandbox.session.clean_env)
     marks: bool = False  # number the accessibility tree's interactive elements on each frame (as `run --marks`)
     # Not part of the file: the resolved taskdir.

@@ -109,14 +109,10 @@ def trace_task(task, folder: Path, say=None):
     folder = Path(folder)
     if trusted(folder):
         return task
-    from actions.gate import forget_secret
-
     here = folder.resolve()
     setup, commands = len(task.setup), sum(1 for c in task.success if c.kind == "command")
-    # Nor may it name what it receives: secrets it could type (on a live display, into any window)
-    # or environment variables its programs would get.
-    for name in task.secrets:
-        forget_secret(name)
+    # Nor may it name what it receives: secrets it could type (on a live display, into any window:
+    # the run's policy is built from this copy, which declares none) or variables its programs get.
     update = {"setup": [], "success": [c for c in task.success if c.kind != "command"], "taskdir": str(here),
               "secrets": {}, "env": []}
     for name in ("before", "after"):  # a flow's hooks may run steps too

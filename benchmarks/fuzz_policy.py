@@ -13,6 +13,8 @@ of making an action (a model's raw reply; a replayed trace step and a flow cache
 validated by the schema; a fall-back model's grounding under a one-kind policy) over a fake desktop
 probe: a terminal or a python3 REPL beside a form, the focus on either, windows that cannot be told.
 The oracle computes where each pointer action lands (both ends of a drag) and which window gets it.
+Secrets: this run's policy declares PASSWORD; "gate_other_run" checks `{secret:PASSWORD}` against
+another run's policy in the same process (it declares only OTHER), which must refuse it.
 
 Targets: 0, 0, 0, 0.   python benchmarks/fuzz_policy.py [--n 12000] [--gate-n 8000] [--seed 13] [--json FILE]
 """
@@ -113,18 +115,18 @@ def gate_outcome(proposer: str, args: dict, probe, policy, before: bool = False)
 def run_gate(n: int, seed: int, before: bool = False) -> dict:
     import random
 
-    from actions import gate
-
-    gate.declare_secret("PASSWORD")
     probes = {layout: FakeProbe(layout) for layout in fuzz_oracle.GATE_LAYOUTS}
-    policy = Policy()
+    # This run's task declares PASSWORD; another run in the same process (the console, the pytest
+    # plugin) declares only OTHER and must not be able to type PASSWORD.
+    policy, other = Policy(secrets={"PASSWORD"}), Policy(secrets={"OTHER"})
     counts = {"actions": 0, "crashes": 0, "forbidden_accepted": 0, "legitimate_rejected": 0}
     by = {}
     examples = []
     times = []
     for category, proposer, layout, args, expect in fuzz_oracle.gate_cases(random.Random(seed + 1), n):
         t0 = time.perf_counter()
-        outcome, detail = gate_outcome(proposer, args, probes[layout], policy, before)
+        outcome, detail = gate_outcome(proposer, args, probes[layout], other if category == "gate_other_run" else policy,
+                                       before)
         times.append(time.perf_counter() - t0)
         counts["actions"] += 1
         row = by.setdefault(f"{proposer}/{category}", {"actions": 0, "accepted": 0, "failures": 0})

@@ -21,6 +21,7 @@ from sandbox.procs import kill_group, spawn
 
 LAUNCHER = Path("/usr/libexec/at-spi-bus-launcher")
 START_TIMEOUT_S = 5.0
+ANNOUNCED_CHECK_S = 0.5  # one xprop run, and a retry or two
 # Switches that make toolkits publish their tree even without a desktop session asking for it.
 APP_ENV = {
     "ACCESSIBILITY_ENABLED": "1",  # Chromium (with --force-renderer-accessibility for the page)
@@ -87,6 +88,12 @@ def _read_line(fd: int, timeout_s: float) -> str:
                 break
             buf += chunk
     return buf.decode(errors="replace").strip()
+
+
+def announced(display: str) -> bool:
+    """Whether the display names an AT-SPI bus on its root window: without one no app publishes a
+    tree there (a reader still answers, with an empty tree)."""
+    return _wait_root_property(display, "AT_SPI_BUS", ANNOUNCED_CHECK_S)
 
 
 def _wait_root_property(display: str, name: str, timeout_s: float) -> bool:

@@ -73,10 +73,15 @@ class Tree:
                     self._give_up()
 
     def nodes(self) -> list[Node]:
-        """The tree now (a walk started by this call)."""
+        """The tree now (a walk started by this call); [] when there is none."""
+        return self.read() or []
+
+    def read(self) -> list[Node] | None:
+        """The tree now, or None when it cannot be read (no reader, no bus, a walk that failed): what
+        must not go on without a tree (masking a frame, agent.desktop.mask) tells the two apart."""
         with self.lock:
             self._drain()
-            return self._read() if self._ask() else []
+            return self._read() if self._ask() else None
 
     def prefetch(self) -> int:
         """Start a walk now and return its ticket: take(ticket) gets it later, while the caller did
@@ -92,7 +97,7 @@ class Tree:
         with self.lock:
             if self.pending and ticket == self.ticket:
                 self.pending = False
-                return self._read()
+                return self._read() or []
         return self.nodes()
 
     def _ask(self) -> bool:
@@ -108,15 +113,18 @@ class Tree:
             self._give_up()
             return False
 
-    def _read(self) -> list[Node]:
+    def _read(self) -> list[Node] | None:
         try:
             line = _readline(self.proc.stdout, READ_TIMEOUT_S) if self.proc is not None else b""
         except (OSError, ValueError):
             line = b""
         if not line:
             self._give_up()
-            return []
-        return [Node(**{**d, "states": tuple(d["states"]), "box": tuple(d["box"])}) for d in json.loads(line)]
+            return None
+        data = json.loads(line)
+        if data is None:  # the walk failed (the bus went away): no tree this time
+            return None
+        return [Node(**{**d, "states": tuple(d["states"]), "box": tuple(d["box"])}) for d in data]
 
     def _drain(self) -> None:
         """An old prefetched walk nobody took: read it away, it is not the tree now."""
@@ -287,6 +295,12 @@ def _labels(nodes: list[Node], n: Node, win: Node | None) -> list[dict]:
         if -4 <= d <= LABEL_REACH_PX and (side not in best or d < best[side][0]):
             best[side] = (d, m)
     return [{"text": m.name.strip(), "side": side, "gap": round(d)} for side, (d, m) in best.items()]
+
+
+def label(nodes: list[Node], n: Node) -> str:
+    """The text that labels n: the nearest label left of it, else above it ("" when none)."""
+    near = {l["side"]: l["text"] for l in _labels(nodes, n, _window_of(nodes, n))}
+    return near.get("left") or near.get("above") or ""
 
 
 def _inside(box, outer) -> bool:
@@ -492,8 +506,8 @@ def main() -> None:
         if line.strip() == "tree":
             try:
                 nodes = _walk()
-            except Exception:  # the bus went away: an empty tree, not a crash
-                nodes = []
+            except Exception:  # the bus went away: no tree (null), not a crash
+                nodes = None
             sys.stdout.write(json.dumps(nodes, separators=(",", ":")) + "\n")
             sys.stdout.flush()
 

@@ -59,6 +59,7 @@ class BackendBase:
 
     name: str = "backend"
     format: str = "qwen3-vl"
+    remote = False  # frames go out of this process (agent.desktop.mask masks password fields for such a model)
 
     def fits(self, messages: list[Message], constraint: Constraint = None) -> bool:
         return True

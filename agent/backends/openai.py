@@ -61,6 +61,8 @@ def _bounded(constraint: JsonSchema) -> dict:
 
 
 class OpenAIBackend(BackendBase):
+    remote = True  # the server may be anywhere: frames leave this machine (agent.desktop.mask)
+
     def __init__(self, model: str, base_url: str, api_key: str | None = None, timeout_s: float = TIMEOUT_S,
                  max_retries: int = MAX_RETRIES, processor: Any = None, max_tokens: int = MAX_TOKENS,
                  structured: bool = True, check_image_tokens: bool = True, backoff_s: float = BACKOFF_S,

@@ -100,7 +100,8 @@ def check_action(raw, task_file, screen):
     except ValueError:
         raise UsageError(f"--screen must look like 1280x800, not {screen!r}") from None
     with usage_errors():
-        policy = Policy(load_task(task_file).allow) if task_file else Policy()
+        task = load_task(task_file) if task_file else None
+        policy = Policy(task.allow, task.secrets) if task else Policy()
     if raw == "-":
         raw = sys.stdin.read()
     try:

@@ -144,6 +144,12 @@ class X11Desktop:
         self._gone = (xerror.ConnectionClosedError, xerror.XError, OSError, mss.ScreenShotError)
         self._watchers: list = []  # called at every abort check: a dead app is noticed at the next step
         self._settled = None  # (grab, time) of the frame wait_stable found stable
+        self._tree = None  # the accessibility tree reader, started on first use
+        self.masker = None  # paints over what frames must not show (agent.desktop.mask.mask_frames sets it)
+        # The windows the gate's probe judged, by point or "focus" (their ids, top-level first): the
+        # input checks them again right before it goes, so the verdict is a millisecond old, not the
+        # time between the check and the input (a person reviewing it, evidence being read).
+        self._judged: dict = {}
         with self._on_display():
             self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
             self._typer = KeysymTyper(self._x, display)
@@ -153,7 +159,7 @@ class X11Desktop:
             raise VlagentError(f"cannot open display {display}: {e}") from None
 
     def close(self) -> None:
-        tree = getattr(self, "_tree", None)  # the accessibility reader focused_field() started
+        tree = self._tree  # the accessibility reader tree() started
         for close in (self._typer.close, self._mss.close, self._x.close, *([tree.close] if tree else [])):
             try:
                 close()
@@ -196,7 +202,8 @@ class X11Desktop:
         settled, self._settled = self._settled, None
         fresh = settled is not None and time.monotonic() - settled[1] <= SETTLED_REUSE_S
         shot = settled[0] if fresh else self._grab()
-        return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+        frame = Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+        return frame if self.masker is None else self.masker(frame)  # boxes from the tree as it is now
 
     def size(self) -> tuple[int, int]:
         screen = self._x.screen()
@@ -245,6 +252,7 @@ class X11Desktop:
             root = self._x.screen().root
             try:
                 path = _path_at(root, root, x, y)
+                self._judged[(x, y)] = _ids(path)
                 return self._judge(path) if path else _nowhere()
             except XError:  # a window went away while we looked
                 return None
@@ -254,34 +262,62 @@ class X11Desktop:
         window under the pointer inside it, which X gives the keys to), or the window under the
         pointer when the focus follows it (no window manager); Focus(nowhere=True) when that is the
         bare desktop; None when it cannot be told."""
-        from Xlib import X
         from Xlib.error import XError
 
         with self._on_display():
-            root = self._x.screen().root
             try:
-                win = self._x.get_input_focus().focus
-                p = root.query_pointer()
-                under = _path_at(root, root, p.root_x, p.root_y)
-                if isinstance(win, int) or win.id in (X.NONE, X.PointerRoot) or win == root:
-                    return self._judge(under) if under else _nowhere()
-                path = _ancestors(win, root)
-                ids = [w.id for w in under]
-                if win.id in ids:  # keys go to the focus window's descendant under the pointer
-                    path += under[ids.index(win.id) + 1:]
-                return self._judge(path)
+                path = self._focus_path()
+                self._judged["focus"] = _ids(path)
+                return self._judge(path) if path else _nowhere()
             except XError:
                 return None
 
+    def _focus_path(self) -> list:
+        """The windows that keys go to now, top-level first ([]: the bare desktop)."""
+        from Xlib import X
+
+        root = self._x.screen().root
+        win = self._x.get_input_focus().focus
+        p = root.query_pointer()
+        under = _path_at(root, root, p.root_x, p.root_y)
+        if isinstance(win, int) or win.id in (X.NONE, X.PointerRoot) or win == root:
+            return under
+        path = _ancestors(win, root)
+        ids = [w.id for w in under]
+        if win.id in ids:  # keys go to the focus window's descendant under the pointer
+            path += under[ids.index(win.id) + 1:]
+        return path
+
+    def _unchanged(self, key, what: str) -> None:
+        """Right before an input: the windows it reaches are those the gate judged for it (when it
+        judged: a test's direct call was not). ReceiverChanged when another window took the place."""
+        from Xlib.error import XError
+
+        judged = self._judged.pop(key, None)
+        if judged is None:
+            return
+        root = self._x.screen().root
+        try:
+            now = _ids(self._focus_path() if key == "focus" else _path_at(root, root, *key))
+        except XError:  # a window went away while we looked: not the windows judged
+            now = ()
+        if now != judged:
+            raise ReceiverChanged(f"the window that would receive the {what} changed after the gate checked it "
+                                  f"(windows {_hex(judged)} then, {_hex(now)} now): not sent")
+
     focus = focused_window  # the name the loop used before the gate
+
+    def tree(self):
+        """This display's accessibility tree reader (sandbox.atspi.Tree), started on first use."""
+        from sandbox.atspi import Tree
+
+        if self._tree is None:
+            self._tree = Tree(self.display)
+        return self._tree
 
     def focused_field(self) -> dict | None:
         """The focused element of the accessibility tree ({"role", "name", "label"}), or None."""
-        from sandbox.atspi import Tree
-
-        if getattr(self, "_tree", None) is None:
-            self._tree = Tree(self.display)
-        nodes = self._tree.nodes()
+        nodes = self.tree().nodes()
         hit = next((n for n in nodes if "focused" in n.states and n.role not in ("frame", "window", "dialog")), None)
         if hit is None:
             return None
@@ -351,6 +387,7 @@ class X11Desktop:
     def click(self, x: int | None, y: int | None, button: Button = "left", clicks: int = 1) -> None:
         """Press and release like a person: each press held HOLD_S (see there)."""
         with self._on_display() as pag:
+            self._unchanged((x, y) if x is not None and y is not None else self.position(), "click")
             if x is not None and y is not None:
                 pag.moveTo(x, y)
             for n in range(clicks):
@@ -373,6 +410,8 @@ class X11Desktop:
 
     def drag(self, x0: int, y0: int, x1: int, y1: int) -> None:
         with self._on_display() as pag:
+            self._unchanged((x0, y0), "drag's start")
+            self._unchanged((x1, y1), "drag's end")
             pag.moveTo(x0, y0)
             pag.mouseDown(button="left")
             try:
@@ -383,6 +422,7 @@ class X11Desktop:
     def scroll(self, pixels: int, x: int | None = None, y: int | None = None, horizontal: bool = False) -> None:
         clicks = wheel_clicks(pixels)
         with self._on_display() as pag:
+            self._unchanged((x, y) if x is not None and y is not None else self.position(), "scroll")
             if x is not None and y is not None:
                 pag.moveTo(x, y)
             if clicks:
@@ -394,6 +434,7 @@ class X11Desktop:
             if self._keymap.get(name) is None:
                 raise VlagentError(f"key {name!r} cannot be pressed on display {self.display}")
         with self._on_display() as pag:
+            self._unchanged("focus", "key press")
             pressed = []
             try:
                 for name in names:
@@ -409,6 +450,7 @@ class X11Desktop:
         pyautogui mistypes on this keymap) through spare keycodes (agent.desktop.keysym_typing)."""
         runs = _runs(text, self._typable)
         with self._on_display():
+            self._unchanged("focus", "typing")
             self._typer.prepare("".join(chunk for by_pyautogui, chunk in runs if not by_pyautogui))
         for by_pyautogui, chunk in runs:
             with self._on_display() as pag:
@@ -417,6 +459,18 @@ class X11Desktop:
                 else:
                     pag.failSafeCheck()
                     self._typer.type(chunk)
+
+
+class ReceiverChanged(VlagentError):
+    """Another window took the place of the one the gate approved, between its check and the input."""
+
+
+def _ids(path: list) -> tuple[int, ...]:
+    return tuple(w.id for w in path)
+
+
+def _hex(ids) -> str:
+    return ">".join(hex(i) for i in ids) or "none (the bare desktop)"
 
 
 def _nowhere():

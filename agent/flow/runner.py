@@ -30,6 +30,7 @@ from PIL import Image
 from actions import ACTION_ADAPTER, Policy, PolicyError, to_json
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask
+from agent.desktop.mask import mask_frames
 from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
 from agent.targets.finder import SETTLE_MAX_S
@@ -129,8 +130,9 @@ class Flow:
 
     def __post_init__(self):
         person = self.session.attendant if self.session is not None else None  # attended (agent/ui/attend.py)
-        self.policy = Policy(self.task.allow, can_ask=person is not None and person.can_answer)
-        self.finder = finder.Finder(self.display)
+        self.policy = Policy(self.task.allow, self.task.secrets, can_ask=person is not None and person.can_answer)
+        mask_frames(self.desktop, self.task, self.backend)  # agent.desktop.mask: frames hide what the task says
+        self.finder = finder.Finder(self.display, field_text=self.task.allow.store_field_text)
         self.actor = Actor(self.desktop, self.finder, self.policy, person)
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from PIL import Image
 from actions import ACTION_ADAPTER, Action, Policy, PolicyError, to_json
 from actions.coords import to_pixels
 from agent import trust
+from agent.desktop.mask import mask_frames
 from agent.errors import VlagentError
 from agent.run.status import End
 from agent.trace import Result, Step, Trace, load_steps
@@ -116,7 +117,8 @@ def replay(trace_dir, task=None, display: str | None = None, speed: float = 1.0,
         on_session(session)
     with session as run:
         env = run.start()
-        with contextlib.closing(_Player(original, task, Policy(task.allow), env.desktop, run.trace, speed,
+        mask_frames(env.desktop, task, fallback)  # agent.desktop.mask: what the task (or a remote fall-back model) hides
+        with contextlib.closing(_Player(original, task, Policy(task.allow, task.secrets), env.desktop, run.trace, speed,
                                         fallback, locate)) as player:
             run.finish(_play(original, player, run, on_step))
     return run.result
@@ -157,7 +159,7 @@ class _Player:
         self.tree = Tree(desktop.display)  # the apps' accessibility tree (none for Tk, games, ...)
         if locate:
             self.tree.start()
-        self.finder = finder.Finder(desktop.display, self.tree)
+        self.finder = finder.Finder(desktop.display, self.tree, field_text=task.allow.store_field_text)
         self.actor = Actor(desktop, self.finder, policy)
         self.prefetched: int | None = None
 

@@ -441,9 +441,10 @@ class Recorder:
             # The windows and the tree as they were before the press, like the frame.
             windows, nodes = self.frames.windows_before(pending.t), self.trees.before(pending.t)
             later = self.trees.tree.nodes if self.trees.is_alive() else None  # the tree may fill in late
-            target = describe(frame, pending.pixel, windows, nodes, later=later)
+            keep = self.task.allow.store_field_text  # editable fields' text as evidence, where the task allows it
+            target = describe(frame, pending.pixel, windows, nodes, later=later, field_text=keep)
             if pending.start_pixel is not None:
-                target["start"] = describe(frame, pending.start_pixel, windows, nodes, later=later)
+                target["start"] = describe(frame, pending.start_pixel, windows, nodes, later=later, field_text=keep)
             if action["action"] in ("left_click", "double_click", "triple_click"):
                 self.focus = target
         if action["action"] == "key" and action["keys"][-1] == "tab":

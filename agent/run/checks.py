@@ -205,7 +205,8 @@ def _a11y(spec, ctx: _Context) -> tuple[bool, str]:
                        "(Tk, plain X11) or the sandbox's accessibility bus is not running")
     def label(n) -> str:
         states = ",".join(s for s in n.states if s in spec.states) if spec.states else ""
-        return f"{n.role} {n.name!r}" + (f" text {n.text[:40]!r}" if n.text else "") + (f" [{states}]" if states else "")
+        quoted = n.text and ("editable" not in n.states or ctx.task.allow.store_field_text)  # a field's content: not kept
+        return f"{n.role} {n.name!r}" + (f" text {n.text[:40]!r}" if quoted else "") + (f" [{states}]" if states else "")
 
     checks = [
         ("role", lambda n: spec.role is None or n.role == spec.role),

@@ -65,7 +65,7 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
              cfg: LoopConfig, on_step=None, run=None) -> LoopEnd:
     """run: the RunSession this loop drives (its events and its pause/stop control), if any."""
     # What each pointer action aims at (windows, accessibility element, text), as a recording keeps it.
-    targets = _step_targets(desktop)
+    targets = _step_targets(desktop, policy.allow.store_field_text)
     if cfg.marks and targets is not None and getattr(backend, "format", "qwen3-vl") == "qwen3-vl":  # native only
         marker, policy = Marker(targets.tree), copy.copy(policy)
         policy.marks = True  # the grammar and the policy take a mark (the rest of the run's policy as it is)
@@ -221,11 +221,12 @@ def _mark_resolver(marker, marked, step: Step, desktop: Desktop):
     return resolve
 
 
-def _step_targets(desktop):
-    """Target evidence for a desktop on an X display (a fake desktop in tests has none)."""
+def _step_targets(desktop, field_text: bool = False):
+    """Target evidence for a desktop on an X display (a fake desktop in tests has none); editable
+    fields' text kept only where the task allows it (allow.store_field_text)."""
     from agent.targets.evidence import StepTargets
 
-    return StepTargets(desktop.display) if isinstance(getattr(desktop, "display", None), str) else None
+    return StepTargets(desktop.display, field_text) if isinstance(getattr(desktop, "display", None), str) else None
 
 
 def _target(pending) -> dict | None:

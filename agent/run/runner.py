@@ -9,6 +9,7 @@ from pathlib import Path
 from actions import Policy
 from agent.backends.base import Backend
 from agent.errors import ModelExhausted, VlagentError
+from agent.desktop.mask import mask_frames
 from agent.run.events import EventBus
 from agent.run.loop import LoopConfig, run_loop
 from agent.run.session import RunControl, RunSession
@@ -41,7 +42,8 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
     with session as run:
         env = run.start()
         try:
-            policy = Policy(task.allow, can_ask=run.attendant is not None and run.attendant.can_answer)
+            mask_frames(env.desktop, task, backend)  # agent.desktop.mask: frames hide what the task (or a remote model) says
+            policy = Policy(task.allow, task.secrets, can_ask=run.attendant is not None and run.attendant.can_answer)
             end = run_loop(task.goal, backend, env.desktop, policy, run.trace, loop, on_step, run=run)
         except ModelExhausted as e:
             end = End("exhausted", str(e))

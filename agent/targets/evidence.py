@@ -140,23 +140,36 @@ def _phrase_at(words: list, px, gray: np.ndarray) -> list:
     return line[lo:hi + 1]
 
 
-def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True, later=None) -> dict:
+def describe(image: Image.Image, pixel, windows=(), nodes=(), ocr: bool = True, later=None,
+             field_text: bool = False) -> dict:
     """Everything that identifies the thing at pixel: pixels and text (agent.targets.locate), the
     accessibility element (when the app publishes one) and the target's own text. `later()`: the tree
     read again now, for when `nodes` (read before the input) did not hold the element yet (see
-    late_element)."""
-    ev = describe_target(image, pixel, windows, ocr=ocr)
+    late_element). Without `field_text` (a task's allow.store_field_text) no text of an editable
+    field is kept: not its content in the element, not the words OCR reads inside any editable
+    field's box, not the target's own text when it is one (its role, name and labels stay)."""
+    fields = [] if field_text else [n.box for n in nodes if "editable" in n.states]
+    ev = describe_target(image, pixel, windows, ocr=ocr, hide=fields)
     element = atspi.describe(list(nodes), pixel) if nodes else None
     if element is not None and not _same_top_window(element, windows, pixel):
         element = None  # the tree was read before this window showed (or after it went): not evidence
     if (element is None or element["role"] in CONTAINERS) and nodes and later is not None:
         element = late_element(later, windows, pixel) or element
+    in_field = any(_within(pixel, box) for box in fields)
     if element is not None:
+        if not field_text and "editable" in element["states"]:
+            element["text"] = ""
+            in_field = True
         ev["a11y"] = element
     if ocr:
         box = element["box"] if element else None
-        ev["own_text"] = own_text(image, pixel, box)
+        ev["own_text"] = "" if in_field else own_text(image, pixel, box)
     return ev
+
+
+def _within(pixel, box) -> bool:
+    x, y, w, h = box
+    return x <= pixel[0] < x + w and y <= pixel[1] < y + h
 
 
 LATE_TREE_S = 1.0  # how long a recording waits for the tree to hold the element (Chromium's page fills in late)
@@ -481,10 +494,11 @@ class StepTargets:
         step.target = pending.result()                            # after, when the step is written
     """
 
-    def __init__(self, display: str):
+    def __init__(self, display: str, field_text: bool = False):
         from concurrent.futures import ThreadPoolExecutor
 
         self.display = display
+        self.field_text = field_text  # keep editable fields' text in the evidence (allow.store_field_text)
         self.tree = atspi.Tree(display)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="targets")
         self._ticket: int | None = None
@@ -513,9 +527,9 @@ class StepTargets:
             nodes = self.tree.take(ticket) if ticket is not None else self.tree.nodes()
 
         def work() -> dict:
-            ev = describe(frame, pixels[0], windows, nodes, later=self.tree.nodes)
+            ev = describe(frame, pixels[0], windows, nodes, later=self.tree.nodes, field_text=self.field_text)
             if len(pixels) > 1:
-                ev["start"] = describe(frame, pixels[1], windows, nodes, later=self.tree.nodes)
+                ev["start"] = describe(frame, pixels[1], windows, nodes, later=self.tree.nodes, field_text=self.field_text)
             return ev
 
         return self.pool.submit(work)
@@ -573,7 +587,8 @@ def effect_in_tree(target: dict | None, action, nodes: list, pixel) -> tuple[boo
         typed = action.text.replace("\n", "")
         if typed and typed in field.text:
             return True, f"the focused {field.role} holds {typed!r}"
-        return False, f"the focused {field.role} reads {field.text[:60]!r}, without the typed {typed!r}"
+        # (what the field holds instead is not quoted: a message lands in traces and reports)
+        return False, f"the focused {field.role} does not hold the typed {typed!r}"
     element = (target or {}).get("a11y")
     if kind not in ("left_click", "double_click") or not element or pixel is None:
         return None, ""

@@ -50,9 +50,10 @@ class Finder:
     """Per display: the window list and a lazily started accessibility tree reader. close() when done
     (a tree given by the caller is the caller's to close)."""
 
-    def __init__(self, display: str | None, tree=None):
+    def __init__(self, display: str | None, tree=None, field_text: bool = False):
         self.display = display
         self._tree, self._own = tree, tree is None
+        self.field_text = field_text  # keep editable fields' text in evidence (a task's allow.store_field_text)
 
     def windows(self) -> list:
         if not self.display:
@@ -92,7 +93,8 @@ class Finder:
         from agent.targets.evidence import describe
 
         ctx = ctx or self.context()
-        return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr, later=self.nodes)
+        return describe(image, tuple(int(v) for v in pixel), ctx.windows, ctx.nodes, ocr=ocr, later=self.nodes,
+                        field_text=self.field_text)
 
     def find(self, evidence: dict, image, recorded=None, target: bool = True):
         """Where the evidence's target is on `image` (a Decision); `recorded`: the screenshot it was

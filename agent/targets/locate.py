@@ -186,7 +186,7 @@ def _blobs(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def describe_target(image, pixel: Sequence[int], windows=(), ocr: bool = True) -> dict[str, Any]:
+def describe_target(image, pixel: Sequence[int], windows=(), ocr: bool = True, hide=()) -> dict[str, Any]:
     """Evidence that re-finds the thing at `pixel` of `image` (a screenshot) later.
 
     `windows` (Window objects or dicts with title, x, y, width, height; bottom first) lets the
@@ -214,6 +214,8 @@ def describe_target(image, pixel: Sequence[int], windows=(), ocr: bool = True) -
         pil = image if isinstance(image, Image.Image) else Image.fromarray(full)
         box = (rx0, ry0, rx0 + region.shape[1], ry0 + region.shape[0])
         words = [(t, (x + rx0, y + ry0, bw, bh)) for t, (x, y, bw, bh) in ocr_words(pil.crop(box))]
+        # `hide`: boxes whose words are not kept (editable fields: their content is not evidence to store)
+        words = [(t, b) for t, b in words if not any(_overlap((b[0] + b[2] // 2, b[1] + b[3] // 2, 1, 1), f) for f in hide)]
 
     anchors = []
     for bx, by, bw, bh in _blobs(region):

@@ -24,7 +24,7 @@ def perform(session, data: dict) -> dict:
     desktop = env.desktop
     t0 = time.perf_counter()
     frame = desktop.capture()
-    action = gate.check(action, gate.probe_of(desktop), Policy(session.task.allow), frame=frame.size)  # people too
+    action = gate.check(action, gate.probe_of(desktop), Policy(session.task.allow, session.task.secrets), frame=frame.size)  # people too
     trace = session.trace
     n = max((s.step for s in trace.steps), default=0) + 1
     step = Step(step=n, action=action, source="human", screenshot=trace.save_screen(frame, f"{n:04d}"), frame=frame.size)

@@ -42,6 +42,7 @@ class Playground:
             raise VlagentError(f"schema: {bad}")
         with self._lock:
             b = self.backend(model, backend, base_url)
+            image = outgoing(image, b)
             t0 = time.perf_counter()
             try:
                 answer = query(b, image, question, schema)
@@ -63,6 +64,7 @@ class Playground:
         policy = Policy()
         with self._lock:
             b = self.backend(model, backend, base_url)
+            image = outgoing(image, b)
             messages = build_messages(instruction, [], image, policy, load_image=None)
             t0 = time.perf_counter()
             raw = b.generate(messages, policy)
@@ -76,6 +78,20 @@ class Playground:
                 "overlay": overlay_html(action, image.size)}
 
 
+def outgoing(image, backend):
+    """The frame as `backend` may see it: a display's frame going to a remote model has its password
+    fields masked (agent.desktop.mask; no tree, no frame). An uploaded image goes as the person chose it."""
+    display = image.info.get("display")
+    if not display or not getattr(backend, "remote", False):
+        return image
+    from agent.desktop.mask import PASSWORD_FIELDS, masker_for
+    from sandbox.atspi import Tree
+
+    with Tree(display) as tree:
+        why = f"sent to {getattr(backend, 'base_url', '') or 'the model'}"
+        return masker_for(display, tree, PASSWORD_FIELDS, why, listed=False)(image)
+
+
 def grab(display: str):
     import mss
     from PIL import Image
@@ -85,7 +101,9 @@ def grab(display: str):
             shot = m.grab(m.monitors[0])
     except Exception as e:
         raise VlagentError(f"cannot grab display {display}: {e}") from None
-    return Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+    image = Image.frombytes("RGB", shot.size, bytes(shot.bgra), "raw", "BGRX")
+    image.info["display"] = display  # where it came from: outgoing() masks it for a remote model
+    return image
 
 
 def from_data_url(url: str):

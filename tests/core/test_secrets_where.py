@@ -80,3 +80,26 @@ def test_a_page_that_shows_a_placeholder_cannot_make_a_flow_type_the_secret(tmp_
     assert done.returncode == 1 and "placeholder" in result["reason"], (result["reason"], done.stderr[-600:])
     assert not (tmp_path / "t" / "workdir" / "form.json").exists() or \
         VALUE not in (tmp_path / "t" / "workdir" / "form.json").read_text()
+
+
+def test_two_runs_in_one_process_do_not_share_declared_secrets(tmp_path, monkeypatch):
+    """The console and the pytest plugin run several tasks in one process. A first flow declares PW
+    and types it; a second flow, loaded and run after it in the same process, declares nothing: its
+    `type: "{secret:PW}"` is refused by the gate (the first task's declaration is not its own)."""
+    from agent.backends.script import ScriptBackend
+    from agent.flow.runner import run_flow
+    from agent.task import load_task
+
+    monkeypatch.setenv("MY_PW", VALUE)
+    steps = [{"left_click": {"coordinate": [352, 205]}}, {"type": "{secret:PW}"}]
+    results = {}
+    for name, secrets in (("declares", {"PW": "MY_PW"}), ("borrows", {})):
+        task = {"name": name, "screen": {"width": 1280, "height": 800}, "secrets": secrets,
+                "setup": [{"launch": ["{python}", "-m", "sandbox.apps.form", "--out", "{workdir}/form.json"],
+                           "wait_for_window": "Registration"}], "steps": steps}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(task))
+        results[name], _ = run_flow(load_task(tmp_path / f"{name}.yaml"), ScriptBackend([]),
+                                    trace_dir=tmp_path / name, cache="off")
+    assert results["declares"].status == "success", results["declares"].reason
+    assert results["borrows"].status != "success" and "not one the task declares" in results["borrows"].reason, \
+        results["borrows"].reason
