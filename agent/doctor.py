@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path

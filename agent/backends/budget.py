@@ -13,8 +13,7 @@ logits), set from the H100 runs in benchmarks/results/.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from agent.backends import DEFAULT_MODEL
 from agent.errors import VlagentError
 

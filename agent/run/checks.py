@@ -7,7 +7,6 @@ Chromium), else by OCR of each window, in any theme (agent.ocr).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
