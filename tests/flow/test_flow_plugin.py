@@ -74,3 +74,36 @@ def test_the_vl_fixture_in_a_real_pytest_run(pytester, tmp_path):
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert props["vlagent_cache_hits"] == "4" and props["vlagent_model_calls"] == "1"  # the assert only
     assert (pytester.path / "flow.cache.json").stat().st_mtime_ns == stamp
+
+
+GALCULATOR_TEST = '''
+import pytest
+
+pytestmark = pytest.mark.vlagent(task="galculator_flow.yaml")
+
+def test_seven_times_six(vl):
+    vl.run_steps()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("galculator") is None, reason="galculator not installed")
+def test_the_plugin_on_a_debian_app_records_then_replays_from_the_cache(pytester, tmp_path):
+    """A user's CI on a real GTK app (galculator): the first pytest run records the cache, the
+    read-only re-run takes every step from it with no model call, and the task's check (the display
+    reads 42) decides both."""
+    flows = ROOT / "tests" / "scripts" / "flows"
+    for name in ("galculator_flow.yaml", "galculator_flow.replies.yaml"):
+        (pytester.path / name).write_text((flows / name).read_text())
+    pytester.makepyfile(test_calc=GALCULATOR_TEST)
+    junit = tmp_path / "junit.xml"
+    common = [*plugin_args(), "-p", "no:cacheprovider", "--vl-model",
+              f"script:{pytester.path / 'galculator_flow.replies.yaml'}", "--vl-traces", str(tmp_path / "runs"),
+              "-o", "junit_family=legacy", "--junitxml", str(junit)]
+    for mode, hits, calls in [("read-write", "0", "4"), ("read-only", "4", "0")]:
+        r = pytester.runpytest_subprocess(*common, "--vl-cache", mode, timeout=300)
+        r.assert_outcomes(passed=1)
+        case = next(ET.parse(junit).getroot().iter("testcase"))
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert props["vlagent_status"] == "success", props
+        assert (props["vlagent_cache_hits"], props["vlagent_model_calls"]) == (hits, calls), (mode, props)
