@@ -170,7 +170,24 @@ def card(step: Step, img: str | None, after: str | None) -> dict:
     return {"step": step.step, "kind": step.kind, "source": SOURCE[step.source], "label": label,
             "img": img, "after": after, "error": step.error, "raw": step.raw, "pixel": step.pixel,
             "overlay": overlay(step, intended, rejected=intended is not None),
-            "target": _evidence(step.target) if step.target else None, "timings": _timings(step)}
+            "target": _evidence(step.target) if step.target else None, "timings": _timings(step),
+            "decision": decision_line(step.decision)}
+
+
+VERDICTS = {"approve": "approved", "correct": "corrected", "reject": "rejected", "answer": "answered",
+            "unanswered": "not answered"}
+
+
+def decision_line(decision: dict | None) -> str | None:
+    """A person's part in an attended step (agent/ui/attend.py): "answered by page after 12 s: ...",
+    "rejected by terminal after 3 s: wrong field"; None where nobody was asked."""
+    if not decision:
+        return None
+    verdict = VERDICTS.get(decision.get("verdict"), str(decision.get("verdict")))
+    took = decision.get("decided", 0) - decision.get("asked", 0)
+    after = f" after {took:.0f} s" if decision.get("asked") and took >= 0 else ""
+    note = decision.get("note") or ""
+    return f"{verdict} by {decision.get('by', '?')}{after}" + (f": {note}" if note else "")
 
 
 
