@@ -40,12 +40,14 @@ class SessionHook:
             stop_watching(self.console)
 
 
-def stop_watching(console) -> None:
-    """Stop a console that watched a CLI run or suite, once open pages heard the end (2 s at most)."""
+def stop_watching(console, linger_s: float = 0.0) -> None:
+    """Stop a console that watched a CLI run or suite, once open pages heard the end (2 s at most;
+    `linger_s` at least: a runs page asks again each second)."""
     import time
 
-    deadline = time.monotonic() + 2.0
-    while any(r.viewers for r in console.live.values()) and time.monotonic() < deadline:
+    start = time.monotonic()
+    while time.monotonic() - start < 2.0 and (time.monotonic() - start < linger_s
+                                             or any(r.viewers for r in console.live.values())):
         time.sleep(0.05)
     console.stop()
 
