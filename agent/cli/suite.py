@@ -85,7 +85,7 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         if console is not None:
             from agent.ui.watch import stop_watching
 
-            stop_watching(console, linger_s=1.5)
+            stop_watching(console, listed=True)
     write_summary(outcomes, root, out)
     if junit:
         from agent.suite.junit import write_junit

@@ -74,6 +74,7 @@ class Registry:
         self.index = index
         self.live: dict = {}  # url id -> agent.ui.live.LiveRun (ended ones stay: their pages still work)
         self.suites: dict = {}  # id -> agent.ui.relay.SuiteView
+        self.listed_at = 0.0  # time.monotonic() a page last asked for the lists (a runs page asks each second)
         self._lock = threading.Lock()
 
     def add(self, live) -> None:
@@ -104,12 +105,14 @@ class Registry:
 
     def summaries(self) -> list[dict]:
         """Live runs first (newest first), then the past ones."""
+        self.listed_at = time.monotonic()
         live = [r.summary() for r in list(self.live.values())]
         ids = {r["id"] for r in live}
         past = [s for s in self.index.summaries() if s["id"] not in ids]
         return sorted(live, key=lambda r: (not r["live"], -r["started"])) + past
 
     def suite_summaries(self) -> list[dict]:
+        self.listed_at = time.monotonic()
         return sorted((s.summary(self.id_of_folder) for s in list(self.suites.values())), key=lambda s: -s["started"])
 
 

@@ -31,6 +31,7 @@ class Launcher:
 
     def start(self, data: dict):
         """Check the request, prepare the run (task, backend, trace folder) and start it; return its LiveRun."""
+        from agent.ui.attend import rules_of
         from agent.ui.views import make_backend
         from agent.task import load_task
         from agent.trace import check_trace_dir, new_trace_dir
@@ -40,10 +41,10 @@ class Launcher:
             raise VlagentError("name a task file")
         with self._lock:
             busy = self.console.runs.in_process()
-            if busy is not None and data.get("attended"):
-                raise VlagentError(f"an attended run needs the console's own process, where {busy.task} runs; "
-                                   "stop it or wait for its end first")
             task = load_task(Path(task_file).expanduser())
+            if busy is not None and (data.get("attended") or rules_of(task.allow) is not None):
+                raise VlagentError(f"a run with approvals needs the console's own process, where {busy.task} runs; "
+                                   "stop it or wait for its end first")
             if task.steps and data.get("attended"):  # (as `vlagent run --attended`)
                 raise VlagentError("attended is for goal tasks; a flow (steps:) can be watched, not attended")
             max_steps = data.get("max_steps")
@@ -88,6 +89,7 @@ class Launcher:
     def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen:
         from agent.suite.child import VLAGENT
 
+        log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             proc = subprocess.Popen([*VLAGENT, *argv], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **self.console.relay.env()}, start_new_session=True)

@@ -40,14 +40,21 @@ class SessionHook:
             stop_watching(self.console)
 
 
-def stop_watching(console, linger_s: float = 0.0) -> None:
-    """Stop a console that watched a CLI run or suite, once open pages heard the end (2 s at most;
-    `linger_s` at least: a runs page asks again each second)."""
+def stop_watching(console, *, listed: bool = False) -> None:
+    """Stop a console that watched a CLI run or suite once the open pages heard the end: a run's
+    page (its event stream), and with `listed` a runs page that asks each second (the suite's end);
+    2 s at most, no wait when nobody watches."""
     import time
 
-    start = time.monotonic()
-    while time.monotonic() - start < 2.0 and (time.monotonic() - start < linger_s
-                                             or any(r.viewers for r in console.live.values())):
+    end = time.monotonic()
+
+    def waiting() -> bool:
+        if any(r.viewers for r in console.live.values()):
+            return True
+        asked = console.runs.listed_at
+        return listed and end - 2.0 < asked < end  # a runs page was asking: let it ask once more
+
+    while time.monotonic() - end < 2.0 and waiting():
         time.sleep(0.05)
     console.stop()
 

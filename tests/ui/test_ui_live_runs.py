@@ -146,3 +146,30 @@ def test_a_suite_watched_item_by_item(browser, tmp_path):
     assert summary["long"]["status"] == "aborted" and "console" in summary["long"]["reason"]
     assert summary["form"]["status"] == "success"
 
+
+
+def test_a_suite_started_from_the_page_reports_there(browser, tmp_path):
+    from agent.ui.app import Console
+
+    items = tmp_path / "items"
+    items.mkdir()
+    (items / "form.yaml").write_text((ROOT / "tasks" / "fill_form.yaml").read_text())
+    (items / "form.replies.json").write_text(json.dumps(__import__("yaml").safe_load(
+        (ROOT / "tests" / "scripts" / "fill_form_solution.yaml").read_text())))
+    c = Console(tmp_path / "runs", port=0).bind().start()
+    try:
+        page = browser.new_page()
+        page.goto(c.url("/"))
+        page.fill("#start-suite input[name=paths]", str(items))
+        page.fill("#start-suite input[name=model]", "script:{dir}/{name}.replies.json")
+        page.click("#start-suite button[type=submit]")
+        wait_for(lambda: page.inner_text("#suite-msg").startswith("started: "), 30, "the suite's start")
+        page.wait_for_selector("#live-lists tr[data-suite]", timeout=60_000)
+        wait_for(lambda: page.inner_text("#live-lists tr[data-suite] td.done") == "1/1", 120, "the suite's end")
+        assert page.inner_text("#live-lists tr[data-suite] td.passed") == "1"
+        out = Path(page.inner_text("#suite-msg").split(": ", 1)[1])
+        wait_for(lambda: (out / "suite.json").exists(), 30, "the suite's summary")
+        assert json.loads((out / "suite.json").read_text())["items"][0]["status"] == "success"
+        assert load_result(out / "traces" / "form").status == "success"
+    finally:
+        c.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -172,3 +173,22 @@ def test_a_console_in_the_environment_that_is_gone_leaves_the_run_unwatched(tmp_
     hook.close()
     assert session.result is not None and (tmp_path / "alone" / "result.json").exists()
     assert os.environ[CONSOLE_ENV].endswith("no-such.sock")
+
+
+def test_while_one_runs_in_the_console_a_run_with_approvals_is_refused(console, tmp_path):
+    """A second run goes to a process of its own, where no page can approve its actions: a run
+    that would ask (attended, or its task's allow.confirm) waits for the console's own process."""
+    class Busy:  # the console's own live run (what the registry reads of it)
+        remote, ended, task, url_id, folder, started = False, False, "first", "first", tmp_path, 0.0
+
+    console.runs.live["first"] = Busy()
+    (tmp_path / "ask.yaml").write_text("name: ask\ngoal: g\nallow:\n  actions: [left_click]\n  confirm: {actions: [left_click]}\n")
+    for body in ({"task": str(tmp_path / "ask.yaml")},
+                 {"task": str(tmp_path / "ask.yaml").replace("ask.yaml", "plain.yaml"), "attended": True}):
+        (tmp_path / "plain.yaml").write_text("name: plain\ngoal: g\n")
+        req = urllib.request.Request(f"http://127.0.0.1:{console.port}/api/runs", data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400 and "approvals" in json.load(e.value)["error"]
+    del console.runs.live["first"]
