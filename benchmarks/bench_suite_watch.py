@@ -3,9 +3,10 @@
     python benchmarks/bench_suite_watch.py [--items 3] [--repeats 3] [--json benchmarks/results/suite_watch.json]
 
 `vlagent suite` of --items copies of tasks/fill_form.yaml with its scripted solution (6 steps each,
-1280x800, one worker), --repeats times plain and --repeats times with `--watch` and a watcher that
-does what a person's browser does: the runs page fetched every second (its live lists), and each
-running item's page open (its frame stream and its event stream) until the item ends. Alternating;
+1280x800, one worker), --repeats times each: plain; with `--watch` and nobody looking ("idle");
+with `--watch` and a watcher that does what a person's browser does: the runs page fetched every
+second (its live lists), and each running item's page open (its frame stream and its event stream)
+until the item ends ("watched"). In rotating order;
 the suite's wall time (process start to exit), the items' own durations (suite.json), and the CPU
 time of the suite's processes (the suite, its console, the items, the frame grabbers: all reaped
 children) plus the watcher's, which varies less than wall time on a shared machine.
@@ -80,14 +81,18 @@ def watcher(base: str, token: str, stop: threading.Event, seen: dict) -> None:
         stop.wait(1.0)
 
 
-def suite(work: Path, folder: Path, i: int, watched: bool) -> dict:
+MODES = ("plain", "idle", "watched")
+
+
+def suite(work: Path, folder: Path, i: int, mode: str) -> dict:
     from agent.suite.runner import VLAGENT
 
-    out = work / f"{'watched' if watched else 'plain'}-{i}"
+    out = work / f"{mode}-{i}"
+    watched = mode == "watched"
     cmd = [*VLAGENT, "suite", str(folder), "--model", "script:{dir}/{name}.replies.yaml", "--out", str(out)]
     t0, cpu0 = time.perf_counter(), time.process_time()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(cmd + (["--watch"] if watched else []), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd + (["--watch"] if mode != "plain" else []), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True, cwd=ROOT)
     stop, seen, thread = threading.Event(), {}, None
     for line in proc.stderr:
@@ -102,7 +107,7 @@ def suite(work: Path, folder: Path, i: int, watched: bool) -> dict:
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime + time.process_time() - cpu0
     rows = json.loads((out / "suite.json").read_text())["items"]
-    return {"watched": watched, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+    return {"mode": mode, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "outside_items_s": round(wall - sum(r["duration_s"] for r in rows), 2),  # start, between items, end
             "passed": sum(r["status"] == "success" for r in rows), "item_s": [r["duration_s"] for r in rows], **seen}
 
@@ -118,24 +123,24 @@ def main() -> None:
         work = Path(tmp)
         folder = items(work, args.items)
         for i in range(args.repeats):
-            for watched in (False, True) if i % 2 == 0 else (True, False):
-                runs.append(suite(work, folder, i, watched))
+            for mode in MODES[i % 3:] + MODES[:i % 3]:
+                runs.append(suite(work, folder, i, mode))
                 print(json.dumps(runs[-1]), flush=True)
-    wall = {w: statistics.mean(r["wall_s"] for r in runs if r["watched"] == w) for w in (False, True)}
-    item = {w: statistics.mean(s for r in runs if r["watched"] == w for s in r["item_s"]) for w in (False, True)}
-    sd = {w: statistics.pstdev(r["wall_s"] for r in runs if r["watched"] == w) for w in (False, True)}
-    cpu = {w: statistics.mean(r["cpu_s"] for r in runs if r["watched"] == w) for w in (False, True)}
-    outside = {w: statistics.mean(r["outside_items_s"] for r in runs if r["watched"] == w) for w in (False, True)}
+
+    def mean(key: str, mode: str) -> float:
+        values = [v for r in runs if r["mode"] == mode for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        return round(statistics.mean(values), 2)
+
     out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_at_end": os.getloadavg()},
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "items": args.items,
-           "mean_wall_s_plain": round(wall[False], 2), "mean_wall_s_watched": round(wall[True], 2),
-           "wall_sd_s_plain": round(sd[False], 2), "wall_sd_s_watched": round(sd[True], 2),
-           "added_wall_pct": round(100 * (wall[True] / wall[False] - 1), 1),
-           "mean_outside_items_s_plain": round(outside[False], 2), "mean_outside_items_s_watched": round(outside[True], 2),
-           "mean_item_s_plain": round(item[False], 2), "mean_item_s_watched": round(item[True], 2),
-           "added_item_pct": round(100 * (item[True] / item[False] - 1), 1),
-           "mean_cpu_s_plain": round(cpu[False], 2), "mean_cpu_s_watched": round(cpu[True], 2),
-           "added_cpu_pct": round(100 * (cpu[True] / cpu[False] - 1), 1), "runs": runs}
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "items": args.items, "repeats": args.repeats}
+    for mode in MODES:
+        out[mode] = {"mean_wall_s": mean("wall_s", mode), "wall_sd_s": round(statistics.pstdev(
+                     r["wall_s"] for r in runs if r["mode"] == mode), 2), "mean_item_s": mean("item_s", mode),
+                     "mean_outside_items_s": mean("outside_items_s", mode), "mean_cpu_s": mean("cpu_s", mode)}
+    for mode in MODES[1:]:
+        out[f"added_by_{mode}"] = {f"{k}_pct": round(100 * (out[mode][f"mean_{k}"] / out["plain"][f"mean_{k}"] - 1), 1)
+                                   for k in ("wall_s", "item_s", "cpu_s")}
+    out["runs"] = runs
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
