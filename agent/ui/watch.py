@@ -6,6 +6,7 @@ the terminal. `vlagent suite --watch` starts a console for the suite (watch_suit
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from agent.ui.attend import Attendant, Lease, rules_of
@@ -76,7 +77,13 @@ def watch_suite(out: Path, *, port: int = 0, print_url=print):
     from agent.ui.app import Console
     from agent.ui.relay import CONSOLE_ENV
 
-    console = Console(Path(out), port=port).bind().start()
+    # Its threads are made with Ctrl-C and SIGTERM blocked, as the suite's scheduler holds them while it
+    # spawns and reaps items (agent.suite.runner): a signal must reach the main thread then, not these.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+    try:
+        console = Console(Path(out), port=port).bind().start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     os.environ[CONSOLE_ENV] = console.relay.path
     print_url(console.url("/"))
     return console
