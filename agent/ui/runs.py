@@ -15,6 +15,7 @@ from agent.report.build import find_traces
 from agent.trace import load_result, load_steps
 
 MAX_LISTED = 300  # newest first
+MAX_ENDED_LIVE = 100  # ended runs kept as live ones (their pages then come from their traces, when under the runs folder)
 
 
 class TraceIndex:
@@ -80,6 +81,12 @@ class Registry:
     def add(self, live) -> None:
         with self._lock:
             self.live[live.url_id] = live
+            ended = [r for r in self.live.values() if r.ended]
+            gone = ended[:max(0, len(ended) - MAX_ENDED_LIVE)]  # the oldest (a dict keeps their order)
+            for r in gone:
+                del self.live[r.url_id]
+        for r in gone:
+            r.close()
         self.index.forget()
 
     def add_suite(self, view) -> None:

@@ -192,3 +192,24 @@ def test_while_one_runs_in_the_console_a_run_with_approvals_is_refused(console, 
             urllib.request.urlopen(req, timeout=10)
         assert e.value.code == 400 and "approvals" in json.load(e.value)["error"]
     del console.runs.live["first"]
+
+
+def test_the_registry_keeps_the_newest_ended_runs(tmp_path, monkeypatch):
+    from agent.ui import runs as r
+
+    class Run:
+        remote, started, closed = True, 0.0, False
+
+        def __init__(self, i, ended):
+            self.url_id, self.ended, self.folder = f"run{i}", ended, tmp_path
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(r, "MAX_ENDED_LIVE", 2)
+    reg = r.Registry(r.TraceIndex(tmp_path))
+    made = [Run(0, False)] + [Run(i, True) for i in range(1, 5)]
+    for run in made:
+        reg.add(run)
+    assert list(reg.live) == ["run0", "run3", "run4"]  # the live one and the two newest ended
+    assert made[1].closed and made[2].closed and not made[3].closed
