@@ -39,6 +39,8 @@ def ui(port, host, token, runs_dir, model, backend, base_url):
         raise UsageError(str(e)) from None
     click.echo(f"vlagent console: {console.url()}", err=True)
     click.echo("  open that URL (it holds the token); Ctrl-C stops the console", err=True)
+    click.echo(f"  runs and suites of other terminals attach with {' '.join(f'{k}={v}' for k, v in console.relay.env().items())}",
+               err=True)
     try:
         console.serve()  # until Ctrl-C or SIGTERM
     except KeyboardInterrupt:

@@ -35,7 +35,10 @@ from agent.trace import new_trace_dir
 @click.option("--serve/--no-serve", "serve", default=None, help="Load the local model once in a `vlagent serve` "
               "shared by the workers [default: on with --workers > 1, a local model and a GPU].")
 @click.option("--trust", is_flag=True, help="Run the setup and command checks of trace items not written here (agent.trust).")
-def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only, serve, trust):
+@click.option("--watch", is_flag=True, help="Serve a web console for this suite and print its URL: its progress, each "
+              "item's run live (pause, stop).")
+def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, out, junit, report_dir, list_only, serve,
+          trust, watch):
     from agent.trust import trust_all
 
     trust_all(trust)  # the items' child processes inherit it (VLAGENT_TRUST)
@@ -69,11 +72,20 @@ def suite(paths, workers, model, backend, base_url, retries, timeout_s, shard, o
         except VlagentError as e:  # the task items fail with this reason; traces still replay
             click.echo(f"model server: {e}", err=True)
         opts.backend, opts.base_url = "openai", server.base_url
+    console = None
+    if watch:
+        from agent.ui.watch import watch_suite
+
+        console = watch_suite(out, print_url=lambda url: click.echo(f"watch this suite: {url}", err=True))
     try:
         outcomes, interrupted = run_suite(items, out, opts, workers=workers, server=server)
     finally:
         if server is not None:
             server.stop()
+        if console is not None:
+            from agent.ui.watch import stop_watching
+
+            stop_watching(console, listed=True)
     write_summary(outcomes, root, out)
     if junit:
         from agent.suite.junit import write_junit

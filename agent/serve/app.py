@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from agent.errors import VlagentError
-from agent.serve.server import Refused, ServedModel, usage  # noqa: F401 (ServedModel: API)
+from agent.serve.server import Refused, ServedModel, TextStream, usage  # noqa: F401 (ServedModel: API)
 
 CONVERSATION_HEADER = "x-vlagent-conversation"
 MAX_CONVERSATION_ID = 200  # characters
@@ -137,12 +137,17 @@ def create_app(served, limits: Limits) -> Starlette:
         submitted = False
         try:
             req = await run_in_threadpool(served.prepare, body, conversation(request))
+            tokens: asyncio.Queue | None = None
+            if body.get("stream"):  # the device thread hands each run of new tokens to this loop
+                tokens, loop = asyncio.Queue(), asyncio.get_running_loop()
+                req.on_tokens = lambda new: loop.call_soon_threadsafe(tokens.put_nowait, new)
             future = asyncio.wrap_future(served.submit(req))
             submitted = True
             future.add_done_callback(lambda _: state.__setitem__("busy", state["busy"] - 1))  # (on this loop)
-            if body.get("stream"):
+            if tokens is not None:
+                future.add_done_callback(lambda _: tokens.put_nowait(None))  # after its last tokens (same loop, in order)
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-                return StreamingResponse(stream(future, include_usage), media_type="text/event-stream",
+                return StreamingResponse(stream(req, future, tokens, include_usage), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache"})
             # shielded: cancelling this wait (a client gone, a shutdown) must not cancel the scheduler's
             # future, whose later set_result would then fail on the device thread
@@ -161,10 +166,10 @@ def create_app(served, limits: Limits) -> Starlette:
             if not submitted:
                 state["busy"] -= 1
 
-    async def stream(future, include_usage: bool):
-        """OpenAI's chunks: the role, the content, the finish reason, usage if asked, [DONE]. The
-        scheduler hands back a whole reply (a native reply is ~40 tokens and decodes in one batch
-        of passes), so the content comes as one chunk."""
+    async def stream(req, future, tokens: asyncio.Queue, include_usage: bool):
+        """OpenAI's chunks: the role, the content as the device makes it (a chunk per decode pass,
+        or per burst when this loop is behind), the finish reason, usage if asked, [DONE]. A client
+        that hangs up cancels its request: the scheduler frees its region at its next turn."""
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict, finish=None, **extra) -> str:
@@ -172,21 +177,36 @@ def create_app(served, limits: Limits) -> Starlette:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
             return f"data: {json.dumps(data)}\n\n"
 
-        yield chunk({"role": "assistant", "content": ""})
+        text = TextStream(served.text)
         try:
-            reply = await asyncio.shield(future)  # (a client gone mid-stream: see chat())
-        except Exception as e:  # the stream has begun: the error is an event (as OpenAI sends it)
-            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'code': 503}})}\n\n"
-            return
-        text = await run_in_threadpool(served.text, reply.tokens)
-        if text:
-            yield chunk({"content": text})
-        yield chunk({}, reply.finish)
-        if include_usage:
-            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
-                    "choices": [], "usage": usage(reply)}
-            yield f"data: {json.dumps(data)}\n\n"
-        yield "data: [DONE]\n\n"
+            yield chunk({"role": "assistant", "content": ""})
+            ended = False
+            while not ended:
+                runs = [await tokens.get()]
+                while not tokens.empty():
+                    runs.append(tokens.get_nowait())
+                ended = None in runs
+                new = [t for run in runs if run for t in run]
+                piece = await run_in_threadpool(text.push, new) if new else ""
+                if piece:
+                    yield chunk({"content": piece})
+            try:
+                reply = future.result()
+            except Exception as e:  # the stream has begun: the error is an event (as OpenAI sends it)
+                yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error', 'code': 503}})}\n\n"
+                return
+            piece = await run_in_threadpool(text.rest)
+            if piece:
+                yield chunk({"content": piece})
+            yield chunk({}, reply.finish)
+            if include_usage:
+                data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.name,
+                        "choices": [], "usage": usage(reply)}
+                yield f"data: {json.dumps(data)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:  # (Starlette cancels this generator when the client leaves)
+            if not future.done():
+                req.cancel()
 
     def unauthorized():
         return error(401, "missing or wrong API key: send `Authorization: Bearer KEY` (vlagent's client reads "

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from typing import Callable
 
 from agent.errors import BackendError, VlagentError
 from agent.serve.batch import Batcher
@@ -268,6 +269,34 @@ class ServedModel:
     def chat(self, body: dict, client: str | None = None) -> dict:
         """One request, start to end, blocking (what the HTTP route does, without the HTTP)."""
         return self.completion(self.submit(self.prepare(body, client)).result())
+
+
+class TextStream:
+    """A reply's tokens in as they come, its text out as it becomes whole. A byte-level token can
+    hold part of a character: a piece never ends inside one, and the pieces add up to the text of
+    the whole reply. Each push decodes only the tokens since the last piece shown (and those of
+    that piece, for the spacing between them)."""
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.start = self.read = 0  # tokens[start:read] made the last piece shown
+
+    def push(self, tokens: list[int]) -> str:
+        self.tokens += tokens
+        shown = self.decode(self.tokens[self.start:self.read])
+        text = self.decode(self.tokens[self.start:])
+        if len(text) <= len(shown) or text.endswith("\ufffd"):  # nothing new, or a character cut short
+            return ""
+        self.start, self.read = self.read, len(self.tokens)
+        return text[len(shown):]
+
+    def rest(self) -> str:
+        """What is left at the end (a reply may end inside a character: shown as the decoder shows it)."""
+        shown = self.decode(self.tokens[self.start:self.read])
+        text = self.decode(self.tokens[self.start:])
+        self.start = self.read = len(self.tokens)
+        return text[len(shown):]
 
 
 def usage(reply) -> dict:

@@ -8,6 +8,7 @@ agent.suite.child runs and cleans up one of them, this module schedules them and
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -55,8 +56,13 @@ def run_suite(items: list[Item], out: Path, opts: Options, workers: int = 1, pro
     started fail with its reason and failed ones are not retried; traces still replay."""
     from agent.suite.progress import Progress
 
-    progress = progress or Progress(len(items))
     out = Path(out).resolve()  # children may run elsewhere; their trace paths must not depend on cwd
+    progress = progress or Progress(len(items))
+    from agent.ui.relay import CONSOLE_ENV, SuiteRelay
+
+    console = os.environ.get(CONSOLE_ENV)
+    if console:  # a console watches: the suite tells it how far it is; the items (same environment) attach to it
+        progress = SuiteRelay(progress, console, name=out.name, out=out)
     pending = sorted(items, key=expected_steps, reverse=True)  # longest first: no long straggler at the end
     attempts = {it: 0 for it in items}
     running: list[Child] = []

@@ -6,6 +6,7 @@ token) and its server; its routes (agent/ui/routes.py):
     GET  /playground          one screenshot + an instruction -> the proposed action drawn
     GET  /files?id=ID&f=PATH  a file of a run's trace folder (screenshots)
     GET  /api/runs            runs as JSON;  POST /api/runs  start one {task, model, backend, ...}
+    GET  /api/suites          the suites that report here, as JSON
     GET  /api/events?id=ID&after=N   the run's page updates (server-sent events)
     GET  /api/frames?id=ID    the live display (multipart JPEG frames, for an <img>)
     POST /api/control?id=ID   {op: pause | resume | step | stop}
@@ -27,7 +28,7 @@ from agent.ui.attend import Attendant, Lease, rules_of
 from agent.ui.auth import Guard, new_token
 from agent.ui.playground import Playground
 from agent.ui.routes import build_routes
-from agent.ui.runs import TraceIndex
+from agent.ui.runs import Registry, TraceIndex
 
 
 class Console:
@@ -39,10 +40,10 @@ class Console:
         self.host, self.port = host, port
         self.token = token or new_token()
         self.index = TraceIndex(self.runs_dir)
-        self.live: dict = {}  # url id -> agent.ui.live.LiveRun
+        self.runs = Registry(self.index)
+        self.relay = None  # agent.ui.relay.RelayServer, from bind(): runs and suites of other processes attach there
         self.defaults = {"model": model or DEFAULT_MODEL, "backend": backend, "base_url": base_url, "task": ""}
         self.playground = Playground(self.defaults["model"], backend, base_url)
-        self._lock = threading.Lock()
         self.launcher = None  # agent.ui.start.Launcher, made on the first start from the page
         self.app = Guard(build_routes(self), self.token, host, port)
 
@@ -64,22 +65,22 @@ class Console:
         url_id = self.index.id_of(session.folder) or f"live/{session.id}"
         live = LiveRun(session.id, session, url_id=url_id, attendant=attendant, mode=session.mode)
         session.attendant = attendant
-        with self._lock:
-            self.live[url_id] = live
-        self.index.forget()
+        self.runs.add(live)
         return live
 
+    @property
+    def live(self) -> dict:
+        return self.runs.live
+
     def find_live(self, run_id: str):
-        return self.live.get(run_id)
+        return self.runs.get(run_id)
 
     def live_run(self):
-        return next((r for r in self.live.values() if not r.ended), None)
+        running = self.runs.running()
+        return running[0] if running else None
 
     def summaries(self) -> list[dict]:
-        live = [r.summary() for r in self.live.values()]
-        ids = {r["id"] for r in live}
-        past = [s for s in self.index.summaries() if s["id"] not in ids]
-        return sorted(live, key=lambda r: (not r["live"], -r["started"])) + past
+        return self.runs.summaries()
 
     # ---- serving (uvicorn on a socket bound before anything loads)
 
@@ -100,6 +101,9 @@ class Console:
             self.port = sock.getsockname()[1]
             self.app = Guard(self.app.app, self.token, self.host, self.port)
         self._sock, self.loopback = sock, is_loopback(self.host)
+        from agent.ui.relay import RelayServer
+
+        self.relay = RelayServer(on_run=self.attach, on_suite=self.runs.add_suite)
         return self
 
     def _server(self):
@@ -140,14 +144,19 @@ class Console:
         """Stop the runs this console started (each ends `aborted` with its trace complete), then
         let go of every live run."""
         started = self.launcher.threads if self.launcher is not None else []
-        for r in self.live.values():
-            if not r.ended and any(t.is_alive() for t in started):
+        children = self.launcher.children if self.launcher is not None else {}
+        for r in self.runs.running():
+            if (not r.remote and any(t.is_alive() for t in started)) or r.folder.resolve() in children:
                 r.control_op("stop")
         deadline = time.monotonic() + grace_s
         for t in started:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
-        for r in self.live.values():
+        if self.launcher is not None:
+            self.launcher.reap(max(0.0, deadline - time.monotonic()))
+        for r in list(self.live.values()):
             r.close()
+        if self.relay is not None:
+            self.relay.close()
         sock = getattr(self, "_sock", None)
         if sock is not None:
             sock.close()

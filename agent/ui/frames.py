@@ -34,9 +34,10 @@ class Frame:
 
 
 class FrameSource:
-    def __init__(self, display: str, fps: float = FPS, mask=None):
-        """`mask(image) -> image`: paints over what must not be shown (secrets), or None."""
-        self.display, self.period, self.mask = display, 1.0 / fps, mask
+    def __init__(self, display: str, fps: float = FPS, mask=None, xauthority: str | None = None):
+        """`mask(image) -> image`: paints over what must not be shown (secrets), or None.
+        `xauthority`: the display's cookie file when this process does not hold it (a run in another process)."""
+        self.display, self.period, self.mask, self.xauthority = display, 1.0 / fps, mask, xauthority
         self.latest: Frame | None = None
         self.stats = {"grabs": 0, "encoded": 0, "grab_ms": 0.0, "encode_ms": 0.0}
         self._cv = threading.Condition()
@@ -97,7 +98,8 @@ class FrameSource:
 
         # spawned from this thread, which lives as long as the grabber: it dies with it (PDEATHSIG)
         proc = spawn([sys.executable, "-m", "agent.ui.grab", self.display, f"{1 / self.period:g}", str(JPEG_QUALITY)],
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                     env={**os.environ, "XAUTHORITY": self.xauthority} if self.xauthority else None)
         fd, seq = proc.stdout.fileno(), 0
 
         def read(n: int) -> bytes | None:

@@ -52,6 +52,11 @@ class LiveRun:
     # ---- state for pages
 
     @property
+    def remote(self) -> bool:
+        """The run is in another process (agent/ui/relay.py): watched and steered, not taken over."""
+        return getattr(self.session, "remote", False)
+
+    @property
     def folder(self) -> Path:
         return Path(self.session.folder)
 
@@ -92,10 +97,11 @@ class LiveRun:
 
     def frame_source(self) -> FrameSource | None:
         display = self.display
-        if display is None or self.ended:
-            return None
+        if display is None or self.ended or (self.remote and self.session.masked):
+            return None  # (a run in another process masks with secrets this process does not hold)
         if self.frames is None or self.frames.display != display:
-            self.frames = FrameSource(display, mask=secrets.mask if secrets.mask_screens else None)
+            self.frames = FrameSource(display, mask=secrets.mask if secrets.mask_screens and not self.remote else None,
+                                      xauthority=getattr(self.session, "xauthority", None))
         return self.frames
 
     # ---- events (the bus's subscriber thread)
@@ -171,8 +177,9 @@ class LiveRun:
         return ok
 
     def take_over(self) -> None:
-        if self.mode != "loop":  # only the model loop refuses its own input while a person drives
-            raise PermissionError(f"a {self.mode} run cannot be taken over; pause it instead")
+        if self.mode != "loop" or self.remote:  # only the model loop refuses its own input while a person drives
+            raise PermissionError(f"a {'run in another process' if self.remote else self.mode + ' run'} cannot be "
+                                  "taken over; pause it instead")
         self._was_paused = self.control.paused
         self.lease.take()
         self.control.pause()

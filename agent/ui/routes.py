@@ -57,10 +57,10 @@ def build_routes(console) -> Starlette:
         return wrapped
 
     async def runs_page(request: Request):
-        runs = console.summaries()
-        return HTMLResponse(views.render("runs.html.j2", title="runs", page="runs", runs=runs,
+        runs, suites = console.summaries(), console.runs.suite_summaries()
+        return HTMLResponse(views.render("runs.html.j2", title="runs", page="runs", runs=runs, suites=suites,
                                          root=str(console.runs_dir), defaults=console.defaults,
-                                         refresh=5 if any(r["live"] for r in runs) else 0))
+                                         live=any(r["live"] for r in runs) or any(s["status"] == "running" for s in suites)))
 
     async def run_page(request: Request):
         run_id = request.query_params.get("id", "")
@@ -74,7 +74,7 @@ def build_routes(console) -> Starlette:
             html = views.render("run.html.j2", title=live.task, page="run", task=live.task, goal=live.goal,
                                 status=live.state(), reason=live.reason, live=True, state=live.state(),
                                 model_state=live.model_state, last_raw="", cards_html=cards, id=run_id,
-                                takeover=live.mode == "loop",
+                                takeover=live.mode == "loop" and not live.remote,
                                 checks_html="", data_json=views.dumps(data), final=None, answer=None, trace="")
             return HTMLResponse(html)
         folder = console.index.get(run_id)
@@ -106,6 +106,14 @@ def build_routes(console) -> Starlette:
 
         live = await run_in_threadpool(launcher_of(console).start, data)
         return JSONResponse({"id": live.url_id})
+
+    async def api_suites(request: Request):
+        if request.method == "GET":
+            return JSONResponse(console.runs.suite_summaries())
+        from agent.ui.start import launcher_of
+
+        out = await run_in_threadpool(launcher_of(console).start_suite, await body(request))
+        return JSONResponse({"out": str(out)})
 
     async def events(request: Request):
         run_id = request.query_params.get("id", "")
@@ -227,6 +235,7 @@ def build_routes(console) -> Starlette:
     routes = [
         Route("/", runs_page), Route("/run", run_page), Route("/playground", playground_page), Route("/files", files),
         Route("/api/runs", api(api_runs), methods=["GET", "POST"]), Route("/api/events", events),
+        Route("/api/suites", api(api_suites), methods=["GET", "POST"]),
         Route("/api/frames", frames), Route("/api/control", api(control), methods=["POST"]),
         Route("/api/decide", api(decide), methods=["POST"]), Route("/api/lease", api(lease), methods=["POST"]),
         Route("/api/input", api(human), methods=["POST"]), Route("/api/playground", api(playground_api), methods=["POST"]),

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -49,7 +50,9 @@ def test_the_official_client_gets_the_same_reply_streamed_or_not(server):
     chunks = list(client.chat.completions.create(model="tiny-random", messages=messages, response_format=SCHEMA,
                                                  stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
-    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 2  # token by token (a forced run and each choice after it), not the reply at the end
+    streamed = "".join(pieces)
     assert streamed == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -125,6 +128,55 @@ def test_vlagents_client_keeps_its_conversation_across_connections(server):
     backend._client = None
     backend.generate(conversation(21, 1), policy)
     assert server.served.scheduler.stats["reused_tokens"] - before > 1000
+
+
+def test_an_unconstrained_stream_comes_in_pieces_that_add_up_to_the_reply(server):
+    """Without a grammar every token is a choice: a piece per decode pass, and the pieces are the
+    reply the same request gets whole (greedy)."""
+    client = sdk(server)
+    messages = [{"role": "user", "content": "Schreib etwas auf Deutsch, 日本語, emoji 🙂"}]
+    whole = client.chat.completions.create(model="tiny-random", messages=messages, max_tokens=48)
+    text = whole.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="tiny-random", messages=messages, max_tokens=48, stream=True,
+                                                 stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 10 and "".join(pieces) == text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 48
+
+
+def test_pieces_never_split_a_character(server):
+    """Fed one token at a time (the Qwen tokenizer cuts é, 世 and 🙂 into byte tokens), each piece
+    holds whole characters, and they add up to the text."""
+    from agent.serve.server import TextStream
+
+    tok = server.served.tokenizer
+    text = "Grüße, 世界! 🙂🙂 naïve café"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    stream = TextStream(lambda t: tok.decode(t, skip_special_tokens=True))
+    pieces = [stream.push([i]) for i in ids] + [stream.rest()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert len([p for p in pieces if p]) < len(ids)  # some characters took more than one token
+
+
+def test_a_stream_its_client_closes_is_cancelled_and_frees_its_region(server):
+    sched = server.served.scheduler
+    before = dict(sched.stats)
+    stream = sdk(server).chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "go on"}],
+                                                 max_tokens=3000, stream=True)
+    got = 0
+    for c in stream:
+        got += bool(c.choices and c.choices[0].delta.content)
+        if got == 3:
+            break
+    stream.close()  # the client hangs up mid-reply
+    deadline = time.monotonic() + 60
+    while sched.stats["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sched.stats["cancelled"] == before["cancelled"] + 1
+    assert sched.stats["new_tokens"] - before["new_tokens"] < 3000  # it did not decode to its budget
+    assert not any(r.busy for r in server.served.batcher.regions)
+    ok = sdk(server).chat.completions.create(model="tiny-random", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert ok.choices[0].message.content is not None and not sched.error
 
 
 def test_a_client_that_leaves_mid_stream_leaves_the_server_serving(server):

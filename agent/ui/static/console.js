@@ -25,6 +25,29 @@
     catch (err) { $("start-msg").textContent = err.message; }
   });
 
+  // ---- runs page: start a suite; the live and past runs and the suites, kept current
+  const startSuite = $("start-suite");
+  if (startSuite) startSuite.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = new FormData(startSuite);
+    try {
+      const r = await post("/api/suites", { paths: f.get("paths"), model: f.get("model"), workers: Number(f.get("workers") || 1) });
+      $("suite-msg").textContent = "started: " + r.out;
+    } catch (err) { $("suite-msg").textContent = err.message; }
+  });
+  const lists = $("live-lists");
+  if (lists) {
+    const refresh = async () => {  // the page's own lists, rendered again (1 s while anything is live)
+      try {
+        const html = await (await fetch(location.pathname + location.search, { cache: "no-store" })).text();
+        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live-lists");
+        if (fresh) { lists.innerHTML = fresh.innerHTML; lists.dataset.live = fresh.dataset.live; }
+      } catch (err) { /* the console stopped: keep what is shown */ }
+      setTimeout(refresh, lists.dataset.live === "1" ? 1000 : 3000);
+    };
+    setTimeout(refresh, 1000);
+  }
+
   // ---- playground
   const play = $("play");
   if (play) play.addEventListener("submit", async (e) => {
