@@ -94,6 +94,10 @@ class _Context:
             from agent.ocr import read_text
 
             image = self.desktop.capture()
+            if not self.task.allow.store_field_text:  # no field's content in a detail (tree_text matches it)
+                from agent.desktop.mask import paint
+
+                image = paint(image, [n.box for n in self.nodes() if "editable" in n.states])
             self._screen_text = _normalise(read_text(image, _windows(self.desktop, image)))
         return self._screen_text
 

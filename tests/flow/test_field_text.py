@@ -144,3 +144,33 @@ def test_a_recording_keeps_that_a_field_was_clicked_not_what_it_holds(tmp_path, 
         rec = _record(tmp_path / name, allow, monkeypatch)
         found = _found(rec)
         assert (found == []) if name == "kept_out" else any(h.startswith("steps.jsonl") for h in found), found
+
+
+def test_a_failed_screen_text_check_quotes_no_fields_content(tmp_path, monkeypatch):
+    """A failed `screen_text` check quotes what OCR read (result.json, JUnit, the report): not the
+    field's content, unless the task allows it."""
+    from agent.desktop.x11 import X11Desktop
+    from agent.run.checks import evaluate
+    from agent.task import Task
+    from sandbox import atspi
+    from sandbox.session import Sandbox
+
+    monkeypatch.setenv("REFVAL", VALUE)
+    with Sandbox(screen=SCREEN, workdir=tmp_path, progress=None, pass_env=["REFVAL"]) as sb, \
+            atspi.Tree(sb.display) as tree, X11Desktop(sb.display) as desk:
+        sb.launch(DIALOG)
+        sb.wait_for_window("^Reference$")
+        deadline = time.monotonic() + 20
+        while not any("editable" in n.states for n in tree.nodes()):
+            assert time.monotonic() < deadline, "the dialog never reached the tree"
+            time.sleep(0.3)
+        desk.key(["end"])  # the dialog opens with its text selected (white on blue): plain text reads better
+        time.sleep(0.5)
+        details = {}
+        for name, allow in (("kept_out", {}), ("allowed", {"store_field_text": True})):
+            task = Task(name="t", goal="g", allow=allow, success=[{"screen_text": "not on this screen"}])
+            [result] = evaluate(task, tmp_path, desk)
+            assert not result.passed and "OCR read" in result.detail and "order reference" in result.detail, result
+            details[name] = result.detail.upper()
+    assert not any(p in details["kept_out"] for p in (VALUE, *PARTS)), details["kept_out"]
+    assert any(p in details["allowed"] for p in PARTS), details["allowed"]  # OCR reads it where allowed
