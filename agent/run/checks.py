@@ -82,7 +82,8 @@ class _Context:
         """(normalised text, where) of every showing element that displays text."""
         out = []
         for n in self.nodes():
-            if n.role in SHOWN_TEXT_ROLES and n.box[2] > 0 and n.box[3] > 0:
+            # (every editable field: screen_text's OCR does not see them, see screen_text)
+            if (n.role in SHOWN_TEXT_ROLES or "editable" in n.states) and n.box[2] > 0 and n.box[3] > 0:
                 for t in {n.name, n.text} - {""}:
                     out.append((_normalise(t), f"{n.role} {n.name!r}"))
         return out
