@@ -82,8 +82,10 @@ class Masker:
     listed: bool = True
     said: bool = False
 
-    def __call__(self, image):
-        nodes = self.tree.read()
+    def __call__(self, image, nodes=None):
+        """`nodes`: the tree as it was when `image` was taken, where the caller kept it (a recording);
+        else it is read now."""
+        nodes = self.tree.read() if nodes is None else nodes
         if nodes is None:
             self.stop("cannot read the accessibility tree")
         if not nodes and _windows_showing(self.tree.display):

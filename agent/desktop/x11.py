@@ -252,8 +252,7 @@ class X11Desktop:
             root = self._x.screen().root
             try:
                 path = _path_at(root, root, x, y)
-                self._judged[(x, y)] = _ids(path)
-                return self._judge(path) if path else _nowhere()
+                return self._remember((x, y), path, self._judge(path) if path else _nowhere())
             except XError:  # a window went away while we looked
                 return None
 
@@ -267,8 +266,7 @@ class X11Desktop:
         with self._on_display():
             try:
                 path = self._focus_path()
-                self._judged["focus"] = _ids(path)
-                return self._judge(path) if path else _nowhere()
+                return self._remember("focus", path, self._judge(path) if path else _nowhere())
             except XError:
                 return None
 
@@ -288,22 +286,38 @@ class X11Desktop:
             path += under[ids.index(win.id) + 1:]
         return path
 
+    def _remember(self, key, path: list, verdict):
+        """What the probe judged for `key` (a point, or "focus"), for _unchanged; returns the verdict."""
+        if verdict is not None:
+            self._judged[key] = (_ids(path), verdict)
+        return verdict
+
     def _unchanged(self, key, what: str) -> None:
-        """Right before an input: the windows it reaches are those the gate judged for it (when it
-        judged: a test's direct call was not). ReceiverChanged when another window took the place."""
+        """Right before an input, the gate's question asked again of the windows it reaches now (when
+        the gate asked it: a test's direct call did not). The same windows: it goes. Others (an app's
+        new child window; a terminal raised over the place): judged again, and ReceiverChanged when the
+        new receiver cannot be told, is a terminal where the judged one was not, or is nothing where
+        keys had a window."""
         from Xlib.error import XError
 
         judged = self._judged.pop(key, None)
         if judged is None:
             return
+        ids, before = judged
         root = self._x.screen().root
         try:
-            now = _ids(self._focus_path() if key == "focus" else _path_at(root, root, *key))
-        except XError:  # a window went away while we looked: not the windows judged
-            now = ()
-        if now != judged:
-            raise ReceiverChanged(f"the window that would receive the {what} changed after the gate checked it "
-                                  f"(windows {_hex(judged)} then, {_hex(now)} now): not sent")
+            path = self._focus_path() if key == "focus" else _path_at(root, root, *key)
+            if _ids(path) == ids:
+                return
+            now = self._judge(path) if path else _nowhere()
+        except XError:  # a window went away while we looked
+            now = None
+        why = ("it cannot be told now" if now is None else
+               f"it is now {now.describe()[:40]!r} ({now.why_terminal()})" if now.is_terminal() and not before.is_terminal()
+               else "no window has the keys now" if now.nowhere and not before.nowhere and key == "focus" else "")
+        if why:
+            raise ReceiverChanged(f"the window that would receive the {what} changed after the gate checked it: {why}; "
+                                  "not sent")
 
     focus = focused_window  # the name the loop used before the gate
 
@@ -467,10 +481,6 @@ class ReceiverChanged(VlagentError):
 
 def _ids(path: list) -> tuple[int, ...]:
     return tuple(w.id for w in path)
-
-
-def _hex(ids) -> str:
-    return ">".join(hex(i) for i in ids) or "none (the bare desktop)"
 
 
 def _nowhere():

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from actions.coords import to_relative
 from agent import secrets
+from agent.desktop.mask import mask_frames
 from agent.errors import SandboxError
 from agent.trace import Result, Step, Trace
 
@@ -285,10 +286,15 @@ class Recorder:
         self.frames = _Frames(self.display)
         self.trees = _Trees(self.display, self.frames)
         self.focus: dict | None = None  # evidence of the last clicked target: the focused field
+        self.masker = None  # the task's `mask:` boxes on the frames kept (agent.desktop.mask), set by start()
         self.listeners = []
         self.interrupted = threading.Event()  # Ctrl-C, taken at the next event boundary
 
     def start(self) -> None:
+        if self.task.mask:  # a display without an accessibility bus stops here, before anything is kept
+            from agent.desktop.mask import masker_for
+
+            self.masker = masker_for(self.display, self.trees.tree, self.task.mask, "the recording keeps", listed=True)
         # pynput's X backend reads DISPLAY at import and start; Xlib prints an xauth warning to
         # stdout on Xvfb, which must not mix with our output (a test reads the display from it).
         saved = os.environ.get("DISPLAY")
@@ -425,6 +431,8 @@ class Recorder:
 
         t0 = time.perf_counter()
         frame = self.frames.before(pending.t)
+        if self.masker is not None:  # boxes from the tree as it was before the input (else as it is now)
+            frame = self.masker(frame, self.trees.before(pending.t) or None)
         n = len(self.trace.steps) + 1
         action = dict(pending.action)
         if "button" in action:  # a click: which kind by button and count
@@ -509,6 +517,7 @@ def record_trace(trace_dir, task, display: str | None = None, max_seconds: float
     with RunSession(task, mode="record", model="human", trace_dir=Path(trace_dir), display=display,
                     bus=bus) as run:
         env = run.start()
+        mask_frames(env.desktop, task, None)  # the task's `mask:` on what the desktop captures (the final screen)
         recorder = Recorder(task, env, run.trace, on_step)
         try:
             recorder.start()

@@ -82,7 +82,8 @@ class _Context:
         """(normalised text, where) of every showing element that displays text."""
         out = []
         for n in self.nodes():
-            if n.role in SHOWN_TEXT_ROLES and n.box[2] > 0 and n.box[3] > 0:
+            # (every editable field: screen_text's OCR does not see them, see screen_text)
+            if (n.role in SHOWN_TEXT_ROLES or "editable" in n.states) and n.box[2] > 0 and n.box[3] > 0:
                 for t in {n.name, n.text} - {""}:
                     out.append((_normalise(t), f"{n.role} {n.name!r}"))
         return out
@@ -94,6 +95,10 @@ class _Context:
             from agent.ocr import read_text
 
             image = self.desktop.capture()
+            if not self.task.allow.store_field_text:  # no field's content in a detail (tree_text matches it)
+                from agent.desktop.mask import paint
+
+                image = paint(image, [n.box for n in self.nodes() if "editable" in n.states])
             self._screen_text = _normalise(read_text(image, _windows(self.desktop, image)))
         return self._screen_text
 

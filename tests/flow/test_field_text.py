@@ -90,8 +90,9 @@ def test_a_gtk_fields_content_stays_out_of_the_flow_cache_and_the_trace_unless_a
             assert any(h.startswith("field_text.cache.json") for h in found) and any(h.startswith("trace/steps.jsonl") for h in found)
 
 
-def _record(folder: Path, allow: dict, monkeypatch) -> Path:
-    """`vlagent record` of a person clicking into the prefilled field: the recording's folder."""
+def _record(folder: Path, task: dict, monkeypatch, pick) -> tuple[Path, list]:
+    """`vlagent record` of a person clicking where `pick(nodes)` says (nodes: the dialog's tree, once
+    `pick` finds its element): the recording's folder and those nodes."""
     import os
     import re
     import signal
@@ -101,9 +102,8 @@ def _record(folder: Path, allow: dict, monkeypatch) -> Path:
     from sandbox import atspi
 
     root = Path(__file__).resolve().parents[2]
-    task = {"name": "field_text", "goal": "Confirm the reference.", "env": ["REFVAL"],
-            "screen": {"width": SCREEN[0], "height": SCREEN[1]}, "allow": allow,
-            "setup": [{"launch": DIALOG, "wait_for_window": "^Reference$"}]}
+    task = {"name": "field_text", "goal": "Confirm the reference.", "screen": {"width": SCREEN[0], "height": SCREEN[1]},
+            **task}
     (folder / "task.yaml").write_text(yaml.safe_dump(task))
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "record", str(folder / "rec"), "--task", str(folder / "task.yaml"),
                              "--max-seconds", "90"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -118,29 +118,86 @@ def _record(folder: Path, allow: dict, monkeypatch) -> Path:
     assert display, proc.communicate()
     try:
         with atspi.Tree(display) as tree:
-            deadline, field = time.monotonic() + 20, None
-            while field is None:
+            deadline, point = time.monotonic() + 20, None
+            while point is None:
                 assert time.monotonic() < deadline, "the dialog never reached the tree"
                 time.sleep(0.3)
-                field = next((n for n in tree.nodes() if "editable" in n.states), None)
+                nodes = tree.nodes()
+                point = pick(nodes)
         time.sleep(1.0)  # the recorder takes input from here on
-        x, y = field.centre
-        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], env={**os.environ, "DISPLAY": display},
-                       check=True, timeout=30)
+        subprocess.run(["xdotool", "mousemove", str(point[0]), str(point[1]), "click", "1"],
+                       env={**os.environ, "DISPLAY": display}, check=True, timeout=30)
         time.sleep(2.5)
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     steps = [json.loads(line) for line in (folder / "rec" / "steps.jsonl").read_text().splitlines()]
-    clicks = [s for s in steps if s["action"] and s["action"]["action"] == "left_click"]
-    assert clicks and clicks[0]["target"]["a11y"]["role"] == "text", (steps, err[-800:])
-    return folder / "rec"
+    assert [s for s in steps if s["action"] and s["action"]["action"] == "left_click"], (steps, err[-800:])
+    return folder / "rec", nodes
+
+
+def _field(nodes):
+    n = next((n for n in nodes if "editable" in n.states), None)
+    return n.centre if n is not None else None
 
 
 def test_a_recording_keeps_that_a_field_was_clicked_not_what_it_holds(tmp_path, monkeypatch):
     monkeypatch.setenv("REFVAL", VALUE)
+    task = {"env": ["REFVAL"], "setup": [{"launch": DIALOG, "wait_for_window": "^Reference$"}]}
     for name, allow in (("kept_out", {}), ("allowed", {"store_field_text": True})):
         (tmp_path / name).mkdir()
-        rec = _record(tmp_path / name, allow, monkeypatch)
+        rec, _ = _record(tmp_path / name, {**task, "allow": allow}, monkeypatch, _field)
+        click = next(json.loads(line) for line in (rec / "steps.jsonl").read_text().splitlines() if '"left_click"' in line)
+        assert click["target"]["a11y"]["role"] == "text"
         found = _found(rec)
         assert (found == []) if name == "kept_out" else any(h.startswith("steps.jsonl") for h in found), found
+
+
+def test_a_recording_keeps_the_frames_with_the_tasks_mask(tmp_path, monkeypatch):
+    """`mask:` in the task boxes the password field in every frame the recording keeps."""
+    from PIL import Image
+
+    login = ["sh", "-c", "exec zenity --forms --title=Anmelden --add-entry=Benutzer --add-password=Kennwort >/dev/null"]
+    task = {"mask": [{"role": "password text"}],
+            "setup": [{"launch": login, "wait_for_window": "^Anmelden$"}, {"sleep": 1},
+                      {"run": ["xdotool", "type", "ada"]}, {"run": ["xdotool", "key", "Tab"]},
+                      {"run": ["xdotool", "type", "geheim-42"]}]}
+    rec, nodes = _record(tmp_path, task, monkeypatch, lambda nodes: _field(nodes) if any(
+        n.role == "password text" for n in nodes) else None)  # a click into the name field
+    x, y, w, h = next(n.box for n in nodes if n.role == "password text")
+    name = next(n.box for n in nodes if n.role == "text" and "editable" in n.states)
+    for shot in (rec / "screens").glob("*.png"):
+        image = Image.open(shot).convert("RGB")
+        assert image.crop((x, y, x + w, y + h)).getextrema() == ((0, 0), (0, 0), (0, 0)), shot
+        nx, ny, nw, nh = name
+        assert image.crop((nx, ny, nx + nw, ny + nh)).getextrema() != ((0, 0), (0, 0), (0, 0)), shot
+
+
+def test_a_failed_screen_text_check_quotes_no_fields_content(tmp_path, monkeypatch):
+    """A failed `screen_text` check quotes what OCR read (result.json, JUnit, the report): not the
+    field's content, unless the task allows it."""
+    from agent.desktop.x11 import X11Desktop
+    from agent.run.checks import evaluate
+    from agent.task import Task
+    from sandbox import atspi
+    from sandbox.session import Sandbox
+
+    monkeypatch.setenv("REFVAL", VALUE)
+    with Sandbox(screen=SCREEN, workdir=tmp_path, progress=None, pass_env=["REFVAL"]) as sb, \
+            atspi.Tree(sb.display) as tree, X11Desktop(sb.display) as desk:
+        sb.launch(DIALOG)
+        sb.wait_for_window("^Reference$")
+        deadline = time.monotonic() + 20
+        while not any("editable" in n.states for n in tree.nodes()):
+            assert time.monotonic() < deadline, "the dialog never reached the tree"
+            time.sleep(0.3)
+        desk.key(["end"])  # the dialog opens with its text selected (white on blue): plain text reads better
+        time.sleep(0.5)
+        details = {}
+        for name, allow in (("kept_out", {}), ("allowed", {"store_field_text": True})):
+            task = Task(name="t", goal="g", allow=allow, success=[{"screen_text": "not on this screen"}])
+            [result] = evaluate(task, tmp_path, desk)
+            assert not result.passed and "OCR read" in result.detail and "order reference" in result.detail, result
+            details[name] = result.detail.upper()
+    assert not any(p in details["kept_out"] for p in (VALUE, *PARTS)), details["kept_out"]
+    assert any(p in details["allowed"] for p in PARTS), details["allowed"]  # OCR reads it where allowed
