@@ -30,7 +30,7 @@ from PIL import Image
 from actions import ACTION_ADAPTER, Policy, PolicyError, to_json
 from agent.errors import ModelExhausted, VlagentError
 from agent.flow import ask
-from agent.desktop.mask import mask_frames
+from agent.desktop.mask import mask_frames, places
 from agent.replay.actor import Actor, Ungrounded, ask_point
 from agent.targets import finder
 from agent.targets.finder import SETTLE_MAX_S
@@ -544,6 +544,7 @@ def run_flow(task, backend, *, display: str | None = None, trace_dir: Path | Non
     counted = Counted(backend)
     deadline = time.monotonic() + (loop.timeout_s if loop is not None else task.timeout_s)
     session = RunSession(task, mode="flow", model=counted.name, trace_dir=trace_dir, display=display,
+                         masks=bool(places(task, backend)),
                          bus=bus, control=control)
     if on_session is not None:  # the console watches it (agent/ui)
         on_session(session)

@@ -9,7 +9,7 @@ from pathlib import Path
 from actions import Policy
 from agent.backends.base import Backend
 from agent.errors import ModelExhausted, VlagentError
-from agent.desktop.mask import mask_frames
+from agent.desktop.mask import mask_frames, places
 from agent.run.events import EventBus
 from agent.run.loop import LoopConfig, run_loop
 from agent.run.session import RunControl, RunSession
@@ -36,6 +36,7 @@ def run_task(task: Task, backend: Backend, *, display: str | None = None, trace_
     if task.marks and not loop.marks:  # the task asks for element marks (agent/targets/marks.py)
         loop = dataclasses.replace(loop, marks=True)
     session = RunSession(task, mode="loop", model=getattr(backend, "name", ""), trace_dir=trace_dir, display=display,
+                         masks=bool(places(task, backend)),
                          bus=bus, control=control)
     if on_session is not None:
         on_session(session)

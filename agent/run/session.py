@@ -32,9 +32,10 @@ MODES = ("loop", "flow", "replay", "record")
 class RunSession:
     def __init__(self, task: Task, *, mode: str, model: str = "", trace_dir: Path | None = None,
                  display: str | None = None, bus: ev.EventBus | None = None, control: RunControl | None = None,
-                 trace_name: str | None = None, reraise: bool = False):
+                 trace_name: str | None = None, reraise: bool = False, masks: bool = False):
         """reraise: let the exception that ended the run through after recording it (the pytest API
-        wants its assert); otherwise only Ctrl-C goes through and the status says the rest."""
+        wants its assert); otherwise only Ctrl-C goes through and the status says the rest. masks: the
+        run's frames are masked (agent.desktop.mask.places): a watcher's must be too, from the start."""
         if mode not in MODES:
             raise ValueError(f"unknown run mode {mode!r}")
         self.task, self.mode, self.model, self.display = task, mode, model, display
@@ -44,6 +45,7 @@ class RunSession:
         self.attendant: Attendant | None = None  # a person who reviews and answers (set by on_session: agent/ui)
         self.id = ev.new_run_id()
         self.reraise = reraise
+        self.masks = masks
         self.env: Env | None = None
         self.trace: Trace | None = None
         self.result: Result | None = None
@@ -64,6 +66,12 @@ class RunSession:
                                                               workdir=self.trace.folder / "workdir"))
         self.result.display = self.env.sandbox.display
         return self.env
+
+    def frame_mask(self):
+        """What paints the task's `mask:` boxes (agent.desktop.mask) over a frame of this run's display
+        that someone else grabs (the console's live view); None before the desktop masks (setup) or
+        when the run masks nothing (`masks` says which)."""
+        return getattr(self.env.desktop, "masker", None) if self.env is not None else None
 
     def finish(self, end: End, *, checks: bool = True) -> None:
         """The one status decision of a run that ended on its own: did an app die, the task's

@@ -169,7 +169,11 @@ class FrameSource:
                     previous = raw
                     image = Image.frombytes("RGB", shot.size, raw, "raw", "BGRX")
                     if self.mask is not None:
-                        image = self.mask(image)
+                        try:
+                            image = self.mask(image)
+                        except Exception as e:  # fail closed: a frame that cannot be masked is not shown
+                            self.error = f"display {self.display}: frames cannot be masked: {e}"
+                            return
                     buf = io.BytesIO()
                     image.save(buf, "JPEG", quality=JPEG_QUALITY)
                     seq += 1

@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from PIL import Image
+
 from agent import secrets
 from agent.run import events as ev
 from agent.ui.attend import Attendant, Decision, Lease, Proposal
@@ -100,9 +102,24 @@ class LiveRun:
         if display is None or self.ended or (self.remote and self.session.masked):
             return None  # (a run in another process masks with secrets this process does not hold)
         if self.frames is None or self.frames.display != display:
-            self.frames = FrameSource(display, mask=secrets.mask if secrets.mask_screens and not self.remote else None,
+            self.frames = FrameSource(display, mask=None if self.remote else self._mask(),
                                       xauthority=getattr(self.session, "xauthority", None))
         return self.frames
+
+    def _mask(self):
+        """What the page's frames hide, as the model's frames do: the task's `mask:` boxes (or a remote
+        model's password fields) and secrets on screen (mask_screenshots); None when nothing is."""
+        boxes, text = getattr(self.session, "masks", False), secrets.mask_screens
+        if not boxes and not text:
+            return None
+
+        def mask(image):
+            if boxes:
+                masker = self.session.frame_mask()
+                # (during setup the desktop has no masker yet: nothing shows until it has)
+                image = masker(image) if masker is not None else Image.new("RGB", image.size)
+            return secrets.mask(image) if text else image
+        return mask
 
     # ---- events (the bus's subscriber thread)
 

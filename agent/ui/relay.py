@@ -294,7 +294,7 @@ class Relay:
         if display and display != self._shown:
             self._shown = display
             self.line.send({"display": display, "xauthority": os.environ.get("XAUTHORITY"),
-                            "masked": secrets.mask_screens})
+                            "masked": secrets.mask_screens or getattr(self.session, "masks", False)})
 
     def _read(self) -> None:
         c = self.session.control

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -21,6 +22,7 @@ VALUE = "Kennwort-123"
 
 class _Recorder(BaseHTTPRequestHandler):
     images: list  # every image of every chat request, decoded
+    delay_s = 0.0  # before each reply (a slow model: the run stays live meanwhile)
 
     def do_GET(self):  # /v1/models
         self._send({"object": "list", "data": [{"id": "m", "object": "model"}]})
@@ -32,6 +34,7 @@ class _Recorder(BaseHTTPRequestHandler):
                 if part["type"] == "image_url":
                     data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
                     self.images.append(Image.open(io.BytesIO(data)).convert("RGB"))
+        time.sleep(self.delay_s)
         self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": TERMINATE}}]})
 
@@ -52,7 +55,7 @@ def server():
     handler = type("Recorder", (_Recorder,), {"images": []})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    httpd.images, httpd.url = handler.images, f"http://127.0.0.1:{httpd.server_port}/v1"
+    httpd.images, httpd.url, httpd.handler = handler.images, f"http://127.0.0.1:{httpd.server_port}/v1", handler
     yield httpd
     httpd.shutdown()
 
@@ -130,6 +133,42 @@ def test_frames_to_a_remote_model_cover_the_password_field_and_a_task_can_name_m
     out = Playground("m", "openai", server.url).ask(grab(sb.display), "Log in.")
     assert out.get("action"), out
     assert server.images and all(_covered(im, password) and not _covered(im, name) for im in server.images)
+
+
+def test_the_console_shows_a_masked_run_masked(dialog, server, tmp_path):
+    """Someone watching the run in `vlagent ui` sees what the model sees: the password field covered
+    in the live frames too (issue 21: secret fields masked on the page where the task masks them)."""
+    from agent.backends.openai import OpenAIBackend
+    from agent.run.runner import run_task
+    from agent.task import Task
+    from agent.ui.app import Console
+
+    sb, password, name = dialog
+    server.handler.delay_s = 6.0  # the model thinks: the run is live while the page watches
+    console, lives = Console(tmp_path / "runs", port=0), []
+    task = Task(name="login", goal="Log in.", screen={"width": SCREEN[0], "height": SCREEN[1]}, max_steps=1)
+    run = threading.Thread(target=run_task, args=(task, OpenAIBackend("m", server.url)),
+                           kwargs={"display": sb.display, "trace_dir": tmp_path / "watched",
+                                   "on_session": lambda session: lives.append(console.attach(session))})
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.images:  # the first frame went to the model: the desktop masks by now
+            assert run.is_alive() and time.monotonic() < deadline, "the run sent no frame"
+            time.sleep(0.1)
+        frames = lives[0].frame_source()
+        frames.watch()
+        frame = frames.next(0, timeout=10)
+        assert frame is not None, frames.error
+        seen = Image.open(io.BytesIO(frame.jpeg)).convert("L")
+        x, y, w, h = password
+        assert seen.crop((x + 2, y + 2, x + w - 2, y + h - 2)).getextrema()[1] < 40  # black (a JPEG's noise aside)
+        x, y, w, h = name
+        assert seen.crop((x, y, x + w, y + h)).getextrema()[1] > 200  # the name field shows
+        frames.leave()
+        frames.close()
+    finally:
+        run.join(timeout=60)
 
 
 def test_without_a_tree_to_place_the_boxes_the_run_stops_before_any_frame_is_sent(dialog, server, tmp_path):
