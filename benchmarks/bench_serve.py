@@ -254,7 +254,7 @@ def main():
             print(f"checkpoint in {time.perf_counter() - t:.1f} s", flush=True)
     runs = []
     result = {"device": _device(), "screen": list(size), "history": 4, "model": "tiny-random" if args.tiny else
-              "random-2b (Qwen3-VL-2B shapes, bf16, tiny tokenizer)", "warm_steps": args.warm,
+              (str(args.checkpoint) if args.checkpoint else "random-2b (Qwen3-VL-2B shapes, bf16, tiny tokenizer)"), "warm_steps": args.warm,
               "timed_steps_per_agent": args.steps, "think_time_s": args.think, "replies": args.replies, "runs": runs}
     think = (args.think,)
     if args.think_from:

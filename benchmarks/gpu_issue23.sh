@@ -4,8 +4,8 @@
 #   probe      benchmarks/gpu_fp8_probe.py: the FP8 kernel against bf16 on the 2B's decode shapes
 #   imports    python -X importtime of what `vlagent run` imports before the model loads
 #   base       vlagent bench (product path, mixed replies, eager) with transformers' baselines
-#   shift      the same without the baselines, KV shift on eviction (the default now)
-#   noshift    ... with the shift off (re-prefill after an eviction: the old behaviour)
+#   shift      the same without the baselines, --kv-shift (KV moved after an eviction; off by default)
+#   noshift    ... with the shift off (re-prefill after an eviction: the default)
 #   fp8        ... with FP8 weights (the bf16 checkpoint quantised at load), decode at 10K, peak at 32K
 #   fp8ckpt    FP8 checkpoints in both layouts saved, loaded, layer errors against bf16
 #   kvcheck    benchmarks/gpu_kv_shift.py: shifted KV against a fresh prefill on the 2B

@@ -504,10 +504,13 @@ class Engine:
                         self._capture(s, n)
             self._pos.zero_()
 
-    def warm_up(self, tokens: int = 0, background: bool = True):
+    def warm_up(self, tokens: int = 0, background: bool = False):
         """At load: run the vision tower, a prefill and a few decode steps on a small dummy prompt
         (library handles, kernel choices, compiled pieces), then capture the decode graphs of every
-        bucket up to `tokens` (default WARM_TOKENS), so that no step of a run pays for them."""
+        bucket up to `tokens` (default WARM_TOKENS), so that no step of a run pays for them.
+        background=True captures the spans beyond EARLY_TOKENS in a thread; off by default: on the H100
+        a capture there was invalidated by the run's own GPU work outside the engine's lock (the image
+        preprocessing), and the next capture then failed ("already recording to mempool")."""
         torch = self.torch
         cfg = self.model.config
         vc = cfg.vision_config
@@ -516,6 +519,9 @@ class Engine:
         im = EngineImage(torch.randn(grid[1] * grid[2], dim, device=self.device), grid, key="warm-up")
         text = [100 + i for i in range(64)]
         ids = text + [cfg.vision_start_token_id] + [self.image_token] * 64 + [cfg.vision_end_token_id] + text
+        if self.fp8 and self.device.type == "cuda":
+            from agent.backends.fp8 import FP8Weight, warm_kernels
+            warm_kernels([w for layer in self.layers for w in layer.values() if isinstance(w, FP8Weight)], self.device)
         self.generate(ids, [im], max_new_tokens=4, min_new_tokens=4)
         self.vision.pop("warm-up")
         self.reset()

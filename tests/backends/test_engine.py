@@ -380,3 +380,20 @@ def test_warm_up_leaves_no_trace():
     a = image(7)
     ids = text(0, 10) + with_image(a) + text(1, 4)
     assert eng.generate(ids, [a], max_new_tokens=6).tokens == Engine(model, max_context=2048).generate(ids, [a], max_new_tokens=6).tokens
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "1", "I;16"])
+def test_image_key_tells_contents_apart(mode):
+    """The screenshot content key (hashed in place through Pillow's Arrow export where it can):
+    the same pixels in another image object give the same key, one changed pixel another."""
+    from PIL import Image
+
+    from agent.backends.engine_ops import image_key
+    im = Image.effect_noise((1920, 1080), 50).convert(mode)
+    assert image_key(im.copy()) == image_key(im)
+    for xy in [(0, 0), (777, 555), (1919, 1079)]:
+        changed = im.copy()
+        v = im.getpixel(xy)
+        changed.putpixel(xy, tuple(255 - c for c in v) if isinstance(v, tuple) else (1 - v if mode == "1" else 255 - v))
+        assert image_key(changed) != image_key(im), xy
+    assert image_key(im.resize((1080, 1920))) != image_key(im)
