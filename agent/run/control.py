@@ -33,6 +33,9 @@ class Attendant(Protocol):
         question ends the run."""
 
 
+OPS = {"pause": "pause", "resume": "resume", "step": "step_once", "stop": "stop"}  # control name -> method
+
+
 class RunControl:
     """Pause, resume, one step, stop: set from outside (the console, a signal), obeyed by the
     driver at its next step boundary through wait_turn()."""
@@ -66,6 +69,15 @@ class RunControl:
         with self._cond:
             self.stopped = reason
             self._cond.notify_all()
+
+    def apply(self, op: str, reason: str = "stopped by a person") -> None:
+        """One of OPS by name, as a console or its relay sends it; ValueError for anything else."""
+        if op not in OPS:
+            raise ValueError(f"unknown control {op!r}")
+        if op == "stop":
+            self.stop(reason)
+        else:
+            getattr(self, OPS[op])()
 
     def wait_turn(self) -> None:
         """Block while paused; raise Aborted once stopped."""

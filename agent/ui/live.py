@@ -169,21 +169,12 @@ class LiveRun:
     # ---- the person
 
     def control_op(self, op: str) -> None:
-        c = self.control
-        if op == "pause":
-            c.pause()
-        elif op == "resume":
-            c.resume()
-        elif op == "step":
-            c.step_once()
-        elif op == "stop":
-            c.stop("stopped from the console")
+        self.control.apply(op, "stopped from the console")
+        if op == "stop":
             self.lease.give_back()
             pending = self.attendant.pending
             if pending is not None:  # a run waiting for a person stops now, not at its timeout
                 self.attendant.answer(Decision("reject", "stop", note="the run was stopped"), pending.step)
-        else:
-            raise ValueError(f"unknown control {op!r}")
         self.push("status", text={"pause": "paused", "resume": "resumed", "step": "one step",
                                   "stop": "stopping"}[op])
 

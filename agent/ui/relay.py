@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 from agent import secrets
 from agent.run import events as ev
+from agent.run.control import OPS, RunControl
 
 log = logging.getLogger(__name__)
 CONSOLE_ENV = "VLAGENT_CONSOLE"  # the console's relay socket, for the runs and suites it watches
@@ -107,6 +108,8 @@ class RemoteControl:
     def stop(self, reason: str = "stopped by a person") -> None:
         self.stopped = reason
         self._line.send({"op": "stop", "reason": reason})
+
+    apply = RunControl.apply  # (by name, as the console's pages send them)
 
 
 class RemoteSession:
@@ -309,14 +312,8 @@ class Relay:
             if msg is None:
                 return
             op = msg.get("op")
-            if op == "pause":
-                c.pause()
-            elif op == "resume":
-                c.resume()
-            elif op == "step":
-                c.step_once()
-            elif op == "stop":
-                c.stop(str(msg.get("reason") or "stopped from the console"))
+            if op in OPS:
+                c.apply(op, str(msg.get("reason") or "stopped from the console"))
 
     def close(self) -> None:
         if self.line is not None:
