@@ -8,7 +8,7 @@ perturbed, each run's result read from the app itself.
 Apps and flows (tests/scripts/flows/): Chromium showing a local order page (an act and three grounded
 clicks; the page's title says what was ordered and how often), zenity --forms (two acts, a drop-down
 and its item, OK; zenity prints the values), galculator (the keys 7 * 6 =; its display is read by
-OCR on a crop), gnome-calculator (GTK 4: no accessibility tree here; the same keys, its display read
+OCR on a crop), gnome-calculator (GTK 4: its tree is not read; the same keys, its display read
 by the task's screen_text check), yad --form (two acts, a checkbox, OK; yad prints the values), our Tk registration form
 (no accessibility tree: pixels only; two acts, a radio button, a checkbox, Submit; it writes form.json).
 Variants, all with `--cache read-only` on the cache the cold run recorded:

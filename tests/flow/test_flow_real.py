@@ -329,7 +329,7 @@ GNOME_CALCULATOR = "gnome_calculator_flow"
 
 @needs("gnome-calculator")
 def test_gnome_calculator_gtk4_replays_from_pixels_unchanged_and_dark(recorded, tmp_path):
-    """A GTK 4 (libadwaita) app with no tree here: its keys are found by their pixels. Launched again
+    """A GTK 4 (libadwaita) app whose tree vlagent does not read yet: its keys are found by their pixels. Launched again
     it may lay itself out a pixel lower (seen here), which must not make a cached step ask the model."""
     folder = copy(recorded(GNOME_CALCULATOR), tmp_path)
 
