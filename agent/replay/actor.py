@@ -159,7 +159,11 @@ class Actor:
         """Why `now` does not show the recorded effect of an action taken on `before` ("" when it does;
         before=None: no change from it needed)."""
         if before is not None and changed(before, now) is None:
-            return f"{action.action}: the screen did not change as recorded"
+            # Nothing changed: right only where the place it changed already looked as after it (a field
+            # the app had focused on its own, an option already chosen): the recorded end is on screen.
+            share = as_after(rec_before, rec_after, now) if rec_before is not None and rec_after is not None else None
+            if share is None or share < EFFECT_SHARE:
+                return f"{action.action}: the screen did not change as recorded"
         if after:
             found = self.finder.find(after, now, rec_after, target=False)
             if found.pixel is None:
