@@ -25,7 +25,7 @@ from agent.cli.common import usage_errors  # noqa: E402
 ENGINE_KEYS = ["step_ms_p50", "step_ms_p95", "ttft_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms",
                "decode_tok_s", "cold_start_s", "peak_gib", "predicted_peak_gib", "grammar_overhead_pct",
                "peak_context_gib"]
-PRODUCT_KEYS = ["step_ms_p50", "step_ms_p95", "steady_step_ms_p50", "steady_step_ms_p95", "click_step_ms_p50",
+PRODUCT_KEYS = ["desktop_ms", "step_ms_p50", "step_ms_p95", "steady_step_ms_p50", "steady_step_ms_p95", "click_step_ms_p50",
                 "click_step_ms_p95", "prompt_ms", "model_ms", "encode_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_ms",
                 "grammar_ms", "grammar_pct_of_decode", "new_tokens", "decode_steps", "decode_tok_s_episode",
                 "decode_tok_s_at_context", "cold_start_s", "peak_gib", "peak_context_gib", "planned_peak_gib",
@@ -74,9 +74,15 @@ def table(r: dict) -> None:
 @click.option("--fp8", type=click.Choice(["block", "channel"]), default=None,
               help="product: quantise the bf16 weights to FP8 at load (128x128 blocks, or per channel).")
 @click.option("--sdpa", type=click.Choice(["cudnn", "flash"]), default=None, help="product: prefill/vision attention kernels first tried.")
+@click.option("--desktop-ms", type=float, default=0.0, show_default=True,
+              help="product: the desktop's time between a reply and the next settled screenshot (the action "
+                   "and the settle; benchmarks/results/desktop_time.json has real apps'); 0: steps back to back.")
+@click.option("--lookahead/--no-lookahead", default=True, show_default=True,
+              help="product: prepare the next step during the desktop's time, as `vlagent run` does.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results here.")
 def bench(mode, baselines, decode_context, random_weights, model, tiny, steps, screen, history, evict, reply_tokens,
-          context, compile, attention, peak_context, grammar, reply, kv_shift, fp8, sdpa, json_path):
+          context, compile, attention, peak_context, grammar, reply, kv_shift, fp8, sdpa, desktop_ms, lookahead,
+          json_path):
     """Benchmark agent steps on the real Qwen3-VL-2B architecture."""
     if model and (random_weights or tiny):
         raise click.UsageError("--model excludes --random-weights and --tiny")
@@ -92,7 +98,8 @@ def bench(mode, baselines, decode_context, random_weights, model, tiny, steps, s
             target = model or ("tiny-random" if tiny else str(random_2b_checkpoint()))
             r = run_product_bench(target, steps=steps, screen=size, reply=reply or "mix", baselines=baselines,
                                   peak_context=peak_context, decode_context=decode_context,
-                                  compile=True if compile else None, kv_shift=kv_shift, fp8=fp8, sdpa=sdpa)
+                                  compile=True if compile else None, kv_shift=kv_shift, fp8=fp8, sdpa=sdpa,
+                                  desktop_ms=desktop_ms, lookahead=lookahead)
     else:
         r = run_bench(model=model, tiny=tiny, steps=steps, screen=size, history=history, evict=evict,
                       reply_tokens=reply_tokens, context=context, compile=compile, attention=attention,

@@ -10,6 +10,10 @@
 #   fp8ckpt    FP8 checkpoints in both layouts saved, loaded, layer errors against bf16
 #   kvcheck    benchmarks/gpu_kv_shift.py: shifted KV against a fresh prefill on the 2B
 #   serve      benchmarks/bench_serve.py on the GPU (1 and 8 agents, native click replies)
+#   nola/la    with the desktop's time between steps (DESKTOP_MS, default 249: the median measured on real
+#              apps), the lookahead off / on (agent/run/lookahead.py); la110: the shortest desktop time seen
+#   labase     la with transformers' baselines and decode at 10K
+#   mem        benchmarks/gpu_memory.py: memory by part at 32K context with FP8 weights, per prefill chunk
 set -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 W=.whl; [ -d $W ] || W=../.whl
@@ -25,7 +29,7 @@ ckpt() { [ -f $M/config.json ] || { t=$(date +%s); timeout 200 python3 benchmark
 b() { name=$1; shift; echo "== $name: vlagent bench $*"
       timeout ${BT:-240} python3 -c "$VL" bench "$@" --json $OUT/$name.json > /tmp/$name.log 2>&1; echo "rc=$?"
       python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -8 /tmp/$name.log; grep -i "warn\|error" /tmp/$name.log | head -3
-      python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r.get('load_timings')); print('evict steps', [(s['step'], round(s['step_ms'],1), s.get('reused_tokens'), s.get('shifted_tokens')) for s in r['steps_detail']])" $OUT/$name.json 2>/dev/null; }
+      python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r.get('load_timings')); print('steps (n, ms, reused, shifted, encoded, vision, prefill, decode)', [(s['step'], round(s['step_ms'],1), s.get('reused_tokens'), s.get('shifted_tokens'), s.get('images_encoded'), round(s.get('vision_ms') or 0,1), round(s.get('prefill_ms') or 0,1), round(s.get('decode_ms') or 0,1)) for s in r['steps_detail']])" $OUT/$name.json 2>/dev/null; }
 for what in "$@"; do case $what in
   probe) timeout 150 python3 benchmarks/gpu_fp8_probe.py $OUT/fp8_probe.json 2>&1 | tail -25 ;;
   imports) ckpt; python3 -X importtime -c "import agent.cli, agent.backends.transformers, transformers; from transformers import Qwen3VLForConditionalGeneration" 2> /tmp/imp.log; sort -t'|' -k2 -n -r /tmp/imp.log | head -25 > $OUT/importtime_top.txt; head -25 $OUT/importtime_top.txt ;;
@@ -39,5 +43,10 @@ for what in "$@"; do case $what in
   fp8ckpt) ckpt; timeout 200 python3 benchmarks/gpu_fp8_check.py $M $OUT/fp8_layers.json ${LAYOUTS:-block,channel} 2>&1 | tail -20 ;;
   kvcheck) ckpt; timeout 150 python3 benchmarks/gpu_kv_shift.py $M $OUT/kv_shift_2b.json 2>&1 | tail -12 ;;
   kvquick) timeout 150 python3 benchmarks/gpu_kv_shift.py random $OUT/kv_shift_2b.json 2>&1 | tail -40 ;;
+  nola) ckpt; b nola --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} --no-lookahead ;;
+  la) ckpt; b lookahead --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} ;;
+  la110) ckpt; b lookahead_110 --model $M --steps 12 --no-baselines --desktop-ms 110 ;;
+  labase) ckpt; BT=400 b lookahead_base --model $M --steps 12 --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 ;;
+  mem) ckpt; timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8.json block 2>&1 | tail -30 ;;
   serve) ckpt; timeout 400 python3 benchmarks/bench_serve.py $OUT/serve.json --checkpoint $M --agents 1,8 --steps 6 --think-from benchmarks/results/desktop_time.json 2>&1 | tail -12 ;;
 esac; done

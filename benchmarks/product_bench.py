@@ -27,6 +27,9 @@ from pathlib import Path
 
 from engine_bench import frames, percentile, process_age_s
 
+from agent.desktop.x11 import SETTLE_POLL_S
+from agent.run.lookahead import Lookahead
+
 TASK = Path(__file__).resolve().parents[1] / "tasks" / "fill_form.yaml"
 # Native replies in turn: what a form-filling episode does (click a field, type, press a key).
 SCRIPT = (
@@ -176,8 +179,12 @@ def _device_name() -> str:
 
 def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: str = "mix",
                       baselines: bool = True, peak_context: int = 0, decode_context: int = 0,
-                      progress: bool = True, **engine) -> dict:
+                      progress: bool = True, desktop_ms: float = 0.0, lookahead: bool = True, **engine) -> dict:
     """The episode (see the module doc); a dict of figures, with per-step rows in steps_detail.
+    desktop_ms: the time the desktop takes between a reply and the next settled screenshot (0: steps
+    back to back). In it, as in the loop (agent/run/loop.py), the action runs for desktop_ms less one
+    settle poll, then the new frame is grabbed and shown to the lookahead (agent/run/lookahead.py),
+    and the screen is called settled one poll later; the step is timed from there to the reply.
     engine: switches of the engine's options changed for this run (compile=True, kv_shift=True,
     fp8="block", sdpa="flash", warm_tokens=4096)."""
     import torch
@@ -210,13 +217,31 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
     shots: dict[int, Image.Image] = {}
     gen_frames = frames(*screen)
     rows, cold_start, prompts = [], None, []
+    ahead = Lookahead(backend, policy) if lookahead and desktop_ms > 0 else None
+    frame = next(gen_frames)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+
+    def desktop(before, n: int, past: list) -> Image.Image:
+        """The action runs, the screen changes, the settle loop grabs it and calls it settled a poll later."""
+        t = time.perf_counter()
+        if ahead is not None:
+            ahead.begin(lambda shot: build_messages(task.goal, list(past), shot, policy, lambda s: shots[s.step], hcfg, fits), before)
+        now = next(gen_frames)
+        time.sleep(max(0.0, t + (desktop_ms / 1e3 - SETTLE_POLL_S) - time.perf_counter()))
+        if ahead is not None:
+            ahead.seen(now)
+        time.sleep(max(0.0, t + desktop_ms / 1e3 - time.perf_counter()))
+        if ahead is not None:
+            ahead.end()
+        return now
+
     from rich.progress import Progress
     with Progress(disable=not progress, transient=True) as bar:
         task_bar = bar.add_task(f"bench {backend.name}", total=steps)
         for n in range(1, steps + 1):
-            frame = next(gen_frames)
+            if n > 1:
+                frame = desktop(frame, n, past)
             t0 = time.perf_counter()
             messages = build_messages(task.goal, past, frame, policy, lambda s: shots[s.step], hcfg, fits)
             t1 = time.perf_counter()
@@ -242,6 +267,8 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
             rows.append(row)
             prompts.append((messages, scripted.reply_tokens(scripted.calls - 1)))
             bar.advance(task_bar)
+    if ahead is not None:
+        ahead.close()
     warm = rows[1:] or rows
     steady = [r for r in warm if r["images"] == hcfg.max_images] or warm
 
@@ -256,7 +283,8 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
         compile=bool(getattr(opts, "compile", False)), kv_shift=bool(getattr(opts, "kv_shift", False)),
         fp8=getattr(backend.model, "fp8_layout", None) or getattr(opts, "fp8", None),
         fp8_kernels=bool(getattr(backend.model, "fp8_kernels", False)),
-        screen=list(screen), steps=steps, reply=reply,
+        screen=list(screen), steps=steps, reply=reply, desktop_ms=desktop_ms, lookahead=ahead is not None,
+        lookahead_jobs=ahead.prepared if ahead is not None else 0,
         history=dict(max_images=hcfg.max_images, evict_chunk=hcfg.evict_chunk),
         step_ms_p50=percentile([r["step_ms"] for r in warm], 0.5),
         step_ms_p95=percentile([r["step_ms"] for r in warm], 0.95),

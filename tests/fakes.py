@@ -46,6 +46,9 @@ class RecordingDesktop:
 
     def capture(self) -> Image.Image:
         self._log("capture")
+        return self._frame()
+
+    def _frame(self) -> Image.Image:
         image = Image.new("RGB", self.frame, (236, 236, 236))
         x = (self.changes * 37) % max(self.frame[0] - 20, 1)  # a mark that moves when the screen changes
         ImageDraw.Draw(image).rectangle([x, 10, x + 20, 30], fill=(20, 20, 20))
@@ -79,8 +82,10 @@ class RecordingDesktop:
     def type(self, text: str) -> None:
         self._input("type", text)
 
-    def wait_stable(self, max_s: float = 2.0) -> float:
+    def wait_stable(self, max_s: float = 2.0, seen=None) -> float:
         self._log("wait_stable", max_s)
+        if seen is not None:
+            seen(self._frame())
         return 0.0
 
     def check_abort(self) -> None:

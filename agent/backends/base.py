@@ -67,6 +67,12 @@ class BackendBase:
     def cancel(self) -> None:
         return None
 
+    def prepare(self, messages: list[Message], constraint: Constraint = None, image: bool = True) -> None:
+        """Optionally work ahead on a prompt the next generate() will likely get (the loop calls it,
+        where a backend has it, while the desktop acts: agent/run/lookahead.py); a wrong guess must
+        cost only time."""
+        return None
+
 
 def is_schema(constraint: Constraint) -> bool:
     return isinstance(constraint, JsonSchema)

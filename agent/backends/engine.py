@@ -370,8 +370,10 @@ class Engine:
     def _rope(self, x, pos3):
         return self.lm.rotary_emb(x, pos3.view(3, 1, -1))
 
-    def _layers(self, x, cos, sin, start: int, vis_mask=None, deepstack=None):
-        """Prefill: run tokens [start, start+n) through all layers, writing their KV. Returns hidden of the last."""
+    def _layers(self, x, cos, sin, start: int, vis_rows=None, deepstack=None):
+        """Prefill: run tokens [start, start+n) through all layers, writing their KV. Returns hidden of the last.
+        vis_rows: the (start, end) rows of x that are image tokens, which the first layers add deepstack
+        features to (in that order): slices, not a boolean mask, which would sync with the GPU."""
         n = x.shape[1]
         end = start + n
         for i, w in enumerate(self.layers):
@@ -382,9 +384,12 @@ class Engine:
             o = self._prefill_attention(q, self.k_cache[i, :, :end][None], self.v_cache[i, :, :end][None], start)
             o = o.transpose(1, 2).reshape(1, n, -1)
             x = self._post_n(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
-            if deepstack is not None and i < len(deepstack) and vis_mask is not None:
+            if deepstack is not None and i < len(deepstack) and vis_rows:
                 x = x.clone()
-                x[vis_mask] = x[vis_mask] + deepstack[i]
+                o = 0
+                for a, b in vis_rows:
+                    x[0, a:b] += deepstack[i][o:o + b - a]
+                    o += b - a
         return x[:, -1:]
 
     def _prefill_attention(self, q, k, v, start: int):
@@ -563,6 +568,29 @@ class Engine:
         peak = cuda.max_memory_allocated() / 2 ** 30
         cuda.reset_peak_memory_stats()
         return peak
+
+    def prefill(self, ids: list[int], images: list[EngineImage] = ()) -> Timings | None:
+        """Put the KV of what the next call's prompt will likely start with into the cache now, while
+        nothing waits for it (agent/run/lookahead.py: the next step's history while the desktop acts,
+        an eviction's re-prefill included). Nothing is assumed: the next call compares tokens and image
+        keys as always and recomputes from the first difference. Returns this work's timings (None
+        when the cache held it already); last_timings stays the last call's."""
+        ids, images = list(ids), list(images)
+        with self._lock, self.torch.inference_mode():
+            self._cancel.clear()
+            if self.state.ids[:len(ids)] == ids and self.state.keys[:len(images)] == [im.key for im in images]:
+                return None
+            last = getattr(self, "last_timings", None)
+            try:
+                return self._generate(ids, images, 0, set(), None, 0).timings
+            finally:
+                self.last_timings = last
+
+    def encode_ahead(self, image: EngineImage) -> bool:
+        """Encode a screenshot into the vision cache before a call asks for it; True if it was new."""
+        with self._lock, self.torch.inference_mode():
+            self._cancel.clear()
+            return self.encode(image)[1]
 
     def _common_prefix(self, ids: list[int], spans, keys: list[str]) -> int:
         m = 0
@@ -805,18 +833,17 @@ class Engine:
         for c0, c1 in passes:
             self._check_cancel()
             x = self.lm.embed_tokens(torch.tensor([seq[c0:c1]], device=self.device))
-            vis_mask, deep = None, None
+            vis_rows, deep = None, None
             parts = [(idx, max(s, c0), min(e, c1), s) for idx, (s, e) in enumerate(spans) if s < c1 and e > c0]
             if parts:
-                vis_mask = torch.zeros((1, c1 - c0), dtype=torch.bool, device=self.device)
+                vis_rows = [(a - c0, b - c0) for _, a, b, _ in parts]
                 x = x.clone()
                 for idx, a, b, s in parts:
                     x[0, a - c0:b - c0] = feats[idx][0][a - s:b - s]
-                    vis_mask[0, a - c0:b - c0] = True
                 n_deep = len(feats[parts[0][0]][1])
                 deep = [torch.cat([feats[idx][1][j][a - s:b - s] for idx, a, b, s in parts]) for j in range(n_deep)]
             cos, sin = self._rope(x, pos3[:, c0:c1])
-            h = self._layers(x, cos, sin, c0, vis_mask, deep)
+            h = self._layers(x, cos, sin, c0, vis_rows, deep)
         self.state.ids, self.state.keys, self.state.grids = list(seq), list(keys), list(grids)
         self._delta.fill_(next_pos - len(seq))
         fed = len(seq)  # tokens whose KV is in the cache

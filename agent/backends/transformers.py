@@ -191,6 +191,7 @@ class TransformersBackend(BackendBase):
         # One call at a time: the loop runs each call in a thread with a deadline, so a call it
         # abandoned may still run when the next step asks; that step waits for it (see cancel()).
         self._lock = threading.Lock()
+        self._render_lock = threading.RLock()
         self.engine = None
         if engine is None:
             engine = self.options.engine_on(self.device)
@@ -220,6 +221,10 @@ class TransformersBackend(BackendBase):
         message list, however many times fits/prompt_tokens/encode ask. Pieces are tokenized apart (the
         image pad is a special token, so the tokenizer splits there anyway) and remembered, so the
         unchanged system prompt and history are not tokenized again every step."""
+        with self._render_lock:  # the loop's fits() and a lookahead's prepare() may render at once
+            return self._render_unlocked(messages)
+
+    def _render_unlocked(self, messages: list[Message]):
         key = tuple((m["role"], tuple(("i", id(p["image"])) if p.get("type") == "image" else ("t", p.get("text"))
                                       for p in m["content"])) for m in messages)
         if self._rendered is not None and self._rendered[0] == key:
@@ -246,7 +251,8 @@ class TransformersBackend(BackendBase):
         from agent.backends.qwen_images import image_config, image_tokens
 
         if self._image_cfg is None:
-            self._image_cfg = image_config(self.processor, "")
+            with self._render_lock:
+                self._image_cfg = image_config(self.processor, "")
         return image_tokens(*image.size, self._image_cfg) - 2  # less the vision start and end the template wrote
 
     def _ids(self, messages: list[Message]) -> tuple[list[int], list]:
@@ -371,6 +377,25 @@ class TransformersBackend(BackendBase):
                 return self.last_reply
             self.last_reply = self._generate(self.reply_format.adapt(messages, constraint), constraint)
             return self.reply_format.to_native(self.last_reply)
+
+    def prepare(self, messages: list[Message], constraint=None, image: bool = True) -> None:
+        """Work ahead on the prompt the next call will likely get (agent/run/lookahead.py): the KV of
+        everything before its last screenshot (after an eviction, the re-prefill of the history that
+        stays), and with image=True that screenshot encoded into the engine's vision cache. The next
+        call checks tokens and image keys as always, so a wrong guess only costs the work."""
+        if self.engine is None:
+            return
+        with self._lock:
+            if not isinstance(constraint, JsonSchema) and self.reply_format is not NATIVE:
+                messages = self.reply_format.adapt(messages, constraint)
+            ids, images = self.engine_inputs(messages)
+            if not images:
+                return
+            from agent.backends.engine_ops import image_spans
+            start = image_spans(ids, self.processor.image_token_id)[-1][0]
+            self.engine.prefill(ids[:start], images[:-1])
+            if image:
+                self.engine.encode_ahead(images[-1])
 
     def _matcher(self, constraint):
         """A fresh grammar matcher for one reply, or None (no xgrammar: decode free, validate after)."""

@@ -39,8 +39,10 @@ class Desktop(Protocol):
     def type(self, text: str) -> None:
         """Type text, non-ASCII included."""
 
-    def wait_stable(self, max_s: float = 2.0) -> float:
-        """Wait (bounded) until the screen stops changing; return the seconds waited."""
+    def wait_stable(self, max_s: float = 2.0, seen=None) -> float:
+        """Wait (bounded) until the screen stops changing; return the seconds waited. `seen`, if
+        given, is called with each new frame grabbed meanwhile, as capture() would return it
+        (agent/run/lookahead.py); a desktop that masks frames or has none to show need not call it."""
 
     def check_abort(self) -> None:
         """Raise agent.errors.Aborted when a person pushed the pointer into a screen corner."""

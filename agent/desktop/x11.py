@@ -214,12 +214,16 @@ class X11Desktop:
             p = self._x.screen().root.query_pointer()
         return p.root_x, p.root_y
 
-    def wait_stable(self, max_s: float = SETTLE_MAX_S) -> float:
+    def wait_stable(self, max_s: float = SETTLE_MAX_S, seen=None) -> float:
         from agent.desktop.change import differs
 
+        if self.masker is not None:  # what seen() would get is not what the model will see
+            seen = None
         start = time.monotonic()
         shot = self._grab()
         previous = bytes(shot.raw)  # comparing raw grabs is a memcmp: cheaper than hashing
+        if seen is not None:
+            seen(_image(previous, shot.size))  # the bytes capture() converts the same way
         while time.monotonic() - start < max_s:
             time.sleep(SETTLE_POLL_S)
             shot = self._grab()
@@ -229,6 +233,8 @@ class X11Desktop:
                 self._settled = (shot, time.monotonic())  # the next capture() is this frame
                 break
             previous = frame
+            if seen is not None:
+                seen(_image(frame, shot.size))
         return time.monotonic() - start
 
     def check_abort(self) -> None:

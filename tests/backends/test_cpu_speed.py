@@ -107,7 +107,7 @@ class InstantDesktop:
     def type(self, text): ...
     def check_abort(self): ...
 
-    def wait_stable(self, max_s=2.0):
+    def wait_stable(self, max_s=2.0, seen=None):
         return 0.0
 
 

@@ -110,7 +110,8 @@ def test_prefill_logits_close_to_transformers():
         mask = torch.tensor([ids]) == IMAGE
         x[mask] = feats[0]
         cos, sin = eng._rope(x, pos3)
-        h = eng._layers(x, cos, sin, 0, mask, feats[1])
+        s, e = image_spans(ids, IMAGE)[0]
+        h = eng._layers(x, cos, sin, 0, [(s, e)], feats[1])
         mine = eng._logits(h)[0]
     assert torch.allclose(mine, ref, atol=1e-4, rtol=1e-4)
 
@@ -161,6 +162,32 @@ def test_reuse_prefills_only_the_new_part():
     p3 = text(0, 10) + with_image(c) + text(1, 4)
     g3 = eng.generate(p3, [c], max_new_tokens=2)
     assert g3.timings.reused_tokens == 11
+
+
+def test_work_done_ahead_changes_no_reply():
+    """prefill() of the next prompt's history and encode_ahead() of its screenshot (what the loop
+    does while the desktop acts) give the same replies as a cold engine, and the call that follows
+    only runs what was not prepared; a wrong guess is recomputed, not trusted."""
+    model = small_model()
+    ahead, cold = Engine(model, max_context=1024), Engine(model, max_context=1024)
+    a, b = image(1), image(2)
+    p1 = text(0, 10) + with_image(a) + text(1, 4)
+    g1 = ahead.generate(p1, [a], max_new_tokens=5)
+    history = p1 + g1.tokens + text(2, 3)
+    p2 = history + with_image(b) + text(3, 2)
+    done = ahead.prefill(history + [VSTART], [a])
+    assert done.reused_tokens == len(p1) + len(g1.tokens) - 1 and ahead.last_timings is g1.timings
+    assert ahead.prefill(history + [VSTART], [a]) is None  # held already: nothing runs
+    assert ahead.encode_ahead(b) is True and ahead.encode_ahead(b) is False
+    g2 = ahead.generate(p2, [a, b], max_new_tokens=5)
+    assert g2.timings.images_encoded == 0 and g2.timings.reused_tokens == len(history) + 1
+    cold.reset()
+    assert g2.tokens == cold.generate(p2, [a, b], max_new_tokens=5).tokens
+    # A guess that was wrong (another history before the same screenshot) is recomputed.
+    wrong = text(0, 10) + with_image(a) + text(9, 6) + [VSTART]
+    ahead.prefill(wrong, [a])
+    g3 = ahead.generate(p2, [a, b], max_new_tokens=5)
+    assert g3.tokens == g2.tokens and g3.timings.reused_tokens == 10 + len(with_image(a))
 
 
 @pytest.mark.slow

@@ -1,0 +1,110 @@
+"""The loop prepares the next step while the desktop acts (agent/run/lookahead.py): the history as
+soon as the action is chosen, then each frame the settle loop grabs. What it prepares is exactly
+the next prompt, and preparing changes no reply: on the real engine (tiny checkpoint, CPU) the
+replies are the same with it and without, and the next step finds its screenshot encoded."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from actions import Policy
+from actions.policy import Allow
+from agent.run.loop import LoopConfig, run_loop
+from agent.trace import Trace
+from fakes import QueueModel, RecordingDesktop, reply
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class PreparingModel(QueueModel):
+    """A queue model with the optional prepare() of agent.backends.base.BackendBase, recorded."""
+
+    def __init__(self, *replies):
+        super().__init__(*replies)
+        self.prepared: list[tuple[list, bool]] = []
+        self.done = threading.Event()
+
+    def prepare(self, messages, constraint=None, image=True):
+        self.prepared.append((messages, image))
+        self.done.set()
+
+
+def _flat(messages):
+    """Messages as comparable values: text as is, images by size and pixels."""
+    return [(m["role"], [(p["type"], p["text"]) if p["type"] == "text" else ("image", p["image"].size, p["image"].tobytes())
+                         for p in m["content"]]) for m in messages]
+
+
+def test_what_is_prepared_is_the_next_prompt(tmp_path):
+    model = PreparingModel(reply(action="left_click", coordinate=[100, 100]),
+                           reply(action="left_click", coordinate=[300, 200]),
+                           reply(action="terminate", status="success"))
+    end = run_loop("Do the thing.", model, RecordingDesktop(), Policy(), Trace(tmp_path / "t"), LoopConfig(timeout_s=30))
+    assert end.kind == "finished"
+    later = [_flat(m) for m in model.seen[1:]]  # the prompts of steps 2 and 3
+    with_frame = [_flat(m) for m, image in model.prepared if image]
+    history_only = [_flat(m) for m, image in model.prepared if not image]
+    # The frame grabbed while settling is the one the next step captures: the whole prompt matches.
+    # (A newer job replaces one not yet started, so not every job runs.)
+    assert with_frame and all(m in later for m in with_frame)
+    # Before any frame, everything but the last screenshot matches.
+    assert all(m[:-1] in [p[:-1] for p in later] for m in history_only)
+    assert len(model.prepared) <= 4  # nothing after terminate
+
+
+def test_off_prepares_nothing(tmp_path):
+    model = PreparingModel(reply(action="left_click", coordinate=[100, 100]), reply(action="terminate", status="success"))
+    run_loop("Do the thing.", model, RecordingDesktop(), Policy(), Trace(tmp_path / "t"),
+             LoopConfig(timeout_s=30, lookahead=False))
+    assert model.prepared == []
+
+
+def test_a_failing_prepare_costs_nothing_else(tmp_path, caplog):
+    class Broken(PreparingModel):
+        def prepare(self, messages, constraint=None, image=True):
+            raise RuntimeError("CUDA out of memory")
+
+    model = Broken(reply(action="left_click", coordinate=[100, 100]), reply(action="terminate", status="success"))
+    end = run_loop("Do the thing.", model, RecordingDesktop(), Policy(), Trace(tmp_path / "t"), LoopConfig(timeout_s=30))
+    assert end.kind == "finished" and len(model.seen) == 2
+    assert "lookahead: RuntimeError: CUDA out of memory" in caplog.text
+
+
+class SettlingDesktop(RecordingDesktop):
+    """Settling takes time, as on a real display: at least one poll after the last new frame."""
+
+    def wait_stable(self, max_s=2.0, seen=None):
+        super().wait_stable(max_s, seen)
+        time.sleep(0.5)
+        return 0.5
+
+
+@pytest.mark.slow
+def test_the_engine_gives_the_same_replies_and_finds_the_frame_encoded(tmp_path):
+    from agent.backends.tiny import tiny_checkpoint
+    from agent.backends.transformers import TransformersBackend
+
+    class Timed(TransformersBackend):  # the real backend; each call's engine figures kept
+        def generate(self, messages, constraint=None):
+            out = super().generate(messages, constraint)
+            self.calls.append(self.engine.last_timings)
+            return out
+
+    policy = Policy(Allow(actions=["left_click", "type", "key"], keys=["enter"], max_text_len=12))
+    raws = {}
+    for on in (True, False):
+        backend = Timed(tiny_checkpoint(), engine=True)
+        backend.calls = []
+        trace = Trace(tmp_path / f"t{on}")
+        run_loop("Fill the form.", backend, SettlingDesktop(frame=(320, 200)), policy, trace,
+                 LoopConfig(timeout_s=100, max_steps=4, lookahead=on))
+        raws[on] = [s.raw for s in trace.steps]
+        if on:
+            assert len(backend.calls) == 4
+            assert [t.images_encoded for t in backend.calls] == [1, 0, 0, 0]  # encoded while the screen settled
+            assert all(t.reused_tokens > 0 for t in backend.calls[1:])
+        else:
+            assert [t.images_encoded for t in backend.calls] == [1, 1, 1, 1]
+    assert raws[True] == raws[False]
