@@ -146,7 +146,9 @@ class TransformersBackend(BackendBase):
         self.max_new_tokens = max_new_tokens
         try:
             import torch  # noqa: F401
-            from transformers import Qwen3VLForConditionalGeneration
+
+            from agent.backends.hf_import import model_class
+            model_class()  # the modeling code, without the packages vlagent never runs (hf_import.py)
         except ImportError as e:
             raise VlagentError(f"the transformers backend needs torch and transformers: {_one_line(e)}") from None
         self.device = _pick_device(device)
@@ -203,12 +205,11 @@ class TransformersBackend(BackendBase):
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _load(self, folder: str):
-        from transformers import Qwen3VLForConditionalGeneration
-
         from agent.backends import fp8
+        from agent.backends.hf_import import model_class
         if fp8.checkpoint_layout(folder):  # an FP8 checkpoint (Qwen's fine-grained or compressed-tensors)
             return fp8.load_fp8(folder, self.dtype, self.device, _attention(self.device))
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
+        model = model_class().from_pretrained(
             folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
         layout = getattr(self.options, "fp8", None)  # block|channel: 8-bit weights from a bf16 checkpoint
         if layout:
