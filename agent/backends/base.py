@@ -67,6 +67,11 @@ class BackendBase:
     def cancel(self) -> None:
         return None
 
+    def idle(self, budget_s: float) -> None:
+        """The caller has about budget_s with nothing else on the model's device (between steps):
+        time for deferred warm-up work. Nothing to do by default."""
+        return None
+
 
 def is_schema(constraint: Constraint) -> bool:
     return isinstance(constraint, JsonSchema)

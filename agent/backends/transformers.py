@@ -362,6 +362,18 @@ class TransformersBackend(BackendBase):
         if self.engine is not None:
             self.engine.cancel()
 
+    def idle(self, budget_s: float) -> None:
+        """Between steps: the decode graphs the engine left for later (agent/backends/engine.py
+        capture_pending), nearest to the current context first. A failed capture is not fatal: a call
+        that needs a graph captures it itself, so the rest are left to the calls."""
+        if self.engine is None:
+            return
+        try:
+            self.engine.capture_pending(budget_s)
+        except RuntimeError as e:
+            import logging
+            logging.getLogger(__name__).warning("decode graph capture between steps stopped: %s", _one_line(e))
+
     def generate(self, messages: list[Message], constraint=None) -> str:
         """The reply under `constraint`. An action reply of another family is asked for in that
         family's prompt and format and returned as a native tool call (self.last_reply keeps what
