@@ -144,26 +144,32 @@ class TransformersBackend(BackendBase):
         self.name = f"transformers:{model}"
         self.options = options or EngineOptions.from_env()  # until every caller passes the CLI's
         self.max_new_tokens = max_new_tokens
+        import time
+        self.load_timings: dict[str, float] = {}  # seconds per phase of the load (the cold start's parts)
         try:
             import torch  # noqa: F401
 
             from agent.backends.hf_import import model_class
+            from agent.backends.prefetch import Prefetch
+            self.device = _pick_device(device)
+            folder = resolve_model(model)
+            prefetch = Prefetch(folder, self.device)  # the CUDA context and the weights' readahead, beside the import
+            t0 = time.perf_counter()
             model_class()  # the modeling code, without the packages vlagent never runs (hf_import.py)
+            self.load_timings["import_s"] = time.perf_counter() - t0
         except ImportError as e:
             raise VlagentError(f"the transformers backend needs torch and transformers: {_one_line(e)}") from None
-        self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
-        folder = resolve_model(model)
         self.reply_format = family(format) if format else detect(model, folder)
         self.format = self.reply_format.name
         self._constrainer = None
-        import time
         t0 = time.perf_counter()
-        self.load_timings: dict[str, float] = {}  # seconds per phase of the load (the cold start's parts)
         try:
             self.processor = load_processor(folder)
             self.tokenizer = self.processor.tokenizer
             self.load_timings["processor_s"] = time.perf_counter() - t0
+            self.load_timings["prefetch_wait_s"] = prefetch.wait()
+            self.load_timings.update(prefetch.timings)
             if constrained:  # the grammar's tables over the vocabulary (~1-2 s) build while the weights load
                 from concurrent.futures import ThreadPoolExecutor
                 from transformers import AutoConfig
