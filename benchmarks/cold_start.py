@@ -8,7 +8,8 @@ process's age at the load's start and at the first action (cold_start_s), the lo
 grammar_wait_s, engine_s) and the first step. Beside them, on the same machine:
 - the modeling code's import in fresh processes, plain and with sklearn hidden (agent/backends/hf_import.py);
 - (--model on CUDA) what capturing every decode graph up to WARM_TOKENS at load used to add
-  (timed after a load as Engine.warmup over the buckets the load now leaves for later).
+  (timed after a load as Engine.warmup over the buckets the load now leaves for later), and a check
+  that graphs captured between calls (capture_pending) give the eager step's tokens.
 OUT.json gets every run, and medians.
 """
 from __future__ import annotations
@@ -52,6 +53,24 @@ t = time.perf_counter()
 eng.warmup(spans)
 eng.torch.cuda.synchronize()
 print(json.dumps({"graphs": len(eng._graphs), "all_graphs_at_load_s": time.perf_counter() - t, "engine_s": b.load_timings.get("engine_s")}))
+"""
+
+# Decode graphs captured between calls (capture_pending) give the eager step's tokens (same engine).
+GRAPH_CHECK = """
+import json, sys, torch
+from agent.backends import load_backend
+eng = load_backend(sys.argv[1]).engine
+g = torch.Generator().manual_seed(0)
+ids1 = torch.randint(0, 150000, (3000,), generator=g).tolist()
+ids2 = ids1 + torch.randint(0, 150000, (2500,), generator=g).tolist()
+a1 = eng.generate(ids1, [], 24).tokens
+captured = eng.capture_pending(30.0)
+a2 = eng.generate(ids2, [], 24).tokens
+eng.use_graphs = False
+eng.reset()
+e1 = eng.generate(ids1, [], 24).tokens
+e2 = eng.generate(ids2, [], 24).tokens
+print(json.dumps({"captured_between_calls": captured, "same_as_eager": a1 == e1 and a2 == e2}))
 """
 
 
@@ -114,6 +133,9 @@ def main(out_path, model, tiny, runs, steps):
         proc = subprocess.run([sys.executable, "-c", GRAPHS, model], env=_env(), capture_output=True, text=True, timeout=300)
         result["graphs"] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-2000:]
         print("graphs:", result["graphs"])
+        proc = subprocess.run([sys.executable, "-c", GRAPH_CHECK, model], env=_env(), capture_output=True, text=True, timeout=300)
+        result["graph_check"] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-2000:]
+        print("graph check:", result["graph_check"])
     Path(out_path).write_text(json.dumps(result, indent=1))
     print("median:", json.dumps(result["median"]))
 

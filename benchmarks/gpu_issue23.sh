@@ -41,6 +41,6 @@ for what in "$@"; do case $what in
   fp8ckpt) ckpt; timeout 200 python3 benchmarks/gpu_fp8_check.py $M $OUT/fp8_layers.json ${LAYOUTS:-block,channel} 2>&1 | tail -20 ;;
   kvcheck) ckpt; timeout 150 python3 benchmarks/gpu_kv_shift.py $M $OUT/kv_shift_2b.json 2>&1 | tail -12 ;;
   kvquick) timeout 150 python3 benchmarks/gpu_kv_shift.py random $OUT/kv_shift_2b.json 2>&1 | tail -40 ;;
-  cold) ckpt; timeout 400 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
+  cold) ckpt; timeout 500 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
   serve) ckpt; timeout 400 python3 benchmarks/bench_serve.py $OUT/serve.json --checkpoint $M --agents 1,8 --steps 6 --think-from benchmarks/results/desktop_time.json 2>&1 | tail -12 ;;
 esac; done
