@@ -14,6 +14,8 @@
 #              apps), the lookahead off / on (agent/run/lookahead.py); la110: the shortest desktop time seen
 #   labase     la with transformers' baselines and decode at 10K
 #   mem        benchmarks/gpu_memory.py: memory by part at 32K context with FP8 weights, per prefill chunk
+#   cold       benchmarks/cold_start.py: process start -> load phases -> first action, 3 fresh processes;
+#              the modeling import plain and without sklearn; what all decode graphs at load used to add
 set -o pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 W=.whl; [ -d $W ] || W=../.whl
@@ -48,5 +50,6 @@ for what in "$@"; do case $what in
   la110) ckpt; b lookahead_110 --model $M --steps 12 --no-baselines --desktop-ms 110 ;;
   labase) ckpt; BT=400 b lookahead_base --model $M --steps 12 --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 ;;
   mem) ckpt; timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8.json block 2>&1 | tail -30 ;;
+  cold) ckpt; timeout 500 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
   serve) ckpt; timeout 400 python3 benchmarks/bench_serve.py $OUT/serve.json --checkpoint $M --agents 1,8 --steps 6 --think-from benchmarks/results/desktop_time.json 2>&1 | tail -12 ;;
 esac; done

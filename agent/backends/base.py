@@ -73,6 +73,11 @@ class BackendBase:
         cost only time."""
         return None
 
+    def idle(self, budget_s: float) -> int:
+        """The caller has about budget_s with nothing else on the model's device (between steps):
+        time for deferred warm-up work; how many pieces of it were done. Nothing to do by default."""
+        return 0
+
 
 def is_schema(constraint: Constraint) -> bool:
     return isinstance(constraint, JsonSchema)

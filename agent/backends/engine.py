@@ -49,8 +49,7 @@ from agent.backends.image_cache import PerImage
 from agent.errors import VlagentError
 
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
-WARM_TOKENS = 16384  # decode graphs captured at load up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
-EARLY_TOKENS = 4096  # decode graphs captured before the load returns; longer spans in the background
+WARM_TOKENS = 16384  # decode graphs captured ahead (warm_up, capture_pending) up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
 FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
 FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
 SHIFT_MIN = 64  # tokens: a shorter block of kept KV is recomputed rather than moved
@@ -209,6 +208,7 @@ class Engine:
                                         pin_memory=self.device.type == "cuda")
         self._bits = torch.arange(32, dtype=torch.int32, device=self.device)
         self._graphs: dict[int, Any] = {}
+        self._pending: list[tuple[int, int]] = []  # (span, width) graphs to capture between steps (warm_up)
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
         self._pre_n, self._post_n = pre_attention, post_attention
@@ -509,13 +509,13 @@ class Engine:
                         self._capture(s, n)
             self._pos.zero_()
 
-    def warm_up(self, tokens: int = 0, background: bool = False):
+    def warm_up(self, tokens: int = 0):
         """At load: run the vision tower, a prefill and a few decode steps on a small dummy prompt
-        (library handles, kernel choices, compiled pieces), then capture the decode graphs of every
-        bucket up to `tokens` (default WARM_TOKENS), so that no step of a run pays for them.
-        background=True captures the spans beyond EARLY_TOKENS in a thread; off by default: on the H100
-        a capture there was invalidated by the run's own GPU work outside the engine's lock (the image
-        preprocessing), and the next capture then failed ("already recording to mempool")."""
+        (library handles, kernel choices, compiled pieces) and capture both decode widths once. The
+        decode graphs of the other buckets up to `tokens` (default WARM_TOKENS) are left for
+        capture_pending, between steps; a call that needs one first captures it itself (~30-40 ms).
+        Capturing them all here cost ~1 s of every cold start on the H100; a background thread
+        instead was invalidated by the run's own GPU work outside the engine's lock."""
         torch = self.torch
         cfg = self.model.config
         vc = cfg.vision_config
@@ -530,29 +530,39 @@ class Engine:
         self.generate(ids, [im], max_new_tokens=4, min_new_tokens=4)
         self.vision.pop("warm-up")
         self.reset()
+        self.warmup([KV_BUCKET])  # the first graph of each width pays the lazy inits (WARMUP_REPLAYS)
         tokens = tokens or WARM_TOKENS
-        spans = list(range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET))
-        early = [s for s in spans if s <= EARLY_TOKENS]
-        self.warmup(early)
-        rest = [s for s in spans if s > EARLY_TOKENS]
-        if rest and background:  # the longer spans in the background, one at a time under the call lock
-            self._warm_thread = threading.Thread(target=self._warm_rest, args=(rest,), daemon=True,
-                                                 name="vlagent-graph-capture")
-            self._warm_thread.start()
-        elif rest:
-            self.warmup(rest)
+        self._pending = [(s, n) for s in range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET)
+                         for n in (1, FEED_WIDTH) if self.use_graphs and (s, n) not in self._graphs]
 
-    def _warm_rest(self, spans: list[int]):
-        """Capture the decode graphs of longer spans after the load (cold start): each span takes the
-        engine's lock, so a call waits for at most one capture (~40 ms a width); a span a call needs
-        first is captured by that call and skipped here."""
-        import logging
-        for s in spans:
-            try:
-                self.warmup([s])
-            except Exception as e:  # a failed capture here is not fatal: the call that needs it captures it
-                logging.getLogger(__name__).warning("background graph capture stopped: %s", e)
-                return
+    def capture_pending(self, budget_s: float) -> int:
+        """Capture decode graphs warm_up left for later, for about `budget_s` (one graph may overrun
+        it), the spans from the last call's on first (contexts grow); how many were captured. Meant
+        for the pause between steps (the desktop settling): call it only while nothing else in the
+        process uses the GPU (a capture fails if another thread's GPU work touches it). Takes the
+        engine's lock without waiting: when a call holds it, there is no pause to fill."""
+        if not self._pending or not self._lock.acquire(blocking=False):
+            return 0
+        done = 0
+        try:
+            end = time.perf_counter() + budget_s
+            now = self._span(len(self.state.ids))
+            self._pending.sort(key=lambda sn: (sn[0] < now, sn[0], sn[1]))
+            saved = self._pos.clone()
+            with self.torch.inference_mode():
+                while self._pending and time.perf_counter() < end:
+                    s, n = self._pending.pop(0)
+                    if (s, n) not in self._graphs and s - n >= 0:
+                        self._pos.fill_(s - n)
+                        self._capture(s, n)  # restores the KV slots it ran over
+                        done += 1
+            self._pos.copy_(saved)
+        except Exception:
+            self._pending.clear()  # no more tries: the calls capture what they need
+            raise
+        finally:
+            self._lock.release()
+        return done
 
     # ---- one call
 

@@ -9,7 +9,7 @@ which passes it to the engine; nothing below the CLI reads these variables itsel
 | VLAGENT_COMPILE | compile | off (1: torch.compile the prefill and vision pieces) |
 | VLAGENT_COMPILE_VISION | compile_vision | on when compiling (0: leave the vision tower eager) |
 | VLAGENT_SDPA | sdpa | "cudnn" ("flash": prefer the flash kernel) |
-| VLAGENT_WARM_TOKENS | warm_tokens | 16384 (decode graphs captured at load up to this context) |
+| VLAGENT_WARM_TOKENS | warm_tokens | 16384 (decode graphs captured ahead, at load and between steps, up to this context) |
 | VLAGENT_CONTEXT | context | None (the engine's default static KV cache) |
 | VLAGENT_SERVE_GRAPHS | serve_graphs | on (0: eager decode steps in `vlagent serve`) |
 | VLAGENT_KV_SHIFT | kv_shift | off (1: after an eviction, move the kept KV instead of prefilling it again) |

@@ -144,24 +144,32 @@ class TransformersBackend(BackendBase):
         self.name = f"transformers:{model}"
         self.options = options or EngineOptions.from_env()  # until every caller passes the CLI's
         self.max_new_tokens = max_new_tokens
+        import time
+        self.load_timings: dict[str, float] = {}  # seconds per phase of the load (the cold start's parts)
         try:
             import torch  # noqa: F401
-            from transformers import Qwen3VLForConditionalGeneration
+
+            from agent.backends.hf_import import model_class
+            from agent.backends.prefetch import Prefetch
+            self.device = _pick_device(device)
+            folder = resolve_model(model)
+            prefetch = Prefetch(folder, self.device)  # the CUDA context and the weights' readahead, beside the import
+            t0 = time.perf_counter()
+            model_class()  # the modeling code, without the packages vlagent never runs (hf_import.py)
+            self.load_timings["import_s"] = time.perf_counter() - t0
         except ImportError as e:
             raise VlagentError(f"the transformers backend needs torch and transformers: {_one_line(e)}") from None
-        self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
-        folder = resolve_model(model)
         self.reply_format = family(format) if format else detect(model, folder)
         self.format = self.reply_format.name
         self._constrainer = None
-        import time
         t0 = time.perf_counter()
-        self.load_timings: dict[str, float] = {}  # seconds per phase of the load (the cold start's parts)
         try:
             self.processor = load_processor(folder)
             self.tokenizer = self.processor.tokenizer
             self.load_timings["processor_s"] = time.perf_counter() - t0
+            self.load_timings["prefetch_wait_s"] = prefetch.wait()
+            self.load_timings.update(prefetch.timings)
             if constrained:  # the grammar's tables over the vocabulary (~1-2 s) build while the weights load
                 from concurrent.futures import ThreadPoolExecutor
                 from transformers import AutoConfig
@@ -204,12 +212,11 @@ class TransformersBackend(BackendBase):
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _load(self, folder: str):
-        from transformers import Qwen3VLForConditionalGeneration
-
         from agent.backends import fp8
+        from agent.backends.hf_import import model_class
         if fp8.checkpoint_layout(folder):  # an FP8 checkpoint (Qwen's fine-grained or compressed-tensors)
             return fp8.load_fp8(folder, self.dtype, self.device, _attention(self.device))
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
+        model = model_class().from_pretrained(
             folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
         layout = getattr(self.options, "fp8", None)  # block|channel: 8-bit weights from a bf16 checkpoint
         if layout:
@@ -366,6 +373,20 @@ class TransformersBackend(BackendBase):
         next call need not wait for it. The plain generate path cannot be stopped: the next call waits."""
         if self.engine is not None:
             self.engine.cancel()
+
+    def idle(self, budget_s: float) -> int:
+        """Between steps: the decode graphs the engine left for later (agent/backends/engine.py
+        capture_pending), nearest to the current context first; how many were captured. A failed
+        capture is not fatal: a call that needs a graph captures it itself, so the rest are left to
+        the calls."""
+        if self.engine is None:
+            return 0
+        try:
+            return self.engine.capture_pending(budget_s)
+        except RuntimeError as e:
+            import logging
+            logging.getLogger(__name__).warning("decode graph capture between steps stopped: %s", _one_line(e))
+            return 0
 
     def generate(self, messages: list[Message], constraint=None) -> str:
         """The reply under `constraint`. An action reply of another family is asked for in that

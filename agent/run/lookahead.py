@@ -11,6 +11,9 @@ only prefills its tokens and decodes.
 A guess that turns out wrong costs time on an idle GPU, never a different reply: the engine compares
 tokens and image keys as always and recomputes from the first difference. A failure here is logged
 and dropped; the step that follows works as if nothing had been prepared.
+
+The rest of the pause goes to the backend's deferred warm-up (`idle`: the decode graphs the load left
+for later), in short slices so that a new frame waits little. That part runs with prepare=False too.
 """
 from __future__ import annotations
 
@@ -24,17 +27,19 @@ from agent.backends.base import Message
 
 log = logging.getLogger(__name__)
 JOIN_S = 10.0  # at the run's end, how long to wait for a prepare still running (it is bounded work)
+IDLE_SLICE_S = 0.03  # deferred warm-up in slices this long (one decode graph capture is ~30-40 ms on an H100)
 
 
 class Lookahead:
     """One worker thread per run; the newest job replaces one not yet started."""
 
-    def __init__(self, backend, constraint=None):
-        self._prepare = getattr(backend, "prepare", None)
+    def __init__(self, backend, constraint=None, prepare: bool = True):
+        self._prepare = getattr(backend, "prepare", None) if prepare else None
+        self._idle = getattr(backend, "idle", None)
         self._constraint = constraint
         self._build: Callable[[Image.Image], list[Message]] | None = None
         self._frames = True
-        self._job: tuple[list[Message], bool] | None = None
+        self._job: tuple[list[Message] | None, bool] | None = None
         self._cv = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -44,14 +49,14 @@ class Lookahead:
         """The action is chosen: `build(screenshot)` renders the next step's prompt. The history part
         is prepared now (with this step's frame standing in for the next one). frames=False: the next
         prompt's screenshot will not be a grabbed frame as it is (marks are drawn on it)."""
-        if self._prepare is None:
+        if self._prepare is None and self._idle is None:
             return
         self._build, self._frames = build, frames
-        self._submit(build(frame), False)
+        self._submit(build(frame) if self._prepare is not None else None, False)
 
     def seen(self, frame: Image.Image) -> None:
         """A new frame grabbed while the screen settles (the desktop's wait_stable calls this)."""
-        if self._build is not None and self._frames:
+        if self._prepare is not None and self._build is not None and self._frames:
             self._submit(self._build(frame), True)
 
     def end(self) -> None:
@@ -65,7 +70,7 @@ class Lookahead:
         if self._thread is not None:
             self._thread.join(JOIN_S)
 
-    def _submit(self, messages: list[Message], image: bool) -> None:
+    def _submit(self, messages: list[Message] | None, image: bool) -> None:
         with self._cv:
             if self._closed:
                 return
@@ -84,7 +89,12 @@ class Lookahead:
                     return
                 (messages, image), self._job = self._job, None
             try:
-                self._prepare(messages, self._constraint, image)
-                self.prepared += 1
+                if messages is not None:
+                    self._prepare(messages, self._constraint, image)
+                    self.prepared += 1
+                # Until the screen settles or a new frame comes: the deferred warm-up, a slice at a time.
+                while self._idle is not None and self._job is None and self._build is not None:
+                    if not self._idle(IDLE_SLICE_S):
+                        break
             except Exception as e:  # a guess that failed costs nothing more: the next step does the work
                 log.warning("lookahead: %s: %s", type(e).__name__, e)

@@ -73,18 +73,17 @@ def run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trac
         policy.marks = True  # the grammar and the policy take a mark (the rest of the run's policy as it is)
     else:
         marker = None
-    ahead = Lookahead(backend, policy) if cfg.lookahead else None
+    ahead = Lookahead(backend, policy, prepare=cfg.lookahead)  # also the backend's deferred warm-up
     try:
         return _run_loop(goal, backend, desktop, policy, trace, cfg, on_step, targets, run or _Unwatched(), marker, ahead)
     finally:
-        if ahead is not None:
-            ahead.close()
+        ahead.close()
         if targets is not None:
             targets.close()
 
 
 def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, trace: Trace,
-              cfg: LoopConfig, on_step, targets, run, marker=None, ahead: Lookahead | None = None) -> LoopEnd:
+              cfg: LoopConfig, on_step, targets, run, marker, ahead: Lookahead) -> LoopEnd:
     deadline = time.monotonic() + cfg.timeout_s
     # Backends with a KV budget say whether a prompt fits; the history shrinks until it does.
     fits = lambda messages: backend.fits(messages, policy)  # noqa: E731 (the history shrinks until it fits)
@@ -184,16 +183,15 @@ def _run_loop(goal: str, backend: Backend, desktop: Desktop, policy: Policy, tra
             aimed = marked_pixels(step.mark, frame.size, desktop.size()) if step.mark else pointer_pixels(action, frame.size)
             target = targets.before(frame, aimed) if targets else None  # (a mark: where its element is on this frame)
             last = action.action in ("terminate", "answer")
-            if ahead is not None and not last:  # the next prompt but its screenshot is known now
+            if not last:  # the next prompt but its screenshot is known now
                 ahead.begin(lambda shot, past=done + [step]: build_messages(
                     goal, past, shot, policy, load_image, cfg.history, fits), frame, frames=marker is None)
             outcome = execute(action, desktop, frame.size, deadline)  # typing and waits stop at the deadline
             step.pixel, step.start_pixel, step.screen = outcome.pixel, outcome.start_pixel, desktop.size()
             run.publish(ev.ActionExecuted, step=n, action=to_json(action), pixel=outcome.pixel)
             t3 = time.perf_counter()
-            settle = 0.0 if last else desktop.wait_stable(cfg.settle_max_s, seen=ahead.seen if ahead else None)
-            if ahead is not None:
-                ahead.end()
+            settle = 0.0 if last else desktop.wait_stable(cfg.settle_max_s, seen=ahead.seen)
+            ahead.end()
             step.timings.update(exec_ms=(t3 - t2) * 1e3, settle_ms=settle * 1e3)
             if target is not None and not target.done() and action.action not in ("terminate", "answer"):
                 step.timings["step_ms"] = (time.perf_counter() - t0) * 1e3

@@ -424,3 +424,58 @@ def test_image_key_tells_contents_apart(mode):
         changed.putpixel(xy, tuple(255 - c for c in v) if isinstance(v, tuple) else (1 - v if mode == "1" else 255 - v))
         assert image_key(changed) != image_key(im), xy
     assert image_key(im.resize((1080, 1920))) != image_key(im)
+
+
+class EagerGraph:
+    """A stand-in decode graph for the CPU (which has no CUDA graphs): replaying runs the step."""
+
+    def __init__(self, eng: Engine, span: int, n: int):
+        self.eng, self.span, self.n = eng, span, n
+
+    def replay(self):
+        self.eng._decode_step(self.span, self.n)
+
+
+class RecordingEngine(Engine):
+    """The engine with its graph bookkeeping on (graphs=True) and captures recorded, not made."""
+
+    captured: list
+
+    def _capture(self, span: int, n: int = 1):
+        self.captured = getattr(self, "captured", [])
+        self.captured.append((span, n))
+        self._graphs[(span, n)] = g = EagerGraph(self, span, n)
+        return g
+
+
+def test_decode_graphs_left_for_later_are_captured_between_steps():
+    """warm_up captures the smallest bucket (both widths) and leaves the rest pending; a call
+    captures the one it needs; capture_pending takes the rest from the current context up, and the
+    replies stay those of an engine without graphs."""
+    import threading
+
+    from agent.backends.engine import FEED_WIDTH, KV_BUCKET
+
+    model = small_model()
+    eng = RecordingEngine(model, max_context=4 * KV_BUCKET, graphs=True)
+    eng.warm_up()
+    assert eng.captured == [(KV_BUCKET, 1), (KV_BUCKET, FEED_WIDTH)]
+    plain = Engine(model, max_context=4 * KV_BUCKET)
+    a = image(7)
+    ids = text(0, KV_BUCKET + 100) + with_image(a) + text(1, 4)  # decodes in the second bucket
+    assert eng.generate(ids, [a], max_new_tokens=6).tokens == plain.generate(ids, [a], max_new_tokens=6).tokens
+    assert eng.captured[2:] == [(2 * KV_BUCKET, 1)]  # the call's own, on demand
+    held = threading.Event()
+    with eng._lock:  # a call in progress: no pause to fill
+        t = threading.Thread(target=lambda: held.set() if eng.capture_pending(10.0) == 0 else None)
+        t.start()
+        t.join()
+    assert held.is_set()
+    assert eng.capture_pending(0.0) == 0
+    assert eng.capture_pending(10.0) == 5
+    assert eng.captured[3:] == [(2 * KV_BUCKET, FEED_WIDTH), (3 * KV_BUCKET, 1), (3 * KV_BUCKET, FEED_WIDTH),
+                                (4 * KV_BUCKET, 1), (4 * KV_BUCKET, FEED_WIDTH)]
+    assert eng.capture_pending(10.0) == 0
+    b = image(8)
+    more = ids + text(2, 900) + with_image(b) + text(3, 4)  # the prefix reused across the captures
+    assert eng.generate(more, [a, b], max_new_tokens=6).tokens == plain.generate(more, [a, b], max_new_tokens=6).tokens
