@@ -49,6 +49,7 @@ from agent.backends.image_cache import PerImage
 from agent.errors import VlagentError
 
 WARMUP_REPLAYS = 2  # eager runs before capturing a graph (cuBLAS handles, lazy inits)
+LOAD_TOKENS = 10240  # decode graphs captured at load up to this context (~0.65 s on the H100)
 WARM_TOKENS = 16384  # decode graphs captured ahead (warm_up, capture_pending) up to this context (a 4-shot 1440p history fits; VLAGENT_WARM_TOKENS)
 FEED_WIDTH = 8  # a run of up to this many forced tokens is fed in one (graph) step
 FORCED_BATCH_MIN = FEED_WIDTH + 1  # longer runs go in one eager pass (it costs ~5 replays)
@@ -208,6 +209,7 @@ class Engine:
                                         pin_memory=self.device.type == "cuda")
         self._bits = torch.arange(32, dtype=torch.int32, device=self.device)
         self._graphs: dict[int, Any] = {}
+        self._warmed: set[tuple[int, int]] = set()  # (thread, width) pairs whose lazy inits ran
         self._pending: list[tuple[int, int]] = []  # (span, width) graphs to capture between steps (warm_up)
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
@@ -463,6 +465,9 @@ class Engine:
         g = self._graphs.get((span, n))
         if g is None:
             g = self._capture(span, n)
+        if g is None:
+            self._decode_step(span, n)
+            return
         g.replay()
 
     def _capture(self, span: int, n: int = 1):
@@ -474,8 +479,12 @@ class Engine:
         kv = (self.k_cache[:, :, slot:slot + n].clone(), self.v_cache[:, :, slot:slot + n].clone())
         stream = self._warm_stream = getattr(self, "_warm_stream", None) or torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # lazy initialisation happens once per width, not per span
-            for _ in range(WARMUP_REPLAYS if not any(w == n for _, w in self._graphs) else 0):
+        # Lazy initialisation happens once per width and per thread (cuBLAS keeps a handle per thread:
+        # one made inside a capture breaks it), not per span.
+        first = (threading.get_ident(), n) not in self._warmed
+        self._warmed.add((threading.get_ident(), n))
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_REPLAYS if first else 0):
                 self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
                 self._decode_step(span, n)
         torch.cuda.current_stream().wait_stream(stream)
@@ -485,8 +494,17 @@ class Engine:
             self._pool = torch.cuda.graph_pool_handle()
             # One capture stream for all graphs: cuBLAS keeps a workspace per stream (~32 MiB each).
             self._capture_stream = torch.cuda.Stream()
-        with torch.cuda.graph(g, pool=self._pool, stream=self._capture_stream):
-            self._decode_step(span, n)
+        try:
+            with torch.cuda.graph(g, pool=self._pool, stream=self._capture_stream):
+                self._decode_step(span, n)
+        except RuntimeError as e:  # a broken capture leaves the graph pool unusable: decode eagerly from now on
+            import logging
+            logging.getLogger(__name__).warning("engine: decode graph capture failed, decoding without graphs: %s", e)
+            self.use_graphs, self._pending = False, []
+            self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
+            self.k_cache[:, :, slot:slot + n] = kv[0]
+            self.v_cache[:, :, slot:slot + n] = kv[1]
+            return None
         self._tok.copy_(saved[0]); self._pos.copy_(saved[1])
         self.k_cache[:, :, slot:slot + n] = kv[0]
         self.v_cache[:, :, slot:slot + n] = kv[1]
@@ -504,18 +522,17 @@ class Engine:
         with self._lock, self.torch.inference_mode():
             for s in spans:
                 for n in (1, FEED_WIDTH):
-                    if (s, n) not in self._graphs and s - n >= 0:
+                    if self.use_graphs and (s, n) not in self._graphs and s - n >= 0:
                         self._pos.fill_(s - n)
                         self._capture(s, n)
             self._pos.zero_()
 
-    def warm_up(self, tokens: int = 0):
+    def warm_up(self, tokens: int = 0, load_tokens: int = LOAD_TOKENS):
         """At load: run the vision tower, a prefill and a few decode steps on a small dummy prompt
-        (library handles, kernel choices, compiled pieces) and capture both decode widths once. The
-        decode graphs of the other buckets up to `tokens` (default WARM_TOKENS) are left for
-        capture_pending, between steps; a call that needs one first captures it itself (~30-40 ms).
-        Capturing them all here cost ~1 s of every cold start on the H100; a background thread
-        instead was invalidated by the run's own GPU work outside the engine's lock."""
+        (library handles, kernel choices, compiled pieces) and capture the decode graphs of the buckets
+        up to `load_tokens`. Those of the other buckets up to `tokens` (default WARM_TOKENS) are left
+        for capture_pending, between steps; a call that needs one first captures it itself (~30-40 ms).
+        Capturing all 16K here cost ~1 s of every cold start on the H100."""
         torch = self.torch
         cfg = self.model.config
         vc = cfg.vision_config
@@ -530,17 +547,20 @@ class Engine:
         self.generate(ids, [im], max_new_tokens=4, min_new_tokens=4)
         self.vision.pop("warm-up")
         self.reset()
-        self.warmup([KV_BUCKET])  # the first graph of each width pays the lazy inits (WARMUP_REPLAYS)
+        # The spans an agent's first steps reach (a 4-shot 1080p history is ~9.4K tokens) now: captured
+        # in a step instead, each cost that step ~35 ms, the p95 of a 12-step episode on the H100.
+        self.warmup(list(range(KV_BUCKET, min(self.max_context, load_tokens) + 1, KV_BUCKET)))
         tokens = tokens or WARM_TOKENS
         self._pending = [(s, n) for s in range(KV_BUCKET, min(self.max_context, tokens) + 1, KV_BUCKET)
                          for n in (1, FEED_WIDTH) if self.use_graphs and (s, n) not in self._graphs]
 
-    def capture_pending(self, budget_s: float) -> int:
+    def capture_pending(self, budget_s: float, horizon: int | None = None) -> int:
         """Capture decode graphs warm_up left for later, for about `budget_s` (one graph may overrun
         it), the spans from the last call's on first (contexts grow); how many were captured. Meant
         for the pause between steps (the desktop settling): call it only while nothing else in the
         process uses the GPU (a capture fails if another thread's GPU work touches it). Takes the
-        engine's lock without waiting: when a call holds it, there is no pause to fill."""
+        engine's lock without waiting: when a call holds it, there is no pause to fill. horizon: only
+        spans up to that many tokens past the current context (a step grows it by ~2K)."""
         if not self._pending or not self._lock.acquire(blocking=False):
             return 0
         done = 0
@@ -551,11 +571,12 @@ class Engine:
             saved = self._pos.clone()
             with self.torch.inference_mode():
                 while self._pending and time.perf_counter() < end:
+                    if horizon is not None and not now <= self._pending[0][0] <= now + horizon:
+                        break  # none the next calls are likely to need
                     s, n = self._pending.pop(0)
                     if (s, n) not in self._graphs and s - n >= 0:
                         self._pos.fill_(s - n)
-                        self._capture(s, n)  # restores the KV slots it ran over
-                        done += 1
+                        done += self._capture(s, n) is not None  # restores the KV slots it ran over
             self._pos.copy_(saved)
         except Exception:
             self._pending.clear()  # no more tries: the calls capture what they need

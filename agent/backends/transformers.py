@@ -20,6 +20,7 @@ from agent.errors import BackendError, VlagentError
 UNCONSTRAINED_MAX_NEW_TOKENS = 512
 HUB_TIMEOUT_S = 10
 PIECE_CACHE = 64  # template pieces remembered (system prompt, turns between screenshots)
+IDLE_HORIZON = 2048  # tokens: between steps, decode graphs of the spans the next step may reach only
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]  # no README images
 
 
@@ -382,7 +383,7 @@ class TransformersBackend(BackendBase):
         if self.engine is None:
             return 0
         try:
-            return self.engine.capture_pending(budget_s)
+            return self.engine.capture_pending(budget_s, horizon=IDLE_HORIZON)
         except RuntimeError as e:
             import logging
             logging.getLogger(__name__).warning("decode graph capture between steps stopped: %s", _one_line(e))

@@ -12,8 +12,9 @@ A guess that turns out wrong costs time on an idle GPU, never a different reply:
 tokens and image keys as always and recomputes from the first difference. A failure here is logged
 and dropped; the step that follows works as if nothing had been prepared.
 
-The rest of the pause goes to the backend's deferred warm-up (`idle`: the decode graphs the load left
-for later), in short slices so that a new frame waits little. That part runs with prepare=False too.
+The time before the first frame goes to the backend's deferred warm-up (`idle`: the decode graphs the
+load left for later), in short slices so that a new frame waits little. That part runs with
+prepare=False too.
 """
 from __future__ import annotations
 
@@ -92,8 +93,9 @@ class Lookahead:
                 if messages is not None:
                     self._prepare(messages, self._constraint, image)
                     self.prepared += 1
-                # Until the screen settles or a new frame comes: the deferred warm-up, a slice at a time.
-                while self._idle is not None and self._job is None and self._build is not None:
+                # Until a frame comes (the screen settles a poll after the last one, so not after a
+                # frame's encoding): the deferred warm-up, a slice at a time.
+                while not image and self._idle is not None and self._job is None and self._build is not None:
                     if not self._idle(IDLE_SLICE_S):
                         break
             except Exception as e:  # a guess that failed costs nothing more: the next step does the work

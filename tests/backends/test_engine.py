@@ -449,7 +449,7 @@ class RecordingEngine(Engine):
 
 
 def test_decode_graphs_left_for_later_are_captured_between_steps():
-    """warm_up captures the smallest bucket (both widths) and leaves the rest pending; a call
+    """warm_up captures the buckets up to load_tokens (both widths) and leaves the rest pending; a call
     captures the one it needs; capture_pending takes the rest from the current context up, and the
     replies stay those of an engine without graphs."""
     import threading
@@ -458,7 +458,7 @@ def test_decode_graphs_left_for_later_are_captured_between_steps():
 
     model = small_model()
     eng = RecordingEngine(model, max_context=4 * KV_BUCKET, graphs=True)
-    eng.warm_up()
+    eng.warm_up(load_tokens=KV_BUCKET)
     assert eng.captured == [(KV_BUCKET, 1), (KV_BUCKET, FEED_WIDTH)]
     plain = Engine(model, max_context=4 * KV_BUCKET)
     a = image(7)
