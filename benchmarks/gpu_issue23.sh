@@ -13,6 +13,7 @@
 #   nola/la    with the desktop's time between steps (DESKTOP_MS, default 249: the median measured on real
 #              apps), the lookahead off / on (agent/run/lookahead.py); la110: the shortest desktop time seen
 #   labase     la with transformers' baselines and decode at 10K
+#   coldold    the cold start of the code before this round (a copy in .old/, made with git archive 3ab5644), 3 fresh processes
 #   mem        benchmarks/gpu_memory.py: memory by part at 32K context with FP8 weights, per prefill chunk
 #   cold       benchmarks/cold_start.py: process start -> load phases -> first action, 3 fresh processes;
 #              the modeling import plain and without sklearn; what all decode graphs at load used to add
@@ -51,5 +52,7 @@ for what in "$@"; do case $what in
   labase) ckpt; BT=400 b lookahead_base --model $M --steps 12 --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 ;;
   mem) ckpt; timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8.json block 2>&1 | tail -30 ;;
   cold) ckpt; timeout 500 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
+  coldold) ckpt; for i in 1 2 3; do (cd ${OLD:-.old} && timeout 200 python3 -c "$VL" bench --model $M --steps 4 --no-baselines --json $OUT/coldold_$i.json > /tmp/coldold.log 2>&1;
+           python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('old code: first action at %.2f s' % r['cold_start_s'], r['load_timings'], 'process_to_load %.2f' % r['process_to_load_s'])" $OUT/coldold_$i.json || tail -3 /tmp/coldold.log); done ;;
   serve) ckpt; timeout 400 python3 benchmarks/bench_serve.py $OUT/serve.json --checkpoint $M --agents 1,8 --steps 6 --think-from benchmarks/results/desktop_time.json 2>&1 | tail -12 ;;
 esac; done

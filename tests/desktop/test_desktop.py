@@ -164,6 +164,25 @@ def test_the_stable_frame_settling_grabbed_is_the_next_observation(desktop, echo
     desktop.move(300, 300)  # input may change the screen: the next capture grabs anew
     assert desktop._settled is None
 
+def test_settling_shows_each_new_frame_and_the_next_observation_is_the_last_shown(desktop, echo):
+    """What the lookahead relies on (agent/run/lookahead.py): wait_stable hands over each new frame
+    as capture() will return it, and the frame it settles on is the last one handed over."""
+    shown = []
+    desktop.click(*CENTRE)  # the echo app logs the click: the screen changes
+    desktop.wait_stable(max_s=30.0, seen=shown.append)
+    frame = desktop.capture()
+    assert shown and all(im.size == frame.size and im.mode == "RGB" for im in shown)
+    assert frame.tobytes() == shown[-1].tobytes()
+    desktop.masker = lambda im: im  # a desktop that masks frames shows none ahead (the model sees masked ones)
+    try:
+        shown.clear()
+        desktop.click(*CENTRE)
+        desktop.wait_stable(max_s=30.0, seen=shown.append)
+        assert shown == []
+    finally:
+        desktop.masker = None
+
+
 @pytest.mark.parametrize("corner", ["top_left", "top_right", "bottom_left", "bottom_right"])
 def test_person_pushing_the_pointer_into_a_corner_aborts(desktop, echo, corner):
     w, h = desktop.size()

@@ -4,6 +4,7 @@ the next prompt, and preparing changes no reply: on the real engine (tiny checkp
 replies are the same with it and without, and the next step finds its screenshot encoded."""
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -108,3 +109,49 @@ def test_the_engine_gives_the_same_replies_and_finds_the_frame_encoded(tmp_path)
         else:
             assert [t.images_encoded for t in backend.calls] == [1, 1, 1, 1]
     assert raws[True] == raws[False]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("galculator"), reason="galculator not installed (.ci/install)")
+def test_on_a_real_app_the_settled_screenshot_was_encoded_while_it_settled(tmp_path):
+    """galculator (GTK 3) on a real display, the real X11 desktop and the tiny checkpoint's engine: every
+    screenshot after the first is one the settle loop showed the lookahead, and the steps find it
+    encoded (clicks only, wherever the random model puts them)."""
+    from agent.backends.tiny import tiny_checkpoint
+    from agent.backends.transformers import TransformersBackend
+    from agent.desktop.x11 import X11Desktop
+    from sandbox.session import Sandbox
+
+    class Timed(TransformersBackend):  # the real backend; each call's engine figures kept
+        def generate(self, messages, constraint=None):
+            out = super().generate(messages, constraint)
+            self.calls.append(self.engine.last_timings)
+            return out
+
+    class Watched(X11Desktop):  # the real desktop; what settling showed and what was captured kept
+        def wait_stable(self, max_s=2.0, seen=None):
+            shown = []
+            waited = super().wait_stable(max_s, (lambda im: (shown.append(im.tobytes()), seen(im))) if seen else None)
+            self.shown.append(shown)
+            return waited
+
+        def capture(self):
+            frame = super().capture()
+            self.captured.append(frame.tobytes())
+            return frame
+
+    with Sandbox(workdir=tmp_path / "work") as sb:
+        sb.launch(["env", "NO_AT_BRIDGE=0", f"XDG_CONFIG_HOME={sb.workdir}/cfg", "galculator"])
+        sb.wait_for_window("^galculator$", 60)
+        time.sleep(1.5)
+        backend = Timed(tiny_checkpoint(), engine=True)
+        backend.calls = []
+        with Watched(sb.display) as desktop:
+            desktop.shown, desktop.captured = [], []
+            policy = Policy(Allow(actions=["left_click"]))
+            run_loop("Press some keys.", backend, desktop, policy, Trace(tmp_path / "t"),
+                     LoopConfig(timeout_s=200, max_steps=4))
+    assert len(backend.calls) == 4 and len(desktop.shown) >= 3
+    for shown, captured in zip(desktop.shown, desktop.captured[1:]):
+        assert shown and captured == shown[-1]  # the settled frame is the last one shown
+    assert sum(t.images_encoded == 0 for t in backend.calls[1:]) >= 2  # found encoded (timing on a loaded CPU aside)
