@@ -53,12 +53,23 @@ class Lookahead:
         if self._prepare is None and self._idle is None:
             return
         self._build, self._frames = build, frames
-        self._submit(build(frame) if self._prepare is not None else None, False)
+        self._submit(self._render(frame) if self._prepare is not None else None, False)
 
     def seen(self, frame: Image.Image) -> None:
         """A new frame grabbed while the screen settles (the desktop's wait_stable calls this)."""
         if self._prepare is not None and self._build is not None and self._frames:
-            self._submit(self._build(frame), True)
+            messages = self._render(frame)
+            if messages is not None:
+                self._submit(messages, True)
+
+    def _render(self, frame: Image.Image) -> list[Message] | None:
+        """The next prompt with this frame, or None: a prompt that cannot be built (one that does not
+        fit, say) is the next step's error to report, not this one's."""
+        try:
+            return self._build(frame)
+        except Exception as e:
+            log.debug("lookahead: no prompt: %s", e)
+            return None
 
     def end(self) -> None:
         """The screen settled: no more frames for this step."""
@@ -90,7 +101,7 @@ class Lookahead:
                     return
                 (messages, image), self._job = self._job, None
             try:
-                if messages is not None:
+                if messages is not None:  # (None: nothing to prepare, only the warm-up below)
                     self._prepare(messages, self._constraint, image)
                     self.prepared += 1
                 # Until a frame comes (the screen settles a poll after the last one, so not after a

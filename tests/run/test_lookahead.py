@@ -55,6 +55,21 @@ def test_what_is_prepared_is_the_next_prompt(tmp_path):
     assert len(model.prepared) <= 4  # nothing after terminate
 
 
+def test_a_prompt_that_cannot_be_built_ahead_leaves_the_step_alone(tmp_path):
+    """A history that no longer fits is the next step's error to report: this step's action still runs."""
+    from agent.errors import BackendError
+
+    class Shrinking(PreparingModel):
+        def fits(self, messages, constraint=None):
+            return len(self.seen) < 1  # the first prompt fits, nothing after it does
+
+    model = Shrinking(reply(action="left_click", coordinate=[100, 100]), reply(action="terminate", status="success"))
+    desktop = RecordingDesktop()
+    with pytest.raises(BackendError):
+        run_loop("Do the thing.", model, desktop, Policy(), Trace(tmp_path / "t"), LoopConfig(timeout_s=30))
+    assert desktop.named("click") and model.prepared == []
+
+
 def test_off_prepares_nothing(tmp_path):
     model = PreparingModel(reply(action="left_click", coordinate=[100, 100]), reply(action="terminate", status="success"))
     run_loop("Do the thing.", model, RecordingDesktop(), Policy(), Trace(tmp_path / "t"),
