@@ -14,6 +14,8 @@
 #              apps), the lookahead off / on (agent/run/lookahead.py); la110: the shortest desktop time seen
 #   labase     la with transformers' baselines and decode at 10K
 #   coldold    the cold start of the code before this round (a copy in .old/, made with git archive 3ab5644), 3 fresh processes
+#   fp8la      la with FP8 weights (quantised at load), decode at 10K, peak at 32K
+#   gputests   the engine's and the lookahead's tests on the GPU
 #   mem        benchmarks/gpu_memory.py: memory by part at 32K context with FP8 weights, per prefill chunk
 #   cold       benchmarks/cold_start.py: process start -> load phases -> first action, 3 fresh processes;
 #              the modeling import plain and without sklearn; what all decode graphs at load used to add
@@ -50,6 +52,8 @@ for what in "$@"; do case $what in
   la) ckpt; b lookahead --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} ;;
   la110) ckpt; b lookahead_110 --model $M --steps 12 --no-baselines --desktop-ms 110 ;;
   labase) ckpt; BT=400 b lookahead_base --model $M --steps 12 --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 ;;
+  fp8la) ckpt; b fp8_lookahead --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768 ;;
+  gputests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py tests/run/test_lookahead.py -k "not real_app" 2>&1 | tail -4 ;;
   mem) ckpt; timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8.json block 2>&1 | tail -30 ;;
   cold) ckpt; timeout 500 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
   coldold) ckpt; for i in 1 2 3; do (cd ${OLD:-.old} && timeout 200 python3 -c "$VL" bench --model $M --steps 4 --no-baselines --json $OUT/coldold_$i.json > /tmp/coldold.log 2>&1;
