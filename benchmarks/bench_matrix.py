@@ -15,6 +15,9 @@ window_title, file_json) and checks that must fail (a text that is not there). A
 the same under every condition. Each screen_text check is also judged by OCR alone, by the module of
 now (each window read in both polarities) and by the code before (tesseract on the grey screen), with
 their times.
+lookahead: each app's workflow through the real agent loop on the real display, replies scripted (a
+person's clicks, read from the tree or the Tk layout): for every step after the first, whether the
+screenshot it was asked with is the last frame the settle loop showed the lookahead (agent/run/lookahead.py).
 flows: bench_flow_real's flows (Chromium, zenity, galculator, gnome-calculator, yad, the Tk form): cold, then cached re-runs under every
 condition with `--cache read-only`; model calls counted.
 replay: bench_replay_real's recordings (real input and agent runs) replayed under every condition.
@@ -220,6 +223,100 @@ def run_replay(apps: list[str], conds: list[str], out: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------ summary
 
+# ------------------------------------------------------------------------------ lookahead
+
+KEYS = {"Escape": "escape", "Return": "enter", "Tab": "tab"}  # xdotool's names -> the actions'
+
+
+class StepsModel:
+    """A backend whose replies are the app's workflow (clicks where a person would click, read when the
+    step is asked for), with the lookahead's optional prepare(): what the loop prepared for each step
+    and what each step was then asked with, by screenshot content key."""
+
+    def __init__(self, app, display: str, workdir: Path):
+        self.app, self.display, self.workdir = app, display, workdir
+        self.name, self.steps = f"steps:{app.name}", list(app.steps)
+        self.prepared: list[str] = []  # content keys of the frames prepared since the last call
+        self.rows: list[dict] = []
+
+    def fits(self, messages, constraint=None) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        pass
+
+    def prepare(self, messages, constraint=None, image=True) -> None:
+        if image:
+            self.prepared.append(_last_key(messages))
+
+    def generate(self, messages, constraint=None) -> str:
+        key = _last_key(messages)
+        if self.rows or self.prepared:  # every step but the first: was its screenshot prepared?
+            self.rows.append({"shown": len(self.prepared), "last": bool(self.prepared) and self.prepared[-1] == key,
+                              "any": key in self.prepared})
+        else:
+            self.rows.append({"first": True})
+        self.prepared = []
+        if not self.steps:
+            return _call({"action": "terminate", "status": "success"})
+        kind, what = self.steps.pop(0)
+        if kind == "click":
+            x, y = replay_bench.target_point(self.app, what, self.display, self.workdir)
+            size = messages[-1]["content"][0]["image"].size
+            return _call({"action": "left_click", "coordinate": [round(x * 1000 / size[0]), round(y * 1000 / size[1])]})
+        if kind == "type":
+            return _call({"action": "type", "text": what})
+        return _call({"action": "key", "keys": [KEYS.get(what, what.lower())]})
+
+
+def _last_key(messages) -> str:
+    from agent.backends.engine_ops import image_key
+    return image_key(messages[-1]["content"][0]["image"])
+
+
+def _call(action: dict) -> str:
+    return "<tool_call>\n" + json.dumps({"name": "computer_use", "arguments": action}) + "\n</tool_call>"
+
+
+def lookahead_case(app, cond: str, out: Path) -> dict:
+    """The app's workflow through the real loop on a real display: for every step after the first, was
+    the screenshot it was asked with the last frame the settle loop had shown the lookahead?"""
+    from actions.policy import Policy
+    from agent.desktop.x11 import X11Desktop
+    from agent.run.loop import LoopConfig, run_loop
+    from agent.task import Task
+    from agent.trace import Trace
+    from sandbox.session import Sandbox
+
+    task = Task.model_validate(replay_bench.task_for(app, cond))
+    workdir = out / f"lookahead-{app.name}-{cond}"
+    with Sandbox(screen=(task.screen.width, task.screen.height), workdir=workdir, cwd=ROOT,
+                 progress=lambda line: None) as sb:
+        sb.run_setup(task.setup)
+        model = StepsModel(app, sb.display, workdir)
+        with X11Desktop(sb.display) as desktop:
+            end = run_loop(task.goal, model, desktop, Policy(task.allow), Trace(workdir / "trace"),
+                           LoopConfig(max_steps=len(app.steps) + 1, timeout_s=180))
+    rows = [r for r in model.rows if "first" not in r]
+    return {"part": "lookahead", "app": app.name, "condition": cond, "end": end.kind, "steps": len(rows),
+            "last_shown": sum(r["last"] for r in rows), "any_shown": sum(r["any"] for r in rows),
+            "frames_shown": [r["shown"] for r in rows]}
+
+
+def run_lookahead(apps: list[str], conds: list[str], out: Path) -> list[dict]:
+    cases = []
+    for name in apps:
+        app = replay_bench.APPS[name]
+        for cond in [c for c in conds if c in app.conditions]:
+            try:
+                case = lookahead_case(app, cond, out)
+            except Exception as e:  # one broken case is a row, not the end of the matrix
+                case = {"part": "lookahead", "app": name, "condition": cond, "error": f"{type(e).__name__}: {e}"}
+            print(json.dumps(case), flush=True)
+            cases.append(case)
+    return cases
+
+
 def summarise(cases: list[dict]) -> dict:
     out: dict = {"machine": f"{os.cpu_count()} CPU cores (shared)"}
     checks = [c for c in cases if c["part"] == "checks" and c.get("right") is not None]
@@ -246,6 +343,15 @@ def summarise(cases: list[dict]) -> dict:
         out["flows"] = {"reruns": len(flows), "ok": sum(c["outcome"] == "ok" for c in flows),
                         "wrong": sum(c["outcome"] == "wrong" for c in flows),
                         "zero_model_calls": sum(c.get("model_calls") == 0 for c in flows)}
+    ahead = [c for c in cases if c["part"] == "lookahead"]
+    if ahead:
+        done = [c for c in ahead if "error" not in c]
+        out["lookahead"] = {"cases": len(ahead), "errors": len(ahead) - len(done),
+                            "steps": sum(c["steps"] for c in done),
+                            "screenshot_was_the_last_frame_shown": sum(c["last_shown"] for c in done),
+                            "screenshot_was_a_frame_shown": sum(c["any_shown"] for c in done),
+                            "frames_shown_per_step_median": statistics.median(
+                                n for c in done for n in c["frames_shown"]) if done else None}
     replays = [c for c in cases if c["part"] == "replay"]
     if replays:
         out["replay"] = {"cases": len(replays), "ok": sum(c["outcome"] == "ok" for c in replays),
@@ -279,6 +385,8 @@ def main() -> None:
         cases += run_flows(apps, conds, out)
     if "replay" in parts:
         cases += run_replay(recorded, conds, out)
+    if "lookahead" in parts:
+        cases += run_lookahead(recorded, conds, out)
     summary = summarise(cases)
     print(json.dumps(summary, indent=1))
     args.json.write_text(json.dumps({"summary": summary, "cases": cases}, indent=1) + "\n")

@@ -221,19 +221,20 @@ class X11Desktop:
             seen = None
         start = time.monotonic()
         shot = self._grab()
-        previous, kept = bytes(shot.raw), shot  # comparing raw grabs is a memcmp: cheaper than hashing
+        previous = bytes(shot.raw)  # comparing raw grabs is a memcmp: cheaper than hashing
         if seen is not None:
             seen(_image(previous, shot.size))  # the bytes capture() converts the same way
         while time.monotonic() - start < max_s:
             time.sleep(SETTLE_POLL_S)
             shot = self._grab()
             frame = bytes(shot.raw)
-            # still: the same bytes, or nothing the change detector counts (a blinking caret). The next
-            # capture() is the earlier of the two grabs: the frame seen() was shown, caret and all.
+            # still: the same bytes, or nothing the change detector counts (a blinking caret)
             if frame == previous or not differs(_image(previous, shot.size), _image(frame, shot.size)):
-                self._settled = (kept, time.monotonic())
+                self._settled = (shot, time.monotonic())  # the next capture() is this frame
+                if seen is not None and frame != previous:  # (what seen() was shown last is a caret off)
+                    seen(_image(frame, shot.size))
                 break
-            previous, kept = frame, shot
+            previous = frame
             if seen is not None:
                 seen(_image(frame, shot.size))
         return time.monotonic() - start
