@@ -150,7 +150,7 @@ class X11Desktop:
         # input checks them again right before it goes, so the verdict is a millisecond old, not the
         # time between the check and the input (a person reviewing it, evidence being read).
         self._judged: dict = {}
-        with self._on_display():
+        with self._on_display(query=True):
             self._typable = _pyautogui_typable(self._pag, self._x, self._keymap)
             self._typer = KeysymTyper(self._x, display)
         try:
@@ -173,10 +173,12 @@ class X11Desktop:
         self.close()
 
     @contextmanager
-    def _on_display(self):
-        """Point pyautogui at this display, and turn its and Xlib's failures into ours."""
+    def _on_display(self, query: bool = False):
+        """Point pyautogui at this display, and turn its and Xlib's failures into ours. query=True:
+        only reading (the pointer, the windows), which leaves the last stable frame current."""
         pag = self._pag
-        self._settled = None  # input may change the screen: the last stable frame is stale
+        if not query:
+            self._settled = None  # input may change the screen: the last stable frame is stale
         self._x11._display, self._x11.keyboardMapping = self._x, self._keymap
         pag.FAILSAFE_POINTS = self._corners
         pag.FAILSAFE = True  # a person pushing the mouse into a corner must always stop the run
@@ -194,7 +196,7 @@ class X11Desktop:
             return self._mss.grab(self._mss.monitors[0])
         except Exception as e:  # mss's XCB backend just asserts on a dead connection
             detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            with self._on_display():  # a dead display raises its own clear error here
+            with self._on_display(query=True):  # a dead display raises its own clear error here
                 self._x.sync()
             raise VlagentError(f"cannot capture display {self.display}: {detail}") from None
 
@@ -210,7 +212,7 @@ class X11Desktop:
         return screen.width_in_pixels, screen.height_in_pixels
 
     def position(self) -> tuple[int, int]:
-        with self._on_display():
+        with self._on_display(query=True):
             p = self._x.screen().root.query_pointer()
         return p.root_x, p.root_y
 
@@ -256,7 +258,7 @@ class X11Desktop:
         over the bare desktop; None when it cannot be told."""
         from Xlib.error import XError
 
-        with self._on_display():
+        with self._on_display(query=True):
             root = self._x.screen().root
             try:
                 path = _path_at(root, root, x, y)
@@ -271,7 +273,7 @@ class X11Desktop:
         bare desktop; None when it cannot be told."""
         from Xlib.error import XError
 
-        with self._on_display():
+        with self._on_display(query=True):
             try:
                 path = self._focus_path()
                 return self._remember("focus", path, self._judge(path) if path else _nowhere())

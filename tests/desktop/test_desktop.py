@@ -157,6 +157,9 @@ def test_wait_stable_returns_once_the_screen_is_still(desktop, echo):
 def test_the_stable_frame_settling_grabbed_is_the_next_observation(desktop, echo):
     desktop.wait_stable(max_s=30.0)
     stable = desktop._settled[0]
+    desktop.check_abort()  # reading the pointer (the loop does before each capture) is no input
+    desktop.window_at(*CENTRE)
+    assert desktop._settled is not None and desktop._settled[0] is stable
     frame = desktop.capture()  # no second grab: the very frame settling saw
     assert frame.tobytes() == Image.frombytes("RGB", stable.size, bytes(stable.bgra), "raw", "BGRX").tobytes()
     assert desktop._settled is None  # used once
