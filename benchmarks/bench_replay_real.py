@@ -193,9 +193,13 @@ def task_for(app: App, cond: str) -> dict:
 def target_point(app: App, target, display: str, workdir: Path) -> tuple[int, int]:
     """Where a person would click the target now: the accessibility tree (GTK, Chromium) or the Tk
     app's own layout file."""
-    if isinstance(target, str):  # Tk: the app's layout
-        layout = json.loads((workdir / "layout.json").read_text())
+    if isinstance(target, str):  # Tk: the app's layout (a dialog's widgets appear in it once it is drawn)
         key = target
+        for _ in range(30):
+            layout = json.loads((workdir / "layout.json").read_text())
+            if key in layout:
+                break
+            time.sleep(0.1)
         x, y, w, h = layout[key]
         if key.startswith(("radio", "check")) and app.name == "tk-access":
             return x + 10, y + h // 2  # the indicator, not the label
