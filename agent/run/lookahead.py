@@ -24,7 +24,7 @@ from typing import Callable
 
 from PIL import Image
 
-from agent.backends.base import Message
+from agent.backends.base import BackendBase, Message
 
 log = logging.getLogger(__name__)
 JOIN_S = 10.0  # at the run's end, how long to wait for a prepare still running (it is bounded work)
@@ -35,8 +35,8 @@ class Lookahead:
     """One worker thread per run; the newest job replaces one not yet started."""
 
     def __init__(self, backend, constraint=None, prepare: bool = True):
-        self._prepare = getattr(backend, "prepare", None) if prepare else None
-        self._idle = getattr(backend, "idle", None)
+        self._prepare = _own(backend, "prepare") if prepare else None
+        self._idle = _own(backend, "idle")
         self._constraint = constraint
         self._build: Callable[[Image.Image], list[Message]] | None = None
         self._frames = True
@@ -111,3 +111,12 @@ class Lookahead:
                         break
             except Exception as e:  # a guess that failed costs nothing more: the next step does the work
                 log.warning("lookahead: %s: %s", type(e).__name__, e)
+
+
+def _own(backend, name: str):
+    """The backend's method `name`, or None where it has none or only BackendBase's do-nothing one
+    (a remote model): then no prompt is built ahead and no thread started for it."""
+    method = getattr(backend, name, None)
+    if method is None or getattr(type(backend), name, None) is getattr(BackendBase, name):
+        return None
+    return method

@@ -70,6 +70,21 @@ def test_a_prompt_that_cannot_be_built_ahead_leaves_the_step_alone(tmp_path):
     assert desktop.named("click") and model.prepared == []
 
 
+def test_a_backend_with_nothing_to_prepare_gets_no_thread(tmp_path):
+    from agent.backends.base import BackendBase
+    from agent.run.lookahead import Lookahead
+
+    class Remote(BackendBase):  # e.g. a model behind an OpenAI-compatible server
+        def generate(self, messages, constraint=None):
+            return reply(action="terminate", status="success")
+
+    ahead = Lookahead(Remote())
+    built = []
+    ahead.begin(lambda shot: built.append(shot) or [], RecordingDesktop().capture())
+    assert built == [] and ahead._thread is None
+    ahead.close()
+
+
 def test_off_prepares_nothing(tmp_path):
     model = PreparingModel(reply(action="left_click", coordinate=[100, 100]), reply(action="terminate", status="success"))
     run_loop("Do the thing.", model, RecordingDesktop(), Policy(), Trace(tmp_path / "t"),
