@@ -2,10 +2,11 @@
 
     python benchmarks/cold_start.py OUT.json [--model FOLDER | --tiny] [--runs 3] [--steps 3]
 
-Each run is `vlagent bench` (product mode, no baselines) in a new process: its JSON has the
+Each run is `vlagent bench` (product mode, no baselines) in a new process, the native load and the
+load through transformers' modeling code (VLAGENT_NATIVE=0) in turn: its JSON has the
 process's age at the load's start and at the first action (cold_start_s), the load's phases
 (load_timings: import_s, processor_s, prefetch_wait_s, cuda_init_s, readahead_s, weights_s,
-grammar_wait_s, engine_s) and the first step. Beside them, on the same machine:
+grammar_wait_s, engine_s) and the first step. With --extras, beside them, on the same machine:
 - the modeling code's import in fresh processes, plain and with sklearn hidden (agent/backends/hf_import.py);
 - (--model on CUDA) what capturing every decode graph up to WARM_TOKENS at load used to add
   (timed after a load as Engine.warmup over the buckets the load now leaves for later), and a check
@@ -78,11 +79,12 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
-def bench_run(model_args: list[str], steps: int) -> dict:
+def bench_run(model_args: list[str], steps: int, native: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
+        env = {**_env(), "VLAGENT_NATIVE": "1" if native else "0"}
         proc = subprocess.run([sys.executable, "-c", VL, "bench", *model_args, "--steps", str(steps), "--no-baselines",
-                               "--json", str(out)], env=_env(), capture_output=True, text=True, timeout=600)
+                               "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0 or not out.is_file():
             raise SystemExit(f"vlagent bench failed:\n{proc.stderr[-3000:]}")
         r = json.loads(out.read_text())
@@ -114,18 +116,32 @@ def median(rows: list[dict], key: str, sub: str | None = None):
 @click.option("--tiny", is_flag=True, help="The tiny random checkpoint on the CPU (a smoke run).")
 @click.option("--runs", default=3, show_default=True)
 @click.option("--steps", default=3, show_default=True)
-def main(out_path, model, tiny, runs, steps):
+@click.option("--variants", default="native,transformers", show_default=True,
+              help="Loads to compare, run by run in turn: native (agent/backends/qwen3vl_model.py) and "
+                   "transformers (its modeling code: VLAGENT_NATIVE=0).")
+@click.option("--extras/--no-extras", default=False, help="Also the modeling import alone and the decode-graph checks.")
+def main(out_path, model, tiny, runs, steps, variants, extras):
     model_args = ["--tiny"] if tiny or not model else ["--model", model]
-    result: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "model": model or "tiny", "runs": []}
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    if set(names) - {"native", "transformers"}:
+        raise click.BadParameter("variants: native and/or transformers", param_hint="--variants")
+    result: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "model": model or "tiny", "variants": {}}
     for i in range(runs):
-        result["runs"].append(bench_run(model_args, steps))
-        r = result["runs"][-1]
-        print(f"run {i + 1}: first action at {r['cold_start_s']:.2f} s (load from {r['process_to_load_s']:.2f} s, "
-              f"load {r['load_s']:.2f} s, first step {r['first_step_ms']:.0f} ms) {json.dumps({k: round(v, 3) for k, v in r['load_timings'].items()})}",
-              flush=True)
-    rows = result["runs"]
-    result["median"] = {k: median(rows, k) for k in ("cold_start_s", "process_to_load_s", "load_s", "first_step_ms")}
-    result["median"]["load_timings"] = {k: median(rows, "load_timings", k) for k in rows[0]["load_timings"]}
+        for v in names:
+            rows = result["variants"].setdefault(v, {"runs": []})["runs"]
+            rows.append(bench_run(model_args, steps, native=v == "native"))
+            r = rows[-1]
+            print(f"{v} run {i + 1}: first action at {r['cold_start_s']:.2f} s (load from {r['process_to_load_s']:.2f} s, "
+                  f"load {r['load_s']:.2f} s, first step {r['first_step_ms']:.0f} ms) "
+                  f"{json.dumps({k: round(x, 3) for k, x in r['load_timings'].items()})}", flush=True)
+    for v, block in result["variants"].items():
+        rows = block["runs"]
+        block["median"] = {k: median(rows, k) for k in ("cold_start_s", "process_to_load_s", "load_s", "first_step_ms")}
+        block["median"]["load_timings"] = {k: median(rows, "load_timings", k) for k in rows[0]["load_timings"]}
+        print(f"{v} median:", json.dumps(block["median"]))
+    if not extras:
+        Path(out_path).write_text(json.dumps(result, indent=1))
+        return
     result["imports"] = {v: [import_run(v) for _ in range(runs)] for v in ("plain", "lean")}
     for v, rs in result["imports"].items():
         print(f"import {v}: model import {[round(r['model_import_s'], 2) for r in rs]} s, sklearn imported: {rs[0]['sklearn_imported']}")
@@ -137,7 +153,6 @@ def main(out_path, model, tiny, runs, steps):
         result["graph_check"] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-2000:]
         print("graph check:", result["graph_check"])
     Path(out_path).write_text(json.dumps(result, indent=1))
-    print("median:", json.dumps(result["median"]))
 
 
 def _cuda() -> bool:

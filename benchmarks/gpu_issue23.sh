@@ -17,6 +17,9 @@
 #   fp8la      la with FP8 weights (quantised at load), decode at 10K, peak at 32K
 #   gputests   the engine's and the lookahead's tests on the GPU
 #   mem        benchmarks/gpu_memory.py: memory by part at 32K context with FP8 weights, per prefill chunk
+#   native     benchmarks/gpu_native_check.py: the native load (qwen3vl_model.py) against transformers' on the 2B
+#   coldcmp    benchmarks/cold_start.py, the native load and transformers' in turn, 3 fresh processes each
+#   lahf/memhf la / mem with the load through transformers' modeling code (VLAGENT_NATIVE=0): the baselines
 #   cold       benchmarks/cold_start.py: process start -> load phases -> first action, 3 fresh processes;
 #              the modeling import plain and without sklearn; what all decode graphs at load used to add
 set -o pipefail
@@ -55,6 +58,10 @@ for what in "$@"; do case $what in
   fp8la) ckpt; b fp8_lookahead --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768 ;;
   gputests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py tests/run/test_lookahead.py -k "not real_app" 2>&1 | tail -4 ;;
   mem) ckpt; timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8.json block 2>&1 | tail -30 ;;
+  native) ckpt; timeout 300 python3 benchmarks/gpu_native_check.py $M $OUT/native_check.json 2>&1 | grep -v "^Loading" | tail -8 ;;
+  coldcmp) ckpt; timeout 400 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -10 ;;
+  lahf) ckpt; export VLAGENT_NATIVE=0; b lookahead_hf --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249}; unset VLAGENT_NATIVE ;;
+  memhf) ckpt; VLAGENT_NATIVE=0 timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8_hf.json block 2>&1 | tail -12 ;;
   cold) ckpt; timeout 500 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
   coldold) ckpt; for i in 1 2 3; do (cd ${OLD:-.old} && timeout 200 python3 -c "$VL" bench --model $M --steps 4 --no-baselines --json $OUT/coldold_$i.json > /tmp/coldold.log 2>&1;
            python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('old code: first action at %.2f s' % r['cold_start_s'], r['load_timings'], 'process_to_load %.2f' % r['process_to_load_s'])" $OUT/coldold_$i.json || tail -3 /tmp/coldold.log); done ;;

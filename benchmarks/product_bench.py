@@ -377,12 +377,16 @@ def run_baselines(backend, prompts, product_p50: float) -> dict:
 
     out = {}
     model = backend.model
+    processor = backend.reference_processor()
+    if not hasattr(model, "generate"):  # the engine's native load (no transformers model): load theirs
+        from agent.backends.hf_import import model_class
+        model = model_class().from_pretrained(backend.folder, dtype=backend.dtype, device_map=backend.device).eval()
     shipped = model.generation_config
     for name, extra in (("generate_defaults", {}), ("generate_static_compile", {"cache_implementation": "static"})):
         times, toks = [], 0
         for i, (messages, n_new) in enumerate([prompts[0]] + list(prompts)):  # the first run warms up (compiles)
-            inputs = backend.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                           return_dict=True, return_tensors="pt").to(model.device)
+            inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True, return_tensors="pt").to(model.device)
             cfg = GenerationConfig(do_sample=False, max_new_tokens=n_new, min_new_tokens=n_new,
                                    eos_token_id=shipped.eos_token_id, pad_token_id=shipped.pad_token_id, **extra)
             if backend.device.startswith("cuda"):

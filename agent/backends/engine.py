@@ -395,24 +395,33 @@ class Engine:
         return x[:, -1:]
 
     def _prefill_attention(self, q, k, v, start: int):
-        """Causal attention of n new queries over the cache [0, start+n). GQA-native flash attention
-        where the GPU has it (no copy of K/V); else K/V expanded per query head."""
+        """Causal attention of n new queries over the cache [0, start+n): query i sees keys up to
+        start+i (the causal diagonal at the lower right). GQA-native flash attention where the GPU
+        has it (no copy of K/V); else K/V expanded per query head, with a materialised mask."""
         torch = self.torch
         import torch.nn.functional as F
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        from torch.nn.attention.bias import causal_lower_right
+        from torch.nn.attention import sdpa_kernel
         n, end = q.shape[2], k.shape[2]
-        mask = {"is_causal": True} if start == 0 else {"attn_mask": causal_lower_right(n, end)}
         if self._gqa_native is not False and self.device.type == "cuda":
             try:
-                with sdpa_kernel(sdpa_backends(self.sdpa), set_priority=True):
-                    out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **mask)
+                if start == 0:
+                    with sdpa_kernel(sdpa_backends(self.sdpa), set_priority=True):
+                        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=True)
+                else:
+                    # Flash's causal mask is aligned at the lower right. This is the op that
+                    # torch.nn.attention.bias.causal_lower_right dispatches to; that module is not
+                    # used because importing it imports torch._dynamo (seconds of a cold start).
+                    out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False)[0]
                 self._gqa_native = True
                 return out
             except RuntimeError:  # no flash kernel for these inputs: expand below
                 self._gqa_native = False
         rep = self.heads // self.kv_heads
-        return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), **mask)
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if start == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        mask = torch.ones(n, end, dtype=torch.bool, device=q.device).tril(diagonal=start)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def _logits(self, h):
         return self.model.lm_head(self.lm.norm(h)).float().view(1, -1)

@@ -72,11 +72,14 @@ def quantize_channelwise(w):
     return q.contiguous(), scale.contiguous()
 
 
-def dequantize(q, scale, block: tuple[int, int], dtype):
-    """The weight as `dtype`: q x its block's scale."""
+def dequantize(q, scale, block: tuple[int, int], dtype, rows: tuple[int, int] | None = None):
+    """The weight (or its output rows [a, b), a on a block boundary) as `dtype`: q x its block's scale,
+    multiplied in float32."""
+    a, b = rows or (0, q.shape[0])
+    q = q[a:b]
     n, k = q.shape
     bn, bk = block
-    s = scale.float().repeat_interleave(bn, 0)[:n].repeat_interleave(min(bk, k), 1)[:, :k]
+    s = scale[a // bn:].float().repeat_interleave(bn, 0)[:n].repeat_interleave(min(bk, k), 1)[:, :k]
     return (q.float() * s).to(dtype)
 
 
@@ -114,6 +117,9 @@ class FP8Weight:
                          b, parts[0].dtype)
 
 
+WIDEN_ROWS = 2048  # output rows of an FP8 weight widened at a time for a long input
+
+
 def linear(x, w):
     """x @ w.T for a bf16 tensor or an FP8Weight."""
     if not isinstance(w, FP8Weight):
@@ -121,7 +127,18 @@ def linear(x, w):
     rows = x.numel() // x.shape[-1]
     if rows <= SMALL_M and x.is_cuda:
         return fp8_matmul(x, w)
-    return x @ w.dequantized().to(x.dtype).t()  # long inputs (and the CPU, in tests): widened once per call
+    # Long inputs (prefill, vision; the CPU in tests): the weight widened per call, WIDEN_ROWS output
+    # rows at a time, so the float32 and bf16 copies of a whole fused weight (~0.25 GiB for the 2B's
+    # gate/up) never exist at once: that was the FP8 peak at 32K. Each output column is the same dot product.
+    n = w.q.shape[0]
+    step = max(w.block[0], WIDEN_ROWS // w.block[0] * w.block[0])
+    if n <= step:
+        return x @ w.dequantized().to(x.dtype).t()
+    y = x.new_empty(*x.shape[:-1], n)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        y[..., a:b] = x @ dequantize(w.q, w.scale, w.block, x.dtype, (a, b)).t()
+    return y
 
 
 # ---- the Triton kernel: y = x @ (q * scale).T, e4m3 weights read once, bf16 tensor-core dots
@@ -343,41 +360,46 @@ def _quantizable(name: str, t) -> bool:
             and "pos_embed" not in name and ("proj" in name or "qkv" in name or "linear_fc" in name or "fc" in name))
 
 
-def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: bool | None = None):
-    """A Qwen3VLForConditionalGeneration from an FP8 checkpoint folder (either layout): the model is
-    built from its config without the quantisation section, the non-quantised tensors load as they
+def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: bool | None = None,
+             native: bool = False, tensors: dict | None = None):
+    """A Qwen3-VL model from an FP8 checkpoint folder (either layout): the model is built on the meta
+    device from its config without the quantisation section, the non-quantised tensors load as they
     are, and each quantised linear gets its FP8Weight (kernels where the card has them, else
-    dequantised once)."""
+    dequantised once). native: the engine's own module tree (agent/backends/qwen3vl_model.py) instead
+    of transformers' Qwen3VLForConditionalGeneration. tensors: the files read already."""
     import torch
-    from safetensors import safe_open
-    from transformers import AutoConfig, Qwen3VLForConditionalGeneration
 
     folder = Path(folder)
     layout = checkpoint_layout(folder)
     if layout is None:
         raise ValueError(f"{folder} is not an FP8 checkpoint")
-    cfg = AutoConfig.from_pretrained(folder)
-    qc = cfg.quantization_config
-    del cfg.quantization_config
-    cfg._attn_implementation = attn_implementation
-    block = tuple(qc.get("weight_block_size", (BLOCK, BLOCK))) if layout == "block" else None
     dev = torch.device(device)
+    if native:
+        from agent.backends import qwen3vl_model
+        cfg = qwen3vl_model.read_config(folder)
+        qc = cfg.quantization_config
+        del cfg.quantization_config
+        model = qwen3vl_model.build_meta(cfg, dtype)
+    else:
+        from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+        cfg = AutoConfig.from_pretrained(folder)
+        qc = cfg.quantization_config
+        del cfg.quantization_config
+        cfg._attn_implementation = attn_implementation
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device("meta"):
+                model = Qwen3VLForConditionalGeneration(cfg)
+        finally:
+            torch.set_default_dtype(old)
+    block = tuple(qc.get("weight_block_size", (BLOCK, BLOCK))) if layout == "block" else None
     kernels = fp8_supported(dev) if kernels is None else kernels  # kernels=True on the CPU: e4m3 kept, widened per call (tests)
     if not kernels:
         warn_no_kernels(dev)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = Qwen3VLForConditionalGeneration(cfg)
-    finally:
-        torch.set_default_dtype(old)
-    files = sorted(folder.glob("*.safetensors"))
-    tensors = {}
-    for f in files:
-        with safe_open(str(f), framework="pt", device=str(dev)) as fh:
-            for k in fh.keys():
-                tensors[k] = fh.get_tensor(k)
+    if tensors is None:
+        from agent.backends.qwen3vl_model import read_tensors
+        tensors = read_tensors(folder, dev)
     modules = dict(model.named_modules())
     state = {}
     fp8 = {}
@@ -393,7 +415,8 @@ def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: 
                 s = tensors[mod_name + ".weight_scale"].float().view(-1, 1)
                 fp8[mod_name] = FP8Weight(t, s.contiguous(), (1, t.shape[1]), dtype)
         else:
-            state[_model_key(name, modules)] = t.to(dtype) if t.is_floating_point() else t
+            state[_model_key(name, modules)] = t.to(device=dev, dtype=dtype) if t.is_floating_point() else t.to(dev)
+    held = set()  # modules whose weight the FP8Weight holds
     for mod_name, w in fp8.items():
         key = _model_key(mod_name + ".weight", modules)[:-len(".weight")]
         mod = modules[key]
@@ -401,26 +424,29 @@ def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: 
             state.pop(key + ".weight", None)
             mod.weight = None
             attach(mod, w, True)
+            held.add(key)
         else:
             state[key + ".weight"] = w.dequantized()
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = getattr(cfg, "tie_word_embeddings", False) or getattr(cfg.text_config, "tie_word_embeddings", False)
-    missing = [m for m in missing if not (tied and m == "lm_head.weight")
-               and not (kernels and m[:-len(".weight")] in {_model_key(k + ".weight", modules)[:-7] for k in fp8})]
-    if missing or unexpected:
-        raise ValueError(f"FP8 checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if tied:
-        model.lm_head.weight = model.model.language_model.embed_tokens.weight
-    _materialize_buffers(model, cfg, dev)
-    model.to(dev)
-    model.eval()
+    if native:
+        model = qwen3vl_model.finish(model, state, folder, dev, skip=held)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        tied = getattr(cfg, "tie_word_embeddings", False) or getattr(cfg.text_config, "tie_word_embeddings", False)
+        missing = [m for m in missing if not (tied and m == "lm_head.weight") and m[:-len(".weight")] not in held]
+        if missing or unexpected:
+            raise ValueError(f"FP8 checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if tied:
+            model.lm_head.weight = model.model.language_model.embed_tokens.weight
+        _materialize_buffers(model, cfg, dev)
+        model.to(dev)
+        model.eval()
+        from transformers import GenerationConfig
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        except OSError:
+            pass
     model.fp8_kernels = kernels
     model.fp8_layout = layout
-    from transformers import GenerationConfig
-    try:
-        model.generation_config = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        pass
     return model
 
 

@@ -1,9 +1,11 @@
 """How Qwen3-VL's processor sizes a screenshot: the one place for that arithmetic, shared by the
 local backend (token budget), the OpenAI-compatible backend (resizing before sending, token check)
-and the budget planner. It calls transformers' own smart_resize, so it cannot drift from it."""
+and the budget planner. smart_resize is transformers' own, copied: importing it from transformers
+imports its modeling stack (seconds of a cold start); a test holds the copy equal to it."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,26 @@ def image_config(processor: Any, model: str) -> dict:
     return dict(QWEN3_VL_IMAGE)
 
 
-def resized_size(width: int, height: int, cfg: dict) -> tuple[int, int]:
-    """(width, height) the Qwen3-VL processor resizes an image to: transformers' own smart_resize."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width): both multiples of `factor`, the pixel count within [min_pixels, max_pixels],
+    the aspect ratio kept as closely as that allows (transformers' Qwen2-VL smart_resize)."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
+
+def resized_size(width: int, height: int, cfg: dict) -> tuple[int, int]:
+    """(width, height) the Qwen3-VL processor resizes an image to."""
     h, w = smart_resize(height, width, factor=cfg["patch_size"] * cfg["merge_size"],
                         min_pixels=cfg["min_pixels"], max_pixels=cfg["max_pixels"])
     return w, h

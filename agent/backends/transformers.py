@@ -88,6 +88,32 @@ def resolve_model(model: str) -> str:
         raise VlagentError(f"cannot load model {model}: {_one_line(e)} (no internet? pass a local folder)") from None
 
 
+def _is_qwen3vl(folder: str) -> bool:
+    import json
+    try:
+        return json.loads(Path(folder, "config.json").read_text(encoding="utf-8")).get("model_type") == "qwen3_vl"
+    except (OSError, ValueError):
+        return False
+
+
+def _vocab_size(folder: str, native: bool) -> int:
+    if native:
+        from agent.backends.qwen3vl_model import read_config
+        return read_config(folder).text_config.vocab_size
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(folder).text_config.vocab_size
+
+
+def _in_thread(fn, *args):
+    """fn(*args) started in a thread; .result() waits for it and raises what it raised."""
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(1, thread_name_prefix="vlagent-load")
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        pool.shutdown(wait=False)
+
+
 def load_processor(model: str):
     """The model's processor. Qwen3-VL's full processor needs torchvision for its video part; CPU
     installs lack it, so fall back to an image-only processor built from the same files."""
@@ -150,13 +176,25 @@ class TransformersBackend(BackendBase):
         try:
             import torch  # noqa: F401
 
-            from agent.backends.hf_import import model_class
             from agent.backends.prefetch import Prefetch
             self.device = _pick_device(device)
             folder = resolve_model(model)
+            if engine is None:
+                engine = self.options.engine_on(self.device)
+            # With the engine, a Qwen3-VL checkpoint loads without transformers' modeling code (its
+            # import is ~40 % of a cold start): agent/backends/qwen3vl_model.py, qwen3vl_processor.py.
+            self.native = bool(engine and self.options.native and _is_qwen3vl(folder))
             prefetch = Prefetch(folder, self.device)  # the CUDA context and the weights' readahead, beside the import
             t0 = time.perf_counter()
-            model_class()  # the modeling code, without the packages vlagent never runs (hf_import.py)
+            if self.native:
+                from agent.backends.qwen3vl_model import read_tensors
+                tensors = _in_thread(read_tensors, folder, self.device)  # onto the device beside the tokenizer's import
+                from agent.backends.qwen3vl_processor import Processor, tokenizer_class
+                tokenizer_class(folder)  # transformers' tokenizer code: the one import left
+            else:
+                tensors = None
+                from agent.backends.hf_import import model_class
+                model_class()  # the modeling code, without the packages vlagent never runs (hf_import.py)
             self.load_timings["import_s"] = time.perf_counter() - t0
         except ImportError as e:
             raise VlagentError(f"the transformers backend needs torch and transformers: {_one_line(e)}") from None
@@ -164,30 +202,30 @@ class TransformersBackend(BackendBase):
         self.reply_format = family(format) if format else detect(model, folder)
         self.format = self.reply_format.name
         self._constrainer = None
+        self.folder = folder
+        self._reference_processor = None
         t0 = time.perf_counter()
         try:
-            self.processor = load_processor(folder)
+            self.processor = Processor(folder) if self.native else load_processor(folder)
             self.tokenizer = self.processor.tokenizer
             self.load_timings["processor_s"] = time.perf_counter() - t0
             self.load_timings["prefetch_wait_s"] = prefetch.wait()
             self.load_timings.update(prefetch.timings)
             if constrained:  # the grammar's tables over the vocabulary (~1-2 s) build while the weights load
                 from concurrent.futures import ThreadPoolExecutor
-                from transformers import AutoConfig
 
                 from agent.backends.grammar import make_constrainer
 
-                vocab = AutoConfig.from_pretrained(folder).text_config.vocab_size
                 with ThreadPoolExecutor(1) as pool:
-                    job = pool.submit(make_constrainer, self.tokenizer, vocab)
+                    job = pool.submit(make_constrainer, self.tokenizer, _vocab_size(folder, self.native))
                     t1 = time.perf_counter()
-                    self.model = self._load(folder)
+                    self.model = self._load(folder, tensors)
                     self.load_timings["weights_s"] = time.perf_counter() - t1
                     self._constrainer = job.result()
                     self.load_timings["grammar_wait_s"] = time.perf_counter() - t1 - self.load_timings["weights_s"]
             else:
                 t1 = time.perf_counter()
-                self.model = self._load(folder)
+                self.model = self._load(folder, tensors)
                 self.load_timings["weights_s"] = time.perf_counter() - t1
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise VlagentError(f"cannot load model {model}: {_one_line(e)}") from None
@@ -202,8 +240,6 @@ class TransformersBackend(BackendBase):
         self._lock = threading.Lock()
         self._render_lock = threading.RLock()
         self.engine = None
-        if engine is None:
-            engine = self.options.engine_on(self.device)
         if engine:
             from agent.backends.engine import make_engine
 
@@ -212,13 +248,23 @@ class TransformersBackend(BackendBase):
             self.load_timings["engine_s"] = time.perf_counter() - t1  # KV cache, warm-up, graph captures
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _load(self, folder: str):
+    def _load(self, folder: str, tensors=None):
+        """The model: the native tree from `tensors` (a future of the files read onto the device)
+        when self.native, else transformers' class; FP8 checkpoints either way; `options.fp8`
+        quantises a bf16 one."""
         from agent.backends import fp8
-        from agent.backends.hf_import import model_class
-        if fp8.checkpoint_layout(folder):  # an FP8 checkpoint (Qwen's fine-grained or compressed-tensors)
+        if self.native:
+            from agent.backends import qwen3vl_model
+            tensors = tensors.result()
+            if fp8.checkpoint_layout(folder):
+                return fp8.load_fp8(folder, self.dtype, self.device, native=True, tensors=tensors)
+            model = qwen3vl_model.load(folder, self.dtype, self.device, tensors)
+        elif fp8.checkpoint_layout(folder):  # an FP8 checkpoint (Qwen's fine-grained or compressed-tensors)
             return fp8.load_fp8(folder, self.dtype, self.device, _attention(self.device))
-        model = model_class().from_pretrained(
-            folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
+        else:
+            from agent.backends.hf_import import model_class
+            model = model_class().from_pretrained(
+                folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
         layout = getattr(self.options, "fp8", None)  # block|channel: 8-bit weights from a bf16 checkpoint
         if layout:
             fp8.quantize_model(model, layout)
@@ -336,9 +382,18 @@ class TransformersBackend(BackendBase):
     def count_tokens(self, messages: list[Message]) -> int:
         """Exact prompt length in tokens, images included, from the processor itself (the reference
         that the cheap prompt_tokens and the cached encode are tested against)."""
-        inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True, return_tensors="pt")
+        inputs = self.reference_processor().apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                                return_dict=True, return_tensors="pt")
         return int(inputs["input_ids"].shape[-1])
+
+    def reference_processor(self):
+        """transformers' own processor for this checkpoint (the native load's processor renders text
+        only; this one tokenizes and preprocesses, as the reference the fast paths are tested against)."""
+        if not self.native:
+            return self.processor
+        if self._reference_processor is None:
+            self._reference_processor = load_processor(self.folder)
+        return self._reference_processor
 
     def prompt_tokens(self, messages: list[Message]) -> int:
         """The same count as count_tokens without preprocessing the images: the chat template's text

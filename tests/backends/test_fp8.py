@@ -28,6 +28,17 @@ def test_quantisation_round_trips_within_e4m3_precision():
         assert float((back - w).norm() / w.norm()) < 0.04  # 3 mantissa bits
 
 
+def test_long_inputs_widen_the_weight_a_slice_of_rows_at_a_time(monkeypatch):
+    w = torch.randn(700, 260) * 0.02
+    x = torch.randn(3, 90, 260)  # more rows than the kernel takes: the widening path
+    for q, s, block in ((*fp8.quantize_blockwise(w), (fp8.BLOCK, fp8.BLOCK)), (*fp8.quantize_channelwise(w), (1, 260))):
+        fw = fp8.FP8Weight(q, s, block, torch.float32)
+        whole = x @ fw.dequantized().t()
+        monkeypatch.setattr(fp8, "WIDEN_ROWS", 256)  # 700 rows: three slices (block-aligned)
+        assert torch.allclose(fp8.linear(x, fw), whole, atol=1e-6)
+        monkeypatch.setattr(fp8, "WIDEN_ROWS", 2048)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["block", "channel"])
 def test_fp8_checkpoints_load_and_answer_like_the_original(tiny, tmp_path, layout):
