@@ -25,10 +25,10 @@ def part_bytes(model) -> dict:
     """Bytes per part: parameters and FP8 weights (with their scales), each tensor counted once."""
     seen, out = set(), {}
 
-    def add(name, t):
-        if t is None or id(t) in seen or t.device.type != "cuda":
+    def add(name, t):  # keyed by storage: `p.data` is a new object each time, and ids are reused
+        if t is None or t.device.type != "cuda" or t.data_ptr() in seen:
             return
-        seen.add(id(t))
+        seen.add(t.data_ptr())
         part = "vision" if "visual" in name else "embed/lm_head" if ("embed" in name or "lm_head" in name) else "language"
         out[part] = out.get(part, 0) + t.numel() * t.element_size()
 

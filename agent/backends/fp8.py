@@ -416,6 +416,7 @@ def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: 
                 fp8[mod_name] = FP8Weight(t, s.contiguous(), (1, t.shape[1]), dtype)
         else:
             state[_model_key(name, modules)] = t.to(device=dev, dtype=dtype) if t.is_floating_point() else t.to(dev)
+    tensors.clear()  # what is kept is referenced above; the caller's dict lets go of the rest
     held = set()  # modules whose weight the FP8Weight holds
     for mod_name, w in fp8.items():
         key = _model_key(mod_name + ".weight", modules)[:-len(".weight")]

@@ -373,12 +373,13 @@ def canonical_key(name: str) -> str:
 
 def load(folder, dtype, device, tensors: dict | None = None) -> Qwen3VL:
     """A bf16/fp32 checkpoint folder onto `device` in `dtype` (`tensors`: read already, e.g. in a
-    thread beside the imports). Raises ValueError when the checkpoint and the config disagree."""
+    thread beside the imports; emptied). Raises ValueError when the checkpoint and the config disagree."""
     cfg = read_config(folder)
     model = build_meta(cfg, dtype)
     tensors = read_tensors(folder, device) if tensors is None else tensors
     state = {canonical_key(k): (t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device))
              for k, t in tensors.items()}
+    tensors.clear()  # the caller's dict lets go too: quantising at load (fp8.py) frees each bf16 weight as it goes
     return finish(model, state, folder, device)
 
 
