@@ -201,7 +201,7 @@ class TransformersBackend(BackendBase):
         self.dtype = _pick_dtype(dtype, self.device)
         self.reply_format = family(format) if format else detect(model, folder)
         self.format = self.reply_format.name
-        self._constrainer = None
+        self.constrainer = None
         self.folder = folder
         self._reference_processor = None
         t0 = time.perf_counter()
@@ -211,22 +211,14 @@ class TransformersBackend(BackendBase):
             self.load_timings["processor_s"] = time.perf_counter() - t0
             self.load_timings["prefetch_wait_s"] = prefetch.wait()
             self.load_timings.update(prefetch.timings)
-            if constrained:  # the grammar's tables over the vocabulary (~1-2 s) build while the weights load
-                from concurrent.futures import ThreadPoolExecutor
-
+            grammar = None
+            if constrained:  # the grammar's tables over the vocabulary (~1-2 s): beside the weights and the engine
                 from agent.backends.grammar import make_constrainer
-
-                with ThreadPoolExecutor(1) as pool:
-                    job = pool.submit(make_constrainer, self.tokenizer, _vocab_size(folder, self.native))
-                    t1 = time.perf_counter()
-                    self.model = self._load(folder, tensors)
-                    self.load_timings["weights_s"] = time.perf_counter() - t1
-                    self._constrainer = job.result()
-                    self.load_timings["grammar_wait_s"] = time.perf_counter() - t1 - self.load_timings["weights_s"]
-            else:
-                t1 = time.perf_counter()
-                self.model = self._load(folder, tensors)
-                self.load_timings["weights_s"] = time.perf_counter() - t1
+                grammar = _in_thread(make_constrainer, self.tokenizer, _vocab_size(folder, self.native))
+            t1 = time.perf_counter()
+            self.model = self._load(folder, tensors)
+            tensors = None
+            self.load_timings["weights_s"] = time.perf_counter() - t1
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise VlagentError(f"cannot load model {model}: {_one_line(e)}") from None
         self._preprocessed = PerImage()  # screenshot -> its pixel patches (encode)
@@ -234,7 +226,6 @@ class TransformersBackend(BackendBase):
         self._pieces: dict[str, list[int]] = {}  # template text between images -> token ids
         self._rendered = None  # (message-list key, (piece ids, images)) of the last render
         self._image_cfg = None
-        self.constrainer = self._constrainer
         # One call at a time: the loop runs each call in a thread with a deadline, so a call it
         # abandoned may still run when the next step asks; that step waits for it (see cancel()).
         self._lock = threading.Lock()
@@ -247,6 +238,13 @@ class TransformersBackend(BackendBase):
             self.engine = make_engine(self.model, options=self.options)
             self.load_timings["engine_s"] = time.perf_counter() - t1  # KV cache, warm-up, graph captures
             self.engine.tokenize = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if grammar is not None:
+            t1 = time.perf_counter()
+            try:
+                self.constrainer = grammar.result()
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise VlagentError(f"cannot load model {model}: {_one_line(e)}") from None
+            self.load_timings["grammar_wait_s"] = time.perf_counter() - t1
 
     def _load(self, folder: str, tensors=None):
         """The model: the native tree from `tensors` (a future of the files read onto the device)
