@@ -16,6 +16,7 @@
 #   coldold    the cold start of the code before this round (a copy in .old/, made with git archive 3ab5644), 3 fresh processes
 #   fp8la      la with FP8 weights (quantised at load), decode at 10K, peak at 32K
 #   gputests   the engine's and the lookahead's tests on the GPU
+#   coldprof   the native load's imports (python -X importtime) and its main thread's profile (cProfile)
 #   memtrace   benchmarks/gpu_memory_trace.py: the blocks alive at the FP8 32K run's transient peaks
 #   mem        benchmarks/gpu_memory.py: memory by part at 32K context with FP8 weights, per prefill chunk
 #   native     benchmarks/gpu_native_check.py: the native load (qwen3vl_model.py) against transformers' on the 2B
@@ -58,6 +59,9 @@ for what in "$@"; do case $what in
   labase) ckpt; BT=400 b lookahead_base --model $M --steps 12 --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 ;;
   fp8la) ckpt; b fp8_lookahead --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768 ;;
   gputests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py tests/run/test_lookahead.py -k "not real_app" 2>&1 | tail -4 ;;
+  coldprof) ckpt; python3 -X importtime -c "import sys; sys.argv=['x']; from agent.backends import load_backend; load_backend('$M')" 2> /tmp/impn.log > /dev/null
+           sort -t'|' -k2 -n -r /tmp/impn.log | head -40 > $OUT/importtime_native.txt; head -25 $OUT/importtime_native.txt
+           python3 -c "import cProfile, pstats; from agent.backends import load_backend; cProfile.run('load_backend(\"$M\")', '/tmp/load.prof'); pstats.Stats('/tmp/load.prof').sort_stats('cumulative').print_stats(45)" 2>&1 | grep -v "^Loading" > $OUT/load_profile.txt; grep -A60 "ncalls" $OUT/load_profile.txt | cut -c1-160 | head -60 ;;
   memtrace) ckpt; timeout 200 python3 benchmarks/gpu_memory_trace.py $M $OUT/memory_trace.json block 2>&1 | grep -v "^Loading" | tail -60 ;;
   mem) ckpt; timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8.json block 2>&1 | tail -30 ;;
   native) ckpt; timeout 300 python3 benchmarks/gpu_native_check.py $M $OUT/native_check.json 2>&1 | grep -v "^Loading" | tail -8 ;;

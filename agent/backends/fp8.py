@@ -79,6 +79,10 @@ def dequantize(q, scale, block: tuple[int, int], dtype, rows: tuple[int, int] | 
     q = q[a:b]
     n, k = q.shape
     bn, bk = block
+    if n % bn == 0 and k % bk == 0:  # whole blocks: the scales broadcast, no weight-sized copy of them
+        w = q.float().view(n // bn, bn, k // bk, bk)
+        w.mul_(scale[a // bn:a // bn + n // bn].float().view(n // bn, 1, k // bk, 1))
+        return w.view(n, k).to(dtype)
     s = scale[a // bn:].float().repeat_interleave(bn, 0)[:n].repeat_interleave(min(bk, k), 1)[:, :k]
     return (q.float() * s).to(dtype)
 
