@@ -29,6 +29,11 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZE
 W=.whl; [ -d $W ] || W=../.whl
 if [ -d $W ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1; else export PYTHONPATH=$PWD; fi
 export VLAGENT_CACHE=${VLAGENT_CACHE:-/tmp/vlc}; mkdir -p $VLAGENT_CACHE
+# The lent machine sets PYTHONDONTWRITEBYTECODE=1: every process would compile its Python source again
+# (~2.5 s of a cold start's imports there). An installed machine has its bytecode (pip compiles at
+# install), so the cold starts are measured with a bytecode cache, written by pyc() before them.
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pyc
+pyc() { python3 -c "import torch, xgrammar, agent.cli, agent.backends.engine, agent.backends.qwen3vl_model, agent.backends.qwen3vl_processor, agent.backends.grammar; from transformers import Qwen3VLForConditionalGeneration, AutoProcessor, AutoTokenizer" > /dev/null 2>&1; }
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, xgrammar; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cc', torch.cuda.get_device_capability())"
@@ -65,11 +70,11 @@ for what in "$@"; do case $what in
   memtrace) ckpt; timeout 200 python3 benchmarks/gpu_memory_trace.py $M $OUT/memory_trace.json block 2>&1 | grep -v "^Loading" | tail -60 ;;
   mem) ckpt; timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8.json block 2>&1 | tail -30 ;;
   native) ckpt; timeout 300 python3 benchmarks/gpu_native_check.py $M $OUT/native_check.json 2>&1 | grep -v "^Loading" | tail -8 ;;
-  coldcmp) ckpt; timeout 400 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -10 ;;
+  coldcmp) ckpt; pyc; timeout 400 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -10 ;;
   lahf) ckpt; export VLAGENT_NATIVE=0; b lookahead_hf --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249}; unset VLAGENT_NATIVE ;;
   memhf) ckpt; VLAGENT_NATIVE=0 timeout 200 python3 benchmarks/gpu_memory.py $M $OUT/memory_fp8_hf.json block 2>&1 | tail -12 ;;
-  cold) ckpt; timeout 500 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
-  coldold) ckpt; for i in 1 2 3; do (cd ${OLD:-.old} && timeout 200 python3 -c "$VL" bench --model $M --steps 4 --no-baselines --json $OUT/coldold_$i.json > /tmp/coldold.log 2>&1;
+  cold) ckpt; pyc; timeout 500 python3 benchmarks/cold_start.py $OUT/cold_start.json --model $M --runs ${RUNS:-3} --steps 4 2>&1 | grep -v "^Loading" | tail -12 ;;
+  coldold) ckpt; pyc; for i in 1 2 3; do (cd ${OLD:-.old} && timeout 200 python3 -c "$VL" bench --model $M --steps 4 --no-baselines --json $OUT/coldold_$i.json > /tmp/coldold.log 2>&1;
            python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print('old code: first action at %.2f s' % r['cold_start_s'], r['load_timings'], 'process_to_load %.2f' % r['process_to_load_s'])" $OUT/coldold_$i.json || tail -3 /tmp/coldold.log); done ;;
   serve) ckpt; timeout 400 python3 benchmarks/bench_serve.py $OUT/serve.json --checkpoint $M --agents 1,8 --steps 6 --think-from benchmarks/results/desktop_time.json 2>&1 | tail -12 ;;
 esac; done
