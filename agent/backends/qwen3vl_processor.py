@@ -7,7 +7,7 @@ holds them equal to Qwen3VLProcessor's image-only path on the tiny checkpoint):
 - the tokenizer: the checkpoint's own tokenizer class, imported from its module rather than through
   AutoTokenizer (whose auto-class machinery imports the modeling stack); the same object
   AutoTokenizer returns, so the grammar (xgrammar) and decoding see no difference;
-- the chat template: the tokenizer's (transformers loads chat_template.jinja into it);
+- the chat template: the processor's (chat_template.jinja or .json), else the tokenizer's;
 - images: resized as transformers' processors resize them (PIL's bicubic on the CPU, torchvision's
   antialiased bicubic on a GPU), then rescaled, normalised and cut into patches on the target device.
 """
@@ -35,6 +35,18 @@ def tokenizer_class(folder):
         from transformers import AutoTokenizer
         return AutoTokenizer
     return getattr(importlib.import_module(module), "Qwen2Tokenizer")
+
+
+def processor_chat_template(folder) -> str | None:
+    """The processor's own chat template, as AutoProcessor finds it (chat_template.jinja, else
+    chat_template.json), which may differ from the tokenizer's."""
+    jinja = Path(folder, "chat_template.jinja")
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    js = Path(folder, "chat_template.json")
+    if js.is_file():
+        return json.loads(js.read_text(encoding="utf-8")).get("chat_template")
+    return None
 
 
 class ImageProcessor:
@@ -99,7 +111,7 @@ class Processor:
     def __init__(self, folder):
         self.tokenizer = tokenizer_class(folder).from_pretrained(folder)
         self.image_processor = ImageProcessor(folder)
-        self.chat_template = self.tokenizer.chat_template
+        self.chat_template = processor_chat_template(folder) or self.tokenizer.chat_template
         if not self.chat_template:
             raise ValueError(f"{folder} has no chat template")
         self.image_token = IMAGE_TOKEN

@@ -88,11 +88,14 @@ def resolve_model(model: str) -> str:
         raise VlagentError(f"cannot load model {model}: {_one_line(e)} (no internet? pass a local folder)") from None
 
 
-def _is_qwen3vl(folder: str) -> bool:
-    import json
+def _native_fits(folder: str) -> bool:
+    """Whether the native load (agent/backends/qwen3vl_model.py) reads this checkpoint's config: a
+    Qwen3-VL with the rope it implements. Others (another family, a scaled rope) go through transformers."""
+    from agent.backends.qwen3vl_model import read_config
     try:
-        return json.loads(Path(folder, "config.json").read_text(encoding="utf-8")).get("model_type") == "qwen3_vl"
-    except (OSError, ValueError):
+        read_config(folder)
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
@@ -183,7 +186,7 @@ class TransformersBackend(BackendBase):
                 engine = self.options.engine_on(self.device)
             # With the engine, a Qwen3-VL checkpoint loads without transformers' modeling code (its
             # import is ~40 % of a cold start): agent/backends/qwen3vl_model.py, qwen3vl_processor.py.
-            self.native = bool(engine and self.options.native and _is_qwen3vl(folder))
+            self.native = bool(engine and self.options.native and _native_fits(folder))
             prefetch = Prefetch(folder, self.device)  # the CUDA context and the weights' readahead, beside the import
             t0 = time.perf_counter()
             if self.native:

@@ -186,10 +186,33 @@ def test_broken_checkpoints_give_one_line(tiny, tmp_path):
     (gone / "model.safetensors").unlink()
     with pytest.raises(VlagentError, match="no \\*.safetensors"):
         TransformersBackend(gone, engine=True, options=EngineOptions(native=True))
+
+
+def test_a_config_the_native_load_does_not_read_goes_through_transformers(tiny, tmp_path):
+    from agent.backends.qwen3vl_model import read_config
+    from agent.backends.transformers import TransformersBackend
     odd = tmp_path / "rope"
     shutil.copytree(tiny, odd)
     cfg = json.loads((odd / "config.json").read_text())
-    cfg["text_config"]["rope_parameters"]["rope_type"] = "yarn"
+    cfg["text_config"]["rope_parameters"]["mrope_interleaved"] = False
     (odd / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(VlagentError, match="unsupported text rope"):
-        TransformersBackend(odd, engine=True, options=EngineOptions(native=True))
+    with pytest.raises(ValueError, match="unsupported text rope"):
+        read_config(odd)
+    b = TransformersBackend(odd, engine=True, options=EngineOptions(native=True))
+    assert not b.native and hasattr(b.model, "generate")
+
+
+@pytest.mark.parametrize("family", ["gui-owl-1.5", "mai-ui", "ui-venus-1.5"])
+def test_each_familys_prompt_renders_as_its_processor_renders_it(family):
+    """A family's checkpoint may bring its own chat template: the native processor takes it where
+    AutoProcessor does."""
+    from agent.backends.qwen3vl_processor import Processor
+    from agent.backends.tiny import tiny_checkpoint
+    from agent.backends.transformers import load_processor
+    folder = tiny_checkpoint(family=family)
+    shot = _image(320, 200, 5)
+    msgs = [{"role": "system", "content": [{"type": "text", "text": "Operate the phone."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Open settings"}, {"type": "image", "image": shot}]}]
+    native, ref = Processor(folder), load_processor(folder)
+    assert native.apply_chat_template(msgs) == ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert native.image_token_id == ref.image_token_id
