@@ -133,7 +133,7 @@ def linear(x, w):
         return fp8_matmul(x, w)
     # Long inputs (prefill, vision; the CPU in tests): the weight widened per call, WIDEN_ROWS output
     # rows at a time, so the float32 and bf16 copies of a whole fused weight (~0.25 GiB for the 2B's
-    # gate/up) never exist at once: that was the FP8 peak at 32K. Each output column is the same dot product.
+    # gate/up) never exist at once (part of the FP8 peak at 32K). Each output column is the same dot product.
     n = w.q.shape[0]
     step = max(w.block[0], WIDEN_ROWS // w.block[0] * w.block[0])
     if n <= step:
