@@ -121,7 +121,8 @@ class FP8Weight:
                          b, parts[0].dtype)
 
 
-WIDEN_ROWS = 2048  # output rows of an FP8 weight widened at a time for a long input
+WIDEN_ROWS = 2048  # output rows of an FP8 weight widened at a time for a long input...
+WIDEN_BYTES = 24 * 2 ** 20  # ...at most this much float32 + bf16 at once (the 2B's down projection: 4 slices)
 
 
 def linear(x, w):
@@ -131,11 +132,12 @@ def linear(x, w):
     rows = x.numel() // x.shape[-1]
     if rows <= SMALL_M and x.is_cuda:
         return fp8_matmul(x, w)
-    # Long inputs (prefill, vision; the CPU in tests): the weight widened per call, WIDEN_ROWS output
+    # Long inputs (prefill, vision; the CPU in tests): the weight widened per call a slice of output
     # rows at a time, so the float32 and bf16 copies of a whole fused weight (~0.25 GiB for the 2B's
     # gate/up) never exist at once (part of the FP8 peak at 32K). Each output column is the same dot product.
-    n = w.q.shape[0]
-    step = max(w.block[0], WIDEN_ROWS // w.block[0] * w.block[0])
+    n, k = w.q.shape
+    rows = min(WIDEN_ROWS, WIDEN_BYTES // (6 * k))  # float32 and bf16 copies of a slice within WIDEN_BYTES
+    step = max(w.block[0], rows // w.block[0] * w.block[0])
     if n <= step:
         return x @ w.dequantized().to(x.dtype).t()
     y = x.new_empty(*x.shape[:-1], n)

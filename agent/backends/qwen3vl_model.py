@@ -181,14 +181,14 @@ class VisionAttention(nn.Module):
 
 
 def _rotate(x, cos, sin):
-    """Rotary in float32, VISION_ROWS patches at a time (its float32 temporaries are the tower's peak)."""
-    out = torch.empty_like(x)
+    """Rotary in float32, VISION_ROWS patches at a time, written back into x (a view of the fused
+    q/k/v): its float32 temporaries and a rotated copy of q and k were the tower's peak."""
     half = x.shape[-1] // 2
     for a in range(0, x.shape[0], VISION_ROWS):
         part = x[a:a + VISION_ROWS].float()
         rot = torch.cat((-part[..., half:], part[..., :half]), dim=-1)
-        out[a:a + VISION_ROWS] = part * cos[a:a + VISION_ROWS].unsqueeze(-2) + rot * sin[a:a + VISION_ROWS].unsqueeze(-2)
-    return out
+        x[a:a + VISION_ROWS] = part * cos[a:a + VISION_ROWS].unsqueeze(-2) + rot * sin[a:a + VISION_ROWS].unsqueeze(-2)
+    return x
 
 
 class VisionMLP(nn.Module):

@@ -37,6 +37,11 @@ def test_long_inputs_widen_the_weight_a_slice_of_rows_at_a_time(monkeypatch):
         monkeypatch.setattr(fp8, "WIDEN_ROWS", 256)  # 700 rows: three slices (block-aligned)
         assert torch.allclose(fp8.linear(x, fw), whole, atol=1e-6)
         monkeypatch.setattr(fp8, "WIDEN_ROWS", 2048)
+    # The 2B's down projection (2048 x 6144): WIDEN_BYTES cuts it into slices of 640 rows.
+    q, s = fp8.quantize_blockwise(torch.randn(2048, 6144) * 0.02)
+    fw = fp8.FP8Weight(q, s, (fp8.BLOCK, fp8.BLOCK), torch.float32)
+    x = torch.randn(70, 6144)
+    assert torch.allclose(fp8.linear(x, fw), x @ fw.dequantized().t(), atol=1e-5)
 
 
 @pytest.mark.slow
