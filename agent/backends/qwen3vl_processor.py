@@ -19,7 +19,8 @@ from pathlib import Path
 
 from agent.backends.qwen_images import smart_resize
 
-# tokenizer_class -> its module, for the classes Qwen3-VL checkpoints name
+# tokenizer_class -> its module, for the classes Qwen3-VL checkpoints name (transformers 5: one
+# tokenizers-backed Qwen2Tokenizer, which AutoTokenizer returns for both names)
 TOKENIZER_MODULES = {"Qwen2Tokenizer": "transformers.models.qwen2.tokenization_qwen2",
                      "Qwen2TokenizerFast": "transformers.models.qwen2.tokenization_qwen2"}
 IMAGE_TOKEN = "<|image_pad|>"
@@ -79,8 +80,8 @@ class ImageProcessor:
     def one(self, image, device=None, resize_on_device: bool | None = None):
         """(patches (grid_h*grid_w, C*T*P*P) float32 on `device`, [1, grid_h, grid_w]). On a GPU the
         resize runs there as the torchvision processor runs it (bicubic, antialiased, rounded back to
-        whole levels); on the CPU with PIL's bicubic as the PIL processor does (within one level of
-        each other): a 1080p screenshot's CPU resize took ~20 ms of a step on the H100 host."""
+        whole levels); on the CPU with PIL's bicubic as the PIL processor does. The two differ by a few
+        levels at sharp edges. Resizing on the CPU for a GPU cost the H100 host's steps ~10 ms."""
         import numpy as np
         import torch
         image = image.convert("RGB") if image.mode != "RGB" else image
