@@ -1,8 +1,8 @@
 """Qwen3-VL's weights and vision tower without transformers' modeling code: the engine's fast load.
 
-Importing transformers' Qwen3-VL modeling code (and its processor, which imports the same) costs
-5-6 s of a 13.5 s cold start on a GPU host: torch._dynamo, torch.distributed.tensor and SymPy,
-imported for every model. The engine (agent/backends/engine.py) already runs the language model
+Importing transformers' Qwen3-VL modeling code (and its processor, which imports the same) imports
+torch._dynamo, torch.distributed.tensor and SymPy for every model: on the H100 host, the load through
+it took 11.0 s to the first action against 7.25 s for this one (docs/performance.md, v6). The engine (agent/backends/engine.py) already runs the language model
 itself and only reads its weights; what it still took from transformers was the vision tower's
 forward and the loading. This module has both, in plain torch:
 - `read_config`: config.json as attributes (the new `rope_parameters` and the older `rope_scaling`
@@ -12,8 +12,9 @@ forward and the loading. This module has both, in plain torch:
   unchanged; the vision tower's forward follows transformers' Qwen3VLVisionModel op for op
   (tests/backends/test_native_qwen3vl.py holds them equal on the tiny checkpoint), with the
   position-embedding resampling done as four weighted gathers instead of one (4, N, hidden) float32
-  temporary (~0.25 GiB at 1080p), and the MLP and the float32 rotary over slices of patches (the same
-  values; at 1080p the transients fall from ~0.35 GiB to well under 0.1);
+  temporary (~0.25 GiB at 1080p), the MLP and the float32 rotary over slices of patches, and the
+  rotation written back into the fused q/k/v (the same values; one 1080p encoding's transients on
+  the H100: 0.21 GiB against transformers' 0.39);
 - `load`: the safetensors files straight onto the device, into a model built on the meta device.
 Only what the engine needs: no `generate`, no text forward (the engine's), images only.
 """
