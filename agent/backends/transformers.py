@@ -89,14 +89,15 @@ def resolve_model(model: str) -> str:
 
 
 def _native_fits(folder: str) -> bool:
-    """Whether the native load (agent/backends/qwen3vl_model.py) reads this checkpoint's config: a
-    Qwen3-VL with the rope it implements. Others (another family, a scaled rope) go through transformers."""
+    """Whether the native load (agent/backends/qwen3vl_model.py) reads this checkpoint: a Qwen3-VL
+    with the rope it implements, in safetensors files. Others (another family, a scaled rope, .bin
+    weights) go through transformers."""
     from agent.backends.qwen3vl_model import read_config
     try:
         read_config(folder)
-        return True
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    return any(Path(folder).glob("*.safetensors"))
 
 
 def _vocab_size(folder: str, native: bool) -> int:

@@ -181,11 +181,12 @@ def test_broken_checkpoints_give_one_line(tiny, tmp_path):
     with pytest.raises(VlagentError, match="missing .*down_proj") as e:
         TransformersBackend(bad, engine=True, options=EngineOptions(native=True))
     assert "\n" not in str(e.value)
-    gone = tmp_path / "no-weights"
+    gone = tmp_path / "no-weights"  # no safetensors: transformers' load is asked, and says so in one line
     shutil.copytree(tiny, gone)
     (gone / "model.safetensors").unlink()
-    with pytest.raises(VlagentError, match="no \\*.safetensors"):
+    with pytest.raises(VlagentError, match="cannot load model") as e:
         TransformersBackend(gone, engine=True, options=EngineOptions(native=True))
+    assert "\n" not in str(e.value)
 
 
 def test_a_config_the_native_load_does_not_read_goes_through_transformers(tiny, tmp_path):
