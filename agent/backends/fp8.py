@@ -435,7 +435,7 @@ def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: 
         else:
             state[key + ".weight"] = w.dequantized()
     if native:
-        model = qwen3vl_model.finish(model, state, folder, dev, skip=held)
+        model = qwen3vl_model.finish(model, state, folder, skip=held)
     else:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         tied = getattr(cfg, "tie_word_embeddings", False) or getattr(cfg.text_config, "tie_word_embeddings", False)

@@ -381,12 +381,12 @@ def load(folder, dtype, device, tensors: dict | None = None) -> Qwen3VL:
     state = {canonical_key(k): (t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device))
              for k, t in tensors.items()}
     tensors.clear()  # the caller's dict lets go too: quantising at load (fp8.py) frees each bf16 weight as it goes
-    return finish(model, state, folder, device)
+    return finish(model, state, folder)
 
 
-def finish(model: Qwen3VL, state: dict, folder, device, skip=()) -> Qwen3VL:
-    """Assign `state` into a meta-built model, tie the head, check nothing is left on the meta
-    device. `skip`: module names whose weight is held elsewhere (FP8 linears)."""
+def finish(model: Qwen3VL, state: dict, folder, skip=()) -> Qwen3VL:
+    """Assign `state` into a meta-built model and tie the head; every parameter must be assigned
+    (none left on the meta device). `skip`: module names whose weight is held elsewhere (FP8 linears)."""
     tied = model.config.tie_word_embeddings
     if tied:
         state.pop("lm_head.weight", None)
