@@ -29,16 +29,18 @@ for layout in (sys.argv[3].split(",") if len(sys.argv) > 3 else ("block", "chann
     if not os.path.exists(f"{dst}/config.json"):
         fp8.save_fp8_checkpoint(src, dst, layout)
     save_s = time.perf_counter() - t
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    m = fp8.load_fp8(dst, torch.bfloat16, "cuda")
-    torch.cuda.synchronize()
-    load_s = time.perf_counter() - t
-    errs = fp8.layer_errors(ref, m, ids, pv, grid)
-    r[layout] = {"save_s": save_s, "load_s": load_s, "layers": errs,
-                 "max_layer_rel_err": max(e["rel_err"] for e in errs[:-1]),
-                 "logits": errs[-1]}
-    print(layout, json.dumps(r[layout]["logits"]), "max layer", r[layout]["max_layer_rel_err"], flush=True)
-    del m
-    torch.cuda.empty_cache()
+    # gemm: long inputs through FP8 GEMMs, activations quantised (the default); widen: the weight alone is FP8
+    for how, gemm in (("gemm", True), ("widen", False)):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        m = fp8.load_fp8(dst, torch.bfloat16, "cuda", gemm=gemm)
+        torch.cuda.synchronize()
+        load_s = time.perf_counter() - t
+        errs = fp8.layer_errors(ref, m, ids, pv, grid)
+        key = layout if gemm else f"{layout}_widen"
+        r[key] = {"save_s": save_s, "load_s": load_s, "layers": errs,
+                  "max_layer_rel_err": max(e["rel_err"] for e in errs[:-1]), "logits": errs[-1]}
+        print(key, json.dumps(r[key]["logits"]), "max layer", r[key]["max_layer_rel_err"], flush=True)
+        del m
+        torch.cuda.empty_cache()
 json.dump(r, open(out, "w"), indent=1)

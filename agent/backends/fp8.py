@@ -13,9 +13,12 @@ Every quantised linear becomes an `FP8Weight`: the e4m3 matrix, its scales and t
 cover (per channel = blocks of 1 row x all columns). `linear(x, w)` runs it:
 - on a card with FP8 (compute capability >= 8.9: Ada, Hopper) a Triton kernel reads the e4m3
   weights (half the bytes of bf16: what bounds a decode step) and multiplies in bf16 with the
-  block's scale applied to the partial sums; for long inputs (prefill, the vision tower) the
-  weight is widened to bf16 once per call and cuBLAS multiplies (those passes are bound by
-  attention and FLOPs, not by weight bytes);
+  block's scale applied to the partial sums;
+- long inputs (prefill, the vision tower) run FP8 tensor-core GEMMs (`torch.nn.functional.scaled_mm`)
+  with the activations quantised on the fly, one scale per row and 128 columns (per row for the
+  per-channel layout): how vLLM and SGLang run these checkpoints ("activation_scheme": "dynamic").
+  Where this torch or card has no such GEMM, or `gemm` is off (`VLAGENT_FP8_GEMM=0`), the weight is
+  widened to bf16 per call, a slice of rows at a time, and cuBLAS multiplies in bf16;
 - elsewhere (the CPU, older GPUs) the weights are dequantised to bf16 at load, once, with one
   line saying so: the numbers are the FP8 checkpoint's, the speed is bf16's.
 """
@@ -94,6 +97,7 @@ class FP8Weight:
     scale: object  # (ceil(N/bn), ceil(K/bk)) float32
     block: tuple[int, int]
     dtype: object  # the activations' dtype (bf16)
+    gemm: bool = True  # long inputs through FP8 GEMMs where the card has them (else the weight widened per call)
 
     @property
     def shape(self):
@@ -108,7 +112,7 @@ class FP8Weight:
     def rows(self, a: int, b: int) -> "FP8Weight":
         """Output rows [a, b) as a view (a and b on block boundaries)."""
         bn = self.block[0]
-        return FP8Weight(self.q[a:b], self.scale[a // bn:-(-b // bn)], self.block, self.dtype)
+        return FP8Weight(self.q[a:b], self.scale[a // bn:-(-b // bn)], self.block, self.dtype, self.gemm)
 
     @staticmethod
     def cat(parts: list["FP8Weight"]) -> "FP8Weight | None":
@@ -118,7 +122,7 @@ class FP8Weight:
         if any(p.block != b or p.q.shape[0] % b[0] for p in parts[:-1]) or any(p.block != b for p in parts):
             return None
         return FP8Weight(torch.cat([p.q for p in parts]).contiguous(), torch.cat([p.scale for p in parts]).contiguous(),
-                         b, parts[0].dtype)
+                         b, parts[0].dtype, parts[0].gemm)
 
 
 WIDEN_ROWS = 2048  # output rows of an FP8 weight widened at a time for a long input...
@@ -132,6 +136,10 @@ def linear(x, w):
     rows = x.numel() // x.shape[-1]
     if rows <= SMALL_M and x.is_cuda:
         return fp8_matmul(x, w)
+    if w.gemm and x.is_cuda and _gemm_fits(w):
+        y = _scaled_linear(x, w)
+        if y is not None:
+            return y
     # Long inputs (prefill, vision; the CPU in tests): the weight widened per call a slice of output
     # rows at a time, so the float32 and bf16 copies of a whole fused weight (~0.25 GiB for the 2B's
     # gate/up) never exist at once (part of the FP8 peak at 32K). Each output column is the same dot product.
@@ -145,6 +153,98 @@ def linear(x, w):
         b = min(n, a + step)
         y[..., a:b] = x @ dequantize(w.q, w.scale, w.block, x.dtype, (a, b)).t()
     return y
+
+
+# ---- long inputs: FP8 GEMMs on activations quantised per row group
+
+_gemm_state: dict = {}  # device index -> False once the card's/torch's scaled_mm refused (one warning)
+
+
+def _gemm_fits(w: FP8Weight) -> bool:
+    """The recipes cuBLAS runs: 128x128 weight blocks with 1x128 activation groups (K in whole groups
+    of four blocks, as its scale layout wants), or per-channel weights with per-row activations."""
+    n, k = w.q.shape
+    if w.block == (BLOCK, BLOCK):
+        return k % (4 * BLOCK) == 0 and n % BLOCK == 0
+    return w.block == (1, k) and k % 16 == 0 and n % 16 == 0
+
+
+def quantize_rows(x2, group: int, pad_to: int = 1):
+    """Dynamic activation quantisation: (e4m3 (M', K), float32 scales (M', K // group) in column-major
+    order, as scaled_mm reads them) of x2 (M, K), one scale per row and `group` columns; M' is M rounded
+    up to pad_to, the padding rows zero. One Triton kernel: no float32 copy of x2."""
+    import torch
+    import triton
+    global _quant
+    if _quant is None:
+        _quant = _build_quant_kernel()
+    m, k = x2.shape
+    mp = -(-m // pad_to) * pad_to
+    q = torch.empty((mp, k), dtype=torch.float8_e4m3fn, device=x2.device)
+    s = torch.empty((k // group, mp), dtype=torch.float32, device=x2.device).t()
+    bm = 16
+    _quant[(triton.cdiv(mp, bm), k // group)](x2, q, s, m, mp, k, x2.stride(0), q.stride(0), s.stride(0), s.stride(1),
+                                              G=group, BM=bm, BK=min(group, 128))
+    return q, s
+
+
+_quant = None
+
+
+def _build_quant_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(x_ptr, q_ptr, s_ptr, M, MP, K, sxm, sqm, ssm, ssg, G: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr):
+        rm = tl.program_id(0) * BM + tl.arange(0, BM)
+        g0 = tl.program_id(1) * G
+        amax = tl.zeros((BM,), dtype=tl.float32)
+        for k0 in range(0, G, BK):
+            rk = g0 + k0 + tl.arange(0, BK)
+            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+            amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+        s = tl.maximum(amax, 1e-12) / 448.0
+        for k0 in range(0, G, BK):
+            rk = g0 + k0 + tl.arange(0, BK)
+            x = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+            q = x.to(tl.float32) / s[:, None]
+            tl.store(q_ptr + rm[:, None] * sqm + rk[None, :], q.to(q_ptr.dtype.element_ty),
+                     mask=(rm[:, None] < MP) & (rk[None, :] < K))
+        tl.store(s_ptr + rm * ssm + tl.program_id(1) * ssg, s, mask=rm < MP)
+
+    return kernel
+
+
+def _scaled_linear(x, w: FP8Weight):
+    """x @ w.T through scaled_mm, or None where this torch/card refuses the recipe (then one warning,
+    and the caller widens the weight as before, for the rest of the process)."""
+    import torch
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if _gemm_state.get(dev) is False:
+        return None
+    import torch.nn.functional as F
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if x2.stride(-1) != 1 or x2.stride(0) != shape[-1]:
+        x2 = x2.contiguous()
+    m, k = x2.shape
+    n = w.q.shape[0]
+    try:
+        kinds = F.ScalingType
+        if w.block == (BLOCK, BLOCK):
+            q, s = quantize_rows(x2, BLOCK, pad_to=4)  # cuBLAS wants the scales' rows in fours
+            y = F.scaled_mm(q, w.q.t(), s, kinds.BlockWise1x128, w.scale.t(), kinds.BlockWise128x128,
+                            output_dtype=x.dtype)[:m]
+        else:
+            q, s = quantize_rows(x2, k)
+            y = F.scaled_mm(q, w.q.t(), s, kinds.RowWise, w.scale.view(1, n), kinds.RowWise, output_dtype=x.dtype)
+    except (AttributeError, RuntimeError, NotImplementedError, ValueError) as e:
+        _gemm_state[dev] = False
+        log.warning("FP8 weights: no FP8 GEMM for long inputs here (%s); their weights are widened to bf16 per call",
+                    str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
+        return None
+    return y.view(*shape[:-1], n)
 
 
 # ---- the Triton kernel: y = x @ (q * scale).T, e4m3 weights read once, bf16 tensor-core dots
@@ -224,6 +324,9 @@ def warm_kernels(weights, device) -> None:
         seen.add(key)
         for m in (1, 5, 16, 20, 32, 33, 64):  # each row bucket, M == 1, M % 16 == 0 and neither (Triton specialises on these)
             fp8_matmul(torch.zeros(m, w.q.shape[1], dtype=w.dtype, device=device), w)
+        if w.gemm and _gemm_fits(w):  # the activations' quantisation kernel, for long inputs
+            for m in (65, 77, 80):  # rows and padded rows: neither, only the padded, both multiples of 16
+                linear(torch.zeros(m, w.q.shape[1], dtype=w.dtype, device=device), w)
 
 
 # ---- modules and checkpoints
@@ -260,9 +363,11 @@ def attach(mod, w: FP8Weight, kernels: bool):
         mod.weight = torch.nn.Parameter(w.dequantized(), requires_grad=False)
 
 
-def quantize_model(model, layout: str = "block", kernels: bool | None = None, block: int = BLOCK) -> int:
+def quantize_model(model, layout: str = "block", kernels: bool | None = None, block: int = BLOCK,
+                   gemm: bool = True) -> int:
     """Quantise every linear of the language model and the vision tower (not the embedding/lm_head)
-    to e4m3 in place; returns how many. kernels None: where the device has FP8 kernels."""
+    to e4m3 in place; returns how many. kernels None: where the device has FP8 kernels. gemm: long
+    inputs through FP8 GEMMs (activations quantised per row group) where the card has them."""
     dev = next(model.parameters()).device
     kernels = fp8_supported(dev) if kernels is None else kernels
     if not kernels:
@@ -271,10 +376,10 @@ def quantize_model(model, layout: str = "block", kernels: bool | None = None, bl
     for _, mod in list(_linear_names(model)):
         if layout == "block":
             q, s = quantize_blockwise(mod.weight.data, block)
-            w = FP8Weight(q, s, (block, block), mod.weight.dtype)
+            w = FP8Weight(q, s, (block, block), mod.weight.dtype, gemm)
         else:
             q, s = quantize_channelwise(mod.weight.data)
-            w = FP8Weight(q, s, (1, mod.weight.shape[1]), mod.weight.dtype)
+            w = FP8Weight(q, s, (1, mod.weight.shape[1]), mod.weight.dtype, gemm)
         attach(mod, w, kernels)
         n += 1
     model.fp8_kernels = kernels
@@ -367,12 +472,13 @@ def _quantizable(name: str, t) -> bool:
 
 
 def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: bool | None = None,
-             native: bool = False, tensors: dict | None = None):
+             native: bool = False, tensors: dict | None = None, gemm: bool = True):
     """A Qwen3-VL model from an FP8 checkpoint folder (either layout): the model is built on the meta
     device from its config without the quantisation section, the non-quantised tensors load as they
     are, and each quantised linear gets its FP8Weight (kernels where the card has them, else
     dequantised once). native: the engine's own module tree (agent/backends/qwen3vl_model.py) instead
-    of transformers' Qwen3VLForConditionalGeneration. tensors: the files read already."""
+    of transformers' Qwen3VLForConditionalGeneration. tensors: the files read already. gemm: as
+    quantize_model's."""
     import torch
 
     folder = Path(folder)
@@ -416,10 +522,10 @@ def load_fp8(folder, dtype, device, attn_implementation: str = "sdpa", kernels: 
             mod_name = name[:-len(".weight")]
             if layout == "block":
                 s = tensors[mod_name + ".weight_scale_inv"].float()
-                fp8[mod_name] = FP8Weight(t, s.contiguous(), block, dtype)
+                fp8[mod_name] = FP8Weight(t, s.contiguous(), block, dtype, gemm)
             else:
                 s = tensors[mod_name + ".weight_scale"].float().view(-1, 1)
-                fp8[mod_name] = FP8Weight(t, s.contiguous(), (1, t.shape[1]), dtype)
+                fp8[mod_name] = FP8Weight(t, s.contiguous(), (1, t.shape[1]), dtype, gemm)
         else:
             state[_model_key(name, modules)] = t.to(device=dev, dtype=dtype) if t.is_floating_point() else t.to(dev)
     tensors.clear()  # what is kept is referenced above; the caller's dict lets go of the rest

@@ -14,6 +14,7 @@ which passes it to the engine; nothing below the CLI reads these variables itsel
 | VLAGENT_SERVE_GRAPHS | serve_graphs | on (0: eager decode steps in `vlagent serve`) |
 | VLAGENT_KV_SHIFT | kv_shift | off (1: after an eviction, move the kept KV instead of prefilling it again) |
 | VLAGENT_FP8 | fp8 | None ("block" or "channel": quantise a bf16 checkpoint's linears to FP8 at load) |
+| VLAGENT_FP8_GEMM | fp8_gemm | on (FP8 weights: prefill and vision through FP8 GEMMs, activations quantised per 1x128 group, where the card has them; 0: weights widened to bf16 per call) |
 | VLAGENT_NATIVE | native | on (with the engine, Qwen3-VL loads without transformers' modeling code: agent/backends/qwen3vl_model.py; 0: through it) |
 | VLAGENT_CACHE_DIR | cache_dir() | ~/.cache/vlagent (built checkpoints, tokenizers, compiled kernels) |
 
@@ -71,6 +72,7 @@ class EngineOptions:
     serve_graphs: bool = True
     kv_shift: bool = False  # agent/backends/engine.py: KV moved after an eviction (not what a fresh prefill computes)
     fp8: str | None = None  # agent/backends/fp8.py: "block" (128x128, Qwen's layout) or "channel"
+    fp8_gemm: bool = True  # FP8 weights: long inputs through FP8 GEMMs (activations quantised too; fp8.py)
     native: bool = True  # with the engine: Qwen3-VL's weights, vision tower and processor without transformers' modeling import
 
     def __post_init__(self):
@@ -93,6 +95,7 @@ class EngineOptions:
             serve_graphs=bool(_flag(env, "VLAGENT_SERVE_GRAPHS", True)),
             kv_shift=bool(_flag(env, "VLAGENT_KV_SHIFT", False)),
             fp8=env.get("VLAGENT_FP8") or None,
+            fp8_gemm=bool(_flag(env, "VLAGENT_FP8_GEMM", True)),
             native=bool(_flag(env, "VLAGENT_NATIVE", True)),
         )
         known = {f.name for f in fields(cls)}

@@ -259,17 +259,17 @@ class TransformersBackend(BackendBase):
             from agent.backends import qwen3vl_model
             tensors = tensors.result()
             if fp8.checkpoint_layout(folder):
-                return fp8.load_fp8(folder, self.dtype, self.device, native=True, tensors=tensors)
+                return fp8.load_fp8(folder, self.dtype, self.device, native=True, tensors=tensors, gemm=self.options.fp8_gemm)
             model = qwen3vl_model.load(folder, self.dtype, self.device, tensors)
         elif fp8.checkpoint_layout(folder):  # an FP8 checkpoint (Qwen's fine-grained or compressed-tensors)
-            return fp8.load_fp8(folder, self.dtype, self.device, _attention(self.device))
+            return fp8.load_fp8(folder, self.dtype, self.device, _attention(self.device), gemm=self.options.fp8_gemm)
         else:
             from agent.backends.hf_import import model_class
             model = model_class().from_pretrained(
                 folder, dtype=self.dtype, attn_implementation=_attention(self.device), device_map=self.device).eval()
         layout = getattr(self.options, "fp8", None)  # block|channel: 8-bit weights from a bf16 checkpoint
         if layout:
-            fp8.quantize_model(model, layout)
+            fp8.quantize_model(model, layout, gemm=self.options.fp8_gemm)
         return model
 
     def _render(self, messages: list[Message]):

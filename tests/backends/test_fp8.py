@@ -121,3 +121,36 @@ def test_budget_plans_fp8_weights():
     bf16, f8 = plan(cfg, 24 * 2 ** 30), plan(cfg, 24 * 2 ** 30, weight_bytes=wb)
     assert f8.weights_gib < 0.6 * bf16.weights_gib
     assert f8.token_budget > bf16.token_budget
+
+
+needs_fp8_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and fp8.fp8_supported(torch.device("cuda"))),
+                                   reason="FP8 GEMMs need a CUDA card of compute capability >= 8.9 and Triton")
+
+
+@needs_fp8_gpu
+def test_activations_are_quantised_one_scale_per_row_group():
+    x = torch.randn(70, 512, device="cuda", dtype=torch.bfloat16) * torch.logspace(-2, 1, 70, device="cuda")[:, None]
+    q, s = fp8.quantize_rows(x, 128, pad_to=4)
+    assert q.shape == (72, 512) and s.shape == (72, 4) and s.stride() == (1, 72)  # column-major, rows in fours
+    want = x.float().view(70, 4, 128).abs().amax(-1) / fp8.E4M3_MAX
+    assert torch.allclose(s[:70], want, rtol=1e-6)
+    back = (q[:70].float().view(70, 4, 128) * s[:70, :, None]).view(70, 512)
+    assert float((back - x.float()).norm() / x.float().norm()) < 0.04
+    assert not q[70:].float().any()  # the padding rows are zero
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("layout", ["block", "channel"])
+def test_long_inputs_run_fp8_gemms_close_to_the_fp8_weights_product(layout):
+    w = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16) * 0.02
+    q, s = fp8.quantize_blockwise(w) if layout == "block" else fp8.quantize_channelwise(w)
+    block = (fp8.BLOCK, fp8.BLOCK) if layout == "block" else (1, 1024)
+    x = torch.randn(2, 150, 1024, device="cuda", dtype=torch.bfloat16)  # longer than the decode kernel's rows
+    exact = x @ fp8.FP8Weight(q, s, block, torch.bfloat16).dequantized().t()
+    got = fp8.linear(x, fp8.FP8Weight(q, s, block, torch.bfloat16, gemm=True))
+    widened = fp8.linear(x, fp8.FP8Weight(q, s, block, torch.bfloat16, gemm=False))
+    assert got.shape == exact.shape
+    assert float((widened.float() - exact.float()).norm() / exact.float().norm()) < 0.01
+    err = float((got.float() - exact.float()).norm() / exact.float().norm())
+    assert 0 < err < 0.05  # the activations' own e4m3 rounding, nothing more: the GEMM ran on e4m3 inputs
+    assert not fp8._gemm_state  # and it was not refused
