@@ -1,6 +1,7 @@
 #!/bin/bash
 # One device call for issue 23's figures (run from the repo root on the GPU machine; wheels in .whl/
 # or ../.whl/). Stages, in the order given:
+#   gemm       benchmarks/gpu_fp8_gemm.py: FP8 GEMMs for long inputs against the widened weight and bf16
 #   probe      benchmarks/gpu_fp8_probe.py: the FP8 kernel against bf16 on the 2B's decode shapes
 #   imports    python -X importtime of what `vlagent run` imports before the model loads
 #   base       vlagent bench (product path, mixed replies, eager) with transformers' baselines
@@ -14,6 +15,7 @@
 #              apps), the lookahead off / on (agent/run/lookahead.py); la110: the shortest desktop time seen
 #   labase     la with transformers' baselines and decode at 10K
 #   coldold    the cold start of the code before this round (a copy in .old/, made with git archive 3ab5644), 3 fresh processes
+#   fp8lawiden fp8la with the weights widened to bf16 for long inputs (VLAGENT_FP8_GEMM=0), no 32K peak
 #   fp8la      la with FP8 weights (quantised at load), decode at 10K, peak at 32K
 #   gputests   the engine's and the lookahead's tests on the GPU
 #   coldprof   the native load's imports (python -X importtime) and its main thread's profile (cProfile)
@@ -46,6 +48,8 @@ b() { name=$1; shift; echo "== $name: vlagent bench $*"
       python3 benchmarks/summary.py $OUT/$name.json 2>/dev/null || tail -8 /tmp/$name.log; grep -i "warn\|error" /tmp/$name.log | head -3
       python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r.get('load_timings')); print('steps (n, ms, reused, shifted, encoded, vision, prefill, decode)', [(s['step'], round(s['step_ms'],1), s.get('reused_tokens'), s.get('shifted_tokens'), s.get('images_encoded'), round(s.get('vision_ms') or 0,1), round(s.get('prefill_ms') or 0,1), round(s.get('decode_ms') or 0,1)) for s in r['steps_detail']])" $OUT/$name.json 2>/dev/null; }
 for what in "$@"; do case $what in
+  gemm) timeout 200 python3 benchmarks/gpu_fp8_gemm.py $OUT/fp8_gemm.json 2>&1 | tail -60 ;;
+  fp8tests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_fp8.py 2>&1 | tail -4 ;;
   probe) timeout 150 python3 benchmarks/gpu_fp8_probe.py $OUT/fp8_probe.json 2>&1 | tail -25 ;;
   imports) ckpt; python3 -X importtime -c "import agent.cli, agent.backends.transformers, transformers; from transformers import Qwen3VLForConditionalGeneration" 2> /tmp/imp.log; sort -t'|' -k2 -n -r /tmp/imp.log | head -25 > $OUT/importtime_top.txt; head -25 $OUT/importtime_top.txt ;;
   base) ckpt; BT=300 b base --model $M --steps 12 --decode-context 10240 ;;
@@ -62,8 +66,9 @@ for what in "$@"; do case $what in
   la) ckpt; b lookahead --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} ;;
   la110) ckpt; b lookahead_110 --model $M --steps 12 --no-baselines --desktop-ms 110 ;;
   labase) ckpt; BT=400 b lookahead_base --model $M --steps 12 --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 ;;
+  fp8lawiden) ckpt; export VLAGENT_FP8_GEMM=0; b fp8_lookahead_widen --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; unset VLAGENT_FP8_GEMM ;;
   fp8la) ckpt; b fp8_lookahead --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768 ;;
-  gputests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py tests/run/test_lookahead.py -k "not real_app" 2>&1 | tail -4 ;;
+  gputests) timeout 240 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py tests/backends/test_fp8.py tests/backends/test_native_qwen3vl.py tests/run/test_lookahead.py -k "not real_app" 2>&1 | tail -6 ;;
   coldprof) ckpt; python3 -X importtime -c "import sys; sys.argv=['x']; from agent.backends import load_backend; load_backend('$M')" 2> /tmp/impn.log > /dev/null
            sort -t'|' -k2 -n -r /tmp/impn.log | head -40 > $OUT/importtime_native.txt; head -25 $OUT/importtime_native.txt
            python3 -c "import cProfile, pstats; from agent.backends import load_backend; cProfile.run('load_backend(\"$M\")', '/tmp/load.prof'); pstats.Stats('/tmp/load.prof').sort_stats('cumulative').print_stats(45)" 2>&1 | grep -v "^Loading" > $OUT/load_profile.txt; grep -A60 "ncalls" $OUT/load_profile.txt | cut -c1-160 | head -60 ;;

@@ -53,10 +53,19 @@ def peak_of(events) -> dict:
 
 def main(ckpt: str, out: str, fp8: str = "block"):
     opts = with_options(engine_options(), context=32768, fp8=None if fp8 == "none" else fp8)
+    torch.cuda.memory._record_memory_history(max_entries=2_000_000)  # from the load on: what stays resident, and where from
     backend = load_backend(ckpt, options=opts)
     torch.cuda.synchronize()
     res = {"device": torch.cuda.get_device_name(0), "fp8": fp8, "allocated_after_load_gib": torch.cuda.memory_allocated() / 2 ** 30}
-    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    loaded = torch.cuda.memory._snapshot()
+    by_site: dict[str, int] = {}
+    for seg in loaded["segments"]:
+        for blk in seg["blocks"]:
+            if blk["state"] == "active_allocated":
+                site = where(blk.get("frames", []))
+                by_site[site] = by_site.get(site, 0) + blk["size"]
+    res["resident_by_site_mib"] = dict(sorted(((k, v / MIB) for k, v in by_site.items()), key=lambda kv: -kv[1])[:25])
+    start = len(loaded["device_traces"][0])
     torch.cuda.reset_peak_memory_stats()
     r = context_peak(backend, 32768, (1920, 1080))
     torch.cuda.synchronize()
@@ -64,10 +73,11 @@ def main(ckpt: str, out: str, fp8: str = "block"):
     torch.cuda.memory._record_memory_history(enabled=None)
     res["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     res["context_peak"] = r
-    events = snap["device_traces"][0]
+    events = snap["device_traces"][0][start:]
     first_prefill = next((i for i, e in enumerate(events) if any(f["name"] == "_layers" for f in e.get("frames", []))), len(events))
     res["trace"] = {"vision": peak_of(events[:first_prefill]), "all": peak_of(events)}
-    print(json.dumps({k: v for k, v in res.items() if k != "trace"}, default=str))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("trace", "resident_by_site_mib")}, default=str))
+    print(json.dumps(res["resident_by_site_mib"], indent=1))
     print(json.dumps(res["trace"], indent=1))
     Path(out).write_text(json.dumps(res, indent=1, default=str))
 

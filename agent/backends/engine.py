@@ -35,6 +35,7 @@ grammar forces), `Engine.rope_delta`, and `VisionCache` (encoded screenshots, sh
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -44,7 +45,7 @@ from typing import Any
 
 from agent.backends.budget import KV_BUCKET, PREFILL_CHUNK, VISION_CACHE_SIZE, plan  # the sizes the planner plans with
 from agent.backends.engine_ops import (attend, chunks, image_key, image_spans, mrope_positions,  # noqa: F401
-                               post_attention, pre_attention, rms_norm, tensor_key)
+                               MLP_ROWS, post_attention, pre_attention, rms_norm, tensor_key)
 from agent.backends.image_cache import PerImage
 from agent.errors import VlagentError
 
@@ -213,7 +214,7 @@ class Engine:
         self._pending: list[tuple[int, int]] = []  # (span, width) graphs to capture between steps (warm_up)
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
-        self._pre_n, self._post_n = pre_attention, post_attention
+        self._pre_n, self._post_n = pre_attention, functools.partial(post_attention, rows=MLP_ROWS)
         if compile and self.fp8:
             import logging
             logging.getLogger(__name__).warning("engine: FP8 weights run eager (torch.compile is not used with them)")
@@ -386,8 +387,7 @@ class Engine:
             o = self._prefill_attention(q, self.k_cache[i, :, :end][None], self.v_cache[i, :, :end][None], start)
             o = o.transpose(1, 2).reshape(1, n, -1)
             x = self._post_n(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
-            if deepstack is not None and i < len(deepstack) and vis_rows:
-                x = x.clone()
+            if deepstack is not None and i < len(deepstack) and vis_rows:  # x is this layer's own output
                 o = 0
                 for a, b in vis_rows:
                     x[0, a:b] += deepstack[i][o:o + b - a]
@@ -881,7 +881,11 @@ class Engine:
                 for idx, a, b, s in parts:
                     x[0, a - c0:b - c0] = feats[idx][0][a - s:b - s]
                 n_deep = len(feats[parts[0][0]][1])
-                deep = [torch.cat([feats[idx][1][j][a - s:b - s] for idx, a, b, s in parts]) for j in range(n_deep)]
+                if len(parts) == 1:  # views of the cached features: no copy (3 x 8 MiB for a 1080p screenshot)
+                    (idx, a, b, s), = parts
+                    deep = [feats[idx][1][j][a - s:b - s] for j in range(n_deep)]
+                else:
+                    deep = [torch.cat([feats[idx][1][j][a - s:b - s] for idx, a, b, s in parts]) for j in range(n_deep)]
             cos, sin = self._rope(x, pos3[:, c0:c1])
             h = self._layers(x, cos, sin, c0, vis_rows, deep)
         self.state.ids, self.state.keys, self.state.grids = list(seq), list(keys), list(grids)

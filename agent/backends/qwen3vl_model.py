@@ -9,12 +9,13 @@ forward and the loading. This module has both, in plain torch:
   layouts alike), the fields the engine and the budget planner read;
 - `Qwen3VL`: the module tree under transformers' names (`model.visual...`, `model.language_model...`,
   `lm_head`), so checkpoint keys, FP8 attachment (agent/backends/fp8.py) and the engine's reads are
-  unchanged; the vision tower's forward follows transformers' Qwen3VLVisionModel op for op
-  (tests/backends/test_native_qwen3vl.py holds them equal on the tiny checkpoint), with the
-  position-embedding resampling done as four weighted gathers instead of one (4, N, hidden) float32
-  temporary (~0.25 GiB at 1080p), the MLP and the float32 rotary over slices of patches, and the
-  rotation written back into the fused q/k/v (the same values; one 1080p encoding's transients on
-  the H100: 0.21 GiB against transformers' 0.39);
+  unchanged; the vision tower's forward computes what transformers' Qwen3VLVisionModel computes
+  (tests/backends/test_native_qwen3vl.py holds them equal on the tiny checkpoint), in less memory:
+  the position-embedding resampling as four weighted gathers a slice of patches at a time instead
+  of one (4, N, hidden) float32 temporary (~0.25 GiB at 1080p); the residual stream updated in
+  place; keys and values first, then the queries, their attention and projection a slice of
+  patches at a time (no fused q/k/v of the whole screenshot); the MLP over slices; the float32
+  rotary in one fused kernel on a GPU (docs/performance.md, v7, has the figures);
 - `load`: the safetensors files straight onto the device, into a model built on the meta device.
 Only what the engine needs: no `generate`, no text forward (the engine's), images only.
 """
@@ -29,7 +30,7 @@ from torch import nn
 import torch.nn.functional as F
 
 ACTIVATIONS = {"gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu, "silu": F.silu}
-VISION_ROWS = 2048  # patches per slice of the vision MLP and rotary: a 1080p screenshot is ~8.2K patches
+VISION_ROWS = 2048  # patches per slice of the vision attention's queries and MLP: a 1080p screenshot is ~8.2K patches
 VISION_THETA = 10000.0  # the vision rope's base when the config names none (transformers' default)
 
 
@@ -171,25 +172,98 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, cfg.hidden_size * 3)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x, cos, sin, lengths: list[int]):
-        n = x.shape[0]
-        q, k, v = self.qkv(x).reshape(n, 3, self.heads, -1).permute(1, 0, 2, 3).unbind(0)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-        outs = [F.scaled_dot_product_attention(a, b, c).transpose(1, 2)  # one image at a time, as transformers' sdpa path
-                for a, b, c in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2))]
-        return self.proj(torch.cat(outs, dim=1).reshape(n, -1))
+    def _rows(self, x, a: int, b: int):
+        """x @ qkv.weight[a:b].T + its bias: the query, or the key and value, part of the fused projection."""
+        from agent.backends.fp8 import fp8_weight_of, linear
+        w8 = fp8_weight_of(self.qkv)
+        bias = None if self.qkv.bias is None else self.qkv.bias[a:b]
+        if w8 is None:
+            return F.linear(x, self.qkv.weight[a:b], bias)
+        if a % w8.block[0] or b % w8.block[0]:  # not on scale blocks (tiny test models): all rows, then the part
+            y = linear(x, w8)[:, a:b]
+        else:
+            y = linear(x, w8.rows(a, b))
+        return y if bias is None else y + bias
+
+    def forward(self, x, norm, cos, sin, lengths: list[int]):
+        """x += attention over norm(x), in place, as transformers' sdpa path computes it (one image at a
+        time, rotary in float32). Keys and values of every patch first; then the queries VISION_ROWS
+        patches at a time, each slice's output projected and added to its rows: the fused q/k/v of a
+        1080p screenshot (48 MiB) and its copies were the tower's largest transients. A slice's rows
+        change only after its queries were read, and no later slice reads them."""
+        n, hid = x.shape
+        d = hid // self.heads
+        k = x.new_empty(1, self.heads, n, d)
+        v = x.new_empty(1, self.heads, n, d)
+        for a in range(0, n, VISION_ROWS):
+            kv = self._rows(norm(x[a:a + VISION_ROWS]), hid, 3 * hid).view(-1, 2, self.heads, d)
+            k[0, :, a:a + VISION_ROWS] = _rotate(kv[:, 0], cos[a:a + VISION_ROWS], sin[a:a + VISION_ROWS]).transpose(0, 1)
+            v[0, :, a:a + VISION_ROWS] = kv[:, 1].transpose(0, 1)
+        start = 0
+        for length in lengths:
+            ks, vs = k[:, :, start:start + length], v[:, :, start:start + length]
+            for a in range(start, start + length, VISION_ROWS):
+                b = min(start + length, a + VISION_ROWS)
+                q = _rotate(self._rows(norm(x[a:b]), 0, hid).view(b - a, self.heads, d), cos[a:b], sin[a:b])
+                o = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), ks, vs)
+                x[a:b] += self.proj(o[0].transpose(0, 1).reshape(b - a, hid))
+            start += length
+        return x
+
+
+ROTARY_ROWS = 512  # patches rotated at a time by the torch path (its float32 temporaries)
 
 
 def _rotate(x, cos, sin):
-    """Rotary in float32, VISION_ROWS patches at a time, written back into x (a view of the fused
-    q/k/v): its float32 temporaries and a rotated copy of q and k were the tower's peak."""
+    """Rotary in float32 written back into x (n, heads, dim), as transformers computes it: on a GPU one
+    fused kernel (no temporaries, one launch instead of ~7 a slice), else ROTARY_ROWS patches at a time."""
+    if x.is_cuda and x.stride(-1) == 1 and x.shape[-1] & (x.shape[-1] - 1) == 0 and _rotary_kernel() is not None:
+        n, heads, dim = x.shape
+        try:
+            _ROTARY[0][(n,)](x, cos, sin, x.stride(0), x.stride(1), cos.stride(0), H=heads, D=dim,
+                             BH=1 << (heads - 1).bit_length(), enable_fp_fusion=False)  # no FMA: the same roundings
+            return x
+        except Exception as e:  # noqa: BLE001 (a Triton that cannot build it: the torch path, said once)
+            import logging
+            logging.getLogger(__name__).warning("vision rotary: no fused kernel (%s); torch ops instead",
+                                                str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
+            _ROTARY[0] = None
     half = x.shape[-1] // 2
-    for a in range(0, x.shape[0], VISION_ROWS):
-        part = x[a:a + VISION_ROWS].float()
+    for a in range(0, x.shape[0], ROTARY_ROWS):
+        part = x[a:a + ROTARY_ROWS].float()
         rot = torch.cat((-part[..., half:], part[..., :half]), dim=-1)
-        x[a:a + VISION_ROWS] = part * cos[a:a + VISION_ROWS].unsqueeze(-2) + rot * sin[a:a + VISION_ROWS].unsqueeze(-2)
+        x[a:a + ROTARY_ROWS] = part * cos[a:a + ROTARY_ROWS].unsqueeze(-2) + rot * sin[a:a + ROTARY_ROWS].unsqueeze(-2)
     return x
+
+
+_ROTARY: list = []
+
+
+def _rotary_kernel():
+    """The Triton kernel of `_rotate` (None without Triton)."""
+    if not _ROTARY:
+        try:
+            import triton
+            import triton.language as tl
+        except ImportError:
+            _ROTARY.append(None)
+            return None
+
+        @triton.jit
+        def rotary(x_ptr, c_ptr, s_ptr, sxr, sxh, scr, H: tl.constexpr, D: tl.constexpr, BH: tl.constexpr):
+            r = tl.program_id(0)
+            h = tl.arange(0, BH)[:, None]
+            j = tl.arange(0, D)[None, :]
+            keep = (h < H) & (j < D)
+            x = tl.load(x_ptr + r * sxr + h * sxh + j, mask=keep, other=0.0).to(tl.float32)
+            turned = tl.load(x_ptr + r * sxr + h * sxh + (j + D // 2) % D, mask=keep, other=0.0).to(tl.float32)
+            turned = tl.where(j < D // 2, -turned, turned)  # rotate_half
+            c = tl.load(c_ptr + r * scr + j)
+            s = tl.load(s_ptr + r * scr + j)
+            tl.store(x_ptr + r * sxr + h * sxh + j, (x * c + turned * s).to(x_ptr.dtype.element_ty), mask=keep)
+
+        _ROTARY.append(rotary)
+    return _ROTARY[0]
 
 
 class VisionMLP(nn.Module):
@@ -200,10 +274,7 @@ class VisionMLP(nn.Module):
         self.act = ACTIVATIONS[getattr(cfg, "hidden_act", "gelu_pytorch_tanh")]
 
     def forward(self, x):
-        if x.shape[0] <= VISION_ROWS:
-            return self.linear_fc2(self.act(self.linear_fc1(x)))
-        return torch.cat([self.linear_fc2(self.act(self.linear_fc1(x[a:a + VISION_ROWS])))
-                          for a in range(0, x.shape[0], VISION_ROWS)])
+        return self.linear_fc2(self.act(self.linear_fc1(x)))
 
 
 class VisionBlock(nn.Module):
@@ -215,8 +286,11 @@ class VisionBlock(nn.Module):
         self.mlp = VisionMLP(cfg)
 
     def forward(self, x, cos, sin, lengths: list[int]):
-        x = x + self.attn(self.norm1(x), cos, sin, lengths)
-        return x + self.mlp(self.norm2(x))
+        """x updated in place (the tower's own tensor): attention, then the MLP VISION_ROWS patches at a time."""
+        x = self.attn(x, self.norm1, cos, sin, lengths)
+        for a in range(0, x.shape[0], VISION_ROWS):
+            x[a:a + VISION_ROWS] += self.mlp(self.norm2(x[a:a + VISION_ROWS]))
+        return x
 
 
 class PatchEmbed(nn.Module):
@@ -278,8 +352,9 @@ class VisionModel(nn.Module):
             cols.append(c.permute(0, 2, 1, 3).reshape(-1).repeat(t))
         return torch.cat(rows), torch.cat(cols)
 
-    def _pos_embeds(self, grids, rows, cols, dtype):
-        """The learned square table resampled bilinearly (align_corners) to each grid."""
+    def _add_pos_embeds(self, x, grids, rows, cols):
+        """x += the learned square table resampled bilinearly (align_corners) to each grid, in float32
+        and VISION_ROWS patches at a time (a 1080p screenshot's float32 resampling was ~0.1 GiB)."""
         side = self.side
         hs = torch.cat([torch.full((t * h * w,), h, device=rows.device) for t, h, w in grids])
         ws = torch.cat([torch.full((t * h * w,), w, device=rows.device) for t, h, w in grids])
@@ -291,12 +366,15 @@ class VisionModel(nn.Module):
             lo = lo.long().clamp(0, side - 1)
             hi = (lo + 1).clamp(0, side - 1)
             taps.append(((lo, 1 - frac), (hi, frac)))
-        out = None
-        for (ri, rw) in taps[0]:
-            for (ci, cw) in taps[1]:
-                part = self.pos_embed(ri * side + ci) * (rw * cw)[:, None]
-                out = part if out is None else out + part
-        return out.to(dtype)
+        for a in range(0, x.shape[0], VISION_ROWS):
+            out = None
+            for (ri, rw) in taps[0]:
+                for (ci, cw) in taps[1]:
+                    ri_, ci_ = ri[a:a + VISION_ROWS], ci[a:a + VISION_ROWS]
+                    part = self.pos_embed(ri_ * side + ci_) * (rw[a:a + VISION_ROWS] * cw[a:a + VISION_ROWS])[:, None]
+                    out = part if out is None else out + part
+            x[a:a + VISION_ROWS] += out.to(x.dtype)
+        return x
 
     def _rotary(self, rows, cols, device):
         inv = 1.0 / (self.theta ** (torch.arange(0, self.spatial_dim, 2, dtype=torch.float, device=device)
@@ -310,7 +388,7 @@ class VisionModel(nn.Module):
         lengths = [h * w for t, h, w in grids for _ in range(t)]
         x = self.patch_embed(pixel_values)
         rows, cols = self._rows_cols(grids, x.device)
-        x = x + self._pos_embeds(grids, rows, cols, x.dtype)
+        x = self._add_pos_embeds(x, grids, rows, cols)
         cos, sin = self._rotary(rows, cols, x.device)
         deep = []
         for i, blk in enumerate(self.blocks):

@@ -106,10 +106,11 @@ def test_gpu_resize_stays_within_levels_of_pils(pair):
         assert float(diff.max()) <= 32 * level, (w, h)
 
 
-@pytest.mark.parametrize("rows", [2048, 7])  # 7: the MLP and rotary run over slices of patches
+@pytest.mark.parametrize("rows", [2048, 7])  # 7: the queries, the MLP and the rotary run over slices of patches
 def test_vision_tower_and_rotary_equal_transformers(pair, monkeypatch, rows):
     from agent.backends import qwen3vl_model
     monkeypatch.setattr(qwen3vl_model, "VISION_ROWS", rows)
+    monkeypatch.setattr(qwen3vl_model, "ROTARY_ROWS", min(rows, 512) // 2)
     native, ref = pair
     shots = [_image(500, 300, 1), _image(96, 160, 2)]
     inputs = ref.processor.image_processor(images=shots, return_tensors="pt")
@@ -217,3 +218,18 @@ def test_each_familys_prompt_renders_as_its_processor_renders_it(family):
     native, ref = Processor(folder), load_processor(folder)
     assert native.apply_chat_template(msgs) == ref.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert native.image_token_id == ref.image_token_id
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused rotary kernel runs on a CUDA card")
+def test_fused_vision_rotary_equals_the_torch_ops_to_the_bit(monkeypatch):
+    from agent.backends import qwen3vl_model
+    g = torch.Generator(device="cuda").manual_seed(0)
+    fused = torch.randn(700, 2, 16, 64, device="cuda", generator=g).to(torch.bfloat16)
+    plain = fused.clone()
+    ang = torch.rand(700, 64, device="cuda", generator=g) * 50
+    cos, sin = ang.cos(), ang.sin()
+    qwen3vl_model._rotate(fused[:, 0], cos, sin)  # a view with the fused q/k/v's strides
+    assert qwen3vl_model._ROTARY and qwen3vl_model._ROTARY[0] is not None  # the kernel ran, not the fallback
+    monkeypatch.setattr(qwen3vl_model, "_ROTARY", [None])
+    qwen3vl_model._rotate(plain[:, 0], cos, sin)
+    assert torch.equal(fused, plain) and not torch.equal(fused[:, 0], fused[:, 1])
