@@ -35,7 +35,6 @@ grammar forces), `Engine.rope_delta`, and `VisionCache` (encoded screenshots, sh
 """
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
@@ -45,7 +44,7 @@ from typing import Any
 
 from agent.backends.budget import KV_BUCKET, PREFILL_CHUNK, VISION_CACHE_SIZE, plan  # the sizes the planner plans with
 from agent.backends.engine_ops import (attend, chunks, image_key, image_spans, mrope_positions,  # noqa: F401
-                               MLP_ROWS, post_attention, pre_attention, rms_norm, tensor_key)
+                               post_attention, pre_attention, rms_norm, tensor_key)
 from agent.backends.image_cache import PerImage
 from agent.errors import VlagentError
 
@@ -214,7 +213,7 @@ class Engine:
         self._pending: list[tuple[int, int]] = []  # (span, width) graphs to capture between steps (warm_up)
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
-        self._pre_n, self._post_n = pre_attention, functools.partial(post_attention, rows=MLP_ROWS)
+        self._pre_n, self._post_n = pre_attention, post_attention
         if compile and self.fp8:
             import logging
             logging.getLogger(__name__).warning("engine: FP8 weights run eager (torch.compile is not used with them)")

@@ -115,24 +115,13 @@ def attend(q, k, v, bias, scale: float):
     return s.softmax(-1).to(v.dtype) @ v
 
 
-MLP_ROWS = 512  # tokens of a prefill chunk through the MLP at a time
-
-
-def post_attention(x, attn, o_w, ln_w, gate_up_w, down_w, eps: float, inter: int, rows: int = 0):
-    """Output projection, residual, norm, SwiGLU MLP, residual. rows: the MLP over that many tokens
-    at a time, added into the residual in place (a 2048-token chunk's gate/up output and SwiGLU
-    product were most of a prefill's transient memory); 0: all at once."""
+def post_attention(x, attn, o_w, ln_w, gate_up_w, down_w, eps: float, inter: int):
+    """Output projection, residual, norm, SwiGLU MLP, residual."""
     import torch.nn.functional as F
     x = x + linear(attn, o_w)
-    n = x.shape[1]
-    if not rows or n <= rows:
-        h = rms_norm(x, ln_w, eps)
-        g, u = linear(h, gate_up_w).split((inter, inter), dim=-1)
-        return x + linear(F.silu(g) * u, down_w)
-    for a in range(0, n, rows):
-        g, u = linear(rms_norm(x[:, a:a + rows], ln_w, eps), gate_up_w).split((inter, inter), dim=-1)
-        x[:, a:a + rows] += linear(F.silu(g) * u, down_w)
-    return x
+    h = rms_norm(x, ln_w, eps)
+    g, u = linear(h, gate_up_w).split((inter, inter), dim=-1)
+    return x + linear(F.silu(g) * u, down_w)
 
 
 # ---- M-RoPE positions (same rule as Qwen3VLModel.get_rope_index), computed on the CPU

@@ -92,10 +92,7 @@ def test_greedy_tokens_equal_transformers_forward(attention):
     assert gen.tokens == expect
 
 
-@pytest.mark.parametrize("mlp_rows", [512, 4])  # 4: the prefill's MLP over slices of tokens
-def test_prefill_logits_close_to_transformers(monkeypatch, mlp_rows):
-    from agent.backends import engine as engine_module
-    monkeypatch.setattr(engine_module, "MLP_ROWS", mlp_rows)
+def test_prefill_logits_close_to_transformers():
     model = small_model()
     ims = [image(3)]
     ids = text(4, 5) + with_image(ims[0]) + text(5, 5)

@@ -31,8 +31,8 @@ def tiny():
 def pair(tiny):
     """(native backend, transformers backend), both with the engine, same checkpoint."""
     from agent.backends.transformers import TransformersBackend
-    native = TransformersBackend(tiny, engine=True, options=EngineOptions(native=True))
-    ref = TransformersBackend(tiny, engine=True, options=EngineOptions(native=False))
+    native = TransformersBackend(tiny, device="cpu", engine=True, options=EngineOptions(native=True))  # float32, also on a GPU machine
+    ref = TransformersBackend(tiny, device="cpu", engine=True, options=EngineOptions(native=False))
     assert native.native and not ref.native
     return native, ref
 
