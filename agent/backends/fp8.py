@@ -109,6 +109,10 @@ class FP8Weight:
     def dequantized(self):
         return dequantize(self.q, self.scale, self.block, self.dtype)
 
+    def apply(self, x):
+        """x @ this weight's transpose (`linear`), for callers that hold an FP8Weight without importing this module."""
+        return linear(x, self)
+
     def rows(self, a: int, b: int) -> "FP8Weight":
         """Output rows [a, b) as a view (a and b on block boundaries)."""
         bn = self.block[0]

@@ -174,15 +174,14 @@ class VisionAttention(nn.Module):
 
     def _rows(self, x, a: int, b: int):
         """x @ qkv.weight[a:b].T + its bias: the query, or the key and value, part of the fused projection."""
-        from agent.backends.fp8 import fp8_weight_of, linear
-        w8 = fp8_weight_of(self.qkv)
+        w8 = getattr(self.qkv, "fp8", None)  # an FP8Weight (agent/backends/fp8.py attaches it)
         bias = None if self.qkv.bias is None else self.qkv.bias[a:b]
         if w8 is None:
             return F.linear(x, self.qkv.weight[a:b], bias)
         if a % w8.block[0] or b % w8.block[0]:  # not on scale blocks (tiny test models): all rows, then the part
-            y = linear(x, w8)[:, a:b]
+            y = w8.apply(x)[:, a:b]
         else:
-            y = linear(x, w8.rows(a, b))
+            y = w8.rows(a, b).apply(x)
         return y if bias is None else y + bias
 
     def forward(self, x, norm, cos, sin, lengths: list[int]):
