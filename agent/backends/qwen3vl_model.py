@@ -210,7 +210,7 @@ class VisionAttention(nn.Module):
         return x
 
 
-ROTARY_ROWS = 512  # patches rotated at a time by the torch path (its float32 temporaries)
+ROTARY_ROWS = 2048  # patches rotated at a time by the torch path (bounds its float32 temporaries; fewer launches than smaller slices)
 
 
 def _rotate(x, cos, sin):
