@@ -161,7 +161,7 @@ def linear(x, w):
 
 # ---- long inputs: FP8 GEMMs on activations quantised per row group
 
-_gemm_state: dict = {}  # device index -> False once the card's/torch's scaled_mm refused (one warning)
+_gemm_state: dict = {}  # device -> False once the card's/torch's scaled_mm refused (one warning)
 
 
 def _gemm_fits(w: FP8Weight) -> bool:
@@ -224,7 +224,7 @@ def _scaled_linear(x, w: FP8Weight):
     """x @ w.T through scaled_mm, or None where this torch/card refuses the recipe (then one warning,
     and the caller widens the weight as before, for the rest of the process)."""
     import torch
-    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    dev = x.device
     if _gemm_state.get(dev) is False:
         return None
     import torch.nn.functional as F
