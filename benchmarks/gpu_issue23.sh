@@ -2,6 +2,8 @@
 # One device call for issue 23's figures (run from the repo root on the GPU machine; wheels in .whl/
 # or ../.whl/). Stages, in the order given:
 #   gemm       benchmarks/gpu_fp8_gemm.py: FP8 GEMMs for long inputs against the widened weight and bf16
+#   fused      benchmarks/gpu_fused_decode.py: the fused decode layer's GEMV configurations, 28 layers at 10K fused vs eager
+#   fp8lanofuse fp8la with the fused decode off (VLAGENT_FUSED_DECODE=0): the eager decode step, same call
 #   probe      benchmarks/gpu_fp8_probe.py: the FP8 kernel against bf16 on the 2B's decode shapes
 #   imports    python -X importtime of what `vlagent run` imports before the model loads
 #   base       vlagent bench (product path, mixed replies, eager) with transformers' baselines
@@ -50,6 +52,8 @@ b() { name=$1; shift; echo "== $name: vlagent bench $*"
 for what in "$@"; do case $what in
   gemm) timeout 200 python3 benchmarks/gpu_fp8_gemm.py $OUT/fp8_gemm.json 2>&1 | tail -60 ;;
   fp8tests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_fp8.py 2>&1 | tail -4 ;;
+  fused) timeout 240 python3 benchmarks/gpu_fused_decode.py $OUT/fused_decode.json 2>&1 | tail -12 ;;
+  fp8lanofuse) ckpt; export VLAGENT_FUSED_DECODE=0; b fp8_lookahead_nofuse --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768; unset VLAGENT_FUSED_DECODE ;;
   probe) timeout 150 python3 benchmarks/gpu_fp8_probe.py $OUT/fp8_probe.json 2>&1 | tail -25 ;;
   imports) ckpt; python3 -X importtime -c "import agent.cli, agent.backends.transformers, transformers; from transformers import Qwen3VLForConditionalGeneration" 2> /tmp/imp.log; sort -t'|' -k2 -n -r /tmp/imp.log | head -25 > $OUT/importtime_top.txt; head -25 $OUT/importtime_top.txt ;;
   base) ckpt; BT=300 b base --model $M --steps 12 --decode-context 10240 ;;
@@ -68,7 +72,7 @@ for what in "$@"; do case $what in
   labase) ckpt; BT=400 b lookahead_base --model $M --steps 12 --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 ;;
   fp8lawiden) ckpt; export VLAGENT_FP8_GEMM=0; b fp8_lookahead_widen --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; unset VLAGENT_FP8_GEMM ;;
   fp8la) ckpt; b fp8_lookahead --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768 ;;
-  gputests) timeout 240 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py tests/backends/test_fp8.py tests/backends/test_native_qwen3vl.py tests/run/test_lookahead.py -k "not real_app" 2>&1 | tail -6 ;;
+  gputests) timeout 240 python3 -m pytest -q -p no:cacheprovider tests/backends/test_engine.py tests/backends/test_fp8.py tests/backends/test_decode_kernels.py tests/backends/test_native_qwen3vl.py tests/run/test_lookahead.py -k "not real_app" 2>&1 | tail -6 ;;
   coldprof) ckpt; python3 -X importtime -c "import sys; sys.argv=['x']; from agent.backends import load_backend; load_backend('$M')" 2> /tmp/impn.log > /dev/null
            sort -t'|' -k2 -n -r /tmp/impn.log | head -40 > $OUT/importtime_native.txt; head -25 $OUT/importtime_native.txt
            python3 -c "import cProfile, pstats; from agent.backends import load_backend; cProfile.run('load_backend(\"$M\")', '/tmp/load.prof'); pstats.Stats('/tmp/load.prof').sort_stats('cumulative').print_stats(45)" 2>&1 | grep -v "^Loading" > $OUT/load_profile.txt; grep -A60 "ncalls" $OUT/load_profile.txt | cut -c1-160 | head -60 ;;

@@ -170,7 +170,7 @@ class Engine:
     def __init__(self, model, max_context: int = 32768, *, graphs: bool | None = None,
                  compile: bool | str = False, attention: str = "bmm", kv_shift: bool = False,
                  vision_cache: VisionCache | None = None, compile_vision: bool = True,
-                 sdpa: str = "cudnn"):
+                 sdpa: str = "cudnn", fused_decode: bool | None = None):
         import torch
 
         self.torch = torch
@@ -213,6 +213,12 @@ class Engine:
         self._pending: list[tuple[int, int]] = []  # (span, width) graphs to capture between steps (warm_up)
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
+        # One decode token in seven Triton kernels a layer (agent/backends/decode_kernels.py): by
+        # default with FP8 weights on CUDA, where the eager step's ~800 small kernels cost more than
+        # reading the weights.
+        if fused_decode is None:
+            fused_decode = self.fp8 and self.device.type == "cuda"
+        self._fused = self._make_fused() if fused_decode else None
         self._pre_n, self._post_n = pre_attention, post_attention
         if compile and self.fp8:
             import logging
@@ -369,6 +375,18 @@ class Engine:
 
     # ---- the language model
 
+    def _make_fused(self):
+        try:
+            from agent.backends.decode_kernels import FusedDecode
+            return FusedDecode(self.layers, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                               inter=self.inter, hidden=self.tcfg.hidden_size, eps=self.eps,
+                               max_context=self.max_context, device=self.device, dtype=self.dtype,
+                               width=FEED_WIDTH)
+        except (ImportError, ValueError) as e:
+            import logging
+            logging.getLogger(__name__).warning("engine: fused decode kernels unavailable, decoding with torch ops: %s", e)
+            return None
+
     def _rope(self, x, pos3):
         return self.lm.rotary_emb(x, pos3.view(3, 1, -1))
 
@@ -437,32 +455,62 @@ class Engine:
         decode step; n > 1 feeds a run of grammar-forced tokens for about the cost of one (the weights
         are read once), padded past the run's end (those slots are rewritten before anything reads them)."""
         torch = self.torch
+        if self._fused is not None:
+            try:
+                return self._fused_step(span) if n == 1 else self._step(span, n)
+            except Exception as e:  # Triton cannot build or run a kernel here: one warning, then torch ops
+                if isinstance(e, torch.OutOfMemoryError) or (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+                    raise
+                import logging
+                logging.getLogger(__name__).warning("engine: fused decode failed, decoding with torch ops: %s", e)
+                self._fused = None
+        self._step(span, n)
+
+    def _step(self, span: int, n: int):
+        torch = self.torch
         x = self.lm.embed_tokens(self._tok if n == 1 else self._toks[:, :n])
         slots = self._pos + self._arange[:n]
         rp = (slots + self._delta).view(1, 1, n).expand(3, 1, n)
         cos, sin = self.lm.rotary_emb(x, rp)
-        keep = self._arange[:span].view(1, span) <= slots.view(n, 1)
         rep, d = self.heads // self.kv_heads, self.head_dim
-        # One additive mask per step, shared by all layers (cheaper than a bool mask per layer); rows
-        # ordered (query head within its KV group, token) like the grouped queries below.
-        bias = torch.zeros((n, span), dtype=torch.float32, device=self.device).masked_fill(~keep, float("-inf"))
-        bias = bias.repeat(rep, 1).view(1, 1, rep * n, span)
+        fused = self._fused is not None and n <= self._fused.width  # split-K attention: no score matrix
+        if not fused:
+            keep = self._arange[:span].view(1, span) <= slots.view(n, 1)
+            # One additive mask per step, shared by all layers (cheaper than a bool mask per layer); rows
+            # ordered (query head within its KV group, token) like the grouped queries below.
+            bias = torch.zeros((n, span), dtype=torch.float32, device=self.device).masked_fill(~keep, float("-inf"))
+            bias = bias.repeat(rep, 1).view(1, 1, rep * n, span)
         for i, w in enumerate(self.layers):
             q, k, v = self._pre(x, w["ln"], w["qkv"], w["qn"], w["kn"], cos, sin,
                                 self.eps, self.heads, self.kv_heads, d)
             self.k_cache[i].index_copy_(1, slots, k[0])
             self.v_cache[i].index_copy_(1, slots, v[0])
-            kk, vv = self.k_cache[i, :, :span][None], self.v_cache[i, :, :span][None]
-            qg = q.reshape(1, self.kv_heads, rep * n, d)  # GQA: a KV head's query heads (x tokens) as query rows
-            if self.attention == "bmm":
-                o = self._attend(qg, kk, vv, bias, d ** -0.5)
+            if fused:
+                o = self._fused.attend(q[0].contiguous(), self.k_cache[i], self.v_cache[i], self._pos, span, n)
             else:
-                o = torch.nn.functional.scaled_dot_product_attention(qg, kk, vv, attn_mask=bias)
+                kk, vv = self.k_cache[i, :, :span][None], self.v_cache[i, :, :span][None]
+                qg = q.reshape(1, self.kv_heads, rep * n, d)  # GQA: a KV head's query heads (x tokens) as query rows
+                if self.attention == "bmm":
+                    o = self._attend(qg, kk, vv, bias, d ** -0.5)
+                else:
+                    o = torch.nn.functional.scaled_dot_product_attention(qg, kk, vv, attn_mask=bias)
             o = o.view(1, self.heads, n, d).transpose(1, 2).reshape(1, n, self.heads * d)
             x = self._post(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
         if n > 1:
             x = x.index_select(1, self._last)
         logits = self._mask_logits(self._logits(x))
+        self._tok.copy_(logits.argmax(-1).view(1, 1))
+        self._pos.add_(1)
+
+    def _fused_step(self, span: int):
+        """_decode_step for one token through decode_kernels.FusedDecode (same inputs and outputs)."""
+        x = self.lm.embed_tokens(self._tok).view(-1)  # the residual stream, updated in place by each layer
+        rp = (self._pos + self._delta).view(1, 1, 1).expand(3, 1, 1)
+        cos, sin = self.lm.rotary_emb(x.view(1, 1, -1), rp)
+        cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
+        for i, w in enumerate(self.layers):
+            self._fused.layer(x, i, w, self.k_cache[i], self.v_cache[i], self._pos, cos, sin, span)
+        logits = self._mask_logits(self._logits(x.view(1, 1, -1)))
         self._tok.copy_(logits.argmax(-1).view(1, 1))
         self._pos.add_(1)
 
@@ -977,7 +1025,8 @@ def make_engine(model, context: int | None = None, options=None) -> "Engine":
         ctx = min(ctx, budget)
     eng = Engine(model, max_context=ctx, compile=bool(getattr(opts, "compile", False)),
                  kv_shift=bool(getattr(opts, "kv_shift", False)), sdpa=getattr(opts, "sdpa", "cudnn") or "cudnn",
-                 compile_vision=bool(getattr(opts, "compile_vision", True)))
+                 compile_vision=bool(getattr(opts, "compile_vision", True)),
+                 fused_decode=getattr(opts, "fused_decode", None))
     if device.type == "cuda":
         eng.warm_up(getattr(opts, "warm_tokens", 0) or 0)
     return eng
