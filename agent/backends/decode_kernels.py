@@ -237,6 +237,8 @@ class FusedDecode:
         self.width = width  # the most tokens one attention call takes (the engine's forced runs)
         if head_dim & (head_dim - 1) or head_dim < 16:
             raise ValueError(f"fused decode: {heads} heads over {kv_heads} KV heads of {head_dim} are not supported")
+        if dtype != torch.bfloat16:  # the kernels round where bf16 ops round
+            raise ValueError(f"fused decode: {dtype} activations (the kernels are written for bf16)")
         self.weights = []
         for w in layers:
             ws = {k: gemv_weight(w[k]) for k in ("qkv", "o", "gu", "down")}
