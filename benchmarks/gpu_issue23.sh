@@ -3,7 +3,8 @@
 # or ../.whl/). Stages, in the order given:
 #   gemm       benchmarks/gpu_fp8_gemm.py: FP8 GEMMs for long inputs against the widened weight and bf16
 #   fused      benchmarks/gpu_fused_decode.py: the fused decode layer's GEMV configurations, 28 layers at 10K fused vs eager
-#   lafused    la with the fused decode on for bf16 weights too (VLAGENT_FUSED_DECODE=1), decode at 10K
+#   lafused    la with the fused decode on (VLAGENT_FUSED_DECODE=1; measured before it was the default), decode at 10K
+#   lanofuse   la with the fused decode off (VLAGENT_FUSED_DECODE=0), decode at 10K
 #   fusedtests tests/backends/test_decode_kernels.py on the GPU (the compiled kernels)
 #   fp8lanofuse fp8la with the fused decode off (VLAGENT_FUSED_DECODE=0): the eager decode step, same call
 #   probe      benchmarks/gpu_fp8_probe.py: the FP8 kernel against bf16 on the 2B's decode shapes
@@ -57,6 +58,7 @@ for what in "$@"; do case $what in
   fused) timeout 240 python3 benchmarks/gpu_fused_decode.py $OUT/fused_decode.json 2>&1 | tail -12 ;;
   fusedtests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_decode_kernels.py 2>&1 | tail -4 ;;
   lafused) ckpt; export VLAGENT_FUSED_DECODE=1; b lookahead_fused --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; unset VLAGENT_FUSED_DECODE ;;
+  lanofuse) ckpt; export VLAGENT_FUSED_DECODE=0; b lookahead_nofuse --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; unset VLAGENT_FUSED_DECODE ;;
   fp8lanofuse) ckpt; export VLAGENT_FUSED_DECODE=0; b fp8_lookahead_nofuse --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768; unset VLAGENT_FUSED_DECODE ;;
   probe) timeout 150 python3 benchmarks/gpu_fp8_probe.py $OUT/fp8_probe.json 2>&1 | tail -25 ;;
   imports) ckpt; python3 -X importtime -c "import agent.cli, agent.backends.transformers, transformers; from transformers import Qwen3VLForConditionalGeneration" 2> /tmp/imp.log; sort -t'|' -k2 -n -r /tmp/imp.log | head -25 > $OUT/importtime_top.txt; head -25 $OUT/importtime_top.txt ;;

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 CHUNK = 256  # keys per attention program (one split)
 TILE = 64  # keys per step inside it
 ROWS = 16  # query rows of an attention tile (a KV head's query heads, padded: tl.dot wants 16)
+# The GEMV's launch: the fastest of six configurations on an H100 (benchmarks/gpu_fused_decode.py,
+# h100_v8_fused_decode.json: the 28 layers' four GEMVs in 1.06 ms against 1.14 with 512 columns and 4 warps).
 GEMV_BN = 16  # output rows per GEMV program: divides 128, so a program sits inside one scale block
-GEMV_BK = 512  # input columns per GEMV step
-GEMV_WARPS = 4
+GEMV_BK = 1024  # input columns per GEMV step
+GEMV_WARPS = 8
 
 _kernels = None
 

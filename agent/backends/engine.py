@@ -213,11 +213,10 @@ class Engine:
         self._pending: list[tuple[int, int]] = []  # (span, width) graphs to capture between steps (warm_up)
         self._pool = None
         self._pre, self._post, self._attend = pre_attention, post_attention, attend
-        # One decode token in seven Triton kernels a layer (agent/backends/decode_kernels.py): by
-        # default with FP8 weights on CUDA, where the eager step's ~800 small kernels cost more than
-        # reading the weights.
+        # One decode token in seven Triton kernels a layer (agent/backends/decode_kernels.py), by
+        # default on CUDA: the eager step's ~900 small kernels cost more than reading the weights.
         if fused_decode is None:
-            fused_decode = self.fp8 and self.device.type == "cuda"
+            fused_decode = self.device.type == "cuda"
         self._fused = self._make_fused() if fused_decode else None
         self._pre_n, self._post_n = pre_attention, post_attention
         if compile and self.fp8:
