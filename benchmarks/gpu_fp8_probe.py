@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from gpu_timing import graph_time
+
 from agent.backends.fp8 import BLOCK, FP8Weight, fp8_matmul, fp8_supported, quantize_blockwise, quantize_channelwise
 
 dev = torch.device("cuda")
@@ -41,25 +43,6 @@ for layout in ("block", "channel"):
                                                first_call_s=time.perf_counter() - t)
 r["errors"] = errs
 print(json.dumps(errs, indent=0)[:3000], flush=True)
-
-
-def graph_time(fn, reps=20):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        g.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps * 1e3
 
 
 # 28 layers of distinct weights (so L2 does not hold them), batch-1 and batch-8 products

@@ -7,9 +7,10 @@
 Usage: python benchmarks/gpu_fused_decode.py OUT.json"""
 import json
 import sys
-import time
 
 import torch
+
+from gpu_timing import graph_time
 
 from agent.backends import decode_kernels as dk
 from agent.backends.engine_ops import attend, post_attention, pre_attention
@@ -21,25 +22,6 @@ L, HID, H, KV, D, INTER = 28, 2048, 16, 8, 128, 6144
 SPAN, POS = 10240, 10100
 r = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
 print(r, flush=True)
-
-
-def graph_time(fn, reps=30):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        g.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps * 1e3
 
 
 torch.manual_seed(0)
@@ -80,7 +62,7 @@ sweep = {}
 for bn, bk, warps in ((16, 512, 4), (8, 512, 4), (32, 512, 4), (16, 256, 4), (16, 1024, 8), (16, 512, 8)):
     dk.GEMV_BN, dk.GEMV_BK, dk.GEMV_WARPS = bn, bk, warps
     try:
-        ms = graph_time(gemvs)
+        ms = graph_time(gemvs, 30)
     except Exception as e:  # a configuration that does not build
         sweep[f"{bn}/{bk}/{warps}"] = repr(e)[:100]
         continue
@@ -107,8 +89,8 @@ def eager_bf16():
 
 
 eager_fp8()
-r["gemv_eager_fp8_kernel_ms"] = graph_time(eager_fp8)
-r["gemv_bf16_cublas_ms"] = graph_time(eager_bf16)
+r["gemv_eager_fp8_kernel_ms"] = graph_time(eager_fp8, 30)
+r["gemv_bf16_cublas_ms"] = graph_time(eager_bf16, 30)
 print({k: r[k] for k in ("gemv_eager_fp8_kernel_ms", "gemv_bf16_cublas_ms")}, flush=True)
 
 # ---- one decode token through 28 layers at a 10K span
@@ -149,7 +131,7 @@ fd16 = dk.FusedDecode(bf16_layers, heads=H, kv_heads=KV, head_dim=D, inter=INTER
                       max_context=32768, device=dev, dtype=BF)
 for name, fn in (("fused_fp8", fused_step), ("eager_fp8", eager_step),
                  ("fused_bf16", lambda: fused_step(bf16_layers, fd16)), ("eager_bf16", lambda: eager_step(bf16_layers))):
-    step[name + "_ms"] = graph_time(fn)
+    step[name + "_ms"] = graph_time(fn, 30)
     fn()
     torch.cuda.synchronize()
     step[name + "_out"] = hidden.float().clone()
