@@ -293,8 +293,8 @@ class FusedDecode:
         """Attention of n tokens (at slots pos .. pos+n-1, their K/V already in the cache) over slots
         [0, pos + j] each, within the first `span`: q contiguous (heads, n, head_dim) -> (heads, n, head_dim)."""
         import torch
-        if n > self.width:
-            raise ValueError(f"fused attention: {n} tokens at once, at most {self.width}")
+        if n > self.width or -(-span // CHUNK) > self.ns:  # the scratch is sized for these
+            raise ValueError(f"fused attention: {n} tokens over {span} slots, at most {self.width} over {self.ns * CHUNK}")
         out = torch.empty((self.H, n, self.D), dtype=q.dtype, device=q.device) if out is None else out
         rows = max(ROWS, _pow2(self.rep * n))
         self.attention[(self.KV, -(-span // CHUNK))](

@@ -166,6 +166,8 @@ def test_split_attention_gives_each_token_of_a_run_its_own_prefix(device, n, pos
     assert _rel(out, exact) < 0.01
     with pytest.raises(ValueError, match="at most"):
         fd.attend(torch.zeros(H, 9, D, dtype=BF, device=device), kc, vc, torch.tensor([0], device=device), CTX, 9)
+    with pytest.raises(ValueError, match="at most"):  # a span past the context the scratch was sized for
+        fd.attend(q, kc, vc, torch.tensor([pos], device=device), 4 * CTX, n)
 
 
 def test_layouts_the_gemv_cannot_read_are_refused(device):
