@@ -497,9 +497,7 @@ class Engine:
             x = self._post(x, o, w["o"], w["post"], w["gu"], w["down"], self.eps, self.inter)
         if n > 1:
             x = x.index_select(1, self._last)
-        logits = self._mask_logits(self._logits(x))
-        self._tok.copy_(logits.argmax(-1).view(1, 1))
-        self._pos.add_(1)
+        self._choose_next(x)
 
     def _fused_step(self, span: int):
         """_decode_step for one token through decode_kernels.FusedDecode (same inputs and outputs)."""
@@ -509,7 +507,11 @@ class Engine:
         cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
         for i, w in enumerate(self.layers):
             self._fused.layer(x, i, w, self.k_cache[i], self.v_cache[i], self._pos, cos, sin, span)
-        logits = self._mask_logits(self._logits(x.view(1, 1, -1)))
+        self._choose_next(x.view(1, 1, -1))
+
+    def _choose_next(self, h):
+        """The decode step's end: the masked greedy choice after hidden state h into _tok, _pos advanced."""
+        logits = self._mask_logits(self._logits(h))
         self._tok.copy_(logits.argmax(-1).view(1, 1))
         self._pos.add_(1)
 
