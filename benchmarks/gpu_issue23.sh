@@ -6,6 +6,10 @@
 #   lafused    la with the fused decode on (VLAGENT_FUSED_DECODE=1; measured before it was the default), decode at 10K
 #   lanofuse   la with the fused decode off (VLAGENT_FUSED_DECODE=0), decode at 10K
 #   fusedtests tests/backends/test_decode_kernels.py on the GPU (the compiled kernels)
+#   fp8labest  fp8la (decode at 10K, peak at 32K) with the GEMV launches `fused` found best on this machine
+#              (/tmp/best_gemv.json; committed as decode_kernels.GEMV_CONFIG afterwards)
+#   fp8labestnopdl the same without programmatic dependent launch (VLAGENT_PDL=0)
+#   labest     la (bf16) with those launches
 #   fp8lanofuse fp8la with the fused decode off (VLAGENT_FUSED_DECODE=0): the eager decode step, same call
 #   probe      benchmarks/gpu_fp8_probe.py: the FP8 kernel against bf16 on the 2B's decode shapes
 #   imports    python -X importtime of what `vlagent run` imports before the model loads
@@ -45,6 +49,8 @@ OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, xgrammar; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cc', torch.cuda.get_device_capability())"
 VL='from agent.cli import main; main()'
+# The same, with the GEMV launches a `fused` stage of this machine found best (the product runs measure what gets committed)
+VLBEST='import json; from agent.backends import decode_kernels as dk; c = json.load(open("/tmp/best_gemv.json")); dk.HEAD_CONFIG = tuple(c.pop("head", dk.HEAD_CONFIG)); dk.GEMV_CONFIG.update({k: tuple(v) for k, v in c.items()}); print("launches", dk.GEMV_CONFIG, dk.HEAD_CONFIG); from agent.cli import main; main()'
 M=/tmp/r2b
 ckpt() { [ -f $M/config.json ] || { t=$(date +%s); timeout 200 python3 benchmarks/save_random_2b.py $M > /tmp/save.log 2>&1 || tail -5 /tmp/save.log; echo "saved in $(( $(date +%s) - t )) s"; }
          cat $M/*.safetensors > /dev/null; }
@@ -56,6 +62,9 @@ for what in "$@"; do case $what in
   gemm) timeout 200 python3 benchmarks/gpu_fp8_gemm.py $OUT/fp8_gemm.json 2>&1 | tail -60 ;;
   fp8tests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_fp8.py 2>&1 | tail -4 ;;
   fused) timeout 240 python3 benchmarks/gpu_fused_decode.py $OUT/fused_decode.json 2>&1 | tail -12 ;;
+  fp8labest) ckpt; VL0=$VL; VL=$VLBEST; b fp8_lookahead_best --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240 --peak-context 32768; VL=$VL0 ;;
+  fp8labestnopdl) ckpt; VL0=$VL; VL=$VLBEST; export VLAGENT_PDL=0; b fp8_lookahead_best_nopdl --model $M --steps 12 --no-baselines --fp8 block --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; unset VLAGENT_PDL; VL=$VL0 ;;
+  labest) ckpt; VL0=$VL; VL=$VLBEST; b lookahead_best --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; VL=$VL0 ;;
   fusedtests) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/backends/test_decode_kernels.py 2>&1 | tail -4 ;;
   lafused) ckpt; export VLAGENT_FUSED_DECODE=1; b lookahead_fused --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; unset VLAGENT_FUSED_DECODE ;;
   lanofuse) ckpt; export VLAGENT_FUSED_DECODE=0; b lookahead_nofuse --model $M --steps 12 --no-baselines --desktop-ms ${DESKTOP_MS:-249} --decode-context 10240; unset VLAGENT_FUSED_DECODE ;;

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 CHUNK = 256  # keys per attention program (one split)
 TILE = 64  # keys per step inside it
 ROWS = 16  # query rows of an attention tile (a KV head's query heads, padded: tl.dot wants 16)
-# The GEMV's launch: the fastest of six configurations on an H100 (benchmarks/gpu_fused_decode.py,
-# h100_v8_fused_decode.json: the 28 layers' four GEMVs in 1.06 ms against 1.14 with 512 columns and 4 warps).
-GEMV_BN = 16  # output rows per GEMV program: divides 128, so a program sits inside one scale block
-GEMV_BK = 1024  # input columns per GEMV step
-GEMV_WARPS = 8
+# Each GEMV's launch, per weight: output rows per program (divides 128, so a program sits inside one
+# scale block), input columns per step, warps. gate/up reads two row sets: 512 columns keep its two
+# tiles and their successors in registers (1024 spill). Measured on an H100 (benchmarks/gpu_fused_decode.py).
+GEMV_CONFIG = {"qkv": (16, 1024, 8), "o": (16, 1024, 8), "gu": (16, 512, 8), "down": (16, 1024, 8)}
+HEAD_CONFIG = (16, 1024, 8)  # the output head's launch (rows per program, columns per step, warps)
 
 _kernels = None
 
@@ -45,11 +45,24 @@ def _build():
     @triton.jit
     def gemv(x_ptr, g_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, HALF, ssn, ssk, eps,
              NORM: tl.constexpr, SCALE: tl.constexpr, RESIDUAL: tl.constexpr, SWIGLU: tl.constexpr,
-             SBN: tl.constexpr, SBK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+             SBN: tl.constexpr, SBK: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PDL: tl.constexpr):
         # SCALE: 0 none (bf16 weights), 1 blocks of SBN x SBK (BN divides SBN), 2 one per row group of SBN
         pid = tl.program_id(0)
+        if PDL:  # let the next kernel's programs start (they wait for this one before reading its output)
+            tl.extra.cuda.gdc_launch_dependents()
         rn = pid * BN + tl.arange(0, BN)
         nm = rn < N
+        # The weights do not depend on the kernel before: each tile's loads are issued one tile ahead,
+        # the first before waiting for that kernel, so they overlap its end.
+        rk = tl.arange(0, BK)
+        km = rk < K
+        wm = nm[:, None] & km[None, :]
+        w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=wm, other=0.0)
+        w2 = w
+        if SWIGLU:
+            w2 = tl.load(w_ptr + (rn + HALF)[:, None] * K + rk[None, :], mask=wm, other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
         rstd = 1.0
         if NORM:
             ss = tl.zeros((BK,), dtype=tl.float32)
@@ -65,24 +78,29 @@ def _build():
         for k0 in range(0, K, BK):
             rk = k0 + tl.arange(0, BK)
             km = rk < K
+            nk = rk + BK  # the next tile, loaded before this one's arithmetic (masked past K: no traffic)
+            nwm = nm[:, None] & (nk < K)[None, :]
+            wn = tl.load(w_ptr + rn[:, None] * K + nk[None, :], mask=nwm, other=0.0)
+            wn2 = wn
+            if SWIGLU:
+                wn2 = tl.load(w_ptr + (rn + HALF)[:, None] * K + nk[None, :], mask=nwm, other=0.0)
             xv = tl.load(x_ptr + rk, mask=km, other=0.0).to(tl.float32)
             if NORM:  # as F.rms_norm: float32 inside, one rounding to bf16 after the weight
                 gv = tl.load(g_ptr + rk, mask=km, other=0.0).to(tl.float32)
                 xv = (xv * rstd * gv).to(tl.bfloat16).to(tl.float32)
-            wm = nm[:, None] & km[None, :]
-            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=wm, other=0.0).to(tl.float32)
             if SCALE == 1:  # the program's rows share one row block: the scales fold into x per column
                 sv = tl.load(s_ptr + (pid * BN // SBN) * ssn + (rk // SBK) * ssk, mask=km, other=0.0)
-                acc += w * (xv * sv)[None, :]
+                acc += w.to(tl.float32) * (xv * sv)[None, :]
             else:
-                acc += w * xv[None, :]
+                acc += w.to(tl.float32) * xv[None, :]
             if SWIGLU:
-                w2 = tl.load(w_ptr + (rn + HALF)[:, None] * K + rk[None, :], mask=wm, other=0.0).to(tl.float32)
                 if SCALE == 1:
                     sv2 = tl.load(s_ptr + ((pid * BN + HALF) // SBN) * ssn + (rk // SBK) * ssk, mask=km, other=0.0)
-                    acc2 += w2 * (xv * sv2)[None, :]
+                    acc2 += w2.to(tl.float32) * (xv * sv2)[None, :]
                 else:
-                    acc2 += w2 * xv[None, :]
+                    acc2 += w2.to(tl.float32) * xv[None, :]
+            w = wn
+            w2 = wn2
         acc = tl.sum(acc, 1)
         acc2 = tl.sum(acc2, 1)
         if SCALE == 2:
@@ -99,14 +117,23 @@ def _build():
         tl.store(y_ptr + rn, y.to(tl.bfloat16), mask=nm)
 
     @triton.jit
-    def qk_rope(qkv_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, H, KV,
-                sch, sct, eps, D: tl.constexpr):
+    def qk_rope(qkv_ptr, qn_ptr, kn_ptr, inv_ptr, delta_ptr, q_ptr, kc_ptr, vc_ptr, pos_ptr, H, KV,
+                sch, sct, eps, D: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # start the next kernel's programs; wait for the kernel before (its output is read here)
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         p = tl.program_id(0)
         d = tl.arange(0, D)
         slot = tl.load(pos_ptr)
         if p < H + KV:  # a query or key head: RMS norm, then rotary (q * cos + rotate_half(q) * sin)
             half: tl.constexpr = D // 2
             other = (d + half) % D  # rotate_half's partner: out[i] = -x[i + D/2] (i < D/2), x[i - D/2]
+            # A decode token is text: its three M-RoPE positions are one (slot + the rope delta), so
+            # cos/sin are plain rotary's, computed here as the rotary module does (float32, libdevice's
+            # cosf/sinf, then bf16).
+            ang = (slot + tl.load(delta_ptr)).to(tl.float32) * tl.load(inv_ptr + d % half)
+            cos = tl.cos(ang).to(tl.bfloat16).to(tl.float32)
+            sin = tl.sin(ang).to(tl.bfloat16).to(tl.float32)
             x = tl.load(qkv_ptr + p * D + d).to(tl.float32)
             xo = tl.load(qkv_ptr + p * D + other).to(tl.float32)
             is_q = p < H
@@ -116,8 +143,8 @@ def _build():
             y = (x * rstd * w).to(tl.bfloat16).to(tl.float32)
             yo = (xo * rstd * wo).to(tl.bfloat16).to(tl.float32)
             yo = tl.where(d < half, -yo, yo)
-            a = (y * tl.load(cos_ptr + d).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
-            b = (yo * tl.load(sin_ptr + d).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+            a = (y * cos).to(tl.bfloat16).to(tl.float32)
+            b = (yo * sin).to(tl.bfloat16).to(tl.float32)
             out = (a + b).to(tl.bfloat16)
             if is_q:
                 tl.store(q_ptr + p * D + d, out)
@@ -129,9 +156,12 @@ def _build():
     @triton.jit
     def attention(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, sch, sct, NS, scale,
                   REP: tl.constexpr, NQ: tl.constexpr, D: tl.constexpr, R: tl.constexpr, CH: tl.constexpr,
-                  BT: tl.constexpr, F32DOT: tl.constexpr):
+                  BT: tl.constexpr, F32DOT: tl.constexpr, PDL: tl.constexpr):
         # Rows of the tile: the KV head's REP query heads x NQ tokens, q laid out (heads, NQ, D); token j
         # (at slot pos + j) sees keys at slots 0 .. pos + j.
+        if PDL:  # start the next kernel's programs; wait for the kernel before (its output is read here)
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         g = tl.program_id(0)
         s = tl.program_id(1)
         pos = tl.load(pos_ptr)
@@ -176,7 +206,10 @@ def _build():
 
     @triton.jit
     def combine(m_ptr, l_ptr, o_ptr, pos_ptr, out_ptr, NS, NQ: tl.constexpr, D: tl.constexpr, CH: tl.constexpr,
-                BS: tl.constexpr):
+                BS: tl.constexpr, PDL: tl.constexpr):
+        if PDL:  # start the next kernel's programs; wait for the kernel before (its output is read here)
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         row = tl.program_id(0)
         n = (tl.load(pos_ptr) + NQ - 1 + CH) // CH  # the splits that ran: ceil((pos + NQ) / CH)
         s = tl.arange(0, BS)
@@ -188,7 +221,66 @@ def _build():
         parts = tl.load(o_ptr + (row * NS + s)[:, None] * D + d[None, :], mask=sm[:, None], other=0.0)
         tl.store(out_ptr + row * D + d, (tl.sum(parts * wt[:, None], 0) / total).to(out_ptr.dtype.element_ty))
 
-    return gemv, qk_rope, attention, combine
+    @triton.jit
+    def head(x_ptr, g_ptr, w_ptr, bits_ptr, val_ptr, idx_ptr, N, K, eps, BN: tl.constexpr, BK: tl.constexpr,
+             PDL: tl.constexpr):
+        # The output head for the grammar's choice: the final norm (as the module computes it: rounded
+        # to bf16, then times its weight), logits = W h rounded to bf16, the bitmask applied, and each
+        # program's first largest logit. A block of rows the grammar rules out reads no weights.
+        pid = tl.program_id(0)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+        rn = pid * BN + tl.arange(0, BN)
+        nm = rn < N
+        word = tl.load(bits_ptr + rn // 32, mask=nm, other=0)
+        ok = (((word >> (rn % 32)) & 1) != 0) & nm
+        logit = tl.full((BN,), float("-inf"), dtype=tl.float32)
+        if tl.max(ok.to(tl.int32), 0) > 0:
+            rk = tl.arange(0, BK)
+            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=nm[:, None] & (rk < K)[None, :], other=0.0)
+            if PDL:
+                tl.extra.cuda.gdc_wait()
+            ss = tl.zeros((BK,), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                rk = k0 + tl.arange(0, BK)
+                xv = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
+                ss += xv * xv
+            rstd = tl.rsqrt(tl.sum(ss, 0) / K + eps)
+            acc = tl.zeros((BN, BK), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                rk = k0 + tl.arange(0, BK)
+                km = rk < K
+                nk = rk + BK
+                wn = tl.load(w_ptr + rn[:, None] * K + nk[None, :], mask=nm[:, None] & (nk < K)[None, :], other=0.0)
+                xv = tl.load(x_ptr + rk, mask=km, other=0.0).to(tl.float32)
+                gv = tl.load(g_ptr + rk, mask=km, other=0.0).to(tl.float32)
+                xv = ((xv * rstd).to(tl.bfloat16).to(tl.float32) * gv).to(tl.bfloat16).to(tl.float32)
+                acc += w.to(tl.float32) * xv[None, :]
+                w = wn
+            logit = tl.where(ok, tl.sum(acc, 1).to(tl.bfloat16).to(tl.float32), float("-inf"))
+        tl.store(val_ptr + pid, tl.max(logit, 0))
+        tl.store(idx_ptr + pid, pid * BN + tl.argmax(logit, 0))
+
+    @triton.jit
+    def pick(val_ptr, idx_ptr, tok_ptr, pos_ptr, NP, BS: tl.constexpr, PDL: tl.constexpr):
+        # The head's programs' bests -> the first largest logit's row into tok (as torch.argmax picks,
+        # 0 when every row is ruled out); the slot advanced.
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
+        best = float("-inf")
+        at = 0
+        for s0 in range(0, NP, BS):
+            o = s0 + tl.arange(0, BS)
+            v = tl.load(val_ptr + o, mask=o < NP, other=float("-inf"))
+            m = tl.max(v, 0)
+            if m > best:  # a later block wins only when strictly larger: ties go to the first row
+                best = m
+                at = tl.load(idx_ptr + s0 + tl.argmax(v, 0))
+        tl.store(tok_ptr, at.to(tl.int64))
+        tl.store(pos_ptr, tl.load(pos_ptr) + 1)
+
+    return gemv, qk_rope, attention, combine, head, pick
 
 
 def kernels():
@@ -196,6 +288,19 @@ def kernels():
     if _kernels is None:
         _kernels = _build()
     return _kernels
+
+
+def pdl_available(device) -> bool:
+    """Programmatic dependent launch (a kernel's programs start while the one before it ends): Hopper
+    and later, a Triton that exposes it, not in Triton's interpreter."""
+    import torch
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.device(device).type != "cuda":
+        return False
+    try:
+        from triton.language.extra.cuda import gdc_wait  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 def _pow2(n: int) -> int:
@@ -225,9 +330,17 @@ def gemv_weight(w):
         return None
     if bk >= q.shape[1]:  # one scale per row group across all columns (the per-channel layout)
         return _Weight(q, w.scale, 2, bn, bk)
-    if bn % GEMV_BN or bk % 16:
+    if bn % max(c[0] for c in GEMV_CONFIG.values()) or bk % 16:
         return None
     return _Weight(q, w.scale, 1, bn, bk)
+
+
+def head_weight(w) -> bool:
+    """Whether the output head kernel reads this weight: plain bf16 rows (Qwen's FP8 checkpoints keep
+    the tied head in bf16)."""
+    import torch
+    return (isinstance(w, torch.Tensor) and w.dtype == torch.bfloat16 and w.dim() == 2
+            and w.stride(-1) == 1 and w.stride(0) == w.shape[1])
 
 
 class FusedDecode:
@@ -235,7 +348,8 @@ class FusedDecode:
     captured CUDA graph reads and writes the same memory on every replay)."""
 
     def __init__(self, layers: list[dict], *, heads: int, kv_heads: int, head_dim: int, inter: int,
-                 hidden: int, eps: float, max_context: int, device, dtype, width: int = 8):
+                 hidden: int, eps: float, max_context: int, device, dtype, width: int = 8,
+                 pdl: bool | None = None, vocab: int = 0):
         import torch
         self.H, self.KV, self.D, self.inter, self.eps = heads, kv_heads, head_dim, inter, float(eps)
         self.rep = heads // kv_heads
@@ -261,33 +375,58 @@ class FusedDecode:
         self.o = torch.empty(heads * head_dim, **e)
         self.a = torch.empty(inter, **e)
         self.hidden = hidden
-        self.gemv, self.qk_rope, self.attention, self.combine = kernels()
+        # The output head's per-program bests (sized for the fewest rows a program takes).
+        self.best_val = torch.empty(-(-vocab // 4), **f32)
+        self.best_idx = torch.empty(-(-vocab // 4), dtype=torch.int32, device=device)
+        self.gemv, self.qk_rope, self.attention, self.combine, self.head, self.pick = kernels()
         # Triton's CPU interpreter (tests) multiplies bf16 tiles wrongly: there the dots run in float32.
         self.interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        # In a CUDA graph each kernel otherwise starts only after the one before has drained: with
+        # PDL its programs are placed during that kernel's last wave and load their weights there.
+        self.pdl = pdl_available(device) if pdl is None else bool(pdl)
+        self._launch = {"launch_pdl": True} if self.pdl else {}
 
-    def _gemv(self, x, wt: _Weight, y, n: int, *, norm=None, residual=None, swiglu: bool = False):
+    def _gemv(self, name: str, x, wt: _Weight, y, n: int, *, norm=None, residual=None, swiglu: bool = False):
         k = x.numel()
-        self.gemv[(-(-n // GEMV_BN),)](
+        bn, bk, warps = GEMV_CONFIG[name]
+        self.gemv[(-(-n // bn),)](
             x, norm if norm is not None else x, wt.w, wt.scale, residual if residual is not None else y, y,
             n, k, self.inter, wt.scale.stride(0) if wt.scale.dim() else 0,
             wt.scale.stride(1) if wt.scale.dim() > 1 else 0, self.eps,
             NORM=norm is not None, SCALE=wt.mode, RESIDUAL=residual is not None, SWIGLU=swiglu,
-            SBN=wt.sbn, SBK=wt.sbk, BN=GEMV_BN, BK=min(GEMV_BK, _pow2(k)), num_warps=GEMV_WARPS)
+            SBN=wt.sbn, SBK=wt.sbk, BN=bn, BK=min(bk, _pow2(k)), PDL=self.pdl, num_warps=warps,
+            **self._launch)
 
-    def layer(self, x, i: int, w: dict, k_cache, v_cache, pos, cos, sin, span: int):
+    def layer(self, x, i: int, w: dict, k_cache, v_cache, pos, inv_freq, delta, span: int):
         """x (hidden,) bf16, updated in place to the layer's output; k_cache/v_cache (kv_heads,
-        context, head_dim) this layer's cache, the token's slot read from `pos` on the device;
-        attention over slots [0, pos] within the first `span`."""
+        context, head_dim) this layer's cache, the token's slot read from `pos` on the device, its
+        rotary position pos + delta (inv_freq: the head_dim / 2 float32 frequencies); attention over
+        slots [0, pos] within the first `span`."""
         ws = self.weights[i]
         H, KV, D = self.H, self.KV, self.D
-        self._gemv(x, ws["qkv"], self.qkv, (H + 2 * KV) * D, norm=w["ln"])
-        self.qk_rope[(H + 2 * KV,)](self.qkv, w["qn"], w["kn"], cos, sin, self.q, k_cache, v_cache, pos,
-                                    H, KV, k_cache.stride(0), k_cache.stride(1), self.eps, D=D, num_warps=1)
+        self._gemv("qkv", x, ws["qkv"], self.qkv, (H + 2 * KV) * D, norm=w["ln"])
+        self.qk_rope[(H + 2 * KV,)](self.qkv, w["qn"], w["kn"], inv_freq, delta, self.q, k_cache, v_cache, pos,
+                                    H, KV, k_cache.stride(0), k_cache.stride(1), self.eps, D=D, PDL=self.pdl,
+                                    num_warps=1, **self._launch)
         self.attend(self.q, k_cache, v_cache, pos, span, 1, self.o)
-        self._gemv(self.o, ws["o"], x, self.hidden, residual=x)
-        self._gemv(x, ws["gu"], self.a, self.inter, norm=w["post"], swiglu=True)
-        self._gemv(self.a, ws["down"], x, self.hidden, residual=x)
+        self._gemv("o", self.o, ws["o"], x, self.hidden, residual=x)
+        self._gemv("gu", x, ws["gu"], self.a, self.inter, norm=w["post"], swiglu=True)
+        self._gemv("down", self.a, ws["down"], x, self.hidden, residual=x)
         return x
+
+    def choose(self, x, norm, eps: float, head, bitmask, tok, pos):
+        """The decode step's end: the final norm of x (hidden,), the logits of `head` (vocab, hidden)
+        bf16, the grammar's bitmask (int32 words, bit i of word j allowing row 32 j + i), the first
+        largest allowed logit's row into tok (1, 1) int64 and pos advanced, in two kernels. The
+        caller checks `head` with head_weight first."""
+        bn, bk, warps = HEAD_CONFIG
+        n, k = head.shape
+        np_ = -(-n // bn)
+        if np_ > self.best_val.numel():
+            raise ValueError(f"fused head: {n} rows, scratch for {self.best_val.numel() * 4}")
+        self.head[(np_,)](x, norm, head, bitmask, self.best_val, self.best_idx, n, k, float(eps), BN=bn,
+                          BK=min(bk, _pow2(k)), PDL=self.pdl, num_warps=warps, **self._launch)
+        self.pick[(1,)](self.best_val, self.best_idx, tok, pos, np_, BS=1024, PDL=self.pdl, num_warps=4, **self._launch)
 
     def attend(self, q, k_cache, v_cache, pos, span: int, n: int = 1, out=None):
         """Attention of n tokens (at slots pos .. pos+n-1, their K/V already in the cache) over slots
@@ -300,7 +439,7 @@ class FusedDecode:
         self.attention[(self.KV, -(-span // CHUNK))](
             q, k_cache, v_cache, pos, self.m, self.l, self.parts, k_cache.stride(0), k_cache.stride(1), self.ns,
             self.D ** -0.5, REP=self.rep, NQ=n, D=self.D, R=rows, CH=CHUNK, BT=TILE, F32DOT=self.interpreted,
-            num_warps=4)
+            PDL=self.pdl, num_warps=4, **self._launch)
         self.combine[(self.H * n,)](self.m, self.l, self.parts, pos, out, self.ns, NQ=n, D=self.D, CH=CHUNK,
-                                    BS=_pow2(self.ns), num_warps=4)  # one build for every span
+                                    BS=_pow2(self.ns), PDL=self.pdl, num_warps=4, **self._launch)  # one build for every span
         return out

@@ -170,7 +170,7 @@ class Engine:
     def __init__(self, model, max_context: int = 32768, *, graphs: bool | None = None,
                  compile: bool | str = False, attention: str = "bmm", kv_shift: bool = False,
                  vision_cache: VisionCache | None = None, compile_vision: bool = True,
-                 sdpa: str = "cudnn", fused_decode: bool | None = None):
+                 sdpa: str = "cudnn", fused_decode: bool | None = None, pdl: bool | None = None):
         import torch
 
         self.torch = torch
@@ -217,7 +217,11 @@ class Engine:
         # default on CUDA: the eager step's ~900 small kernels cost more than reading the weights.
         if fused_decode is None:
             fused_decode = self.device.type == "cuda"
-        self._fused = self._make_fused() if fused_decode else None
+        self._fused = self._make_fused(pdl) if fused_decode else None
+        self._fused_head = False
+        if self._fused is not None:
+            from agent.backends.decode_kernels import head_weight
+            self._fused_head = head_weight(model.lm_head.weight) and model.lm_head.weight.shape[0] == self.vocab
         self._pre_n, self._post_n = pre_attention, post_attention
         if compile and self.fp8:
             import logging
@@ -374,17 +378,37 @@ class Engine:
 
     # ---- the language model
 
-    def _make_fused(self):
+    def _make_fused(self, pdl: bool | None):
+        import logging
         try:
             from agent.backends.decode_kernels import FusedDecode
+            self._inv_freq = self._text_rotary()
+            if self._inv_freq is None:
+                raise ValueError("the model's rotary embedding is not plain rotary for text positions")
             return FusedDecode(self.layers, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
                                inter=self.inter, hidden=self.tcfg.hidden_size, eps=self.eps,
                                max_context=self.max_context, device=self.device, dtype=self.dtype,
-                               width=FEED_WIDTH)
+                               width=FEED_WIDTH, pdl=pdl, vocab=self.vocab)
         except (ImportError, ValueError) as e:
-            import logging
             logging.getLogger(__name__).warning("engine: fused decode kernels unavailable, decoding with torch ops: %s", e)
             return None
+
+    def _text_rotary(self):
+        """The rotary frequencies the fused kernels compute a decode token's cos/sin from (its three
+        M-RoPE positions are one), if the model's rotary module gives exactly that; else None."""
+        torch = self.torch
+        rot = self.lm.rotary_emb
+        inv = getattr(rot, "inv_freq", None)
+        inv = inv(self.device) if callable(inv) else inv
+        if not isinstance(inv, torch.Tensor) or inv.numel() * 2 != self.head_dim:
+            return None
+        inv = inv.to(device=self.device, dtype=torch.float32).contiguous()
+        p = torch.tensor([0, 1, 37, 4099, 30011], device=self.device)
+        cos, sin = rot(torch.zeros(1, 1, 1, dtype=self.dtype, device=self.device), p.view(1, 1, -1).expand(3, 1, -1))
+        ang = p.float()[:, None] * inv
+        same = all(torch.equal(got.reshape(len(p), -1), torch.cat([f, f], -1).to(self.dtype))
+                   for got, f in ((cos, ang.cos()), (sin, ang.sin())))
+        return inv if same else None
 
     def _rope(self, x, pos3):
         return self.lm.rotary_emb(x, pos3.view(3, 1, -1))
@@ -502,15 +526,16 @@ class Engine:
     def _fused_step(self, span: int):
         """_decode_step for one token through decode_kernels.FusedDecode (same inputs and outputs)."""
         x = self.lm.embed_tokens(self._tok).view(-1)  # the residual stream, updated in place by each layer
-        rp = (self._pos + self._delta).view(1, 1, 1).expand(3, 1, 1)
-        cos, sin = self.lm.rotary_emb(x.view(1, 1, -1), rp)
-        cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
         for i, w in enumerate(self.layers):
-            self._fused.layer(x, i, w, self.k_cache[i], self.v_cache[i], self._pos, cos, sin, span)
+            self._fused.layer(x, i, w, self.k_cache[i], self.v_cache[i], self._pos, self._inv_freq, self._delta, span)
         self._choose_next(x.view(1, 1, -1))
 
     def _choose_next(self, h):
         """The decode step's end: the masked greedy choice after hidden state h into _tok, _pos advanced."""
+        if self._fused is not None and self._fused_head:  # the norm, head, bitmask and choice in two kernels
+            self._fused.choose(h.reshape(-1), self.lm.norm.weight, self.eps, self.model.lm_head.weight,
+                               self._bitmask, self._tok, self._pos)
+            return
         logits = self._mask_logits(self._logits(h))
         self._tok.copy_(logits.argmax(-1).view(1, 1))
         self._pos.add_(1)
@@ -1027,7 +1052,7 @@ def make_engine(model, context: int | None = None, options=None) -> "Engine":
     eng = Engine(model, max_context=ctx, compile=bool(getattr(opts, "compile", False)),
                  kv_shift=bool(getattr(opts, "kv_shift", False)), sdpa=getattr(opts, "sdpa", "cudnn") or "cudnn",
                  compile_vision=bool(getattr(opts, "compile_vision", True)),
-                 fused_decode=getattr(opts, "fused_decode", None))
+                 fused_decode=getattr(opts, "fused_decode", None), pdl=getattr(opts, "pdl", None))
     if device.type == "cuda":
         eng.warm_up(getattr(opts, "warm_tokens", 0) or 0)
     return eng
