@@ -184,6 +184,18 @@ def attention_only(f=fd):
 
 
 step = {}
+attn = {}
+for cfg in ((64, 4), (64, 8), (32, 4), (128, 8), (32, 2)):
+    dk.ATTENTION_CONFIG = cfg
+    try:
+        attn[f"{cfg[0]}/{cfg[1]}"] = round(graph_time(attention_only, 30), 4)
+    except Exception as e:  # a configuration that does not build
+        attn[f"{cfg[0]}/{cfg[1]}"] = repr(e)[:100]
+best_attn = min((v, k) for k, v in attn.items() if isinstance(v, float))[1]
+dk.ATTENTION_CONFIG = tuple(int(v) for v in best_attn.split("/"))
+r["attention_sweep_ms"] = attn
+r["best_configs"]["attention"] = list(dk.ATTENTION_CONFIG)
+print("attention of 28 layers at 10K (tile/warps: ms):", attn, flush=True)
 fd16 = dk.FusedDecode(bf16_layers, heads=H, kv_heads=KV, head_dim=D, inter=INTER, hidden=HID, eps=1e-6,
                       max_context=32768, device=dev, dtype=BF, pdl=True)
 fd16_nopdl = dk.FusedDecode(bf16_layers, heads=H, kv_heads=KV, head_dim=D, inter=INTER, hidden=HID, eps=1e-6,

@@ -50,7 +50,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, xgrammar; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cc', torch.cuda.get_device_capability())"
 VL='from agent.cli import main; main()'
 # The same, with the GEMV launches a `fused` stage of this machine found best (the product runs measure what gets committed)
-VLBEST='import json; from agent.backends import decode_kernels as dk; c = json.load(open("/tmp/best_gemv.json")); dk.HEAD_CONFIG = tuple(c.pop("head", dk.HEAD_CONFIG)); dk.GEMV_CONFIG.update({k: tuple(v) for k, v in c.items()}); print("launches", dk.GEMV_CONFIG, dk.HEAD_CONFIG); from agent.cli import main; main()'
+VLBEST='import json; from agent.backends import decode_kernels as dk; c = json.load(open("/tmp/best_gemv.json")); dk.HEAD_CONFIG = tuple(c.pop("head", dk.HEAD_CONFIG)); dk.ATTENTION_CONFIG = tuple(c.pop("attention", dk.ATTENTION_CONFIG)); dk.GEMV_CONFIG.update({k: tuple(v) for k, v in c.items()}); print("launches", dk.GEMV_CONFIG, dk.HEAD_CONFIG, dk.ATTENTION_CONFIG); from agent.cli import main; main()'
 M=/tmp/r2b
 ckpt() { [ -f $M/config.json ] || { t=$(date +%s); timeout 200 python3 benchmarks/save_random_2b.py $M > /tmp/save.log 2>&1 || tail -5 /tmp/save.log; echo "saved in $(( $(date +%s) - t )) s"; }
          cat $M/*.safetensors > /dev/null; }

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 
 CHUNK = 256  # keys per attention program (one split)
-TILE = 64  # keys per step inside it
+ATTENTION_CONFIG = (64, 4)  # keys per step inside a split, warps
 ROWS = 16  # query rows of an attention tile (a KV head's query heads, padded: tl.dot wants 16)
 # Each GEMV's launch, per weight: output rows per program (divides 128, so a program sits inside one
 # scale block), input columns per step, warps. gate/up reads two row sets: 512 columns keep its two
@@ -438,8 +438,8 @@ class FusedDecode:
         rows = max(ROWS, _pow2(self.rep * n))
         self.attention[(self.KV, -(-span // CHUNK))](
             q, k_cache, v_cache, pos, self.m, self.l, self.parts, k_cache.stride(0), k_cache.stride(1), self.ns,
-            self.D ** -0.5, REP=self.rep, NQ=n, D=self.D, R=rows, CH=CHUNK, BT=TILE, F32DOT=self.interpreted,
-            PDL=self.pdl, num_warps=4, **self._launch)
+            self.D ** -0.5, REP=self.rep, NQ=n, D=self.D, R=rows, CH=CHUNK, BT=ATTENTION_CONFIG[0],
+            F32DOT=self.interpreted, PDL=self.pdl, num_warps=ATTENTION_CONFIG[1], **self._launch)
         self.combine[(self.H * n,)](self.m, self.l, self.parts, pos, out, self.ns, NQ=n, D=self.D, CH=CHUNK,
                                     BS=_pow2(self.ns), PDL=self.pdl, num_warps=4, **self._launch)  # one build for every span
         return out
