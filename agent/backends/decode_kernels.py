@@ -1,25 +1,38 @@
-"""One decode token through a language-model layer in seven Triton kernels (issue 23: decode at 10K
-context >= 600 tok/s with FP8 weights).
+"""One decode token through the language model in Triton kernels: seven a layer, two for the output
+head (issue 23: decode at 10K context >= 600 tok/s with FP8 weights).
 
 Why: the eager decode step ran ~30 kernels a layer (norms, rotary in five ops, the attention's
-score matrix in float32, residual adds), ~800 a token for the 2B. In a CUDA graph each still costs
+score matrix in float32, residual adds), ~900 a token for the 2B. In a CUDA graph each still costs
 a launch and a gap, and together they took longer than reading the weights. Here a layer is:
 - `gemv` x4: y = W h for one token, W in e4m3 with Qwen's 128x128 block scales or per-row scales
   (or bf16), no tensor cores (one token is one row). The RMS norm before q/k/v and before the MLP
   is folded in (each program recomputes it from the 4 KB hidden state), and so are the residual
   adds after o_proj and down_proj and SwiGLU after gate/up (a program pairs gate row j with up row
-  inter + j);
-- `qk_rope`: per head, q/k RMS norm and rotary; k and v written into the cache at the step's slot;
+  inter + j). Each weight tile is loaded one tile ahead of its arithmetic;
+- `qk_rope`: per head, q/k RMS norm and rotary (cos/sin computed from the slot, the rope delta and
+  the frequencies, as the rotary module computes them); k and v written into the cache at the slot;
 - `attention` + `combine`: split-K attention over the span (flash-decoding): a KV head's query heads
   are rows of one tile, each program keeps a running maximum and sum over its keys, a second kernel
   merges the splits. No float32 score matrix over the span, and each token of a forced run (the
   engine feeds up to 8 at once) attends over its own prefix.
-Measured on an H100 (docs/performance.md, v8): 28 layers for one token at a 10K span in 1.72 ms with
-FP8 weights against 3.84 ms for the eager ops, 197 kernels against 897.
+and the step ends in `head` (final norm, the bf16 output head, the grammar's bitmask, each program's
+best row; blocks of rows the grammar rules out read no weights) and `pick` (the first best row into
+the token, the slot advanced): 199 kernels a token for the 2B with the embedding lookup, where the
+torch ops around the fused layers (rotary, final norm, head, bitmask, argmax) had added ~30.
+
+Programmatic dependent launch (PDL, Hopper and later): each kernel lets the next one's programs start
+at once, and waits (griddepcontrol.wait) in every program before it reads what an earlier kernel
+wrote or writes anything: so a kernel ends only after the one before it, stream order holds for all
+but the weight loads, and those (which no kernel writes) overlap the previous kernel's end.
+
+Measured on an H100 (docs/performance.md, v8, before PDL, the tile-ahead loads, the fused head and
+the in-kernel rotary, none of which has run on a GPU yet): 28 layers for one token at a 10K span in
+1.72 ms with FP8 weights against 3.84 ms for the eager ops, 197 kernels against 897.
 Intermediate values are rounded to bf16 where the eager ops round them (the norms' outputs, the
-projections' outputs, the rotary's products), so a step differs from the eager one by summation
-order only. Kernels are built lazily (Triton imported on first use) and work in Triton's
-interpreter on the CPU, which is how CI tests them (tests/backends/test_decode_kernels.py).
+projections' outputs, the rotary's cos/sin and products, the logits), so a step differs from the
+eager one by summation order only. Kernels are built lazily (Triton imported on first use) and work
+in Triton's interpreter on the CPU, which is how CI tests them (tests/backends/test_decode_kernels.py),
+beside a build for sm_90 that checks the PDL waits and the GEMVs' registers.
 """
 from __future__ import annotations
 
@@ -30,8 +43,10 @@ CHUNK = 256  # keys per attention program (one split)
 ATTENTION_CONFIG = (64, 4)  # keys per step inside a split, warps
 ROWS = 16  # query rows of an attention tile (a KV head's query heads, padded: tl.dot wants 16)
 # Each GEMV's launch, per weight: output rows per program (divides 128, so a program sits inside one
-# scale block), input columns per step, warps. gate/up reads two row sets: 512 columns keep its two
-# tiles and their successors in registers (1024 spill). Measured on an H100 (benchmarks/gpu_fused_decode.py).
+# scale block), input columns per step, warps. 16/1024/8 was the fastest of six on an H100 (v8, one
+# launch for all four); gate/up reads two row sets, and with the next tiles loaded ahead 1024 columns
+# spill registers (1714 bytes in Triton's sm_90 build), 512 do not. benchmarks/gpu_fused_decode.py
+# sweeps these per weight.
 GEMV_CONFIG = {"qkv": (16, 1024, 8), "o": (16, 1024, 8), "gu": (16, 512, 8), "down": (16, 1024, 8)}
 HEAD_CONFIG = (16, 1024, 8)  # the output head's launch (rows per program, columns per step, warps)
 
@@ -258,6 +273,8 @@ def _build():
                 acc += w.to(tl.float32) * xv[None, :]
                 w = wn
             logit = tl.where(ok, tl.sum(acc, 1).to(tl.bfloat16).to(tl.float32), float("-inf"))
+        elif PDL:  # every program waits, so the kernel ends after the one before it (and so after all before)
+            tl.extra.cuda.gdc_wait()
         tl.store(val_ptr + pid, tl.max(logit, 0))
         tl.store(idx_ptr + pid, pid * BN + tl.argmax(logit, 0))
 

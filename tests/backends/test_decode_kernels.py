@@ -266,6 +266,61 @@ def test_the_fused_head_chooses_what_the_eager_ops_choose(device, allowed, monke
     assert want == {"none": 0, "tie": 200}.get(allowed, want)
 
 
+@pytest.mark.slow
+def test_the_kernels_build_for_hopper_with_pdl_and_the_gemvs_keep_to_registers():
+    """No GPU needed: each kernel, with the committed launches, compiled for sm_90 as Triton compiles
+    it there. Every one waits for the kernel before it (griddepcontrol.wait: under PDL that keeps
+    stream order for all but the weight loads), and the GEMVs and the head spill no registers (a
+    spill turns the weight stream into local-memory traffic; 1024 columns for gate/up did)."""
+    if INTERPRETED or torch.cuda.is_available():
+        pytest.skip("compiles ahead of time, outside the interpreter; a GPU runs the kernels themselves")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    from agent.backends import decode_kernels as dk
+    gemv, qk_rope, attention, combine, head, pick = dk.kernels()
+    ptr = {"bf16": "*bf16", "f32": "*fp32", "ints": "*i32", "longs": "*i64", "fp8": "*fp8e4nv"}  # pointers
+
+    def build(fn, sig, consts, warps):
+        sig = {k: ptr.get(v, v) for k, v in sig.items()} | {k: "constexpr" for k in consts}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts, "PDL": True} if "PDL" in sig else consts),
+                           target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "launch_pdl": True})
+        assert "griddepcontrol.wait" in k.asm["ptx"], fn.__name__
+        return k.asm["ptx"]
+
+    def spills(ptx):
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vlagent_{os.getpid()}.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        r = subprocess.run([get_ptxas(90).path, "-v", "-arch=sm_90a", path, "-o", os.devnull], capture_output=True, text=True)
+        os.unlink(path)
+        assert r.returncode == 0, r.stderr[-500:]
+        return sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", r.stderr))
+
+    gemv_sig = dict(x_ptr="bf16", g_ptr="bf16", w_ptr="fp8", s_ptr="f32", r_ptr="bf16", y_ptr="bf16", N="i32", K="i32",
+                    HALF="i32", ssn="i32", ssk="i32", eps="fp32", PDL="constexpr")
+    for name, flags in (("qkv", (1, 0, 0)), ("o", (0, 1, 0)), ("gu", (1, 0, 1)), ("down", (0, 1, 0))):
+        bn, bk, warps = dk.GEMV_CONFIG[name]
+        ptx = build(gemv, gemv_sig, dict(NORM=flags[0], SCALE=1, RESIDUAL=flags[1], SWIGLU=flags[2], SBN=128, SBK=128,
+                                         BN=bn, BK=bk), warps)
+        assert spills(ptx) == 0, name
+    bn, bk, warps = dk.HEAD_CONFIG
+    ptx = build(head, dict(x_ptr="bf16", g_ptr="bf16", w_ptr="bf16", bits_ptr="ints", val_ptr="f32", idx_ptr="ints", N="i32",
+                           K="i32", eps="fp32", PDL="constexpr"), dict(BN=bn, BK=bk), warps)
+    assert spills(ptx) == 0, "head"
+    build(pick, dict(val_ptr="f32", idx_ptr="ints", tok_ptr="longs", pos_ptr="longs", NP="i32", PDL="constexpr"), dict(BS=1024), 4)
+    build(qk_rope, dict(qkv_ptr="bf16", qn_ptr="bf16", kn_ptr="bf16", inv_ptr="f32", delta_ptr="longs", q_ptr="bf16",
+                        kc_ptr="bf16", vc_ptr="bf16", pos_ptr="longs", H="i32", KV="i32", sch="i32", sct="i32", eps="fp32",
+                        PDL="constexpr"), dict(D=128), 1)
+    build(attention, dict(q_ptr="bf16", kc_ptr="bf16", vc_ptr="bf16", pos_ptr="longs", m_ptr="f32", l_ptr="f32", o_ptr="f32",
+                          sch="i32", sct="i32", NS="i32", scale="fp32", PDL="constexpr"),
+          dict(REP=2, NQ=1, D=128, R=16, CH=dk.CHUNK, BT=dk.ATTENTION_CONFIG[0], F32DOT=False), dk.ATTENTION_CONFIG[1])
+    build(combine, dict(m_ptr="f32", l_ptr="f32", o_ptr="f32", pos_ptr="longs", out_ptr="bf16", NS="i32", PDL="constexpr"),
+          dict(NQ=1, D=128, CH=dk.CHUNK, BS=128), 4)
+
+
 def test_layouts_the_gemv_cannot_read_are_refused(device):
     from agent.backends.decode_kernels import FusedDecode, gemv_weight
     w = _layer("block", device)
