@@ -32,7 +32,7 @@ Intermediate values are rounded to bf16 where the eager ops round them (the norm
 projections' outputs, the rotary's cos/sin and products, the logits), so a step differs from the
 eager one by summation order only. Kernels are built lazily (Triton imported on first use) and work
 in Triton's interpreter on the CPU, which is how CI tests them (tests/backends/test_decode_kernels.py),
-beside a build for sm_90 that checks the PDL waits and the GEMVs' registers.
+beside builds for sm_90 and sm_89 that check the PDL waits and the GEMVs' registers.
 """
 from __future__ import annotations
 
@@ -361,8 +361,9 @@ def head_weight(w) -> bool:
 
 
 class FusedDecode:
-    """The seven-kernel layer for one decode token, with its scratch buffers (allocated once, so a
-    captured CUDA graph reads and writes the same memory on every replay)."""
+    """The kernels for one decode token (`layer`: seven a layer; `choose`: the step's end; `attend`:
+    the split-K attention, also for forced runs) with their scratch buffers, allocated once so that a
+    captured CUDA graph reads and writes the same memory on every replay."""
 
     def __init__(self, layers: list[dict], *, heads: int, kv_heads: int, head_dim: int, inter: int,
                  hidden: int, eps: float, max_context: int, device, dtype, width: int = 8,

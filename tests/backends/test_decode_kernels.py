@@ -267,11 +267,13 @@ def test_the_fused_head_chooses_what_the_eager_ops_choose(device, allowed, monke
 
 
 @pytest.mark.slow
-def test_the_kernels_build_for_hopper_with_pdl_and_the_gemvs_keep_to_registers():
-    """No GPU needed: each kernel, with the committed launches, compiled for sm_90 as Triton compiles
-    it there. Every one waits for the kernel before it (griddepcontrol.wait: under PDL that keeps
-    stream order for all but the weight loads), and the GEMVs and the head spill no registers (a
-    spill turns the weight stream into local-memory traffic; 1024 columns for gate/up did)."""
+@pytest.mark.parametrize("arch,pdl", [(90, True), (89, False)])  # Hopper (the H100/H200); Ada (the 4090D)
+def test_the_kernels_build_for_the_card_and_the_gemvs_keep_to_registers(arch, pdl):
+    """No GPU needed: each kernel, with the committed launches, compiled for the card as Triton
+    compiles it there. Under PDL every one waits for the kernel before it (griddepcontrol.wait: that
+    keeps stream order for all but the weight loads), and the GEMVs and the head spill (almost) no
+    registers: a spill in the loop turns the weight stream into local-memory traffic (1024 columns for
+    gate/up spilled 1714 bytes); Triton 3.9's sm_89 build of gate/up spills 22."""
     if INTERPRETED or torch.cuda.is_available():
         pytest.skip("compiles ahead of time, outside the interpreter; a GPU runs the kernels themselves")
     import triton
@@ -285,16 +287,17 @@ def test_the_kernels_build_for_hopper_with_pdl_and_the_gemvs_keep_to_registers()
 
     def build(fn, sig, consts, warps):
         sig = {k: ptr.get(v, v) for k, v in sig.items()} | {k: "constexpr" for k in consts}
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts, "PDL": True} if "PDL" in sig else consts),
-                           target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "launch_pdl": True})
-        assert "griddepcontrol.wait" in k.asm["ptx"], fn.__name__
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={**consts, "PDL": pdl}),
+                           target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "launch_pdl": pdl})
+        assert ("griddepcontrol.wait" in k.asm["ptx"]) is pdl, fn.__name__
         return k.asm["ptx"]
 
     def spills(ptx):
         path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vlagent_{os.getpid()}.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        r = subprocess.run([get_ptxas(90).path, "-v", "-arch=sm_90a", path, "-o", os.devnull], capture_output=True, text=True)
+        r = subprocess.run([get_ptxas(arch).path, "-v", f"-arch=sm_{arch}{'a' if arch >= 90 else ''}", path, "-o", os.devnull],
+                           capture_output=True, text=True)
         os.unlink(path)
         assert r.returncode == 0, r.stderr[-500:]
         return sum(int(n) for n in re.findall(r"(\d+) bytes spill stores", r.stderr))
@@ -305,11 +308,11 @@ def test_the_kernels_build_for_hopper_with_pdl_and_the_gemvs_keep_to_registers()
         bn, bk, warps = dk.GEMV_CONFIG[name]
         ptx = build(gemv, gemv_sig, dict(NORM=flags[0], SCALE=1, RESIDUAL=flags[1], SWIGLU=flags[2], SBN=128, SBK=128,
                                          BN=bn, BK=bk), warps)
-        assert spills(ptx) == 0, name
+        assert spills(ptx) < 64, name
     bn, bk, warps = dk.HEAD_CONFIG
     ptx = build(head, dict(x_ptr="bf16", g_ptr="bf16", w_ptr="bf16", bits_ptr="ints", val_ptr="f32", idx_ptr="ints", N="i32",
                            K="i32", eps="fp32", PDL="constexpr"), dict(BN=bn, BK=bk), warps)
-    assert spills(ptx) == 0, "head"
+    assert spills(ptx) < 64, "head"
     build(pick, dict(val_ptr="f32", idx_ptr="ints", tok_ptr="longs", pos_ptr="longs", NP="i32", PDL="constexpr"), dict(BS=1024), 4)
     build(qk_rope, dict(qkv_ptr="bf16", qn_ptr="bf16", kn_ptr="bf16", inv_ptr="f32", delta_ptr="longs", q_ptr="bf16",
                         kc_ptr="bf16", vc_ptr="bf16", pos_ptr="longs", H="i32", KV="i32", sch="i32", sct="i32", eps="fp32",
