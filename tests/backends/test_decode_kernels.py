@@ -255,15 +255,22 @@ def test_the_fused_head_chooses_what_the_eager_ops_choose(device, allowed, monke
         head[900] = head[200] = head[200] * 50
     logits = (norm(x.view(1, -1)) @ head.t()).float().view(-1)  # as Engine._logits: the head's bf16 output
     keep = ((bits.view(-1, 1) >> torch.arange(32, dtype=torch.int32)) & 1).view(-1)[:V].bool()
-    want = int(logits.masked_fill(~keep, float("-inf")).argmax())
+    masked = logits.masked_fill(~keep, float("-inf"))
+    want = int(masked.argmax())
+    assert want == {"none": 0, "tie": 200}.get(allowed, want)
     fd = dk.FusedDecode([_layer(None, device)], heads=H, kv_heads=KV, head_dim=D, inter=INTER, hidden=HID, eps=EPS,
                         max_context=CTX, device=device, dtype=BF, vocab=V)
     tok = torch.full((1, 1), -5, dtype=torch.long, device=device)
     pos = torch.tensor([41], device=device)
     assert dk.head_weight(head)
     fd.choose(x.to(device), norm.weight.data.to(device), EPS, head.to(device), bits.to(device), tok, pos)
-    assert int(tok) == want and int(pos) == 42
-    assert want == {"none": 0, "tie": 200}.get(allowed, want)
+    got = int(tok)
+    assert int(pos) == 42
+    if allowed in ("none", "tie") or device == "cpu":
+        assert got == want
+    else:  # another summation order may round a logit one bf16 step apart: a near-tie may go either way
+        best = float(masked[want])
+        assert keep[got] and float(masked[got]) >= best - 2 * torch.finfo(BF).eps * abs(best)
 
 
 @pytest.mark.slow
