@@ -247,7 +247,7 @@ def _build():
             tl.extra.cuda.gdc_launch_dependents()
         rn = pid * BN + tl.arange(0, BN)
         nm = rn < N
-        word = tl.load(bits_ptr + rn // 32, mask=nm, other=0)
+        word = tl.load(bits_ptr + rn // 32, mask=nm, other=0)  # copied in before the step, not by a kernel of it
         ok = (((word >> (rn % 32)) & 1) != 0) & nm
         logit = tl.full((BN,), float("-inf"), dtype=tl.float32)
         if tl.max(ok.to(tl.int32), 0) > 0:
