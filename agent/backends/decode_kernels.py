@@ -51,11 +51,24 @@ GEMV_CONFIG = {"qkv": (16, 1024, 8), "o": (16, 1024, 8), "gu": (16, 512, 8), "do
 HEAD_CONFIG = (16, 1024, 8)  # the output head's launch (rows per program, columns per step, warps)
 
 _kernels = None
+rms_rstd = None  # a Triton helper the kernels call, built by _build (a module global: the interpreter resolves names there)
 
 
 def _build():
     import triton
     import triton.language as tl
+
+    global rms_rstd
+
+    @triton.jit
+    def rms_rstd(x_ptr, K, eps, BK: tl.constexpr):
+        # 1 / sqrt(mean(x^2) + eps) of the K-long bf16 hidden state, in float32
+        ss = tl.zeros((BK,), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            rk = k0 + tl.arange(0, BK)
+            xv = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
+            ss += xv * xv
+        return tl.rsqrt(tl.sum(ss, 0) / K + eps)
 
     @triton.jit
     def gemv(x_ptr, g_ptr, w_ptr, s_ptr, r_ptr, y_ptr, N, K, HALF, ssn, ssk, eps,
@@ -80,12 +93,7 @@ def _build():
             tl.extra.cuda.gdc_wait()
         rstd = 1.0
         if NORM:
-            ss = tl.zeros((BK,), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                rk = k0 + tl.arange(0, BK)
-                xv = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
-                ss += xv * xv
-            rstd = tl.rsqrt(tl.sum(ss, 0) / K + eps)
+            rstd = rms_rstd(x_ptr, K, eps, BK)
         # Products accumulate per column and are summed across columns once, after the loop (a
         # reduction across threads per step would cost more than the multiply-adds).
         acc = tl.zeros((BN, BK), dtype=tl.float32)
@@ -255,12 +263,7 @@ def _build():
             w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=nm[:, None] & (rk < K)[None, :], other=0.0)
             if PDL:
                 tl.extra.cuda.gdc_wait()
-            ss = tl.zeros((BK,), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                rk = k0 + tl.arange(0, BK)
-                xv = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
-                ss += xv * xv
-            rstd = tl.rsqrt(tl.sum(ss, 0) / K + eps)
+            rstd = rms_rstd(x_ptr, K, eps, BK)
             acc = tl.zeros((BN, BK), dtype=tl.float32)
             for k0 in range(0, K, BK):
                 rk = k0 + tl.arange(0, BK)

@@ -468,7 +468,6 @@ class Engine:
 
     def _mask_logits(self, logits):
         """Apply the token bitmask (all ones when unconstrained); runs inside the decode graph."""
-        torch = self.torch
         allowed = ((self._bitmask.view(-1, 1) >> self._bits) & 1).view(-1)[: logits.shape[-1]].bool()
         return logits.masked_fill(~allowed.view(1, -1), float("-inf"))
 
