@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -22,7 +21,7 @@ from agent.task import read_yaml
 from agent.suite.child import (TASK_GRACE_S, TRACE_TIMEOUT_S, VLAGENT, Child, Options,  # noqa: F401 (API)
                                default_command, model_for)
 from agent.suite.items import Item, Outcome, discover, parse_shard, take_shard  # noqa: F401 (API)
-from agent.trace import count_steps, new_trace_dir
+from agent.trace import count_steps
 
 POLL_S = 0.1  # how often the scheduler looks at its children
 
