@@ -317,6 +317,8 @@ def run_product_bench(model: str, steps: int = 12, screen=(1920, 1080), reply: s
         result.update(context_peak(backend, peak_context, screen))
     if baselines:
         result.update(run_baselines(backend, prompts[-3:], result["step_ms_p50"]))
+    if backend.engine is not None:  # at the end: a fused kernel that failed on the way shows as the torch ops
+        result["decode"] = backend.engine.decode_info()
     return result
 
 

@@ -393,6 +393,16 @@ class Engine:
             logging.getLogger(__name__).warning("engine: fused decode kernels unavailable, decoding with torch ops: %s", e)
             return None
 
+    def decode_info(self) -> dict:
+        """How decode tokens run now (for result files: a fused kernel that failed shows here as the
+        torch ops it fell back to): fused or not, PDL, the fused head, the kernels' launches."""
+        if self._fused is None:
+            return {"fused": False}
+        from agent.backends import decode_kernels as dk
+        return {"fused": True, "pdl": self._fused.pdl, "fused_head": self._fused_head,
+                "gemv": {k: list(v) for k, v in dk.GEMV_CONFIG.items()}, "head": list(dk.HEAD_CONFIG),
+                "attention": list(dk.ATTENTION_CONFIG)}
+
     def _text_rotary(self):
         """The rotary frequencies the fused kernels compute a decode token's cos/sin from (its three
         M-RoPE positions are one), if the model's rotary module gives exactly that; else None."""

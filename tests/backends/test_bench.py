@@ -63,6 +63,7 @@ def test_product_bench_runs_the_run_path(tmp_path, monkeypatch, engine):
         assert all(s["reused_tokens"] > 0 and s["images_encoded"] == 1 for s in steps[1:])
         assert all(s["decode_steps"] < s["new_tokens"] for s in steps)  # forced strings jump forward
         assert data["generate_defaults_step_ms_p50"] > 0 and data["generate_static_compile_step_ms_p50"] > 0
+        assert data["decode"] == {"fused": False}  # how decode ran is in the result: torch ops on the CPU
 
 
 def test_bench_usage_errors():

@@ -364,7 +364,8 @@ def test_the_engine_decodes_with_the_fused_layer(device, layout):
     m = _tiny_fp8(device, layout)
     fused = Engine(m, max_context=512, fused_decode=True, graphs=False)
     plain = Engine(m, max_context=512, fused_decode=False, graphs=False)
-    assert fused._fused is not None and plain._fused is None
+    info = fused.decode_info()
+    assert info["fused"] and info["fused_head"] and info["gemv"]["gu"] and plain.decode_info() == {"fused": False}
     ids = torch.randint(0, 900, (90,), generator=torch.Generator().manual_seed(2)).tolist()
     a = fused.generate(ids, [], max_new_tokens=6, min_new_tokens=6).tokens
     b = plain.generate(ids, [], max_new_tokens=6, min_new_tokens=6).tokens
