@@ -312,7 +312,8 @@ def kernels():
 
 def pdl_available(device) -> bool:
     """Programmatic dependent launch (a kernel's programs start while the one before it ends): Hopper
-    and later, a Triton that exposes it, not in Triton's interpreter."""
+    and later, a Triton that exposes it, a driver that captures it in CUDA graphs (12.3), not in
+    Triton's interpreter."""
     import torch
     if os.environ.get("TRITON_INTERPRET") == "1" or torch.device(device).type != "cuda":
         return False
@@ -320,7 +321,17 @@ def pdl_available(device) -> bool:
         from triton.language.extra.cuda import gdc_wait  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.get_device_capability(device) >= (9, 0)
+    return torch.cuda.get_device_capability(device) >= (9, 0) and _driver_version() >= 12030
+
+
+def _driver_version() -> int:
+    """The CUDA driver's version (12030 for 12.3), 0 where it cannot be read."""
+    import ctypes
+    try:
+        v = ctypes.c_int()
+        return v.value if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(v)) == 0 else 0
+    except (OSError, AttributeError):
+        return 0
 
 
 def _pow2(n: int) -> int:

@@ -16,7 +16,7 @@ which passes it to the engine; nothing below the CLI reads these variables itsel
 | VLAGENT_FP8 | fp8 | None ("block" or "channel": quantise a bf16 checkpoint's linears to FP8 at load) |
 | VLAGENT_FP8_GEMM | fp8_gemm | on (FP8 weights: prefill and vision through FP8 GEMMs, activations quantised per 1x128 group, where the card has them; 0: weights widened to bf16 per call) |
 | VLAGENT_FUSED_DECODE | fused_decode | on CUDA (0: the torch ops; 1: also on the CPU, where it needs TRITON_INTERPRET=1: tests): a decode token in seven Triton kernels a layer (agent/backends/decode_kernels.py) |
-| VLAGENT_PDL | pdl | on where the card has it (Hopper and later; 0: off): each fused decode kernel's programs start while the kernel before it ends (programmatic dependent launch) |
+| VLAGENT_PDL | pdl | on where the card has it (Hopper and later, a CUDA 12.3 driver; 0: off): each fused decode kernel's programs start while the kernel before it ends (programmatic dependent launch) |
 | VLAGENT_NATIVE | native | on (with the engine, Qwen3-VL loads without transformers' modeling code: agent/backends/qwen3vl_model.py; 0: through it) |
 | VLAGENT_CACHE_DIR | cache_dir() | ~/.cache/vlagent (built checkpoints, tokenizers, compiled kernels) |
 
