@@ -178,8 +178,7 @@ def eager_step(ws=layers):
 
 def attention_only(f=fd):
     for i, w in enumerate(layers):
-        f.qk_rope[(H + 2 * KV,)](f.qkv, w["qn"], w["kn"], inv, delta, f.q, k_cache[i], v_cache[i], pos, H, KV,
-                                 k_cache.stride(1), k_cache.stride(2), 1e-6, D=D, PDL=f.pdl, num_warps=1, **f._launch)
+        f.rope(w, k_cache[i], v_cache[i], pos, inv, delta)
         f.attend(f.q, k_cache[i], v_cache[i], pos, SPAN, 1, f.o)
 
 

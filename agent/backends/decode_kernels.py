@@ -437,14 +437,20 @@ class FusedDecode:
         ws = self.weights[i]
         H, KV, D = self.H, self.KV, self.D
         self._gemv("qkv", x, ws["qkv"], self.qkv, (H + 2 * KV) * D, norm=w["ln"])
-        self.qk_rope[(H + 2 * KV,)](self.qkv, w["qn"], w["kn"], inv_freq, delta, self.q, k_cache, v_cache, pos,
-                                    H, KV, k_cache.stride(0), k_cache.stride(1), self.eps, D=D, PDL=self.pdl,
-                                    num_warps=1, **self._launch)
+        self.rope(w, k_cache, v_cache, pos, inv_freq, delta)
         self.attend(self.q, k_cache, v_cache, pos, span, 1, self.o)
         self._gemv("o", self.o, ws["o"], x, self.hidden, residual=x)
         self._gemv("gu", x, ws["gu"], self.a, self.inter, norm=w["post"], swiglu=True)
         self._gemv("down", self.a, ws["down"], x, self.hidden, residual=x)
         return x
+
+    def rope(self, w: dict, k_cache, v_cache, pos, inv_freq, delta):
+        """The fused q/k/v (self.qkv) -> q/k normed and rotated: q into self.q, k and v into the
+        cache at the slot `pos`, rotary position pos + delta."""
+        H, KV = self.H, self.KV
+        self.qk_rope[(H + 2 * KV,)](self.qkv, w["qn"], w["kn"], inv_freq, delta, self.q, k_cache, v_cache, pos,
+                                    H, KV, k_cache.stride(0), k_cache.stride(1), self.eps, D=self.D, PDL=self.pdl,
+                                    num_warps=1, **self._launch)
 
     def choose(self, x, norm, eps: float, head, bitmask, tok, pos):
         """The decode step's end: the final norm of x (hidden,), the logits of `head` (vocab, hidden)
